@@ -1,0 +1,17 @@
+//! The contract every dropship component shares.
+//!
+//! The bundler writes what the Lambda reads, and the Lambda renders what the host script
+//! reads. Each of those agreements lives here exactly once: key naming, object metadata, the
+//! manifest and deploy settings, tar-entry rules and the streaming bundle verifier, the one
+//! shell-value encoder, the host script's inputs and exit codes, deploy records and S3
+//! sequencer ordering.
+
+pub mod host;
+pub mod key;
+pub mod manifest;
+pub mod metadata;
+pub mod record;
+pub mod sequencer;
+pub mod shell;
+pub mod tar_rules;
+pub mod verify;

@@ -1,0 +1,1 @@
+//! Sandboxed host roots for the host-script suite (filled in by the host-script work).

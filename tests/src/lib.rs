@@ -1,0 +1,7 @@
+//! Shared harness for the suites in `tests/tests/`: real binaries, real bash, moto over HTTP.
+//! Nothing here fakes a component of ours; it only starts, feeds and observes them.
+
+pub mod bins;
+pub mod host;
+pub mod http;
+pub mod moto;

@@ -1,0 +1,1 @@
+//! Connection facts for the moto server that scripts/test starts.
