@@ -1,0 +1,296 @@
+locals {
+  bucket_arn          = aws_s3_bucket.artifacts.arn
+  instance_arn_prefix = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance"
+  run_shell_document  = "arn:${local.partition}:ssm:${local.region}::document/AWS-RunShellScript"
+
+  github_oidc_enabled      = length(var.github_oidc_subjects) > 0
+  create_github_oidc       = local.github_oidc_enabled && var.github_oidc_provider_arn == null
+  github_oidc_provider_arn = local.create_github_oidc ? aws_iam_openid_connect_provider.github[0].arn : var.github_oidc_provider_arn
+}
+
+# ---------------------------------------------------------------------------------------
+# Deployer Lambda. Actions = deployer_lambda::aws_calls::IAM_ACTIONS (contract test), plus
+# sqs:SendMessage that the Lambda service uses on the function's behalf for the on-failure
+# destination (lambda_async_destination below).
+# ---------------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+resource "aws_iam_role" "lambda" {
+  name               = "${var.name_prefix}-deployer-lambda"
+  description        = "dropship deployer Lambda: read releases, write deploy records, run the host script on tagged instances"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+  tags               = var.tags
+}
+
+data "aws_iam_policy_document" "lambda" {
+  statement {
+    sid       = "ReadReleaseVersions"
+    actions   = ["s3:GetObject", "s3:GetObjectVersion"]
+    resources = ["${local.bucket_arn}/${local.releases_prefix}*"]
+  }
+
+  statement {
+    sid       = "ReadWriteDeployRecords"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = ["${local.bucket_arn}/${local.records_prefix}*"]
+  }
+
+  statement {
+    sid       = "FindTargetInstances"
+    actions   = ["ec2:DescribeInstances"]
+    resources = ["*"] # DescribeInstances supports no resource-level restriction.
+  }
+
+  statement {
+    sid       = "RunShellScriptDocumentOnly"
+    actions   = ["ssm:SendCommand"]
+    resources = [local.run_shell_document]
+  }
+
+  statement {
+    sid       = "OnlyTaggedInstances"
+    actions   = ["ssm:SendCommand"]
+    resources = ["${local.instance_arn_prefix}/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ssm:resourceTag/${var.app_tag_key}"
+      values   = var.apps
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "ssm:resourceTag/${var.env_tag_key}"
+      values   = var.environments
+    }
+  }
+
+  statement {
+    sid       = "ReadCommandStatus"
+    actions   = ["ssm:ListCommands", "ssm:GetCommandInvocation"]
+    resources = ["*"] # Neither action supports resource-level restriction.
+  }
+
+  statement {
+    sid       = "OwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.lambda.arn}:*"]
+  }
+}
+
+resource "aws_iam_role_policy" "lambda" {
+  name   = "deployer"
+  role   = aws_iam_role.lambda.id
+  policy = data.aws_iam_policy_document.lambda.json
+}
+
+data "aws_iam_policy_document" "lambda_async_destination" {
+  statement {
+    sid       = "OnFailureDestination"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.failed_deploys.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "lambda_async_destination" {
+  name   = "async-on-failure-destination"
+  role   = aws_iam_role.lambda.id
+  policy = data.aws_iam_policy_document.lambda_async_destination.json
+}
+
+# ---------------------------------------------------------------------------------------
+# Target instances: SSM agent + writing Run Command output to the output log group. Hosts
+# download bundles through presigned URLs, so they get no S3 permission at all.
+# ---------------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "instance_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "instance" {
+  name               = "${var.name_prefix}-target-instance"
+  description        = "dropship target hosts: SSM managed instance + Run Command output logs"
+  assume_role_policy = data.aws_iam_policy_document.instance_assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy_attachment" "instance_ssm_core" {
+  role       = aws_iam_role.instance.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+data "aws_iam_policy_document" "instance_command_output" {
+  statement {
+    sid       = "FindOutputGroup"
+    actions   = ["logs:DescribeLogGroups"]
+    resources = ["${local.log_group_arn_prefix}:*"]
+  }
+
+  statement {
+    sid       = "WriteCommandOutput"
+    actions   = ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.command_output.arn}:*"]
+  }
+}
+
+resource "aws_iam_role_policy" "instance_command_output" {
+  name   = "ssm-command-output"
+  role   = aws_iam_role.instance.id
+  policy = data.aws_iam_policy_document.instance_command_output.json
+}
+
+resource "aws_iam_instance_profile" "instance" {
+  name = "${var.name_prefix}-target-instance"
+  role = aws_iam_role.instance.name
+  tags = var.tags
+}
+
+# ---------------------------------------------------------------------------------------
+# Uploader, one policy per app. Actions = dropship_bundler::aws_calls::IAM_ACTIONS (contract
+# test). Restore is CopyObject of an old version onto the key: GetObjectVersion on the
+# source + PutObject on the destination, both already granted.
+# ---------------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "uploader" {
+  for_each = toset(var.apps)
+
+  statement {
+    sid = "WriteReleases"
+    actions = [
+      "s3:PutObject",
+      "s3:AbortMultipartUpload",
+      "s3:ListMultipartUploadParts",
+    ]
+    resources = ["${local.bucket_arn}/${local.releases_prefix}${each.key}/*"]
+  }
+
+  statement {
+    sid     = "ReadReleasesAndDeployRecords"
+    actions = ["s3:GetObject", "s3:GetObjectVersion"]
+    resources = [
+      "${local.bucket_arn}/${local.releases_prefix}${each.key}/*",
+      "${local.bucket_arn}/${local.records_prefix}${each.key}/*",
+    ]
+  }
+
+  statement {
+    sid       = "ListOwnHistory"
+    actions   = ["s3:ListBucket", "s3:ListBucketVersions"]
+    resources = [local.bucket_arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values = [
+        "${local.releases_prefix}${each.key}/*",
+        "${local.records_prefix}${each.key}/*",
+      ]
+    }
+  }
+
+  statement {
+    sid       = "CheckVersioning"
+    actions   = ["s3:GetBucketVersioning"]
+    resources = [local.bucket_arn]
+  }
+
+  statement {
+    sid       = "FollowDeployCommands"
+    actions   = ["ssm:GetCommandInvocation", "ssm:ListCommandInvocations"]
+    resources = ["*"] # Neither action supports resource-level restriction.
+  }
+}
+
+resource "aws_iam_policy" "uploader" {
+  for_each = toset(var.apps)
+
+  name        = "${var.name_prefix}-uploader-${each.key}"
+  description = "dropship: upload, inspect and restore releases of app ${each.key}"
+  policy      = data.aws_iam_policy_document.uploader[each.key].json
+  tags        = var.tags
+}
+
+# ---------------------------------------------------------------------------------------
+# Optional GitHub Actions OIDC roles, one per app, trusting only the listed subjects.
+# ---------------------------------------------------------------------------------------
+
+resource "aws_iam_openid_connect_provider" "github" {
+  count = local.create_github_oidc ? 1 : 0
+
+  url             = "https://token.actions.githubusercontent.com"
+  client_id_list  = ["sts.amazonaws.com"]
+  thumbprint_list = ["6938fd4d98bab03faadb97b34396831e3780aea1", "1c58a3a8518e8759bf075b76b750d4f2df264fcd"]
+  tags            = var.tags
+}
+
+data "aws_iam_policy_document" "github_assume" {
+  for_each = var.github_oidc_subjects
+
+  statement {
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+
+    principals {
+      type        = "Federated"
+      identifiers = [local.github_oidc_provider_arn]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "token.actions.githubusercontent.com:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringLike"
+      variable = "token.actions.githubusercontent.com:sub"
+      values   = each.value
+    }
+  }
+}
+
+resource "aws_iam_role" "github" {
+  for_each = var.github_oidc_subjects
+
+  name                 = "${var.name_prefix}-github-${each.key}"
+  description          = "dropship: GitHub Actions upload role for app ${each.key}"
+  assume_role_policy   = data.aws_iam_policy_document.github_assume[each.key].json
+  max_session_duration = 3600
+  tags                 = var.tags
+
+  lifecycle {
+    precondition {
+      condition     = contains(var.apps, each.key)
+      error_message = "github_oidc_subjects key \"${each.key}\" is not in var.apps."
+    }
+  }
+}
+
+resource "aws_iam_role_policy_attachment" "github_uploader" {
+  for_each = var.github_oidc_subjects
+
+  role       = aws_iam_role.github[each.key].name
+  policy_arn = aws_iam_policy.uploader[each.key].arn
+}

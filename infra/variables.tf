@@ -1,0 +1,217 @@
+variable "name_prefix" {
+  description = "Prefix for every named resource (roles, queues, function, log groups)."
+  type        = string
+  default     = "dropship"
+
+  validation {
+    condition     = can(regex("^[a-zA-Z0-9][a-zA-Z0-9-]{0,30}$", var.name_prefix))
+    error_message = "name_prefix must be 1-31 characters of letters, digits and '-'."
+  }
+}
+
+variable "bucket_name" {
+  description = "Name of the versioned artifact bucket that receives releases/<app>/<env>.tar.gz."
+  type        = string
+}
+
+variable "apps" {
+  description = "App names this installation deploys. Scopes the uploader policies (one per app) and the instances SSM may target (tag dropship:app)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.apps) > 0 && alltrue([for a in var.apps : can(regex("^[a-z0-9][a-z0-9-]{0,62}$", a))])
+    error_message = "apps must be a non-empty list of names matching [a-z0-9][a-z0-9-]{0,62}."
+  }
+}
+
+variable "environments" {
+  description = "Environment names instances may carry in the env tag; SSM may only target these."
+  type        = list(string)
+  default     = ["staging", "production"]
+
+  validation {
+    condition     = length(var.environments) > 0 && alltrue([for e in var.environments : can(regex("^[a-z0-9][a-z0-9-]{0,62}$", e))])
+    error_message = "environments must be a non-empty list of names matching [a-z0-9][a-z0-9-]{0,62}."
+  }
+}
+
+variable "noncurrent_versions_to_keep" {
+  description = "Rollback depth: how many noncurrent versions of each release key survive the lifecycle rule."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.noncurrent_versions_to_keep >= 1 && var.noncurrent_versions_to_keep <= 100
+    error_message = "noncurrent_versions_to_keep must be between 1 and 100."
+  }
+}
+
+variable "noncurrent_version_expiration_days" {
+  description = "Days a version must have been noncurrent before the lifecycle rule may expire it (beyond the kept count)."
+  type        = number
+  default     = 30
+}
+
+variable "abort_incomplete_multipart_days" {
+  description = "Days after which incomplete multipart uploads are aborted."
+  type        = number
+  default     = 1
+}
+
+variable "access_log_bucket" {
+  description = "Existing bucket that receives S3 server access logs of the artifact bucket (recommended: the bucket is the deploy history). Null disables server access logging."
+  type        = string
+  default     = null
+}
+
+variable "access_log_prefix" {
+  description = "Key prefix for the server access logs in access_log_bucket."
+  type        = string
+  default     = "s3-access/dropship/"
+}
+
+variable "lambda_zip_path" {
+  description = "Path to the bootstrap.zip produced by `cargo lambda build --release --arm64 --output-format zip -p deployer-lambda`."
+  type        = string
+}
+
+variable "lambda_memory_mb" {
+  description = "Lambda memory in MB (CPU scales with it; bundle verification streams SHA-256 over the object)."
+  type        = number
+  default     = 512
+}
+
+variable "lambda_timeout_secs" {
+  description = "Lambda timeout in seconds: long enough to stream-verify the largest bundle and dispatch."
+  type        = number
+  default     = 300
+}
+
+variable "lambda_reserved_concurrency" {
+  description = "Reserved concurrent executions of the deployer (caps parallel dispatches). Set -1 to leave it unreserved on accounts with a small concurrency quota."
+  type        = number
+  default     = 5
+}
+
+variable "event_retry_attempts" {
+  description = "EventBridge retry attempts when the Lambda cannot be invoked, before the event goes to the DLQ."
+  type        = number
+  default     = 10
+}
+
+variable "event_max_age_secs" {
+  description = "Oldest event (seconds) EventBridge still retries."
+  type        = number
+  default     = 3600
+}
+
+variable "lambda_async_retry_attempts" {
+  description = "Retries Lambda makes for a failed asynchronous invocation (0-2) before sending it to the failure queue."
+  type        = number
+  default     = 2
+}
+
+variable "lambda_async_max_event_age_secs" {
+  description = "Oldest asynchronous event (seconds, 60-21600) Lambda still processes."
+  type        = number
+  default     = 3600
+}
+
+variable "log_retention_days" {
+  description = "Retention of the Lambda and SSM command-output log groups."
+  type        = number
+  default     = 365
+}
+
+variable "queue_retention_secs" {
+  description = "Message retention of the dead-letter and failure queues (max 14 days)."
+  type        = number
+  default     = 1209600
+}
+
+# Lambda settings (each maps to one DROPSHIP_* variable; see docs/architecture.md).
+
+variable "app_root" {
+  description = "DROPSHIP_APP_ROOT: app root on hosts; {app} and {env} are substituted."
+  type        = string
+  default     = "/opt/dropship/{app}"
+}
+
+variable "app_tag_key" {
+  description = "DROPSHIP_APP_TAG_KEY: instance tag holding the app name. Also the tag the SendCommand permission is conditioned on."
+  type        = string
+  default     = "dropship:app"
+}
+
+variable "env_tag_key" {
+  description = "DROPSHIP_ENV_TAG_KEY: instance tag holding the environment. Also the tag the SendCommand permission is conditioned on."
+  type        = string
+  default     = "dropship:env"
+}
+
+variable "max_concurrency" {
+  description = "DROPSHIP_MAX_CONCURRENCY: SSM MaxConcurrency (count or percentage)."
+  type        = string
+  default     = "50%"
+}
+
+variable "max_errors" {
+  description = "DROPSHIP_MAX_ERRORS: SSM MaxErrors (count or percentage)."
+  type        = string
+  default     = "0"
+}
+
+variable "delivery_timeout_secs" {
+  description = "DROPSHIP_DELIVERY_TIMEOUT_SECS: SendCommand TimeoutSeconds."
+  type        = number
+  default     = 600
+}
+
+variable "execution_timeout_secs" {
+  description = "DROPSHIP_EXECUTION_TIMEOUT_SECS: executionTimeout of the host script."
+  type        = number
+  default     = 1800
+}
+
+variable "presign_ttl_secs" {
+  description = "DROPSHIP_PRESIGN_TTL_SECS: lifetime of the presigned GET handed to hosts."
+  type        = number
+  default     = 900
+}
+
+variable "max_bundle_bytes" {
+  description = "DROPSHIP_MAX_BUNDLE_BYTES: largest object the Lambda verifies."
+  type        = number
+  default     = 2147483648
+}
+
+variable "lock_timeout_secs" {
+  description = "DROPSHIP_LOCK_TIMEOUT_SECS: seconds the host script waits for the host lock."
+  type        = number
+  default     = 300
+}
+
+# CI access.
+
+variable "github_oidc_subjects" {
+  description = "Per app, the GitHub OIDC subjects allowed to assume that app's upload role, e.g. { shop = [\"repo:acme/shop:ref:refs/heads/main\"] }. Apps not listed get no role."
+  type        = map(list(string))
+  default     = {}
+
+  validation {
+    condition     = alltrue([for subs in values(var.github_oidc_subjects) : length(subs) > 0 && alltrue([for s in subs : startswith(s, "repo:")])])
+    error_message = "Each app needs at least one subject and every subject must start with \"repo:\" (owner/repo pinned)."
+  }
+}
+
+variable "github_oidc_provider_arn" {
+  description = "ARN of an existing token.actions.githubusercontent.com OIDC provider. Leave null to have the module create one (only when github_oidc_subjects is set)."
+  type        = string
+  default     = null
+}
+
+variable "tags" {
+  description = "Tags applied to every taggable resource."
+  type        = map(string)
+  default     = {}
+}
