@@ -1,1 +1,355 @@
-//! (in progress)
+//! Object metadata (`x-amz-meta-*`): what the bundler attaches to every upload and what the
+//! Lambda checks before any host sees a bundle.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::key::{validate_name, KeyError};
+
+/// Version of the metadata/manifest contract; bumped on incompatible changes.
+pub const FORMAT_VERSION: &str = "1";
+/// S3 allows 2 KB of user metadata; stay under it with margin for key names.
+pub const MAX_METADATA_BYTES: usize = 2000;
+/// Commit messages are truncated to this many bytes (after encoding) in metadata.
+pub const MAX_MESSAGE_BYTES: usize = 200;
+
+/// Metadata key names, in one place.
+pub mod names {
+    pub const FORMAT: &str = "dropship-format";
+    pub const APP: &str = "app";
+    pub const ENV: &str = "env";
+    pub const BRANCH: &str = "branch";
+    pub const COMMIT: &str = "commit";
+    pub const DIRTY: &str = "dirty";
+    pub const SHA256: &str = "sha256";
+    pub const CREATED: &str = "created";
+    pub const UPLOADER: &str = "uploader";
+    pub const SOURCE: &str = "source";
+    pub const MESSAGE: &str = "message";
+    pub const RESTORED_FROM: &str = "restored-from";
+}
+
+/// Where an upload came from; lets operators tell hand deploys from pipeline ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Local,
+    Ci,
+}
+
+impl Source {
+    /// The metadata spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Ci => "ci",
+        }
+    }
+}
+
+/// The decoded metadata of one release object version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectMetadata {
+    pub app: String,
+    pub env: String,
+    pub branch: String,
+    pub commit: String,
+    pub dirty: bool,
+    /// Lower-case hex SHA-256 of the whole object.
+    pub sha256: String,
+    /// RFC 3339 UTC upload time.
+    pub created: String,
+    pub uploader: String,
+    pub source: Source,
+    pub message: String,
+    /// Set by `restore`: the version id this object was copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+}
+
+/// Why an object's metadata breaks the contract; the Lambda refuses such objects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata field {0:?} is missing: upload with bundle-and-upload so every field is set")]
+    Missing(&'static str),
+    #[error("metadata field {field:?} has unsupported value {value:?}: {expected}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error(transparent)]
+    Name(#[from] KeyError),
+    #[error("metadata is {0} bytes, over the {MAX_METADATA_BYTES}-byte limit: shorten the branch name or uploader")]
+    TooLarge(usize),
+}
+
+/// True for a full hex commit id (SHA-1 or SHA-256 object format).
+pub fn is_full_commit(commit: &str) -> bool {
+    (commit.len() == 40 || commit.len() == 64)
+        && commit.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// True for a lower-case 64-hex SHA-256 digest.
+pub fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl ObjectMetadata {
+    /// Encodes to `x-amz-meta-*` header values (without the prefix), sorted by name.
+    pub fn to_headers(&self) -> Result<BTreeMap<String, String>, MetadataError> {
+        self.validate()?;
+        let mut out = BTreeMap::new();
+        let mut put = |k: &str, v: &str| {
+            out.insert(k.to_string(), percent_encode(v));
+        };
+        put(names::FORMAT, FORMAT_VERSION);
+        put(names::APP, &self.app);
+        put(names::ENV, &self.env);
+        put(names::BRANCH, &self.branch);
+        put(names::COMMIT, &self.commit);
+        put(names::DIRTY, if self.dirty { "true" } else { "false" });
+        put(names::SHA256, &self.sha256);
+        put(names::CREATED, &self.created);
+        put(names::UPLOADER, &self.uploader);
+        put(names::SOURCE, self.source.as_str());
+        if let Some(from) = &self.restored_from {
+            put(names::RESTORED_FROM, from);
+        }
+        let message = truncate_encoded(&self.message, MAX_MESSAGE_BYTES);
+        out.insert(names::MESSAGE.to_string(), message);
+        let size: usize = out.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > MAX_METADATA_BYTES {
+            return Err(MetadataError::TooLarge(size));
+        }
+        Ok(out)
+    }
+
+    /// Decodes and validates metadata as S3 returns it (keys without `x-amz-meta-`).
+    pub fn from_headers(headers: &HashMap<String, String>) -> Result<Self, MetadataError> {
+        let get = |name: &'static str| -> Result<String, MetadataError> {
+            let raw = headers
+                .get(name)
+                .ok_or(MetadataError::Missing(name))?;
+            percent_decode(raw).ok_or_else(|| MetadataError::Invalid {
+                field: name,
+                value: raw.clone(),
+                expected: "percent-encoded UTF-8",
+            })
+        };
+        let format = get(names::FORMAT)?;
+        if format != FORMAT_VERSION {
+            return Err(MetadataError::Invalid {
+                field: names::FORMAT,
+                value: format,
+                expected: "format 1; upgrade the deployer to read newer bundles",
+            });
+        }
+        let dirty = match get(names::DIRTY)?.as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(MetadataError::Invalid {
+                    field: names::DIRTY,
+                    value: other.to_string(),
+                    expected: "true or false",
+                })
+            }
+        };
+        let source = match get(names::SOURCE)?.as_str() {
+            "local" => Source::Local,
+            "ci" => Source::Ci,
+            other => {
+                return Err(MetadataError::Invalid {
+                    field: names::SOURCE,
+                    value: other.to_string(),
+                    expected: "local or ci",
+                })
+            }
+        };
+        let restored_from = match headers.get(names::RESTORED_FROM) {
+            Some(_) => Some(get(names::RESTORED_FROM)?),
+            None => None,
+        };
+        let meta = Self {
+            app: get(names::APP)?,
+            env: get(names::ENV)?,
+            branch: get(names::BRANCH)?,
+            commit: get(names::COMMIT)?,
+            dirty,
+            sha256: get(names::SHA256)?,
+            created: get(names::CREATED)?,
+            uploader: get(names::UPLOADER)?,
+            source,
+            message: headers
+                .get(names::MESSAGE)
+                .map(|m| percent_decode_lossy(m))
+                .unwrap_or_default(),
+            restored_from,
+        };
+        meta.validate()?;
+        Ok(meta)
+    }
+
+    fn validate(&self) -> Result<(), MetadataError> {
+        validate_name("app", &self.app)?;
+        validate_name("environment", &self.env)?;
+        if !is_full_commit(&self.commit) {
+            return Err(MetadataError::Invalid {
+                field: names::COMMIT,
+                value: self.commit.clone(),
+                expected: "a full lower-case hex commit id (40 or 64 characters)",
+            });
+        }
+        if !is_sha256_hex(&self.sha256) {
+            return Err(MetadataError::Invalid {
+                field: names::SHA256,
+                value: self.sha256.clone(),
+                expected: "64 lower-case hex characters",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes left as they are in metadata values; everything else is `%XX` (UTF-8 bytes).
+fn is_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b" ._~/:@+=,-".contains(&b)
+}
+
+/// Percent-encodes a value so any Unicode survives S3's ASCII-only metadata.
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if is_plain(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes [`percent_encode`]; `None` on malformed escapes or invalid UTF-8.
+pub fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The message is informational; a truncated escape must not make metadata unreadable.
+fn percent_decode_lossy(value: &str) -> String {
+    percent_decode(value).unwrap_or_else(|| value.to_string())
+}
+
+/// Encodes and truncates at a character boundary so the result stays decodable.
+fn truncate_encoded(value: &str, max: usize) -> String {
+    let mut out = String::new();
+    for ch in value.chars() {
+        let mut buf = [0u8; 4];
+        let enc = percent_encode(ch.encode_utf8(&mut buf));
+        if out.len() + enc.len() > max {
+            break;
+        }
+        out.push_str(&enc);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ObjectMetadata {
+        ObjectMetadata {
+            app: "shop".into(),
+            env: "prod".into(),
+            branch: "feature/$(reboot)".into(),
+            commit: "a".repeat(40),
+            dirty: false,
+            sha256: "0".repeat(64),
+            created: "2026-11-23T09:00:00Z".into(),
+            uploader: "ci@runner".into(),
+            source: Source::Ci,
+            message: "Fix: it's done | a&b — ünïcode".into(),
+            restored_from: None,
+        }
+    }
+
+    fn round_trip(meta: &ObjectMetadata) -> ObjectMetadata {
+        let headers: HashMap<String, String> = meta.to_headers().unwrap().into_iter().collect();
+        for v in headers.values() {
+            assert!(v.is_ascii(), "{v:?} must be ASCII");
+        }
+        ObjectMetadata::from_headers(&headers).unwrap()
+    }
+
+    #[test]
+    fn hostile_and_unicode_values_round_trip() {
+        for branch in ["feature/$(reboot)", "it's", "a|b&c", "日本語/ブランチ", "100%", "`x`\n"] {
+            let mut meta = sample();
+            meta.branch = branch.into();
+            assert_eq!(round_trip(&meta).branch, branch);
+        }
+        assert_eq!(round_trip(&sample()), sample());
+    }
+
+    #[test]
+    fn long_messages_are_truncated_on_a_character_boundary() {
+        let mut meta = sample();
+        meta.message = "é".repeat(500);
+        let back = round_trip(&meta);
+        assert!(!back.message.is_empty());
+        assert!(back.message.chars().all(|c| c == 'é'));
+        assert!(meta.to_headers().unwrap()["message"].len() <= MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn missing_and_forged_fields_are_refused() {
+        let headers: HashMap<String, String> = sample().to_headers().unwrap().into_iter().collect();
+        let mut no_sha = headers.clone();
+        no_sha.remove("sha256");
+        assert_eq!(
+            ObjectMetadata::from_headers(&no_sha),
+            Err(MetadataError::Missing("sha256"))
+        );
+        let mut short = headers.clone();
+        short.insert("commit".into(), "abc123".into());
+        let err = ObjectMetadata::from_headers(&short).unwrap_err().to_string();
+        assert!(err.contains("commit") && err.contains("abc123"), "{err}");
+        let mut future = headers.clone();
+        future.insert("dropship-format".into(), "2".into());
+        assert!(ObjectMetadata::from_headers(&future).is_err());
+        let mut bad_app = headers;
+        bad_app.insert("app".into(), "../etc".into());
+        assert!(matches!(
+            ObjectMetadata::from_headers(&bad_app),
+            Err(MetadataError::Name(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_metadata_is_refused() {
+        let mut meta = sample();
+        meta.branch = "b".repeat(1900);
+        assert!(matches!(meta.to_headers(), Err(MetadataError::TooLarge(_))));
+    }
+
+    #[test]
+    fn percent_decoding_rejects_malformed_escapes() {
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+    }
+}
