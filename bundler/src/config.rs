@@ -1,0 +1,237 @@
+//! `dropship.toml`: the repository's deploy configuration. Flags and `DROPSHIP_*` variables
+//! (handled by the CLI layer) override the file; the result is validated once, here.
+
+use std::path::{Path, PathBuf};
+
+use dropship_contract::key::{validate_name, ReleaseKey};
+use dropship_contract::manifest::DeploySettings;
+use serde::Deserialize;
+
+/// Name of the config file at the repository root.
+pub const CONFIG_FILE: &str = "dropship.toml";
+/// Default per-file size limit: larger files belong in an image or object storage, not a bundle.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
+
+/// A config problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}; create it (see README, `dropship.toml` reference) or pass --config")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+    #[error("no {what} given: set `{key}` in {path}, {env_var}, or pass {flag}")]
+    MissingValue {
+        what: &'static str,
+        key: &'static str,
+        env_var: &'static str,
+        flag: &'static str,
+        path: PathBuf,
+    },
+}
+
+/// The file as written; every key optional so flags can fill gaps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub app: Option<String>,
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub environments: Vec<String>,
+    pub default_env: Option<String>,
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    pub max_file_bytes: Option<u64>,
+    #[serde(default)]
+    pub deploy: DeploySettings,
+}
+
+/// Values from flags or `DROPSHIP_*` variables that win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub app: Option<String>,
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub env: Option<String>,
+    pub max_file_bytes: Option<u64>,
+}
+
+/// The resolved, validated configuration for one run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub key: ReleaseKey,
+    /// `None` only when bundling to a file without uploading.
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub excludes: Vec<String>,
+    pub max_file_bytes: u64,
+    pub deploy: DeploySettings,
+}
+
+impl ConfigFile {
+    /// Reads and parses the file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses text read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+}
+
+impl Config {
+    /// Merges file and overrides and validates the result.
+    pub fn resolve(path: &Path, file: ConfigFile, over: Overrides) -> Result<Self, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        let app = over.app.or(file.app).ok_or_else(|| ConfigError::MissingValue {
+            what: "app name",
+            key: "app",
+            env_var: "DROPSHIP_APP",
+            flag: "--app",
+            path: path.to_path_buf(),
+        })?;
+        validate_name("app", &app).map_err(|e| invalid("app", e.to_string()))?;
+        for env in &file.environments {
+            validate_name("environment", env).map_err(|e| invalid("environments", e.to_string()))?;
+        }
+        let env = over
+            .env
+            .or(file.default_env.clone())
+            .or_else(|| (file.environments.len() == 1).then(|| file.environments[0].clone()))
+            .ok_or_else(|| ConfigError::MissingValue {
+                what: "environment",
+                key: "default_env",
+                env_var: "DROPSHIP_ENV",
+                flag: "--env",
+                path: path.to_path_buf(),
+            })?;
+        if !file.environments.is_empty() && !file.environments.contains(&env) {
+            return Err(invalid(
+                "environments",
+                format!(
+                    "environment {env:?} is not listed (listed: {}); add it or pick one of those",
+                    file.environments.join(", ")
+                ),
+            ));
+        }
+        let key = ReleaseKey::new(&app, &env).map_err(|e| invalid("environments", e.to_string()))?;
+        let bucket = over.bucket.or(file.bucket);
+        if let Some(b) = &bucket {
+            let ok = (3..=63).contains(&b.len())
+                && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+            if !ok {
+                return Err(invalid("bucket", format!("{b:?} is not a valid S3 bucket name")));
+            }
+        }
+        let max_file_bytes = over
+            .max_file_bytes
+            .or(file.max_file_bytes)
+            .unwrap_or(DEFAULT_MAX_FILE_BYTES);
+        if max_file_bytes == 0 {
+            return Err(invalid("max_file_bytes", "must be greater than 0".into()));
+        }
+        for pattern in &file.excludes {
+            if pattern.is_empty() || pattern.starts_with('/') || pattern.contains("..") {
+                return Err(invalid(
+                    "excludes",
+                    format!("{pattern:?}: use repository-relative glob patterns like \"docs/**\""),
+                ));
+            }
+        }
+        file.deploy
+            .validate()
+            .map_err(|e| invalid("deploy", e.to_string()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            key,
+            bucket,
+            region: over.region.or(file.region),
+            excludes: file.excludes,
+            max_file_bytes,
+            deploy: file.deploy,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str, over: Overrides) -> Result<Config, ConfigError> {
+        let path = Path::new("dropship.toml");
+        Config::resolve(path, ConfigFile::parse(path, text)?, over)
+    }
+
+    #[test]
+    fn file_values_are_used_and_overrides_win() {
+        let text = "app = \"shop\"\nbucket = \"artifacts\"\nenvironments = [\"staging\", \"prod\"]\ndefault_env = \"staging\"\n[deploy]\nhealth_url = \"http://127.0.0.1:8080/health\"\n";
+        let c = resolve(text, Overrides::default()).unwrap();
+        assert_eq!(c.key.object_key(), "releases/shop/staging.tar.gz");
+        assert_eq!(c.bucket.as_deref(), Some("artifacts"));
+        assert_eq!(c.deploy.health_url.as_deref(), Some("http://127.0.0.1:8080/health"));
+        let c = resolve(
+            text,
+            Overrides { env: Some("prod".into()), bucket: Some("other".into()), ..Default::default() },
+        )
+        .unwrap();
+        assert_eq!(c.key.env(), "prod");
+        assert_eq!(c.bucket.as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_and_key() {
+        let err = resolve("app = \"shop\"\nbuckett = \"x\"\n", Overrides::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("dropship.toml") && msg.contains("buckett"), "{msg}");
+        let err = resolve("app = \"shop\"\n[deploy]\ncompose = \"x\"\n", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("compose"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases = [
+            ("app = \"Shop\"\ndefault_env = \"a\"\n", "`app`"),
+            ("app = \"shop\"\nenvironments = [\"a\"]\ndefault_env = \"b\"\n", "`environments`"),
+            ("app = \"shop\"\ndefault_env = \"a\"\nbucket = \"UP\"\n", "`bucket`"),
+            ("app = \"shop\"\ndefault_env = \"a\"\nexcludes = [\"../x\"]\n", "`excludes`"),
+            ("app = \"shop\"\ndefault_env = \"a\"\n[deploy]\nkeep_releases = 1\n", "keep_releases"),
+            ("app = \"shop\"\ndefault_env = \"a\"\nmax_file_bytes = 0\n", "`max_file_bytes`"),
+        ];
+        for (text, needle) in cases {
+            let msg = resolve(text, Overrides::default()).unwrap_err().to_string();
+            assert!(msg.contains(needle) && msg.contains("dropship.toml"), "{msg} lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn missing_env_says_how_to_set_it() {
+        let msg = resolve("app = \"shop\"\nenvironments = [\"a\", \"b\"]\n", Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("--env") && msg.contains("DROPSHIP_ENV"), "{msg}");
+        let single = resolve("app = \"shop\"\nenvironments = [\"only\"]\n", Overrides::default()).unwrap();
+        assert_eq!(single.key.env(), "only");
+    }
+}
