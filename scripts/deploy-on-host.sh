@@ -66,7 +66,7 @@ exec 2>&1
 
 readonly NAME_RE='^[a-z0-9][a-z0-9-]{0,62}$'
 readonly RELEASE_RE='^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{7}(-[0-9]+)?$'
-readonly RELPATH_RE='^[A-Za-z0-9._@+-][A-Za-z0-9._@+/-]*$'
+readonly RELPATH_RE='^[A-Za-z0-9._@+][A-Za-z0-9._@+/-]*$'
 
 # ---------------------------------------------------------------------------------------
 # output helpers

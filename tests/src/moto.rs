@@ -1,1 +1,106 @@
-//! Connection facts for the moto server that scripts/test starts.
+//! Clients for the moto server that `scripts/test` starts: the real AWS SDK over HTTP,
+//! pointed at `AWS_ENDPOINT_URL`. Suites share one server, so every test names its own
+//! buckets and tags with [`unique`] and never resets global state.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+
+/// The moto endpoint; panics with the command that provides it when unset.
+pub fn endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
+        panic!("AWS_ENDPOINT_URL is not set: run the suites through scripts/test, which starts moto server")
+    })
+}
+
+/// SDK configuration from the environment scripts/test exported (endpoint, test credentials).
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    endpoint();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
+/// An S3 client with path-style addressing (moto serves every bucket on one host).
+pub async fn s3() -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(&sdk_config().await)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// An EC2 client for the shared moto server.
+pub async fn ec2() -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&sdk_config().await)
+}
+
+/// An SSM client for the shared moto server.
+pub async fn ssm() -> aws_sdk_ssm::Client {
+    aws_sdk_ssm::Client::new(&sdk_config().await)
+}
+
+/// A name no other test (or earlier run against the same server) uses: `prefix-<pid>-<n>-<t>`,
+/// lower-case and short enough for a bucket name.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{t:x}", std::process::id())
+}
+
+/// Creates a bucket, with versioning enabled when `versioned`; returns its name.
+pub async fn create_bucket(s3: &aws_sdk_s3::Client, prefix: &str, versioned: bool) -> String {
+    let bucket = unique(prefix);
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+    if versioned {
+        s3.put_bucket_versioning()
+            .bucket(&bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("enable versioning on {bucket}: {e:?}"));
+    }
+    bucket
+}
+
+/// Version ids of `key` (delete markers excluded), as S3 lists them: newest first.
+pub async fn versions_of(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<String> {
+    let out = s3
+        .list_object_versions()
+        .bucket(bucket)
+        .prefix(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("list versions of s3://{bucket}/{key}: {e:?}"));
+    out.versions()
+        .iter()
+        .filter(|v| v.key() == Some(key))
+        .filter_map(|v| v.version_id().map(str::to_string))
+        .collect()
+}
+
+/// Multipart uploads still open in `bucket` (keys).
+pub async fn open_multipart_uploads(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    let out = s3
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("list multipart uploads of {bucket}: {e:?}"));
+    out.uploads()
+        .iter()
+        .filter_map(|u| u.key().map(str::to_string))
+        .collect()
+}
