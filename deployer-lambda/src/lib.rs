@@ -1,1 +1,11 @@
-//! placeholder
+//! The deployer Lambda: turns one S3 "Object Created" event into one verified, exactly
+//! pinned deploy command.
+//!
+//! Layout: [`config`] (environment, read once at cold start), [`event`] (payload parsing),
+//! [`plan`] (pure decisions: ordering, metadata checks, the rendered command), [`aws`] and
+//! [`store`] (the AWS I/O at the edges), [`handler`] (the invocation, callable in-process),
+//! [`aws_calls`] (the IAM actions the code needs; `infra/` grants exactly those).
+
+pub mod aws_calls;
+pub mod config;
+pub mod event;

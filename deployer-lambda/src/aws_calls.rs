@@ -1,0 +1,100 @@
+//! The AWS calls the Lambda's code makes, and the IAM actions they need.
+//!
+//! `infra/` grants the function's role exactly [`IAM_ACTIONS`] (plus what the Lambda service
+//! itself does with the role, see [`PLATFORM_ACTIONS`]); a contract test in `tests/` compares
+//! the two, so a new SDK call without a grant (or a grant nobody uses) fails the build.
+//! Keep [`CALLS`] next to the code: every SDK call in this crate appears there once.
+
+/// One SDK operation the Lambda performs, with the IAM action S3/EC2/SSM authorise it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwsCall {
+    /// Service and operation as the SDK names it, e.g. `s3:HeadObject`.
+    pub operation: &'static str,
+    /// The IAM action the call is authorised by.
+    pub iam_action: &'static str,
+    /// Why the Lambda makes it.
+    pub why: &'static str,
+}
+
+/// Every SDK call of this crate. `HeadObject`/`GetObject` with a `versionId` (and the
+/// presigned GET the host uses, signed with this role) are authorised by
+/// `s3:GetObjectVersion`, not `s3:GetObject`.
+pub const CALLS: &[AwsCall] = &[
+    AwsCall {
+        operation: "s3:HeadObject (versionId)",
+        iam_action: "s3:GetObjectVersion",
+        why: "read the release version's metadata before anything else",
+    },
+    AwsCall {
+        operation: "s3:GetObject (versionId)",
+        iam_action: "s3:GetObjectVersion",
+        why: "stream the exact version through the verifier",
+    },
+    AwsCall {
+        operation: "s3:GetObject (presigned, versionId)",
+        iam_action: "s3:GetObjectVersion",
+        why: "the host downloads exactly that version with a URL signed by this role",
+    },
+    AwsCall {
+        operation: "s3:GetObject",
+        iam_action: "s3:GetObject",
+        why: "read the deploy record and the latest-dispatched pointer",
+    },
+    AwsCall {
+        operation: "s3:PutObject (If-None-Match / If-Match)",
+        iam_action: "s3:PutObject",
+        why: "claim a version and write its deploy record and the latest pointer",
+    },
+    AwsCall {
+        operation: "ec2:DescribeInstances",
+        iam_action: "ec2:DescribeInstances",
+        why: "find the running instances tagged with the app and environment",
+    },
+    AwsCall {
+        operation: "ssm:SendCommand",
+        iam_action: "ssm:SendCommand",
+        why: "run the host script (AWS-RunShellScript) on the targets",
+    },
+    AwsCall {
+        operation: "ssm:ListCommands",
+        iam_action: "ssm:ListCommands",
+        why: "after a crashed attempt, find commands it already sent so none is sent twice",
+    },
+];
+
+/// The IAM actions behind [`CALLS`], each once: what `infra/` grants the function's code.
+pub const IAM_ACTIONS: &[&str] = &[
+    "s3:GetObject",
+    "s3:GetObjectVersion",
+    "s3:PutObject",
+    "ec2:DescribeInstances",
+    "ssm:SendCommand",
+    "ssm:ListCommands",
+];
+
+/// Actions the Lambda *service* performs with the function's role, not this code: shipping
+/// the binary's stdout (the JSON `tracing` logs) to the function's CloudWatch log group.
+pub const PLATFORM_ACTIONS: &[&str] = &["logs:CreateLogStream", "logs:PutLogEvents"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn iam_actions_are_exactly_the_actions_of_the_calls() {
+        let from_calls: BTreeSet<&str> = CALLS.iter().map(|c| c.iam_action).collect();
+        let listed: BTreeSet<&str> = IAM_ACTIONS.iter().copied().collect();
+        assert_eq!(
+            listed.len(),
+            IAM_ACTIONS.len(),
+            "IAM_ACTIONS has duplicates"
+        );
+        assert_eq!(from_calls, listed);
+        for a in IAM_ACTIONS.iter().chain(PLATFORM_ACTIONS) {
+            let (service, action) = a.split_once(':').expect("service:Action");
+            assert!(!service.is_empty() && action.chars().next().unwrap().is_ascii_uppercase());
+            assert!(!a.contains('*'), "no wildcards: {a}");
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! Lambda configuration from environment variables, read and validated once at cold start.
+//!
+//! The trust boundary lives here: which buckets are acted on, which instances a release
+//! reaches (tag keys) and where it lands on disk (app root) come from this configuration,
+//! set by `infra/`, never from the bundle.
+
+use dropship_contract::key::{RECORDS_PREFIX, RELEASES_PREFIX};
+use thiserror::Error;
+
+/// Every environment variable the Lambda reads; `infra/` sets exactly these (contract test).
+pub const ENV_VARS: &[&str] = &[
+    "DROPSHIP_ALLOWED_BUCKETS",
+    "DROPSHIP_KEY_PREFIX",
+    "DROPSHIP_RECORDS_PREFIX",
+    "DROPSHIP_APP_ROOT",
+    "DROPSHIP_APP_TAG_KEY",
+    "DROPSHIP_ENV_TAG_KEY",
+    "DROPSHIP_MAX_CONCURRENCY",
+    "DROPSHIP_MAX_ERRORS",
+    "DROPSHIP_DELIVERY_TIMEOUT_SECS",
+    "DROPSHIP_EXECUTION_TIMEOUT_SECS",
+    "DROPSHIP_LOG_GROUP",
+    "DROPSHIP_PRESIGN_TTL_SECS",
+    "DROPSHIP_MAX_BUNDLE_BYTES",
+    "DROPSHIP_LOCK_TIMEOUT_SECS",
+];
+
+/// Default instance tag naming the app a host runs.
+pub const DEFAULT_APP_TAG_KEY: &str = "dropship:app";
+/// Default instance tag naming the environment a host belongs to.
+pub const DEFAULT_ENV_TAG_KEY: &str = "dropship:env";
+/// Default app root on hosts; `{app}` and `{env}` are substituted.
+pub const DEFAULT_APP_ROOT: &str = "/opt/dropship/{app}";
+/// Default SSM `MaxConcurrency`: half the fleet at a time.
+pub const DEFAULT_MAX_CONCURRENCY: &str = "50%";
+/// Default SSM `MaxErrors`: stop the rollout at the first failed host.
+pub const DEFAULT_MAX_ERRORS: &str = "0";
+/// Default SSM `TimeoutSeconds` (time for the command to reach the hosts).
+pub const DEFAULT_DELIVERY_TIMEOUT_SECS: u32 = 600;
+/// Default `executionTimeout` of the host script.
+pub const DEFAULT_EXECUTION_TIMEOUT_SECS: u32 = 1800;
+/// Default lifetime of the presigned bundle URL.
+pub const DEFAULT_PRESIGN_TTL_SECS: u32 = 900;
+/// Default largest object verified (2 GiB).
+pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 2 << 30;
+/// Default host lock wait passed to the script.
+pub const DEFAULT_LOCK_TIMEOUT_SECS: u32 = 300;
+
+/// Why the configuration is unusable; the Lambda refuses to start.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A required variable is unset or empty.
+    #[error("{name} is not set: {hint}")]
+    Missing {
+        /// Variable name.
+        name: &'static str,
+        /// What to set it to.
+        hint: &'static str,
+    },
+    /// A variable has a value that cannot be used.
+    #[error("{name}={value:?} is invalid: {expected}")]
+    Invalid {
+        /// Variable name.
+        name: &'static str,
+        /// The value found.
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Buckets whose events are acted on.
+    pub allowed_buckets: Vec<String>,
+    /// Prefix of release keys (ends with `/`).
+    pub key_prefix: String,
+    /// Prefix of deploy records (ends with `/`).
+    pub records_prefix: String,
+    /// App root template on hosts (`{app}`, `{env}` substituted).
+    pub app_root: String,
+    /// Instance tag key for the app.
+    pub app_tag_key: String,
+    /// Instance tag key for the environment.
+    pub env_tag_key: String,
+    /// SSM `MaxConcurrency`.
+    pub max_concurrency: String,
+    /// SSM `MaxErrors`.
+    pub max_errors: String,
+    /// SSM `TimeoutSeconds`.
+    pub delivery_timeout_secs: u32,
+    /// `executionTimeout` of the script.
+    pub execution_timeout_secs: u32,
+    /// CloudWatch log group for command output (none: output stays in SSM only).
+    pub log_group: Option<String>,
+    /// Presigned URL lifetime.
+    pub presign_ttl_secs: u32,
+    /// Largest object verified.
+    pub max_bundle_bytes: u64,
+    /// Host lock wait.
+    pub lock_timeout_secs: u32,
+}
+
+impl Config {
+    /// Read from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read through `lookup` (tests pass a map); empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let invalid = |name: &'static str, value: &str, expected: &str| ConfigError::Invalid {
+            name,
+            value: value.to_owned(),
+            expected: expected.to_owned(),
+        };
+
+        let buckets_raw = get("DROPSHIP_ALLOWED_BUCKETS").ok_or(ConfigError::Missing {
+            name: "DROPSHIP_ALLOWED_BUCKETS",
+            hint: "set it to the comma-separated release bucket names",
+        })?;
+        let allowed_buckets: Vec<String> = buckets_raw
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if allowed_buckets.is_empty() {
+            return Err(invalid(
+                "DROPSHIP_ALLOWED_BUCKETS",
+                &buckets_raw,
+                "at least one bucket name",
+            ));
+        }
+        if let Some(bad) = allowed_buckets.iter().find(|b| !is_bucket_name(b)) {
+            return Err(invalid(
+                "DROPSHIP_ALLOWED_BUCKETS",
+                bad,
+                "S3 bucket names (3-63 characters of a-z, 0-9, '.', '-')",
+            ));
+        }
+
+        let prefix = |name: &'static str, default: &str| -> Result<String, ConfigError> {
+            let v = get(name).unwrap_or_else(|| default.to_owned());
+            let ok = v.ends_with('/')
+                && !v.starts_with('/')
+                && v.split('/').all(|s| s != ".." && s != ".")
+                && v.bytes().all(|b| b.is_ascii_graphic());
+            if ok {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    name,
+                    &v,
+                    "a relative key prefix ending in '/', e.g. releases/",
+                ))
+            }
+        };
+        let key_prefix = prefix("DROPSHIP_KEY_PREFIX", RELEASES_PREFIX)?;
+        let records_prefix = prefix("DROPSHIP_RECORDS_PREFIX", RECORDS_PREFIX)?;
+        if key_prefix.starts_with(&records_prefix) || records_prefix.starts_with(&key_prefix) {
+            return Err(invalid(
+                "DROPSHIP_RECORDS_PREFIX",
+                &records_prefix,
+                "a prefix disjoint from DROPSHIP_KEY_PREFIX (uploaders must not be able to forge records)",
+            ));
+        }
+
+        let app_root = get("DROPSHIP_APP_ROOT").unwrap_or_else(|| DEFAULT_APP_ROOT.to_owned());
+        let sample = app_root.replace("{app}", "a").replace("{env}", "e");
+        let root_ok = sample.starts_with('/')
+            && sample.len() > 1
+            && !sample.contains("//")
+            && sample.split('/').all(|s| s != ".." && s != ".")
+            && sample
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+        if !root_ok {
+            return Err(invalid(
+                "DROPSHIP_APP_ROOT",
+                &app_root,
+                "an absolute path of letters, digits, / . _ - with optional {app} and {env}",
+            ));
+        }
+
+        let tag = |name: &'static str, default: &str| -> Result<String, ConfigError> {
+            let v = get(name).unwrap_or_else(|| default.to_owned());
+            if v.len() <= 128 && !v.starts_with("aws:") {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    name,
+                    &v,
+                    "an EC2 tag key (≤ 128 characters, not starting with aws:)",
+                ))
+            }
+        };
+        let app_tag_key = tag("DROPSHIP_APP_TAG_KEY", DEFAULT_APP_TAG_KEY)?;
+        let env_tag_key = tag("DROPSHIP_ENV_TAG_KEY", DEFAULT_ENV_TAG_KEY)?;
+
+        let max_concurrency =
+            get("DROPSHIP_MAX_CONCURRENCY").unwrap_or_else(|| DEFAULT_MAX_CONCURRENCY.to_owned());
+        if !is_rate(&max_concurrency, 1) {
+            return Err(invalid(
+                "DROPSHIP_MAX_CONCURRENCY",
+                &max_concurrency,
+                "a count ≥ 1 or a percentage 1%-100%",
+            ));
+        }
+        let max_errors =
+            get("DROPSHIP_MAX_ERRORS").unwrap_or_else(|| DEFAULT_MAX_ERRORS.to_owned());
+        if !is_rate(&max_errors, 0) {
+            return Err(invalid(
+                "DROPSHIP_MAX_ERRORS",
+                &max_errors,
+                "a count ≥ 0 or a percentage 0%-100%",
+            ));
+        }
+
+        let number =
+            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                match get(name) {
+                    None => Ok(default),
+                    Some(v) => match v.parse::<u64>() {
+                        Ok(n) if (min..=max).contains(&n) => Ok(n),
+                        _ => Err(invalid(
+                            name,
+                            &v,
+                            &format!("a whole number from {min} to {max}"),
+                        )),
+                    },
+                }
+            };
+        // Ranges: SSM TimeoutSeconds 30..2592000; executionTimeout up to 172800 (48 h);
+        // presigned URLs at most 7 days.
+        let delivery_timeout_secs = number(
+            "DROPSHIP_DELIVERY_TIMEOUT_SECS",
+            DEFAULT_DELIVERY_TIMEOUT_SECS.into(),
+            30,
+            2_592_000,
+        )? as u32;
+        let execution_timeout_secs = number(
+            "DROPSHIP_EXECUTION_TIMEOUT_SECS",
+            DEFAULT_EXECUTION_TIMEOUT_SECS.into(),
+            60,
+            172_800,
+        )? as u32;
+        let presign_ttl_secs = number(
+            "DROPSHIP_PRESIGN_TTL_SECS",
+            DEFAULT_PRESIGN_TTL_SECS.into(),
+            60,
+            604_800,
+        )? as u32;
+        let max_bundle_bytes = number(
+            "DROPSHIP_MAX_BUNDLE_BYTES",
+            DEFAULT_MAX_BUNDLE_BYTES,
+            1024,
+            5 << 40,
+        )?;
+        let lock_timeout_secs = number(
+            "DROPSHIP_LOCK_TIMEOUT_SECS",
+            DEFAULT_LOCK_TIMEOUT_SECS.into(),
+            1,
+            86_400,
+        )? as u32;
+
+        let log_group = get("DROPSHIP_LOG_GROUP");
+        if let Some(g) = &log_group {
+            let ok = g.len() <= 512
+                && g.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-/.#".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    "DROPSHIP_LOG_GROUP",
+                    g,
+                    "a CloudWatch log group name (letters, digits, _ - / . #)",
+                ));
+            }
+        }
+
+        Ok(Self {
+            allowed_buckets,
+            key_prefix,
+            records_prefix,
+            app_root,
+            app_tag_key,
+            env_tag_key,
+            max_concurrency,
+            max_errors,
+            delivery_timeout_secs,
+            execution_timeout_secs,
+            log_group,
+            presign_ttl_secs,
+            max_bundle_bytes,
+            lock_timeout_secs,
+        })
+    }
+
+    /// Whether events from `bucket` are acted on.
+    pub fn bucket_allowed(&self, bucket: &str) -> bool {
+        self.allowed_buckets.iter().any(|b| b == bucket)
+    }
+
+    /// The app root on hosts for one app/env.
+    pub fn app_root_for(&self, app: &str, env: &str) -> String {
+        self.app_root.replace("{app}", app).replace("{env}", env)
+    }
+}
+
+fn is_bucket_name(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+}
+
+/// SSM rate value: a plain count ≥ `min`, or a percentage `min%..=100%`.
+fn is_rate(v: &str, min: u64) -> bool {
+    match v.strip_suffix('%') {
+        Some(p) => p.parse::<u64>().is_ok_and(|n| (min..=100).contains(&n)),
+        None => v.parse::<u64>().is_ok_and(|n| n >= min),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_architecture_table() {
+        let c = cfg(&[("DROPSHIP_ALLOWED_BUCKETS", "rel-a, rel-b")]).unwrap();
+        assert_eq!(c.allowed_buckets, vec!["rel-a", "rel-b"]);
+        assert_eq!(c.key_prefix, "releases/");
+        assert_eq!(c.records_prefix, "deploy-records/");
+        assert_eq!(c.app_root_for("shop", "prod"), "/opt/dropship/shop");
+        assert_eq!(c.app_tag_key, DEFAULT_APP_TAG_KEY);
+        assert_eq!(c.env_tag_key, DEFAULT_ENV_TAG_KEY);
+        assert_eq!(c.max_concurrency, "50%");
+        assert_eq!(c.max_errors, "0");
+        assert_eq!(c.delivery_timeout_secs, 600);
+        assert_eq!(c.execution_timeout_secs, 1800);
+        assert_eq!(c.log_group, None);
+        assert_eq!(c.presign_ttl_secs, 900);
+        assert_eq!(c.max_bundle_bytes, 2_147_483_648);
+        assert_eq!(c.lock_timeout_secs, 300);
+        assert!(c.bucket_allowed("rel-b") && !c.bucket_allowed("other"));
+    }
+
+    #[test]
+    fn every_variable_read_is_listed() {
+        // Every lookup goes through ENV_VARS: record the names asked for.
+        let asked = std::cell::RefCell::new(Vec::new());
+        let _ = Config::from_lookup(|k| {
+            asked.borrow_mut().push(k.to_owned());
+            (k == "DROPSHIP_ALLOWED_BUCKETS").then(|| "b-1".to_owned())
+        })
+        .unwrap();
+        let mut asked = asked.into_inner();
+        asked.sort();
+        asked.dedup();
+        let mut listed: Vec<String> = ENV_VARS.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(asked, listed);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_the_variable_named() {
+        let base = ("DROPSHIP_ALLOWED_BUCKETS", "rel");
+        assert!(matches!(
+            cfg(&[]),
+            Err(ConfigError::Missing {
+                name: "DROPSHIP_ALLOWED_BUCKETS",
+                ..
+            })
+        ));
+        for (name, value) in [
+            ("DROPSHIP_ALLOWED_BUCKETS", "UPPER"),
+            ("DROPSHIP_KEY_PREFIX", "releases"),
+            ("DROPSHIP_KEY_PREFIX", "/releases/"),
+            ("DROPSHIP_RECORDS_PREFIX", "releases/records/"),
+            ("DROPSHIP_APP_ROOT", "relative/{app}"),
+            ("DROPSHIP_APP_ROOT", "/opt/../etc"),
+            ("DROPSHIP_APP_ROOT", "/opt/$(x)"),
+            ("DROPSHIP_APP_TAG_KEY", "aws:app"),
+            ("DROPSHIP_MAX_CONCURRENCY", "0"),
+            ("DROPSHIP_MAX_CONCURRENCY", "150%"),
+            ("DROPSHIP_MAX_ERRORS", "-1"),
+            ("DROPSHIP_DELIVERY_TIMEOUT_SECS", "5"),
+            ("DROPSHIP_EXECUTION_TIMEOUT_SECS", "soon"),
+            ("DROPSHIP_PRESIGN_TTL_SECS", "9999999"),
+            ("DROPSHIP_MAX_BUNDLE_BYTES", "1"),
+            ("DROPSHIP_LOCK_TIMEOUT_SECS", "0"),
+            ("DROPSHIP_LOG_GROUP", "bad group"),
+        ] {
+            let pairs: Vec<(&str, &str)> = if name == base.0 {
+                vec![(name, value)]
+            } else {
+                vec![base, (name, value)]
+            };
+            let err = cfg(&pairs).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn app_root_substitutes_app_and_env() {
+        let c = cfg(&[
+            ("DROPSHIP_ALLOWED_BUCKETS", "rel"),
+            ("DROPSHIP_APP_ROOT", "/srv/{app}-{env}"),
+            ("DROPSHIP_MAX_CONCURRENCY", "10"),
+            ("DROPSHIP_LOG_GROUP", "/dropship/commands"),
+        ])
+        .unwrap();
+        assert_eq!(c.app_root_for("shop", "prod"), "/srv/shop-prod");
+        assert_eq!(c.log_group.as_deref(), Some("/dropship/commands"));
+    }
+}
