@@ -3,12 +3,14 @@
 //!
 //! Layout follows "functional core, thin shell": [`config`], [`select`] and
 //! [`archive::plan`] decide; [`git`], [`archive::write_tar`], [`pgz`] and [`s3`] do I/O.
+//! The operator commands (`versions`, `status`, `restore`, `--wait`) live in [`ops`].
 
 pub mod archive;
 pub mod aws_calls;
 pub mod bundle;
 pub mod config;
 pub mod git;
+pub mod ops;
 pub mod pgz;
 pub mod s3;
 pub mod select;

@@ -1,28 +1,40 @@
 //! `bundle-and-upload`: bundle the git tree at HEAD and upload it as a new S3 version.
 
-use std::io::IsTerminal;
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use dropship_bundler::bundle::{self, BundleError, BundleRequest, Discard, PreparedBundle};
-use dropship_bundler::config::Overrides;
+use dropship_bundler::config::{Config, ConfigError, ConfigFile, Overrides, CONFIG_FILE};
+use dropship_bundler::ops::aws::Clients;
+use dropship_bundler::ops::wait::{self, WaitOptions, WaitReport};
+use dropship_bundler::ops::{restore, versions, OpsError, Target};
 use dropship_bundler::s3::{Bucket, S3Error};
 use dropship_bundler::upload::{self, UploadError, UploadTuning};
+use dropship_contract::key::ReleaseKey;
 use dropship_contract::metadata::{ObjectMetadata, Source};
 use indicatif::{ProgressBar, ProgressStyle};
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success
+  0  success (with --wait: deployed on every host)
   1  unexpected internal error
-  2  usage or dropship.toml invalid
+  2  usage or dropship.toml invalid; unknown version id or delete marker; restore not confirmed
   3  git state: not a repository, no commits, or uncommitted changes
   4  content refused: secrets, unsafe symlinks, oversized files
   5  AWS refused: bucket missing, versioning off, access denied, no credentials
-  6  network failure: nothing was uploaded; retry";
+  6  network failure: retry (a failed upload or restore wrote nothing)
+With --wait (upload and restore), once the new version exists:
+  7  the deployer refused the version (rejected, no targets, stale): no host was touched
+  8  rolled back on at least one host: its previous release serves again
+  9  failed on at least one host before switching, or undeliverable, timed out, cancelled
+  10 rollback failed on at least one host: it needs an operator
+  11 --wait-timeout passed first; follow with `bundle-and-upload status <version>`
+
+Operator commands: `versions`, `status [VERSION]`, `restore VERSION` (see --help of each).";
 
 /// Bundle the git tree at HEAD into a deterministic .tar.gz and upload it to
 /// s3://<bucket>/releases/<app>/<env>.tar.gz as a new object version.
@@ -36,7 +48,110 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// List the deploy history of an app/env: every version of its key with time, branch,
+    /// commit, uploader and what the deployer did with it.
+    #[command(after_help = EXIT_CODES)]
+    Versions(VersionsArgs),
+    /// Show what one version did on every host (default: the key's current version).
+    #[command(after_help = EXIT_CODES)]
+    Status(StatusArgs),
+    /// Copy an older version on top of the key (metadata kept, plus `restored-from`), so the
+    /// deployer deploys it again as a new version.
+    #[command(after_help = EXIT_CODES)]
+    Restore(RestoreArgs),
+}
+
+/// Which app/env and bucket an operator command reads (dropship.toml, then env, then flags).
+#[derive(Args, Debug, Clone)]
+struct TargetArgs {
+    /// Repository whose dropship.toml to read (any directory inside it).
+    #[arg(long, default_value = ".", env = "DROPSHIP_REPO")]
+    repo: PathBuf,
+    /// Config file (default: dropship.toml at the repository root, if there is one).
+    #[arg(long, env = "DROPSHIP_CONFIG")]
+    config: Option<PathBuf>,
+    /// App name (overrides `app`).
+    #[arg(long, env = "DROPSHIP_APP")]
+    app: Option<String>,
+    /// Environment (overrides `default_env`).
+    #[arg(long, short, env = "DROPSHIP_ENV")]
+    env: Option<String>,
+    /// Artifact bucket (overrides `bucket`).
+    #[arg(long, env = "DROPSHIP_BUCKET")]
+    bucket: Option<String>,
+    /// AWS region (overrides `region`).
+    #[arg(long, env = "DROPSHIP_REGION")]
+    region: Option<String>,
+    /// AWS shared-config profile.
+    #[arg(long, env = "DROPSHIP_AWS_PROFILE")]
+    profile: Option<String>,
+}
+
+/// `--wait` and its settings, shared by upload and restore.
+#[derive(Args, Debug, Clone)]
+struct WaitArgs {
+    /// Follow the deploy of the new version to a per-host result; the exit code reflects it.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait follows before giving up (seconds, or with s, m, h).
+    #[arg(long, default_value = "15m", value_parser = wait::parse_duration, env = "DROPSHIP_WAIT_TIMEOUT")]
+    wait_timeout: Duration,
+    /// Pause between polls while waiting, in milliseconds.
+    #[arg(long, default_value_t = 2000, env = "DROPSHIP_POLL_INTERVAL_MS")]
+    poll_interval_ms: u64,
+}
+
+impl WaitArgs {
+    fn options(&self) -> WaitOptions {
+        WaitOptions {
+            timeout: self.wait_timeout,
+            poll: Duration::from_millis(self.poll_interval_ms.max(10)),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+struct VersionsArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Show this many newest versions.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// One table for every environment listed in dropship.toml.
+    #[arg(long)]
+    all_envs: bool,
+    /// Print JSON (an array with one entry per app/env) instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct StatusArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Version id to report on (default: the key's current version).
+    version: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RestoreArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Version id to restore (see `versions`).
+    version_id: String,
+    /// Do not ask for confirmation (required when not on a terminal).
+    #[arg(long, short)]
+    yes: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
 
 #[derive(Args, Debug, Clone)]
 struct UploadArgs {
@@ -94,6 +209,8 @@ struct UploadArgs {
     /// Print the summary as JSON on stdout (for CI).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 /// Maps failures to the documented exit codes.
@@ -112,6 +229,17 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
         }
         if let Some(s) = cause.downcast_ref::<S3Error>() {
             return s3_code(s);
+        }
+        if let Some(o) = cause.downcast_ref::<OpsError>() {
+            return match o {
+                OpsError::S3(s) => s3_code(s),
+                o if o.is_usage() => 2,
+                o if o.is_transient() => 6,
+                _ => 5,
+            };
+        }
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return 2;
         }
     }
     1
@@ -136,6 +264,14 @@ fn s3_code(e: &S3Error) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_none() && cli.upload.wait.wait && (cli.upload.output.is_some() || cli.upload.dry_run) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--wait follows the deploy of an upload; --output and --dry-run upload nothing: drop one of them",
+            )
+            .exit();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -152,9 +288,12 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         None => runtime.block_on(run_upload(cli.upload)),
+        Some(Command::Versions(args)) => runtime.block_on(run_versions(args)),
+        Some(Command::Status(args)) => runtime.block_on(run_status(args)),
+        Some(Command::Restore(args)) => runtime.block_on(run_restore(args)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(exit_code_for(&err))
@@ -215,27 +354,44 @@ fn now_rfc3339() -> String {
         .expect("UTC time formats")
 }
 
-async fn s3_bucket(args: &UploadArgs, region: Option<String>, bucket: String) -> Bucket {
+async fn sdk_config(profile: Option<&str>, region: Option<String>) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = region {
         loader = loader.region(aws_config::Region::new(region));
     }
-    if let Some(profile) = &args.profile {
+    if let Some(profile) = profile {
         loader = loader.profile_name(profile);
     }
-    let shared = loader.load().await;
+    loader.load().await
+}
+
+fn s3_client(shared: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     // A custom endpoint (moto, MinIO, LocalStack) serves buckets by path, not by host name.
     let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
-    let conf = aws_sdk_s3::config::Builder::from(&shared)
+    let conf = aws_sdk_s3::config::Builder::from(shared)
         .force_path_style(path_style)
         .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+async fn s3_bucket(args: &UploadArgs, region: Option<String>, bucket: String) -> Bucket {
+    let shared = sdk_config(args.profile.as_deref(), region).await;
     Bucket {
-        client: aws_sdk_s3::Client::from_conf(conf),
+        client: s3_client(&shared),
         name: bucket,
     }
 }
 
-async fn run_upload(args: UploadArgs) -> anyhow::Result<()> {
+async fn clients(profile: Option<&str>, region: Option<String>, target: Target) -> Clients {
+    let shared = sdk_config(profile, region).await;
+    Clients {
+        s3: s3_client(&shared),
+        ssm: aws_sdk_ssm::Client::new(&shared),
+        target,
+    }
+}
+
+async fn run_upload(args: UploadArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let request = BundleRequest {
         repo_dir: args.repo.clone(),
@@ -278,6 +434,7 @@ async fn run_upload(args: UploadArgs) -> anyhow::Result<()> {
             )
         })?;
         let bucket = s3_bucket(&args, prepared.config.region.clone(), bucket_name.clone()).await;
+
         let uploader = uploader(&prepared);
         let created = now_rfc3339();
         let metadata_for = |digest: &bundle::BundleDigest| {
@@ -304,8 +461,262 @@ async fn run_upload(args: UploadArgs) -> anyhow::Result<()> {
         s.multipart = Some(outcome.uploaded.multipart);
         s
     };
-    summary.print(args.json, started.elapsed().as_secs_f64());
-    Ok(())
+    let seconds = started.elapsed().as_secs_f64();
+    let version = match (&summary.version_id, args.wait.wait) {
+        (Some(v), true) => v.clone(),
+        (None, true) => {
+            anyhow::bail!("S3 returned no version id for the upload: is versioning still enabled on the bucket?")
+        }
+        (_, false) => {
+            summary.print(args.json, seconds);
+            return Ok(0);
+        }
+    };
+    if !args.json {
+        summary.print(false, seconds);
+    }
+    let target = Target {
+        bucket: summary.bucket.clone().unwrap_or_default(),
+        release: prepared.config.key.clone(),
+    };
+    let clients = clients(args.profile.as_deref(), prepared.config.region.clone(), target).await;
+    let report = follow(&clients, &version, &args.wait, args.json)
+        .await
+        .with_context(|| format!("version {version} was uploaded, but following its deploy failed"))?;
+    let mut summary = summary;
+    let code = report.exit_code();
+    summary.deploy = Some(report);
+    if args.json {
+        summary.print(true, seconds);
+    }
+    Ok(code)
+}
+
+/// Follows a deploy with progress on a terminal (state changes on stderr otherwise) and
+/// prints the per-host table unless JSON was asked for.
+async fn follow(clients: &Clients, version: &str, args: &WaitArgs, json: bool) -> anyhow::Result<WaitReport> {
+    let tty = !json && std::io::stderr().is_terminal();
+    let bar = if tty {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut last = String::new();
+    let mut on_progress = |p: wait::Progress<'_>| {
+        let line = match p {
+            wait::Progress::WaitingForRecord { dispatching: false, .. } => {
+                format!("waiting for the deployer to pick up version {version}")
+            }
+            wait::Progress::WaitingForRecord { dispatching: true, .. } => {
+                "the deployer is verifying the bundle and sending commands".to_string()
+            }
+            wait::Progress::Hosts(s) => format!(
+                "{} host(s): {}",
+                s.hosts.len(),
+                dropship_bundler::ops::status::counts_line(&s.hosts)
+            ),
+        };
+        if line != last {
+            if tty {
+                bar.set_message(line.clone());
+            } else if !json {
+                eprintln!("wait: {line}");
+            }
+            last = line;
+        }
+    };
+    let target = &clients.target;
+    let report = wait::follow(
+        clients,
+        target.release.app(),
+        target.release.env(),
+        version,
+        args.options(),
+        &mut on_progress,
+    )
+    .await?;
+    bar.finish_and_clear();
+    if !json {
+        println!();
+        print!("{}", report.status.render());
+        if report.timed_out {
+            eprintln!(
+                "still pending after {:.0}s (--wait-timeout): follow with `bundle-and-upload status {version}`",
+                report.waited_secs
+            );
+        }
+    }
+    Ok(report)
+}
+
+/// The app/env and bucket for an operator command, plus the environments dropship.toml lists.
+struct Resolved {
+    targets: Vec<Target>,
+    region: Option<String>,
+}
+
+fn resolve_targets(args: &TargetArgs, all_envs: bool) -> anyhow::Result<Resolved> {
+    let explicit = args.config.is_some();
+    let path = match &args.config {
+        Some(p) => p.clone(),
+        None => dropship_bundler::git::Repo::discover(&args.repo)
+            .map(|r| r.root().join(CONFIG_FILE))
+            .unwrap_or_else(|_| args.repo.join(CONFIG_FILE)),
+    };
+    let file = if explicit || path.is_file() {
+        ConfigFile::load(&path)?
+    } else {
+        ConfigFile::default()
+    };
+    let listed = file.environments.clone();
+    let mut overrides = Overrides {
+        app: args.app.clone(),
+        bucket: args.bucket.clone(),
+        region: args.region.clone(),
+        env: args.env.clone(),
+        max_file_bytes: None,
+    };
+    if all_envs && overrides.env.is_none() && file.default_env.is_none() {
+        overrides.env = listed.first().cloned();
+    }
+    let config = Config::resolve(&path, file, overrides)?;
+    let bucket = config.bucket.clone().with_context(|| {
+        format!(
+            "no bucket given: set `bucket` in {}, DROPSHIP_BUCKET, or pass --bucket",
+            config.path.display()
+        )
+    })?;
+    let envs: Vec<String> = if all_envs && !listed.is_empty() {
+        listed
+    } else {
+        vec![config.key.env().to_string()]
+    };
+    let targets = envs
+        .iter()
+        .map(|env| {
+            Ok(Target {
+                bucket: bucket.clone(),
+                release: ReleaseKey::new(config.key.app(), env)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Resolved {
+        targets,
+        region: config.region.clone(),
+    })
+}
+
+async fn run_versions(args: VersionsArgs) -> anyhow::Result<u8> {
+    let resolved = resolve_targets(&args.target, args.all_envs)?;
+    let mut reports = Vec::new();
+    for target in resolved.targets {
+        let c = clients(args.target.profile.as_deref(), resolved.region.clone(), target).await;
+        reports.push(versions::run(&c, args.limit).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        let text: Vec<String> = reports.iter().map(|r| r.render()).collect();
+        print!("{}", text.join("\n"));
+    }
+    Ok(0)
+}
+
+async fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
+    let resolved = resolve_targets(&args.target, false)?;
+    let target = resolved.targets.into_iter().next().context("no app/env resolved")?;
+    let c = clients(args.target.profile.as_deref(), resolved.region, target).await;
+    let version = match args.version.clone() {
+        Some(v) => v,
+        None => c.current_version().await?.ok_or_else(|| OpsError::NoVersions { url: c.target.url() })?,
+    };
+    let Some(head) = c.head_if_exists(&version).await? else {
+        return Err(OpsError::UnknownVersion {
+            url: c.target.url(),
+            version_id: version,
+        }
+        .into());
+    };
+    let mut status = wait::status_once(
+        &c,
+        c.target.release.app(),
+        c.target.release.env(),
+        &version,
+        Duration::from_millis(400),
+    )
+    .await?;
+    if status.commit.is_none() {
+        status.commit = ObjectMetadata::from_headers(&head.metadata).ok().map(|m| m.commit);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(0)
+}
+
+/// Output of `restore`, with the deploy when `--wait` was given.
+#[derive(serde::Serialize)]
+struct RestoreOutput {
+    #[serde(flatten)]
+    restored: restore::Restored,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy: Option<WaitReport>,
+}
+
+async fn run_restore(args: RestoreArgs) -> anyhow::Result<u8> {
+    let resolved = resolve_targets(&args.target, false)?;
+    let target = resolved.targets.into_iter().next().context("no app/env resolved")?;
+    let c = clients(args.target.profile.as_deref(), resolved.region, target).await;
+    let plan = restore::prepare(&c, &args.version_id).await?;
+    let not_confirmed = |why: String| OpsError::NotConfirmed {
+        url: plan.target.url(),
+        version_id: plan.source.version_id.clone(),
+        why,
+    };
+    match restore::consent(args.yes, std::io::stdin().is_terminal(), std::io::stderr().is_terminal()) {
+        restore::Consent::Given => {}
+        restore::Consent::Ask => {
+            eprint!("{}Restore this version? [y/N] ", plan.describe());
+            let mut answer = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut answer)
+                .context("reading the confirmation from the terminal")?;
+            if !restore::is_yes(&answer) {
+                return Err(not_confirmed("the answer was not yes".into()).into());
+            }
+        }
+        restore::Consent::Refuse(why) => {
+            eprint!("{}", plan.describe());
+            return Err(not_confirmed(why).into());
+        }
+    }
+    let restored = restore::execute(&c, &plan).await?;
+    if !args.json {
+        print!("{}", restored.render());
+    }
+    let deploy = if args.wait.wait {
+        let version = restored.version_id.clone();
+        Some(
+            follow(&c, &version, &args.wait, args.json)
+                .await
+                .with_context(|| format!("version {version} was created by the restore, but following its deploy failed"))?,
+        )
+    } else {
+        None
+    };
+    let code = deploy.as_ref().map(WaitReport::exit_code).unwrap_or(0);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&RestoreOutput { restored, deploy })?);
+    }
+    Ok(code)
 }
 
 /// Writes next to the target and renames, so a failed run never leaves a partial file.
@@ -369,6 +780,9 @@ struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<String>,
     dry_run: bool,
+    /// The followed deploy, with `--wait`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy: Option<WaitReport>,
 }
 
 impl Summary {
@@ -389,6 +803,7 @@ impl Summary {
             multipart: None,
             output: None,
             dry_run: false,
+            deploy: None,
         }
     }
 

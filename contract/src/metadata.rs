@@ -124,6 +124,16 @@ impl ObjectMetadata {
         Ok(out)
     }
 
+    /// The metadata of a restore: the same upload facts (branch, commit, sha256, uploader,
+    /// created, …) with `restored-from` set to the version copied. A restore of a restore
+    /// names the version it copied, not the original upload.
+    pub fn restored(&self, from_version_id: &str) -> Self {
+        Self {
+            restored_from: Some(from_version_id.to_string()),
+            ..self.clone()
+        }
+    }
+
     /// Decodes and validates metadata as S3 returns it (keys without `x-amz-meta-`).
     pub fn from_headers(headers: &HashMap<String, String>) -> Result<Self, MetadataError> {
         let get = |name: &'static str| -> Result<String, MetadataError> {
@@ -302,6 +312,30 @@ mod tests {
             assert_eq!(round_trip(&meta).branch, branch);
         }
         assert_eq!(round_trip(&sample()), sample());
+    }
+
+    #[test]
+    fn restored_from_is_written_only_for_restores_and_round_trips() {
+        let plain = sample().to_headers().unwrap();
+        assert!(!plain.contains_key(names::RESTORED_FROM));
+        let restored = sample().restored("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY");
+        let headers = restored.to_headers().unwrap();
+        assert_eq!(headers[names::RESTORED_FROM], "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY");
+        let back = round_trip(&restored);
+        assert_eq!(back.restored_from.as_deref(), Some("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"));
+        assert_eq!(ObjectMetadata { restored_from: None, ..back }, sample());
+        // Version ids are opaque: anything survives the encoding.
+        let odd = sample().restored("a+b/c=d%e f");
+        assert_eq!(round_trip(&odd).restored_from.as_deref(), Some("a+b/c=d%e f"));
+        // A restore of a restore names the version it copied.
+        assert_eq!(restored.restored("v2").restored_from.as_deref(), Some("v2"));
+        // Malformed escapes in restored-from are refused like any other field.
+        let mut bad: HashMap<String, String> = plain.into_iter().collect();
+        bad.insert(names::RESTORED_FROM.into(), "%zz".into());
+        assert!(matches!(
+            ObjectMetadata::from_headers(&bad),
+            Err(MetadataError::Invalid { field: names::RESTORED_FROM, .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,829 @@
+//! `status [version]`: what happened to one object version on every host.
+//!
+//! Facts come from the deploy record (which commands went to which instances) and from one
+//! `GetCommandInvocation` per instance. The parent command's status is never used: SSM marks a
+//! command `Success` when every invocation finished, even when some were undeliverable or
+//! timed out, so only each invocation says what a host did. Within an invocation, the host
+//! script's exit code ([`ExitCode`]) is authoritative and its `DROPSHIP_RESULT` line adds the
+//! detail (release, message); SSM keeps only the first 24,000 characters of stdout, so the line
+//! can be missing and the exit code must be enough.
+
+use std::collections::BTreeMap;
+
+use dropship_contract::host::{ExitCode, HostOutcome, HostResult};
+use dropship_contract::record::{DeployRecord, Outcome};
+use serde::{Deserialize, Serialize};
+
+use super::table::Table;
+use super::short;
+
+/// One `GetCommandInvocation` answer, in the API's field names so documented JSON shapes (and
+/// `aws ssm get-command-invocation` output) deserialise into it as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Invocation {
+    /// SSM command id.
+    pub command_id: String,
+    /// Instance id.
+    pub instance_id: String,
+    /// `Pending`, `InProgress`, `Delayed`, `Success`, `Cancelled`, `TimedOut`, `Failed`,
+    /// `Cancelling`.
+    pub status: String,
+    /// The finer status: `Pending`, `In Progress`, `Delayed`, `Success`, `Delivery Timed Out`,
+    /// `Execution Timed Out`, `Failed`, `Cancelled`, `Undeliverable`, `Terminated`.
+    pub status_details: String,
+    /// The script's exit code (`-1` while it has not finished).
+    pub response_code: i32,
+    /// The first 24,000 characters of stdout.
+    pub standard_output_content: String,
+    /// The first 8,000 characters of stderr.
+    pub standard_error_content: String,
+}
+
+/// What SSM said about one (command, instance) pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// SSM answered `InvocationDoesNotExist` (or `InvalidCommandId`): right after `SendCommand`
+    /// the invocations are not registered yet. Reported as dispatched.
+    NotYet {
+        /// The SSM error code.
+        code: String,
+    },
+    /// SSM answered `InvalidCommandId` or `InvalidInstanceId`: it no longer knows the command
+    /// (history is kept 30 days; or the region differs from the deployer's).
+    Gone {
+        /// The SSM error code.
+        code: String,
+    },
+    /// The invocation.
+    Found(Invocation),
+}
+
+/// A host's state for one version, from the operator's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    /// Sent, not started (pending, delayed, or not registered yet).
+    Dispatched,
+    /// The host script is running.
+    InProgress,
+    /// Deployed, already current, or skipped as stale (exit 0).
+    Success,
+    /// The new release failed after the switch; the previous release is back (exit 9).
+    RolledBack,
+    /// SSM cancelled the invocation (by an operator, or `MaxErrors` reached): never ran.
+    Cancelled,
+    /// SSM no longer knows the invocation: the outcome cannot be read any more.
+    Unknown,
+    /// SSM could not reach the instance (not managed, stopped, gone): never ran.
+    Undeliverable,
+    /// Not delivered within the delivery timeout, or killed after the execution timeout.
+    TimedOut,
+    /// The script failed before switching (exit 2–8): the previous release still serves.
+    Failed,
+    /// The rollback failed too (exit 10): the host needs an operator.
+    RollbackFailed,
+}
+
+impl HostState {
+    /// Whether the host will not change state any more for this command.
+    pub fn is_final(self) -> bool {
+        !matches!(self, HostState::Dispatched | HostState::InProgress)
+    }
+
+    /// The table / JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Dispatched => "dispatched",
+            HostState::InProgress => "in_progress",
+            HostState::Success => "success",
+            HostState::RolledBack => "rolled_back",
+            HostState::Cancelled => "cancelled",
+            HostState::Unknown => "unknown",
+            HostState::Undeliverable => "undeliverable",
+            HostState::TimedOut => "timed_out",
+            HostState::Failed => "failed",
+            HostState::RollbackFailed => "rollback_failed",
+        }
+    }
+
+    /// Severity for aggregation: higher is worse.
+    fn severity(self) -> u8 {
+        match self {
+            HostState::Success => 0,
+            HostState::Dispatched => 1,
+            HostState::InProgress => 2,
+            HostState::RolledBack => 3,
+            HostState::Cancelled => 4,
+            HostState::Unknown => 5,
+            HostState::Undeliverable => 6,
+            HostState::TimedOut => 7,
+            HostState::Failed => 8,
+            HostState::RollbackFailed => 9,
+        }
+    }
+
+    fn worse(self, other: HostState) -> HostState {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One host's line in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostStatus {
+    /// Instance id.
+    pub instance_id: String,
+    /// SSM command id.
+    pub command_id: String,
+    /// What the operator needs to know.
+    pub state: HostState,
+    /// SSM's `StatusDetails` (or `Status`), empty when not registered yet.
+    pub ssm_status: String,
+    /// The script's exit code, once it finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The script's `DROPSHIP_RESULT`, when stdout still had it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<HostResult>,
+    /// One line: why, or what was deployed.
+    pub detail: String,
+}
+
+fn state_from_exit(code: i32) -> HostState {
+    match ExitCode::from_code(code) {
+        Some(ExitCode::Ok) => HostState::Success,
+        Some(ExitCode::RolledBack) => HostState::RolledBack,
+        Some(ExitCode::RollbackFailed) => HostState::RollbackFailed,
+        _ => HostState::Failed,
+    }
+}
+
+fn state_from_result(outcome: HostOutcome) -> HostState {
+    match outcome {
+        HostOutcome::Deployed | HostOutcome::Noop | HostOutcome::Stale | HostOutcome::Status => HostState::Success,
+        HostOutcome::RolledBack => HostState::RolledBack,
+        HostOutcome::Failed => HostState::Failed,
+        HostOutcome::RollbackFailed => HostState::RollbackFailed,
+    }
+}
+
+fn outcome_word(outcome: HostOutcome) -> &'static str {
+    match outcome {
+        HostOutcome::Deployed => "deployed",
+        HostOutcome::Noop => "already current",
+        HostOutcome::Stale => "skipped: older than what the host runs",
+        HostOutcome::RolledBack => "rolled back",
+        HostOutcome::Failed => "failed",
+        HostOutcome::RollbackFailed => "rollback failed",
+        HostOutcome::Status => "status",
+    }
+}
+
+/// The script finished with `code` (SSM `Success` or `Failed`): the exit code decides, the
+/// result line can only make it worse (a mismatch is reported, never hidden).
+fn finished(inv: &Invocation, result: Option<HostResult>) -> (HostState, String) {
+    let code = inv.response_code;
+    let by_code = state_from_exit(code);
+    let mut detail = match &result {
+        Some(r) => {
+            let word = outcome_word(r.outcome);
+            let mut d = word.to_string();
+            if !r.release.is_empty() {
+                d.push_str(&format!(" {}", r.release));
+            }
+            if !r.message.is_empty() {
+                d.push_str(&format!(": {}", r.message));
+            }
+            d
+        }
+        None => match ExitCode::from_code(code) {
+            Some(c) => format!("exit {code}: {} (no result line in the output SSM kept)", c.describe()),
+            None => format!("exit {code}: not a deploy-on-host.sh exit code (no result line in the output SSM kept)"),
+        },
+    };
+    let state = match &result {
+        // Exit 0 covers requested rollbacks too: the code is authoritative for success.
+        Some(_) if code == 0 => by_code,
+        Some(r) => {
+            let by_result = state_from_result(r.outcome);
+            if r.exit_code != code {
+                detail.push_str(&format!(" (result line says exit {}, SSM says {code})", r.exit_code));
+            }
+            by_code.worse(by_result)
+        }
+        None => by_code,
+    };
+    (state, detail)
+}
+
+/// Maps what SSM said about one host to its state. Pure: the heart of `status` and `--wait`.
+pub fn host_status(command_id: &str, instance_id: &str, observed: &Observed) -> HostStatus {
+    let inv = match observed {
+        Observed::NotYet { code } => {
+            return HostStatus {
+                instance_id: instance_id.to_string(),
+                command_id: command_id.to_string(),
+                state: HostState::Dispatched,
+                ssm_status: String::new(),
+                exit_code: None,
+                result: None,
+                detail: format!("sent; SSM has not registered the invocation yet ({code})"),
+            }
+        }
+        Observed::Gone { code } => {
+            return HostStatus {
+                instance_id: instance_id.to_string(),
+                command_id: command_id.to_string(),
+                state: HostState::Unknown,
+                ssm_status: String::new(),
+                exit_code: None,
+                result: None,
+                detail: format!(
+                    "SSM no longer knows this invocation ({code}): its history is kept 30 days; check --region and deploy.log on the host"
+                ),
+            }
+        }
+        Observed::Found(inv) => inv,
+    };
+    let ssm_status = if inv.status_details.is_empty() {
+        inv.status.clone()
+    } else {
+        inv.status_details.clone()
+    };
+    let result = HostResult::from_output(&inv.standard_output_content);
+    let (state, detail, exit_code, result) = match (ssm_status.as_str(), inv.status.as_str()) {
+        ("Pending", _) => (HostState::Dispatched, "waiting for the SSM agent".to_string(), None, None),
+        ("Delayed", _) => (
+            HostState::Dispatched,
+            "delayed: the instance was unavailable; SSM retries until the delivery timeout".to_string(),
+            None,
+            None,
+        ),
+        ("In Progress" | "InProgress", _) => (HostState::InProgress, "deploy-on-host.sh is running".to_string(), None, None),
+        ("Cancelling", _) => (HostState::InProgress, "cancelling".to_string(), None, None),
+        ("Success" | "Failed", _) => {
+            let (state, detail) = finished(inv, result.clone());
+            (state, detail, Some(inv.response_code), result)
+        }
+        ("Delivery Timed Out", _) => (
+            HostState::TimedOut,
+            "never delivered within the delivery timeout: the host is unchanged; check the SSM agent".to_string(),
+            None,
+            None,
+        ),
+        ("Execution Timed Out", _) | ("TimedOut", _) => (
+            HostState::TimedOut,
+            "the script was stopped at the execution timeout: check deploy.log on the host; the next deploy recovers".to_string(),
+            None,
+            result,
+        ),
+        ("Undeliverable", _) => (
+            HostState::Undeliverable,
+            "SSM cannot reach the instance (gone, stopped, or no SSM agent/role): the host is unchanged".to_string(),
+            None,
+            None,
+        ),
+        ("Cancelled" | "Canceled", _) => (
+            HostState::Cancelled,
+            "cancelled before it ran: the host is unchanged".to_string(),
+            None,
+            None,
+        ),
+        ("Terminated", _) => (
+            HostState::Cancelled,
+            "not run: the command reached its MaxErrors limit; the host is unchanged".to_string(),
+            None,
+            None,
+        ),
+        // An unknown StatusDetails: fall back to the coarse Status.
+        (_, "Success" | "Failed") => {
+            let (state, detail) = finished(inv, result.clone());
+            (state, detail, Some(inv.response_code), result)
+        }
+        (_, "Pending" | "Delayed") => (HostState::Dispatched, format!("SSM status {ssm_status}"), None, None),
+        (_, "InProgress" | "Cancelling") => (HostState::InProgress, format!("SSM status {ssm_status}"), None, None),
+        (_, "Cancelled") => (HostState::Cancelled, format!("SSM status {ssm_status}"), None, None),
+        (other, _) => (
+            HostState::Failed,
+            format!("unknown SSM status {other:?}: check the command in the SSM console"),
+            None,
+            None,
+        ),
+    };
+    HostStatus {
+        instance_id: instance_id.to_string(),
+        command_id: command_id.to_string(),
+        state,
+        ssm_status,
+        exit_code,
+        result,
+        detail,
+    }
+}
+
+/// Where the deploy of a version stands, before looking at hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// No deploy record yet: the deployer has not processed the upload's event.
+    NoRecord,
+    /// The deployer claimed the version and is verifying or sending.
+    Dispatching,
+    /// Commands were sent; see the hosts.
+    Dispatched,
+    /// The deployer refused the version (`rejected`, `no_targets`, `skipped_stale`): nothing
+    /// reached a host.
+    Refused {
+        /// The record's outcome.
+        outcome: Outcome,
+        /// The record's reason.
+        reason: String,
+    },
+}
+
+/// Everything `status` reports about one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeployStatus {
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub env: String,
+    /// The object version.
+    pub version_id: String,
+    /// Commit of the version, when known (record metadata or object metadata).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Deploy phase from the record.
+    #[serde(flatten)]
+    pub phase: Phase,
+    /// One line per targeted host, in record order.
+    pub hosts: Vec<HostStatus>,
+    /// The overall verdict.
+    pub verdict: Verdict,
+}
+
+/// Every (command, instance) pair a record sent, in order, without duplicates.
+pub fn invocation_pairs(record: &DeployRecord) -> Vec<(String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for batch in &record.commands {
+        for instance in &batch.instance_ids {
+            if seen.insert((batch.command_id.clone(), instance.clone())) {
+                out.push((batch.command_id.clone(), instance.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The phase a record puts a version in.
+pub fn phase_of(record: Option<&DeployRecord>) -> Phase {
+    match record {
+        None => Phase::NoRecord,
+        Some(r) => match r.outcome {
+            Outcome::Dispatching => Phase::Dispatching,
+            Outcome::Dispatched => Phase::Dispatched,
+            other => Phase::Refused {
+                outcome: other,
+                reason: r.reason.clone().unwrap_or_default(),
+            },
+        },
+    }
+}
+
+/// The one-word answer to "did it deploy?", and the `--wait` exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Not settled yet (no record, dispatching, or hosts still running).
+    Pending,
+    /// Every host deployed it (or already ran it).
+    Succeeded,
+    /// The deployer refused the version; no host was touched.
+    Refused,
+    /// At least one host rolled back to its previous release; none worse.
+    RolledBack,
+    /// At least one host failed before switching, timed out, was undeliverable or cancelled.
+    Failed,
+    /// At least one host could not roll back: it needs an operator.
+    RollbackFailed,
+}
+
+impl Verdict {
+    /// The `--wait` exit code (documented in `--help` and docs/architecture.md).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Succeeded => 0,
+            Verdict::Refused => 7,
+            Verdict::RolledBack => 8,
+            Verdict::Failed => 9,
+            Verdict::RollbackFailed => 10,
+            Verdict::Pending => WAIT_TIMEOUT_EXIT,
+        }
+    }
+
+    /// The JSON / table spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pending => "pending",
+            Verdict::Succeeded => "succeeded",
+            Verdict::Refused => "refused",
+            Verdict::RolledBack => "rolled_back",
+            Verdict::Failed => "failed",
+            Verdict::RollbackFailed => "rollback_failed",
+        }
+    }
+}
+
+/// Exit code of `--wait` when the deploy did not settle within `--wait-timeout`.
+pub const WAIT_TIMEOUT_EXIT: u8 = 11;
+
+/// The verdict from the phase and every host's state: all hosts must be final to settle, and
+/// then the worst host decides.
+pub fn verdict(phase: &Phase, hosts: &[HostStatus]) -> Verdict {
+    match phase {
+        Phase::NoRecord | Phase::Dispatching => return Verdict::Pending,
+        Phase::Refused { .. } => return Verdict::Refused,
+        Phase::Dispatched => {}
+    }
+    if hosts.iter().any(|h| !h.state.is_final()) {
+        return Verdict::Pending;
+    }
+    let worst = hosts.iter().map(|h| h.state).fold(HostState::Success, HostState::worse);
+    match worst {
+        HostState::Success => Verdict::Succeeded,
+        HostState::RolledBack => Verdict::RolledBack,
+        HostState::RollbackFailed => Verdict::RollbackFailed,
+        _ => Verdict::Failed,
+    }
+}
+
+/// Assembles the report from the record and what SSM said per pair (pairs SSM was not asked
+/// about yet count as not registered).
+pub fn build(
+    app: &str,
+    env: &str,
+    version_id: &str,
+    record: Option<&DeployRecord>,
+    observed: &BTreeMap<(String, String), Observed>,
+) -> DeployStatus {
+    let phase = phase_of(record);
+    let hosts: Vec<HostStatus> = record
+        .map(invocation_pairs)
+        .unwrap_or_default()
+        .iter()
+        .map(|(command, instance)| {
+            let obs = observed
+                .get(&(command.clone(), instance.clone()))
+                .cloned()
+                .unwrap_or(Observed::NotYet {
+                    code: "not asked yet".into(),
+                });
+            host_status(command, instance, &obs)
+        })
+        .collect();
+    let verdict = verdict(&phase, &hosts);
+    DeployStatus {
+        app: app.to_string(),
+        env: env.to_string(),
+        version_id: version_id.to_string(),
+        commit: record.and_then(|r| r.metadata.as_ref().map(|m| m.commit.clone())),
+        phase,
+        hosts,
+        verdict,
+    }
+}
+
+/// Counts of hosts per state, for progress lines.
+pub fn counts(hosts: &[HostStatus]) -> BTreeMap<HostState, usize> {
+    let mut out = BTreeMap::new();
+    for h in hosts {
+        *out.entry(h.state).or_insert(0) += 1;
+    }
+    out
+}
+
+/// `3 success, 1 in_progress` style summary.
+pub fn counts_line(hosts: &[HostStatus]) -> String {
+    counts(hosts)
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl DeployStatus {
+    /// The human report: a headline, then one row per host.
+    pub fn render(&self) -> String {
+        let mut out = format!("{}/{} version {}", self.app, self.env, self.version_id);
+        if let Some(c) = &self.commit {
+            out.push_str(&format!(" (commit {})", super::short_commit(c)));
+        }
+        out.push('\n');
+        match &self.phase {
+            Phase::NoRecord => out.push_str(
+                "  deploy: no deploy record yet — the deployer has not processed this upload; if this lasts, check the EventBridge rule, the Lambda's logs and its DLQ\n",
+            ),
+            Phase::Dispatching => out.push_str("  deploy: dispatching — the deployer is verifying the bundle and sending commands\n"),
+            Phase::Refused { outcome, reason } => {
+                out.push_str(&format!("  deploy: {outcome} — nothing reached a host"));
+                if !reason.is_empty() {
+                    out.push_str(&format!(": {reason}"));
+                }
+                out.push('\n');
+            }
+            Phase::Dispatched => {
+                out.push_str(&format!(
+                    "  deploy: dispatched to {} host(s): {}\n",
+                    self.hosts.len(),
+                    counts_line(&self.hosts)
+                ));
+            }
+        }
+        out.push_str(&format!("  verdict: {}\n", self.verdict.as_str()));
+        if !self.hosts.is_empty() {
+            let mut t = Table::new(["HOST", "STATE", "EXIT", "COMMAND", "DETAIL"]);
+            for h in &self.hosts {
+                t.row([
+                    h.instance_id.clone(),
+                    h.state.to_string(),
+                    h.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    short(&h.command_id, 13),
+                    short(&h.detail, 120),
+                ]);
+            }
+            out.push('\n');
+            out.push_str(&t.render());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dropship_contract::record::{CommandBatch, EventFacts, Trigger, RECORD_FORMAT};
+
+    /// A `GetCommandInvocation` response as the AWS CLI prints it (shape from the SSM API
+    /// reference), with the fields that matter here.
+    fn fixture(json: &str) -> Observed {
+        Observed::Found(serde_json::from_str(json).expect("fixture parses"))
+    }
+
+    fn result_line(outcome: &str, code: i32, release: &str, message: &str) -> String {
+        format!(
+            "[dropship] step lock\\n[dropship] result {outcome}\\nDROPSHIP_RESULT {{\\\"outcome\\\":\\\"{outcome}\\\",\\\"release\\\":\\\"{release}\\\",\\\"previous\\\":\\\"r1\\\",\\\"version_id\\\":\\\"v2\\\",\\\"commit\\\":\\\"abc\\\",\\\"exit_code\\\":{code},\\\"message\\\":\\\"{message}\\\",\\\"attempted\\\":\\\"\\\"}}\\n"
+        )
+    }
+
+    fn finished_fixture(status: &str, details: &str, code: i32, stdout: &str) -> Observed {
+        fixture(&format!(
+            r#"{{
+                "CommandId": "c-1",
+                "InstanceId": "i-0abc",
+                "Comment": "dropship shop/prod v2",
+                "DocumentName": "AWS-RunShellScript",
+                "DocumentVersion": "$DEFAULT",
+                "PluginName": "aws:runShellScript",
+                "ResponseCode": {code},
+                "ExecutionStartDateTime": "2026-11-23T09:00:03.000Z",
+                "ExecutionElapsedTime": "PT12.5S",
+                "ExecutionEndDateTime": "2026-11-23T09:00:15.500Z",
+                "Status": "{status}",
+                "StatusDetails": "{details}",
+                "StandardOutputContent": "{stdout}",
+                "StandardOutputUrl": "",
+                "StandardErrorContent": "",
+                "StandardErrorUrl": "",
+                "CloudWatchOutputConfig": {{"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": false}}
+            }}"#
+        ))
+    }
+
+    fn state(obs: &Observed) -> HostState {
+        host_status("c-1", "i-0abc", obs).state
+    }
+
+    #[test]
+    fn finished_invocations_map_by_exit_code_and_result_line() {
+        let ok = finished_fixture("Success", "Success", 0, &result_line("deployed", 0, "r2", "healthy"));
+        let s = host_status("c-1", "i-0abc", &ok);
+        assert_eq!(s.state, HostState::Success);
+        assert_eq!(s.exit_code, Some(0));
+        assert_eq!(s.result.as_ref().unwrap().release, "r2");
+        assert!(s.detail.starts_with("deployed r2"), "{}", s.detail);
+
+        let noop = finished_fixture("Success", "Success", 0, &result_line("noop", 0, "r2", ""));
+        assert_eq!(state(&noop), HostState::Success);
+        let stale = finished_fixture("Success", "Success", 0, &result_line("stale", 0, "r3", ""));
+        assert_eq!(state(&stale), HostState::Success);
+
+        let rolled = finished_fixture("Failed", "Failed", 9, &result_line("rolled_back", 9, "r1", "health failed"));
+        let s = host_status("c-1", "i-0abc", &rolled);
+        assert_eq!(s.state, HostState::RolledBack);
+        assert!(s.detail.contains("health failed"), "{}", s.detail);
+
+        let stuck = finished_fixture("Failed", "Failed", 10, &result_line("rollback_failed", 10, "r2", "x"));
+        assert_eq!(state(&stuck), HostState::RollbackFailed);
+
+        for code in [2, 3, 4, 5, 6, 7, 8] {
+            let f = finished_fixture("Failed", "Failed", code, &result_line("failed", code, "", "bad"));
+            assert_eq!(state(&f), HostState::Failed, "exit {code}");
+        }
+    }
+
+    #[test]
+    fn exit_code_decides_when_the_result_line_was_truncated_away() {
+        for (code, want) in [
+            (0, HostState::Success),
+            (9, HostState::RolledBack),
+            (10, HostState::RollbackFailed),
+            (5, HostState::Failed),
+            (127, HostState::Failed),
+        ] {
+            let status = if code == 0 { "Success" } else { "Failed" };
+            let obs = finished_fixture(status, status, code, "[dropship] lots of output cut at 24000 chars");
+            let s = host_status("c-1", "i-0abc", &obs);
+            assert_eq!(s.state, want, "exit {code}");
+            assert!(s.result.is_none());
+            assert!(s.detail.contains(&format!("exit {code}")), "{}", s.detail);
+        }
+    }
+
+    #[test]
+    fn a_result_line_that_disagrees_can_only_make_it_worse() {
+        // Script said rolled back but the process exited 10 (e.g. killed during rollback).
+        let obs = finished_fixture("Failed", "Failed", 10, &result_line("rolled_back", 9, "r1", ""));
+        let s = host_status("c-1", "i-0abc", &obs);
+        assert_eq!(s.state, HostState::RollbackFailed);
+        assert!(s.detail.contains("SSM says 10"), "{}", s.detail);
+        // Exit 9 but the line says rollback_failed: worse wins.
+        let obs = finished_fixture("Failed", "Failed", 9, &result_line("rollback_failed", 10, "r1", ""));
+        assert_eq!(state(&obs), HostState::RollbackFailed);
+    }
+
+    #[test]
+    fn running_and_waiting_invocations_are_not_final() {
+        let pending = finished_fixture("Pending", "Pending", -1, "");
+        let delayed = finished_fixture("Delayed", "Delayed", -1, "");
+        let running = finished_fixture("InProgress", "In Progress", -1, "");
+        assert_eq!(state(&pending), HostState::Dispatched);
+        assert_eq!(state(&delayed), HostState::Dispatched);
+        assert_eq!(state(&running), HostState::InProgress);
+        let missing = Observed::NotYet {
+            code: "InvocationDoesNotExist".into(),
+        };
+        let s = host_status("c-1", "i-0abc", &missing);
+        assert_eq!(s.state, HostState::Dispatched);
+        assert!(s.detail.contains("InvocationDoesNotExist"));
+        let gone = host_status("c-1", "i-0abc", &Observed::Gone { code: "InvalidCommandId".into() });
+        assert_eq!(gone.state, HostState::Unknown);
+        assert!(gone.state.is_final());
+        for s in [HostState::Dispatched, HostState::InProgress] {
+            assert!(!s.is_final());
+        }
+    }
+
+    #[test]
+    fn hosts_that_never_ran_are_told_apart() {
+        assert_eq!(
+            state(&finished_fixture("TimedOut", "Delivery Timed Out", -1, "")),
+            HostState::TimedOut
+        );
+        let exec = host_status("c-1", "i-0abc", &finished_fixture("TimedOut", "Execution Timed Out", -1, "partial"));
+        assert_eq!(exec.state, HostState::TimedOut);
+        assert!(exec.detail.contains("execution timeout"));
+        assert_eq!(
+            state(&finished_fixture("Failed", "Undeliverable", -1, "")),
+            HostState::Undeliverable
+        );
+        assert_eq!(
+            state(&finished_fixture("Cancelled", "Terminated", -1, "")),
+            HostState::Cancelled
+        );
+        assert_eq!(state(&finished_fixture("Cancelled", "Cancelled", -1, "")), HostState::Cancelled);
+        // A status detail this code does not know falls back to the coarse status.
+        assert_eq!(state(&finished_fixture("InProgress", "Something New", -1, "")), HostState::InProgress);
+        assert_eq!(state(&finished_fixture("Weird", "", -1, "")), HostState::Failed);
+    }
+
+    fn record(outcome: Outcome, batches: &[(&str, &[&str])]) -> DeployRecord {
+        DeployRecord {
+            format: RECORD_FORMAT,
+            app: "shop".into(),
+            env: "prod".into(),
+            bucket: "b".into(),
+            key: "releases/shop/prod.tar.gz".into(),
+            version_id: "v2".into(),
+            outcome,
+            reason: (outcome == Outcome::Rejected).then(|| "sha256 mismatch".to_string()),
+            event: EventFacts {
+                trigger: Trigger::Event,
+                event_id: None,
+                event_time: None,
+                reason: None,
+                sequencer: None,
+                request_id: None,
+                size: None,
+                etag: None,
+            },
+            metadata: None,
+            manifest: None,
+            verification: None,
+            targets: batches.iter().flat_map(|(_, i)| i.iter().map(|s| s.to_string())).collect(),
+            commands: batches
+                .iter()
+                .map(|(c, i)| CommandBatch {
+                    command_id: c.to_string(),
+                    instance_ids: i.iter().map(|s| s.to_string()).collect(),
+                })
+                .collect(),
+            created_at: "2026-11-23T09:00:01Z".into(),
+            updated_at: "2026-11-23T09:00:02Z".into(),
+            lease_until: None,
+            attempts: 1,
+            last_error: None,
+            lambda_request_id: None,
+        }
+    }
+
+    fn obs(entries: &[(&str, &str, Observed)]) -> BTreeMap<(String, String), Observed> {
+        entries
+            .iter()
+            .map(|(c, i, o)| ((c.to_string(), i.to_string()), o.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn every_invocation_of_every_batch_is_read_and_the_worst_host_decides() {
+        let rec = record(Outcome::Dispatched, &[("c-1", &["i-1", "i-2"]), ("c-2", &["i-3"])]);
+        let ok = finished_fixture("Success", "Success", 0, "");
+        let rolled = finished_fixture("Failed", "Failed", 9, "");
+        let all_ok = obs(&[("c-1", "i-1", ok.clone()), ("c-1", "i-2", ok.clone()), ("c-2", "i-3", ok.clone())]);
+        let s = build("shop", "prod", "v2", Some(&rec), &all_ok);
+        assert_eq!(s.hosts.len(), 3);
+        assert_eq!(s.verdict, Verdict::Succeeded);
+        assert_eq!(s.verdict.exit_code(), 0);
+
+        // The second batch's one host rolled back: the parent commands might both say
+        // "Success"-complete, but the verdict must not.
+        let one_rolled = obs(&[("c-1", "i-1", ok.clone()), ("c-1", "i-2", ok.clone()), ("c-2", "i-3", rolled)]);
+        let s = build("shop", "prod", "v2", Some(&rec), &one_rolled);
+        assert_eq!(s.verdict, Verdict::RolledBack);
+        assert_eq!(s.verdict.exit_code(), 8);
+        assert_eq!(s.hosts[2].instance_id, "i-3");
+        assert_eq!(s.hosts[2].command_id, "c-2");
+
+        // A host not registered yet keeps the whole deploy pending.
+        let partial = obs(&[("c-1", "i-1", ok.clone()), ("c-1", "i-2", ok.clone())]);
+        let s = build("shop", "prod", "v2", Some(&rec), &partial);
+        assert_eq!(s.verdict, Verdict::Pending);
+        assert_eq!(s.hosts[2].state, HostState::Dispatched);
+
+        let undeliverable = finished_fixture("Failed", "Undeliverable", -1, "");
+        let stuck = finished_fixture("Failed", "Failed", 10, "");
+        let mixed = obs(&[("c-1", "i-1", undeliverable), ("c-1", "i-2", ok.clone()), ("c-2", "i-3", ok.clone())]);
+        assert_eq!(build("shop", "prod", "v2", Some(&rec), &mixed).verdict, Verdict::Failed);
+        let worst = obs(&[("c-1", "i-1", stuck), ("c-1", "i-2", finished_fixture("Failed", "Failed", 9, "")), ("c-2", "i-3", ok)]);
+        let s = build("shop", "prod", "v2", Some(&rec), &worst);
+        assert_eq!(s.verdict, Verdict::RollbackFailed);
+        assert_eq!(s.verdict.exit_code(), 10);
+        assert!(s.render().contains("rollback_failed"));
+    }
+
+    #[test]
+    fn records_without_dispatch_settle_or_wait_without_hosts() {
+        let none = build("shop", "prod", "v2", None, &BTreeMap::new());
+        assert_eq!(none.phase, Phase::NoRecord);
+        assert_eq!(none.verdict, Verdict::Pending);
+        assert!(none.render().contains("no deploy record yet"));
+        let claiming = record(Outcome::Dispatching, &[]);
+        assert_eq!(build("shop", "prod", "v2", Some(&claiming), &BTreeMap::new()).verdict, Verdict::Pending);
+        let rejected = record(Outcome::Rejected, &[]);
+        let s = build("shop", "prod", "v2", Some(&rejected), &BTreeMap::new());
+        assert_eq!(s.verdict, Verdict::Refused);
+        assert_eq!(s.verdict.exit_code(), 7);
+        assert!(s.render().contains("sha256 mismatch"), "{}", s.render());
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["phase"], "refused");
+        assert_eq!(json["outcome"], "rejected");
+        assert_eq!(json["verdict"], "refused");
+        assert_eq!(build("shop", "prod", "v2", Some(&record(Outcome::NoTargets, &[])), &BTreeMap::new()).verdict, Verdict::Refused);
+    }
+
+    #[test]
+    fn duplicate_pairs_are_read_once() {
+        let rec = record(Outcome::Dispatched, &[("c-1", &["i-1", "i-1"]), ("c-1", &["i-1"])]);
+        assert_eq!(invocation_pairs(&rec), vec![("c-1".to_string(), "i-1".to_string())]);
+    }
+}

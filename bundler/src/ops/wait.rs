@@ -1,0 +1,405 @@
+//! Following a deploy: read the deploy record of a version until the deployer settled it,
+//! then read every host's invocation until each is final (or the deadline passes). Used by
+//! `status` (one pass) and by `--wait` on upload and restore (polling).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use dropship_contract::record::DeployRecord;
+use serde::Serialize;
+
+use super::status::{self, DeployStatus, Observed, Verdict};
+use super::OpsError;
+
+/// Where the facts come from: AWS in the binary ([`super::aws::Clients`]), a script in tests.
+pub trait DeployFacts {
+    /// The deploy record of `version_id`, if written.
+    fn record(&self, version_id: &str) -> impl Future<Output = Result<Option<DeployRecord>, OpsError>> + Send;
+    /// What SSM says about one host of one command.
+    fn invocation(&self, command_id: &str, instance_id: &str) -> impl Future<Output = Result<Observed, OpsError>> + Send;
+}
+
+/// Polling settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitOptions {
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Pause between polls.
+    pub poll: Duration,
+}
+
+/// What the caller may show while waiting.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// No settled deploy record yet.
+    WaitingForRecord {
+        /// Since the wait started.
+        elapsed: Duration,
+        /// `true` once a `dispatching` record exists.
+        dispatching: bool,
+    },
+    /// Hosts are being followed.
+    Hosts(&'a DeployStatus),
+}
+
+/// The end of a wait.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitReport {
+    /// The last status seen.
+    pub status: DeployStatus,
+    /// The deadline passed before the deploy settled.
+    pub timed_out: bool,
+    /// Seconds spent waiting.
+    pub waited_secs: f64,
+}
+
+impl WaitReport {
+    /// The process exit code: the verdict's, or the timeout code.
+    pub fn exit_code(&self) -> u8 {
+        if self.timed_out {
+            status::WAIT_TIMEOUT_EXIT
+        } else {
+            self.status.verdict.exit_code()
+        }
+    }
+}
+
+/// Reads every host of `record` once; pairs already final in `known` are not read again.
+/// `not_yet_retries` extra reads (with `retry_pause` between) absorb SSM's short
+/// "invocation does not exist yet" window.
+pub async fn observe<F: DeployFacts>(
+    facts: &F,
+    record: &DeployRecord,
+    known: &mut BTreeMap<(String, String), Observed>,
+    not_yet_retries: u32,
+    retry_pause: Duration,
+) -> Result<(), OpsError> {
+    for (command, instance) in status::invocation_pairs(record) {
+        let pair = (command.clone(), instance.clone());
+        if let Some(obs) = known.get(&pair) {
+            if status::host_status(&command, &instance, obs).state.is_final() {
+                continue;
+            }
+        }
+        let mut obs = facts.invocation(&command, &instance).await?;
+        let mut tries = 0;
+        while matches!(obs, Observed::NotYet { .. }) && tries < not_yet_retries {
+            tries += 1;
+            tokio::time::sleep(retry_pause).await;
+            obs = facts.invocation(&command, &instance).await?;
+        }
+        known.insert(pair, obs);
+    }
+    Ok(())
+}
+
+/// One pass for `status`: the record, then every host (with a brief retry for invocations
+/// SSM has not registered yet).
+pub async fn status_once<F: DeployFacts>(
+    facts: &F,
+    app: &str,
+    env: &str,
+    version_id: &str,
+    retry_pause: Duration,
+) -> Result<DeployStatus, OpsError> {
+    let record = facts.record(version_id).await?;
+    let mut known = BTreeMap::new();
+    if let Some(r) = &record {
+        observe(facts, r, &mut known, 3, retry_pause).await?;
+    }
+    Ok(status::build(app, env, version_id, record.as_ref(), &known))
+}
+
+/// Follows the deploy of `version_id` until it settles or `options.timeout` passes.
+/// Transient AWS failures are retried until the deadline; others end the wait.
+pub async fn follow<F: DeployFacts>(
+    facts: &F,
+    app: &str,
+    env: &str,
+    version_id: &str,
+    options: WaitOptions,
+    on_progress: &mut (dyn FnMut(Progress<'_>) + Send),
+) -> Result<WaitReport, OpsError> {
+    let started = Instant::now();
+    let deadline = started + options.timeout;
+    let mut known = BTreeMap::new();
+    let mut record: Option<DeployRecord> = None;
+    loop {
+        let step = async {
+            if record.as_ref().is_none_or(|r| !r.outcome.is_final()) {
+                record = facts.record(version_id).await?;
+            }
+            if let Some(r) = record.as_ref().filter(|r| r.outcome.is_final()) {
+                observe(facts, r, &mut known, 0, Duration::ZERO).await?;
+            }
+            Ok::<_, OpsError>(())
+        };
+        match step.await {
+            Ok(()) => {}
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tracing::warn!(error = %e, "transient failure while following the deploy; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        let settled_record = record.as_ref().filter(|r| r.outcome.is_final());
+        let current = status::build(app, env, version_id, settled_record, &known);
+        match settled_record {
+            None => on_progress(Progress::WaitingForRecord {
+                elapsed: started.elapsed(),
+                dispatching: record.is_some(),
+            }),
+            Some(_) => on_progress(Progress::Hosts(&current)),
+        }
+        let timed_out = Instant::now() >= deadline;
+        if current.verdict != Verdict::Pending || timed_out {
+            return Ok(WaitReport {
+                timed_out: current.verdict == Verdict::Pending,
+                status: current,
+                waited_secs: started.elapsed().as_secs_f64(),
+            });
+        }
+        let pause = options.poll.min(deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Parses `--wait-timeout`: seconds, or a number with `s`, `m` or `h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: use seconds, or a number with s, m or h (e.g. 90, 15m)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?} has unknown unit {unit:?}: use s, m or h (e.g. 90s, 15m, 1h)")),
+    };
+    if secs == 0 {
+        return Err("the wait timeout must be greater than 0".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::status::{HostState, Invocation};
+    use crate::ops::SsmError;
+    use dropship_contract::record::{CommandBatch, EventFacts, Outcome, Trigger, RECORD_FORMAT};
+    use std::sync::Mutex;
+
+    fn record(outcome: Outcome, hosts: &[&str]) -> DeployRecord {
+        DeployRecord {
+            format: RECORD_FORMAT,
+            app: "shop".into(),
+            env: "prod".into(),
+            bucket: "b".into(),
+            key: "releases/shop/prod.tar.gz".into(),
+            version_id: "v9".into(),
+            outcome,
+            reason: None,
+            event: EventFacts {
+                trigger: Trigger::Event,
+                event_id: None,
+                event_time: None,
+                reason: None,
+                sequencer: None,
+                request_id: None,
+                size: None,
+                etag: None,
+            },
+            metadata: None,
+            manifest: None,
+            verification: None,
+            targets: hosts.iter().map(|s| s.to_string()).collect(),
+            commands: vec![CommandBatch {
+                command_id: "c-1".into(),
+                instance_ids: hosts.iter().map(|s| s.to_string()).collect(),
+            }],
+            created_at: "2026-11-23T09:00:01Z".into(),
+            updated_at: "2026-11-23T09:00:02Z".into(),
+            lease_until: None,
+            attempts: 1,
+            last_error: None,
+            lambda_request_id: None,
+        }
+    }
+
+    fn inv(status: &str, details: &str, code: i32) -> Observed {
+        Observed::Found(Invocation {
+            command_id: "c-1".into(),
+            instance_id: String::new(),
+            status: status.into(),
+            status_details: details.into(),
+            response_code: code,
+            standard_output_content: String::new(),
+            standard_error_content: String::new(),
+        })
+    }
+
+    /// Scripted facts: records in order (last repeats), invocations per host in order.
+    struct Script {
+        records: Mutex<Vec<Option<DeployRecord>>>,
+        /// `Err(text)` is a transient network failure.
+        hosts: Mutex<BTreeMap<String, Vec<Result<Observed, &'static str>>>>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Script {
+        fn new(records: Vec<Option<DeployRecord>>, hosts: Vec<(&str, Vec<Result<Observed, &'static str>>)>) -> Self {
+            Self {
+                records: Mutex::new(records),
+                hosts: Mutex::new(hosts.into_iter().map(|(h, v)| (h.to_string(), v)).collect()),
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    fn pop<T: Clone>(list: &mut Vec<T>) -> T {
+        if list.len() > 1 {
+            list.remove(0)
+        } else {
+            list[0].clone()
+        }
+    }
+
+    impl DeployFacts for Script {
+        async fn record(&self, _version_id: &str) -> Result<Option<DeployRecord>, OpsError> {
+            self.calls.lock().unwrap().push("record".into());
+            Ok(pop(&mut self.records.lock().unwrap()))
+        }
+
+        async fn invocation(&self, _command_id: &str, instance_id: &str) -> Result<Observed, OpsError> {
+            self.calls.lock().unwrap().push(instance_id.to_string());
+            let mut hosts = self.hosts.lock().unwrap();
+            pop(hosts.get_mut(instance_id).expect("scripted host")).map_err(|detail| {
+                OpsError::Ssm(SsmError::Network {
+                    action: "GetCommandInvocation",
+                    detail: detail.into(),
+                })
+            })
+        }
+    }
+
+    fn fast(timeout_ms: u64) -> WaitOptions {
+        WaitOptions {
+            timeout: Duration::from_millis(timeout_ms),
+            poll: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn follows_record_then_hosts_to_a_final_result() {
+        let dispatched = record(Outcome::Dispatched, &["i-1", "i-2"]);
+        let facts = Script::new(
+            vec![None, Some(record(Outcome::Dispatching, &[])), Some(dispatched)],
+            vec![
+                (
+                    "i-1",
+                    vec![
+                        Ok(Observed::NotYet { code: "InvocationDoesNotExist".into() }),
+                        Ok(inv("InProgress", "In Progress", -1)),
+                        Ok(inv("Success", "Success", 0)),
+                    ],
+                ),
+                ("i-2", vec![Ok(inv("Pending", "Pending", -1)), Ok(inv("Failed", "Failed", 9))]),
+            ],
+        );
+        let mut seen = Vec::new();
+        let report = follow(&facts, "shop", "prod", "v9", fast(5_000), &mut |p| {
+            seen.push(match p {
+                Progress::WaitingForRecord { dispatching, .. } => format!("record:{dispatching}"),
+                Progress::Hosts(s) => format!("hosts:{}", status::counts_line(&s.hosts)),
+            })
+        })
+        .await
+        .unwrap();
+        assert!(!report.timed_out);
+        assert_eq!(report.status.verdict, Verdict::RolledBack);
+        assert_eq!(report.exit_code(), 8);
+        assert_eq!(report.status.hosts[0].state, HostState::Success);
+        assert_eq!(report.status.hosts[1].state, HostState::RolledBack);
+        assert_eq!(seen[0], "record:false");
+        assert_eq!(seen[1], "record:true");
+        assert!(seen.last().unwrap().starts_with("hosts:"), "{seen:?}");
+        // Final hosts are not read again: i-2 was final after its 2nd read.
+        let calls = facts.calls.lock().unwrap();
+        assert_eq!(calls.iter().filter(|c| *c == "i-2").count(), 2, "{calls:?}");
+        assert_eq!(calls.iter().filter(|c| *c == "i-1").count(), 3, "{calls:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_version_ends_the_wait_without_reading_ssm() {
+        let mut rejected = record(Outcome::Rejected, &[]);
+        rejected.commands.clear();
+        let facts = Script::new(vec![Some(rejected)], vec![]);
+        let report = follow(&facts, "shop", "prod", "v9", fast(5_000), &mut |_| {}).await.unwrap();
+        assert_eq!(report.status.verdict, Verdict::Refused);
+        assert_eq!(report.exit_code(), 7);
+        assert_eq!(*facts.calls.lock().unwrap(), ["record"]);
+    }
+
+    #[tokio::test]
+    async fn the_deadline_ends_the_wait_with_the_timeout_code() {
+        let facts = Script::new(vec![None], vec![]);
+        let report = follow(&facts, "shop", "prod", "v9", fast(30), &mut |_| {}).await.unwrap();
+        assert!(report.timed_out);
+        assert_eq!(report.exit_code(), status::WAIT_TIMEOUT_EXIT);
+        let running = Script::new(
+            vec![Some(record(Outcome::Dispatched, &["i-1"]))],
+            vec![("i-1", vec![Ok(inv("InProgress", "In Progress", -1))])],
+        );
+        let report = follow(&running, "shop", "prod", "v9", fast(30), &mut |_| {}).await.unwrap();
+        assert!(report.timed_out);
+        assert_eq!(report.status.hosts[0].state, HostState::InProgress);
+        assert_eq!(report.exit_code(), 11);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_until_the_deadline() {
+        let net = || Err("connection reset");
+        let facts = Script::new(
+            vec![Some(record(Outcome::Dispatched, &["i-1"]))],
+            vec![("i-1", vec![net(), net(), Ok(inv("Success", "Success", 0))])],
+        );
+        let report = follow(&facts, "shop", "prod", "v9", fast(5_000), &mut |_| {}).await.unwrap();
+        assert_eq!(report.exit_code(), 0);
+    }
+
+    #[tokio::test]
+    async fn status_once_retries_briefly_then_reports_dispatched() {
+        let facts = Script::new(
+            vec![Some(record(Outcome::Dispatched, &["i-1", "i-2"]))],
+            vec![
+                ("i-1", vec![Ok(Observed::NotYet { code: "InvocationDoesNotExist".into() })]),
+                (
+                    "i-2",
+                    vec![Ok(Observed::NotYet { code: "InvocationDoesNotExist".into() }), Ok(inv("Success", "Success", 0))],
+                ),
+            ],
+        );
+        let s = status_once(&facts, "shop", "prod", "v9", Duration::from_millis(1)).await.unwrap();
+        assert_eq!(s.hosts[0].state, HostState::Dispatched);
+        assert_eq!(s.hosts[1].state, HostState::Success);
+        assert_eq!(s.verdict, Verdict::Pending);
+        let calls = facts.calls.lock().unwrap();
+        assert_eq!(calls.iter().filter(|c| *c == "i-1").count(), 4, "1 read + 3 retries: {calls:?}");
+    }
+
+    #[test]
+    fn wait_timeouts_parse_with_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5d").unwrap_err().contains("unit"));
+        assert!(parse_duration("soon").is_err());
+    }
+}
