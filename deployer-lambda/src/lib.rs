@@ -6,6 +6,10 @@
 //! [`store`] (the AWS I/O at the edges), [`handler`] (the invocation, callable in-process),
 //! [`aws_calls`] (the IAM actions the code needs; `infra/` grants exactly those).
 
+pub mod aws;
 pub mod aws_calls;
 pub mod config;
 pub mod event;
+pub mod handler;
+pub mod plan;
+pub mod store;

@@ -4,4 +4,5 @@
 pub mod bins;
 pub mod host;
 pub mod http;
+pub mod lambda_rt;
 pub mod moto;

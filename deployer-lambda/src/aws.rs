@@ -1,0 +1,400 @@
+//! The AWS I/O at the edges: thin wrappers over the SDK calls listed in
+//! [`crate::aws_calls::CALLS`], each turning SDK errors into [`AwsError`] (transient: the
+//! invocation fails and Lambda retries) or a contract answer (e.g. "no such version").
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::time::Duration;
+
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_ssm::types::{CloudWatchOutputConfig, CommandFilter, CommandFilterKey};
+use bytes::Bytes;
+use dropship_contract::record::CommandBatch;
+use dropship_contract::verify::{
+    verify_bundle, ExpectedBundle, VerifiedBundle, VerifyError, VerifyLimits,
+};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+use crate::plan::{format_time, CommandPlan};
+
+/// An AWS call failed in a way a retry may fix (throttling, 5xx, network, permissions being
+/// fixed). The handler returns it as the invocation's error so Lambda's async retry applies.
+#[derive(Debug, Error)]
+#[error("{call} on {object} failed: {detail}; the invocation fails so Lambda retries it (if it persists, check the function's IAM role and the resource)")]
+pub struct AwsError {
+    /// The SDK operation.
+    pub call: &'static str,
+    /// What it was about (s3://bucket/key?versionId=…, instance tags, …).
+    pub object: String,
+    /// The SDK's error text, with the HTTP status when there was one.
+    pub detail: String,
+}
+
+/// HTTP status of an SDK error's raw response, when the service answered.
+fn status_of<E>(err: &SdkError<E>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+fn aws_error<E: std::error::Error + 'static>(
+    call: &'static str,
+    object: impl Into<String>,
+    err: &SdkError<E>,
+) -> AwsError {
+    let mut detail = DisplayErrorContext(err).to_string();
+    if let Some(status) = status_of(err) {
+        detail = format!("HTTP {status}: {detail}");
+    }
+    AwsError {
+        call,
+        object: object.into(),
+        detail,
+    }
+}
+
+/// What `HeadObject` found for one version.
+#[derive(Debug, Clone)]
+pub enum Head {
+    /// The version exists.
+    Found {
+        /// User metadata (without `x-amz-meta-`).
+        metadata: HashMap<String, String>,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// No such version (or a delete marker): fail closed.
+    Missing(String),
+}
+
+/// The SDK clients the handler uses.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// S3 (releases and records).
+    pub s3: aws_sdk_s3::Client,
+    /// EC2 (targets).
+    pub ec2: aws_sdk_ec2::Client,
+    /// SSM (commands).
+    pub ssm: aws_sdk_ssm::Client,
+}
+
+fn object_url(bucket: &str, key: &str, version_id: &str) -> String {
+    format!("s3://{bucket}/{key}?versionId={version_id}")
+}
+
+impl Clients {
+    /// Clients from one SDK configuration. Path-style S3 addressing is used when an endpoint
+    /// override is configured (a local emulator); real S3 keeps virtual-host style.
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        let s3_conf = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(sdk.endpoint_url().is_some())
+            .build();
+        Self {
+            s3: aws_sdk_s3::Client::from_conf(s3_conf),
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            ssm: aws_sdk_ssm::Client::new(sdk),
+        }
+    }
+
+    /// `HeadObject` of exactly `version_id`.
+    pub async fn head_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Head, AwsError> {
+        let res = self
+            .s3
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .version_id(version_id)
+            .send()
+            .await;
+        match res {
+            Ok(out) => {
+                if out.delete_marker() == Some(true) {
+                    return Ok(Head::Missing("it is a delete marker".into()));
+                }
+                Ok(Head::Found {
+                    metadata: out.metadata().cloned().unwrap_or_default(),
+                    size: out.content_length().unwrap_or(0).max(0) as u64,
+                })
+            }
+            Err(err) => match status_of(&err) {
+                // 404 no such key/version, 400 malformed version id, 405 a delete marker.
+                Some(s @ (400 | 404 | 405)) => Ok(Head::Missing(format!("S3 answered HTTP {s}"))),
+                _ => Err(aws_error(
+                    "s3:HeadObject",
+                    object_url(bucket, key, version_id),
+                    &err,
+                )),
+            },
+        }
+    }
+
+    /// Stream exactly `version_id` once through the verifier, in constant memory.
+    pub async fn verify_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        expected: ExpectedBundle,
+        limits: VerifyLimits,
+    ) -> Result<Result<VerifiedBundle, VerifyError>, AwsError> {
+        let out = self
+            .s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .version_id(version_id)
+            .send()
+            .await
+            .map_err(|e| aws_error("s3:GetObject", object_url(bucket, key, version_id), &e))?;
+        Ok(verify_stream(out.body, expected, limits).await)
+    }
+
+    /// A presigned GET for exactly `version_id`, valid `ttl_secs`.
+    pub async fn presign_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        ttl_secs: u32,
+    ) -> Result<String, AwsError> {
+        let object = object_url(bucket, key, version_id);
+        let conf =
+            PresigningConfig::expires_in(Duration::from_secs(ttl_secs.into())).map_err(|e| {
+                AwsError {
+                    call: "s3:GetObject (presign)",
+                    object: object.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+        let req = self
+            .s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .version_id(version_id)
+            .presigned(conf)
+            .await
+            .map_err(|e| aws_error("s3:GetObject (presign)", object, &e))?;
+        Ok(req.uri().to_owned())
+    }
+
+    /// Running instances carrying both tags, sorted and de-duplicated.
+    pub async fn running_instances(
+        &self,
+        app_tag: (&str, &str),
+        env_tag: (&str, &str),
+    ) -> Result<Vec<String>, AwsError> {
+        use aws_sdk_ec2::types::Filter;
+        let object = format!(
+            "instances tagged {}={} and {}={}",
+            app_tag.0, app_tag.1, env_tag.0, env_tag.1
+        );
+        let mut ids = Vec::new();
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{}", app_tag.0))
+                    .values(app_tag.1)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{}", env_tag.0))
+                    .values(env_tag.1)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("running")
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error("ec2:DescribeInstances", object.clone(), &e))?;
+            for reservation in page.reservations() {
+                for instance in reservation.instances() {
+                    // Double-check what the filters promise: state and both tags.
+                    let running = instance.state().and_then(|s| s.name()).map(|n| n.as_str())
+                        == Some("running");
+                    let tagged = |k: &str, v: &str| {
+                        instance
+                            .tags()
+                            .iter()
+                            .any(|t| t.key() == Some(k) && t.value() == Some(v))
+                    };
+                    if running && tagged(app_tag.0, app_tag.1) && tagged(env_tag.0, env_tag.1) {
+                        if let Some(id) = instance.instance_id() {
+                            ids.push(id.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// `SendCommand` for one batch of instances.
+    pub async fn send_command(
+        &self,
+        plan: &CommandPlan,
+        batch: &[String],
+    ) -> Result<CommandBatch, AwsError> {
+        let mut req = self
+            .ssm
+            .send_command()
+            .document_name(plan.document_name)
+            .set_instance_ids(Some(batch.to_vec()))
+            .parameters("commands", vec![plan.script.clone()])
+            .parameters("executionTimeout", vec![plan.execution_timeout.clone()])
+            .timeout_seconds(plan.timeout_seconds)
+            .max_concurrency(&plan.max_concurrency)
+            .max_errors(&plan.max_errors)
+            .comment(&plan.comment);
+        if let Some(group) = &plan.log_group {
+            req = req.cloud_watch_output_config(
+                CloudWatchOutputConfig::builder()
+                    .cloud_watch_log_group_name(group)
+                    .cloud_watch_output_enabled(true)
+                    .build(),
+            );
+        }
+        let out = req.send().await.map_err(|e| {
+            aws_error(
+                "ssm:SendCommand",
+                format!("instances {}", batch.join(",")),
+                &e,
+            )
+        })?;
+        let command_id = out
+            .command()
+            .and_then(|c| c.command_id())
+            .ok_or_else(|| AwsError {
+                call: "ssm:SendCommand",
+                object: format!("instances {}", batch.join(",")),
+                detail: "response carried no command id".into(),
+            })?;
+        Ok(CommandBatch {
+            command_id: command_id.to_owned(),
+            instance_ids: batch.to_vec(),
+        })
+    }
+
+    /// Commands invoked since `since` whose comment is `comment`, with their scripts: what an
+    /// earlier, crashed attempt may have sent.
+    pub async fn commands_since(
+        &self,
+        since: OffsetDateTime,
+        comment: &str,
+    ) -> Result<Vec<(CommandBatch, String)>, AwsError> {
+        let object = format!("commands invoked after {}", format_time(since));
+        let mut found = Vec::new();
+        let mut pages = self
+            .ssm
+            .list_commands()
+            .filters(
+                CommandFilter::builder()
+                    .key(CommandFilterKey::InvokedAfter)
+                    .value(format_time(since))
+                    .build()
+                    .map_err(|e| AwsError {
+                        call: "ssm:ListCommands",
+                        object: object.clone(),
+                        detail: e.to_string(),
+                    })?,
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error("ssm:ListCommands", object.clone(), &e))?;
+            for c in page.commands() {
+                if c.comment() != Some(comment) {
+                    continue;
+                }
+                let script = c
+                    .parameters()
+                    .and_then(|p| p.get("commands"))
+                    .map(|v| v.join("\n"))
+                    .unwrap_or_default();
+                if let Some(id) = c.command_id() {
+                    found.push((
+                        CommandBatch {
+                            command_id: id.to_owned(),
+                            instance_ids: c.instance_ids().to_vec(),
+                        },
+                        script,
+                    ));
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Feeds the async body into the synchronous verifier through a bounded channel: at most
+/// `CHANNEL_CHUNKS` body chunks are in flight, so memory stays constant whatever the size.
+const CHANNEL_CHUNKS: usize = 8;
+
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Verify an S3 body stream (or any [`ByteStream`], e.g. a file) with the contract verifier,
+/// on a blocking thread, reading the stream exactly once.
+pub async fn verify_stream(
+    mut body: ByteStream,
+    expected: ExpectedBundle,
+    limits: VerifyLimits,
+) -> Result<VerifiedBundle, VerifyError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(CHANNEL_CHUNKS);
+    let reader = ChannelReader {
+        rx,
+        current: Bytes::new(),
+    };
+    let verifier = tokio::task::spawn_blocking(move || verify_bundle(reader, &expected, &limits));
+    let pump = async move {
+        while let Some(chunk) = body.next().await {
+            let item = chunk.map_err(|e| io::Error::other(e.to_string()));
+            let failed = item.is_err();
+            // The verifier stops reading once it has decided: then the send fails; stop too.
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    };
+    let ((), result) = tokio::join!(pump, verifier);
+    result.unwrap_or_else(|join| {
+        Err(VerifyError::Read {
+            offset: 0,
+            source: io::Error::other(format!("verifier thread failed: {join}")),
+        })
+    })
+}

@@ -1,0 +1,966 @@
+//! Pure planning: every decision the Lambda takes, without any AWS call.
+//!
+//! The handler feeds in what it read (deploy record, latest pointer, object metadata, the
+//! verifier's result, target instances) and gets back what to do. The local pipeline reuses
+//! the same functions to render exactly the command a host would receive.
+
+use std::collections::HashMap;
+
+use dropship_contract::host::{HostVar, LIST_SEPARATOR};
+use dropship_contract::metadata::{MetadataError, ObjectMetadata};
+use dropship_contract::record::{DeployRecord, LatestPointer, Outcome, Verification};
+use dropship_contract::sequencer::Sequencer;
+use dropship_contract::shell::{self, ShellValueError};
+use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyError};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::event::DeployRequest;
+
+/// The host script, embedded so the command always carries the script this build was tested with.
+pub const HOST_SCRIPT: &str = include_str!("../../scripts/deploy-on-host.sh");
+/// The SSM document the command runs.
+pub const DOCUMENT_NAME: &str = "AWS-RunShellScript";
+/// SendCommand accepts at most 50 instance ids per call.
+pub const MAX_INSTANCES_PER_COMMAND: usize = 50;
+/// SSM limits a command's `Comment` to 100 characters.
+pub const MAX_COMMENT_CHARS: usize = 100;
+/// Largest rendered command sent. SSM documents are limited to 64 KB and the parameters of a
+/// command travel inside the document invocation, so the script (header + host script) is
+/// held to that bound, measured in bytes.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// How long a claim protects a version when the invocation's deadline is unknown: the
+/// longest a Lambda invocation can run (15 minutes).
+pub const DEFAULT_LEASE_SECS: i64 = 900;
+
+/// Why a version is refused for good; recorded as `rejected` and never retried.
+#[derive(Debug, Error)]
+pub enum Rejection {
+    /// The event names a version S3 does not have (or a delete marker).
+    #[error(
+        "object s3://{bucket}/{key} version {version_id:?} does not exist ({detail}); \
+         nothing was sent. Redeploy an existing version with a direct invocation"
+    )]
+    VersionMissing {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Version id asked for.
+        version_id: String,
+        /// What S3 said.
+        detail: String,
+    },
+    /// The object's metadata breaks the contract.
+    #[error("object s3://{bucket}/{key} version {version_id:?}: {source}")]
+    Metadata {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Version id.
+        version_id: String,
+        /// The contract violation.
+        #[source]
+        source: MetadataError,
+    },
+    /// Metadata names another app/env than the key it was uploaded to.
+    #[error(
+        "object s3://{bucket}/{key} version {version_id:?}: metadata {field} is {metadata:?} but \
+         the key says {key_value:?}; upload the bundle to releases/<its app>/<its env>.tar.gz"
+    )]
+    MetadataMismatch {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Version id.
+        version_id: String,
+        /// `app` or `env`.
+        field: &'static str,
+        /// Value in the metadata.
+        metadata: String,
+        /// Value from the key.
+        key_value: String,
+    },
+    /// The object is larger than `DROPSHIP_MAX_BUNDLE_BYTES`.
+    #[error(
+        "object s3://{bucket}/{key} version {version_id:?} is {size} bytes, over the \
+         {limit}-byte limit (DROPSHIP_MAX_BUNDLE_BYTES); shrink the bundle or raise the limit"
+    )]
+    TooLarge {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Version id.
+        version_id: String,
+        /// Object size.
+        size: u64,
+        /// Configured limit.
+        limit: u64,
+    },
+    /// The bytes broke the contract (checksum, tar rules, manifest).
+    #[error("bundle s3://{bucket}/{key} version {version_id:?} rejected: {source}")]
+    Bundle {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Version id.
+        version_id: String,
+        /// What the verifier found.
+        #[source]
+        source: VerifyError,
+    },
+    /// A value cannot be passed to the host script.
+    #[error("cannot render the host command: {0}")]
+    ShellValue(#[from] ShellValueError),
+    /// A list setting contains the list separator and would be split wrongly on the host.
+    #[error("deploy setting {name} entry {value:?} contains {LIST_SEPARATOR:?}, which separates list entries for the host script; rename it")]
+    ListValue {
+        /// Host variable.
+        name: &'static str,
+        /// Offending entry.
+        value: String,
+    },
+    /// The rendered command exceeds what SSM accepts.
+    #[error(
+        "rendered command is {bytes} bytes, over the {limit}-byte SSM limit; shorten the \
+         metadata (branch, message) or the deploy settings"
+    )]
+    CommandTooLarge {
+        /// Rendered size.
+        bytes: usize,
+        /// Limit.
+        limit: usize,
+    },
+}
+
+impl Rejection {
+    /// The verification summary to record for this rejection, when verification ran.
+    pub fn verification(&self, millis: u64) -> Option<Verification> {
+        match self {
+            Rejection::Bundle { source, .. } => Some(Verification {
+                ok: false,
+                sha256: match source {
+                    VerifyError::ShaMismatch { actual, .. } => Some(actual.clone()),
+                    _ => None,
+                },
+                object_bytes: 0,
+                entries: 0,
+                unpacked_bytes: 0,
+                error: Some(source.to_string()),
+                millis,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// How a claim on a version is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// No record yet: create one (`If-None-Match: *`).
+    New,
+    /// A `dispatching` record whose lease has expired: its invocation died or gave up.
+    /// Commands it recorded are kept and their instances not sent to again.
+    TakeOver,
+    /// An operator's direct invocation of a settled version: deploy it again on purpose.
+    Redeploy,
+}
+
+/// What to do with a deploy request, given the stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Claim the version and go on.
+    Proceed(Claim),
+    /// Already settled: a repeated event. No second command.
+    Duplicate(String),
+    /// Another invocation holds a live claim; fail so Lambda retries after it finished.
+    Busy(String),
+    /// Older than the newest dispatched version of the key: skip.
+    Stale(String),
+}
+
+/// Parse an RFC 3339 timestamp; `None` when unreadable (treated as expired).
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// RFC 3339 UTC text of a time, as records store it.
+pub fn format_time(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("UTC times format as RFC 3339")
+}
+
+/// Decide between dispatch, duplicate, busy and stale. Events are at-least-once and
+/// unordered, so this is the only place that knows the rules:
+/// a settled record makes an event a duplicate (a direct invocation redeploys it); a live
+/// `dispatching` claim makes it busy; an event whose sequencer is older than the newest
+/// dispatched one for the key is stale (equal sequencers are not: S3 never gives two events
+/// of one key the same one, so equality means the same event, caught by the record).
+pub fn gate(
+    request: &DeployRequest,
+    existing: Option<&DeployRecord>,
+    latest: Option<&LatestPointer>,
+    now: OffsetDateTime,
+) -> Gate {
+    if let Some(record) = existing {
+        if record.outcome.is_final() {
+            return match request.sequencer {
+                None => Gate::Proceed(Claim::Redeploy),
+                Some(_) => Gate::Duplicate(format!(
+                    "version {} of {} was already handled ({} at {}); a repeated event sends no second command",
+                    request.version_id, request.key, record.outcome, record.updated_at
+                )),
+            };
+        }
+        let live_until = record.lease_until.as_deref().and_then(parse_time);
+        if let Some(until) = live_until.filter(|u| *u > now) {
+            return Gate::Busy(format!(
+                "version {} of {} is being dispatched by another invocation (claim valid until {}); retry after it",
+                request.version_id,
+                request.key,
+                format_time(until)
+            ));
+        }
+    }
+    if let (Some(seq), Some(pointer)) = (&request.sequencer, latest) {
+        if let Ok(newest) = Sequencer::parse(&pointer.sequencer) {
+            if newest > *seq && pointer.version_id != request.version_id {
+                return Gate::Stale(format!(
+                    "event sequencer {seq} for version {} is older than {newest} of version {}, already dispatched for {}",
+                    request.version_id, pointer.version_id, request.key
+                ));
+            }
+        }
+    }
+    match existing {
+        None => Gate::Proceed(Claim::New),
+        Some(_) => Gate::Proceed(Claim::TakeOver),
+    }
+}
+
+/// Whether `pointer` must be replaced by one for `sequencer` (strictly newer, or none yet).
+pub fn pointer_needs_update(pointer: Option<&LatestPointer>, sequencer: &Sequencer) -> bool {
+    match pointer.and_then(|p| Sequencer::parse(&p.sequencer).ok()) {
+        Some(current) => *sequencer > current,
+        None => true,
+    }
+}
+
+/// Decode and check the object's metadata against the contract and the key.
+pub fn check_metadata(
+    request: &DeployRequest,
+    headers: &HashMap<String, String>,
+) -> Result<ObjectMetadata, Rejection> {
+    let meta = ObjectMetadata::from_headers(headers).map_err(|source| Rejection::Metadata {
+        bucket: request.bucket.clone(),
+        key: request.key.clone(),
+        version_id: request.version_id.clone(),
+        source,
+    })?;
+    for (field, metadata, key_value) in [
+        ("app", &meta.app, request.release.app()),
+        ("env", &meta.env, request.release.env()),
+    ] {
+        if metadata != key_value {
+            return Err(Rejection::MetadataMismatch {
+                bucket: request.bucket.clone(),
+                key: request.key.clone(),
+                version_id: request.version_id.clone(),
+                field,
+                metadata: metadata.clone(),
+                key_value: key_value.to_owned(),
+            });
+        }
+    }
+    Ok(meta)
+}
+
+/// What the verifier must find in the bytes, from checked metadata.
+pub fn expected_bundle(meta: &ObjectMetadata) -> ExpectedBundle {
+    ExpectedBundle {
+        app: meta.app.clone(),
+        env: meta.env.clone(),
+        commit: meta.commit.clone(),
+        dirty: meta.dirty,
+        branch: meta.branch.clone(),
+        sha256: meta.sha256.clone(),
+    }
+}
+
+/// The record summary of a successful verification.
+pub fn verification_summary(v: &VerifiedBundle) -> Verification {
+    Verification {
+        ok: true,
+        sha256: Some(v.sha256.clone()),
+        object_bytes: v.object_bytes,
+        entries: v.entries,
+        unpacked_bytes: v.unpacked_bytes,
+        error: None,
+        millis: v.millis,
+    }
+}
+
+/// Everything the host script needs for one deploy.
+#[derive(Debug, Clone)]
+pub struct HostInputs<'a> {
+    /// Lambda configuration (app root, lock timeout).
+    pub config: &'a Config,
+    /// The request being dispatched.
+    pub request: &'a DeployRequest,
+    /// Checked object metadata.
+    pub metadata: &'a ObjectMetadata,
+    /// What verification established (manifest, sizes, digest).
+    pub verified: &'a VerifiedBundle,
+    /// Presigned GET for exactly this version.
+    pub bundle_url: &'a str,
+}
+
+fn join_list(var: HostVar, items: &[String]) -> Result<String, Rejection> {
+    if let Some(bad) = items.iter().find(|i| i.contains(LIST_SEPARATOR)) {
+        return Err(Rejection::ListValue {
+            name: var.name(),
+            value: bad.clone(),
+        });
+    }
+    Ok(items.join(&LIST_SEPARATOR.to_string()))
+}
+
+/// The value of every host-script input, in [`HostVar::ALL`] order.
+pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Rejection> {
+    let r = inputs.request;
+    let deploy = &inputs.verified.manifest.deploy;
+    let mut out = Vec::with_capacity(HostVar::ALL.len());
+    for var in HostVar::ALL {
+        let value = match var {
+            HostVar::Action => "deploy".to_owned(),
+            HostVar::App => r.release.app().to_owned(),
+            HostVar::Env => r.release.env().to_owned(),
+            HostVar::AppRoot => inputs.config.app_root_for(r.release.app(), r.release.env()),
+            HostVar::Bucket => r.bucket.clone(),
+            HostVar::Key => r.key.clone(),
+            HostVar::VersionId => r.version_id.clone(),
+            HostVar::Sequencer => r
+                .sequencer
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            HostVar::Sha256 => inputs.verified.sha256.clone(),
+            HostVar::BundleUrl => inputs.bundle_url.to_owned(),
+            HostVar::BundleBytes => inputs.verified.object_bytes.to_string(),
+            HostVar::UnpackedBytes => inputs.verified.unpacked_bytes.to_string(),
+            HostVar::Commit => inputs.metadata.commit.clone(),
+            HostVar::ComposeFile => deploy.compose_file.clone(),
+            HostVar::Profiles => join_list(var, &deploy.profiles)?,
+            HostVar::HealthUrl => deploy.health_url.clone().unwrap_or_default(),
+            HostVar::HealthTimeout => deploy.health_timeout_secs.to_string(),
+            HostVar::SharedPaths => join_list(var, &deploy.shared_paths)?,
+            HostVar::KeepReleases => deploy.keep_releases.to_string(),
+            HostVar::RequiredEnv => join_list(var, &deploy.required_env)?,
+            HostVar::PreSwitchHook => deploy.pre_switch_hook.clone().unwrap_or_default(),
+            HostVar::RollbackTo => String::new(),
+            HostVar::LockTimeout => inputs.config.lock_timeout_secs.to_string(),
+        };
+        out.push((var, value));
+    }
+    Ok(out)
+}
+
+/// First lines of every command: run under bash whatever shell SSM starts (the agent may
+/// use `sh`, which is dash on Ubuntu; the guard is POSIX and re-executes the file in bash).
+pub const COMMAND_PREAMBLE: &str = "#!/bin/bash\n\
+# dropship deploy command: exported inputs, then scripts/deploy-on-host.sh\n\
+if [ -z \"${BASH_VERSION:-}\" ]; then exec /bin/bash \"$0\" \"$@\"; fi\n";
+
+/// The export header: every input through the contract's one encoder, nothing else.
+pub fn render_header(vars: &[(HostVar, String)]) -> Result<String, Rejection> {
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(v, s)| (v.name(), s.as_str())).collect();
+    let exports = shell::render_exports(&pairs)?;
+    Ok(format!("{COMMAND_PREAMBLE}{exports}"))
+}
+
+/// Header followed by the embedded script, refused when SSM would not accept its size.
+pub fn render_command(vars: &[(HostVar, String)]) -> Result<String, Rejection> {
+    let mut script = render_header(vars)?;
+    script.push_str(HOST_SCRIPT);
+    if script.len() > MAX_COMMAND_BYTES {
+        return Err(Rejection::CommandTooLarge {
+            bytes: script.len(),
+            limit: MAX_COMMAND_BYTES,
+        });
+    }
+    Ok(script)
+}
+
+/// The command's `Comment`: app/env, short commit and version id, cut to SSM's 100 characters.
+pub fn comment(request: &DeployRequest, commit: &str) -> String {
+    let short = commit.get(..12).unwrap_or(commit);
+    let text = format!(
+        "dropship {}/{} {} v={}",
+        request.release.app(),
+        request.release.env(),
+        short,
+        request.version_id
+    );
+    text.chars().take(MAX_COMMENT_CHARS).collect()
+}
+
+/// Split instance ids into SendCommand calls of at most 50.
+pub fn batches(instance_ids: &[String]) -> Vec<Vec<String>> {
+    instance_ids
+        .chunks(MAX_INSTANCES_PER_COMMAND)
+        .map(<[String]>::to_vec)
+        .collect()
+}
+
+/// One planned SendCommand family: the same script for every batch of targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandPlan {
+    /// Always [`DOCUMENT_NAME`].
+    pub document_name: &'static str,
+    /// Header + host script: the `commands` parameter.
+    pub script: String,
+    /// `executionTimeout` parameter (seconds, as SSM wants it: a string).
+    pub execution_timeout: String,
+    /// `TimeoutSeconds` (delivery).
+    pub timeout_seconds: i32,
+    /// `MaxConcurrency`.
+    pub max_concurrency: String,
+    /// `MaxErrors`.
+    pub max_errors: String,
+    /// `Comment`.
+    pub comment: String,
+    /// CloudWatch log group for the output, when configured.
+    pub log_group: Option<String>,
+    /// Instance ids per SendCommand call.
+    pub batches: Vec<Vec<String>>,
+}
+
+/// Plan the command for `targets` (instances not yet sent to).
+pub fn plan_command(inputs: &HostInputs<'_>, targets: &[String]) -> Result<CommandPlan, Rejection> {
+    let vars = host_vars(inputs)?;
+    let script = render_command(&vars)?;
+    let c = inputs.config;
+    Ok(CommandPlan {
+        document_name: DOCUMENT_NAME,
+        script,
+        execution_timeout: c.execution_timeout_secs.to_string(),
+        timeout_seconds: i32::try_from(c.delivery_timeout_secs).unwrap_or(i32::MAX),
+        max_concurrency: c.max_concurrency.clone(),
+        max_errors: c.max_errors.clone(),
+        comment: comment(inputs.request, &inputs.metadata.commit),
+        log_group: c.log_group.clone(),
+        batches: batches(targets),
+    })
+}
+
+/// Instances in `targets` that no recorded command reached yet, in order.
+pub fn remaining_targets(targets: &[String], record: &DeployRecord) -> Vec<String> {
+    targets
+        .iter()
+        .filter(|t| !record.commands.iter().any(|c| c.instance_ids.contains(t)))
+        .cloned()
+        .collect()
+}
+
+/// Whether a command's script was rendered for `version_id` (used to recognise commands a
+/// crashed attempt sent): the exact export line of the version id.
+pub fn script_is_for_version(script: &str, version_id: &str) -> bool {
+    match shell::render_exports(&[(HostVar::VersionId.name(), version_id)]) {
+        Ok(line) => script.lines().any(|l| format!("{l}\n") == line),
+        Err(_) => false,
+    }
+}
+
+/// Whether an outcome is stored as a record (results like `ignored` are not).
+pub fn is_recorded(outcome: Outcome) -> bool {
+    !matches!(outcome, Outcome::Ignored | Outcome::SkippedDuplicate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{parse, Request};
+    use dropship_contract::manifest::{DeploySettings, Manifest};
+    use dropship_contract::metadata::Source;
+    use dropship_contract::record::{CommandBatch, EventFacts, Trigger, RECORD_FORMAT};
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::process::Command;
+
+    fn config() -> Config {
+        Config::from_lookup(|k| (k == "DROPSHIP_ALLOWED_BUCKETS").then(|| "rel-bucket".to_owned()))
+            .unwrap()
+    }
+
+    fn request(version: &str, sequencer: Option<&str>) -> DeployRequest {
+        let payload = match sequencer {
+            Some(seq) => json!({
+                "version": "0", "id": "e-1", "detail-type": "Object Created", "source": "aws.s3",
+                "account": "1", "time": "2026-11-23T09:00:00Z", "region": "us-east-1",
+                "resources": [],
+                "detail": {"version": "0", "bucket": {"name": "rel-bucket"},
+                    "object": {"key": "releases/shop/prod.tar.gz", "size": 1, "etag": "x",
+                               "version-id": version, "sequencer": seq},
+                    "reason": "PutObject"}
+            }),
+            None => {
+                json!({"bucket": "rel-bucket", "key": "releases/shop/prod.tar.gz", "version_id": version})
+            }
+        };
+        match parse(&payload, &config()).unwrap() {
+            Request::Deploy(d) => d,
+            Request::Ignore(r) => panic!("{r}"),
+        }
+    }
+
+    fn record(version: &str, outcome: Outcome, lease_until: Option<&str>) -> DeployRecord {
+        DeployRecord {
+            format: RECORD_FORMAT,
+            app: "shop".into(),
+            env: "prod".into(),
+            bucket: "rel-bucket".into(),
+            key: "releases/shop/prod.tar.gz".into(),
+            version_id: version.into(),
+            outcome,
+            reason: None,
+            event: EventFacts {
+                trigger: Trigger::Event,
+                event_id: None,
+                event_time: None,
+                reason: None,
+                sequencer: None,
+                request_id: None,
+                size: None,
+                etag: None,
+            },
+            metadata: None,
+            manifest: None,
+            verification: None,
+            targets: vec![],
+            commands: vec![],
+            created_at: "2026-11-23T09:00:00Z".into(),
+            updated_at: "2026-11-23T09:00:00Z".into(),
+            lease_until: lease_until.map(str::to_owned),
+            attempts: 1,
+            last_error: None,
+            lambda_request_id: None,
+        }
+    }
+
+    fn pointer(version: &str, seq: &str) -> LatestPointer {
+        LatestPointer {
+            format: RECORD_FORMAT,
+            app: "shop".into(),
+            env: "prod".into(),
+            version_id: version.into(),
+            sequencer: seq.into(),
+            commit: None,
+            dispatched_at: "2026-11-23T09:00:00Z".into(),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        parse_time("2026-11-23T10:00:00Z").unwrap()
+    }
+
+    #[test]
+    fn gate_new_duplicate_busy_takeover_and_redeploy() {
+        let ev = request("v2", Some("0055AED6DCD90281E6"));
+        assert_eq!(gate(&ev, None, None, now()), Gate::Proceed(Claim::New));
+        let done = record("v2", Outcome::Dispatched, None);
+        assert!(
+            matches!(gate(&ev, Some(&done), None, now()), Gate::Duplicate(r) if r.contains("already handled"))
+        );
+        for final_outcome in [Outcome::Rejected, Outcome::NoTargets, Outcome::SkippedStale] {
+            let r = record("v2", final_outcome, None);
+            assert!(matches!(
+                gate(&ev, Some(&r), None, now()),
+                Gate::Duplicate(_)
+            ));
+        }
+        let live = record("v2", Outcome::Dispatching, Some("2026-11-23T10:05:00Z"));
+        assert!(
+            matches!(gate(&ev, Some(&live), None, now()), Gate::Busy(r) if r.contains("10:05:00"))
+        );
+        let expired = record("v2", Outcome::Dispatching, Some("2026-11-23T09:59:59Z"));
+        assert_eq!(
+            gate(&ev, Some(&expired), None, now()),
+            Gate::Proceed(Claim::TakeOver)
+        );
+        let direct = request("v2", None);
+        assert_eq!(
+            gate(&direct, Some(&done), None, now()),
+            Gate::Proceed(Claim::Redeploy)
+        );
+        // A direct redeploy never waits on ordering.
+        let newer = pointer("v9", "FF");
+        assert_eq!(
+            gate(&direct, None, Some(&newer), now()),
+            Gate::Proceed(Claim::New)
+        );
+    }
+
+    #[test]
+    fn gate_skips_older_sequencers_across_lengths() {
+        let newest = pointer("v2", "0055AED6DCD90281E6");
+        let older = request("v1", Some("0055AED6DCD90281E5"));
+        assert!(
+            matches!(gate(&older, None, Some(&newest), now()), Gate::Stale(r) if r.contains("v2"))
+        );
+        // Shorter but later once right-padded: "0056" > "0055AED6DCD90281E6".
+        let later_short = request("v3", Some("0056"));
+        assert_eq!(
+            gate(&later_short, None, Some(&newest), now()),
+            Gate::Proceed(Claim::New)
+        );
+        // Longer sharing the prefix with extra non-zero digits: later.
+        let later_long = request("v4", Some("0055AED6DCD90281E601"));
+        assert_eq!(
+            gate(&later_long, None, Some(&newest), now()),
+            Gate::Proceed(Claim::New)
+        );
+        // Longer but smaller prefix: older.
+        let older_long = request("v5", Some("0055AED6DCD90281E5FFFF"));
+        assert!(matches!(
+            gate(&older_long, None, Some(&newest), now()),
+            Gate::Stale(_)
+        ));
+        // Equal sequencer (same event) is not stale.
+        let same = request("v6", Some("0055aed6dcd90281e6"));
+        assert_eq!(
+            gate(&same, None, Some(&newest), now()),
+            Gate::Proceed(Claim::New)
+        );
+        // A stale takeover is skipped too.
+        let expired = record("v1", Outcome::Dispatching, Some("2026-11-23T09:00:00Z"));
+        assert!(matches!(
+            gate(&older, Some(&expired), Some(&newest), now()),
+            Gate::Stale(_)
+        ));
+        assert!(pointer_needs_update(
+            Some(&newest),
+            &Sequencer::parse("0055AED6DCD90281E7").unwrap()
+        ));
+        assert!(!pointer_needs_update(
+            Some(&newest),
+            &Sequencer::parse("0055AED6DCD90281E6").unwrap()
+        ));
+        assert!(!pointer_needs_update(
+            Some(&newest),
+            &Sequencer::parse("0055").unwrap()
+        ));
+        assert!(pointer_needs_update(None, &Sequencer::parse("01").unwrap()));
+    }
+
+    fn meta() -> ObjectMetadata {
+        ObjectMetadata {
+            app: "shop".into(),
+            env: "prod".into(),
+            branch: "main".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            dirty: false,
+            sha256: "a".repeat(64),
+            created: "2026-11-23T09:00:00Z".into(),
+            uploader: "ci".into(),
+            source: Source::Ci,
+            message: "m".into(),
+            restored_from: None,
+        }
+    }
+
+    fn headers(m: &ObjectMetadata) -> HashMap<String, String> {
+        m.to_headers().unwrap().into_iter().collect()
+    }
+
+    #[test]
+    fn metadata_must_match_the_key() {
+        let r = request("v1", Some("01"));
+        assert_eq!(check_metadata(&r, &headers(&meta())).unwrap(), meta());
+        let mut other_env = meta();
+        other_env.env = "staging".into();
+        let err = check_metadata(&r, &headers(&other_env))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("env") && err.contains("staging") && err.contains("prod"),
+            "{err}"
+        );
+        let mut other_app = meta();
+        other_app.app = "blog".into();
+        let err = check_metadata(&r, &headers(&other_app))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("app") && err.contains("blog"), "{err}");
+        let mut no_sha = headers(&meta());
+        no_sha.remove("sha256");
+        let err = check_metadata(&r, &no_sha).unwrap_err().to_string();
+        assert!(
+            err.contains("sha256") && err.contains("releases/shop/prod.tar.gz"),
+            "{err}"
+        );
+        let mut short = headers(&meta());
+        short.insert("commit".into(), "abc".into());
+        assert!(check_metadata(&r, &short)
+            .unwrap_err()
+            .to_string()
+            .contains("commit"));
+    }
+
+    fn verified(deploy: DeploySettings) -> VerifiedBundle {
+        VerifiedBundle {
+            manifest: Manifest {
+                format: 1,
+                app: "shop".into(),
+                env: "prod".into(),
+                branch: "main".into(),
+                commit: meta().commit,
+                commit_time: 1,
+                dirty: false,
+                message: "m".into(),
+                files: 2,
+                bytes: 10,
+                deploy,
+            },
+            sha256: "a".repeat(64),
+            object_bytes: 1234,
+            entries: 2,
+            unpacked_bytes: 10,
+            millis: 1,
+        }
+    }
+
+    #[test]
+    fn host_vars_cover_every_input_from_the_right_source() {
+        let c = config();
+        let r = request("v.1", Some("0A"));
+        let m = meta();
+        let deploy = DeploySettings {
+            profiles: vec!["web".into(), "worker".into()],
+            health_url: Some("http://127.0.0.1:8000/health".into()),
+            required_env: vec!["DB_URL".into()],
+            ..DeploySettings::default()
+        };
+        let v = verified(deploy);
+        let inputs = HostInputs {
+            config: &c,
+            request: &r,
+            metadata: &m,
+            verified: &v,
+            bundle_url: "https://u/?a=1&b=2",
+        };
+        let vars = host_vars(&inputs).unwrap();
+        assert_eq!(
+            vars.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            HostVar::ALL.to_vec()
+        );
+        let get = |h: HostVar| vars.iter().find(|(v, _)| *v == h).unwrap().1.clone();
+        assert_eq!(get(HostVar::AppRoot), "/opt/dropship/shop");
+        assert_eq!(get(HostVar::VersionId), "v.1");
+        assert_eq!(get(HostVar::Sequencer), "0A");
+        assert_eq!(get(HostVar::Profiles), "web,worker");
+        assert_eq!(get(HostVar::SharedPaths), ".env");
+        assert_eq!(get(HostVar::BundleBytes), "1234");
+        assert_eq!(get(HostVar::UnpackedBytes), "10");
+        assert_eq!(get(HostVar::Commit), m.commit);
+        assert_eq!(get(HostVar::LockTimeout), "300");
+        assert_eq!(get(HostVar::BundleUrl), "https://u/?a=1&b=2");
+        let direct = request("v.1", None);
+        let inputs = HostInputs {
+            request: &direct,
+            ..inputs
+        };
+        let vars = host_vars(&inputs).unwrap();
+        assert_eq!(
+            vars.iter()
+                .find(|(v, _)| *v == HostVar::Sequencer)
+                .unwrap()
+                .1,
+            ""
+        );
+
+        let plan = plan_command(
+            &inputs,
+            &(0..120).map(|i| format!("i-{i:017x}")).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![50, 50, 20]
+        );
+        assert!(plan.script.starts_with(COMMAND_PREAMBLE));
+        assert!(plan.script.ends_with(HOST_SCRIPT));
+        assert!(plan
+            .script
+            .contains("export DROPSHIP_BUNDLE_URL='https://u/?a=1&b=2'\n"));
+        assert!(script_is_for_version(&plan.script, "v.1"));
+        assert!(!script_is_for_version(&plan.script, "v.2"));
+        assert_eq!(plan.document_name, "AWS-RunShellScript");
+        assert_eq!(
+            (plan.max_concurrency.as_str(), plan.max_errors.as_str()),
+            ("50%", "0")
+        );
+        assert_eq!(
+            (plan.timeout_seconds, plan.execution_timeout.as_str()),
+            (600, "1800")
+        );
+    }
+
+    #[test]
+    fn oversized_commands_and_bad_values_are_refused() {
+        let c = config();
+        let r = request("v1", Some("0A"));
+        let m = meta();
+        let v = verified(DeploySettings::default());
+        let huge_url = "https://x/".to_owned() + &"a".repeat(MAX_COMMAND_BYTES);
+        let inputs = HostInputs {
+            config: &c,
+            request: &r,
+            metadata: &m,
+            verified: &v,
+            bundle_url: &huge_url,
+        };
+        let err = plan_command(&inputs, &["i-1".into()]).unwrap_err();
+        assert!(matches!(err, Rejection::CommandTooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("SSM limit"));
+        let nul = "https://x/\0";
+        let inputs = HostInputs {
+            bundle_url: nul,
+            ..inputs
+        };
+        let err = plan_command(&inputs, &["i-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("NUL") && err.contains("DROPSHIP_BUNDLE_URL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn comment_names_app_env_commit_and_version_within_100_chars() {
+        let r = request("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY", Some("0A"));
+        let c = comment(&r, &meta().commit);
+        assert_eq!(
+            c,
+            "dropship shop/prod 0123456789ab v=3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"
+        );
+        let long = request(&"v".repeat(200), Some("0A"));
+        assert_eq!(
+            comment(&long, &meta().commit).chars().count(),
+            MAX_COMMENT_CHARS
+        );
+    }
+
+    #[test]
+    fn remaining_targets_skip_instances_already_sent_to() {
+        let mut r = record("v1", Outcome::Dispatching, None);
+        r.commands.push(CommandBatch {
+            command_id: "c".into(),
+            instance_ids: vec!["i-1".into()],
+        });
+        let all = vec!["i-1".to_owned(), "i-2".to_owned()];
+        assert_eq!(remaining_targets(&all, &r), vec!["i-2".to_owned()]);
+    }
+
+    /// Source `header` with real bash and print each input NUL-terminated.
+    fn bash_values(header: &str, dir: &std::path::Path) -> Vec<String> {
+        let mut script = header.to_owned();
+        script.push_str("printf '%s\\0'");
+        for v in HostVar::ALL {
+            script.push_str(&format!(" \"${}\"", v.name()));
+        }
+        script.push('\n');
+        let out = Command::new("bash")
+            .args(["--noprofile", "--norc", "-c", &script])
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LC_ALL", "C.UTF-8")
+            .output()
+            .expect("bash is needed for the header tests");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "bash wrote to stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v: Vec<String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .map(|s| String::from_utf8(s.to_vec()).unwrap())
+            .collect();
+        assert_eq!(v.pop().as_deref(), Some(""));
+        v
+    }
+
+    fn hostile() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("'".to_owned()),
+            Just("\"".to_owned()),
+            Just("$(touch pwned)".to_owned()),
+            Just("`touch pwned`".to_owned()),
+            Just("${HOME}".to_owned()),
+            Just("'; touch pwned; '".to_owned()),
+            Just("\n".to_owned()),
+            Just("\\".to_owned()),
+            Just("*".to_owned()),
+            any::<String>().prop_map(|s| s.replace('\0', "")),
+        ];
+        prop_oneof![
+            4 => proptest::collection::vec(piece.clone(), 0..16).prop_map(|v| v.concat()),
+            1 => proptest::collection::vec(piece, 1..6).prop_map(|v| {
+                let unit = v.concat() + "x";
+                unit.repeat(8 * 1024 / unit.len() + 1)
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// The header the Lambda sends, sourced by real bash, yields exactly the original
+        /// values for every input and executes nothing.
+        #[test]
+        fn rendered_header_round_trips_through_bash(values in proptest::collection::vec(hostile(), HostVar::ALL.len())) {
+            let vars: Vec<(HostVar, String)> = HostVar::ALL.iter().copied().zip(values.iter().cloned()).collect();
+            let header = render_header(&vars).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let got = bash_values(&header, dir.path());
+            prop_assert_eq!(&got, &values);
+            prop_assert!(!dir.path().join("pwned").exists(), "header executed a command");
+        }
+    }
+
+    #[test]
+    fn the_preamble_reexecutes_under_bash_from_sh() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars: Vec<(HostVar, String)> = HostVar::ALL
+            .iter()
+            .map(|v| (*v, "it's $(x)".to_owned()))
+            .collect();
+        let file = dir.path().join("_script.sh");
+        let header = render_header(&vars).unwrap();
+        std::fs::write(
+            &file,
+            format!("{header}printf '%s|%s' \"$BASH_VERSION\" \"$DROPSHIP_APP\"\n"),
+        )
+        .unwrap();
+        let out = Command::new("sh").arg(&file).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (bash_version, app) = text.split_once('|').unwrap();
+        assert!(
+            !bash_version.is_empty(),
+            "not re-executed under bash: {text:?}"
+        );
+        assert_eq!(app, "it's $(x)");
+    }
+}
