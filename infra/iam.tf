@@ -9,9 +9,10 @@ locals {
 }
 
 # ---------------------------------------------------------------------------------------
-# Deployer Lambda. Actions = deployer_lambda::aws_calls::IAM_ACTIONS (contract test), plus
-# sqs:SendMessage that the Lambda service uses on the function's behalf for the on-failure
-# destination (lambda_async_destination below).
+# Deployer Lambda. Actions = deployer_lambda::aws_calls::IAM_ACTIONS (what the code calls)
+# + deployer_lambda::aws_calls::PLATFORM_ACTIONS (the Lambda service shipping the function's
+# logs) + sqs:SendMessage, used by the Lambda service for the on-failure destination
+# configured here (lambda_async_destination below). The contract test enforces all three.
 # ---------------------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "lambda_assume" {
@@ -81,10 +82,12 @@ data "aws_iam_policy_document" "lambda" {
     }
   }
 
+  # Command status: after an interrupted attempt the Lambda lists the commands it already
+  # sent for a version (and their status) so it never sends one twice.
   statement {
     sid       = "ReadCommandStatus"
-    actions   = ["ssm:ListCommands", "ssm:GetCommandInvocation"]
-    resources = ["*"] # Neither action supports resource-level restriction.
+    actions   = ["ssm:ListCommands"]
+    resources = ["*"] # ListCommands supports no resource-level restriction.
   }
 
   statement {

@@ -97,30 +97,55 @@ variable "event_retry_attempts" {
   description = "EventBridge retry attempts when the Lambda cannot be invoked, before the event goes to the DLQ."
   type        = number
   default     = 10
+
+  validation {
+    condition     = var.event_retry_attempts >= 0 && var.event_retry_attempts <= 185
+    error_message = "event_retry_attempts must be between 0 and 185."
+  }
 }
 
 variable "event_max_age_secs" {
-  description = "Oldest event (seconds) EventBridge still retries."
+  description = "Oldest event (seconds, 60-86400) EventBridge still retries."
   type        = number
   default     = 3600
+
+  validation {
+    condition     = var.event_max_age_secs >= 60 && var.event_max_age_secs <= 86400
+    error_message = "event_max_age_secs must be between 60 and 86400."
+  }
 }
 
 variable "lambda_async_retry_attempts" {
   description = "Retries Lambda makes for a failed asynchronous invocation (0-2) before sending it to the failure queue."
   type        = number
   default     = 2
+
+  validation {
+    condition     = var.lambda_async_retry_attempts >= 0 && var.lambda_async_retry_attempts <= 2
+    error_message = "lambda_async_retry_attempts must be 0, 1 or 2."
+  }
 }
 
 variable "lambda_async_max_event_age_secs" {
   description = "Oldest asynchronous event (seconds, 60-21600) Lambda still processes."
   type        = number
   default     = 3600
+
+  validation {
+    condition     = var.lambda_async_max_event_age_secs >= 60 && var.lambda_async_max_event_age_secs <= 21600
+    error_message = "lambda_async_max_event_age_secs must be between 60 and 21600."
+  }
 }
 
 variable "log_retention_days" {
-  description = "Retention of the Lambda and SSM command-output log groups."
+  description = "Retention (days) of the Lambda and SSM command-output log groups; must be a value CloudWatch Logs accepts."
   type        = number
   default     = 365
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be one of CloudWatch Logs' retention values (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)."
+  }
 }
 
 variable "queue_retention_secs" {
@@ -194,7 +219,7 @@ variable "lock_timeout_secs" {
 # CI access.
 
 variable "github_oidc_subjects" {
-  description = "Per app, the GitHub OIDC subjects allowed to assume that app's upload role, e.g. { shop = [\"repo:acme/shop:ref:refs/heads/main\"] }. Apps not listed get no role."
+  description = "Per app, the GitHub OIDC subjects allowed to assume that app's upload role, e.g. { shop = [\"repo:acme/shop:environment:production\"] } (a job with `environment:` gets that subject; without, repo:acme/shop:ref:refs/heads/main). Apps not listed get no role."
   type        = map(list(string))
   default     = {}
 

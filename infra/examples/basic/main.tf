@@ -23,7 +23,12 @@ module "dropship" {
   lambda_zip_path   = var.lambda_zip_path
   access_log_bucket = var.access_log_bucket
 
+  # The deploy workflow (infra/examples/github-actions/deploy.yml) runs its jobs in GitHub
+  # environments, so their OIDC subject is repo:<owner>/<repo>:environment:<name>.
   github_oidc_subjects = {
-    shop = ["repo:acme/shop:ref:refs/heads/main"]
+    shop = [
+      "repo:acme/shop:environment:staging",
+      "repo:acme/shop:environment:production",
+    ]
   }
 }
