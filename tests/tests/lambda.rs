@@ -1,0 +1,558 @@
+//! The deployer Lambda against moto server: real bundles from `bundle-and-upload`, real S3
+//! versions and metadata, real EC2 instances and SSM commands (recorded by moto, never run).
+//! The in-process handler and the built `deployer-lambda` binary (through a local Lambda
+//! Runtime API) are both exercised.
+//!
+//! moto quirks are never relied on: its SendCommand lists every instance of the region as a
+//! command's targets, so which instances a command was meant for is read from the Lambda's
+//! own deploy record and result, and commands are attributed to a test by its unique bucket
+//! name inside the rendered script.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+use aws_sdk_s3::primitives::ByteStream;
+use deployer_lambda::aws::Clients;
+use deployer_lambda::config::Config;
+use deployer_lambda::handler::{Deployer, HandlerError, Invocation, Response};
+use dropship_contract::host::HostVar;
+use dropship_contract::key::ReleaseKey;
+use dropship_contract::manifest::{DeploySettings, Manifest};
+use dropship_contract::metadata::{ObjectMetadata, Source};
+use dropship_contract::record::{DeployRecord, Outcome};
+use dropship_tests::host::{make_bundle, sha256_hex, AppFiles};
+use dropship_tests::lambda_rt::LambdaProcess;
+use dropship_tests::moto;
+use serde_json::{json, Value};
+
+const ENV: &str = "staging";
+
+struct Fixture {
+    s3: aws_sdk_s3::Client,
+    ec2: aws_sdk_ec2::Client,
+    ssm: aws_sdk_ssm::Client,
+    bucket: String,
+    app: String,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let s3 = moto::s3().await;
+        let bucket = moto::create_bucket(&s3, "lambda", true).await;
+        Self {
+            s3,
+            ec2: moto::ec2().await,
+            ssm: moto::ssm().await,
+            bucket,
+            app: moto::unique("app"),
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("releases/{}/{ENV}.tar.gz", self.app)
+    }
+
+    fn env_vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DROPSHIP_ALLOWED_BUCKETS", self.bucket.clone()),
+            ("DROPSHIP_MAX_CONCURRENCY", "2".into()),
+            ("DROPSHIP_LOG_GROUP", "/dropship/commands".into()),
+        ]
+    }
+
+    fn config(&self) -> Config {
+        let vars: HashMap<&str, String> = self.env_vars().into_iter().collect();
+        Config::from_lookup(|k| vars.get(k).cloned()).expect("test configuration is valid")
+    }
+
+    async fn deployer(&self) -> Deployer {
+        Deployer::new(self.config(), Clients::new(&moto::sdk_config().await))
+    }
+
+    /// Runs `n` instances tagged with `app`/`env`; returns their ids.
+    async fn instances(&self, app: &str, env: &str, n: i32) -> Vec<String> {
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(Tag::builder().key("dropship:app").value(app).build())
+            .tags(Tag::builder().key("dropship:env").value(env).build())
+            .build();
+        let out = self
+            .ec2
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .instance_type(InstanceType::T3Micro)
+            .min_count(n)
+            .max_count(n)
+            .tag_specifications(tags)
+            .send()
+            .await
+            .expect("run instances");
+        let mut ids: Vec<String> = out.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Uploads `bytes` as a new version of the release key with `meta`; returns its version id.
+    async fn upload(&self, bytes: Vec<u8>, meta: &ObjectMetadata) -> String {
+        let headers = meta.to_headers().expect("valid metadata");
+        let mut req = self.s3.put_object().bucket(&self.bucket).key(self.key()).body(ByteStream::from(bytes));
+        for (k, v) in headers {
+            req = req.metadata(k, v);
+        }
+        req.send().await.expect("upload").version_id().expect("versioned bucket").to_owned()
+    }
+
+    fn metadata(&self, commit: &str, sha256: &str) -> ObjectMetadata {
+        ObjectMetadata {
+            app: self.app.clone(),
+            env: ENV.into(),
+            branch: "main".into(),
+            commit: commit.into(),
+            dirty: false,
+            sha256: sha256.into(),
+            created: "2026-11-23T09:00:00Z".into(),
+            uploader: "lambda-suite".into(),
+            source: Source::Local,
+            message: "test release".into(),
+            restored_from: None,
+        }
+    }
+
+    /// A real bundle from `bundle-and-upload --output`, uploaded like the bundler does.
+    async fn upload_real_bundle(&self, version_label: &str) -> (String, String) {
+        let bundle = make_bundle(&self.app, &AppFiles::healthy(8080, version_label));
+        let meta = self.metadata(&bundle.commit, &bundle.sha256);
+        (self.upload(bundle.bytes, &meta).await, bundle.commit)
+    }
+
+    /// The AWS-documented EventBridge "Object Created" event for one version.
+    fn event(&self, version_id: &str, sequencer: &str) -> Value {
+        event_for(&self.bucket, &self.key(), version_id, sequencer, "PutObject")
+    }
+
+    /// Every SSM command whose script mentions this test's bucket: (command id, script).
+    async fn commands(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self.ssm.list_commands().set_next_token(token).send().await.expect("list commands");
+            for c in out.commands() {
+                let script = c.parameters().and_then(|p| p.get("commands")).map(|v| v.join("\n")).unwrap_or_default();
+                if script.contains(&self.bucket) {
+                    found.push((c.command_id().unwrap_or_default().to_owned(), script));
+                }
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return found;
+            }
+        }
+    }
+
+    async fn record(&self, version_id: &str) -> Option<DeployRecord> {
+        let release = ReleaseKey::new(&self.app, ENV).unwrap();
+        let out = self.s3.get_object().bucket(&self.bucket).key(release.record_key(version_id)).send().await.ok()?;
+        let bytes = out.body.collect().await.unwrap().into_bytes();
+        Some(DeployRecord::from_bytes(&bytes).expect("record parses"))
+    }
+
+    /// Keys under the records prefix (to prove nothing was written).
+    async fn record_keys(&self) -> Vec<String> {
+        let out = self.s3.list_objects_v2().bucket(&self.bucket).prefix("deploy-records/").send().await.unwrap();
+        out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+    }
+}
+
+fn event_for(bucket: &str, key: &str, version_id: &str, sequencer: &str, reason: &str) -> Value {
+    json!({
+        "version": "0",
+        "id": "17793124-05d4-b198-2fde-7ededc63b103",
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": "123456789012",
+        "time": "2026-11-23T09:00:00Z",
+        "region": "us-east-1",
+        "resources": [format!("arn:aws:s3:::{bucket}")],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": bucket},
+            "object": {"key": key, "size": 5, "etag": "b1946ac92492d2347c6235b4d2611184",
+                       "version-id": version_id, "sequencer": sequencer},
+            "request-id": "N4N7GDK58NMKJ12R",
+            "requester": "123456789012",
+            "source-ip-address": "1.2.3.4",
+            "reason": reason
+        }
+    })
+}
+
+async fn handle(d: &Deployer, payload: &Value) -> Result<Response, HandlerError> {
+    d.handle(payload, &Invocation { request_id: Some("test".into()), deadline: None }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifies_a_real_bundle_and_dispatches_to_only_the_tagged_running_instances() {
+    let f = Fixture::new().await;
+    let targets = f.instances(&f.app, ENV, 2).await;
+    let stopped = f.instances(&f.app, ENV, 1).await;
+    f.ec2.stop_instances().set_instance_ids(Some(stopped.clone())).send().await.unwrap();
+    let other_env = f.instances(&f.app, "prod", 1).await;
+    let (version, commit) = f.upload_real_bundle("one").await;
+
+    let d = f.deployer().await;
+    let res = handle(&d, &f.event(&version, "0055AED6DCD90281E5")).await.expect("dispatch");
+    assert_eq!(res.outcome, Outcome::Dispatched, "{res:?}");
+    assert_eq!(res.targets, targets, "only the tagged running instances");
+    assert!(!res.targets.iter().any(|t| stopped.contains(t) || other_env.contains(t)));
+    assert_eq!(res.command_ids.len(), 1);
+    assert_eq!(res.commit.as_deref(), Some(commit.as_str()));
+
+    let record = f.record(&version).await.expect("deploy record written");
+    assert_eq!(record.outcome, Outcome::Dispatched);
+    assert_eq!(record.targets, targets);
+    assert_eq!(record.commands[0].instance_ids, targets);
+    assert_eq!(record.command_ids(), res.command_ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let verification = record.verification.as_ref().unwrap();
+    assert!(verification.ok && verification.entries >= 3, "{verification:?}");
+    assert_eq!(record.metadata.as_ref().unwrap().commit, commit);
+    assert_eq!(record.manifest.as_ref().unwrap().app, f.app);
+    assert_eq!(record.event.sequencer.as_deref(), Some("0055AED6DCD90281E5"));
+    assert!(record.lease_until.is_none());
+
+    // What moto recorded: the header exporting every input, then the embedded script.
+    let commands = f.commands().await;
+    assert_eq!(commands.len(), 1);
+    let (id, script) = &commands[0];
+    assert_eq!(id, &res.command_ids[0]);
+    assert!(script.starts_with(deployer_lambda::plan::COMMAND_PREAMBLE));
+    assert!(script.ends_with(deployer_lambda::plan::HOST_SCRIPT));
+    for var in HostVar::ALL {
+        assert!(script.contains(&format!("\nexport {}=", var.name())), "{} exported", var.name());
+    }
+    assert!(script.contains(&format!("export DROPSHIP_VERSION_ID='{version}'\n")));
+    assert!(script.contains(&format!("export DROPSHIP_COMMIT='{commit}'\n")));
+    assert!(script.contains(&format!("export DROPSHIP_APP_ROOT='/opt/dropship/{}'\n", f.app)));
+    let cmd = f.ssm.list_commands().command_id(id).send().await.unwrap();
+    let cmd = &cmd.commands()[0];
+    assert_eq!(cmd.document_name(), Some("AWS-RunShellScript"));
+    assert_eq!(cmd.max_concurrency(), Some("2"));
+    assert_eq!(cmd.max_errors(), Some("0"));
+    let comment = cmd.comment().unwrap_or_default();
+    assert!(comment.contains(&f.app) && comment.contains(&version) && comment.contains(&commit[..12]), "{comment}");
+    assert_eq!(cmd.parameters().unwrap()["executionTimeout"], vec!["1800".to_owned()]);
+    // moto lists every instance of the region as targets (a quirk): ours must be among them.
+    for t in &targets {
+        assert!(cmd.instance_ids().contains(t));
+    }
+
+    // The presigned URL in the header downloads exactly this version's bytes.
+    let url_line = script.lines().find(|l| l.starts_with("export DROPSHIP_BUNDLE_URL=")).unwrap();
+    let url = url_line.trim_start_matches("export DROPSHIP_BUNDLE_URL='").trim_end_matches('\'');
+    assert!(url.contains("versionId="), "{url}");
+    let sha_line = script.lines().find(|l| l.starts_with("export DROPSHIP_SHA256=")).unwrap();
+    let out = std::process::Command::new("curl").args(["-fsS", url]).output().unwrap();
+    assert!(out.status.success());
+    assert!(sha_line.contains(&sha256_hex(&out.stdout)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_sends_one_command() {
+    let f = Fixture::new().await;
+    f.instances(&f.app, ENV, 1).await;
+    let (version, _) = f.upload_real_bundle("dup").await;
+    let d = f.deployer().await;
+    let event = f.event(&version, "00AA");
+    let first = handle(&d, &event).await.unwrap();
+    assert_eq!(first.outcome, Outcome::Dispatched);
+    let second = handle(&d, &event).await.unwrap();
+    assert_eq!(second.outcome, Outcome::SkippedDuplicate);
+    assert!(second.reason.unwrap().contains("already handled"));
+    assert_eq!(second.command_ids, first.command_ids, "the duplicate reports the original command");
+    // Also a copy of the event delivered with another EventBridge id (at-least-once).
+    let mut again = event.clone();
+    again["id"] = json!("another-delivery");
+    assert_eq!(handle(&d, &again).await.unwrap().outcome, Outcome::SkippedDuplicate);
+    assert_eq!(f.commands().await.len(), 1, "exactly one SSM command");
+    assert_eq!(f.record(&version).await.unwrap().attempts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_older_than_the_newest_dispatched_is_skipped() {
+    let f = Fixture::new().await;
+    f.instances(&f.app, ENV, 1).await;
+    let (v1, _) = f.upload_real_bundle("v1").await;
+    let (v2, _) = f.upload_real_bundle("v2").await;
+    let d = f.deployer().await;
+    // v2's event arrives first; v1's (older sequencer, different length) after it.
+    assert_eq!(handle(&d, &f.event(&v2, "0055AED6DCD90281E6")).await.unwrap().outcome, Outcome::Dispatched);
+    let res = handle(&d, &f.event(&v1, "0055AED6DCD90281E5FF")).await.unwrap();
+    assert_eq!(res.outcome, Outcome::SkippedStale, "{res:?}");
+    assert!(res.reason.as_deref().unwrap().contains(&v2));
+    let commands = f.commands().await;
+    assert_eq!(commands.len(), 1);
+    assert!(commands[0].1.contains(&format!("DROPSHIP_VERSION_ID='{v2}'")));
+    assert_eq!(f.record(&v1).await.unwrap().outcome, Outcome::SkippedStale);
+    // An operator can still redeploy the old version on purpose.
+    let direct = json!({"bucket": f.bucket, "key": f.key(), "version_id": v1});
+    let res = handle(&d, &direct).await.unwrap();
+    assert_eq!(res.outcome, Outcome::Dispatched, "{res:?}");
+    let commands = f.commands().await;
+    assert_eq!(commands.len(), 2);
+    assert!(commands.iter().any(|(_, s)| s.contains(&format!("DROPSHIP_VERSION_ID='{v1}'")) && s.contains("DROPSHIP_SEQUENCER=''")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_running_target_means_no_command_and_a_recorded_reason() {
+    let f = Fixture::new().await;
+    let (version, _) = f.upload_real_bundle("lonely").await;
+    let d = f.deployer().await;
+    let res = handle(&d, &f.event(&version, "01")).await.unwrap();
+    assert_eq!(res.outcome, Outcome::NoTargets);
+    assert!(res.reason.as_deref().unwrap().contains(&format!("dropship:app={}", f.app)));
+    assert!(f.commands().await.is_empty());
+    let record = f.record(&version).await.unwrap();
+    assert_eq!(record.outcome, Outcome::NoTargets);
+    assert!(record.verification.unwrap().ok, "verified before looking for targets");
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile bundles: hand-made archives (the bundler would refuse to build them).
+
+struct Entry {
+    path: &'static str,
+    kind: u8,
+    mode: u32,
+    data: Vec<u8>,
+    link: &'static str,
+}
+
+fn entry(path: &'static str, data: &[u8]) -> Entry {
+    Entry { path, kind: b'0', mode: 0o644, data: data.to_vec(), link: "" }
+}
+
+fn special(path: &'static str, kind: u8, link: &'static str) -> Entry {
+    Entry { path, kind, mode: 0o644, data: vec![], link }
+}
+
+/// A ustar archive written byte by byte, so any name or type can be stored.
+fn ustar(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let mut h = [0u8; 512];
+        h[..e.path.len()].copy_from_slice(e.path.as_bytes());
+        let octal = |h: &mut [u8; 512], at: usize, width: usize, v: u64| {
+            let s = format!("{v:0w$o}\0", w = width - 1);
+            h[at..at + width].copy_from_slice(s.as_bytes());
+        };
+        octal(&mut h, 100, 8, u64::from(e.mode));
+        octal(&mut h, 108, 8, 0);
+        octal(&mut h, 116, 8, 0);
+        octal(&mut h, 124, 12, e.data.len() as u64);
+        octal(&mut h, 136, 12, 1_700_000_000);
+        h[156] = e.kind;
+        h[157..157 + e.link.len()].copy_from_slice(e.link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
+        let s = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(s.as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&e.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .args(["-n", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn manifest_bytes(app: &str, env: &str, rest: &[Entry]) -> Vec<u8> {
+    Manifest {
+        format: 1,
+        app: app.into(),
+        env: env.into(),
+        branch: "main".into(),
+        commit: COMMIT.into(),
+        commit_time: 1_700_000_000,
+        dirty: false,
+        message: "test release".into(),
+        files: rest.len() as u64,
+        bytes: rest.iter().filter(|e| e.kind == b'0').map(|e| e.data.len() as u64).sum(),
+        deploy: DeploySettings::default(),
+    }
+    .to_bytes()
+}
+
+/// A bundle with a correct manifest followed by `rest`.
+fn hostile_bundle(app: &str, rest: Vec<Entry>) -> Vec<u8> {
+    let mut all = vec![Entry { path: ".dropship/manifest.json", kind: b'0', mode: 0o644, data: manifest_bytes(app, ENV, &rest), link: "" }];
+    all.extend(rest);
+    gzip(&ustar(&all))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_bundle_is_rejected_with_its_reason_and_nothing_is_sent() {
+    let f = Fixture::new().await;
+    f.instances(&f.app, ENV, 1).await;
+    let d = f.deployer().await;
+    let app = f.app.clone();
+    let compose = || entry("compose.yaml", b"services: {}\n");
+    type Case = (&'static str, Vec<u8>, Box<dyn Fn(&mut ObjectMetadata)>, &'static str);
+    let keep = || -> Box<dyn Fn(&mut ObjectMetadata)> { Box::new(|_| {}) };
+    let cases: Vec<Case> = vec![
+        ("parent path", hostile_bundle(&app, vec![compose(), entry("../x", b"x")]), keep(), "'..'"),
+        ("absolute path", hostile_bundle(&app, vec![compose(), entry("/etc/x", b"x")]), keep(), "absolute"),
+        ("symlink to / then through it", hostile_bundle(&app, vec![compose(), special("link", b'2', "/"), entry("link/file", b"x")]), keep(), "\"link\""),
+        ("symlink inside then through it", hostile_bundle(&app, vec![compose(), special("link", b'2', "."), entry("link/file", b"x")]), keep(), "beneath symlink"),
+        ("hardlink", hostile_bundle(&app, vec![compose(), special("hard", b'1', "compose.yaml")]), keep(), "hardlink"),
+        ("char device", hostile_bundle(&app, vec![compose(), special("dev", b'3', "")]), keep(), "character device"),
+        ("fifo", hostile_bundle(&app, vec![compose(), special("fifo", b'6', "")]), keep(), "FIFO"),
+        ("setuid", hostile_bundle(&app, vec![compose(), Entry { mode: 0o4755, ..entry("suid", b"x") }]), keep(), "setuid"),
+        ("sha mismatch", hostile_bundle(&app, vec![compose()]), Box::new(|m| m.sha256 = "0".repeat(64)), "SHA-256"),
+        ("missing manifest", gzip(&ustar(&[compose()])), keep(), "no manifest"),
+        ("metadata app differs from key", hostile_bundle(&app, vec![compose()]), Box::new(|m| m.app = "other-app".into()), "metadata app"),
+        ("metadata env differs from key", hostile_bundle(&app, vec![compose()]), Box::new(|m| m.env = "prod".into()), "metadata env"),
+        ("manifest env differs from metadata", {
+            let rest = vec![compose()];
+            let mut all = vec![Entry { path: ".dropship/manifest.json", kind: b'0', mode: 0o644, data: manifest_bytes(&app, "prod", &rest), link: "" }];
+            all.extend(rest);
+            gzip(&ustar(&all))
+        }, keep(), "manifest field env"),
+    ];
+    for (i, (name, bytes, tweak, reason)) in cases.into_iter().enumerate() {
+        let mut meta = f.metadata(COMMIT, &sha256_hex(&bytes));
+        tweak(&mut meta);
+        let version = f.upload(bytes, &meta).await;
+        let res = handle(&d, &f.event(&version, &format!("{:02X}", i + 1))).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(res.outcome, Outcome::Rejected, "{name}: {res:?}");
+        let why = res.reason.clone().unwrap_or_default();
+        assert!(why.contains(reason), "{name}: reason {why:?} should mention {reason:?}");
+        assert!(why.contains(&version), "{name}: reason names the version: {why}");
+        let record = f.record(&version).await.unwrap_or_else(|| panic!("{name}: record"));
+        assert_eq!(record.outcome, Outcome::Rejected, "{name}");
+        assert_eq!(record.reason.as_deref(), Some(why.as_str()));
+        assert!(record.commands.is_empty() && record.targets.is_empty(), "{name}");
+        assert!(f.commands().await.is_empty(), "{name}: a command was sent");
+        // A repeat of the event does not retry a rejected bundle.
+        let again = handle(&d, &f.event(&version, &format!("{:02X}", i + 1))).await.unwrap();
+        assert_eq!(again.outcome, Outcome::SkippedDuplicate, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_version_fails_closed() {
+    let f = Fixture::new().await;
+    f.instances(&f.app, ENV, 1).await;
+    let (_real, _) = f.upload_real_bundle("x").await;
+    let d = f.deployer().await;
+    let res = handle(&d, &f.event("no-such-version-id", "05")).await.unwrap();
+    assert_eq!(res.outcome, Outcome::Rejected);
+    assert!(res.reason.unwrap().contains("does not exist"));
+    assert!(f.commands().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_foreign_events_change_nothing() {
+    let f = Fixture::new().await;
+    f.instances(&f.app, ENV, 1).await;
+    let (version, _) = f.upload_real_bundle("x").await;
+    let d = f.deployer().await;
+    let mut malformed = f.event(&version, "01");
+    malformed["detail"]["object"].as_object_mut().unwrap().remove("version-id");
+    let err = handle(&d, &malformed).await.unwrap_err();
+    assert!(matches!(err, HandlerError::Event(_)));
+    assert!(err.to_string().contains("detail.object.version-id"), "{err}");
+    // Foreign: another bucket, a non-release key, a delete marker.
+    let other_bucket = event_for("someone-elses-bucket", &f.key(), &version, "01", "PutObject");
+    let foreign_key = event_for(&f.bucket, &format!("releases/{}/notes.txt", f.app), &version, "01", "PutObject");
+    let mut deleted = f.event(&version, "02");
+    deleted["detail-type"] = json!("Object Deleted");
+    deleted["detail"]["deletion-type"] = json!("Delete Marker Created");
+    for payload in [other_bucket, foreign_key, deleted] {
+        let res = handle(&d, &payload).await.unwrap();
+        assert_eq!(res.outcome, Outcome::Ignored, "{res:?}");
+    }
+    assert!(f.record_keys().await.is_empty(), "no record written");
+    assert!(f.commands().await.is_empty(), "no command sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_url_encoding_are_decoded_for_every_reason() {
+    let f = Fixture::new().await;
+    f.instances(&f.app, ENV, 1).await;
+    let (version, _) = f.upload_real_bundle("enc").await;
+    let d = f.deployer().await;
+    let encoded = f.key().replace('/', "%2F");
+    let res = handle(&d, &event_for(&f.bucket, &encoded, &version, "0A", "CompleteMultipartUpload")).await.unwrap();
+    assert_eq!(res.outcome, Outcome::Dispatched, "{res:?}");
+    assert_eq!(res.key.as_deref(), Some(f.key().as_str()));
+}
+
+// ---------------------------------------------------------------------------------------
+// The built binary, run as a Lambda through the Runtime API.
+
+fn process_env(f: &Fixture) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = f.env_vars().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    for k in ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"] {
+        env.push((k.to_owned(), std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set (scripts/test)"))));
+    }
+    env
+}
+
+fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_as_a_lambda_through_the_runtime_api() {
+    let f = Fixture::new().await;
+    let targets = f.instances(&f.app, ENV, 1).await;
+    let (version, _) = f.upload_real_bundle("bin").await;
+    let env = process_env(&f);
+    let event = f.event(&version, "0B");
+    let bucket = f.bucket.clone();
+    let (init, first, second, malformed) = tokio::task::spawn_blocking(move || {
+        let mut lambda = LambdaProcess::start(&borrowed(&env));
+        let init = lambda.wait_ready(Duration::from_secs(30)).expect("function initialised");
+        let first = lambda.invoke(&event).expect("first invocation succeeds");
+        let second = lambda.invoke(&event).expect("second invocation succeeds");
+        let malformed = lambda.invoke(&json!({"bucket": bucket, "key": "releases/x/y.tar.gz"})).unwrap_err();
+        (init, first, second, malformed)
+    })
+    .await
+    .unwrap();
+    assert!(init < Duration::from_secs(30));
+    assert_eq!(first["outcome"], "dispatched", "{first}");
+    assert_eq!(first["targets"], json!(targets));
+    assert_eq!(second["outcome"], "skipped_duplicate", "{second}");
+    assert_eq!(malformed["errorType"], "MalformedEvent", "{malformed}");
+    assert!(malformed["errorMessage"].as_str().unwrap().contains("version_id"), "{malformed}");
+    assert_eq!(f.commands().await.len(), 1);
+}
+
+#[test]
+fn invalid_configuration_fails_at_cold_start_naming_the_variable() {
+    let mut lambda = LambdaProcess::start(&[("DROPSHIP_ALLOWED_BUCKETS", "rel"), ("DROPSHIP_MAX_CONCURRENCY", "0")]);
+    let err = lambda.wait_ready(Duration::from_secs(30)).unwrap_err();
+    let message = err["errorMessage"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("DROPSHIP_MAX_CONCURRENCY") && message.contains("\"0\""), "{err}");
+    let status = lambda.wait_exit(Duration::from_secs(10)).expect("the process exits");
+    assert!(!status.success());
+    assert!(lambda.init_error().is_some(), "reported through /init/error");
+}
