@@ -16,6 +16,8 @@ use thiserror::Error;
 use crate::config::Config;
 
 /// What the invocation asks for.
+// One value per invocation: the size difference between the variants is irrelevant.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Deploy one exact object version.
@@ -438,7 +440,8 @@ mod tests {
     #[test]
     fn malformed_events_name_the_missing_field() {
         let c = config();
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|v| {
                     v["detail"]["object"]

@@ -6,6 +6,10 @@
 //! [`store`] (the AWS I/O at the edges), [`handler`] (the invocation, callable in-process),
 //! [`aws_calls`] (the IAM actions the code needs; `infra/` grants exactly those).
 
+// Errors carry the object, the cause and the remedy as owned strings; they are built at most
+// once per invocation, so their size does not matter and boxing them would only add noise.
+#![allow(clippy::result_large_err)]
+
 pub mod aws;
 pub mod aws_calls;
 pub mod config;

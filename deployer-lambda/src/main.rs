@@ -70,9 +70,10 @@ async fn main() -> anyhow::Result<()> {
     let deployer = &deployer;
     tracing::info!(buckets = ?deployer.config().allowed_buckets, "deployer ready");
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let deadline = i128::try_from(event.context.deadline)
-            .ok()
-            .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).ok());
+        let deadline = OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(event.context.deadline) * 1_000_000,
+        )
+        .ok();
         let inv = Invocation {
             request_id: Some(event.context.request_id.clone()),
             deadline,
