@@ -181,12 +181,8 @@ data "aws_iam_policy_document" "uploader" {
   for_each = toset(var.apps)
 
   statement {
-    sid = "WriteReleases"
-    actions = [
-      "s3:PutObject",
-      "s3:AbortMultipartUpload",
-      "s3:ListMultipartUploadParts",
-    ]
+    sid       = "WriteReleases"
+    actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
     resources = ["${local.bucket_arn}/${local.releases_prefix}${each.key}/*"]
   }
 
@@ -222,8 +218,8 @@ data "aws_iam_policy_document" "uploader" {
 
   statement {
     sid       = "FollowDeployCommands"
-    actions   = ["ssm:GetCommandInvocation", "ssm:ListCommandInvocations"]
-    resources = ["*"] # Neither action supports resource-level restriction.
+    actions   = ["ssm:GetCommandInvocation"]
+    resources = ["*"] # GetCommandInvocation supports no resource-level restriction.
   }
 }
 

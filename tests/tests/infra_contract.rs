@@ -953,3 +953,44 @@ fn differences_name_missing_and_extra_items() {
     assert!(wildcard_matches("releases/*.tar.gz", "releases/a/b.tar.gz"));
     assert!(!wildcard_matches("releases/*.tar.gz", "releases/.tar"));
 }
+
+#[test]
+fn readme_documents_every_input_and_output() {
+    let module = Module::load();
+    let readme_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/README.md");
+    let readme = std::fs::read_to_string(&readme_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", readme_path.display()));
+
+    // Names in the first column of the table under `## <heading>`.
+    let table = |heading: &str| -> BTreeSet<String> {
+        let start = readme
+            .find(&format!("\n## {heading}\n"))
+            .unwrap_or_else(|| panic!("infra/README.md has no `## {heading}` section"));
+        readme[start + 1..]
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once("` |").map(|(name, _)| name.to_string()))
+            .collect()
+    };
+    let declared = |kind: &str| -> BTreeSet<String> {
+        module
+            .blocks
+            .iter()
+            .filter(|b| b.identifier() == kind)
+            .map(|b| b.labels()[0].as_str().to_string())
+            .collect()
+    };
+    for (heading, kind) in [("Inputs", "variable"), ("Outputs", "output")] {
+        if let Some(msg) = set_difference(
+            &format!("README {heading} table"),
+            &table(heading),
+            &declared(kind),
+            &format!("{kind} in infra/, not in the README"),
+            &format!("in the README, no such {kind}"),
+        ) {
+            panic!("{msg}");
+        }
+    }
+}
