@@ -264,7 +264,10 @@ fn s3_code(e: &S3Error) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.command.is_none() && cli.upload.wait.wait && (cli.upload.output.is_some() || cli.upload.dry_run) {
+    if cli.command.is_none()
+        && cli.upload.wait.wait
+        && (cli.upload.output.is_some() || cli.upload.dry_run)
+    {
         Cli::command()
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
@@ -279,7 +282,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -307,8 +313,10 @@ fn progress_bar(args: &UploadArgs, total: u64) -> ProgressBar {
     }
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} bundling {msg} {bytes}/{total_bytes} ({binary_bytes_per_sec}) {wide_bar}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} bundling {msg} {bytes}/{total_bytes} ({binary_bytes_per_sec}) {wide_bar}",
+        )
+        .expect("valid template"),
     );
     bar
 }
@@ -316,9 +324,11 @@ fn progress_bar(args: &UploadArgs, total: u64) -> ProgressBar {
 fn tuning(args: &UploadArgs) -> UploadTuning {
     UploadTuning {
         level: args.level,
-        threads: args
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        threads: args.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
         multipart_threshold: args.multipart_threshold,
         part_size: args.part_size,
     }
@@ -340,7 +350,9 @@ fn uploader(prepared: &PreparedBundle) -> String {
 }
 
 fn source() -> Source {
-    let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+    let ci = std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false);
     if ci || std::env::var_os("GITHUB_ACTIONS").is_some() {
         Source::Ci
     } else {
@@ -349,7 +361,9 @@ fn source() -> Source {
 }
 
 fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns is valid");
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 ns is valid");
     now.format(&time::format_description::well_known::Rfc3339)
         .expect("UTC time formats")
 }
@@ -367,7 +381,8 @@ async fn sdk_config(profile: Option<&str>, region: Option<String>) -> aws_config
 
 fn s3_client(shared: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     // A custom endpoint (moto, MinIO, LocalStack) serves buckets by path, not by host name.
-    let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+    let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some()
+        || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
     let conf = aws_sdk_s3::config::Builder::from(shared)
         .force_path_style(path_style)
         .build();
@@ -420,7 +435,8 @@ async fn run_upload(args: UploadArgs) -> anyhow::Result<u8> {
         bar.finish_and_clear();
         Summary::new(&prepared, digest.sha256, digest.bytes).with_output(output)
     } else if args.dry_run {
-        let (_, digest) = prepared.write_to(Discard, tuning.level, tuning.threads, &mut on_progress)?;
+        let (_, digest) =
+            prepared.write_to(Discard, tuning.level, tuning.threads, &mut on_progress)?;
         bar.finish_and_clear();
         let mut s = Summary::new(&prepared, digest.sha256, digest.bytes);
         s.dry_run = true;
@@ -452,7 +468,8 @@ async fn run_upload(args: UploadArgs) -> anyhow::Result<u8> {
                 restored_from: None,
             })
         };
-        let outcome = upload::upload(&bucket, &prepared, tuning, &metadata_for, &mut on_progress).await?;
+        let outcome =
+            upload::upload(&bucket, &prepared, tuning, &metadata_for, &mut on_progress).await?;
         bar.finish_and_clear();
         let mut s = Summary::new(&prepared, outcome.digest.sha256, outcome.digest.bytes);
         s.bucket = Some(bucket_name);
@@ -479,10 +496,17 @@ async fn run_upload(args: UploadArgs) -> anyhow::Result<u8> {
         bucket: summary.bucket.clone().unwrap_or_default(),
         release: prepared.config.key.clone(),
     };
-    let clients = clients(args.profile.as_deref(), prepared.config.region.clone(), target).await;
+    let clients = clients(
+        args.profile.as_deref(),
+        prepared.config.region.clone(),
+        target,
+    )
+    .await;
     let report = follow(&clients, &version, &args.wait, args.json)
         .await
-        .with_context(|| format!("version {version} was uploaded, but following its deploy failed"))?;
+        .with_context(|| {
+            format!("version {version} was uploaded, but following its deploy failed")
+        })?;
     let mut summary = summary;
     let code = report.exit_code();
     summary.deploy = Some(report);
@@ -494,7 +518,12 @@ async fn run_upload(args: UploadArgs) -> anyhow::Result<u8> {
 
 /// Follows a deploy with progress on a terminal (state changes on stderr otherwise) and
 /// prints the per-host table unless JSON was asked for.
-async fn follow(clients: &Clients, version: &str, args: &WaitArgs, json: bool) -> anyhow::Result<WaitReport> {
+async fn follow(
+    clients: &Clients,
+    version: &str,
+    args: &WaitArgs,
+    json: bool,
+) -> anyhow::Result<WaitReport> {
     let tty = !json && std::io::stderr().is_terminal();
     let bar = if tty {
         let bar = ProgressBar::new_spinner();
@@ -509,12 +538,14 @@ async fn follow(clients: &Clients, version: &str, args: &WaitArgs, json: bool) -
     let mut last = String::new();
     let mut on_progress = |p: wait::Progress<'_>| {
         let line = match p {
-            wait::Progress::WaitingForRecord { dispatching: false, .. } => {
+            wait::Progress::WaitingForRecord {
+                dispatching: false, ..
+            } => {
                 format!("waiting for the deployer to pick up version {version}")
             }
-            wait::Progress::WaitingForRecord { dispatching: true, .. } => {
-                "the deployer is verifying the bundle and sending commands".to_string()
-            }
+            wait::Progress::WaitingForRecord {
+                dispatching: true, ..
+            } => "the deployer is verifying the bundle and sending commands".to_string(),
             wait::Progress::Hosts(s) => format!(
                 "{} host(s): {}",
                 s.hosts.len(),
@@ -615,7 +646,12 @@ async fn run_versions(args: VersionsArgs) -> anyhow::Result<u8> {
     let resolved = resolve_targets(&args.target, args.all_envs)?;
     let mut reports = Vec::new();
     for target in resolved.targets {
-        let c = clients(args.target.profile.as_deref(), resolved.region.clone(), target).await;
+        let c = clients(
+            args.target.profile.as_deref(),
+            resolved.region.clone(),
+            target,
+        )
+        .await;
         reports.push(versions::run(&c, args.limit).await?);
     }
     if args.json {
@@ -629,11 +665,20 @@ async fn run_versions(args: VersionsArgs) -> anyhow::Result<u8> {
 
 async fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
     let resolved = resolve_targets(&args.target, false)?;
-    let target = resolved.targets.into_iter().next().context("no app/env resolved")?;
+    let target = resolved
+        .targets
+        .into_iter()
+        .next()
+        .context("no app/env resolved")?;
     let c = clients(args.target.profile.as_deref(), resolved.region, target).await;
     let version = match args.version.clone() {
         Some(v) => v,
-        None => c.current_version().await?.ok_or_else(|| OpsError::NoVersions { url: c.target.url() })?,
+        None => c
+            .current_version()
+            .await?
+            .ok_or_else(|| OpsError::NoVersions {
+                url: c.target.url(),
+            })?,
     };
     let Some(head) = c.head_if_exists(&version).await? else {
         return Err(OpsError::UnknownVersion {
@@ -651,7 +696,9 @@ async fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
     )
     .await?;
     if status.commit.is_none() {
-        status.commit = ObjectMetadata::from_headers(&head.metadata).ok().map(|m| m.commit);
+        status.commit = ObjectMetadata::from_headers(&head.metadata)
+            .ok()
+            .map(|m| m.commit);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -672,7 +719,11 @@ struct RestoreOutput {
 
 async fn run_restore(args: RestoreArgs) -> anyhow::Result<u8> {
     let resolved = resolve_targets(&args.target, false)?;
-    let target = resolved.targets.into_iter().next().context("no app/env resolved")?;
+    let target = resolved
+        .targets
+        .into_iter()
+        .next()
+        .context("no app/env resolved")?;
     let c = clients(args.target.profile.as_deref(), resolved.region, target).await;
     let plan = restore::prepare(&c, &args.version_id).await?;
     let not_confirmed = |why: String| OpsError::NotConfirmed {
@@ -680,7 +731,11 @@ async fn run_restore(args: RestoreArgs) -> anyhow::Result<u8> {
         version_id: plan.source.version_id.clone(),
         why,
     };
-    match restore::consent(args.yes, std::io::stdin().is_terminal(), std::io::stderr().is_terminal()) {
+    match restore::consent(
+        args.yes,
+        std::io::stdin().is_terminal(),
+        std::io::stderr().is_terminal(),
+    ) {
         restore::Consent::Given => {}
         restore::Consent::Ask => {
             eprint!("{}Restore this version? [y/N] ", plan.describe());
@@ -714,7 +769,10 @@ async fn run_restore(args: RestoreArgs) -> anyhow::Result<u8> {
     };
     let code = deploy.as_ref().map(WaitReport::exit_code).unwrap_or(0);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&RestoreOutput { restored, deploy })?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&RestoreOutput { restored, deploy })?
+        );
     }
     Ok(code)
 }
@@ -731,18 +789,27 @@ fn write_output(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     let tmp = tempfile_in(dir, output)?;
-    let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let result = prepared
-        .write_to(std::io::BufWriter::with_capacity(1 << 20, file), tuning.level, tuning.threads, progress)
+        .write_to(
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            tuning.level,
+            tuning.threads,
+            progress,
+        )
         .map_err(anyhow::Error::from)
         .and_then(|(w, digest)| {
-            let file = w.into_inner().map_err(|e| anyhow::anyhow!("flushing {}: {}", tmp.display(), e.error()))?;
+            let file = w
+                .into_inner()
+                .map_err(|e| anyhow::anyhow!("flushing {}: {}", tmp.display(), e.error()))?;
             file.sync_all()?;
             Ok(digest)
         });
     match result {
         Ok(digest) => {
-            std::fs::rename(&tmp, output).with_context(|| format!("cannot move bundle to {}", output.display()))?;
+            std::fs::rename(&tmp, output)
+                .with_context(|| format!("cannot move bundle to {}", output.display()))?;
             Ok(digest)
         }
         Err(e) => {
@@ -753,7 +820,10 @@ fn write_output(
 }
 
 fn tempfile_in(dir: &std::path::Path, output: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
     Ok(dir.join(format!(".{name}.{}.partial", std::process::id())))
 }
 
@@ -814,7 +884,10 @@ impl Summary {
 
     fn print(&self, json: bool, seconds: f64) {
         if json {
-            println!("{}", serde_json::to_string(self).expect("summary serialises"));
+            println!(
+                "{}",
+                serde_json::to_string(self).expect("summary serialises")
+            );
             return;
         }
         let what = if self.output.is_some() {

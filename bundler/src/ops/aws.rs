@@ -54,7 +54,9 @@ where
         };
     }
     let lower = detail.to_ascii_lowercase();
-    if lower.contains("credential") && (lower.contains("no ") || lower.contains("provider") || lower.contains("load")) {
+    if lower.contains("credential")
+        && (lower.contains("no ") || lower.contains("provider") || lower.contains("load"))
+    {
         return SsmError::NoCredentials { action, detail };
     }
     match &err {
@@ -108,7 +110,11 @@ impl Clients {
                 .send()
                 .await
                 .map_err(|e| classify(e, self.bucket(), "ListObjectVersions"))?;
-            for v in out.versions().iter().filter(|v| v.key() == Some(key.as_str())) {
+            for v in out
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(key.as_str()))
+            {
                 versions.push(VersionEntry {
                     version_id: v.version_id().unwrap_or_default().to_string(),
                     modified: super::rfc3339(v.last_modified()),
@@ -118,7 +124,11 @@ impl Clients {
                     size: v.size(),
                 });
             }
-            for m in out.delete_markers().iter().filter(|m| m.key() == Some(key.as_str())) {
+            for m in out
+                .delete_markers()
+                .iter()
+                .filter(|m| m.key() == Some(key.as_str()))
+            {
                 markers.push(VersionEntry {
                     version_id: m.version_id().unwrap_or_default().to_string(),
                     modified: super::rfc3339(m.last_modified()),
@@ -217,7 +227,11 @@ impl Clients {
                 .send()
                 .await
                 .map_err(|e| classify(e, self.bucket(), "ListObjectsV2"))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
             token = out.next_continuation_token().map(str::to_string);
             if out.is_truncated() != Some(true) || token.is_none() {
                 break;
@@ -227,7 +241,14 @@ impl Clients {
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, OpsError> {
-        match self.s3.get_object().bucket(self.bucket()).key(key).send().await {
+        match self
+            .s3
+            .get_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => {
                 let body = out.body.collect().await.map_err(|e| S3Error::Network {
                     action: "GetObject",
@@ -245,11 +266,13 @@ impl Clients {
         let Some(bytes) = self.get_bytes(key).await? else {
             return Ok(None);
         };
-        DeployRecord::from_bytes(&bytes).map(Some).map_err(|cause| OpsError::BadRecord {
-            bucket: self.bucket().to_string(),
-            key: key.to_string(),
-            cause,
-        })
+        DeployRecord::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|cause| OpsError::BadRecord {
+                bucket: self.bucket().to_string(),
+                key: key.to_string(),
+                cause,
+            })
     }
 
     /// The deploy record of one version, if the deployer wrote one.
@@ -262,7 +285,10 @@ impl Clients {
     }
 
     /// The newest-dispatched pointer, if any version was dispatched.
-    pub async fn pointer(&self, listed: &HashSet<String>) -> Result<Option<LatestPointer>, OpsError> {
+    pub async fn pointer(
+        &self,
+        listed: &HashSet<String>,
+    ) -> Result<Option<LatestPointer>, OpsError> {
         let key = self.target.release.latest_pointer_key();
         if !listed.contains(&key) {
             return Ok(None);
@@ -270,11 +296,13 @@ impl Clients {
         let Some(bytes) = self.get_bytes(&key).await? else {
             return Ok(None);
         };
-        LatestPointer::from_bytes(&bytes).map(Some).map_err(|cause| OpsError::BadRecord {
-            bucket: self.bucket().to_string(),
-            key,
-            cause,
-        })
+        LatestPointer::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|cause| OpsError::BadRecord {
+                bucket: self.bucket().to_string(),
+                key,
+                cause,
+            })
     }
 
     /// Copies `version_id` on top of the key with `metadata` (REPLACE), only if the source
@@ -319,7 +347,11 @@ impl Clients {
     }
 
     /// One `GetCommandInvocation`; "does not exist (yet)" is a fact, not an error.
-    pub async fn invocation(&self, command_id: &str, instance_id: &str) -> Result<Observed, OpsError> {
+    pub async fn invocation(
+        &self,
+        command_id: &str,
+        instance_id: &str,
+    ) -> Result<Observed, OpsError> {
         match self
             .ssm
             .get_command_invocation()
@@ -331,17 +363,37 @@ impl Clients {
             Ok(out) => Ok(Observed::Found(Invocation {
                 command_id: out.command_id().unwrap_or(command_id).to_string(),
                 instance_id: out.instance_id().unwrap_or(instance_id).to_string(),
-                status: out.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                status: out
+                    .status()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
                 status_details: out.status_details().unwrap_or_default().to_string(),
                 response_code: out.response_code(),
-                standard_output_content: out.standard_output_content().unwrap_or_default().to_string(),
-                standard_error_content: out.standard_error_content().unwrap_or_default().to_string(),
+                standard_output_content: out
+                    .standard_output_content()
+                    .unwrap_or_default()
+                    .to_string(),
+                standard_error_content: out
+                    .standard_error_content()
+                    .unwrap_or_default()
+                    .to_string(),
             })),
             Err(e) => {
-                let code = e.code().unwrap_or_default().to_string();
-                match e.as_service_error() {
-                    Some(s) if s.is_invocation_does_not_exist() => Ok(Observed::NotYet { code }),
-                    Some(s) if s.is_invalid_command_id() || s.is_invalid_instance_id() => Ok(Observed::Gone { code }),
+                // The error type normally comes from the JSON body; the protocol also sends it
+                // in `X-Amzn-ErrorType`, which is all that is left when the body cannot be
+                // parsed (moto answers this operation's errors with an XML body).
+                let code = e
+                    .code()
+                    .map(str::to_string)
+                    .or_else(|| {
+                        e.raw_response()
+                            .and_then(|r| r.headers().get("x-amzn-errortype"))
+                            .map(|v| v.split(':').next().unwrap_or(v).to_string())
+                    })
+                    .unwrap_or_default();
+                match code.as_str() {
+                    "InvocationDoesNotExist" => Ok(Observed::NotYet { code }),
+                    "InvalidCommandId" | "InvalidInstanceId" => Ok(Observed::Gone { code }),
                     _ => Err(ssm_error(e, "GetCommandInvocation", command_id).into()),
                 }
             }
@@ -365,8 +417,14 @@ mod tests {
 
     #[test]
     fn copy_source_keeps_key_slashes_and_escapes_the_rest() {
-        assert_eq!(encode_copy_source("releases/shop/prod.tar.gz", true), "releases/shop/prod.tar.gz");
+        assert_eq!(
+            encode_copy_source("releases/shop/prod.tar.gz", true),
+            "releases/shop/prod.tar.gz"
+        );
         assert_eq!(encode_copy_source("a/b+c d", true), "a/b%2Bc%20d");
-        assert_eq!(encode_copy_source("3HL4kq/J+x=", false), "3HL4kq%2FJ%2Bx%3D");
+        assert_eq!(
+            encode_copy_source("3HL4kq/J+x=", false),
+            "3HL4kq%2FJ%2Bx%3D"
+        );
     }
 }

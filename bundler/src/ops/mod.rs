@@ -132,7 +132,9 @@ pub enum OpsError {
         cause: RecordError,
     },
     /// The operator did not confirm a restore.
-    #[error("restore of version {version_id:?} of {url} was not confirmed: {why}; nothing was written")]
+    #[error(
+        "restore of version {version_id:?} of {url} was not confirmed: {why}; nothing was written"
+    )]
     NotConfirmed {
         /// `s3://bucket/key`.
         url: String,
@@ -210,7 +212,12 @@ mod tests {
         };
         assert!(unknown.is_usage() && !unknown.is_transient());
         let msg = unknown.to_string();
-        assert!(msg.contains("\"v1\"") && msg.contains("s3://b/releases/a/e.tar.gz") && msg.contains("versions"), "{msg}");
+        assert!(
+            msg.contains("\"v1\"")
+                && msg.contains("s3://b/releases/a/e.tar.gz")
+                && msg.contains("versions"),
+            "{msg}"
+        );
         let net = OpsError::Ssm(SsmError::Network {
             action: "GetCommandInvocation",
             detail: "timeout".into(),

@@ -84,14 +84,20 @@ pub fn plan(
         return Err(OpsError::InvalidMetadata {
             url,
             version_id: version_id.to_string(),
-            cause: format!("it names {}/{}, not {}", metadata.app, metadata.env, target.release),
+            cause: format!(
+                "it names {}/{}, not {}",
+                metadata.app, metadata.env, target.release
+            ),
         });
     }
     Ok(RestorePlan {
         target: target.clone(),
         etag,
         metadata: metadata.restored(version_id),
-        current: history.iter().find(|e| e.is_latest && !e.delete_marker).map(|e| e.version_id.clone()),
+        current: history
+            .iter()
+            .find(|e| e.is_latest && !e.delete_marker)
+            .map(|e| e.version_id.clone()),
         source,
     })
 }
@@ -112,11 +118,13 @@ impl RestorePlan {
             short(&m.message, 72),
         );
         match &self.current {
-            Some(c) if *c == self.source.version_id => {
-                out.push_str("  note     this is already the current version: restoring redeploys it\n")
-            }
+            Some(c) if *c == self.source.version_id => out.push_str(
+                "  note     this is already the current version: restoring redeploys it\n",
+            ),
             Some(c) => out.push_str(&format!("  replaces current version {c}\n")),
-            None => out.push_str("  the key has no current version (deleted): this brings it back\n"),
+            None => {
+                out.push_str("  the key has no current version (deleted): this brings it back\n")
+            }
         }
         out.push_str("A new version is created and the deployer redeploys it to every host.\n");
         out
@@ -193,17 +201,26 @@ pub async fn prepare(clients: &Clients, version_id: &str) -> Result<RestorePlan,
         let meta = ObjectMetadata::from_headers(&head.metadata).map_err(|e| e.to_string());
         plan(&clients.target, &history, version_id, meta, head.etag)
     } else {
-        plan(&clients.target, &history, version_id, Err(String::new()), None)
+        plan(
+            &clients.target,
+            &history,
+            version_id,
+            Err(String::new()),
+            None,
+        )
     }
 }
 
 /// The one write: the conditional copy.
 pub async fn execute(clients: &Clients, plan: &RestorePlan) -> Result<Restored, OpsError> {
-    let headers = plan.metadata.to_headers().map_err(|e| OpsError::InvalidMetadata {
-        url: plan.target.url(),
-        version_id: plan.source.version_id.clone(),
-        cause: e.to_string(),
-    })?;
+    let headers = plan
+        .metadata
+        .to_headers()
+        .map_err(|e| OpsError::InvalidMetadata {
+            url: plan.target.url(),
+            version_id: plan.source.version_id.clone(),
+            cause: e.to_string(),
+        })?;
     let new_version = clients
         .copy_version(&plan.source.version_id, plan.etag.as_deref(), &headers)
         .await?;
@@ -261,19 +278,33 @@ mod tests {
     }
 
     fn history() -> Vec<VersionEntry> {
-        vec![entry("v3", true, false), entry("m1", false, true), entry("v1", false, false)]
+        vec![
+            entry("v3", true, false),
+            entry("m1", false, true),
+            entry("v1", false, false),
+        ]
     }
 
     #[test]
     fn plans_a_copy_with_the_source_metadata_plus_restored_from() {
-        let p = plan(&target(), &history(), "v1", Ok(meta()), Some("\"etag\"".into())).unwrap();
+        let p = plan(
+            &target(),
+            &history(),
+            "v1",
+            Ok(meta()),
+            Some("\"etag\"".into()),
+        )
+        .unwrap();
         assert_eq!(p.metadata.restored_from.as_deref(), Some("v1"));
         assert_eq!(p.metadata.commit, "a".repeat(40));
         assert_eq!(p.metadata.created, meta().created);
         assert_eq!(p.current.as_deref(), Some("v3"));
         assert_eq!(p.etag.as_deref(), Some("\"etag\""));
         let text = p.describe();
-        assert!(text.contains("replaces current version v3") && text.contains(&"a".repeat(40)), "{text}");
+        assert!(
+            text.contains("replaces current version v3") && text.contains(&"a".repeat(40)),
+            "{text}"
+        );
     }
 
     #[test]
@@ -282,9 +313,22 @@ mod tests {
         assert!(matches!(err, OpsError::UnknownVersion { .. }), "{err}");
         let err = plan(&target(), &history(), "m1", Ok(meta()), None).unwrap_err();
         assert!(matches!(err, OpsError::DeleteMarker { .. }), "{err}");
-        assert!(err.to_string().contains("delete marker") && err.to_string().contains("nothing was written"));
-        let err = plan(&target(), &history(), "v1", Err("field sha256 missing".into()), None).unwrap_err();
-        assert!(matches!(err, OpsError::InvalidMetadata { .. }) && err.to_string().contains("sha256"), "{err}");
+        assert!(
+            err.to_string().contains("delete marker")
+                && err.to_string().contains("nothing was written")
+        );
+        let err = plan(
+            &target(),
+            &history(),
+            "v1",
+            Err("field sha256 missing".into()),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, OpsError::InvalidMetadata { .. }) && err.to_string().contains("sha256"),
+            "{err}"
+        );
         let mut other = meta();
         other.env = "staging".into();
         let err = plan(&target(), &history(), "v1", Ok(other), None).unwrap_err();

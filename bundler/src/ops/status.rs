@@ -14,8 +14,8 @@ use dropship_contract::host::{ExitCode, HostOutcome, HostResult};
 use dropship_contract::record::{DeployRecord, Outcome};
 use serde::{Deserialize, Serialize};
 
-use super::table::Table;
 use super::short;
+use super::table::Table;
 
 /// One `GetCommandInvocation` answer, in the API's field names so documented JSON shapes (and
 /// `aws ssm get-command-invocation` output) deserialise into it as they are.
@@ -170,7 +170,9 @@ fn state_from_exit(code: i32) -> HostState {
 
 fn state_from_result(outcome: HostOutcome) -> HostState {
     match outcome {
-        HostOutcome::Deployed | HostOutcome::Noop | HostOutcome::Stale | HostOutcome::Status => HostState::Success,
+        HostOutcome::Deployed | HostOutcome::Noop | HostOutcome::Stale | HostOutcome::Status => {
+            HostState::Success
+        }
         HostOutcome::RolledBack => HostState::RolledBack,
         HostOutcome::Failed => HostState::Failed,
         HostOutcome::RollbackFailed => HostState::RollbackFailed,
@@ -217,7 +219,10 @@ fn finished(inv: &Invocation, result: Option<HostResult>) -> (HostState, String)
         Some(r) => {
             let by_result = state_from_result(r.outcome);
             if r.exit_code != code {
-                detail.push_str(&format!(" (result line says exit {}, SSM says {code})", r.exit_code));
+                detail.push_str(&format!(
+                    " (result line says exit {}, SSM says {code})",
+                    r.exit_code
+                ));
             }
             by_code.worse(by_result)
         }
@@ -459,7 +464,10 @@ pub fn verdict(phase: &Phase, hosts: &[HostStatus]) -> Verdict {
     if hosts.iter().any(|h| !h.state.is_final()) {
         return Verdict::Pending;
     }
-    let worst = hosts.iter().map(|h| h.state).fold(HostState::Success, HostState::worse);
+    let worst = hosts
+        .iter()
+        .map(|h| h.state)
+        .fold(HostState::Success, HostState::worse);
     match worst {
         HostState::Success => Verdict::Succeeded,
         HostState::RolledBack => Verdict::RolledBack,
@@ -557,7 +565,9 @@ impl DeployStatus {
                 t.row([
                     h.instance_id.clone(),
                     h.state.to_string(),
-                    h.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    h.exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     short(&h.command_id, 13),
                     short(&h.detail, 120),
                 ]);
@@ -616,7 +626,12 @@ mod tests {
 
     #[test]
     fn finished_invocations_map_by_exit_code_and_result_line() {
-        let ok = finished_fixture("Success", "Success", 0, &result_line("deployed", 0, "r2", "healthy"));
+        let ok = finished_fixture(
+            "Success",
+            "Success",
+            0,
+            &result_line("deployed", 0, "r2", "healthy"),
+        );
         let s = host_status("c-1", "i-0abc", &ok);
         assert_eq!(s.state, HostState::Success);
         assert_eq!(s.exit_code, Some(0));
@@ -628,16 +643,31 @@ mod tests {
         let stale = finished_fixture("Success", "Success", 0, &result_line("stale", 0, "r3", ""));
         assert_eq!(state(&stale), HostState::Success);
 
-        let rolled = finished_fixture("Failed", "Failed", 9, &result_line("rolled_back", 9, "r1", "health failed"));
+        let rolled = finished_fixture(
+            "Failed",
+            "Failed",
+            9,
+            &result_line("rolled_back", 9, "r1", "health failed"),
+        );
         let s = host_status("c-1", "i-0abc", &rolled);
         assert_eq!(s.state, HostState::RolledBack);
         assert!(s.detail.contains("health failed"), "{}", s.detail);
 
-        let stuck = finished_fixture("Failed", "Failed", 10, &result_line("rollback_failed", 10, "r2", "x"));
+        let stuck = finished_fixture(
+            "Failed",
+            "Failed",
+            10,
+            &result_line("rollback_failed", 10, "r2", "x"),
+        );
         assert_eq!(state(&stuck), HostState::RollbackFailed);
 
         for code in [2, 3, 4, 5, 6, 7, 8] {
-            let f = finished_fixture("Failed", "Failed", code, &result_line("failed", code, "", "bad"));
+            let f = finished_fixture(
+                "Failed",
+                "Failed",
+                code,
+                &result_line("failed", code, "", "bad"),
+            );
             assert_eq!(state(&f), HostState::Failed, "exit {code}");
         }
     }
@@ -652,7 +682,12 @@ mod tests {
             (127, HostState::Failed),
         ] {
             let status = if code == 0 { "Success" } else { "Failed" };
-            let obs = finished_fixture(status, status, code, "[dropship] lots of output cut at 24000 chars");
+            let obs = finished_fixture(
+                status,
+                status,
+                code,
+                "[dropship] lots of output cut at 24000 chars",
+            );
             let s = host_status("c-1", "i-0abc", &obs);
             assert_eq!(s.state, want, "exit {code}");
             assert!(s.result.is_none());
@@ -663,12 +698,22 @@ mod tests {
     #[test]
     fn a_result_line_that_disagrees_can_only_make_it_worse() {
         // Script said rolled back but the process exited 10 (e.g. killed during rollback).
-        let obs = finished_fixture("Failed", "Failed", 10, &result_line("rolled_back", 9, "r1", ""));
+        let obs = finished_fixture(
+            "Failed",
+            "Failed",
+            10,
+            &result_line("rolled_back", 9, "r1", ""),
+        );
         let s = host_status("c-1", "i-0abc", &obs);
         assert_eq!(s.state, HostState::RollbackFailed);
         assert!(s.detail.contains("SSM says 10"), "{}", s.detail);
         // Exit 9 but the line says rollback_failed: worse wins.
-        let obs = finished_fixture("Failed", "Failed", 9, &result_line("rollback_failed", 10, "r1", ""));
+        let obs = finished_fixture(
+            "Failed",
+            "Failed",
+            9,
+            &result_line("rollback_failed", 10, "r1", ""),
+        );
         assert_eq!(state(&obs), HostState::RollbackFailed);
     }
 
@@ -686,7 +731,13 @@ mod tests {
         let s = host_status("c-1", "i-0abc", &missing);
         assert_eq!(s.state, HostState::Dispatched);
         assert!(s.detail.contains("InvocationDoesNotExist"));
-        let gone = host_status("c-1", "i-0abc", &Observed::Gone { code: "InvalidCommandId".into() });
+        let gone = host_status(
+            "c-1",
+            "i-0abc",
+            &Observed::Gone {
+                code: "InvalidCommandId".into(),
+            },
+        );
         assert_eq!(gone.state, HostState::Unknown);
         assert!(gone.state.is_final());
         for s in [HostState::Dispatched, HostState::InProgress] {
@@ -700,7 +751,11 @@ mod tests {
             state(&finished_fixture("TimedOut", "Delivery Timed Out", -1, "")),
             HostState::TimedOut
         );
-        let exec = host_status("c-1", "i-0abc", &finished_fixture("TimedOut", "Execution Timed Out", -1, "partial"));
+        let exec = host_status(
+            "c-1",
+            "i-0abc",
+            &finished_fixture("TimedOut", "Execution Timed Out", -1, "partial"),
+        );
         assert_eq!(exec.state, HostState::TimedOut);
         assert!(exec.detail.contains("execution timeout"));
         assert_eq!(
@@ -711,10 +766,19 @@ mod tests {
             state(&finished_fixture("Cancelled", "Terminated", -1, "")),
             HostState::Cancelled
         );
-        assert_eq!(state(&finished_fixture("Cancelled", "Cancelled", -1, "")), HostState::Cancelled);
+        assert_eq!(
+            state(&finished_fixture("Cancelled", "Cancelled", -1, "")),
+            HostState::Cancelled
+        );
         // A status detail this code does not know falls back to the coarse status.
-        assert_eq!(state(&finished_fixture("InProgress", "Something New", -1, "")), HostState::InProgress);
-        assert_eq!(state(&finished_fixture("Weird", "", -1, "")), HostState::Failed);
+        assert_eq!(
+            state(&finished_fixture("InProgress", "Something New", -1, "")),
+            HostState::InProgress
+        );
+        assert_eq!(
+            state(&finished_fixture("Weird", "", -1, "")),
+            HostState::Failed
+        );
     }
 
     fn record(outcome: Outcome, batches: &[(&str, &[&str])]) -> DeployRecord {
@@ -740,7 +804,10 @@ mod tests {
             metadata: None,
             manifest: None,
             verification: None,
-            targets: batches.iter().flat_map(|(_, i)| i.iter().map(|s| s.to_string())).collect(),
+            targets: batches
+                .iter()
+                .flat_map(|(_, i)| i.iter().map(|s| s.to_string()))
+                .collect(),
             commands: batches
                 .iter()
                 .map(|(c, i)| CommandBatch {
@@ -766,10 +833,17 @@ mod tests {
 
     #[test]
     fn every_invocation_of_every_batch_is_read_and_the_worst_host_decides() {
-        let rec = record(Outcome::Dispatched, &[("c-1", &["i-1", "i-2"]), ("c-2", &["i-3"])]);
+        let rec = record(
+            Outcome::Dispatched,
+            &[("c-1", &["i-1", "i-2"]), ("c-2", &["i-3"])],
+        );
         let ok = finished_fixture("Success", "Success", 0, "");
         let rolled = finished_fixture("Failed", "Failed", 9, "");
-        let all_ok = obs(&[("c-1", "i-1", ok.clone()), ("c-1", "i-2", ok.clone()), ("c-2", "i-3", ok.clone())]);
+        let all_ok = obs(&[
+            ("c-1", "i-1", ok.clone()),
+            ("c-1", "i-2", ok.clone()),
+            ("c-2", "i-3", ok.clone()),
+        ]);
         let s = build("shop", "prod", "v2", Some(&rec), &all_ok);
         assert_eq!(s.hosts.len(), 3);
         assert_eq!(s.verdict, Verdict::Succeeded);
@@ -777,7 +851,11 @@ mod tests {
 
         // The second batch's one host rolled back: the parent commands might both say
         // "Success"-complete, but the verdict must not.
-        let one_rolled = obs(&[("c-1", "i-1", ok.clone()), ("c-1", "i-2", ok.clone()), ("c-2", "i-3", rolled)]);
+        let one_rolled = obs(&[
+            ("c-1", "i-1", ok.clone()),
+            ("c-1", "i-2", ok.clone()),
+            ("c-2", "i-3", rolled),
+        ]);
         let s = build("shop", "prod", "v2", Some(&rec), &one_rolled);
         assert_eq!(s.verdict, Verdict::RolledBack);
         assert_eq!(s.verdict.exit_code(), 8);
@@ -792,9 +870,20 @@ mod tests {
 
         let undeliverable = finished_fixture("Failed", "Undeliverable", -1, "");
         let stuck = finished_fixture("Failed", "Failed", 10, "");
-        let mixed = obs(&[("c-1", "i-1", undeliverable), ("c-1", "i-2", ok.clone()), ("c-2", "i-3", ok.clone())]);
-        assert_eq!(build("shop", "prod", "v2", Some(&rec), &mixed).verdict, Verdict::Failed);
-        let worst = obs(&[("c-1", "i-1", stuck), ("c-1", "i-2", finished_fixture("Failed", "Failed", 9, "")), ("c-2", "i-3", ok)]);
+        let mixed = obs(&[
+            ("c-1", "i-1", undeliverable),
+            ("c-1", "i-2", ok.clone()),
+            ("c-2", "i-3", ok.clone()),
+        ]);
+        assert_eq!(
+            build("shop", "prod", "v2", Some(&rec), &mixed).verdict,
+            Verdict::Failed
+        );
+        let worst = obs(&[
+            ("c-1", "i-1", stuck),
+            ("c-1", "i-2", finished_fixture("Failed", "Failed", 9, "")),
+            ("c-2", "i-3", ok),
+        ]);
         let s = build("shop", "prod", "v2", Some(&rec), &worst);
         assert_eq!(s.verdict, Verdict::RollbackFailed);
         assert_eq!(s.verdict.exit_code(), 10);
@@ -808,7 +897,10 @@ mod tests {
         assert_eq!(none.verdict, Verdict::Pending);
         assert!(none.render().contains("no deploy record yet"));
         let claiming = record(Outcome::Dispatching, &[]);
-        assert_eq!(build("shop", "prod", "v2", Some(&claiming), &BTreeMap::new()).verdict, Verdict::Pending);
+        assert_eq!(
+            build("shop", "prod", "v2", Some(&claiming), &BTreeMap::new()).verdict,
+            Verdict::Pending
+        );
         let rejected = record(Outcome::Rejected, &[]);
         let s = build("shop", "prod", "v2", Some(&rejected), &BTreeMap::new());
         assert_eq!(s.verdict, Verdict::Refused);
@@ -818,12 +910,28 @@ mod tests {
         assert_eq!(json["phase"], "refused");
         assert_eq!(json["outcome"], "rejected");
         assert_eq!(json["verdict"], "refused");
-        assert_eq!(build("shop", "prod", "v2", Some(&record(Outcome::NoTargets, &[])), &BTreeMap::new()).verdict, Verdict::Refused);
+        assert_eq!(
+            build(
+                "shop",
+                "prod",
+                "v2",
+                Some(&record(Outcome::NoTargets, &[])),
+                &BTreeMap::new()
+            )
+            .verdict,
+            Verdict::Refused
+        );
     }
 
     #[test]
     fn duplicate_pairs_are_read_once() {
-        let rec = record(Outcome::Dispatched, &[("c-1", &["i-1", "i-1"]), ("c-1", &["i-1"])]);
-        assert_eq!(invocation_pairs(&rec), vec![("c-1".to_string(), "i-1".to_string())]);
+        let rec = record(
+            Outcome::Dispatched,
+            &[("c-1", &["i-1", "i-1"]), ("c-1", &["i-1"])],
+        );
+        assert_eq!(
+            invocation_pairs(&rec),
+            vec![("c-1".to_string(), "i-1".to_string())]
+        );
     }
 }

@@ -60,7 +60,10 @@ impl Table {
                     line.push_str(cell);
                 } else {
                     line.push_str(cell);
-                    line.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count() + 2));
+                    line.extend(std::iter::repeat_n(
+                        ' ',
+                        widths[i] - cell.chars().count() + 2,
+                    ));
                 }
             }
             out.push_str(line.trim_end());

@@ -175,16 +175,29 @@ pub fn rows(history: &[VersionEntry], facts: &Facts) -> Vec<VersionRow> {
 impl VersionsReport {
     /// The human table.
     pub fn render(&self) -> String {
-        let mut out = format!("{}/{}  s3://{}/{}\n", self.app, self.env, self.bucket, self.key);
+        let mut out = format!(
+            "{}/{}  s3://{}/{}\n",
+            self.app, self.env, self.bucket, self.key
+        );
         if self.versions.is_empty() {
             out.push_str("  no versions yet: upload one with `bundle-and-upload`\n");
             return out;
         }
-        let mut t = Table::new(["", "VERSION", "UPLOADED", "BRANCH", "COMMIT", "UPLOADER", "DEPLOY"]);
+        let mut t = Table::new([
+            "", "VERSION", "UPLOADED", "BRANCH", "COMMIT", "UPLOADER", "DEPLOY",
+        ]);
         for row in &self.versions {
             let mark = if row.entry.is_latest { "*" } else { "" };
             if row.entry.delete_marker {
-                t.row([mark, &row.entry.version_id, &row.entry.modified, "(delete marker)", "", "", ""]);
+                t.row([
+                    mark,
+                    &row.entry.version_id,
+                    &row.entry.modified,
+                    "(delete marker)",
+                    "",
+                    "",
+                    "",
+                ]);
                 continue;
             }
             let (branch, commit, uploader) = match (&row.metadata, &row.metadata_error) {
@@ -199,7 +212,11 @@ impl VersionsReport {
                     }
                     (branch, commit, short(&m.uploader, 24))
                 }
-                (None, Some(e)) => (format!("(invalid metadata: {})", short(e, 40)), String::new(), String::new()),
+                (None, Some(e)) => (
+                    format!("(invalid metadata: {})", short(e, 40)),
+                    String::new(),
+                    String::new(),
+                ),
                 (None, None) => (String::new(), String::new(), String::new()),
             };
             t.row([
@@ -214,7 +231,10 @@ impl VersionsReport {
         }
         out.push_str(&t.render());
         if self.omitted > 0 {
-            out.push_str(&format!("  … {} older version(s) not shown (raise --limit)\n", self.omitted));
+            out.push_str(&format!(
+                "  … {} older version(s) not shown (raise --limit)\n",
+                self.omitted
+            ));
         }
         out.push_str("  * = current version of the key\n");
         out
@@ -227,7 +247,9 @@ pub async fn run(clients: &Clients, limit: usize) -> Result<VersionsReport, OpsE
     let history = clients.history().await?;
     let omitted = history.len().saturating_sub(limit);
     let shown: Vec<VersionEntry> = history.into_iter().take(limit).collect();
-    let listed: HashSet<String> = clients.record_keys(&target.release.records_prefix()).await?;
+    let listed: HashSet<String> = clients
+        .record_keys(&target.release.records_prefix())
+        .await?;
     let mut facts = Facts {
         pointer: clients.pointer(&listed).await?,
         ..Facts::default()
@@ -286,15 +308,25 @@ mod tests {
 
     #[test]
     fn history_merges_versions_and_markers_newest_first() {
-        let versions = vec![entry("v3", 30, false, false), entry("v2", 20, false, false), entry("v1", 10, false, false)];
+        let versions = vec![
+            entry("v3", 30, false, false),
+            entry("v2", 20, false, false),
+            entry("v1", 10, false, false),
+        ];
         let markers = vec![entry("m2", 40, true, true), entry("m1", 20, false, true)];
-        let ids: Vec<String> = merge_history(versions, markers).into_iter().map(|e| e.version_id).collect();
-        assert_eq!(ids, ["m2", "v3", "v2", "m1", "v1"]);
-        // Same millisecond: the current entry first.
-        let ids: Vec<String> = merge_history(vec![entry("v1", 5, false, false)], vec![entry("m1", 5, true, true)])
+        let ids: Vec<String> = merge_history(versions, markers)
             .into_iter()
             .map(|e| e.version_id)
             .collect();
+        assert_eq!(ids, ["m2", "v3", "v2", "m1", "v1"]);
+        // Same millisecond: the current entry first.
+        let ids: Vec<String> = merge_history(
+            vec![entry("v1", 5, false, false)],
+            vec![entry("m1", 5, true, true)],
+        )
+        .into_iter()
+        .map(|e| e.version_id)
+        .collect();
         assert_eq!(ids, ["m1", "v1"]);
     }
 
@@ -368,11 +400,21 @@ mod tests {
         restored.restored_from = Some("v1".into());
         let mut facts = Facts::default();
         facts.metadata.insert("v4".into(), Ok(restored));
-        facts.metadata.insert("v3".into(), Ok(meta('c', "feature/x")));
-        facts.metadata.insert("v2".into(), Err("metadata field \"sha256\" is missing".into()));
+        facts
+            .metadata
+            .insert("v3".into(), Ok(meta('c', "feature/x")));
+        facts.metadata.insert(
+            "v2".into(),
+            Err("metadata field \"sha256\" is missing".into()),
+        );
         facts.metadata.insert("v1".into(), Ok(meta('a', "main")));
-        facts.records.insert("v3".into(), record("v3", Outcome::Rejected, &[]));
-        facts.records.insert("v1".into(), record("v1", Outcome::Dispatched, &["i-1", "i-2"]));
+        facts
+            .records
+            .insert("v3".into(), record("v3", Outcome::Rejected, &[]));
+        facts.records.insert(
+            "v1".into(),
+            record("v1", Outcome::Dispatched, &["i-1", "i-2"]),
+        );
         facts.pointer = Some(LatestPointer {
             format: RECORD_FORMAT,
             app: "shop".into(),
@@ -403,12 +445,26 @@ mod tests {
         };
         let text = report.render();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[1].contains("VERSION") && lines[1].contains("DEPLOY"), "{text}");
-        assert!(lines[2].starts_with('*') && lines[2].contains("restored from v1"), "{text}");
+        assert!(
+            lines[1].contains("VERSION") && lines[1].contains("DEPLOY"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with('*') && lines[2].contains("restored from v1"),
+            "{text}"
+        );
         assert!(lines[3].contains("(delete marker)"), "{text}");
-        assert!(lines[4].contains("feature/x") && lines[4].contains(&"c".repeat(12)) && lines[4].contains("rejected"), "{text}");
+        assert!(
+            lines[4].contains("feature/x")
+                && lines[4].contains(&"c".repeat(12))
+                && lines[4].contains("rejected"),
+            "{text}"
+        );
         assert!(lines[5].contains("invalid metadata"), "{text}");
-        assert!(lines[6].contains("dispatched to 2 host(s) [newest dispatched]"), "{text}");
+        assert!(
+            lines[6].contains("dispatched to 2 host(s) [newest dispatched]"),
+            "{text}"
+        );
         assert!(text.contains("3 older version(s) not shown"), "{text}");
 
         let json = serde_json::to_value(&report).unwrap();

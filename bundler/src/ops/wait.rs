@@ -15,9 +15,16 @@ use super::OpsError;
 /// Where the facts come from: AWS in the binary ([`super::aws::Clients`]), a script in tests.
 pub trait DeployFacts {
     /// The deploy record of `version_id`, if written.
-    fn record(&self, version_id: &str) -> impl Future<Output = Result<Option<DeployRecord>, OpsError>> + Send;
+    fn record(
+        &self,
+        version_id: &str,
+    ) -> impl Future<Output = Result<Option<DeployRecord>, OpsError>> + Send;
     /// What SSM says about one host of one command.
-    fn invocation(&self, command_id: &str, instance_id: &str) -> impl Future<Output = Result<Observed, OpsError>> + Send;
+    fn invocation(
+        &self,
+        command_id: &str,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Observed, OpsError>> + Send;
 }
 
 /// Polling settings.
@@ -78,7 +85,10 @@ pub async fn observe<F: DeployFacts>(
     for (command, instance) in status::invocation_pairs(record) {
         let pair = (command.clone(), instance.clone());
         if let Some(obs) = known.get(&pair) {
-            if status::host_status(&command, &instance, obs).state.is_final() {
+            if status::host_status(&command, &instance, obs)
+                .state
+                .is_final()
+            {
                 continue;
             }
         }
@@ -159,7 +169,9 @@ pub async fn follow<F: DeployFacts>(
                 waited_secs: started.elapsed().as_secs_f64(),
             });
         }
-        let pause = options.poll.min(deadline.saturating_duration_since(Instant::now()));
+        let pause = options
+            .poll
+            .min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;
     }
 }
@@ -171,14 +183,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         Some((i, _)) => t.split_at(i),
         None => (t, "s"),
     };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: use seconds, or a number with s, m or h (e.g. 90, 15m)"))?;
+    let n: u64 = number.parse().map_err(|_| {
+        format!(
+            "{text:?} is not a duration: use seconds, or a number with s, m or h (e.g. 90, 15m)"
+        )
+    })?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => return Err(format!("{text:?} has unknown unit {unit:?}: use s, m or h (e.g. 90s, 15m, 1h)")),
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?}: use s, m or h (e.g. 90s, 15m, 1h)"
+            ))
+        }
     };
     if secs == 0 {
         return Err("the wait timeout must be greater than 0".into());
@@ -252,7 +270,10 @@ mod tests {
     }
 
     impl Script {
-        fn new(records: Vec<Option<DeployRecord>>, hosts: Vec<(&str, Vec<Result<Observed, &'static str>>)>) -> Self {
+        fn new(
+            records: Vec<Option<DeployRecord>>,
+            hosts: Vec<(&str, Vec<Result<Observed, &'static str>>)>,
+        ) -> Self {
             Self {
                 records: Mutex::new(records),
                 hosts: Mutex::new(hosts.into_iter().map(|(h, v)| (h.to_string(), v)).collect()),
@@ -275,7 +296,11 @@ mod tests {
             Ok(pop(&mut self.records.lock().unwrap()))
         }
 
-        async fn invocation(&self, _command_id: &str, instance_id: &str) -> Result<Observed, OpsError> {
+        async fn invocation(
+            &self,
+            _command_id: &str,
+            instance_id: &str,
+        ) -> Result<Observed, OpsError> {
             self.calls.lock().unwrap().push(instance_id.to_string());
             let mut hosts = self.hosts.lock().unwrap();
             pop(hosts.get_mut(instance_id).expect("scripted host")).map_err(|detail| {
@@ -298,17 +323,29 @@ mod tests {
     async fn follows_record_then_hosts_to_a_final_result() {
         let dispatched = record(Outcome::Dispatched, &["i-1", "i-2"]);
         let facts = Script::new(
-            vec![None, Some(record(Outcome::Dispatching, &[])), Some(dispatched)],
+            vec![
+                None,
+                Some(record(Outcome::Dispatching, &[])),
+                Some(dispatched),
+            ],
             vec![
                 (
                     "i-1",
                     vec![
-                        Ok(Observed::NotYet { code: "InvocationDoesNotExist".into() }),
+                        Ok(Observed::NotYet {
+                            code: "InvocationDoesNotExist".into(),
+                        }),
                         Ok(inv("InProgress", "In Progress", -1)),
                         Ok(inv("Success", "Success", 0)),
                     ],
                 ),
-                ("i-2", vec![Ok(inv("Pending", "Pending", -1)), Ok(inv("Failed", "Failed", 9))]),
+                (
+                    "i-2",
+                    vec![
+                        Ok(inv("Pending", "Pending", -1)),
+                        Ok(inv("Failed", "Failed", 9)),
+                    ],
+                ),
             ],
         );
         let mut seen = Vec::new();
@@ -339,7 +376,9 @@ mod tests {
         let mut rejected = record(Outcome::Rejected, &[]);
         rejected.commands.clear();
         let facts = Script::new(vec![Some(rejected)], vec![]);
-        let report = follow(&facts, "shop", "prod", "v9", fast(5_000), &mut |_| {}).await.unwrap();
+        let report = follow(&facts, "shop", "prod", "v9", fast(5_000), &mut |_| {})
+            .await
+            .unwrap();
         assert_eq!(report.status.verdict, Verdict::Refused);
         assert_eq!(report.exit_code(), 7);
         assert_eq!(*facts.calls.lock().unwrap(), ["record"]);
@@ -348,14 +387,18 @@ mod tests {
     #[tokio::test]
     async fn the_deadline_ends_the_wait_with_the_timeout_code() {
         let facts = Script::new(vec![None], vec![]);
-        let report = follow(&facts, "shop", "prod", "v9", fast(30), &mut |_| {}).await.unwrap();
+        let report = follow(&facts, "shop", "prod", "v9", fast(30), &mut |_| {})
+            .await
+            .unwrap();
         assert!(report.timed_out);
         assert_eq!(report.exit_code(), status::WAIT_TIMEOUT_EXIT);
         let running = Script::new(
             vec![Some(record(Outcome::Dispatched, &["i-1"]))],
             vec![("i-1", vec![Ok(inv("InProgress", "In Progress", -1))])],
         );
-        let report = follow(&running, "shop", "prod", "v9", fast(30), &mut |_| {}).await.unwrap();
+        let report = follow(&running, "shop", "prod", "v9", fast(30), &mut |_| {})
+            .await
+            .unwrap();
         assert!(report.timed_out);
         assert_eq!(report.status.hosts[0].state, HostState::InProgress);
         assert_eq!(report.exit_code(), 11);
@@ -368,7 +411,9 @@ mod tests {
             vec![Some(record(Outcome::Dispatched, &["i-1"]))],
             vec![("i-1", vec![net(), net(), Ok(inv("Success", "Success", 0))])],
         );
-        let report = follow(&facts, "shop", "prod", "v9", fast(5_000), &mut |_| {}).await.unwrap();
+        let report = follow(&facts, "shop", "prod", "v9", fast(5_000), &mut |_| {})
+            .await
+            .unwrap();
         assert_eq!(report.exit_code(), 0);
     }
 
@@ -377,19 +422,35 @@ mod tests {
         let facts = Script::new(
             vec![Some(record(Outcome::Dispatched, &["i-1", "i-2"]))],
             vec![
-                ("i-1", vec![Ok(Observed::NotYet { code: "InvocationDoesNotExist".into() })]),
+                (
+                    "i-1",
+                    vec![Ok(Observed::NotYet {
+                        code: "InvocationDoesNotExist".into(),
+                    })],
+                ),
                 (
                     "i-2",
-                    vec![Ok(Observed::NotYet { code: "InvocationDoesNotExist".into() }), Ok(inv("Success", "Success", 0))],
+                    vec![
+                        Ok(Observed::NotYet {
+                            code: "InvocationDoesNotExist".into(),
+                        }),
+                        Ok(inv("Success", "Success", 0)),
+                    ],
                 ),
             ],
         );
-        let s = status_once(&facts, "shop", "prod", "v9", Duration::from_millis(1)).await.unwrap();
+        let s = status_once(&facts, "shop", "prod", "v9", Duration::from_millis(1))
+            .await
+            .unwrap();
         assert_eq!(s.hosts[0].state, HostState::Dispatched);
         assert_eq!(s.hosts[1].state, HostState::Success);
         assert_eq!(s.verdict, Verdict::Pending);
         let calls = facts.calls.lock().unwrap();
-        assert_eq!(calls.iter().filter(|c| *c == "i-1").count(), 4, "1 read + 3 retries: {calls:?}");
+        assert_eq!(
+            calls.iter().filter(|c| *c == "i-1").count(),
+            4,
+            "1 read + 3 retries: {calls:?}"
+        );
     }
 
     #[test]

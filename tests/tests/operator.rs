@@ -1,0 +1,782 @@
+//! Operator commands of the real `bundle-and-upload` binary against moto server over HTTP:
+//! `versions`, `status`, `restore` and `--wait`.
+//!
+//! Deploy records are written here with the contract types (what the deployer Lambda writes),
+//! so these tests do not depend on the Lambda. moto's SSM never runs a command and reports
+//! every invocation as `Success` with exit code 0 and empty output, and `SendCommand` reaches
+//! every instance in the region; so here `status` is checked for reading each invocation the
+//! record names (including one SSM does not know: the "does not exist yet" race), while the
+//! mapping of real invocation shapes (rolled back, failed, undeliverable, timed out, …) to
+//! host states and `--wait` exit codes is unit-tested in `bundler/src/ops/{status,wait}.rs`
+//! with documented `GetCommandInvocation` fixtures.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::InstanceType;
+use aws_sdk_s3::primitives::ByteStream;
+use dropship_contract::key::ReleaseKey;
+use dropship_contract::metadata::ObjectMetadata;
+use dropship_contract::record::{
+    CommandBatch, DeployRecord, EventFacts, LatestPointer, Outcome, Trigger, RECORD_FORMAT,
+};
+use dropship_tests::{bins, moto};
+use serde_json::Value;
+
+const APP: &str = "shop";
+const ENV: &str = "prod";
+
+/// A throwaway app repository with a dropship.toml pointing at `bucket`.
+struct AppRepo {
+    dir: tempfile::TempDir,
+}
+
+impl AppRepo {
+    fn new(bucket: &str) -> Self {
+        let repo = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.write(
+            "dropship.toml",
+            &format!("app = \"{APP}\"\nbucket = \"{bucket}\"\nenvironments = [\"{ENV}\"]\ndefault_env = \"{ENV}\"\n"),
+        );
+        repo.write(
+            "compose.yaml",
+            "services:\n  web:\n    image: nginx:alpine\n",
+        );
+        repo
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(self.path())
+            .env("GIT_AUTHOR_NAME", "Operator Test")
+            .env("GIT_AUTHOR_EMAIL", "operator@example.com")
+            .env("GIT_COMMITTER_NAME", "Operator Test")
+            .env("GIT_COMMITTER_EMAIL", "operator@example.com")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        std::fs::write(self.path().join(rel), text).expect("write file");
+    }
+
+    /// Commits a change to `app.txt`; returns the commit id.
+    fn commit(&self, content: &str) -> String {
+        self.write("app.txt", content);
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", &format!("release {content}")]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// `bundle-and-upload ARGS` in this repository, with stdin closed (not a terminal).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bins::binary("bundle-and-upload"));
+        cmd.args(args)
+            .current_dir(self.path())
+            .env("DROPSHIP_UPLOADER", "operator-suite")
+            .env("DROPSHIP_POLL_INTERVAL_MS", "100")
+            .env_remove("DROPSHIP_ENV")
+            .env_remove("DROPSHIP_BUCKET")
+            .env_remove("DROPSHIP_APP")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run bundle-and-upload")
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bundle-and-upload")
+    }
+
+    /// Uploads HEAD; returns the new version id.
+    fn upload(&self) -> String {
+        let out = self.run(&["--json"]);
+        assert_success(&out);
+        json(&out)["version_id"]
+            .as_str()
+            .expect("version_id")
+            .to_string()
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", text(&out.stdout)))
+}
+
+fn release() -> ReleaseKey {
+    ReleaseKey::new(APP, ENV).expect("valid names")
+}
+
+fn record(
+    bucket: &str,
+    version: &str,
+    outcome: Outcome,
+    commands: &[(&str, Vec<String>)],
+) -> DeployRecord {
+    DeployRecord {
+        format: RECORD_FORMAT,
+        app: APP.into(),
+        env: ENV.into(),
+        bucket: bucket.into(),
+        key: release().object_key(),
+        version_id: version.into(),
+        outcome,
+        reason: (outcome == Outcome::Rejected)
+            .then(|| "tar entry \"../evil\" escapes the tree".to_string()),
+        event: EventFacts {
+            trigger: Trigger::Event,
+            event_id: Some("event-1".into()),
+            event_time: Some("2026-11-23T09:00:00Z".into()),
+            reason: Some("PutObject".into()),
+            sequencer: Some("0055AED6DCD90281E5".into()),
+            request_id: None,
+            size: None,
+            etag: None,
+        },
+        metadata: None,
+        manifest: None,
+        verification: None,
+        targets: commands.iter().flat_map(|(_, ids)| ids.clone()).collect(),
+        commands: commands
+            .iter()
+            .map(|(c, ids)| CommandBatch {
+                command_id: c.to_string(),
+                instance_ids: ids.clone(),
+            })
+            .collect(),
+        created_at: "2026-11-23T09:00:01Z".into(),
+        updated_at: "2026-11-23T09:00:02Z".into(),
+        lease_until: None,
+        attempts: 1,
+        last_error: None,
+        lambda_request_id: None,
+    }
+}
+
+async fn put_record(s3: &aws_sdk_s3::Client, bucket: &str, rec: &DeployRecord) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(rec.s3_key().expect("record key"))
+        .body(ByteStream::from(rec.to_bytes()))
+        .send()
+        .await
+        .expect("write deploy record");
+}
+
+async fn put_pointer(s3: &aws_sdk_s3::Client, bucket: &str, version: &str) {
+    let pointer = LatestPointer {
+        format: RECORD_FORMAT,
+        app: APP.into(),
+        env: ENV.into(),
+        version_id: version.into(),
+        sequencer: "0055AED6DCD90281E5".into(),
+        commit: None,
+        dispatched_at: "2026-11-23T09:00:02Z".into(),
+    };
+    s3.put_object()
+        .bucket(bucket)
+        .key(LatestPointer::s3_key(&release()))
+        .body(ByteStream::from(pointer.to_bytes()))
+        .send()
+        .await
+        .expect("write latest pointer");
+}
+
+/// Every version id and delete marker id of the release key (what "nothing written" compares).
+async fn history(s3: &aws_sdk_s3::Client, bucket: &str) -> (Vec<String>, Vec<String>) {
+    let key = release().object_key();
+    let out = s3
+        .list_object_versions()
+        .bucket(bucket)
+        .prefix(&key)
+        .send()
+        .await
+        .expect("list versions");
+    let versions = moto::versions_of(s3, bucket, &key).await;
+    let markers = out
+        .delete_markers()
+        .iter()
+        .filter(|m| m.key() == Some(key.as_str()))
+        .filter_map(|m| m.version_id().map(str::to_string))
+        .collect();
+    (versions, markers)
+}
+
+async fn object(s3: &aws_sdk_s3::Client, bucket: &str, version: &str) -> (Vec<u8>, ObjectMetadata) {
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(release().object_key())
+        .version_id(version)
+        .send()
+        .await
+        .expect("get version");
+    let meta = ObjectMetadata::from_headers(&out.metadata().cloned().unwrap_or_default())
+        .expect("valid metadata");
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .expect("read body")
+        .into_bytes()
+        .to_vec();
+    (bytes, meta)
+}
+
+/// Two running instances and an SSM command sent to them; returns (command id, instance ids).
+async fn sent_command() -> (String, Vec<String>) {
+    let ec2 = moto::ec2().await;
+    let out = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(InstanceType::T3Micro)
+        .min_count(2)
+        .max_count(2)
+        .send()
+        .await
+        .expect("run instances");
+    let ids: Vec<String> = out
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect();
+    let ssm = moto::ssm().await;
+    let sent = ssm
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .set_instance_ids(Some(ids.clone()))
+        .parameters("commands", vec!["true".to_string()])
+        .send()
+        .await
+        .expect("send command");
+    let command_id = sent
+        .command()
+        .and_then(|c| c.command_id())
+        .expect("command id")
+        .to_string();
+    (command_id, ids)
+}
+
+/// Waits until the key has more than `before` versions; returns the newest.
+async fn next_version(s3: &aws_sdk_s3::Client, bucket: &str, before: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let versions = moto::versions_of(s3, bucket, &release().object_key()).await;
+        if versions.len() > before {
+            return versions[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no new version appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for a spawned command and returns its output.
+async fn finish(mut child: Child) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let status = child.wait().expect("wait for bundle-and-upload");
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_end(&mut stdout)
+            .expect("read stdout");
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_end(&mut stderr)
+            .expect("read stderr");
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    })
+    .await
+    .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_lists_uploads_with_branch_commit_uploader_and_deploy_outcome() {
+    let s3 = moto::s3().await;
+    let bucket = moto::create_bucket(&s3, "ops-versions", true).await;
+    let repo = AppRepo::new(&bucket);
+    let c1 = repo.commit("one");
+    let v1 = repo.upload();
+    repo.git(&["checkout", "-q", "-b", "feature/$(reboot)"]);
+    let c2 = repo.commit("two");
+    let v2 = repo.upload();
+    let c3 = repo.commit("three");
+    let v3 = repo.upload();
+    put_record(
+        &s3,
+        &bucket,
+        &record(
+            &bucket,
+            &v1,
+            Outcome::Dispatched,
+            &[("cmd-1", vec!["i-01".into(), "i-02".into()])],
+        ),
+    )
+    .await;
+    put_record(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
+    put_pointer(&s3, &bucket, &v1).await;
+
+    let out = repo.run(&["versions", "--json"]);
+    assert_success(&out);
+    let reports = json(&out);
+    assert_eq!(reports.as_array().map(Vec::len), Some(1), "{reports}");
+    let report = &reports[0];
+    assert_eq!(report["app"], APP);
+    assert_eq!(report["env"], ENV);
+    assert_eq!(report["key"], release().object_key());
+    let rows = report["versions"].as_array().expect("versions");
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["version_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [v3.as_str(), v2.as_str(), v1.as_str()], "newest first");
+    assert_eq!(rows[0]["is_latest"], true);
+    assert_eq!(rows[2]["is_latest"], false);
+    for (row, commit, branch) in [
+        (&rows[0], &c3, "feature/$(reboot)"),
+        (&rows[1], &c2, "feature/$(reboot)"),
+        (&rows[2], &c1, "main"),
+    ] {
+        assert_eq!(row["metadata"]["commit"], commit.as_str());
+        assert_eq!(row["metadata"]["branch"], branch);
+        assert_eq!(row["metadata"]["uploader"], "operator-suite");
+        assert!(row["modified"].as_str().unwrap().ends_with('Z'), "{row}");
+    }
+    assert!(
+        rows[0]["deploy"].get("outcome").is_none(),
+        "no record for v3: {}",
+        rows[0]
+    );
+    assert_eq!(rows[1]["deploy"]["outcome"], "rejected");
+    assert!(rows[1]["deploy"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("../evil"));
+    assert_eq!(rows[2]["deploy"]["outcome"], "dispatched");
+    assert_eq!(rows[2]["deploy"]["hosts"], 2);
+    assert_eq!(rows[2]["deploy"]["newest_dispatched"], true);
+    assert_eq!(rows[1]["deploy"]["newest_dispatched"], false);
+
+    let out = repo.run(&["versions"]);
+    assert_success(&out);
+    let table = text(&out.stdout);
+    let line = |v: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(v))
+            .unwrap_or_else(|| panic!("{v} missing:\n{table}"))
+            .to_string()
+    };
+    assert!(
+        line(&v3).starts_with('*')
+            && line(&v3).contains(&c3[..12])
+            && line(&v3).contains("no record"),
+        "{table}"
+    );
+    assert!(
+        line(&v2).contains("rejected") && line(&v2).contains(&c2[..12]),
+        "{table}"
+    );
+    assert!(
+        line(&v1).contains("dispatched to 2 host(s)") && line(&v1).contains("main"),
+        "{table}"
+    );
+
+    let out = repo.run(&["versions", "--json", "--limit", "2"]);
+    assert_success(&out);
+    let limited = json(&out);
+    assert_eq!(limited[0]["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(limited[0]["omitted"], 1);
+
+    // Outside the repository, flags alone name the target.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(bins::binary("bundle-and-upload"))
+        .args([
+            "versions", "--json", "--app", APP, "--env", ENV, "--bucket", &bucket,
+        ])
+        .current_dir(elsewhere.path())
+        .env_remove("DROPSHIP_ENV")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(json(&out)[0]["versions"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_copies_a_version_with_identical_bytes_and_restored_from() {
+    let s3 = moto::s3().await;
+    let bucket = moto::create_bucket(&s3, "ops-restore", true).await;
+    let repo = AppRepo::new(&bucket);
+    let c1 = repo.commit("one");
+    let v1 = repo.upload();
+    repo.commit("two");
+    let v2 = repo.upload();
+
+    let out = repo.run(&["restore", &v1, "--yes", "--json"]);
+    assert_success(&out);
+    let restored = json(&out);
+    let v3 = restored["version_id"]
+        .as_str()
+        .expect("new version id")
+        .to_string();
+    assert_eq!(restored["restored_from"], v1.as_str());
+    assert_eq!(restored["commit"], c1.as_str());
+
+    let (versions, _) = history(&s3, &bucket).await;
+    assert_eq!(
+        versions,
+        [v3.clone(), v2.clone(), v1.clone()],
+        "one new version on top"
+    );
+    let (old_bytes, old_meta) = object(&s3, &bucket, &v1).await;
+    let (new_bytes, new_meta) = object(&s3, &bucket, &v3).await;
+    assert_eq!(new_bytes, old_bytes, "identical bytes");
+    assert_eq!(new_meta.restored_from.as_deref(), Some(v1.as_str()));
+    assert_eq!(
+        ObjectMetadata {
+            restored_from: None,
+            ..new_meta.clone()
+        },
+        old_meta
+    );
+    let current = s3
+        .head_object()
+        .bucket(&bucket)
+        .key(release().object_key())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(current.version_id(), Some(v3.as_str()));
+    assert_eq!(current.content_type(), Some("application/gzip"));
+
+    // `versions` shows where it came from.
+    let out = repo.run(&["versions"]);
+    assert_success(&out);
+    let table = text(&out.stdout);
+    assert!(
+        table.contains(&format!("restored from {}", &v1[..v1.len().min(15)])),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_refuses_unknown_versions_delete_markers_and_missing_consent_writing_nothing() {
+    let s3 = moto::s3().await;
+    let bucket = moto::create_bucket(&s3, "ops-refuse", true).await;
+    let repo = AppRepo::new(&bucket);
+    repo.commit("one");
+    let v1 = repo.upload();
+    s3.delete_object()
+        .bucket(&bucket)
+        .key(release().object_key())
+        .send()
+        .await
+        .expect("delete");
+    let before = history(&s3, &bucket).await;
+    assert_eq!(before.0, std::slice::from_ref(&v1));
+    let marker = before.1.first().expect("a delete marker").clone();
+
+    let out = repo.run(&["restore", &marker, "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("delete marker")
+            && err.contains(&marker)
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+
+    let out = repo.run(&["restore", "no-such-version", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("\"no-such-version\"")
+            && err.contains("does not exist")
+            && err.contains("versions"),
+        "{err}"
+    );
+
+    // A real version, but no terminal to confirm on and no --yes.
+    let out = repo.run(&["restore", &v1]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("not confirmed") && err.contains("--yes"),
+        "{err}"
+    );
+    assert!(err.contains(&v1), "shows what would be restored: {err}");
+
+    assert_eq!(history(&s3, &bucket).await, before, "nothing was written");
+
+    // With consent the deleted key comes back.
+    let out = repo.run(&["restore", &v1, "--yes", "--json"]);
+    assert_success(&out);
+    assert_eq!(history(&s3, &bucket).await.0.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reads_each_invocation_the_record_names() {
+    let s3 = moto::s3().await;
+    let bucket = moto::create_bucket(&s3, "ops-status", true).await;
+    let repo = AppRepo::new(&bucket);
+    let c1 = repo.commit("one");
+    let v1 = repo.upload();
+    let (command, ids) = sent_command().await;
+    // A second batch names an instance SSM has no invocation for: the "does not exist yet"
+    // answer must read as dispatched, not as an error or a success.
+    let ghost = "i-0000000000000dead".to_string();
+    put_record(
+        &s3,
+        &bucket,
+        &record(
+            &bucket,
+            &v1,
+            Outcome::Dispatched,
+            &[(&command, ids.clone()), (&command, vec![ghost.clone()])],
+        ),
+    )
+    .await;
+
+    let out = repo.run(&["status", "--json", &v1]);
+    assert_success(&out);
+    let status = json(&out);
+    assert_eq!(status["version_id"], v1.as_str());
+    assert_eq!(status["commit"], c1.as_str());
+    assert_eq!(status["phase"], "dispatched");
+    let hosts = status["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 3);
+    for (host, id) in hosts.iter().zip(&ids) {
+        assert_eq!(host["instance_id"], id.as_str());
+        assert_eq!(host["command_id"], command.as_str());
+        assert_eq!(host["state"], "success", "{host}");
+        assert_eq!(host["exit_code"], 0);
+    }
+    assert_eq!(hosts[2]["instance_id"], ghost.as_str());
+    assert_eq!(hosts[2]["state"], "dispatched");
+    assert!(
+        hosts[2]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("InvocationDoesNotExist"),
+        "{}",
+        hosts[2]
+    );
+    assert_eq!(status["verdict"], "pending", "one host has not reported");
+
+    // Default version: the key's current one. Text output lists every host.
+    let out = repo.run(&["status"]);
+    assert_success(&out);
+    let report = text(&out.stdout);
+    assert!(
+        report.contains(&v1) && report.contains(&ghost) && report.contains(&ids[0]),
+        "{report}"
+    );
+    assert!(report.contains("verdict: pending"), "{report}");
+
+    // A newer upload without a record yet, and a version that does not exist.
+    repo.commit("two");
+    let v2 = repo.upload();
+    let out = repo.run(&["status", "--json"]);
+    assert_success(&out);
+    let status = json(&out);
+    assert_eq!(status["version_id"], v2.as_str());
+    assert_eq!(status["phase"], "no_record");
+    let out = repo.run(&["status", "missing-version"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A rejected version: nothing reached a host, no SSM reads needed.
+    put_record(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
+    let out = repo.run(&["status"]);
+    assert_success(&out);
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("rejected")
+            && report.contains("../evil")
+            && report.contains("verdict: refused"),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_follows_the_deploy_and_the_exit_code_reflects_it() {
+    let s3 = moto::s3().await;
+    let bucket = moto::create_bucket(&s3, "ops-wait", true).await;
+    let repo = AppRepo::new(&bucket);
+
+    // Dispatched to two hosts that succeed ⇒ 0, with the per-host result in the JSON.
+    repo.commit("one");
+    let child = repo.spawn(&["--json", "--wait", "--wait-timeout", "60"]);
+    let v1 = next_version(&s3, &bucket, 0).await;
+    let (command, ids) = sent_command().await;
+    put_record(
+        &s3,
+        &bucket,
+        &record(&bucket, &v1, Outcome::Dispatching, &[]),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    put_record(
+        &s3,
+        &bucket,
+        &record(
+            &bucket,
+            &v1,
+            Outcome::Dispatched,
+            &[(&command, ids.clone())],
+        ),
+    )
+    .await;
+    let out = finish(child).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = json(&out);
+    assert_eq!(summary["version_id"], v1.as_str());
+    assert_eq!(summary["deploy"]["status"]["verdict"], "succeeded");
+    assert_eq!(summary["deploy"]["timed_out"], false);
+    assert_eq!(
+        summary["deploy"]["status"]["hosts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Rejected by the deployer ⇒ 7; the text report says why.
+    repo.commit("two");
+    let child = repo.spawn(&["--wait", "--wait-timeout", "60"]);
+    let v2 = next_version(&s3, &bucket, 1).await;
+    put_record(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
+    let out = finish(child).await;
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("../evil"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Nobody processes the upload ⇒ 11 after --wait-timeout, and the upload itself stands.
+    repo.commit("three");
+    let started = Instant::now();
+    let out = repo.run(&["--wait", "--wait-timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        text(&out.stderr).contains("bundle-and-upload status"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        moto::versions_of(&s3, &bucket, &release().object_key())
+            .await
+            .len(),
+        3
+    );
+
+    // restore --wait follows the new version the copy created.
+    let child = repo.spawn(&[
+        "restore",
+        &v1,
+        "--yes",
+        "--json",
+        "--wait",
+        "--wait-timeout",
+        "60",
+    ]);
+    let v4 = next_version(&s3, &bucket, 3).await;
+    put_record(
+        &s3,
+        &bucket,
+        &record(&bucket, &v4, Outcome::Dispatched, &[(&command, ids)]),
+    )
+    .await;
+    let out = finish(child).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let restored = json(&out);
+    assert_eq!(restored["version_id"], v4.as_str());
+    assert_eq!(restored["restored_from"], v1.as_str());
+    assert_eq!(restored["deploy"]["status"]["verdict"], "succeeded");
+
+    // --wait with --dry-run is a usage error, before anything happens.
+    let out = repo.run(&["--wait", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn help_documents_the_operator_commands_and_wait_exit_codes() {
+    let out = Command::new(bins::binary("bundle-and-upload"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let help = text(&out.stdout);
+    for needle in [
+        "versions",
+        "status",
+        "restore",
+        "--wait",
+        "--wait-timeout",
+        "  8  rolled back",
+        "  11 --wait-timeout",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    let out = Command::new(bins::binary("bundle-and-upload"))
+        .args(["restore", "--help"])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(text(&out.stdout).contains("--yes"));
+}
