@@ -315,6 +315,11 @@ validate_deploy() {
     valid_number "$BUNDLE_BYTES" 999999999999999 || bad_input "DROPSHIP_BUNDLE_BYTES must be a number, got $(q "$BUNDLE_BYTES")"
     valid_number "$UNPACKED_BYTES" 999999999999999 || bad_input "DROPSHIP_UNPACKED_BYTES must be a number, got $(q "$UNPACKED_BYTES")"
     BUNDLE_BYTES=$((10#$BUNDLE_BYTES)) UNPACKED_BYTES=$((10#$UNPACKED_BYTES))
+    # List inputs are split with `read`, which stops at a newline: refuse control characters
+    # first so nothing after one can slip past the per-item checks.
+    for p in DROPSHIP_PROFILES DROPSHIP_SHARED_PATHS DROPSHIP_REQUIRED_ENV; do
+        has_ctrl "${!p:-}" && bad_input "$p must not contain control characters, got $(q "${!p}")"
+    done
     { valid_relpath "$COMPOSE_FILE" && [[ $COMPOSE_FILE != */ ]]; } ||
         bad_input "DROPSHIP_COMPOSE_FILE must be a relative path inside the bundle, got $(q "$COMPOSE_FILE")"
     if [[ -n $PROFILES ]]; then
@@ -479,7 +484,7 @@ health_check() { # url timeout
     deadline=$((SECONDS + timeout))
     while :; do
         attempt=$((attempt + 1))
-        if curl --fail --silent --show-error --proto =http,https --max-time 5 -o /dev/null "$url"; then
+        if curl --globoff --fail --silent --show-error --proto =http,https --max-time 5 -o /dev/null "$url"; then
             log health "healthy after $attempt attempt(s)"
             return 0
         fi
@@ -591,7 +596,7 @@ download() {
     TMP_DOWNLOAD="$APP_ROOT/.download.$$"
     for attempt in 1 2 3 4; do
         rm -f -- "$TMP_DOWNLOAD"
-        code=$(curl --fail --silent --show-error --location --proto =http,https --proto-redir =http,https \
+        code=$(curl --globoff --fail --silent --show-error --location --proto =http,https --proto-redir =http,https \
             --connect-timeout 15 --max-time 3600 -o "$TMP_DOWNLOAD" -w '%{http_code}' "$URL")
         rc=$?
         if ((rc == 0)); then
