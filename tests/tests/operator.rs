@@ -437,6 +437,27 @@ async fn versions_lists_uploads_with_branch_commit_uploader_and_deploy_outcome()
     assert_eq!(limited[0]["versions"].as_array().unwrap().len(), 2);
     assert_eq!(limited[0]["omitted"], 1);
 
+    // --all-envs: one report per environment dropship.toml lists.
+    repo.write(
+        "dropship.toml",
+        &format!(
+            "app = \"{APP}\"\nbucket = \"{bucket}\"\nenvironments = [\"{ENV}\", \"staging\"]\n"
+        ),
+    );
+    let out = repo.run(&["versions", "--json", "--all-envs"]);
+    assert_success(&out);
+    let all = json(&out);
+    let envs: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["env"].as_str().unwrap())
+        .collect();
+    assert_eq!(envs, [ENV, "staging"]);
+    assert_eq!(all[0]["versions"].as_array().unwrap().len(), 3);
+    assert_eq!(all[1]["versions"].as_array().unwrap().len(), 0);
+    assert_eq!(all[1]["key"], "releases/shop/staging.tar.gz");
+
     // Outside the repository, flags alone name the target.
     let elsewhere = tempfile::tempdir().unwrap();
     let out = Command::new(bins::binary("bundle-and-upload"))
