@@ -79,12 +79,22 @@ variable "lambda_memory_mb" {
   description = "Lambda memory in MB (CPU scales with it; bundle verification streams SHA-256 over the object)."
   type        = number
   default     = 512
+
+  validation {
+    condition     = var.lambda_memory_mb >= 128 && var.lambda_memory_mb <= 10240
+    error_message = "lambda_memory_mb must be between 128 and 10240."
+  }
 }
 
 variable "lambda_timeout_secs" {
   description = "Lambda timeout in seconds: long enough to stream-verify the largest bundle and dispatch."
   type        = number
   default     = 300
+
+  validation {
+    condition     = var.lambda_timeout_secs >= 1 && var.lambda_timeout_secs <= 900
+    error_message = "lambda_timeout_secs must be between 1 and 900."
+  }
 }
 
 variable "lambda_reserved_concurrency" {
@@ -152,6 +162,11 @@ variable "queue_retention_secs" {
   description = "Message retention of the dead-letter and failure queues (max 14 days)."
   type        = number
   default     = 1209600
+
+  validation {
+    condition     = var.queue_retention_secs >= 60 && var.queue_retention_secs <= 1209600
+    error_message = "queue_retention_secs must be between 60 and 1209600 (14 days)."
+  }
 }
 
 # Lambda settings (each maps to one DROPSHIP_* variable; see docs/architecture.md).
@@ -190,30 +205,55 @@ variable "delivery_timeout_secs" {
   description = "DROPSHIP_DELIVERY_TIMEOUT_SECS: SendCommand TimeoutSeconds."
   type        = number
   default     = 600
+
+  validation {
+    condition     = var.delivery_timeout_secs >= 30 && var.delivery_timeout_secs <= 2592000
+    error_message = "delivery_timeout_secs must be between 30 and 2592000 (the Lambda refuses other values)."
+  }
 }
 
 variable "execution_timeout_secs" {
   description = "DROPSHIP_EXECUTION_TIMEOUT_SECS: executionTimeout of the host script."
   type        = number
   default     = 1800
+
+  validation {
+    condition     = var.execution_timeout_secs >= 60 && var.execution_timeout_secs <= 172800
+    error_message = "execution_timeout_secs must be between 60 and 172800 (the Lambda refuses other values)."
+  }
 }
 
 variable "presign_ttl_secs" {
   description = "DROPSHIP_PRESIGN_TTL_SECS: lifetime of the presigned GET handed to hosts."
   type        = number
   default     = 900
+
+  validation {
+    condition     = var.presign_ttl_secs >= 60 && var.presign_ttl_secs <= 604800
+    error_message = "presign_ttl_secs must be between 60 and 604800 (the Lambda refuses other values)."
+  }
 }
 
 variable "max_bundle_bytes" {
   description = "DROPSHIP_MAX_BUNDLE_BYTES: largest object the Lambda verifies."
   type        = number
   default     = 2147483648
+
+  validation {
+    condition     = var.max_bundle_bytes >= 1024 && var.max_bundle_bytes <= 5497558138880
+    error_message = "max_bundle_bytes must be between 1024 and 5 TiB (the Lambda refuses other values)."
+  }
 }
 
 variable "lock_timeout_secs" {
   description = "DROPSHIP_LOCK_TIMEOUT_SECS: seconds the host script waits for the host lock."
   type        = number
   default     = 300
+
+  validation {
+    condition     = var.lock_timeout_secs >= 1 && var.lock_timeout_secs <= 86400
+    error_message = "lock_timeout_secs must be between 1 and 86400 (the Lambda refuses other values)."
+  }
 }
 
 # CI access.
