@@ -717,13 +717,56 @@ fn lambda_role_grants_exactly_the_calls_the_lambda_makes() {
 fn lambda_writes_only_deploy_records_and_reads_only_releases_and_records() {
     let module = Module::load();
     let ev = module.evaluator();
-    let statements = allow_statements(&module, &ev, "lambda");
+    let (bucket, _) = module.single("aws_s3_bucket");
+    let bucket_arn = format!("${{aws_s3_bucket.{bucket}.arn}}");
+    let (_, function) = module.single("aws_lambda_function");
+    let role = referenced(
+        "aws_iam_role",
+        &ev.text(attr(function, "role").expect("role")),
+    )
+    .expect("function role");
+    let statements: Vec<Statement> = inline_policy_docs(&module, &ev, &role)
+        .iter()
+        .flat_map(|doc| allow_statements(&module, &ev, doc))
+        .collect();
+    let is_bucket_level =
+        |a: &String| a.starts_with("s3:ListBucket") || a.starts_with("s3:GetBucket");
+
+    let mut s3_statements = 0;
     for st in statements
         .iter()
         .filter(|s| s.actions.iter().any(|a| a.starts_with("s3:")))
     {
+        s3_statements += 1;
+        let bucket_level = st.actions.iter().all(is_bucket_level);
+        assert!(
+            bucket_level || !st.actions.iter().any(is_bucket_level),
+            "statement {:?}: keep bucket-level and object-level S3 actions apart ({})",
+            st.sid,
+            display_list(&st.actions)
+        );
+        assert!(
+            !st.resources.is_empty(),
+            "statement {:?}: resources",
+            st.sid
+        );
         for r in &st.resources {
-            let path = r.split_once("}/").map(|(_, p)| p).unwrap_or("");
+            if bucket_level {
+                assert_eq!(
+                    r, &bucket_arn,
+                    "statement {:?}: bucket-level actions only on the artifact bucket",
+                    st.sid
+                );
+                continue;
+            }
+            let path = r
+                .strip_prefix(&format!("{bucket_arn}/"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "statement {:?}: object resource {r} outside the artifact bucket",
+                        st.sid
+                    )
+                });
             let ok = if st.actions.iter().any(|a| a == "s3:PutObject") {
                 path == format!("{RECORDS_PREFIX}*")
             } else {
@@ -737,6 +780,7 @@ fn lambda_writes_only_deploy_records_and_reads_only_releases_and_records() {
             );
         }
     }
+    assert!(s3_statements > 0, "the Lambda role grants no S3 access");
 }
 
 #[test]
