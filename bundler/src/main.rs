@@ -502,11 +502,15 @@ async fn run_upload(args: UploadArgs) -> anyhow::Result<u8> {
         target,
     )
     .await;
-    let report = follow(&clients, &version, &args.wait, args.json)
-        .await
-        .with_context(|| {
-            format!("version {version} was uploaded, but following its deploy failed")
-        })?;
+    let report = follow(
+        &clients,
+        &version,
+        &prepared.head.commit,
+        &args.wait,
+        args.json,
+    )
+    .await
+    .with_context(|| format!("version {version} was uploaded, but following its deploy failed"))?;
     let mut summary = summary;
     let code = report.exit_code();
     summary.deploy = Some(report);
@@ -517,10 +521,12 @@ async fn run_upload(args: UploadArgs) -> anyhow::Result<u8> {
 }
 
 /// Follows a deploy with progress on a terminal (state changes on stderr otherwise) and
-/// prints the per-host table unless JSON was asked for.
+/// prints the per-host table unless JSON was asked for. `commit` is the new version's, shown
+/// while the deploy record (which also carries it) is not there yet.
 async fn follow(
     clients: &Clients,
     version: &str,
+    commit: &str,
     args: &WaitArgs,
     json: bool,
 ) -> anyhow::Result<WaitReport> {
@@ -562,7 +568,7 @@ async fn follow(
         }
     };
     let target = &clients.target;
-    let report = wait::follow(
+    let mut report = wait::follow(
         clients,
         target.release.app(),
         target.release.env(),
@@ -571,6 +577,10 @@ async fn follow(
         &mut on_progress,
     )
     .await?;
+    report
+        .status
+        .commit
+        .get_or_insert_with(|| commit.to_string());
     bar.finish_and_clear();
     if !json {
         println!();
@@ -760,7 +770,7 @@ async fn run_restore(args: RestoreArgs) -> anyhow::Result<u8> {
     let deploy = if args.wait.wait {
         let version = restored.version_id.clone();
         Some(
-            follow(&c, &version, &args.wait, args.json)
+            follow(&c, &version, &restored.commit, &args.wait, args.json)
                 .await
                 .with_context(|| format!("version {version} was created by the restore, but following its deploy failed"))?,
         )

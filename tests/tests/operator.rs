@@ -729,11 +729,16 @@ async fn wait_follows_the_deploy_and_the_exit_code_reflects_it() {
     );
 
     // Nobody processes the upload ⇒ 11 after --wait-timeout, and the upload itself stands.
-    repo.commit("three");
+    let c3 = repo.commit("three");
     let started = Instant::now();
     let out = repo.run(&["--wait", "--wait-timeout", "2s"]);
     assert_eq!(out.status.code(), Some(11), "{}", text(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        text(&out.stdout).contains(&format!("(commit {})", &c3[..12])),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(
         text(&out.stderr).contains("bundle-and-upload status"),
         "{}",
