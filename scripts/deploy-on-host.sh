@@ -234,6 +234,7 @@ on_exit() {
             message "the script stopped unexpectedly (status $rc); the next run recovers" \
             attempted "$OUT_ATTEMPTED"
         printf 'DROPSHIP_RESULT %s\n' "$REPLY"
+        exit 10 # the status the result line reports, whatever stopped the script
     fi
 }
 trap on_exit EXIT

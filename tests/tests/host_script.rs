@@ -908,3 +908,33 @@ fn script_header_matches_the_contract() {
     want.sort();
     assert_eq!(read, want, "inputs the script reads vs the contract");
 }
+
+#[test]
+fn sigterm_during_compose_reports_exit_10_and_the_rerun_recovers() {
+    let w = World::new("termcompose");
+    let (good, _) = deployed_v1(&w);
+    let b2 = w.healthy("v2");
+    let vars = w.vars(&b2, "ver-2", "ver-2", "02");
+    let hold = w.hold_compose_up();
+    let log = w.host.dir.path().join("term.log");
+    let child = w.host.spawn(&vars, &log);
+    w.wait_compose_up_started();
+    // SSM's timeout: SIGTERM to the whole group (the shim dies, the script reports).
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let run = w.host.finish(child, &log);
+    fs::remove_file(&hold).unwrap();
+    assert_code(&run, 10, "failed");
+    assert!(run.output.contains("[signal] terminated"), "{}", run.output);
+    assert!(w.host.leftovers().is_empty(), "{:?}", w.host.leftovers());
+    assert_eq!(w.host.state()["current"], good.as_str());
+    // The rerun recovers the committed release first, then deploys.
+    let again = w.host.run(&vars);
+    assert_code(&again, 0, "deployed");
+    assert!(again.output.contains("[recover]"), "{}", again.output);
+    assert_eq!(w.serving_version().as_deref(), Some("v2"));
+    assert_eq!(w.host.state()["previous"], good.as_str());
+}
