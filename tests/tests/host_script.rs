@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dropship_contract::host::{ExitCode, HostResult, HostVar};
 use dropship_tests::host::{
-    kill_group, make_bundle, wait_until, AppFiles, Bundle, Run, Sandbox, Vars,
+    compose_yaml, kill_group, make_bundle, wait_until, AppFiles, Bundle, Run, Sandbox, Vars,
 };
 use dropship_tests::http::{free_port, get, FileServer, Reply};
 
@@ -521,9 +521,66 @@ fn retention_keeps_n_and_never_prunes_current_or_previous() {
     assert_eq!(w.host.releases(), vec![names[3].clone(), current.clone()]);
     let st = w.host.state();
     assert_eq!(st["previous"], names[3].as_str());
+    // Pruned releases were moved aside at once and are deleted in the background.
+    let trash_gone = wait_until(Duration::from_secs(120), || {
+        fs::read_dir(w.root())
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with(".trash."))
+    });
+    assert!(trash_gone, "pruned releases were never deleted");
     // Rolling back still works after pruning.
     assert_code(&w.host.run(&w.host.rollback_vars("")), 0, "rolled_back");
     assert_eq!(w.serving_version().as_deref(), Some("v4"));
+}
+
+/// A tar.gz made by hand (the bundler never writes such entries), served with its true SHA-256.
+fn hand_made_bundle(w: &World, setup: &str) -> Bundle {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("compose.yaml"), compose_yaml(w.port)).unwrap();
+    fs::write(root.join("health"), "ok\n").unwrap();
+    let out = dir.path().join("b.tar.gz");
+    let st = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -e; cd tree; {setup}; tar czf ../b.tar.gz *"))
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the hand-made tar failed");
+    let bytes = fs::read(out).unwrap();
+    Bundle {
+        sha256: dropship_tests::host::sha256_hex(&bytes),
+        bytes,
+        commit: "c".repeat(40),
+    }
+}
+
+#[test]
+fn unsafe_tar_entries_are_refused_before_unpacking() {
+    let w = World::new("unsafe");
+    let (good, pid) = deployed_v1(&w);
+    for (i, setup) in [
+        "ln -s /etc etc-link",
+        "mkdir d && ln -s ../../outside d/escape",
+        "echo x > tool && chmod 4755 tool",
+        "mkfifo pipe",
+        "echo x > a && ln a hard",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let b = hand_made_bundle(&w, setup);
+        let id = format!("unsafe-{i}");
+        let run = w.host.run(&w.vars(&b, &id, &id, "02"));
+        assert_rejected_before_switch(&w, &run, 6, &good, pid);
+        assert!(
+            run.message_contains("unsafe bundle"),
+            "{setup}: {}",
+            run.output
+        );
+    }
 }
 
 #[test]
