@@ -680,6 +680,8 @@ check_entries() { # listing-file
     local line type perms rest name target depth c comps count=0
     local re='^(.)([^ ]{9}) [0-9]+/[0-9]+ +[0-9]+ [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}(:[0-9]{2})? (.*)$'
     while IFS= read -r line; do
+        # tar -x -vv notes the parent directories it creates; their names are listed anyway.
+        [[ $line =~ ^d[-rwx]{9}\ +Creating\ directory:\  ]] && continue
         [[ $line =~ $re ]] || { REPLY="unreadable entry: $(q "$line")"; return 1; }
         type=${BASH_REMATCH[1]} perms=${BASH_REMATCH[2]} rest=${BASH_REMATCH[4]}
         count=$((count + 1))
@@ -716,37 +718,25 @@ check_entries() { # listing-file
     REPLY=$count
 }
 
-verify_and_list() {
-    local sum zprog=() msg
-    TMP_LIST="$APP_ROOT/.list.$$"
-    TMP_SUM="$APP_ROOT/.sum.$$"
-    command -v pigz >/dev/null 2>&1 && zprog=(--use-compress-program=pigz) || zprog=(-z)
-    # Hash and list in parallel: both only read the download.
-    sha256sum -- "$TMP_DOWNLOAD" >"$TMP_SUM" &
-    local sum_pid=$!
-    tar "${zprog[@]}" -t -v -P --numeric-owner -f "$TMP_DOWNLOAD" >"$TMP_LIST" 2>/dev/null
-    local list_rc=$?
-    wait "$sum_pid" || finish 5 failed "sha256sum failed"
-    read -r sum _ <"$TMP_SUM"
+verify() {
+    local sum
+    sum=$(sha256sum -- "$TMP_DOWNLOAD") || finish 5 failed "sha256sum failed"
+    sum=${sum%% *}
     if [[ $sum != "$SHA256" ]]; then
         finish 5 failed "SHA-256 mismatch: got $sum, expected $SHA256"
     fi
     log verify "sha256 $sum matches"
-    ((list_rc == 0)) || finish 6 failed "the bundle is not a readable tar.gz"
-    check_listing "$TMP_LIST" || {
-        msg=$REPLY
-        finish 6 failed "unsafe bundle: $msg"
-    }
-    log verify "$REPLY entries checked"
-    rm -f -- "$TMP_LIST" "$TMP_LIST.sorted" "$TMP_SUM"
-    TMP_LIST="" TMP_SUM=""
-    ZPROG=("${zprog[@]}")
 }
 
 NEW=""
-ZPROG=(-z)
+# Unpacks the verified download into releases/<new>.partial in one decompression pass that
+# also lists every entry (tar -vv), then checks that listing; only a clean bundle is renamed
+# into place. While it unpacks, GNU tar itself keeps everything inside .partial: it strips
+# leading '/', refuses members with '..', and creates symlinks that point outside as
+# placeholders until the end. Anything it had to warn about fails the deploy, and the bundle
+# rules were already enforced by the Lambda (contract::tar_rules) before dispatch.
 unpack() {
-    local ts base n=2
+    local ts base n=2 zprog=(-z) rc err="" msg
     printf -v ts '%(%Y%m%dT%H%M%SZ)T' -1
     base="$ts-${COMMIT:0:7}"
     NEW=$base
@@ -756,10 +746,23 @@ unpack() {
     done
     PARTIAL_DIR="$APP_ROOT/releases/$NEW.partial"
     mkdir -- "$PARTIAL_DIR" || finish 6 failed "cannot create $PARTIAL_DIR"
+    TMP_LIST="$APP_ROOT/.list.$$"
+    TMP_SUM="$APP_ROOT/.list.$$.err"
+    command -v pigz >/dev/null 2>&1 && zprog=(--use-compress-program=pigz)
     log unpack "into releases/$NEW.partial"
-    tar "${ZPROG[@]}" -x -f "$TMP_DOWNLOAD" -C "$PARTIAL_DIR" \
-        --no-same-owner --no-same-permissions --no-overwrite-dir ||
-        finish 6 failed "tar could not unpack the bundle"
+    tar "${zprog[@]}" -x -v -v --numeric-owner -f "$TMP_DOWNLOAD" -C "$PARTIAL_DIR" \
+        --no-same-owner --no-same-permissions --no-overwrite-dir >"$TMP_LIST" 2>"$TMP_SUM"
+    rc=$?
+    [[ -s $TMP_SUM ]] && { IFS= read -r err <"$TMP_SUM" || true; }
+    ((rc == 0)) || finish 6 failed "tar could not unpack the bundle (status $rc): $(q "$err")"
+    [[ -z $err ]] || finish 6 failed "unsafe bundle: tar warned $(q "$err")"
+    check_listing "$TMP_LIST" || {
+        msg=$REPLY
+        finish 6 failed "unsafe bundle: $msg"
+    }
+    log unpack "$REPLY entries checked"
+    rm -f -- "$TMP_LIST" "$TMP_LIST.sorted" "$TMP_SUM"
+    TMP_LIST="" TMP_SUM=""
     rm -f -- "$TMP_DOWNLOAD"
     TMP_DOWNLOAD=""
     [[ -f $PARTIAL_DIR/$COMPOSE_FILE && ! -L $PARTIAL_DIR/$COMPOSE_FILE ]] ||
@@ -906,7 +909,7 @@ do_deploy() {
 
     preflight
     download
-    verify_and_list
+    verify
     unpack
     link_shared
     check_env

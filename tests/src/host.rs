@@ -297,7 +297,7 @@ impl Sandbox {
             "DROPSHIP_HEALTH_URL",
             format!("http://127.0.0.1:{port}/health"),
         );
-        set("DROPSHIP_HEALTH_TIMEOUT", "3".into());
+        set("DROPSHIP_HEALTH_TIMEOUT", "10".into());
         set("DROPSHIP_SHARED_PATHS", ".env,data".into());
         set("DROPSHIP_KEEP_RELEASES", "5".into());
         set("DROPSHIP_REQUIRED_ENV", "".into());
