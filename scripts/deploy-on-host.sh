@@ -46,7 +46,8 @@
 #    7  compose config or .env invalid
 #    8  pre-switch hook failed
 #    9  compose up or health failed after the switch; previous release restored and healthy
-#   10  rollback also failed: host needs an operator
+#   10  rollback also failed, or the script was stopped (signal, unexpected error): host needs
+#       an operator or a rerun (the next run recovers the committed release first)
 #
 # Output: every step is logged as `<UTC time> [<step>] <message>`; the last line is
 # `DROPSHIP_RESULT {json}` with outcome, release, previous, version_id, commit, exit_code,
