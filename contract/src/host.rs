@@ -146,7 +146,9 @@ impl ExitCode {
             ExitCode::ConfigInvalid => "compose file or .env invalid",
             ExitCode::HookFailed => "pre-switch hook failed",
             ExitCode::RolledBack => "new release failed compose up or health; previous release restored",
-            ExitCode::RollbackFailed => "rollback also failed: the host needs an operator",
+            ExitCode::RollbackFailed => {
+                "rollback also failed, or the script was stopped: the host needs an operator or a rerun"
+            }
         }
     }
 }
