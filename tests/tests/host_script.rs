@@ -623,51 +623,49 @@ fn two_deploys_started_together_one_waits_for_the_lock() {
     assert_eq!(w.server.hits("/ver-1.tar.gz"), 1, "only one download");
 }
 
-/// A bundle big enough that unpacking takes a moment (incompressible data).
-fn big_files(port: u16, version: &str) -> AppFiles {
-    let mut files = AppFiles::healthy(port, version);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ version.len() as u64;
-    for i in 0..6 {
-        let mut buf = Vec::with_capacity(8 << 20);
-        while buf.len() < 8 << 20 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-        files = files.with(&format!("assets/blob{i}.bin"), buf);
-    }
-    files
-}
-
 #[test]
 fn sigkill_during_unpack_then_rerun_is_consistent() {
     let w = World::new("killunpack");
     let (good, _) = deployed_v1(&w);
-    let big = w.bundle(big_files(w.port, "v2"));
-    let vars = w.vars(&big, "ver-2", "ver-2", "02");
+    let mut files = AppFiles::healthy(w.port, "v2");
+    for i in 0..200 {
+        files = files.with(&format!("assets/{i:03}.txt"), format!("asset {i}\n"));
+    }
+    let b2 = w.bundle(files);
+    let vars = w.vars(&b2, "ver-2", "ver-2", "02");
+    // The tar shim holds the extraction open once every file is written (tar not returned).
+    let state = w.host.shim_state();
+    fs::write(state.join("hold-unpack"), "").unwrap();
     let log = w.host.dir.path().join("kill.log");
     let mut child = w.host.spawn(&vars, &log);
-    let releases = w.root().join("releases");
-    let saw_partial = wait_until(Duration::from_secs(60), || {
-        fs::read_dir(&releases)
-            .map(|rd| {
-                rd.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-            })
-            .unwrap_or(false)
-    });
+    assert!(
+        wait_until(Duration::from_secs(120), || state
+            .join("unpack-started")
+            .exists()),
+        "the run never reached the unpack"
+    );
+    let partial: Vec<_> = fs::read_dir(w.root().join("releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert_eq!(partial.len(), 1, "one .partial release being unpacked");
+    assert!(partial[0].join("assets/199.txt").is_file());
     kill_group(&mut child);
-    assert!(saw_partial, "never saw the .partial directory");
-    // Killed mid-unpack: still v1 everywhere.
+    fs::remove_file(state.join("hold-unpack")).unwrap();
+    // Killed mid-unpack: still v1 everywhere, and the kill left the .partial behind.
     assert_eq!(w.host.current().unwrap(), good);
     assert_eq!(w.serving_version().as_deref(), Some("v1"));
+    assert_eq!(w.host.state()["current"], good.as_str());
+    assert!(partial[0].exists());
     // The rerun is not blocked by a stale lock, cleans up and deploys.
     let mut rerun = vars.clone();
     rerun.insert("DROPSHIP_LOCK_TIMEOUT".into(), "2".into());
     let run = w.host.run(&rerun);
     assert_code(&run, 0, "deployed");
     assert!(run.output.contains("[cleanup] removing leftover"));
+    assert!(!partial[0].exists());
     assert!(w.host.leftovers().is_empty(), "{:?}", w.host.leftovers());
     assert_eq!(w.serving_version().as_deref(), Some("v2"));
     assert_eq!(w.host.releases().len(), 2);
