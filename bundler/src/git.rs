@@ -64,7 +64,7 @@ impl Repo {
             .output()
             .map_err(GitError::NotInstalled)?;
         if !out.status.success() {
-            return Err(GitError::NotARepo(start.to_path_buf()));
+            return Err(GitError::NotARepo(start.canonicalize().unwrap_or_else(|_| start.to_path_buf())));
         }
         let root = PathBuf::from(OsStr::from_bytes(trim_newline(&out.stdout)));
         Ok(Self { root })
