@@ -2,7 +2,9 @@
 //! Nothing here fakes a component of ours; it only starts, feeds and observes them.
 
 pub mod bins;
+pub mod faults;
 pub mod host;
 pub mod http;
 pub mod lambda_rt;
 pub mod moto;
+pub mod repo;
