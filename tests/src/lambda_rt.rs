@@ -136,7 +136,9 @@ impl LambdaProcess {
                 }));
             }
             if Instant::now() >= deadline {
-                return Err(serde_json::json!({"errorType": "Timeout", "errorMessage": "function did not poll for an invocation in time"}));
+                return Err(
+                    serde_json::json!({"errorType": "Timeout", "errorMessage": "function did not poll for an invocation in time"}),
+                );
             }
             inner = self.shared.lock();
             inner = self
@@ -184,10 +186,14 @@ impl LambdaProcess {
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(serde_json::json!({"errorType": "Runtime.ExitError", "errorMessage": format!("function exited: {status}")}));
+                return Err(
+                    serde_json::json!({"errorType": "Runtime.ExitError", "errorMessage": format!("function exited: {status}")}),
+                );
             }
             if Instant::now() >= deadline {
-                return Err(serde_json::json!({"errorType": "Timeout", "errorMessage": format!("no answer within {INVOKE_TIMEOUT:?}")}));
+                return Err(
+                    serde_json::json!({"errorType": "Timeout", "errorMessage": format!("no answer within {INVOKE_TIMEOUT:?}")}),
+                );
             }
         }
     }
@@ -271,7 +277,8 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Htt
         loop {
             let mut size_line = String::new();
             reader.read_line(&mut size_line)?;
-            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
             let mut chunk = vec![0u8; size + 2];
             reader.read_exact(&mut chunk)?;
             if size == 0 {
@@ -291,8 +298,16 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Htt
     }))
 }
 
-fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -303,7 +318,8 @@ fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, String)], bod
 }
 
 fn parse_body(body: &[u8]) -> Value {
-    serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
 
 fn connection(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
@@ -311,7 +327,11 @@ fn connection(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     const PREFIX: &str = "/2018-06-01/runtime/";
     while let Some(req) = read_request(&mut reader)? {
-        let route = req.path.strip_prefix(PREFIX).unwrap_or(&req.path).to_owned();
+        let route = req
+            .path
+            .strip_prefix(PREFIX)
+            .unwrap_or(&req.path)
+            .to_owned();
         match (req.method.as_str(), route.as_str()) {
             ("GET", "invocation/next") => {
                 let mut inner = shared.lock();
@@ -331,19 +351,29 @@ fn connection(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                         .0;
                 };
                 drop(inner);
-                let deadline = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + FUNCTION_TIMEOUT;
+                let deadline = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    + FUNCTION_TIMEOUT;
                 let body = serde_json::to_vec(&payload).unwrap_or_default();
                 respond(
                     &mut writer,
                     "200 OK",
                     &[
                         ("Lambda-Runtime-Aws-Request-Id", id),
-                        ("Lambda-Runtime-Deadline-Ms", deadline.as_millis().to_string()),
+                        (
+                            "Lambda-Runtime-Deadline-Ms",
+                            deadline.as_millis().to_string(),
+                        ),
                         (
                             "Lambda-Runtime-Invoked-Function-Arn",
-                            "arn:aws:lambda:us-east-1:123456789012:function:dropship-deployer".into(),
+                            "arn:aws:lambda:us-east-1:123456789012:function:dropship-deployer"
+                                .into(),
                         ),
-                        ("Lambda-Runtime-Trace-Id", "Root=1-00000000-000000000000000000000000;Sampled=0".into()),
+                        (
+                            "Lambda-Runtime-Trace-Id",
+                            "Root=1-00000000-000000000000000000000000;Sampled=0".into(),
+                        ),
                     ],
                     &body,
                 )?;

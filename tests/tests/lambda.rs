@@ -88,7 +88,11 @@ impl Fixture {
             .send()
             .await
             .expect("run instances");
-        let mut ids: Vec<String> = out.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+        let mut ids: Vec<String> = out
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect();
         ids.sort();
         ids
     }
@@ -96,11 +100,21 @@ impl Fixture {
     /// Uploads `bytes` as a new version of the release key with `meta`; returns its version id.
     async fn upload(&self, bytes: Vec<u8>, meta: &ObjectMetadata) -> String {
         let headers = meta.to_headers().expect("valid metadata");
-        let mut req = self.s3.put_object().bucket(&self.bucket).key(self.key()).body(ByteStream::from(bytes));
+        let mut req = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key())
+            .body(ByteStream::from(bytes));
         for (k, v) in headers {
             req = req.metadata(k, v);
         }
-        req.send().await.expect("upload").version_id().expect("versioned bucket").to_owned()
+        req.send()
+            .await
+            .expect("upload")
+            .version_id()
+            .expect("versioned bucket")
+            .to_owned()
     }
 
     fn metadata(&self, commit: &str, sha256: &str) -> ObjectMetadata {
@@ -128,7 +142,13 @@ impl Fixture {
 
     /// The AWS-documented EventBridge "Object Created" event for one version.
     fn event(&self, version_id: &str, sequencer: &str) -> Value {
-        event_for(&self.bucket, &self.key(), version_id, sequencer, "PutObject")
+        event_for(
+            &self.bucket,
+            &self.key(),
+            version_id,
+            sequencer,
+            "PutObject",
+        )
     }
 
     /// Every SSM command whose script mentions this test's bucket: (command id, script).
@@ -136,9 +156,19 @@ impl Fixture {
         let mut found = Vec::new();
         let mut token = None;
         loop {
-            let out = self.ssm.list_commands().set_next_token(token).send().await.expect("list commands");
+            let out = self
+                .ssm
+                .list_commands()
+                .set_next_token(token)
+                .send()
+                .await
+                .expect("list commands");
             for c in out.commands() {
-                let script = c.parameters().and_then(|p| p.get("commands")).map(|v| v.join("\n")).unwrap_or_default();
+                let script = c
+                    .parameters()
+                    .and_then(|p| p.get("commands"))
+                    .map(|v| v.join("\n"))
+                    .unwrap_or_default();
                 if script.contains(&self.bucket) {
                     found.push((c.command_id().unwrap_or_default().to_owned(), script));
                 }
@@ -152,15 +182,32 @@ impl Fixture {
 
     async fn record(&self, version_id: &str) -> Option<DeployRecord> {
         let release = ReleaseKey::new(&self.app, ENV).unwrap();
-        let out = self.s3.get_object().bucket(&self.bucket).key(release.record_key(version_id)).send().await.ok()?;
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(release.record_key(version_id))
+            .send()
+            .await
+            .ok()?;
         let bytes = out.body.collect().await.unwrap().into_bytes();
         Some(DeployRecord::from_bytes(&bytes).expect("record parses"))
     }
 
     /// Keys under the records prefix (to prove nothing was written).
     async fn record_keys(&self) -> Vec<String> {
-        let out = self.s3.list_objects_v2().bucket(&self.bucket).prefix("deploy-records/").send().await.unwrap();
-        out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+        let out = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix("deploy-records/")
+            .send()
+            .await
+            .unwrap();
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
     }
 }
 
@@ -188,7 +235,14 @@ fn event_for(bucket: &str, key: &str, version_id: &str, sequencer: &str, reason:
 }
 
 async fn handle(d: &Deployer, payload: &Value) -> Result<Response, HandlerError> {
-    d.handle(payload, &Invocation { request_id: Some("test".into()), deadline: None }).await
+    d.handle(
+        payload,
+        &Invocation {
+            request_id: Some("test".into()),
+            deadline: None,
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,15 +250,25 @@ async fn verifies_a_real_bundle_and_dispatches_to_only_the_tagged_running_instan
     let f = Fixture::new().await;
     let targets = f.instances(&f.app, ENV, 2).await;
     let stopped = f.instances(&f.app, ENV, 1).await;
-    f.ec2.stop_instances().set_instance_ids(Some(stopped.clone())).send().await.unwrap();
+    f.ec2
+        .stop_instances()
+        .set_instance_ids(Some(stopped.clone()))
+        .send()
+        .await
+        .unwrap();
     let other_env = f.instances(&f.app, "prod", 1).await;
     let (version, commit) = f.upload_real_bundle("one").await;
 
     let d = f.deployer().await;
-    let res = handle(&d, &f.event(&version, "0055AED6DCD90281E5")).await.expect("dispatch");
+    let res = handle(&d, &f.event(&version, "0055AED6DCD90281E5"))
+        .await
+        .expect("dispatch");
     assert_eq!(res.outcome, Outcome::Dispatched, "{res:?}");
     assert_eq!(res.targets, targets, "only the tagged running instances");
-    assert!(!res.targets.iter().any(|t| stopped.contains(t) || other_env.contains(t)));
+    assert!(!res
+        .targets
+        .iter()
+        .any(|t| stopped.contains(t) || other_env.contains(t)));
     assert_eq!(res.command_ids.len(), 1);
     assert_eq!(res.commit.as_deref(), Some(commit.as_str()));
 
@@ -212,12 +276,24 @@ async fn verifies_a_real_bundle_and_dispatches_to_only_the_tagged_running_instan
     assert_eq!(record.outcome, Outcome::Dispatched);
     assert_eq!(record.targets, targets);
     assert_eq!(record.commands[0].instance_ids, targets);
-    assert_eq!(record.command_ids(), res.command_ids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        record.command_ids(),
+        res.command_ids
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
     let verification = record.verification.as_ref().unwrap();
-    assert!(verification.ok && verification.entries >= 3, "{verification:?}");
+    assert!(
+        verification.ok && verification.entries >= 3,
+        "{verification:?}"
+    );
     assert_eq!(record.metadata.as_ref().unwrap().commit, commit);
     assert_eq!(record.manifest.as_ref().unwrap().app, f.app);
-    assert_eq!(record.event.sequencer.as_deref(), Some("0055AED6DCD90281E5"));
+    assert_eq!(
+        record.event.sequencer.as_deref(),
+        Some("0055AED6DCD90281E5")
+    );
     assert!(record.lease_until.is_none());
 
     // What moto recorded: the header exporting every input, then the embedded script.
@@ -228,30 +304,54 @@ async fn verifies_a_real_bundle_and_dispatches_to_only_the_tagged_running_instan
     assert!(script.starts_with(deployer_lambda::plan::COMMAND_PREAMBLE));
     assert!(script.ends_with(deployer_lambda::plan::HOST_SCRIPT));
     for var in HostVar::ALL {
-        assert!(script.contains(&format!("\nexport {}=", var.name())), "{} exported", var.name());
+        assert!(
+            script.contains(&format!("\nexport {}=", var.name())),
+            "{} exported",
+            var.name()
+        );
     }
     assert!(script.contains(&format!("export DROPSHIP_VERSION_ID='{version}'\n")));
     assert!(script.contains(&format!("export DROPSHIP_COMMIT='{commit}'\n")));
-    assert!(script.contains(&format!("export DROPSHIP_APP_ROOT='/opt/dropship/{}'\n", f.app)));
+    assert!(script.contains(&format!(
+        "export DROPSHIP_APP_ROOT='/opt/dropship/{}'\n",
+        f.app
+    )));
     let cmd = f.ssm.list_commands().command_id(id).send().await.unwrap();
     let cmd = &cmd.commands()[0];
     assert_eq!(cmd.document_name(), Some("AWS-RunShellScript"));
     assert_eq!(cmd.max_concurrency(), Some("2"));
     assert_eq!(cmd.max_errors(), Some("0"));
     let comment = cmd.comment().unwrap_or_default();
-    assert!(comment.contains(&f.app) && comment.contains(&version) && comment.contains(&commit[..12]), "{comment}");
-    assert_eq!(cmd.parameters().unwrap()["executionTimeout"], vec!["1800".to_owned()]);
+    assert!(
+        comment.contains(&f.app) && comment.contains(&version) && comment.contains(&commit[..12]),
+        "{comment}"
+    );
+    assert_eq!(
+        cmd.parameters().unwrap()["executionTimeout"],
+        vec!["1800".to_owned()]
+    );
     // moto lists every instance of the region as targets (a quirk): ours must be among them.
     for t in &targets {
         assert!(cmd.instance_ids().contains(t));
     }
 
     // The presigned URL in the header downloads exactly this version's bytes.
-    let url_line = script.lines().find(|l| l.starts_with("export DROPSHIP_BUNDLE_URL=")).unwrap();
-    let url = url_line.trim_start_matches("export DROPSHIP_BUNDLE_URL='").trim_end_matches('\'');
+    let url_line = script
+        .lines()
+        .find(|l| l.starts_with("export DROPSHIP_BUNDLE_URL="))
+        .unwrap();
+    let url = url_line
+        .trim_start_matches("export DROPSHIP_BUNDLE_URL='")
+        .trim_end_matches('\'');
     assert!(url.contains("versionId="), "{url}");
-    let sha_line = script.lines().find(|l| l.starts_with("export DROPSHIP_SHA256=")).unwrap();
-    let out = std::process::Command::new("curl").args(["-fsS", url]).output().unwrap();
+    let sha_line = script
+        .lines()
+        .find(|l| l.starts_with("export DROPSHIP_SHA256="))
+        .unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-fsS", url])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(sha_line.contains(&sha256_hex(&out.stdout)));
 }
@@ -268,11 +368,17 @@ async fn a_repeated_event_sends_one_command() {
     let second = handle(&d, &event).await.unwrap();
     assert_eq!(second.outcome, Outcome::SkippedDuplicate);
     assert!(second.reason.unwrap().contains("already handled"));
-    assert_eq!(second.command_ids, first.command_ids, "the duplicate reports the original command");
+    assert_eq!(
+        second.command_ids, first.command_ids,
+        "the duplicate reports the original command"
+    );
     // Also a copy of the event delivered with another EventBridge id (at-least-once).
     let mut again = event.clone();
     again["id"] = json!("another-delivery");
-    assert_eq!(handle(&d, &again).await.unwrap().outcome, Outcome::SkippedDuplicate);
+    assert_eq!(
+        handle(&d, &again).await.unwrap().outcome,
+        Outcome::SkippedDuplicate
+    );
     assert_eq!(f.commands().await.len(), 1, "exactly one SSM command");
     assert_eq!(f.record(&version).await.unwrap().attempts, 1);
 }
@@ -285,13 +391,23 @@ async fn an_event_older_than_the_newest_dispatched_is_skipped() {
     let (v2, _) = f.upload_real_bundle("v2").await;
     let d = f.deployer().await;
     // v2's event arrives first; v1's (older sequencer, different length) after it.
-    assert_eq!(handle(&d, &f.event(&v2, "0055AED6DCD90281E6")).await.unwrap().outcome, Outcome::Dispatched);
-    let res = handle(&d, &f.event(&v1, "0055AED6DCD90281E5FF")).await.unwrap();
+    assert_eq!(
+        handle(&d, &f.event(&v2, "0055AED6DCD90281E6"))
+            .await
+            .unwrap()
+            .outcome,
+        Outcome::Dispatched
+    );
+    let res = handle(&d, &f.event(&v1, "0055AED6DCD90281E5FF"))
+        .await
+        .unwrap();
     assert_eq!(res.outcome, Outcome::SkippedStale, "{res:?}");
     assert!(res.reason.as_deref().unwrap().contains(&v2));
     let commands = f.commands().await;
     assert_eq!(commands.len(), 1);
-    assert!(commands[0].1.contains(&format!("DROPSHIP_VERSION_ID='{v2}'")));
+    assert!(commands[0]
+        .1
+        .contains(&format!("DROPSHIP_VERSION_ID='{v2}'")));
     assert_eq!(f.record(&v1).await.unwrap().outcome, Outcome::SkippedStale);
     // An operator can still redeploy the old version on purpose.
     let direct = json!({"bucket": f.bucket, "key": f.key(), "version_id": v1});
@@ -299,7 +415,10 @@ async fn an_event_older_than_the_newest_dispatched_is_skipped() {
     assert_eq!(res.outcome, Outcome::Dispatched, "{res:?}");
     let commands = f.commands().await;
     assert_eq!(commands.len(), 2);
-    assert!(commands.iter().any(|(_, s)| s.contains(&format!("DROPSHIP_VERSION_ID='{v1}'")) && s.contains("DROPSHIP_SEQUENCER=''")));
+    assert!(commands
+        .iter()
+        .any(|(_, s)| s.contains(&format!("DROPSHIP_VERSION_ID='{v1}'"))
+            && s.contains("DROPSHIP_SEQUENCER=''")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,11 +428,18 @@ async fn no_running_target_means_no_command_and_a_recorded_reason() {
     let d = f.deployer().await;
     let res = handle(&d, &f.event(&version, "01")).await.unwrap();
     assert_eq!(res.outcome, Outcome::NoTargets);
-    assert!(res.reason.as_deref().unwrap().contains(&format!("dropship:app={}", f.app)));
+    assert!(res
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains(&format!("dropship:app={}", f.app)));
     assert!(f.commands().await.is_empty());
     let record = f.record(&version).await.unwrap();
     assert_eq!(record.outcome, Outcome::NoTargets);
-    assert!(record.verification.unwrap().ok, "verified before looking for targets");
+    assert!(
+        record.verification.unwrap().ok,
+        "verified before looking for targets"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -328,11 +454,23 @@ struct Entry {
 }
 
 fn entry(path: &'static str, data: &[u8]) -> Entry {
-    Entry { path, kind: b'0', mode: 0o644, data: data.to_vec(), link: "" }
+    Entry {
+        path,
+        kind: b'0',
+        mode: 0o644,
+        data: data.to_vec(),
+        link: "",
+    }
 }
 
 fn special(path: &'static str, kind: u8, link: &'static str) -> Entry {
-    Entry { path, kind, mode: 0o644, data: vec![], link }
+    Entry {
+        path,
+        kind,
+        mode: 0o644,
+        data: vec![],
+        link,
+    }
 }
 
 /// A ustar archive written byte by byte, so any name or type can be stored.
@@ -393,7 +531,11 @@ fn manifest_bytes(app: &str, env: &str, rest: &[Entry]) -> Vec<u8> {
         dirty: false,
         message: "test release".into(),
         files: rest.len() as u64,
-        bytes: rest.iter().filter(|e| e.kind == b'0').map(|e| e.data.len() as u64).sum(),
+        bytes: rest
+            .iter()
+            .filter(|e| e.kind == b'0')
+            .map(|e| e.data.len() as u64)
+            .sum(),
         deploy: DeploySettings::default(),
     }
     .to_bytes()
@@ -401,7 +543,13 @@ fn manifest_bytes(app: &str, env: &str, rest: &[Entry]) -> Vec<u8> {
 
 /// A bundle with a correct manifest followed by `rest`.
 fn hostile_bundle(app: &str, rest: Vec<Entry>) -> Vec<u8> {
-    let mut all = vec![Entry { path: ".dropship/manifest.json", kind: b'0', mode: 0o644, data: manifest_bytes(app, ENV, &rest), link: "" }];
+    let mut all = vec![Entry {
+        path: ".dropship/manifest.json",
+        kind: b'0',
+        mode: 0o644,
+        data: manifest_bytes(app, ENV, &rest),
+        link: "",
+    }];
     all.extend(rest);
     gzip(&ustar(&all))
 }
@@ -413,44 +561,159 @@ async fn every_hostile_bundle_is_rejected_with_its_reason_and_nothing_is_sent() 
     let d = f.deployer().await;
     let app = f.app.clone();
     let compose = || entry("compose.yaml", b"services: {}\n");
-    type Case = (&'static str, Vec<u8>, Box<dyn Fn(&mut ObjectMetadata)>, &'static str);
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        Box<dyn Fn(&mut ObjectMetadata)>,
+        &'static str,
+    );
     let keep = || -> Box<dyn Fn(&mut ObjectMetadata)> { Box::new(|_| {}) };
     let cases: Vec<Case> = vec![
-        ("parent path", hostile_bundle(&app, vec![compose(), entry("../x", b"x")]), keep(), "'..'"),
-        ("absolute path", hostile_bundle(&app, vec![compose(), entry("/etc/x", b"x")]), keep(), "absolute"),
-        ("symlink to / then through it", hostile_bundle(&app, vec![compose(), special("link", b'2', "/"), entry("link/file", b"x")]), keep(), "\"link\""),
-        ("symlink inside then through it", hostile_bundle(&app, vec![compose(), special("link", b'2', "."), entry("link/file", b"x")]), keep(), "beneath symlink"),
-        ("hardlink", hostile_bundle(&app, vec![compose(), special("hard", b'1', "compose.yaml")]), keep(), "hardlink"),
-        ("char device", hostile_bundle(&app, vec![compose(), special("dev", b'3', "")]), keep(), "character device"),
-        ("fifo", hostile_bundle(&app, vec![compose(), special("fifo", b'6', "")]), keep(), "FIFO"),
-        ("setuid", hostile_bundle(&app, vec![compose(), Entry { mode: 0o4755, ..entry("suid", b"x") }]), keep(), "setuid"),
-        ("sha mismatch", hostile_bundle(&app, vec![compose()]), Box::new(|m| m.sha256 = "0".repeat(64)), "SHA-256"),
-        ("missing manifest", gzip(&ustar(&[compose()])), keep(), "no manifest"),
-        ("metadata app differs from key", hostile_bundle(&app, vec![compose()]), Box::new(|m| m.app = "other-app".into()), "metadata app"),
-        ("metadata env differs from key", hostile_bundle(&app, vec![compose()]), Box::new(|m| m.env = "prod".into()), "metadata env"),
-        ("manifest env differs from metadata", {
-            let rest = vec![compose()];
-            let mut all = vec![Entry { path: ".dropship/manifest.json", kind: b'0', mode: 0o644, data: manifest_bytes(&app, "prod", &rest), link: "" }];
-            all.extend(rest);
-            gzip(&ustar(&all))
-        }, keep(), "manifest field env"),
+        (
+            "parent path",
+            hostile_bundle(&app, vec![compose(), entry("../x", b"x")]),
+            keep(),
+            "'..'",
+        ),
+        (
+            "absolute path",
+            hostile_bundle(&app, vec![compose(), entry("/etc/x", b"x")]),
+            keep(),
+            "absolute",
+        ),
+        (
+            "symlink to / then through it",
+            hostile_bundle(
+                &app,
+                vec![
+                    compose(),
+                    special("link", b'2', "/"),
+                    entry("link/file", b"x"),
+                ],
+            ),
+            keep(),
+            "\"link\"",
+        ),
+        (
+            "symlink inside then through it",
+            hostile_bundle(
+                &app,
+                vec![
+                    compose(),
+                    special("link", b'2', "."),
+                    entry("link/file", b"x"),
+                ],
+            ),
+            keep(),
+            "beneath symlink",
+        ),
+        (
+            "hardlink",
+            hostile_bundle(&app, vec![compose(), special("hard", b'1', "compose.yaml")]),
+            keep(),
+            "hardlink",
+        ),
+        (
+            "char device",
+            hostile_bundle(&app, vec![compose(), special("dev", b'3', "")]),
+            keep(),
+            "character device",
+        ),
+        (
+            "fifo",
+            hostile_bundle(&app, vec![compose(), special("fifo", b'6', "")]),
+            keep(),
+            "FIFO",
+        ),
+        (
+            "setuid",
+            hostile_bundle(
+                &app,
+                vec![
+                    compose(),
+                    Entry {
+                        mode: 0o4755,
+                        ..entry("suid", b"x")
+                    },
+                ],
+            ),
+            keep(),
+            "setuid",
+        ),
+        (
+            "sha mismatch",
+            hostile_bundle(&app, vec![compose()]),
+            Box::new(|m| m.sha256 = "0".repeat(64)),
+            "SHA-256",
+        ),
+        (
+            "missing manifest",
+            gzip(&ustar(&[compose()])),
+            keep(),
+            "no manifest",
+        ),
+        (
+            "metadata app differs from key",
+            hostile_bundle(&app, vec![compose()]),
+            Box::new(|m| m.app = "other-app".into()),
+            "metadata app",
+        ),
+        (
+            "metadata env differs from key",
+            hostile_bundle(&app, vec![compose()]),
+            Box::new(|m| m.env = "prod".into()),
+            "metadata env",
+        ),
+        (
+            "manifest env differs from metadata",
+            {
+                let rest = vec![compose()];
+                let mut all = vec![Entry {
+                    path: ".dropship/manifest.json",
+                    kind: b'0',
+                    mode: 0o644,
+                    data: manifest_bytes(&app, "prod", &rest),
+                    link: "",
+                }];
+                all.extend(rest);
+                gzip(&ustar(&all))
+            },
+            keep(),
+            "manifest field env",
+        ),
     ];
     for (i, (name, bytes, tweak, reason)) in cases.into_iter().enumerate() {
         let mut meta = f.metadata(COMMIT, &sha256_hex(&bytes));
         tweak(&mut meta);
         let version = f.upload(bytes, &meta).await;
-        let res = handle(&d, &f.event(&version, &format!("{:02X}", i + 1))).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let res = handle(&d, &f.event(&version, &format!("{:02X}", i + 1)))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(res.outcome, Outcome::Rejected, "{name}: {res:?}");
         let why = res.reason.clone().unwrap_or_default();
-        assert!(why.contains(reason), "{name}: reason {why:?} should mention {reason:?}");
-        assert!(why.contains(&version), "{name}: reason names the version: {why}");
-        let record = f.record(&version).await.unwrap_or_else(|| panic!("{name}: record"));
+        assert!(
+            why.contains(reason),
+            "{name}: reason {why:?} should mention {reason:?}"
+        );
+        assert!(
+            why.contains(&version),
+            "{name}: reason names the version: {why}"
+        );
+        let record = f
+            .record(&version)
+            .await
+            .unwrap_or_else(|| panic!("{name}: record"));
         assert_eq!(record.outcome, Outcome::Rejected, "{name}");
         assert_eq!(record.reason.as_deref(), Some(why.as_str()));
-        assert!(record.commands.is_empty() && record.targets.is_empty(), "{name}");
+        assert!(
+            record.commands.is_empty() && record.targets.is_empty(),
+            "{name}"
+        );
         assert!(f.commands().await.is_empty(), "{name}: a command was sent");
         // A repeat of the event does not retry a rejected bundle.
-        let again = handle(&d, &f.event(&version, &format!("{:02X}", i + 1))).await.unwrap();
+        let again = handle(&d, &f.event(&version, &format!("{:02X}", i + 1)))
+            .await
+            .unwrap();
         assert_eq!(again.outcome, Outcome::SkippedDuplicate, "{name}");
     }
 }
@@ -461,7 +724,9 @@ async fn a_missing_version_fails_closed() {
     f.instances(&f.app, ENV, 1).await;
     let (_real, _) = f.upload_real_bundle("x").await;
     let d = f.deployer().await;
-    let res = handle(&d, &f.event("no-such-version-id", "05")).await.unwrap();
+    let res = handle(&d, &f.event("no-such-version-id", "05"))
+        .await
+        .unwrap();
     assert_eq!(res.outcome, Outcome::Rejected);
     assert!(res.reason.unwrap().contains("does not exist"));
     assert!(f.commands().await.is_empty());
@@ -474,13 +739,31 @@ async fn malformed_and_foreign_events_change_nothing() {
     let (version, _) = f.upload_real_bundle("x").await;
     let d = f.deployer().await;
     let mut malformed = f.event(&version, "01");
-    malformed["detail"]["object"].as_object_mut().unwrap().remove("version-id");
+    malformed["detail"]["object"]
+        .as_object_mut()
+        .unwrap()
+        .remove("version-id");
     let err = handle(&d, &malformed).await.unwrap_err();
     assert!(matches!(err, HandlerError::Event(_)));
-    assert!(err.to_string().contains("detail.object.version-id"), "{err}");
+    assert!(
+        err.to_string().contains("detail.object.version-id"),
+        "{err}"
+    );
     // Foreign: another bucket, a non-release key, a delete marker.
-    let other_bucket = event_for("someone-elses-bucket", &f.key(), &version, "01", "PutObject");
-    let foreign_key = event_for(&f.bucket, &format!("releases/{}/notes.txt", f.app), &version, "01", "PutObject");
+    let other_bucket = event_for(
+        "someone-elses-bucket",
+        &f.key(),
+        &version,
+        "01",
+        "PutObject",
+    );
+    let foreign_key = event_for(
+        &f.bucket,
+        &format!("releases/{}/notes.txt", f.app),
+        &version,
+        "01",
+        "PutObject",
+    );
     let mut deleted = f.event(&version, "02");
     deleted["detail-type"] = json!("Object Deleted");
     deleted["detail"]["deletion-type"] = json!("Delete Marker Created");
@@ -499,7 +782,18 @@ async fn keys_with_url_encoding_are_decoded_for_every_reason() {
     let (version, _) = f.upload_real_bundle("enc").await;
     let d = f.deployer().await;
     let encoded = f.key().replace('/', "%2F");
-    let res = handle(&d, &event_for(&f.bucket, &encoded, &version, "0A", "CompleteMultipartUpload")).await.unwrap();
+    let res = handle(
+        &d,
+        &event_for(
+            &f.bucket,
+            &encoded,
+            &version,
+            "0A",
+            "CompleteMultipartUpload",
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(res.outcome, Outcome::Dispatched, "{res:?}");
     assert_eq!(res.key.as_deref(), Some(f.key().as_str()));
 }
@@ -508,9 +802,22 @@ async fn keys_with_url_encoding_are_decoded_for_every_reason() {
 // The built binary, run as a Lambda through the Runtime API.
 
 fn process_env(f: &Fixture) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = f.env_vars().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    for k in ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"] {
-        env.push((k.to_owned(), std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set (scripts/test)"))));
+    let mut env: Vec<(String, String)> = f
+        .env_vars()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    for k in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+    ] {
+        env.push((
+            k.to_owned(),
+            std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set (scripts/test)")),
+        ));
     }
     env
 }
@@ -529,10 +836,14 @@ async fn the_binary_runs_as_a_lambda_through_the_runtime_api() {
     let bucket = f.bucket.clone();
     let (init, first, second, malformed) = tokio::task::spawn_blocking(move || {
         let mut lambda = LambdaProcess::start(&borrowed(&env));
-        let init = lambda.wait_ready(Duration::from_secs(30)).expect("function initialised");
+        let init = lambda
+            .wait_ready(Duration::from_secs(30))
+            .expect("function initialised");
         let first = lambda.invoke(&event).expect("first invocation succeeds");
         let second = lambda.invoke(&event).expect("second invocation succeeds");
-        let malformed = lambda.invoke(&json!({"bucket": bucket, "key": "releases/x/y.tar.gz"})).unwrap_err();
+        let malformed = lambda
+            .invoke(&json!({"bucket": bucket, "key": "releases/x/y.tar.gz"}))
+            .unwrap_err();
         (init, first, second, malformed)
     })
     .await
@@ -542,17 +853,34 @@ async fn the_binary_runs_as_a_lambda_through_the_runtime_api() {
     assert_eq!(first["targets"], json!(targets));
     assert_eq!(second["outcome"], "skipped_duplicate", "{second}");
     assert_eq!(malformed["errorType"], "MalformedEvent", "{malformed}");
-    assert!(malformed["errorMessage"].as_str().unwrap().contains("version_id"), "{malformed}");
+    assert!(
+        malformed["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("version_id"),
+        "{malformed}"
+    );
     assert_eq!(f.commands().await.len(), 1);
 }
 
 #[test]
 fn invalid_configuration_fails_at_cold_start_naming_the_variable() {
-    let mut lambda = LambdaProcess::start(&[("DROPSHIP_ALLOWED_BUCKETS", "rel"), ("DROPSHIP_MAX_CONCURRENCY", "0")]);
+    let mut lambda = LambdaProcess::start(&[
+        ("DROPSHIP_ALLOWED_BUCKETS", "rel"),
+        ("DROPSHIP_MAX_CONCURRENCY", "0"),
+    ]);
     let err = lambda.wait_ready(Duration::from_secs(30)).unwrap_err();
     let message = err["errorMessage"].as_str().unwrap_or_default().to_owned();
-    assert!(message.contains("DROPSHIP_MAX_CONCURRENCY") && message.contains("\"0\""), "{err}");
-    let status = lambda.wait_exit(Duration::from_secs(10)).expect("the process exits");
+    assert!(
+        message.contains("DROPSHIP_MAX_CONCURRENCY") && message.contains("\"0\""),
+        "{err}"
+    );
+    let status = lambda
+        .wait_exit(Duration::from_secs(10))
+        .expect("the process exits");
     assert!(!status.success());
-    assert!(lambda.init_error().is_some(), "reported through /init/error");
+    assert!(
+        lambda.init_error().is_some(),
+        "reported through /init/error"
+    );
 }
