@@ -7,4 +7,5 @@ pub mod host;
 pub mod http;
 pub mod lambda_rt;
 pub mod moto;
+pub mod pipeline;
 pub mod repo;

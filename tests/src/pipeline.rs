@@ -1,0 +1,1 @@
+//! The whole pipeline on this machine (placeholder; filled in by the next commit).
