@@ -221,6 +221,7 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
                 UploadError::Bundle(b) => bundle_code(b),
                 UploadError::S3(s) => s3_code(s),
                 UploadError::TreeChanged { .. } => 6,
+                UploadError::MultipartAborted { cause, .. } => s3_code(cause),
                 UploadError::Internal(_) => 1,
             };
         }

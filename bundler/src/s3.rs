@@ -23,7 +23,7 @@ pub enum S3Error {
     BucketMissing { bucket: String },
     #[error("bucket {bucket:?} has versioning {status}: rollback depends on object versions; enable it with `aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled`")]
     VersioningDisabled { bucket: String, status: String },
-    #[error("access denied for {action} on bucket {bucket:?}: attach the uploader policy from infra/ to these credentials ({detail})")]
+    #[error("access denied for {action} (IAM action {}) on bucket {bucket:?}: attach the uploader policy from infra/ to these credentials ({detail})", iam_action(action))]
     AccessDenied {
         bucket: String,
         action: &'static str,
@@ -44,13 +44,30 @@ impl S3Error {
     }
 }
 
+/// The IAM action that authorises an S3 API call, for access-denied messages.
+pub fn iam_action(api_call: &str) -> &'static str {
+    match api_call {
+        "GetBucketVersioning" => "s3:GetBucketVersioning",
+        "AbortMultipartUpload" => "s3:AbortMultipartUpload",
+        "ListObjectVersions" => "s3:ListBucketVersions",
+        "ListObjectsV2" => "s3:ListBucket",
+        "HeadObject" | "GetObject" => "s3:GetObject or s3:GetObjectVersion",
+        _ => "s3:PutObject",
+    }
+}
+
 /// Maps an SDK error to what the user must do.
 pub fn classify<E, R>(err: SdkError<E, R>, bucket: &str, action: &'static str) -> S3Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let detail = DisplayErrorContext(&err).to_string();
+    // The service's own code and message when it answered; otherwise the transport's story.
+    let detail = match (err.code(), err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_string(),
+        _ => DisplayErrorContext(&err).to_string(),
+    };
     let code = err.code().unwrap_or_default().to_string();
     match code.as_str() {
         "NoSuchBucket" => return S3Error::BucketMissing { bucket: bucket.into() },

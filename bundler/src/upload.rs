@@ -33,6 +33,13 @@ pub enum UploadError {
     S3(#[from] S3Error),
     #[error("the working tree changed while uploading (first pass sha256 {first}, second {second}); the multipart upload was aborted and no version was created; retry when nothing writes to the tree")]
     TreeChanged { first: String, second: String },
+    #[error("{cause}; the multipart upload was aborted{abort_note} and no version was created")]
+    MultipartAborted {
+        cause: S3Error,
+        /// Empty when the abort succeeded; otherwise why it failed (S3's lifecycle rule from
+        /// infra/ removes the leftover parts).
+        abort_note: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -144,11 +151,19 @@ async fn multipart(
         (Ok(_), Ok(Err(e))) => Err(e.into()),
         (Ok(_), Err(e)) => Err(e),
     };
-    if outcome.is_err() {
-        // Best effort: the original error is what the user needs to see.
-        if let Err(abort) = bucket.abort_multipart(key, &upload_id).await {
-            tracing::warn!(%abort, upload_id, "could not abort multipart upload; S3 lifecycle will remove it");
+    let Err(err) = outcome else {
+        return outcome;
+    };
+    // The original error is what the user needs to see; the abort is reported beside it.
+    let abort_note = match bucket.abort_multipart(key, &upload_id).await {
+        Ok(()) => String::new(),
+        Err(abort) => {
+            tracing::warn!(%abort, upload_id, "could not abort multipart upload");
+            format!(" (abort failed: {abort}; the bucket's lifecycle rule removes the parts)")
         }
-    }
-    outcome
+    };
+    Err(match err {
+        UploadError::S3(cause) => UploadError::MultipartAborted { cause, abort_note },
+        other => other,
+    })
 }

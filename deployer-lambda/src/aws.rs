@@ -86,9 +86,15 @@ fn object_url(bucket: &str, key: &str, version_id: &str) -> String {
 impl Clients {
     /// Clients from one SDK configuration. Path-style S3 addressing is used when an endpoint
     /// override is configured (a local emulator); real S3 keeps virtual-host style.
+    /// The SDK's own response-checksum validation is left to when S3 requires it: every
+    /// bundle byte is already hashed by the verifier and compared with the metadata's
+    /// SHA-256, a stronger check, and moto reports a part's checksum for multipart objects.
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
         let s3_conf = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(sdk.endpoint_url().is_some())
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
             .build();
         Self {
             s3: aws_sdk_s3::Client::from_conf(s3_conf),

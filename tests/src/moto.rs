@@ -22,10 +22,14 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
-/// An S3 client with path-style addressing (moto serves every bucket on one host).
+/// An S3 client with path-style addressing (moto serves every bucket on one host). Response
+/// checksums are validated only when required: moto answers a multipart object with one
+/// part's SHA-256 where S3 gives a composite `…-N` value; suites compare full SHA-256s
+/// themselves.
 pub async fn s3() -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::from(&sdk_config().await)
         .force_path_style(true)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
