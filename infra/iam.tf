@@ -52,6 +52,15 @@ data "aws_iam_policy_document" "lambda" {
     resources = ["${local.bucket_arn}/${local.records_prefix}*"]
   }
 
+  # Without s3:ListBucket, S3 answers 403 instead of 404 for a record that does not exist
+  # yet, and the first deploy of every version would fail. A GET of a missing key carries no
+  # s3:prefix, so this grant cannot be narrowed with a prefix condition.
+  statement {
+    sid       = "MissingRecordsAre404"
+    actions   = ["s3:ListBucket"]
+    resources = [local.bucket_arn]
+  }
+
   statement {
     sid       = "FindTargetInstances"
     actions   = ["ec2:DescribeInstances"]

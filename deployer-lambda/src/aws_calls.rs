@@ -41,6 +41,11 @@ pub const CALLS: &[AwsCall] = &[
         why: "read the deploy record and the latest-dispatched pointer",
     },
     AwsCall {
+        operation: "s3:GetObject (a record not written yet)",
+        iam_action: "s3:ListBucket",
+        why: "S3 answers 404 rather than 403 for a missing key only with s3:ListBucket; the first event of every version reads a record that does not exist yet",
+    },
+    AwsCall {
         operation: "s3:PutObject (If-None-Match / If-Match)",
         iam_action: "s3:PutObject",
         why: "claim a version and write its deploy record and the latest pointer",
@@ -67,6 +72,7 @@ pub const IAM_ACTIONS: &[&str] = &[
     "s3:GetObject",
     "s3:GetObjectVersion",
     "s3:PutObject",
+    "s3:ListBucket",
     "ec2:DescribeInstances",
     "ssm:SendCommand",
     "ssm:ListCommands",
