@@ -26,8 +26,13 @@ pub struct FileFacts {
 /// The on-disk facts the plan needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FactKind {
-    File { size: u64, executable: bool },
-    Symlink { target: Vec<u8> },
+    File {
+        size: u64,
+        executable: bool,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// Listed by git but gone or unreadable on disk.
     Missing(String),
 }
@@ -120,7 +125,9 @@ pub fn plan(facts: &[FileFacts], options: &PlanOptions) -> Result<BundlePlan, Re
             continue;
         }
         if path == DROPSHIP_DIR || path.starts_with(&format!("{DROPSHIP_DIR}/")) {
-            offenders.push(format!("{path}: {DROPSHIP_DIR}/ is reserved for the bundle manifest; rename or exclude it"));
+            offenders.push(format!(
+                "{path}: {DROPSHIP_DIR}/ is reserved for the bundle manifest; rename or exclude it"
+            ));
             continue;
         }
         if looks_like_secret(path) && !options.allowed_secrets.iter().any(|a| a == path) {
@@ -158,7 +165,8 @@ pub fn plan(facts: &[FileFacts], options: &PlanOptions) -> Result<BundlePlan, Re
     for path in files.keys() {
         let mut rest = path.as_str();
         while let Some((parent, _)) = rest.rsplit_once('/') {
-            all.entry(parent.to_string()).or_insert(PlannedKind::Directory);
+            all.entry(parent.to_string())
+                .or_insert(PlannedKind::Directory);
             rest = parent;
         }
     }
@@ -176,7 +184,9 @@ pub fn plan(facts: &[FileFacts], options: &PlanOptions) -> Result<BundlePlan, Re
         let (entry_kind, size, mode, target) = match &kind {
             PlannedKind::Directory => (EntryKind::Directory, 0, 0o755, None),
             PlannedKind::File { size, .. } => (EntryKind::File, *size, 0o644, None),
-            PlannedKind::Symlink { target } => (EntryKind::Symlink, 0, 0o777, Some(target.as_slice())),
+            PlannedKind::Symlink { target } => {
+                (EntryKind::Symlink, 0, 0o777, Some(target.as_slice()))
+            }
         };
         let facts = EntryFacts {
             path: path.as_bytes(),
@@ -341,11 +351,15 @@ mod tests {
             file("big.bin", 5000),
             FileFacts {
                 path: b"up".to_vec(),
-                kind: FactKind::Symlink { target: b"../../etc".to_vec() },
+                kind: FactKind::Symlink {
+                    target: b"../../etc".to_vec(),
+                },
             },
             FileFacts {
                 path: b"abs".to_vec(),
-                kind: FactKind::Symlink { target: b"/etc/passwd".to_vec() },
+                kind: FactKind::Symlink {
+                    target: b"/etc/passwd".to_vec(),
+                },
             },
             file(".dropship/manifest.json", 1),
             file("ok.txt", 1),
@@ -353,14 +367,25 @@ mod tests {
         let err = plan(&facts, &options()).unwrap_err();
         assert_eq!(err.offenders.len(), 6, "{err}");
         let text = err.to_string();
-        for needle in [".env", "--allow-secret certs/tls.pem", "big.bin", "\"up\"", "\"abs\"", "reserved"] {
+        for needle in [
+            ".env",
+            "--allow-secret certs/tls.pem",
+            "big.bin",
+            "\"up\"",
+            "\"abs\"",
+            "reserved",
+        ] {
             assert!(text.contains(needle), "{text} lacks {needle}");
         }
     }
 
     #[test]
     fn excludes_and_allowed_secrets() {
-        let facts = vec![file("docs/a.md", 1), file("config/dev.pem", 1), file("app.py", 1)];
+        let facts = vec![
+            file("docs/a.md", 1),
+            file("config/dev.pem", 1),
+            file("app.py", 1),
+        ];
         let opts = PlanOptions {
             excludes: vec!["docs/**".into()],
             allowed_secrets: vec!["config/dev.pem".into()],

@@ -105,16 +105,20 @@ impl Config {
             key,
             message,
         };
-        let app = over.app.or(file.app).ok_or_else(|| ConfigError::MissingValue {
-            what: "app name",
-            key: "app",
-            env_var: "DROPSHIP_APP",
-            flag: "--app",
-            path: path.to_path_buf(),
-        })?;
+        let app = over
+            .app
+            .or(file.app)
+            .ok_or_else(|| ConfigError::MissingValue {
+                what: "app name",
+                key: "app",
+                env_var: "DROPSHIP_APP",
+                flag: "--app",
+                path: path.to_path_buf(),
+            })?;
         validate_name("app", &app).map_err(|e| invalid("app", e.to_string()))?;
         for env in &file.environments {
-            validate_name("environment", env).map_err(|e| invalid("environments", e.to_string()))?;
+            validate_name("environment", env)
+                .map_err(|e| invalid("environments", e.to_string()))?;
         }
         let env = over
             .env
@@ -136,13 +140,19 @@ impl Config {
                 ),
             ));
         }
-        let key = ReleaseKey::new(&app, &env).map_err(|e| invalid("environments", e.to_string()))?;
+        let key =
+            ReleaseKey::new(&app, &env).map_err(|e| invalid("environments", e.to_string()))?;
         let bucket = over.bucket.or(file.bucket);
         if let Some(b) = &bucket {
             let ok = (3..=63).contains(&b.len())
-                && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+                && b.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'
+                });
             if !ok {
-                return Err(invalid("bucket", format!("{b:?} is not a valid S3 bucket name")));
+                return Err(invalid(
+                    "bucket",
+                    format!("{b:?} is not a valid S3 bucket name"),
+                ));
             }
         }
         let max_file_bytes = over
@@ -190,10 +200,17 @@ mod tests {
         let c = resolve(text, Overrides::default()).unwrap();
         assert_eq!(c.key.object_key(), "releases/shop/staging.tar.gz");
         assert_eq!(c.bucket.as_deref(), Some("artifacts"));
-        assert_eq!(c.deploy.health_url.as_deref(), Some("http://127.0.0.1:8080/health"));
+        assert_eq!(
+            c.deploy.health_url.as_deref(),
+            Some("http://127.0.0.1:8080/health")
+        );
         let c = resolve(
             text,
-            Overrides { env: Some("prod".into()), bucket: Some("other".into()), ..Default::default() },
+            Overrides {
+                env: Some("prod".into()),
+                bucket: Some("other".into()),
+                ..Default::default()
+            },
         )
         .unwrap();
         assert_eq!(c.key.env(), "prod");
@@ -204,8 +221,15 @@ mod tests {
     fn unknown_keys_name_the_file_and_key() {
         let err = resolve("app = \"shop\"\nbuckett = \"x\"\n", Overrides::default()).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("dropship.toml") && msg.contains("buckett"), "{msg}");
-        let err = resolve("app = \"shop\"\n[deploy]\ncompose = \"x\"\n", Overrides::default()).unwrap_err();
+        assert!(
+            msg.contains("dropship.toml") && msg.contains("buckett"),
+            "{msg}"
+        );
+        let err = resolve(
+            "app = \"shop\"\n[deploy]\ncompose = \"x\"\n",
+            Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("compose"), "{err}");
     }
 
@@ -213,25 +237,53 @@ mod tests {
     fn invalid_values_name_the_key() {
         let cases = [
             ("app = \"Shop\"\ndefault_env = \"a\"\n", "`app`"),
-            ("app = \"shop\"\nenvironments = [\"a\"]\ndefault_env = \"b\"\n", "`environments`"),
-            ("app = \"shop\"\ndefault_env = \"a\"\nbucket = \"UP\"\n", "`bucket`"),
-            ("app = \"shop\"\ndefault_env = \"a\"\nexcludes = [\"../x\"]\n", "`excludes`"),
-            ("app = \"shop\"\ndefault_env = \"a\"\n[deploy]\nkeep_releases = 1\n", "keep_releases"),
-            ("app = \"shop\"\ndefault_env = \"a\"\nmax_file_bytes = 0\n", "`max_file_bytes`"),
+            (
+                "app = \"shop\"\nenvironments = [\"a\"]\ndefault_env = \"b\"\n",
+                "`environments`",
+            ),
+            (
+                "app = \"shop\"\ndefault_env = \"a\"\nbucket = \"UP\"\n",
+                "`bucket`",
+            ),
+            (
+                "app = \"shop\"\ndefault_env = \"a\"\nexcludes = [\"../x\"]\n",
+                "`excludes`",
+            ),
+            (
+                "app = \"shop\"\ndefault_env = \"a\"\n[deploy]\nkeep_releases = 1\n",
+                "keep_releases",
+            ),
+            (
+                "app = \"shop\"\ndefault_env = \"a\"\nmax_file_bytes = 0\n",
+                "`max_file_bytes`",
+            ),
         ];
         for (text, needle) in cases {
             let msg = resolve(text, Overrides::default()).unwrap_err().to_string();
-            assert!(msg.contains(needle) && msg.contains("dropship.toml"), "{msg} lacks {needle}");
+            assert!(
+                msg.contains(needle) && msg.contains("dropship.toml"),
+                "{msg} lacks {needle}"
+            );
         }
     }
 
     #[test]
     fn missing_env_says_how_to_set_it() {
-        let msg = resolve("app = \"shop\"\nenvironments = [\"a\", \"b\"]\n", Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("--env") && msg.contains("DROPSHIP_ENV"), "{msg}");
-        let single = resolve("app = \"shop\"\nenvironments = [\"only\"]\n", Overrides::default()).unwrap();
+        let msg = resolve(
+            "app = \"shop\"\nenvironments = [\"a\", \"b\"]\n",
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("--env") && msg.contains("DROPSHIP_ENV"),
+            "{msg}"
+        );
+        let single = resolve(
+            "app = \"shop\"\nenvironments = [\"only\"]\n",
+            Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(single.key.env(), "only");
     }
 }

@@ -64,7 +64,9 @@ impl Repo {
             .output()
             .map_err(GitError::NotInstalled)?;
         if !out.status.success() {
-            return Err(GitError::NotARepo(start.canonicalize().unwrap_or_else(|_| start.to_path_buf())));
+            return Err(GitError::NotARepo(
+                start.canonicalize().unwrap_or_else(|_| start.to_path_buf()),
+            ));
         }
         let root = PathBuf::from(OsStr::from_bytes(trim_newline(&out.stdout)));
         Ok(Self { root })
@@ -172,7 +174,13 @@ impl Repo {
     /// Tracked plus untracked-but-not-ignored files as they are on disk (`--allow-dirty`).
     pub fn list_working_tree(&self) -> Result<Vec<ListedPath>, GitError> {
         use std::os::unix::fs::PermissionsExt;
-        let out = self.git(&["ls-files", "-z", "--cached", "--others", "--exclude-standard"])?;
+        let out = self.git(&[
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])?;
         let mut listed = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for path in out.split(|b| *b == 0).filter(|p| !p.is_empty()) {

@@ -62,7 +62,8 @@ impl<W: Write> ParallelGzEncoder<W> {
                         Ok(job) => job,
                         Err(_) => return,
                     };
-                    let result = deflate_block(&job.block, job.dictionary.as_deref(), level, job.last);
+                    let result =
+                        deflate_block(&job.block, job.dictionary.as_deref(), level, job.last);
                     let _ = job.reply.send(result);
                 })
             })
@@ -182,7 +183,12 @@ impl<W: Write> Drop for ParallelGzEncoder<W> {
     }
 }
 
-fn deflate_block(block: &[u8], dictionary: Option<&[u8]>, level: u32, last: bool) -> io::Result<Done> {
+fn deflate_block(
+    block: &[u8],
+    dictionary: Option<&[u8]>,
+    level: u32,
+    last: bool,
+) -> io::Result<Done> {
     let mut crc = crc32fast::Hasher::new();
     crc.update(block);
     let mut compress = Compress::new(Compression::new(level), false);
@@ -223,7 +229,9 @@ mod tests {
 
     fn gunzip(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(data).read_to_end(&mut out).unwrap();
+        flate2::read::GzDecoder::new(data)
+            .read_to_end(&mut out)
+            .unwrap();
         out
     }
 
@@ -251,7 +259,11 @@ mod tests {
     fn round_trips_through_a_standard_gzip_decoder() {
         for len in [0, 1, 32 * 1024, 100_000, 3 * DEFAULT_BLOCK_SIZE + 17] {
             let data = sample(len);
-            assert_eq!(gunzip(&encode(&data, 2, DEFAULT_BLOCK_SIZE)), data, "len {len}");
+            assert_eq!(
+                gunzip(&encode(&data, 2, DEFAULT_BLOCK_SIZE)),
+                data,
+                "len {len}"
+            );
         }
     }
 

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{BucketVersioningStatus, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    BucketVersioningStatus, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart,
+};
 use aws_sdk_s3::Client;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -30,11 +32,20 @@ pub enum S3Error {
         detail: String,
     },
     #[error("no AWS credentials found for {action}: set AWS_PROFILE (or --profile), AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run in CI with a role ({detail})")]
-    NoCredentials { action: &'static str, detail: String },
+    NoCredentials {
+        action: &'static str,
+        detail: String,
+    },
     #[error("network failure during {action}: {detail}; check connectivity and AWS_REGION/AWS_ENDPOINT_URL, then retry")]
-    Network { action: &'static str, detail: String },
+    Network {
+        action: &'static str,
+        detail: String,
+    },
     #[error("{action} failed: {detail}")]
-    Other { action: &'static str, detail: String },
+    Other {
+        action: &'static str,
+        detail: String,
+    },
 }
 
 impl S3Error {
@@ -70,7 +81,11 @@ where
     };
     let code = err.code().unwrap_or_default().to_string();
     match code.as_str() {
-        "NoSuchBucket" => return S3Error::BucketMissing { bucket: bucket.into() },
+        "NoSuchBucket" => {
+            return S3Error::BucketMissing {
+                bucket: bucket.into(),
+            }
+        }
         "AccessDenied" | "AllAccessDisabled" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
             return S3Error::AccessDenied {
                 bucket: bucket.into(),
@@ -81,11 +96,15 @@ where
         _ => {}
     }
     let lower = detail.to_ascii_lowercase();
-    if lower.contains("credential") && (lower.contains("no ") || lower.contains("provider") || lower.contains("load")) {
+    if lower.contains("credential")
+        && (lower.contains("no ") || lower.contains("provider") || lower.contains("load"))
+    {
         return S3Error::NoCredentials { action, detail };
     }
     match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => S3Error::Network { action, detail },
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            S3Error::Network { action, detail }
+        }
         SdkError::ResponseError(_) => S3Error::Network { action, detail },
         _ => S3Error::Other { action, detail },
     }
@@ -123,7 +142,9 @@ impl Bucket {
             Some(BucketVersioningStatus::Enabled) => Ok(()),
             other => Err(S3Error::VersioningDisabled {
                 bucket: self.name.clone(),
-                status: other.map(|s| s.as_str().to_lowercase()).unwrap_or_else(|| "never enabled".into()),
+                status: other
+                    .map(|s| s.as_str().to_lowercase())
+                    .unwrap_or_else(|| "never enabled".into()),
             }),
         }
     }
@@ -155,7 +176,11 @@ impl Bucket {
     }
 
     /// Starts a multipart upload carrying the final metadata.
-    pub async fn start_multipart(&self, key: &str, metadata: &BTreeMap<String, String>) -> Result<String, S3Error> {
+    pub async fn start_multipart(
+        &self,
+        key: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<String, S3Error> {
         let out = self
             .client
             .create_multipart_upload()
@@ -167,12 +192,10 @@ impl Bucket {
             .send()
             .await
             .map_err(|e| classify(e, &self.name, "CreateMultipartUpload"))?;
-        out.upload_id()
-            .map(str::to_string)
-            .ok_or(S3Error::Other {
-                action: "CreateMultipartUpload",
-                detail: "no upload id returned".into(),
-            })
+        out.upload_id().map(str::to_string).ok_or(S3Error::Other {
+            action: "CreateMultipartUpload",
+            detail: "no upload id returned".into(),
+        })
     }
 
     /// Uploads parts as they arrive, up to [`PART_CONCURRENCY`] at once; returns them in order.
@@ -189,7 +212,9 @@ impl Bucket {
             while running.len() >= PART_CONCURRENCY {
                 done.push(join_part(running.join_next().await)?);
             }
-            let Some(body) = parts.recv().await else { break };
+            let Some(body) = parts.recv().await else {
+                break;
+            };
             number += 1;
             let checksum = b64(&Sha256::digest(&body));
             let request = self
@@ -203,7 +228,10 @@ impl Bucket {
                 .body(ByteStream::from(body));
             let bucket = self.name.clone();
             running.spawn(async move {
-                let out = request.send().await.map_err(|e| classify(e, &bucket, "UploadPart"))?;
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| classify(e, &bucket, "UploadPart"))?;
                 Ok::<_, S3Error>(
                     CompletedPart::builder()
                         .part_number(number)
@@ -233,7 +261,11 @@ impl Bucket {
             .bucket(&self.name)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| classify(e, &self.name, "CompleteMultipartUpload"))?;

@@ -17,8 +17,9 @@ fn match_bytes(p: &[u8], s: &[u8]) -> bool {
         None => s.is_empty(),
         Some(b'*') if p.get(1) == Some(&b'*') => {
             let rest = p[2..].strip_prefix(b"/").unwrap_or(&p[2..]);
-            (0..=s.len()).any(|i| (i == 0 || s[i - 1] == b'/' || rest.is_empty()) && match_bytes(rest, &s[i..]))
-                || match_bytes(&p[2..], s)
+            (0..=s.len()).any(|i| {
+                (i == 0 || s[i - 1] == b'/' || rest.is_empty()) && match_bytes(rest, &s[i..])
+            }) || match_bytes(&p[2..], s)
         }
         Some(b'*') => (0..=s.len())
             .take_while(|&i| i == 0 || s[i - 1] != b'/')
@@ -81,10 +82,26 @@ mod tests {
 
     #[test]
     fn secrets_by_name() {
-        for s in [".env", "config/.env.production", "certs/server.pem", "tls.key", "home/id_rsa", "id_ed25519", ".aws/credentials", "infra/terraform.tfstate"] {
+        for s in [
+            ".env",
+            "config/.env.production",
+            "certs/server.pem",
+            "tls.key",
+            "home/id_rsa",
+            "id_ed25519",
+            ".aws/credentials",
+            "infra/terraform.tfstate",
+        ] {
             assert!(looks_like_secret(s), "{s}");
         }
-        for s in [".env.example", "deploy/.env.sample", "id_rsa.pub", "src/keys.rs", "environment.md", "monkey.txt"] {
+        for s in [
+            ".env.example",
+            "deploy/.env.sample",
+            "id_rsa.pub",
+            "src/keys.rs",
+            "environment.md",
+            "monkey.txt",
+        ] {
             assert!(!looks_like_secret(s), "{s}");
         }
     }

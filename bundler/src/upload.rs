@@ -100,7 +100,9 @@ pub async fn upload(
     })?;
     let (spill, digest) = first;
     let metadata = metadata_for(&digest)?;
-    let headers = metadata.to_headers().map_err(|e| UploadError::Internal(e.to_string()))?;
+    let headers = metadata
+        .to_headers()
+        .map_err(|e| UploadError::Internal(e.to_string()))?;
     let sha = hex::decode(&digest.sha256).map_err(|e| UploadError::Internal(e.to_string()))?;
     if let Some(body) = spill.kept {
         let uploaded = bucket.put(&key, body, &sha, &headers).await?;
@@ -131,7 +133,8 @@ async fn multipart(
     let producer_bundle = prepared.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let sink = PartSink::new(tx, tuning.part_size);
-        let (sink, digest) = producer_bundle.write_to(sink, tuning.level, tuning.threads, &mut |_, _| {})?;
+        let (sink, digest) =
+            producer_bundle.write_to(sink, tuning.level, tuning.threads, &mut |_, _| {})?;
         sink.finish().map_err(BundleError::Io)?;
         Ok::<_, BundleError>(digest)
     });
@@ -140,9 +143,10 @@ async fn multipart(
         .await
         .map_err(|e| UploadError::Internal(format!("bundling task: {e}")));
     let outcome = match (parts, produced) {
-        (Ok(parts), Ok(Ok(digest))) if digest == *expected => {
-            bucket.complete_multipart(key, &upload_id, parts).await.map_err(UploadError::from)
-        }
+        (Ok(parts), Ok(Ok(digest))) if digest == *expected => bucket
+            .complete_multipart(key, &upload_id, parts)
+            .await
+            .map_err(UploadError::from),
         (Ok(_), Ok(Ok(digest))) => Err(UploadError::TreeChanged {
             first: expected.sha256.clone(),
             second: digest.sha256,

@@ -85,10 +85,7 @@ impl ReleaseKey {
 
     /// The S3 object key every upload for this app/env goes to.
     pub fn object_key(&self) -> String {
-        format!(
-            "{RELEASES_PREFIX}{}/{}{BUNDLE_SUFFIX}",
-            self.app, self.env
-        )
+        format!("{RELEASES_PREFIX}{}/{}{BUNDLE_SUFFIX}", self.app, self.env)
     }
 
     /// Prefix under which this app/env's deploy records live.
@@ -98,7 +95,11 @@ impl ReleaseKey {
 
     /// Key of the deploy record for one object version.
     pub fn record_key(&self, version_id: &str) -> String {
-        format!("{}{}.json", self.records_prefix(), encode_version_id(version_id))
+        format!(
+            "{}{}.json",
+            self.records_prefix(),
+            encode_version_id(version_id)
+        )
     }
 
     /// Key of the pointer to the newest dispatched version (used for ordering).

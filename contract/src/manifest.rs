@@ -98,14 +98,22 @@ impl DeploySettings {
             ));
         }
         if let Some(p) = self.profiles.iter().find(|p| !is_profile_name(p)) {
-            return Err(bad("profiles", p, "profile names of letters, digits, _ . -"));
+            return Err(bad(
+                "profiles",
+                p,
+                "profile names of letters, digits, _ . -",
+            ));
         }
         if let Some(url) = &self.health_url {
             let ok = (url.starts_with("http://") || url.starts_with("https://"))
                 && url.len() <= 2048
                 && !url.bytes().any(|b| b.is_ascii_control() || b == b' ');
             if !ok {
-                return Err(bad("health_url", url, "an http:// or https:// URL without spaces"));
+                return Err(bad(
+                    "health_url",
+                    url,
+                    "an http:// or https:// URL without spaces",
+                ));
             }
         }
         if !(1..=3600).contains(&self.health_timeout_secs) {
@@ -134,7 +142,11 @@ impl DeploySettings {
         }
         if let Some(hook) = &self.pre_switch_hook {
             if !is_safe_relative_path(hook) {
-                return Err(bad("pre_switch_hook", hook, "a relative path to a script in the repository"));
+                return Err(bad(
+                    "pre_switch_hook",
+                    hook,
+                    "a relative path to a script in the repository",
+                ));
             }
         }
         Ok(())
@@ -190,15 +202,69 @@ mod tests {
     #[test]
     fn unsafe_settings_are_refused_with_the_field_named() {
         let cases: Vec<(DeploySettings, &str)> = vec![
-            (DeploySettings { compose_file: "../compose.yaml".into(), ..Default::default() }, "compose_file"),
-            (DeploySettings { compose_file: "/etc/compose.yaml".into(), ..Default::default() }, "compose_file"),
-            (DeploySettings { shared_paths: vec!["data/../../etc".into()], ..Default::default() }, "shared_paths"),
-            (DeploySettings { required_env: vec!["A B".into()], ..Default::default() }, "required_env"),
-            (DeploySettings { profiles: vec!["$(x)".into()], ..Default::default() }, "profiles"),
-            (DeploySettings { health_url: Some("file:///etc/passwd".into()), ..Default::default() }, "health_url"),
-            (DeploySettings { keep_releases: 1, ..Default::default() }, "keep_releases"),
-            (DeploySettings { health_timeout_secs: 0, ..Default::default() }, "health_timeout_secs"),
-            (DeploySettings { pre_switch_hook: Some("x/../../y".into()), ..Default::default() }, "pre_switch_hook"),
+            (
+                DeploySettings {
+                    compose_file: "../compose.yaml".into(),
+                    ..Default::default()
+                },
+                "compose_file",
+            ),
+            (
+                DeploySettings {
+                    compose_file: "/etc/compose.yaml".into(),
+                    ..Default::default()
+                },
+                "compose_file",
+            ),
+            (
+                DeploySettings {
+                    shared_paths: vec!["data/../../etc".into()],
+                    ..Default::default()
+                },
+                "shared_paths",
+            ),
+            (
+                DeploySettings {
+                    required_env: vec!["A B".into()],
+                    ..Default::default()
+                },
+                "required_env",
+            ),
+            (
+                DeploySettings {
+                    profiles: vec!["$(x)".into()],
+                    ..Default::default()
+                },
+                "profiles",
+            ),
+            (
+                DeploySettings {
+                    health_url: Some("file:///etc/passwd".into()),
+                    ..Default::default()
+                },
+                "health_url",
+            ),
+            (
+                DeploySettings {
+                    keep_releases: 1,
+                    ..Default::default()
+                },
+                "keep_releases",
+            ),
+            (
+                DeploySettings {
+                    health_timeout_secs: 0,
+                    ..Default::default()
+                },
+                "health_timeout_secs",
+            ),
+            (
+                DeploySettings {
+                    pre_switch_hook: Some("x/../../y".into()),
+                    ..Default::default()
+                },
+                "pre_switch_hook",
+            ),
         ];
         for (settings, field) in cases {
             let err = settings.validate().unwrap_err();

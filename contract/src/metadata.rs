@@ -69,7 +69,9 @@ pub struct ObjectMetadata {
 /// Why an object's metadata breaks the contract; the Lambda refuses such objects.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetadataError {
-    #[error("metadata field {0:?} is missing: upload with bundle-and-upload so every field is set")]
+    #[error(
+        "metadata field {0:?} is missing: upload with bundle-and-upload so every field is set"
+    )]
     Missing(&'static str),
     #[error("metadata field {field:?} has unsupported value {value:?}: {expected}")]
     Invalid {
@@ -86,12 +88,17 @@ pub enum MetadataError {
 /// True for a full hex commit id (SHA-1 or SHA-256 object format).
 pub fn is_full_commit(commit: &str) -> bool {
     (commit.len() == 40 || commit.len() == 64)
-        && commit.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && commit
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// True for a lower-case 64-hex SHA-256 digest.
 pub fn is_sha256_hex(value: &str) -> bool {
-    value.len() == 64 && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl ObjectMetadata {
@@ -137,9 +144,7 @@ impl ObjectMetadata {
     /// Decodes and validates metadata as S3 returns it (keys without `x-amz-meta-`).
     pub fn from_headers(headers: &HashMap<String, String>) -> Result<Self, MetadataError> {
         let get = |name: &'static str| -> Result<String, MetadataError> {
-            let raw = headers
-                .get(name)
-                .ok_or(MetadataError::Missing(name))?;
+            let raw = headers.get(name).ok_or(MetadataError::Missing(name))?;
             percent_decode(raw).ok_or_else(|| MetadataError::Invalid {
                 field: name,
                 value: raw.clone(),
@@ -306,7 +311,14 @@ mod tests {
 
     #[test]
     fn hostile_and_unicode_values_round_trip() {
-        for branch in ["feature/$(reboot)", "it's", "a|b&c", "日本語/ブランチ", "100%", "`x`\n"] {
+        for branch in [
+            "feature/$(reboot)",
+            "it's",
+            "a|b&c",
+            "日本語/ブランチ",
+            "100%",
+            "`x`\n",
+        ] {
             let mut meta = sample();
             meta.branch = branch.into();
             assert_eq!(round_trip(&meta).branch, branch);
@@ -320,13 +332,28 @@ mod tests {
         assert!(!plain.contains_key(names::RESTORED_FROM));
         let restored = sample().restored("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY");
         let headers = restored.to_headers().unwrap();
-        assert_eq!(headers[names::RESTORED_FROM], "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY");
+        assert_eq!(
+            headers[names::RESTORED_FROM],
+            "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"
+        );
         let back = round_trip(&restored);
-        assert_eq!(back.restored_from.as_deref(), Some("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"));
-        assert_eq!(ObjectMetadata { restored_from: None, ..back }, sample());
+        assert_eq!(
+            back.restored_from.as_deref(),
+            Some("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY")
+        );
+        assert_eq!(
+            ObjectMetadata {
+                restored_from: None,
+                ..back
+            },
+            sample()
+        );
         // Version ids are opaque: anything survives the encoding.
         let odd = sample().restored("a+b/c=d%e f");
-        assert_eq!(round_trip(&odd).restored_from.as_deref(), Some("a+b/c=d%e f"));
+        assert_eq!(
+            round_trip(&odd).restored_from.as_deref(),
+            Some("a+b/c=d%e f")
+        );
         // A restore of a restore names the version it copied.
         assert_eq!(restored.restored("v2").restored_from.as_deref(), Some("v2"));
         // Malformed escapes in restored-from are refused like any other field.
@@ -334,7 +361,10 @@ mod tests {
         bad.insert(names::RESTORED_FROM.into(), "%zz".into());
         assert!(matches!(
             ObjectMetadata::from_headers(&bad),
-            Err(MetadataError::Invalid { field: names::RESTORED_FROM, .. })
+            Err(MetadataError::Invalid {
+                field: names::RESTORED_FROM,
+                ..
+            })
         ));
     }
 
@@ -359,7 +389,9 @@ mod tests {
         );
         let mut short = headers.clone();
         short.insert("commit".into(), "abc123".into());
-        let err = ObjectMetadata::from_headers(&short).unwrap_err().to_string();
+        let err = ObjectMetadata::from_headers(&short)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("commit") && err.contains("abc123"), "{err}");
         let mut future = headers.clone();
         future.insert("dropship-format".into(), "2".into());

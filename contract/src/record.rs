@@ -202,7 +202,10 @@ impl DeployRecord {
 
     /// All SSM command ids, in send order.
     pub fn command_ids(&self) -> Vec<&str> {
-        self.commands.iter().map(|c| c.command_id.as_str()).collect()
+        self.commands
+            .iter()
+            .map(|c| c.command_id.as_str())
+            .collect()
     }
 
     /// Serialise for storage (pretty, trailing newline) — what `PutObject` sends.
@@ -273,7 +276,9 @@ pub enum RecordError {
     #[error("deploy record is not valid JSON for this format: {0}")]
     Json(#[from] serde_json::Error),
     /// Written by a newer dropship.
-    #[error("deploy record has format {0}, newer than {RECORD_FORMAT}: upgrade dropship to read it")]
+    #[error(
+        "deploy record has format {0}, newer than {RECORD_FORMAT}: upgrade dropship to read it"
+    )]
     NewerFormat(u32),
 }
 

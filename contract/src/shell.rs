@@ -179,7 +179,11 @@ mod tests {
             "bash failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.stderr.is_empty(), "bash wrote to stderr: {:?}", out.stderr);
+        assert!(
+            out.stderr.is_empty(),
+            "bash wrote to stderr: {:?}",
+            out.stderr
+        );
         let mut values: Vec<String> = out
             .stdout
             .split(|&b| b == 0)

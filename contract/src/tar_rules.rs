@@ -72,7 +72,9 @@ pub enum Violation {
     AbsoluteSymlink { path: String, target: String },
     #[error("entry {path:?}: symlink target {target:?} points outside the bundle")]
     EscapingSymlink { path: String, target: String },
-    #[error("entry {path:?}: it lies beneath symlink {link:?}, so writing it would follow the link")]
+    #[error(
+        "entry {path:?}: it lies beneath symlink {link:?}, so writing it would follow the link"
+    )]
     BeneathSymlink { path: String, link: String },
     #[error("entry {path:?}: appears twice")]
     Duplicate { path: String },
@@ -281,11 +283,21 @@ mod tests {
     #[test]
     fn accepts_ordinary_trees() {
         let mut c = EntryChecker::new(Limits::default());
-        c.check(&EntryFacts { kind: EntryKind::Directory, mode: 0o755, size: 0, ..file("src/") }).unwrap();
+        c.check(&EntryFacts {
+            kind: EntryKind::Directory,
+            mode: 0o755,
+            size: 0,
+            ..file("src/")
+        })
+        .unwrap();
         c.check(&file("src/main.rs")).unwrap();
         c.check(&link("src/lib.rs", "main.rs")).unwrap();
         c.check(&link("docs/up", "../src/main.rs")).unwrap();
-        c.check(&EntryFacts { mode: 0o755, ..file("run.sh") }).unwrap();
+        c.check(&EntryFacts {
+            mode: 0o755,
+            ..file("run.sh")
+        })
+        .unwrap();
         c.check(&file("ünï/cödé.txt")).unwrap();
         assert_eq!(c.entries(), 6);
         assert_eq!(c.total_bytes(), 3);
@@ -302,17 +314,65 @@ mod tests {
             (link("up", "../.."), "outside"),
             (link("root", "/"), "absolute"),
             (link("a/b", "../../x"), "outside"),
-            (EntryFacts { kind: EntryKind::Hardlink, link_target: Some(b"x"), ..file("h") }, "hardlink"),
-            (EntryFacts { kind: EntryKind::CharDevice, ..file("c") }, "character device"),
-            (EntryFacts { kind: EntryKind::BlockDevice, ..file("b") }, "block device"),
-            (EntryFacts { kind: EntryKind::Fifo, ..file("f") }, "FIFO"),
-            (EntryFacts { mode: 0o4755, ..file("suid") }, "setuid"),
-            (EntryFacts { mode: 0o2755, ..file("sgid") }, "setuid"),
-            (EntryFacts { path: b"bad\xff", ..file("x") }, "UTF-8"),
+            (
+                EntryFacts {
+                    kind: EntryKind::Hardlink,
+                    link_target: Some(b"x"),
+                    ..file("h")
+                },
+                "hardlink",
+            ),
+            (
+                EntryFacts {
+                    kind: EntryKind::CharDevice,
+                    ..file("c")
+                },
+                "character device",
+            ),
+            (
+                EntryFacts {
+                    kind: EntryKind::BlockDevice,
+                    ..file("b")
+                },
+                "block device",
+            ),
+            (
+                EntryFacts {
+                    kind: EntryKind::Fifo,
+                    ..file("f")
+                },
+                "FIFO",
+            ),
+            (
+                EntryFacts {
+                    mode: 0o4755,
+                    ..file("suid")
+                },
+                "setuid",
+            ),
+            (
+                EntryFacts {
+                    mode: 0o2755,
+                    ..file("sgid")
+                },
+                "setuid",
+            ),
+            (
+                EntryFacts {
+                    path: b"bad\xff",
+                    ..file("x")
+                },
+                "UTF-8",
+            ),
         ];
         for (entry, reason) in cases {
-            let err = EntryChecker::new(Limits::default()).check(&entry).unwrap_err();
-            assert!(err.to_string().contains(reason), "{err} should mention {reason}");
+            let err = EntryChecker::new(Limits::default())
+                .check(&entry)
+                .unwrap_err();
+            assert!(
+                err.to_string().contains(reason),
+                "{err} should mention {reason}"
+            );
         }
     }
 
@@ -326,17 +386,40 @@ mod tests {
 
     #[test]
     fn enforces_size_count_and_duplicate_limits() {
-        let limits = Limits { max_file_bytes: 10, max_total_bytes: 15, max_entries: 3 };
+        let limits = Limits {
+            max_file_bytes: 10,
+            max_total_bytes: 15,
+            max_entries: 3,
+        };
         let mut c = EntryChecker::new(limits);
-        let big = EntryFacts { size: 11, ..file("big") };
+        let big = EntryFacts {
+            size: 11,
+            ..file("big")
+        };
         assert!(matches!(c.check(&big), Err(Violation::FileTooLarge { .. })));
         let mut c = EntryChecker::new(limits);
-        c.check(&EntryFacts { size: 10, ..file("a") }).unwrap();
-        assert!(matches!(c.check(&EntryFacts { size: 10, ..file("b") }), Err(Violation::TotalTooLarge { .. })));
+        c.check(&EntryFacts {
+            size: 10,
+            ..file("a")
+        })
+        .unwrap();
+        assert!(matches!(
+            c.check(&EntryFacts {
+                size: 10,
+                ..file("b")
+            }),
+            Err(Violation::TotalTooLarge { .. })
+        ));
         let mut c = EntryChecker::new(limits);
         c.check(&file("a")).unwrap();
-        assert!(matches!(c.check(&file("a")), Err(Violation::Duplicate { .. })));
+        assert!(matches!(
+            c.check(&file("a")),
+            Err(Violation::Duplicate { .. })
+        ));
         c.check(&file("b")).unwrap();
-        assert!(matches!(c.check(&file("c")), Err(Violation::TooManyEntries { .. })));
+        assert!(matches!(
+            c.check(&file("c")),
+            Err(Violation::TooManyEntries { .. })
+        ));
     }
 }

@@ -129,9 +129,7 @@ pub enum VerifyError {
     #[error("bundle has no manifest ({MANIFEST_PATH}); build it with bundle-and-upload")]
     ManifestMissing,
     /// The manifest exists but is not the first entry.
-    #[error(
-        "bundle's first entry is {first:?}, but the manifest {MANIFEST_PATH} must come first"
-    )]
+    #[error("bundle's first entry is {first:?}, but the manifest {MANIFEST_PATH} must come first")]
     ManifestNotFirst {
         /// The actual first entry.
         first: String,
@@ -259,9 +257,7 @@ pub fn verify_bundle<R: Read>(
                 source,
             }
         } else if inner.too_large {
-            VerifyError::ObjectTooLarge {
-                limit: inner.limit,
-            }
+            VerifyError::ObjectTooLarge { limit: inner.limit }
         } else {
             err
         }
@@ -288,9 +284,7 @@ pub fn verify_bundle<R: Read>(
                     source,
                 }
             } else {
-                VerifyError::ObjectTooLarge {
-                    limit: inner.limit,
-                }
+                VerifyError::ObjectTooLarge { limit: inner.limit }
             });
         }
     };
@@ -354,7 +348,11 @@ fn trim_nuls(bytes: &[u8]) -> &[u8] {
 }
 
 /// Reads a GNU long-name payload, refusing anything longer than a path can be.
-fn read_long_name<E: Read>(entry: &mut E, size: u64, for_what: &str) -> Result<Vec<u8>, VerifyError> {
+fn read_long_name<E: Read>(
+    entry: &mut E,
+    size: u64,
+    for_what: &str,
+) -> Result<Vec<u8>, VerifyError> {
     if size > MAX_PATH_BYTES as u64 + 1 {
         return Err(VerifyError::Entry(Violation::PathTooLong {
             path: format!("<GNU long {for_what} of {size} bytes>"),
@@ -455,9 +453,10 @@ fn scan_archive<R: Read>(
                 }
                 let mut buf = Vec::with_capacity(size as usize);
                 entry.read_to_end(&mut buf).map_err(tar_err)?;
-                let parsed = Manifest::from_bytes(&buf).map_err(|e| VerifyError::ManifestInvalid {
-                    detail: e.to_string(),
-                })?;
+                let parsed =
+                    Manifest::from_bytes(&buf).map_err(|e| VerifyError::ManifestInvalid {
+                        detail: e.to_string(),
+                    })?;
                 check_manifest(&parsed, expected)?;
                 manifest = Some(parsed);
                 continue;
@@ -478,7 +477,9 @@ fn scan_archive<R: Read>(
 
     let manifest = match (manifest, first) {
         (Some(m), _) => m,
-        (None, Some(first)) if manifest_later => return Err(VerifyError::ManifestNotFirst { first }),
+        (None, Some(first)) if manifest_later => {
+            return Err(VerifyError::ManifestNotFirst { first })
+        }
         (None, _) => return Err(VerifyError::ManifestMissing),
     };
     if manifest.files != files_after {
@@ -644,7 +645,10 @@ mod tests {
             let mut h = tar::Header::new_ustar();
             {
                 let old = h.as_old_mut();
-                assert!(e.path.len() <= 100, "test paths must fit the ustar name field");
+                assert!(
+                    e.path.len() <= 100,
+                    "test paths must fit the ustar name field"
+                );
                 old.name = [0; 100];
                 old.name[..e.path.len()].copy_from_slice(&e.path);
                 if let Some(l) = &e.link {
@@ -732,7 +736,8 @@ mod tests {
         let mut h = tar::Header::new_gnu();
         h.set_size(m.to_bytes().len() as u64);
         h.set_mode(0o644);
-        b.append_data(&mut h, MANIFEST_PATH, m.to_bytes().as_slice()).unwrap();
+        b.append_data(&mut h, MANIFEST_PATH, m.to_bytes().as_slice())
+            .unwrap();
         let mut h = tar::Header::new_gnu();
         h.set_size(3);
         h.set_mode(0o644);
@@ -778,7 +783,11 @@ mod tests {
                 "dev",
                 "character device",
             ),
-            (vec![special("blk", EntryType::Block, None)], "blk", "block device"),
+            (
+                vec![special("blk", EntryType::Block, None)],
+                "blk",
+                "block device",
+            ),
             (vec![special("fifo", EntryType::Fifo, None)], "fifo", "fifo"),
             (
                 vec![Raw {
@@ -801,7 +810,10 @@ mod tests {
             let err = verify(&bundle(&rest)).unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, VerifyError::Entry(_)), "{msg}");
-            assert!(msg.contains(path) && msg.to_lowercase().contains(rule), "{msg}");
+            assert!(
+                msg.contains(path) && msg.to_lowercase().contains(rule),
+                "{msg}"
+            );
             assert!(!err.is_transient());
         }
     }
@@ -811,7 +823,8 @@ mod tests {
         let object = bundle(&good_rest());
         let mut expected = expected_for(&object);
         expected.sha256 = "f".repeat(64);
-        let err = verify_bundle(object.as_slice(), &expected, &VerifyLimits::default()).unwrap_err();
+        let err =
+            verify_bundle(object.as_slice(), &expected, &VerifyLimits::default()).unwrap_err();
         assert!(matches!(err, VerifyError::ShaMismatch { .. }), "{err}");
         assert!(err.to_string().contains(&"f".repeat(64)));
     }
@@ -831,10 +844,16 @@ mod tests {
     #[test]
     fn rejects_missing_or_late_manifest() {
         let only_files = gzip(&tar_bytes(&[file("a", b"x")]));
-        assert!(matches!(verify(&only_files), Err(VerifyError::ManifestMissing)));
+        assert!(matches!(
+            verify(&only_files),
+            Err(VerifyError::ManifestMissing)
+        ));
         let empty = gzip(&tar_bytes(&[]));
         assert!(matches!(verify(&empty), Err(VerifyError::ManifestMissing)));
-        let late = gzip(&tar_bytes(&[file("a", b"x"), manifest_entry(&manifest(1, 1))]));
+        let late = gzip(&tar_bytes(&[
+            file("a", b"x"),
+            manifest_entry(&manifest(1, 1)),
+        ]));
         let err = verify(&late).unwrap_err();
         assert!(
             matches!(&err, VerifyError::ManifestNotFirst { first } if first == "a"),
@@ -845,11 +864,20 @@ mod tests {
     #[test]
     fn rejects_manifest_disagreeing_with_metadata() {
         for (field, change) in [
-            ("app", Box::new(|m: &mut Manifest| m.app = "other".into()) as Box<dyn Fn(&mut Manifest)>),
+            (
+                "app",
+                Box::new(|m: &mut Manifest| m.app = "other".into()) as Box<dyn Fn(&mut Manifest)>,
+            ),
             ("env", Box::new(|m: &mut Manifest| m.env = "staging".into())),
-            ("commit", Box::new(|m: &mut Manifest| m.commit = "f".repeat(40))),
+            (
+                "commit",
+                Box::new(|m: &mut Manifest| m.commit = "f".repeat(40)),
+            ),
             ("dirty", Box::new(|m: &mut Manifest| m.dirty = true)),
-            ("branch", Box::new(|m: &mut Manifest| m.branch = "dev".into())),
+            (
+                "branch",
+                Box::new(|m: &mut Manifest| m.branch = "dev".into()),
+            ),
         ] {
             let mut m = manifest(0, 0);
             change(&mut m);
@@ -865,14 +893,23 @@ mod tests {
         let err = verify(&gzip(&tar_bytes(&[manifest_entry(&m)]))).unwrap_err();
         assert!(err.to_string().contains("compose_file"), "{err}");
         let bad_json = gzip(&tar_bytes(&[file(MANIFEST_PATH, b"{not json")]));
-        assert!(matches!(verify(&bad_json), Err(VerifyError::ManifestInvalid { .. })));
+        assert!(matches!(
+            verify(&bad_json),
+            Err(VerifyError::ManifestInvalid { .. })
+        ));
     }
 
     #[test]
     fn rejects_manifest_counts_that_do_not_match() {
-        let object = gzip(&tar_bytes(&[manifest_entry(&manifest(5, 1)), file("a", b"x")]));
+        let object = gzip(&tar_bytes(&[
+            manifest_entry(&manifest(5, 1)),
+            file("a", b"x"),
+        ]));
         assert!(reason(&object).contains("files"));
-        let object = gzip(&tar_bytes(&[manifest_entry(&manifest(1, 9)), file("a", b"x")]));
+        let object = gzip(&tar_bytes(&[
+            manifest_entry(&manifest(1, 9)),
+            file("a", b"x"),
+        ]));
         assert!(reason(&object).contains("bytes"));
     }
 
@@ -885,7 +922,10 @@ mod tests {
             ..VerifyLimits::default()
         };
         let err = verify_bundle(object.as_slice(), &exp, &limits).unwrap_err();
-        assert!(matches!(err, VerifyError::ObjectTooLarge { limit: 100 }), "{err}");
+        assert!(
+            matches!(err, VerifyError::ObjectTooLarge { limit: 100 }),
+            "{err}"
+        );
         let limits = VerifyLimits {
             max_object_bytes: 1 << 20,
             entries: Limits {
@@ -894,7 +934,10 @@ mod tests {
             },
         };
         let err = verify_bundle(object.as_slice(), &exp, &limits).unwrap_err();
-        assert!(err.to_string().contains("big") && err.to_string().contains("per-file"), "{err}");
+        assert!(
+            err.to_string().contains("big") && err.to_string().contains("per-file"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -920,9 +963,15 @@ mod tests {
         h.set_cksum();
         b.append(&h, &b""[..]).unwrap();
         let err = verify(&gzip(&b.into_inner().unwrap())).unwrap_err();
-        assert!(matches!(err, VerifyError::UnsupportedHeader { .. }), "{err}");
+        assert!(
+            matches!(err, VerifyError::UnsupportedHeader { .. }),
+            "{err}"
+        );
 
-        assert!(matches!(verify(b"not gzip at all"), Err(VerifyError::Gzip { .. })));
+        assert!(matches!(
+            verify(b"not gzip at all"),
+            Err(VerifyError::Gzip { .. })
+        ));
         let object = bundle(&good_rest());
         let truncated = &object[..object.len() / 2];
         let err = verify(truncated).unwrap_err();
@@ -933,10 +982,16 @@ mod tests {
     fn rejects_data_after_the_archive() {
         let mut object = bundle(&good_rest());
         object.extend_from_slice(&gzip(&tar_bytes(&[file("smuggled", b"x")])));
-        assert!(matches!(verify(&object), Err(VerifyError::TrailingData { .. })));
+        assert!(matches!(
+            verify(&object),
+            Err(VerifyError::TrailingData { .. })
+        ));
         let mut tar = tar_bytes(&[manifest_entry(&manifest(0, 0))]);
         tar.extend_from_slice(b"hidden");
-        assert!(matches!(verify(&gzip(&tar)), Err(VerifyError::TrailingData { .. })));
+        assert!(matches!(
+            verify(&gzip(&tar)),
+            Err(VerifyError::TrailingData { .. })
+        ));
     }
 
     #[test]
@@ -954,8 +1009,12 @@ mod tests {
             }
         }
         let object = bundle(&good_rest());
-        let err = verify_bundle(Failing(&object, 0), &expected_for(&object), &VerifyLimits::default())
-            .unwrap_err();
+        let err = verify_bundle(
+            Failing(&object, 0),
+            &expected_for(&object),
+            &VerifyLimits::default(),
+        )
+        .unwrap_err();
         assert!(err.is_transient(), "{err}");
     }
 }

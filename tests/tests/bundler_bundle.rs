@@ -417,10 +417,18 @@ fn git_state_errors_say_what_to_do() {
             .arg(&out),
     );
     assert_eq!(done.code, 3, "{done:#?}");
-    assert!(done.stderr.contains("not inside a git repository"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("not inside a git repository"),
+        "{}",
+        done.stderr
+    );
     assert!(done.stderr.contains("--repo"), "{}", done.stderr);
     let shown = not_repo.path().canonicalize().unwrap();
-    assert!(done.stderr.contains(shown.to_str().unwrap()), "names the directory: {}", done.stderr);
+    assert!(
+        done.stderr.contains(shown.to_str().unwrap()),
+        "names the directory: {}",
+        done.stderr
+    );
 
     let empty = GitRepo::new();
     empty.write_config("shop", "shop-artifacts", "");

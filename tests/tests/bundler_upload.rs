@@ -32,7 +32,11 @@ fn upload(repo: &GitRepo, extra: &[&str]) -> Finished {
         .args(extra))
 }
 
-async fn get_version(s3: &aws_sdk_s3::Client, bucket: &str, version: &str) -> (Vec<u8>, HashMap<String, String>) {
+async fn get_version(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    version: &str,
+) -> (Vec<u8>, HashMap<String, String>) {
     let out = s3
         .get_object()
         .bucket(bucket)
@@ -53,7 +57,10 @@ async fn upload_creates_a_version_whose_bytes_and_metadata_match_the_bundle() {
     let repo = app_repo(&bucket);
     let done = upload(&repo, &[]).success();
     let summary = done.json();
-    let version = summary["version_id"].as_str().expect("version id in summary").to_string();
+    let version = summary["version_id"]
+        .as_str()
+        .expect("version id in summary")
+        .to_string();
     assert_eq!(summary["key"], KEY);
     assert_eq!(summary["multipart"], false);
 
@@ -104,8 +111,17 @@ async fn two_uploads_make_two_versions_of_one_key() {
     assert!(versions.contains(&first["version_id"].as_str().unwrap().to_string()));
     // Both stay retrievable; the newest is current.
     let (_, meta) = get_version(&s3, &bucket, first["version_id"].as_str().unwrap()).await;
-    assert_ne!(ObjectMetadata::from_headers(&meta).unwrap().commit, second_commit);
-    let current = s3.head_object().bucket(&bucket).key(KEY).send().await.unwrap();
+    assert_ne!(
+        ObjectMetadata::from_headers(&meta).unwrap().commit,
+        second_commit
+    );
+    let current = s3
+        .head_object()
+        .bucket(&bucket)
+        .key(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(current.version_id(), second["version_id"].as_str());
 }
 
@@ -124,7 +140,10 @@ async fn hostile_and_unicode_branch_names_round_trip_through_metadata() {
         let summary = upload(&repo, &["--branch", branch]).success().json();
         let (_, meta) = get_version(&s3, &bucket, summary["version_id"].as_str().unwrap()).await;
         for value in meta.values() {
-            assert!(value.is_ascii(), "S3 metadata values are ASCII on the wire: {value:?}");
+            assert!(
+                value.is_ascii(),
+                "S3 metadata values are ASCII on the wire: {value:?}"
+            );
         }
         let decoded = ObjectMetadata::from_headers(&meta).unwrap();
         assert_eq!(decoded.branch, branch);
@@ -166,7 +185,11 @@ async fn large_bundles_use_multipart_and_leave_nothing_open() {
     assert_eq!(ObjectMetadata::from_headers(&meta).unwrap().sha256, sha);
     let (_keep, local) = temp_file("local.tar.gz");
     run(repo.bundler().arg("--output").arg(&local)).success();
-    assert_eq!(fs::read(&local).unwrap(), bytes, "multipart object equals the local bundle");
+    assert_eq!(
+        fs::read(&local).unwrap(),
+        bytes,
+        "multipart object equals the local bundle"
+    );
     assert!(moto::open_multipart_uploads(&s3, &bucket).await.is_empty());
 }
 
@@ -178,7 +201,11 @@ async fn an_unversioned_bucket_is_refused_with_the_fix_and_nothing_written() {
     let done = upload(&repo, &[]);
     assert_eq!(done.code, 5, "{done:#?}");
     assert!(done.stderr.contains("versioning"), "{}", done.stderr);
-    assert!(done.stderr.contains("put-bucket-versioning"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("put-bucket-versioning"),
+        "{}",
+        done.stderr
+    );
     assert!(done.stderr.contains(&bucket), "{}", done.stderr);
     let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
     assert_eq!(listed.key_count(), Some(0));
@@ -215,9 +242,16 @@ async fn a_failed_part_aborts_the_upload_leaving_no_version_and_no_open_upload()
         .env("AWS_ENDPOINT_URL", proxy.endpoint())
         .args(["--multipart-threshold", "5242880", "--part-size", "5242880"]));
     assert_ne!(done.code, 0, "{done:#?}");
-    assert!(proxy.injected() >= 1, "the fault was hit: {:?}", proxy.seen());
     assert!(
-        proxy.seen().iter().any(|r| r.starts_with("DELETE ") && r.contains("uploadId=")),
+        proxy.injected() >= 1,
+        "the fault was hit: {:?}",
+        proxy.seen()
+    );
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|r| r.starts_with("DELETE ") && r.contains("uploadId=")),
         "AbortMultipartUpload was sent: {:?}",
         proxy.seen()
     );
@@ -225,11 +259,16 @@ async fn a_failed_part_aborts_the_upload_leaving_no_version_and_no_open_upload()
     assert!(moto::open_multipart_uploads(&s3, &bucket).await.is_empty());
     assert!(done.stderr.contains("UploadPart"), "{}", done.stderr);
     assert!(
-        done.stderr.contains("the multipart upload was aborted and no version was created"),
+        done.stderr
+            .contains("the multipart upload was aborted and no version was created"),
         "{}",
         done.stderr
     );
-    assert!(!done.stderr.contains("raw: Response"), "no SDK debug dump: {}", done.stderr);
+    assert!(
+        !done.stderr.contains("raw: Response"),
+        "no SDK debug dump: {}",
+        done.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -248,8 +287,16 @@ async fn access_denied_is_reported_as_such_and_nothing_is_written() {
     );
     let done = run(repo.bundler().env("AWS_ENDPOINT_URL", proxy.endpoint()));
     assert_eq!(done.code, 5, "{done:#?}");
-    assert!(done.stderr.to_lowercase().contains("access denied"), "{}", done.stderr);
-    assert!(done.stderr.contains("s3:PutObject"), "names the permission: {}", done.stderr);
+    assert!(
+        done.stderr.to_lowercase().contains("access denied"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("s3:PutObject"),
+        "names the permission: {}",
+        done.stderr
+    );
     assert!(moto::versions_of(&s3, &bucket, KEY).await.is_empty());
 }
 
@@ -278,7 +325,10 @@ async fn network_failure_and_missing_credentials_say_what_to_do() {
         .env_remove("AWS_SESSION_TOKEN")
         .env_remove("AWS_PROFILE")
         .env("AWS_CONFIG_FILE", empty.path().join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", empty.path().join("credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            empty.path().join("credentials"),
+        )
         .env("AWS_EC2_METADATA_DISABLED", "true"));
     assert_eq!(done.code, 5, "{done:#?}");
     assert!(done.stderr.contains("credentials"), "{}", done.stderr);
