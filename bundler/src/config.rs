@@ -151,7 +151,7 @@ impl Config {
             if !ok {
                 return Err(invalid(
                     "bucket",
-                    format!("{b:?} is not a valid S3 bucket name"),
+                    format!("{b:?} is not a valid S3 bucket name: use 3 to 63 lowercase letters, digits, - and ."),
                 ));
             }
         }
