@@ -10,14 +10,18 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The directory cargo put this test binary's sibling executables in (`target/<profile>`).
+/// The directory cargo put the workspace's executables in (`target/<profile>`): the parent
+/// of `deps/` for a test binary, the executable's own directory for a workspace binary such
+/// as `local-pipeline`.
 fn target_profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test-binary>
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("executable has a directory");
+    // target/<profile>/deps/<test-binary> or target/<profile>/<binary>
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps/ has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path to a workspace binary such as `bundle-and-upload`; panics with the command to build it.

@@ -1,1 +1,835 @@
-//! The whole pipeline on this machine (placeholder; filled in by the next commit).
+//! The whole pipeline on this machine, step by step, with the real parts: the sample app in a
+//! throwaway git repository, the real `bundle-and-upload`, moto's versioned S3 with EventBridge
+//! notifications, a real EventBridge rule whose SQS target captures the emulated event, the
+//! built `deployer-lambda` running as a Lambda (loopback Runtime API), the command the Lambda
+//! sent through SSM (as moto recorded it), run under `sh` on two simulated hosts with the
+//! `docker` shim. `scripts/local-pipeline` (the `local-pipeline` binary) narrates it;
+//! `tests/tests/e2e.rs` asserts on every step.
+//!
+//! Simulated hosts: each host is a [`Sandbox`] directory with its own `HOME` and docker shim
+//! state. The Lambda is configured with `DROPSHIP_APP_ROOT=<hosts mount>/opt/dropship/{app}`,
+//! where `<hosts mount>` is an empty directory; every command runs in its own mount namespace
+//! (`unshare --mount`, plus `--user --map-root-user` when not root) in which that host's
+//! directory is bind-mounted on `<hosts mount>`. So the one command SSM delivers lands in each
+//! host's own root, as `/opt/dropship/<app>` would on two machines, and what the shim starts
+//! keeps seeing its own host's files. Each host publishes the app on its own port (`APP_PORT`
+//! in its `shared/.env`, read by compose), and its `~/.curlrc` maps the health URL's
+//! `127.0.0.1:8080` to that port (`connect-to`), standing in for each machine having its own
+//! loopback. Nothing in the command or the script is changed.
+//!
+//! moto quirks are not relied on (see docs/testing.md): which instances a command is for is
+//! read from the Lambda's deploy record, never from SSM's target list (moto's `SendCommand`
+//! reaches every instance); every captured event is delivered, so an extra event for the same
+//! version (moto sends two per multipart upload) is just a duplicate.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+use aws_sdk_s3::types::{EventBridgeConfiguration, NotificationConfiguration};
+use dropship_contract::key::ReleaseKey;
+use dropship_contract::record::DeployRecord;
+use serde_json::{json, Value};
+
+use crate::host::{compose_bin, shim_dir, wait_until, Sandbox};
+use crate::lambda_rt::LambdaProcess;
+use crate::repo::{self, Finished, GitRepo};
+use crate::{bins, http, moto};
+
+/// Environment of the sample app's releases in the pipeline.
+pub const ENV: &str = "staging";
+/// The port in the sample app's `health_url`; each host maps it to its own port.
+pub const HEALTH_PORT: u16 = 8080;
+/// Path of the sample app's health endpoint.
+pub const HEALTH_PATH: &str = "/public/health";
+
+/// `examples/sample-app`.
+pub fn sample_app_dir() -> PathBuf {
+    bins::workspace_root().join("examples").join("sample-app")
+}
+
+/// What to build the pipeline with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// App name (the sample's `sample-app` by default; suites sharing one moto use unique ones,
+    /// because targets are selected by the app tag).
+    pub app: String,
+    /// Bucket name; created versioned with EventBridge notifications.
+    pub bucket: String,
+    /// Number of simulated hosts.
+    pub hosts: usize,
+    /// Where the Lambda's JSON logs go (`None`: this process's stderr).
+    pub lambda_log: Option<PathBuf>,
+}
+
+impl Options {
+    /// Unique names for a suite sharing one moto server.
+    pub fn unique() -> Self {
+        Self {
+            app: moto::unique("sample"),
+            bucket: moto::unique("e2e"),
+            hosts: 2,
+            lambda_log: None,
+        }
+    }
+}
+
+/// One simulated EC2 instance.
+pub struct Host {
+    /// `host-a`, `host-b`, …
+    pub name: String,
+    /// The moto instance standing for it (tagged `dropship:app`/`dropship:env`).
+    pub instance_id: String,
+    /// Where this host publishes the app (`APP_PORT` in its `shared/.env`).
+    pub port: u16,
+    pub sandbox: Sandbox,
+}
+
+/// What one host looks like now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostView {
+    /// Release `current` points at.
+    pub release: Option<String>,
+    /// Commit in that release's manifest.
+    pub commit: Option<String>,
+    /// HTTP status of the health endpoint on the host's port (`None`: nothing answers).
+    pub health: Option<u16>,
+}
+
+/// One run of an SSM command on one host.
+#[derive(Debug, Clone)]
+pub struct HostRun {
+    pub host: String,
+    pub instance_id: String,
+    pub command_id: String,
+    /// The script's exit code.
+    pub code: i32,
+    /// The `DROPSHIP_RESULT` JSON (Null when the line is missing).
+    pub result: Value,
+    pub output: String,
+}
+
+impl HostRun {
+    /// `result.outcome`.
+    pub fn outcome(&self) -> &str {
+        self.result["outcome"].as_str().unwrap_or("")
+    }
+}
+
+/// An upload or restore: the new object version.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub version_id: String,
+    pub commit: String,
+    /// The CLI's `--json` summary.
+    pub summary: Value,
+}
+
+/// One version carried through EventBridge, the Lambda and the hosts.
+#[derive(Debug, Clone)]
+pub struct Deploy {
+    /// Events captured for the version (normally one).
+    pub events: Vec<Value>,
+    /// The Lambda's answer to each delivery (Err: its error document).
+    pub lambda: Vec<Result<Value, Value>>,
+    /// Commands newly run on hosts.
+    pub runs: Vec<HostRun>,
+}
+
+impl Deploy {
+    /// The first delivery's outcome (`dispatched`, `rejected`, …).
+    pub fn outcome(&self) -> String {
+        match self.lambda.first() {
+            Some(Ok(v)) => v["outcome"].as_str().unwrap_or("").to_owned(),
+            Some(Err(e)) => format!("error {}", e["errorType"].as_str().unwrap_or("")),
+            None => "not delivered".into(),
+        }
+    }
+}
+
+/// The pipeline's AWS resources, hosts, repository and Lambda.
+pub struct Pipeline {
+    rt: tokio::runtime::Runtime,
+    pub s3: aws_sdk_s3::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub app: String,
+    pub bucket: String,
+    pub queue_url: String,
+    pub rule: String,
+    pub repo: GitRepo,
+    pub hosts: Vec<Host>,
+    lambda: LambdaProcess,
+    /// The directory each host's root is mounted on inside its command's mount namespace.
+    mount: tempfile::TempDir,
+    /// Events received from SQS and not yet handed out.
+    inbox: Mutex<Vec<Value>>,
+    /// (command id, instance id) pairs already run, as the SSM agent runs each once.
+    ran: Mutex<HashSet<(String, String)>>,
+}
+
+impl Pipeline {
+    /// Creates the bucket, rule, queue, instances, hosts and repository, and starts the Lambda.
+    pub fn start(opts: &Options) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let (s3, ssm, ec2) =
+            rt.block_on(async { (moto::s3().await, moto::ssm().await, moto::ec2().await) });
+        ReleaseKey::new(&opts.app, ENV).map_err(|e| anyhow!("app name: {e}"))?;
+
+        // Bucket: versioned, every object event to EventBridge.
+        rt.block_on(async {
+            s3.create_bucket().bucket(&opts.bucket).send().await?;
+            s3.put_bucket_versioning()
+                .bucket(&opts.bucket)
+                .versioning_configuration(
+                    aws_sdk_s3::types::VersioningConfiguration::builder()
+                        .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                        .build(),
+                )
+                .send()
+                .await?;
+            s3.put_bucket_notification_configuration()
+                .bucket(&opts.bucket)
+                .notification_configuration(
+                    NotificationConfiguration::builder()
+                        .event_bridge_configuration(EventBridgeConfiguration::builder().build())
+                        .build(),
+                )
+                .send()
+                .await?;
+            anyhow::Ok(())
+        })
+        .with_context(|| format!("creating bucket {}", opts.bucket))?;
+
+        // The rule of infra/events.tf, with an SQS queue as its target instead of the Lambda,
+        // so the event EventBridge emits is captured and then delivered to the Lambda.
+        let queue = format!("{}-events", opts.bucket);
+        let queue_url = aws_json("sqs", "AmazonSQS.CreateQueue", &json!({"QueueName": queue}))?
+            ["QueueUrl"]
+            .as_str()
+            .ok_or_else(|| anyhow!("CreateQueue: no QueueUrl"))?
+            .to_owned();
+        let queue_arn = aws_json(
+            "sqs",
+            "AmazonSQS.GetQueueAttributes",
+            &json!({"QueueUrl": queue_url, "AttributeNames": ["QueueArn"]}),
+        )?["Attributes"]["QueueArn"]
+            .as_str()
+            .ok_or_else(|| anyhow!("GetQueueAttributes: no QueueArn"))?
+            .to_owned();
+        let rule = format!("{}-release-uploaded", opts.bucket);
+        let pattern = json!({
+            "source": ["aws.s3"],
+            "detail-type": ["Object Created"],
+            "detail": {
+                "bucket": {"name": [opts.bucket]},
+                "object": {"key": [{"wildcard": "releases/*.tar.gz"}]}
+            }
+        });
+        aws_json(
+            "events",
+            "AWSEvents.PutRule",
+            &json!({"Name": rule, "EventPattern": pattern.to_string(), "State": "ENABLED"}),
+        )?;
+        let put = aws_json(
+            "events",
+            "AWSEvents.PutTargets",
+            &json!({"Rule": rule, "Targets": [{"Id": "capture", "Arn": queue_arn}]}),
+        )?;
+        if put["FailedEntryCount"].as_u64().unwrap_or(0) != 0 {
+            bail!("PutTargets failed: {put}");
+        }
+
+        // Instances tagged for the app/env, one simulated host each.
+        let instance_ids = rt.block_on(run_instances(&ec2, &opts.app, opts.hosts))?;
+        let mut hosts = Vec::new();
+        for (i, instance_id) in instance_ids.into_iter().enumerate() {
+            let sandbox = Sandbox::new(&opts.app);
+            let port = http::free_port();
+            // What an operator puts on each host once: the shared .env (see .env.example).
+            sandbox.write_shared(".env", &format!("APP_PORT={port}\n"));
+            // This host's loopback: the health URL's port is this host's port.
+            fs::write(
+                sandbox.dir.path().join(".curlrc"),
+                format!("connect-to = 127.0.0.1:{HEALTH_PORT}:127.0.0.1:{port}\n"),
+            )?;
+            hosts.push(Host {
+                name: format!("host-{}", (b'a' + i as u8) as char),
+                instance_id,
+                port,
+                sandbox,
+            });
+        }
+
+        // A throwaway repository holding the sample app.
+        let repo = GitRepo::new();
+        copy_tree(&sample_app_dir(), repo.path())?;
+
+        // The Lambda, as a Lambda.
+        let mount = tempfile::Builder::new()
+            .prefix("dropship-hosts-")
+            .tempdir()?;
+        let mut env: Vec<(String, String)> = vec![
+            ("DROPSHIP_ALLOWED_BUCKETS".into(), opts.bucket.clone()),
+            (
+                "DROPSHIP_APP_ROOT".into(),
+                format!("{}/opt/dropship/{{app}}", mount.path().display()),
+            ),
+        ];
+        for k in [
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_REGION",
+        ] {
+            if let Ok(v) = std::env::var(k) {
+                env.push((k.into(), v));
+            }
+        }
+        let borrowed: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut lambda = match &opts.lambda_log {
+            None => LambdaProcess::start(&borrowed),
+            Some(log) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg("exec \"$0\" >>\"$1\" 2>&1")
+                    .arg(bins::binary("deployer-lambda"))
+                    .arg(log);
+                LambdaProcess::start_command(cmd, &borrowed)
+            }
+        };
+        lambda
+            .wait_ready(Duration::from_secs(60))
+            .map_err(|e| anyhow!("deployer-lambda did not start: {e}"))?;
+
+        Ok(Self {
+            rt,
+            s3,
+            ssm,
+            app: opts.app.clone(),
+            bucket: opts.bucket.clone(),
+            queue_url,
+            rule,
+            repo,
+            hosts,
+            lambda,
+            mount,
+            inbox: Mutex::new(Vec::new()),
+            ran: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The release key.
+    pub fn key(&self) -> String {
+        format!("releases/{}/{ENV}.tar.gz", self.app)
+    }
+
+    /// The Lambda process id.
+    pub fn lambda_pid(&self) -> u32 {
+        self.lambda.pid()
+    }
+
+    /// Commits the working tree with `label` written to `public/version.txt`; returns the commit.
+    pub fn commit_release(&self, label: &str) -> String {
+        self.repo.write("public/version.txt", format!("{label}\n"));
+        self.repo.commit(&format!("sample app {label}"))
+    }
+
+    /// Runs the sample app's `make-broken.sh` (removes the health endpoint); returns the commit.
+    pub fn commit_broken(&self) -> Result<String> {
+        let out = Command::new("bash")
+            .arg(self.repo.path().join("make-broken.sh"))
+            .current_dir(self.repo.path())
+            .env("GIT_AUTHOR_NAME", "Dropship Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.com")
+            .env("GIT_COMMITTER_NAME", "Dropship Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.com")
+            .output()?;
+        if !out.status.success() {
+            bail!("make-broken.sh: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Puts the health endpoint back (after [`Self::commit_broken`]); returns the commit.
+    pub fn commit_fixed(&self, label: &str) -> String {
+        self.repo.write("public/health", "ok\n");
+        self.commit_release(label)
+    }
+
+    /// `bundle-and-upload ARGS` in the repository, for this app, env and bucket.
+    pub fn cli(&self, args: &[&str]) -> Finished {
+        let mut cmd = self.repo.bundler();
+        cmd.args(args)
+            .args(["--app", &self.app, "--env", ENV, "--bucket", &self.bucket])
+            .stdin(Stdio::null());
+        repo::run(&mut cmd)
+    }
+
+    /// Uploads HEAD with the real bundler.
+    pub fn upload(&self) -> Result<Upload> {
+        let out = self.cli(&["--json"]);
+        if out.code != 0 {
+            bail!(
+                "bundle-and-upload exited {}: {}{}",
+                out.code,
+                out.stdout,
+                out.stderr
+            );
+        }
+        let summary = out.json();
+        Ok(Upload {
+            version_id: str_field(&summary, "version_id")?,
+            commit: str_field(&summary, "commit")?,
+            summary,
+        })
+    }
+
+    /// `bundle-and-upload restore VERSION --yes`: a new version with that version's bytes.
+    pub fn restore(&self, version_id: &str) -> Result<Upload> {
+        let out = self.cli(&["restore", version_id, "--yes", "--json"]);
+        if out.code != 0 {
+            bail!("restore exited {}: {}{}", out.code, out.stdout, out.stderr);
+        }
+        let summary = out.json();
+        let new = ["version_id", "new_version_id"]
+            .iter()
+            .find_map(|k| summary[*k].as_str())
+            .ok_or_else(|| anyhow!("restore --json has no version id: {summary}"))?
+            .to_owned();
+        let commit = summary["commit"].as_str().unwrap_or_default().to_owned();
+        Ok(Upload {
+            version_id: new,
+            commit,
+            summary,
+        })
+    }
+
+    /// Drains the queue into the inbox; returns how many events arrived.
+    fn poll_queue(&self) -> Result<usize> {
+        let out = aws_json(
+            "sqs",
+            "AmazonSQS.ReceiveMessage",
+            &json!({"QueueUrl": self.queue_url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 0}),
+        )?;
+        let messages = out["Messages"].as_array().cloned().unwrap_or_default();
+        let mut inbox = self.inbox.lock().unwrap();
+        for m in &messages {
+            let body = m["Body"].as_str().unwrap_or_default();
+            let event: Value =
+                serde_json::from_str(body).with_context(|| format!("event body: {body}"))?;
+            inbox.push(event);
+            aws_json(
+                "sqs",
+                "AmazonSQS.DeleteMessage",
+                &json!({"QueueUrl": self.queue_url, "ReceiptHandle": m["ReceiptHandle"]}),
+            )?;
+        }
+        Ok(messages.len())
+    }
+
+    /// Every captured event for `version_id`, waiting up to `timeout` for the first.
+    pub fn events_for(&self, version_id: &str, timeout: Duration) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.poll_queue()?;
+            let mut inbox = self.inbox.lock().unwrap();
+            let (mine, rest): (Vec<Value>, Vec<Value>) = inbox
+                .drain(..)
+                .partition(|e| e["detail"]["object"]["version-id"] == version_id);
+            *inbox = rest;
+            if !mine.is_empty() {
+                return Ok(mine);
+            }
+            drop(inbox);
+            if Instant::now() >= deadline {
+                bail!("no EventBridge event for version {version_id} within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Events captured but not handed out (e.g. for other keys).
+    pub fn pending_events(&self) -> Result<Vec<Value>> {
+        self.poll_queue()?;
+        Ok(self.inbox.lock().unwrap().clone())
+    }
+
+    /// Delivers one payload to the Lambda (through its Runtime API).
+    pub fn deliver(&mut self, payload: &Value) -> Result<Value, Value> {
+        self.lambda.invoke(payload)
+    }
+
+    /// The deployer's record for a version.
+    pub fn record(&self, version_id: &str) -> Result<Option<DeployRecord>> {
+        let key = ReleaseKey::new(&self.app, ENV)
+            .map_err(|e| anyhow!("{e}"))?
+            .record_key(version_id);
+        self.rt.block_on(async {
+            match self
+                .s3
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    let bytes = out.body.collect().await?.into_bytes();
+                    Ok(Some(
+                        DeployRecord::from_bytes(&bytes).map_err(|e| anyhow!("{e}"))?,
+                    ))
+                }
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+                Err(e) => Err(anyhow!("reading {key}: {e:?}")),
+            }
+        })
+    }
+
+    /// The script text of an SSM command, as moto recorded it (`Parameters.commands`).
+    pub fn command_script(&self, command_id: &str) -> Result<String> {
+        self.rt.block_on(async {
+            let out = self
+                .ssm
+                .list_commands()
+                .command_id(command_id)
+                .send()
+                .await
+                .map_err(|e| anyhow!("ListCommands {command_id}: {e:?}"))?;
+            let cmd = out
+                .commands()
+                .first()
+                .ok_or_else(|| anyhow!("SSM does not know command {command_id}"))?;
+            if cmd.document_name() != Some("AWS-RunShellScript") {
+                bail!("command {command_id} is not AWS-RunShellScript");
+            }
+            let lines = cmd
+                .parameters()
+                .and_then(|p| p.get("commands"))
+                .ok_or_else(|| anyhow!("command {command_id} has no commands parameter"))?;
+            Ok(lines.join("\n"))
+        })
+    }
+
+    /// Runs every command the deployer's record of `version_id` lists, on the instances the
+    /// record names for it, each (command, instance) once, hosts in parallel (as SSM would).
+    pub fn run_dispatched(&self, version_id: &str) -> Result<Vec<HostRun>> {
+        let Some(record) = self.record(version_id)? else {
+            return Ok(Vec::new());
+        };
+        let mut todo = Vec::new();
+        for batch in &record.commands {
+            let script = self.command_script(&batch.command_id)?;
+            for instance in &batch.instance_ids {
+                let pair = (batch.command_id.clone(), instance.clone());
+                if !self.ran.lock().unwrap().insert(pair) {
+                    continue;
+                }
+                let host = self
+                    .hosts
+                    .iter()
+                    .find(|h| &h.instance_id == instance)
+                    .ok_or_else(|| anyhow!("command for unknown instance {instance}"))?;
+                todo.push((host, batch.command_id.clone(), script.clone()));
+            }
+        }
+        let runs = std::thread::scope(|s| {
+            let handles: Vec<_> = todo
+                .into_iter()
+                .map(|(host, id, script)| {
+                    let mount = self.mount.path();
+                    s.spawn(move || run_on_host(host, mount, &id, &script))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("host thread"))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(runs)
+    }
+
+    /// One version end to end: its captured events to the Lambda, then the commands on hosts.
+    pub fn deploy(&mut self, version_id: &str) -> Result<Deploy> {
+        let events = self.events_for(version_id, Duration::from_secs(30))?;
+        let lambda = events.iter().map(|e| self.deliver(e)).collect();
+        let runs = self.run_dispatched(version_id)?;
+        Ok(Deploy {
+            events,
+            lambda,
+            runs,
+        })
+    }
+
+    /// What `host` serves now.
+    pub fn view(&self, host: &Host) -> HostView {
+        let release = host.sandbox.current();
+        let commit = release.as_ref().and_then(|r| {
+            let manifest = host
+                .sandbox
+                .app_root()
+                .join("releases")
+                .join(r)
+                .join(".dropship/manifest.json");
+            let v: Value = serde_json::from_slice(&fs::read(manifest).ok()?).ok()?;
+            v["commit"].as_str().map(str::to_owned)
+        });
+        let health = http::get(&health_url(host.port)).map(|(status, _)| status);
+        HostView {
+            release,
+            commit,
+            health,
+        }
+    }
+
+    /// Every host's view.
+    pub fn views(&self) -> Vec<HostView> {
+        self.hosts.iter().map(|h| self.view(h)).collect()
+    }
+
+    /// Waits until every host serves `commit` healthily (the shim's server may take a moment
+    /// after a rollback); returns the views either way.
+    pub fn wait_serving(&self, commit: &str, timeout: Duration) -> Vec<HostView> {
+        wait_until(timeout, || {
+            self.views()
+                .iter()
+                .all(|v| v.commit.as_deref() == Some(commit) && v.health == Some(200))
+        });
+        self.views()
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let _ = aws_json(
+            "events",
+            "AWSEvents.RemoveTargets",
+            &json!({"Rule": self.rule, "Ids": ["capture"]}),
+        );
+        let _ = aws_json(
+            "events",
+            "AWSEvents.DeleteRule",
+            &json!({"Name": self.rule}),
+        );
+        let _ = aws_json(
+            "sqs",
+            "AmazonSQS.DeleteQueue",
+            &json!({"QueueUrl": self.queue_url}),
+        );
+        // The LambdaProcess and each Sandbox stop their processes when dropped.
+    }
+}
+
+/// `http://127.0.0.1:<port>/public/health`.
+pub fn health_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}{HEALTH_PATH}")
+}
+
+fn str_field(v: &Value, key: &str) -> Result<String> {
+    v[key]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no {key} in {v}"))
+}
+
+async fn run_instances(ec2: &aws_sdk_ec2::Client, app: &str, n: usize) -> Result<Vec<String>> {
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Instance)
+        .tags(Tag::builder().key("dropship:app").value(app).build())
+        .tags(Tag::builder().key("dropship:env").value(ENV).build())
+        .build();
+    let out = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(InstanceType::T3Micro)
+        .min_count(n as i32)
+        .max_count(n as i32)
+        .tag_specifications(tags)
+        .send()
+        .await
+        .map_err(|e| anyhow!("RunInstances: {e:?}"))?;
+    let mut ids: Vec<String> = out
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Runs one command on one host like the SSM agent: the script written to a file under the
+/// host's agent directory and started with `sh` (the preamble re-executes it under bash), in a
+/// mount namespace where the host's directory is mounted on `mount`.
+fn run_on_host(host: &Host, mount: &Path, command_id: &str, script: &str) -> Result<HostRun> {
+    let root = host.sandbox.dir.path();
+    let dir = root
+        .join("var/lib/amazon/ssm")
+        .join(&host.instance_id)
+        .join("document/orchestration")
+        .join(command_id)
+        .join("awsrunShellScript/0.awsrunShellScript");
+    fs::create_dir_all(&dir)?;
+    let file = dir.join("_script.sh");
+    fs::write(&file, script)?;
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    let mut cmd = Command::new("unshare");
+    if !is_root() {
+        cmd.args(["--user", "--map-root-user"]);
+    }
+    let out = cmd
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount --bind -- \"$0\" \"$1\" && exec sh \"$2\"")
+        .arg(root)
+        .arg(mount)
+        .arg(&file)
+        .env_clear()
+        .env("PATH", format!("{}:{path}", shim_dir().display()))
+        .env("HOME", root)
+        .env("DOCKER_SHIM_STATE", host.sandbox.shim_state())
+        .env("DROPSHIP_COMPOSE_BIN", compose_bin())
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running the command on {} (unshare)", host.name))?;
+    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+    output.push_str(&String::from_utf8_lossy(&out.stderr));
+    let result = output
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("DROPSHIP_RESULT "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or(Value::Null);
+    fs::write(dir.join("stdout"), &output)?;
+    Ok(HostRun {
+        host: host.name.clone(),
+        instance_id: host.instance_id.clone(),
+        command_id: command_id.to_owned(),
+        code: out.status.code().unwrap_or(-1),
+        result,
+        output,
+    })
+}
+
+/// Whether this process runs as root (else the host's namespace needs a user namespace).
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Copies a directory tree of regular files and directories.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            fs::create_dir_all(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if kind.is_file() {
+            fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// One call of an AWS JSON-protocol API (SQS, EventBridge) on the moto server. Unsigned: moto
+/// does not check signatures and routes by the service named in the credential scope.
+pub fn aws_json(service: &str, target: &str, body: &Value) -> Result<Value> {
+    let endpoint = moto::endpoint();
+    let hostport = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("AWS_ENDPOINT_URL must be http:// (moto), got {endpoint}"))?
+        .trim_end_matches('/');
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
+    let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "testing".into());
+    let content_type = if service == "sqs" {
+        "application/x-amz-json-1.0"
+    } else {
+        "application/x-amz-json-1.1"
+    };
+    let payload = body.to_string();
+    let mut conn =
+        TcpStream::connect(hostport).with_context(|| format!("connecting to {hostport}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        conn,
+        "POST / HTTP/1.1\r\nHost: {hostport}\r\nX-Amz-Target: {target}\r\nContent-Type: {content_type}\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential={key}/20260101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    )?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("{target}: malformed response"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("{target}: no status"))?;
+    if !(200..300).contains(&status) {
+        bail!("{target}: HTTP {status}: {body}");
+    }
+    if body.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(body).with_context(|| format!("{target}: response is not JSON: {body}"))
+}
+
+/// A short table of host views (for the narrative and failure messages).
+pub fn table(p: &Pipeline) -> String {
+    let mut rows = BTreeMap::new();
+    for (h, v) in p.hosts.iter().zip(p.views()) {
+        rows.insert(
+            h.name.clone(),
+            format!(
+                "{:<8} {:<20} {:<5} {:<34} {}",
+                h.name,
+                h.instance_id,
+                h.port,
+                v.release.unwrap_or_else(|| "-".into()),
+                v.health.map_or("down".into(), |s| s.to_string())
+            ),
+        );
+    }
+    rows.into_values().collect::<Vec<_>>().join("\n")
+}
+
+/// Everything a deploy produced, for failure messages: the Lambda's answers and each host
+/// run's exit code and last lines.
+pub fn explain(d: &Deploy) -> String {
+    let mut out = format!("events: {}\n", d.events.len());
+    for l in &d.lambda {
+        out.push_str(&format!("lambda: {l:?}\n"));
+    }
+    for r in &d.runs {
+        let tail: Vec<&str> = r.output.lines().rev().take(12).collect();
+        out.push_str(&format!(
+            "{} ({}) exit {}:\n  {}\n",
+            r.host,
+            r.instance_id,
+            r.code,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+        ));
+    }
+    out
+}
