@@ -25,6 +25,7 @@ struct Row {
     lambda: String,
     hosts: String,
     serving: String,
+    secs: f64,
 }
 
 fn run() -> Result<()> {
@@ -61,23 +62,31 @@ fn run() -> Result<()> {
 
     let mut rows = Vec::new();
 
+    say(&format!(
+        "setup took {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+
     // v1
+    let t = Instant::now();
     let c1 = p.commit_release("v1");
     let v1 = p.upload()?;
     let d = p.deploy(&v1.version_id)?;
     expect_served(&p, &d, "v1", &c1)?;
-    rows.push(row(&p, "upload v1", &v1, &d));
-    narrate(&rows);
+    rows.push(row(&p, "upload v1", &v1, &d, t));
+    narrate(&rows, &d);
 
     // v2
+    let t = Instant::now();
     let c2 = p.commit_release("v2");
     let v2 = p.upload()?;
     let d = p.deploy(&v2.version_id)?;
     expect_served(&p, &d, "v2", &c2)?;
-    rows.push(row(&p, "upload v2", &v2, &d));
-    narrate(&rows);
+    rows.push(row(&p, "upload v2", &v2, &d, t));
+    narrate(&rows, &d);
 
     // broken v3: health fails after the switch, each host rolls back to v2
+    let t = Instant::now();
     let _c3 = p.commit_broken()?;
     let v3 = p.upload()?;
     let d = p.deploy(&v3.version_id)?;
@@ -88,26 +97,27 @@ fn run() -> Result<()> {
         );
     }
     expect_served(&p, &d, "v2 after the rollback", &c2)?;
-    rows.push(row(&p, "upload broken v3", &v3, &d));
-    narrate(&rows);
+    rows.push(row(&p, "upload broken v3", &v3, &d, t));
+    narrate(&rows, &d);
 
     // restore v1
+    let t = Instant::now();
     let r = p.restore(&v1.version_id)?;
     let d = p.deploy(&r.version_id)?;
     expect_served(&p, &d, "restored v1", &c1)?;
-    rows.push(row(&p, "restore v1", &r, &d));
-    narrate(&rows);
+    rows.push(row(&p, "restore v1", &r, &d, t));
+    narrate(&rows, &d);
 
     let elapsed = started.elapsed();
     println!();
     println!(
-        "{:<17} {:<36} {:<8} {:<11} {:<26} SERVING",
-        "STEP", "S3 VERSION", "COMMIT", "LAMBDA", "HOSTS (exit code)"
+        "{:<17} {:<36} {:<8} {:<11} {:<22} {:<8} {:>5}",
+        "STEP", "S3 VERSION", "COMMIT", "LAMBDA", "HOSTS (exit code)", "SERVING", "SECS"
     );
     for r in &rows {
         println!(
-            "{:<17} {:<36} {:<8} {:<11} {:<26} {}",
-            r.step, r.version, r.commit, r.lambda, r.hosts, r.serving
+            "{:<17} {:<36} {:<8} {:<11} {:<22} {:<8} {:>5.1}",
+            r.step, r.version, r.commit, r.lambda, r.hosts, r.serving, r.secs
         );
     }
     println!();
@@ -129,7 +139,15 @@ fn say(line: &str) {
     println!("- {line}");
 }
 
-fn narrate(rows: &[Row]) {
+fn narrate(rows: &[Row], d: &Deploy) {
+    if std::env::var("DROPSHIP_PIPELINE_VERBOSE").as_deref() == Ok("1") {
+        for r in &d.runs {
+            println!("  --- {} ({}) exit {}", r.host, r.instance_id, r.code);
+            for l in r.output.lines() {
+                println!("  | {l}");
+            }
+        }
+    }
     if let Some(r) = rows.last() {
         say(&format!(
             "{}: version {} (commit {}) -> Lambda {} -> {} -> serving {}",
@@ -145,7 +163,8 @@ fn codes(d: &Deploy) -> Vec<(String, i32, String)> {
         .collect()
 }
 
-fn row(p: &Pipeline, step: &'static str, u: &Upload, d: &Deploy) -> Row {
+fn row(p: &Pipeline, step: &'static str, u: &Upload, d: &Deploy, t: Instant) -> Row {
+    let secs = t.elapsed().as_secs_f64();
     let hosts = d
         .runs
         .iter()
@@ -177,6 +196,7 @@ fn row(p: &Pipeline, step: &'static str, u: &Upload, d: &Deploy) -> Row {
         lambda: d.outcome(),
         hosts,
         serving,
+        secs,
     }
 }
 
