@@ -65,7 +65,8 @@ pub struct Options {
     pub bucket: String,
     /// Number of simulated hosts.
     pub hosts: usize,
-    /// Where the Lambda's JSON logs go (`None`: this process's stderr).
+    /// Where the Lambda's JSON logs go (`None`: a file next to the hosts' mount directory,
+    /// removed with the pipeline).
     pub lambda_log: Option<PathBuf>,
 }
 
@@ -168,6 +169,9 @@ pub struct Pipeline {
     lambda: LambdaProcess,
     /// The directory each host's root is mounted on inside its command's mount namespace.
     mount: tempfile::TempDir,
+    /// The Lambda's JSON log lines.
+    pub lambda_log: PathBuf,
+    own_log: bool,
     /// Events received from SQS and not yet handed out.
     inbox: Mutex<Vec<Value>>,
     /// (command id, instance id) pairs already run, as the SSM agent runs each once.
@@ -298,17 +302,16 @@ impl Pipeline {
         }
         let borrowed: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut lambda = match &opts.lambda_log {
-            None => LambdaProcess::start(&borrowed),
-            Some(log) => {
-                let mut cmd = Command::new("sh");
-                cmd.arg("-c")
-                    .arg("exec \"$0\" >>\"$1\" 2>&1")
-                    .arg(bins::binary("deployer-lambda"))
-                    .arg(log);
-                LambdaProcess::start_command(cmd, &borrowed)
-            }
+        let lambda_log = match &opts.lambda_log {
+            Some(path) => path.clone(),
+            None => mount.path().with_extension("lambda.log"),
         };
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("exec \"$0\" >>\"$1\" 2>&1")
+            .arg(bins::binary("deployer-lambda"))
+            .arg(&lambda_log);
+        let mut lambda = LambdaProcess::start_command(cmd, &borrowed);
         lambda
             .wait_ready(Duration::from_secs(60))
             .map_err(|e| anyhow!("deployer-lambda did not start: {e}"))?;
@@ -324,10 +327,17 @@ impl Pipeline {
             repo,
             hosts,
             lambda,
+            own_log: opts.lambda_log.is_none(),
+            lambda_log,
             mount,
             inbox: Mutex::new(Vec::new()),
             ran: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Runs an SDK future on the pipeline's runtime (for suites reaching moto directly).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
     }
 
     /// The release key.
@@ -627,6 +637,9 @@ impl Drop for Pipeline {
             "AmazonSQS.DeleteQueue",
             &json!({"QueueUrl": self.queue_url}),
         );
+        if self.own_log {
+            let _ = fs::remove_file(&self.lambda_log);
+        }
         // The LambdaProcess and each Sandbox stop their processes when dropped.
     }
 }

@@ -1,0 +1,441 @@
+//! End-to-end suite: the pipeline of `scripts/local-pipeline` (`dropship_tests::pipeline`)
+//! with assertions on every step. Real parts throughout: the sample app in a git repository,
+//! the real `bundle-and-upload`, moto's versioned S3 emitting EventBridge events captured by a
+//! real rule into SQS, the built `deployer-lambda` as a Lambda, the SSM command moto recorded,
+//! run by `sh` on two simulated hosts with the docker shim.
+//!
+//! Where moto differs from AWS the suite does not lean on it (docs/testing.md): targets come
+//! from the deployer's record, not SSM's target list; every captured event is delivered;
+//! ordering is exercised with documented sequencer fixtures because moto's is constant; and
+//! `status` is checked for what it can truthfully say when moto's SSM never ran the command.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use dropship_contract::metadata::ObjectMetadata;
+use dropship_contract::record::Outcome;
+use dropship_tests::pipeline::{explain, table, Deploy, Options, Pipeline, Upload};
+use serde_json::Value;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn start() -> Pipeline {
+    Pipeline::start(&Options::unique()).expect("pipeline starts")
+}
+
+fn instance_ids(p: &Pipeline) -> Vec<String> {
+    let mut ids: Vec<String> = p.hosts.iter().map(|h| h.instance_id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// The version was dispatched to exactly this pipeline's hosts, each host ran the command
+/// once with `code`/`outcome`, and every host now serves `serving` healthily.
+fn assert_deploy(p: &Pipeline, d: &Deploy, code: i32, outcome: &str, serving: &str) {
+    let ctx = || format!("{}\n{}", explain(d), table(p));
+    assert_eq!(d.outcome(), "dispatched", "{}", ctx());
+    let answer = d.lambda[0].as_ref().unwrap();
+    let mut targets: Vec<String> = answer["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, instance_ids(p), "{}", ctx());
+    let mut ran: Vec<&str> = d.runs.iter().map(|r| r.instance_id.as_str()).collect();
+    ran.sort();
+    assert_eq!(ran, instance_ids(p), "one run per host: {}", ctx());
+    for r in &d.runs {
+        assert_eq!((r.code, r.outcome()), (code, outcome), "{}", ctx());
+    }
+    let views = p.wait_serving(serving, SETTLE);
+    for v in &views {
+        assert_eq!(v.commit.as_deref(), Some(serving), "{}", ctx());
+        assert_eq!(v.health, Some(200), "health endpoint answers: {}", ctx());
+    }
+}
+
+fn upload(p: &Pipeline) -> Upload {
+    p.upload().expect("bundle-and-upload")
+}
+
+#[test]
+fn v1_v2_broken_v3_rolls_back_restore_v1_and_the_operator_commands_tell_it() {
+    let mut p = start();
+
+    // v1: both hosts deploy it and serve it.
+    let c1 = p.commit_release("v1");
+    let v1 = upload(&p);
+    assert_eq!(v1.commit, c1);
+    let d = p.deploy(&v1.version_id).unwrap();
+    assert_eq!(d.events.len(), 1, "one event per PutObject");
+    assert_eq!(d.events[0]["detail"]["object"]["key"], p.key().as_str());
+    assert_deploy(&p, &d, 0, "deployed", &c1);
+    let r1: Vec<Option<String>> = p.views().into_iter().map(|v| v.release).collect();
+
+    // v2 replaces it.
+    let c2 = p.commit_release("v2");
+    let v2 = upload(&p);
+    let d = p.deploy(&v2.version_id).unwrap();
+    assert_deploy(&p, &d, 0, "deployed", &c2);
+    let r2: Vec<Option<String>> = p.views().into_iter().map(|v| v.release).collect();
+    assert_ne!(r1, r2);
+    for (h, run) in p.hosts.iter().zip(&d.runs) {
+        let _ = h;
+        assert!(!run.result["previous"].as_str().unwrap_or("").is_empty());
+    }
+
+    // Broken v3: no health endpoint; both hosts switch, fail health and roll back to v2.
+    let c3 = p.commit_broken().unwrap();
+    let v3 = upload(&p);
+    assert_eq!(v3.commit, c3);
+    let d = p.deploy(&v3.version_id).unwrap();
+    assert_deploy(&p, &d, 9, "rolled_back", &c2);
+    for r in &d.runs {
+        assert!(
+            r.result["attempted"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with(&c3[..7]),
+            "the broken release was tried: {}",
+            r.output
+        );
+        assert!(r.output.contains("health check failed"), "{}", r.output);
+    }
+    let after: Vec<Option<String>> = p.views().into_iter().map(|v| v.release).collect();
+    assert_eq!(after, r2, "v2's own release serves again");
+
+    // restore v1: a new version with v1's bytes and metadata, deployed like any upload.
+    let r = p.restore(&v1.version_id).unwrap();
+    assert_ne!(r.version_id, v1.version_id);
+    assert_eq!(r.commit, c1);
+    assert_eq!(r.summary["restored_from"], v1.version_id.as_str());
+    let d = p.deploy(&r.version_id).unwrap();
+    assert_eq!(d.events.len(), 1);
+    assert_deploy(&p, &d, 0, "deployed", &c1);
+
+    // versions: the key's history with what the deployer did for each.
+    let out = p.cli(&["versions", "--json"]).success();
+    let report = &out.json()[0];
+    let rows = report["versions"].as_array().unwrap();
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["version_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            &r.version_id,
+            &v3.version_id,
+            &v2.version_id,
+            &v1.version_id
+        ],
+        "newest first: {report:#}"
+    );
+    let commits: Vec<&str> = rows
+        .iter()
+        .map(|r| r["metadata"]["commit"].as_str().unwrap())
+        .collect();
+    assert_eq!(commits, [&c1, &c3, &c2, &c1]);
+    for row in rows {
+        assert_eq!(row["deploy"]["outcome"], "dispatched", "{row:#}");
+        assert_eq!(row["deploy"]["hosts"], 2, "{row:#}");
+    }
+    assert_eq!(rows[0]["is_latest"], true);
+    assert_eq!(rows[0]["metadata"]["restored_from"], v1.version_id.as_str());
+    assert!(rows[1..]
+        .iter()
+        .all(|r| r["metadata"]["restored_from"].is_null()));
+    // `newest_dispatched` is not asserted here: moto gives every event the same sequencer, so
+    // the deployer's pointer (which only moves to a strictly newer one) stays on v1. The
+    // ordering test below covers it with S3-like sequencers.
+
+    // status of the broken version: the record's command reached exactly our two hosts.
+    // moto's SSM never runs a command and answers every invocation Success/exit 0 with no
+    // output, so the per-host state cannot show the rollback here (docs/testing.md); what
+    // status reads (the record, every invocation it names) is checked, and the hosts' real
+    // results were asserted above from the script's own result lines.
+    let record = p.record(&v3.version_id).unwrap().unwrap();
+    assert_eq!(record.outcome, Outcome::Dispatched);
+    let command_ids: Vec<String> = record
+        .commands
+        .iter()
+        .map(|c| c.command_id.clone())
+        .collect();
+    assert_eq!(
+        command_ids,
+        d_commands(&p, &v3.version_id),
+        "the command the hosts ran is the record's"
+    );
+    let out = p.cli(&["status", &v3.version_id, "--json"]).success();
+    let status = out.json();
+    assert_eq!(status["version_id"], v3.version_id.as_str(), "{status:#}");
+    assert_eq!(status["commit"], c3.as_str(), "{status:#}");
+    assert_eq!(status["phase"], "dispatched", "{status:#}");
+    let mut hosts: Vec<(String, String)> = status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["instance_id"].as_str().unwrap().to_owned(),
+                h["command_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    hosts.sort();
+    let expected: Vec<(String, String)> = instance_ids(&p)
+        .into_iter()
+        .map(|i| (i, command_ids[0].clone()))
+        .collect();
+    assert_eq!(hosts, expected, "{status:#}");
+
+    // Default version = the key's current one (the restore).
+    let out = p.cli(&["status", "--json"]).success();
+    assert_eq!(out.json()["version_id"], r.version_id.as_str());
+}
+
+/// Command ids in a version's record.
+fn d_commands(p: &Pipeline, version_id: &str) -> Vec<String> {
+    p.record(version_id)
+        .unwrap()
+        .map(|r| r.commands.into_iter().map(|c| c.command_id).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_same_event_delivered_twice_deploys_once_per_host() {
+    let mut p = start();
+    let c1 = p.commit_release("v1");
+    let v1 = upload(&p);
+    let events = p.events_for(&v1.version_id, SETTLE).unwrap();
+    let event = events[0].clone();
+
+    let first = p.deliver(&event).unwrap();
+    assert_eq!(first["outcome"], "dispatched", "{first}");
+    let runs = p.run_dispatched(&v1.version_id).unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(runs
+        .iter()
+        .all(|r| r.code == 0 && r.outcome() == "deployed"));
+
+    // EventBridge delivers at least once: the same event again.
+    let second = p.deliver(&event).unwrap();
+    assert_eq!(second["outcome"], "skipped_duplicate", "{second}");
+    assert_eq!(
+        p.run_dispatched(&v1.version_id).unwrap().len(),
+        0,
+        "no second command"
+    );
+    assert_eq!(d_commands(&p, &v1.version_id).len(), 1);
+
+    for h in &p.hosts {
+        let deployed: Vec<Value> = h
+            .sandbox
+            .audit()
+            .into_iter()
+            .filter(|e| e["version_id"] == v1.version_id.as_str())
+            .collect();
+        assert_eq!(deployed.len(), 1, "{}: {deployed:?}", h.name);
+        assert_eq!(h.sandbox.releases().len(), 1, "{}", h.name);
+    }
+    let views = p.wait_serving(&c1, SETTLE);
+    assert!(views.iter().all(|v| v.health == Some(200)), "{}", table(&p));
+}
+
+/// moto stamps every event with the same `sequencer`; S3's grow with each write to a key.
+/// These fixtures replace it with what S3 would send for two successive writes (same
+/// length, hex, increasing), so ordering is decided by the sequencer as on AWS.
+fn with_sequencer(event: &Value, sequencer: &str) -> Value {
+    let mut e = event.clone();
+    e["detail"]["object"]["sequencer"] = Value::String(sequencer.to_owned());
+    e
+}
+
+#[test]
+fn events_delivered_out_of_order_leave_the_newest_release() {
+    let mut p = start();
+    let c1 = p.commit_release("v1");
+    let v1 = upload(&p);
+    let c2 = p.commit_release("v2");
+    let v2 = upload(&p);
+    let e1 = with_sequencer(
+        &p.events_for(&v1.version_id, SETTLE).unwrap()[0],
+        "0062E99A88DC407460",
+    );
+    let e2 = with_sequencer(
+        &p.events_for(&v2.version_id, SETTLE).unwrap()[0],
+        "0062E99A88DC4074A0",
+    );
+
+    // The newer event arrives first and is deployed.
+    let a = p.deliver(&e2).unwrap();
+    assert_eq!(a["outcome"], "dispatched", "{a}");
+    let runs = p.run_dispatched(&v2.version_id).unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|r| r.code == 0), "{runs:?}");
+
+    // The older one arrives late: skipped, recorded, nothing sent.
+    let b = p.deliver(&e1).unwrap();
+    assert_eq!(b["outcome"], "skipped_stale", "{b}");
+    assert_eq!(p.run_dispatched(&v1.version_id).unwrap().len(), 0);
+    let record = p
+        .record(&v1.version_id)
+        .unwrap()
+        .expect("stale is recorded");
+    assert_eq!(record.outcome, Outcome::SkippedStale);
+    assert!(record.commands.is_empty());
+
+    let views = p.wait_serving(&c2, SETTLE);
+    for v in &views {
+        assert_eq!(v.commit.as_deref(), Some(c2.as_str()), "{}", table(&p));
+        assert_eq!(v.health, Some(200));
+    }
+    assert_ne!(c1, c2);
+    let out = p.cli(&["versions", "--json"]).success();
+    let rows = out.json()[0]["versions"].clone();
+    let row = |id: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row(&v2.version_id)["deploy"]["newest_dispatched"], true);
+    assert_eq!(row(&v1.version_id)["deploy"]["outcome"], "skipped_stale");
+}
+
+// ---------------------------------------------------------------------------------------
+// A hostile bundle: a real bundle with one more entry, `../x`, uploaded with valid metadata
+// (correct SHA-256 of the new bytes) straight through the SDK, as a compromised uploader
+// could. The bundler would refuse to build it; the deployer must refuse to send it.
+
+fn gzip(args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// A ustar header + data for a regular file named `name` (any bytes, `..` included).
+fn tar_file(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    let mut octal = |at: usize, width: usize, v: u64| {
+        let s = format!("{v:0w$o}\0", w = width - 1);
+        h[at..at + width].copy_from_slice(s.as_bytes());
+    };
+    octal(100, 8, 0o644);
+    octal(108, 8, 0);
+    octal(116, 8, 0);
+    octal(124, 12, data.len() as u64);
+    octal(136, 12, 1_700_000_000);
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+/// `bundle` (tar.gz) with `extra` appended before the end-of-archive blocks.
+fn append_entry(bundle: &[u8], extra: Vec<u8>) -> Vec<u8> {
+    let mut tar = gzip(&["-d", "-c"], bundle);
+    while tar.len() >= 512 && tar[tar.len() - 512..].iter().all(|b| *b == 0) {
+        tar.truncate(tar.len() - 512);
+    }
+    tar.extend(extra);
+    tar.resize(tar.len() + 1024, 0);
+    gzip(&["-n", "-c"], &tar)
+}
+
+#[test]
+fn a_hostile_bundle_never_reaches_a_host() {
+    let mut p = start();
+    let c1 = p.commit_release("v1");
+    let v1 = upload(&p);
+    let d = p.deploy(&v1.version_id).unwrap();
+    assert_deploy(&p, &d, 0, "deployed", &c1);
+    let before: Vec<Vec<String>> = p.hosts.iter().map(|h| h.sandbox.releases()).collect();
+
+    let (bytes, meta) = p.block_on(async {
+        let got =
+            p.s3.get_object()
+                .bucket(&p.bucket)
+                .key(p.key())
+                .version_id(&v1.version_id)
+                .send()
+                .await
+                .unwrap();
+        let headers = got.metadata().cloned().unwrap_or_default();
+        let bytes = got.body.collect().await.unwrap().into_bytes().to_vec();
+        (bytes, headers)
+    });
+    let hostile = append_entry(&bytes, tar_file("../x", b"escaped\n"));
+    let mut meta = ObjectMetadata::from_headers(&meta).expect("v1 metadata is valid");
+    meta.sha256 = dropship_tests::host::sha256_hex(&hostile);
+    meta.message = "hostile".into();
+    let headers = meta.to_headers().unwrap();
+    let version = p.block_on(async {
+        let mut req =
+            p.s3.put_object()
+                .bucket(&p.bucket)
+                .key(p.key())
+                .body(ByteStream::from(hostile));
+        for (k, v) in headers {
+            req = req.metadata(k, v);
+        }
+        req.send().await.unwrap().version_id().unwrap().to_owned()
+    });
+
+    let d = p.deploy(&version).unwrap();
+    assert_eq!(d.outcome(), "rejected", "{}", explain(&d));
+    let answer = d.lambda[0].as_ref().unwrap();
+    assert!(
+        answer["reason"].as_str().unwrap_or("").contains("../x"),
+        "{answer}"
+    );
+    assert!(d.runs.is_empty(), "{}", explain(&d));
+    let record = p.record(&version).unwrap().unwrap();
+    assert_eq!(record.outcome, Outcome::Rejected);
+    assert!(record.commands.is_empty());
+
+    // Hosts unchanged: same releases, v1 serving, nothing written outside a release.
+    let after: Vec<Vec<String>> = p.hosts.iter().map(|h| h.sandbox.releases()).collect();
+    assert_eq!(before, after);
+    for h in &p.hosts {
+        let root = h.sandbox.app_root();
+        assert!(!root.join("x").exists() && !root.join("releases/x").exists());
+    }
+    let views = p.wait_serving(&c1, SETTLE);
+    assert!(views.iter().all(|v| v.health == Some(200)), "{}", table(&p));
+
+    // The operator commands say so.
+    let out = p.cli(&["versions", "--json"]).success();
+    let top = out.json()[0]["versions"][0].clone();
+    assert_eq!(top["version_id"], version.as_str());
+    assert_eq!(top["deploy"]["outcome"], "rejected", "{top:#}");
+    assert_eq!(top["deploy"]["hosts"], 0, "{top:#}");
+    let out = p.cli(&["status", &version, "--json"]).success();
+    let status = out.json();
+    assert_eq!(status["phase"], "refused", "{status:#}");
+    assert_eq!(status["verdict"], "refused", "{status:#}");
+    assert_eq!(status["hosts"].as_array().map(Vec::len), Some(0));
+}
