@@ -72,7 +72,7 @@ dropship_start_moto() {
   export DROPSHIP_MOTO_PID
   local i
   for ((i = 0; i < 100; i++)); do
-    if curl -fsS -o /dev/null "http://127.0.0.1:$port/moto-api/"; then
+    if curl -fsS -o /dev/null "http://127.0.0.1:$port/moto-api/" 2>/dev/null; then
       break
     fi
     if ! kill -0 "$DROPSHIP_MOTO_PID" 2>/dev/null; then

@@ -189,6 +189,41 @@ impl Pipeline {
             rt.block_on(async { (moto::s3().await, moto::ssm().await, moto::ec2().await) });
         ReleaseKey::new(&opts.app, ENV).map_err(|e| anyhow!("app name: {e}"))?;
 
+        // The Lambda, as a Lambda (started first: its cold start overlaps the setup).
+        let mount = tempfile::Builder::new()
+            .prefix("dropship-hosts-")
+            .tempdir()?;
+        let mut env: Vec<(String, String)> = vec![
+            ("DROPSHIP_ALLOWED_BUCKETS".into(), opts.bucket.clone()),
+            (
+                "DROPSHIP_APP_ROOT".into(),
+                format!("{}/opt/dropship/{{app}}", mount.path().display()),
+            ),
+        ];
+        for k in [
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_REGION",
+        ] {
+            if let Ok(v) = std::env::var(k) {
+                env.push((k.into(), v));
+            }
+        }
+        let borrowed: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let lambda_log = match &opts.lambda_log {
+            Some(path) => path.clone(),
+            None => mount.path().with_extension("lambda.log"),
+        };
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("exec \"$0\" >>\"$1\" 2>&1")
+            .arg(bins::binary("deployer-lambda"))
+            .arg(&lambda_log);
+        let mut lambda = LambdaProcess::start_command(cmd, &borrowed);
+
         // Bucket: versioned, every object event to EventBridge.
         rt.block_on(async {
             s3.create_bucket().bucket(&opts.bucket).send().await?;
@@ -278,40 +313,6 @@ impl Pipeline {
         let repo = GitRepo::new();
         copy_tree(&sample_app_dir(), repo.path())?;
 
-        // The Lambda, as a Lambda.
-        let mount = tempfile::Builder::new()
-            .prefix("dropship-hosts-")
-            .tempdir()?;
-        let mut env: Vec<(String, String)> = vec![
-            ("DROPSHIP_ALLOWED_BUCKETS".into(), opts.bucket.clone()),
-            (
-                "DROPSHIP_APP_ROOT".into(),
-                format!("{}/opt/dropship/{{app}}", mount.path().display()),
-            ),
-        ];
-        for k in [
-            "AWS_ENDPOINT_URL",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_REGION",
-        ] {
-            if let Ok(v) = std::env::var(k) {
-                env.push((k.into(), v));
-            }
-        }
-        let borrowed: Vec<(&str, &str)> =
-            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let lambda_log = match &opts.lambda_log {
-            Some(path) => path.clone(),
-            None => mount.path().with_extension("lambda.log"),
-        };
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("exec \"$0\" >>\"$1\" 2>&1")
-            .arg(bins::binary("deployer-lambda"))
-            .arg(&lambda_log);
-        let mut lambda = LambdaProcess::start_command(cmd, &borrowed);
         lambda
             .wait_ready(Duration::from_secs(60))
             .map_err(|e| anyhow!("deployer-lambda did not start: {e}"))?;
