@@ -44,6 +44,16 @@ pub async fn ssm() -> aws_sdk_ssm::Client {
     aws_sdk_ssm::Client::new(&sdk_config().await)
 }
 
+/// An EventBridge client for the shared moto server (the local pipeline's rule).
+pub async fn events() -> aws_sdk_eventbridge::Client {
+    aws_sdk_eventbridge::Client::new(&sdk_config().await)
+}
+
+/// An SQS client for the shared moto server (the queue that captures the rule's events).
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&sdk_config().await)
+}
+
 /// A name no other test (or earlier run against the same server) uses: `prefix-<pid>-<n>-<t>`,
 /// lower-case and short enough for a bucket name.
 pub fn unique(prefix: &str) -> String {

@@ -24,8 +24,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -33,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+use aws_sdk_eventbridge::types::{RuleState, Target};
 use aws_sdk_s3::types::{EventBridgeConfiguration, NotificationConfiguration};
+use aws_sdk_sqs::types::QueueAttributeName;
 use dropship_contract::key::ReleaseKey;
 use dropship_contract::record::DeployRecord;
 use serde_json::{json, Value};
@@ -160,6 +160,8 @@ pub struct Pipeline {
     rt: tokio::runtime::Runtime,
     pub s3: aws_sdk_s3::Client,
     pub ssm: aws_sdk_ssm::Client,
+    events: aws_sdk_eventbridge::Client,
+    sqs: aws_sdk_sqs::Client,
     pub app: String,
     pub bucket: String,
     pub queue_url: String,
@@ -185,8 +187,15 @@ impl Pipeline {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let (s3, ssm, ec2) =
-            rt.block_on(async { (moto::s3().await, moto::ssm().await, moto::ec2().await) });
+        let (s3, ssm, ec2, events, sqs) = rt.block_on(async {
+            (
+                moto::s3().await,
+                moto::ssm().await,
+                moto::ec2().await,
+                moto::events().await,
+                moto::sqs().await,
+            )
+        });
         ReleaseKey::new(&opts.app, ENV).map_err(|e| anyhow!("app name: {e}"))?;
 
         // The Lambda, as a Lambda (started first: its cold start overlaps the setup).
@@ -252,19 +261,6 @@ impl Pipeline {
         // The rule of infra/events.tf, with an SQS queue as its target instead of the Lambda,
         // so the event EventBridge emits is captured and then delivered to the Lambda.
         let queue = format!("{}-events", opts.bucket);
-        let queue_url = aws_json("sqs", "AmazonSQS.CreateQueue", &json!({"QueueName": queue}))?
-            ["QueueUrl"]
-            .as_str()
-            .ok_or_else(|| anyhow!("CreateQueue: no QueueUrl"))?
-            .to_owned();
-        let queue_arn = aws_json(
-            "sqs",
-            "AmazonSQS.GetQueueAttributes",
-            &json!({"QueueUrl": queue_url, "AttributeNames": ["QueueArn"]}),
-        )?["Attributes"]["QueueArn"]
-            .as_str()
-            .ok_or_else(|| anyhow!("GetQueueAttributes: no QueueArn"))?
-            .to_owned();
         let rule = format!("{}-release-uploaded", opts.bucket);
         let pattern = json!({
             "source": ["aws.s3"],
@@ -274,19 +270,43 @@ impl Pipeline {
                 "object": {"key": [{"wildcard": "releases/*.tar.gz"}]}
             }
         });
-        aws_json(
-            "events",
-            "AWSEvents.PutRule",
-            &json!({"Name": rule, "EventPattern": pattern.to_string(), "State": "ENABLED"}),
-        )?;
-        let put = aws_json(
-            "events",
-            "AWSEvents.PutTargets",
-            &json!({"Rule": rule, "Targets": [{"Id": "capture", "Arn": queue_arn}]}),
-        )?;
-        if put["FailedEntryCount"].as_u64().unwrap_or(0) != 0 {
-            bail!("PutTargets failed: {put}");
-        }
+        let queue_url = rt
+            .block_on(async {
+                let queue_url = sqs
+                    .create_queue()
+                    .queue_name(&queue)
+                    .send()
+                    .await?
+                    .queue_url
+                    .ok_or_else(|| anyhow!("CreateQueue answered without a QueueUrl"))?;
+                let queue_arn = sqs
+                    .get_queue_attributes()
+                    .queue_url(&queue_url)
+                    .attribute_names(QueueAttributeName::QueueArn)
+                    .send()
+                    .await?
+                    .attributes
+                    .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+                    .ok_or_else(|| anyhow!("GetQueueAttributes answered without a QueueArn"))?;
+                events
+                    .put_rule()
+                    .name(&rule)
+                    .event_pattern(pattern.to_string())
+                    .state(RuleState::Enabled)
+                    .send()
+                    .await?;
+                let put = events
+                    .put_targets()
+                    .rule(&rule)
+                    .targets(Target::builder().id("capture").arn(queue_arn).build()?)
+                    .send()
+                    .await?;
+                if put.failed_entry_count != 0 {
+                    bail!("PutTargets failed: {:?}", put.failed_entries);
+                }
+                anyhow::Ok(queue_url)
+            })
+            .with_context(|| format!("creating rule {rule} and queue {queue}"))?;
 
         // Instances tagged for the app/env, one simulated host each.
         let instance_ids = rt.block_on(run_instances(&ec2, &opts.app, opts.hosts))?;
@@ -321,6 +341,8 @@ impl Pipeline {
             rt,
             s3,
             ssm,
+            events,
+            sqs,
             app: opts.app.clone(),
             bucket: opts.bucket.clone(),
             queue_url,
@@ -429,23 +451,34 @@ impl Pipeline {
 
     /// Drains the queue into the inbox; returns how many events arrived.
     fn poll_queue(&self) -> Result<usize> {
-        let out = aws_json(
-            "sqs",
-            "AmazonSQS.ReceiveMessage",
-            &json!({"QueueUrl": self.queue_url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 0}),
-        )?;
-        let messages = out["Messages"].as_array().cloned().unwrap_or_default();
+        let messages = self.rt.block_on(async {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(0)
+                .send()
+                .await?;
+            let messages = out.messages.unwrap_or_default();
+            for m in &messages {
+                if let Some(handle) = &m.receipt_handle {
+                    self.sqs
+                        .delete_message()
+                        .queue_url(&self.queue_url)
+                        .receipt_handle(handle)
+                        .send()
+                        .await?;
+                }
+            }
+            anyhow::Ok(messages)
+        })?;
         let mut inbox = self.inbox.lock().unwrap();
         for m in &messages {
-            let body = m["Body"].as_str().unwrap_or_default();
+            let body = m.body.as_deref().unwrap_or_default();
             let event: Value =
                 serde_json::from_str(body).with_context(|| format!("event body: {body}"))?;
             inbox.push(event);
-            aws_json(
-                "sqs",
-                "AmazonSQS.DeleteMessage",
-                &json!({"QueueUrl": self.queue_url, "ReceiptHandle": m["ReceiptHandle"]}),
-            )?;
         }
         Ok(messages.len())
     }
@@ -623,21 +656,22 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        let _ = aws_json(
-            "events",
-            "AWSEvents.RemoveTargets",
-            &json!({"Rule": self.rule, "Ids": ["capture"]}),
-        );
-        let _ = aws_json(
-            "events",
-            "AWSEvents.DeleteRule",
-            &json!({"Name": self.rule}),
-        );
-        let _ = aws_json(
-            "sqs",
-            "AmazonSQS.DeleteQueue",
-            &json!({"QueueUrl": self.queue_url}),
-        );
+        self.rt.block_on(async {
+            let _ = self
+                .events
+                .remove_targets()
+                .rule(&self.rule)
+                .ids("capture")
+                .send()
+                .await;
+            let _ = self.events.delete_rule().name(&self.rule).send().await;
+            let _ = self
+                .sqs
+                .delete_queue()
+                .queue_url(&self.queue_url)
+                .send()
+                .await;
+        });
         if self.own_log {
             let _ = fs::remove_file(&self.lambda_log);
         }
@@ -761,52 +795,6 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// One call of an AWS JSON-protocol API (SQS, EventBridge) on the moto server. Unsigned: moto
-/// does not check signatures and routes by the service named in the credential scope.
-pub fn aws_json(service: &str, target: &str, body: &Value) -> Result<Value> {
-    let endpoint = moto::endpoint();
-    let hostport = endpoint
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("AWS_ENDPOINT_URL must be http:// (moto), got {endpoint}"))?
-        .trim_end_matches('/');
-    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-    let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "testing".into());
-    let content_type = if service == "sqs" {
-        "application/x-amz-json-1.0"
-    } else {
-        "application/x-amz-json-1.1"
-    };
-    let payload = body.to_string();
-    let mut conn =
-        TcpStream::connect(hostport).with_context(|| format!("connecting to {hostport}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        conn,
-        "POST / HTTP/1.1\r\nHost: {hostport}\r\nX-Amz-Target: {target}\r\nContent-Type: {content_type}\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential={key}/20260101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=0\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-        payload.len()
-    )?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("{target}: malformed response"))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("{target}: no status"))?;
-    if !(200..300).contains(&status) {
-        bail!("{target}: HTTP {status}: {body}");
-    }
-    if body.trim().is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_str(body).with_context(|| format!("{target}: response is not JSON: {body}"))
 }
 
 /// A short table of host views (for the narrative and failure messages).
