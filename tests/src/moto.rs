@@ -14,6 +14,26 @@ pub fn endpoint() -> String {
     })
 }
 
+/// The variables a child process (the Lambda binary, a Python handler) needs to reach the
+/// same moto server as this process, as `scripts/test` exported them. Panics naming the one
+/// missing; the session token is passed only when set.
+pub fn aws_env() -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for k in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+    ] {
+        let v = std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set (scripts/test)"));
+        env.push((k.to_owned(), v));
+    }
+    if let Ok(token) = std::env::var("AWS_SESSION_TOKEN") {
+        env.push(("AWS_SESSION_TOKEN".to_owned(), token));
+    }
+    env
+}
+
 /// SDK configuration from the environment scripts/test exported (endpoint, test credentials).
 pub async fn sdk_config() -> aws_config::SdkConfig {
     endpoint();

@@ -209,17 +209,7 @@ impl Pipeline {
                 format!("{}/opt/dropship/{{app}}", mount.path().display()),
             ),
         ];
-        for k in [
-            "AWS_ENDPOINT_URL",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_REGION",
-        ] {
-            if let Ok(v) = std::env::var(k) {
-                env.push((k.into(), v));
-            }
-        }
+        env.extend(moto::aws_env());
         let borrowed: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let lambda_log = match &opts.lambda_log {

@@ -807,18 +807,7 @@ fn process_env(f: &Fixture) -> Vec<(String, String)> {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-    for k in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_REGION",
-    ] {
-        env.push((
-            k.to_owned(),
-            std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set (scripts/test)")),
-        ));
-    }
+    env.extend(moto::aws_env());
     env
 }
 

@@ -130,18 +130,7 @@ fn python() -> PathBuf {
 /// Start one runtime, wait for its first poll, invoke it once, read its peak RSS.
 fn sample(runtime: Runtime, bucket: &str, event: &Value) -> Sample {
     let mut env: Vec<(String, String)> = vec![("DROPSHIP_ALLOWED_BUCKETS".into(), bucket.into())];
-    for k in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_REGION",
-    ] {
-        env.push((
-            k.into(),
-            std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set (scripts/test)")),
-        ));
-    }
+    env.extend(moto::aws_env());
     env.push((
         "DROPSHIP_HOST_SCRIPT".into(),
         bins::script("deploy-on-host.sh").display().to_string(),
