@@ -6,9 +6,10 @@
 //!   the app's published port and health URL behave as on a separate machine;
 //! - its own iptables, bridges and `net.ipv4.ip_forward`, which its dockerd changes there and
 //!   only there (the machine's own network is never touched);
-//! - its own `/run`, `/opt`, `/root`, `/tmp` and `/etc/docker` (bind-mounted from the host's
-//!   directory), so `/opt/dropship/<app>` and `/var/run/docker.sock` are the host's own, and
-//!   root's home holds the Compose v2 CLI plugin as on a real host;
+//! - its own `/run`, `/opt`, `/root`, `/var/lib`, `/tmp` and `/etc/docker` (bind-mounted from
+//!   the host's directory), so `/opt/dropship/<app>`, `/var/lib/docker` and
+//!   `/var/run/docker.sock` are the host's own, and root's home holds the Compose v2 CLI
+//!   plugin as on a real host;
 //! - its own `dockerd` (Debian's `docker.io`), bridge networking with iptables on, so compose
 //!   projects get their own networks (room for a reverse proxy in front of start-first
 //!   containers later);
@@ -276,12 +277,17 @@ impl SimHost {
     }
 
     /// The machine path of `host_path` as this host sees it. Paths under the host's own
-    /// directories (`/opt`, `/root`, `/tmp`) map to the host's directory and stay readable
+    /// directories (`/opt`, `/root`, `/tmp`, `/var/lib`) map to the host's directory and stay readable
     /// after the host stopped; others go through the host's mount namespace
     /// (`/proc/<init>/root/…`) while it runs.
     pub fn path(&self, host_path: &str) -> PathBuf {
         assert!(host_path.starts_with('/'), "{host_path} is not absolute");
-        for (mount, local) in [("/opt", "opt"), ("/root", "root"), ("/tmp", "tmp")] {
+        for (mount, local) in [
+            ("/opt", "opt"),
+            ("/root", "root"),
+            ("/tmp", "tmp"),
+            ("/var/lib", "var-lib"),
+        ] {
             if host_path == mount || host_path.starts_with(&format!("{mount}/")) {
                 return self
                     .dir()
@@ -310,6 +316,42 @@ impl SimHost {
             .envs(run_marker())
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Starts an `AWS-RunShellScript` command the way the SSM agent does on Linux: the script
+    /// written to `_script.sh` in the agent's orchestration directory for the command, run as
+    /// `sh -c <that file>` as root with the agent's environment, as the leader of its own
+    /// process group (the agent stops a command by SIGKILL to that group: see
+    /// [`kill_agent_script`]), stdout and stderr into files beside it. Returns the child and
+    /// the directory (machine path) holding `stdout` and `stderr`.
+    pub fn spawn_agent_script(
+        &self,
+        instance_id: &str,
+        command_id: &str,
+        script: &str,
+    ) -> io::Result<(Child, PathBuf)> {
+        let rel = format!(
+            "/var/lib/amazon/ssm/{instance_id}/document/orchestration/{command_id}/awsrunShellScript/0.awsrunShellScript"
+        );
+        let dir = self.path(&rel);
+        fs::create_dir_all(&dir)?;
+        let file = dir.join("_script.sh");
+        fs::write(&file, script)?;
+        // `sh -c <path>` executes the file itself, so the agent makes it executable.
+        fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let stdout = fs::File::create(dir.join("stdout"))?;
+        let stderr = fs::File::create(dir.join("stderr"))?;
+        let child = self
+            .command("sh")
+            .arg("-c")
+            .arg(format!("{rel}/_script.sh"))
+            .env("AWS_SSM_INSTANCE_ID", instance_id)
+            .env("AWS_SSM_REGION_NAME", "us-east-1")
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()?;
+        Ok((child, dir))
     }
 
     /// `docker ARGS` against this host's engine; panics (with the output) when it fails.
@@ -512,6 +554,15 @@ impl Drop for SimHost {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Stops a command started with [`SimHost::spawn_agent_script`] as the SSM agent does on an
+/// execution timeout or a cancel: SIGKILL to its whole process group, no grace period
+/// (amazon-ssm-agent, `executers_unix.go`, `killProcess`).
+pub fn kill_agent_script(child: &mut Child) {
+    // SAFETY: kill on the process group of a child we spawned as its leader.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
 }
 
 /// One running container of a compose project.

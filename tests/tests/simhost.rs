@@ -162,3 +162,45 @@ fn a_host_has_its_own_opt_and_home_with_the_compose_plugin() {
     let images = host.docker(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(images.lines().any(|l| l == IMAGE), "{images}");
 }
+
+#[test]
+fn an_agent_script_runs_as_the_ssm_agent_runs_it_and_dies_with_its_group() {
+    let host = SimHost::start("agent");
+    let (mut child, dir) = host
+        .spawn_agent_script(
+            "i-0123",
+            "cmd-1",
+            "echo \"$HOME|$PATH|$AWS_SSM_INSTANCE_ID|$(pwd)\"; sleep 600 & sleep 600",
+        )
+        .unwrap();
+    // Both sleeps are running inside the host.
+    let sleeping = || {
+        let out = host
+            .command("pgrep")
+            .args(["-c", "-x", "sleep"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
+    assert!(dropship_tests::host::wait_until(
+        std::time::Duration::from_secs(10),
+        || sleeping() == 2
+    ));
+    dropship_tests::simhost::kill_agent_script(&mut child);
+    assert!(dropship_tests::host::wait_until(
+        std::time::Duration::from_secs(10),
+        || sleeping() == 0
+    ));
+    let out = fs::read_to_string(dir.join("stdout")).unwrap();
+    assert_eq!(
+        out,
+        format!("|{}|i-0123|/\n", dropship_tests::simhost::AGENT_PATH),
+        "no HOME, the agent's PATH, the instance id, run from /"
+    );
+    assert!(host
+        .path("/var/lib/amazon/ssm/i-0123/document/orchestration/cmd-1/awsrunShellScript/0.awsrunShellScript/_script.sh")
+        .is_file());
+}
