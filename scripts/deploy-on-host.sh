@@ -5,53 +5,59 @@
 # gates on health, and rolls back by itself when the new release does not come up healthy.
 #
 # Runs on Amazon Linux 2023 and Ubuntu 22.04/24.04 and assumes only bash (>= 5), coreutils,
-# curl, tar (GNU), gzip, sha256sum, flock and docker with Compose v2. pigz is used for
-# unpacking when it happens to be installed.
+# util-linux (flock, setpriv), awk, curl, tar (GNU), gzip and docker with Compose v2. pigz is
+# used for unpacking when it happens to be installed.
 #
 # Inputs: environment variables only (the Lambda exports them with strict single-quoting;
-# nothing here ever evaluates them as code). Empty and unset are the same.
+# nothing here ever evaluates them as code). Empty and unset are the same. The script takes
+# them into its own variables and un-exports every DROPSHIP_* at once, so no child (curl,
+# docker compose, hooks, containers) sees the presigned URL or any other input.
 #
-#   variable                  meaning (default)
-#   DROPSHIP_ACTION           deploy (default) | rollback | status
-#   DROPSHIP_APP              app name, [a-z0-9][a-z0-9-]{0,62}; also the compose project name
-#   DROPSHIP_ENV              environment name, same pattern
-#   DROPSHIP_APP_ROOT         absolute host directory of the app, e.g. /opt/dropship/<app>
-#   DROPSHIP_BUCKET           bucket of the bundle (recorded)
-#   DROPSHIP_KEY              key of the bundle, ending in <app>/<env>.tar.gz (recorded)
-#   DROPSHIP_VERSION_ID       S3 version id deployed (printable ASCII, no '/')
-#   DROPSHIP_SEQUENCER        S3 event sequencer, hex; empty for an operator's direct redeploy
-#   DROPSHIP_SHA256           expected SHA-256 (64 hex) of the downloaded object
-#   DROPSHIP_BUNDLE_URL       presigned http(s) GET for that version
-#   DROPSHIP_BUNDLE_BYTES     object size in bytes (0: unknown; checked when given)
-#   DROPSHIP_UNPACKED_BYTES   unpacked size in bytes, for the disk preflight (0)
-#   DROPSHIP_COMMIT           full commit hash (40 or 64 lower-case hex)
-#   DROPSHIP_COMPOSE_FILE     compose file inside the bundle (compose.yaml)
-#   DROPSHIP_PROFILES         comma-separated compose profiles ()
-#   DROPSHIP_HEALTH_URL       http(s) URL that must answer 2xx; empty: compose --wait only
-#   DROPSHIP_HEALTH_TIMEOUT   seconds the health gate waits (60)
-#   DROPSHIP_SHARED_PATHS     comma-separated paths under shared/ linked into each release (.env)
-#   DROPSHIP_KEEP_RELEASES    releases kept on disk (5)
-#   DROPSHIP_REQUIRED_ENV     comma-separated variable names that must be set in shared/.env
-#   DROPSHIP_PRE_SWITCH_HOOK  path inside the release run before the switch ()
-#   DROPSHIP_ROLLBACK_TO      release name for the rollback action (the previous release)
-#   DROPSHIP_LOCK_TIMEOUT     seconds to wait for the host lock (300)
+#   variable                    meaning (default)
+#   DROPSHIP_ACTION             deploy (default) | rollback | status
+#   DROPSHIP_APP                app name, [a-z0-9][a-z0-9-]{0,62}
+#   DROPSHIP_ENV                environment name, same pattern
+#   DROPSHIP_APP_ROOT           absolute host directory of the app, e.g. /opt/dropship/<app>
+#   DROPSHIP_BUCKET             bucket of the bundle (recorded)
+#   DROPSHIP_KEY                key of the bundle, ending in <app>/<env>.tar.gz (recorded)
+#   DROPSHIP_VERSION_ID         S3 version id deployed (printable ASCII, no '/')
+#   DROPSHIP_SEQUENCER          S3 event sequencer, hex; empty for an operator's direct redeploy
+#   DROPSHIP_SHA256             expected SHA-256 (64 hex) of the downloaded object
+#   DROPSHIP_BUNDLE_URL         presigned http(s) GET for that version (never on a command line)
+#   DROPSHIP_BUNDLE_BYTES       object size in bytes (0: unknown; checked when given)
+#   DROPSHIP_UNPACKED_BYTES     unpacked size in bytes, for the first disk preflight (0)
+#   DROPSHIP_COMMIT             full commit hash (40 or 64 lower-case hex)
+#   DROPSHIP_COMPOSE_FILE       compose file inside the bundle (compose.yaml)
+#   DROPSHIP_PROFILES           comma-separated compose profiles ()
+#   DROPSHIP_HEALTH_URL         http(s) URL that must answer 2xx; empty: compose --wait only
+#   DROPSHIP_HEALTH_TIMEOUT     seconds the health gate waits (60)
+#   DROPSHIP_SHARED_PATHS       comma-separated paths under shared/ linked into each release (.env)
+#   DROPSHIP_KEEP_RELEASES      releases kept on disk, the current one included (5)
+#   DROPSHIP_REQUIRED_ENV       rules for shared/.env, one per line: NAME [MIN_LENGTH [PATTERN]]
+#   DROPSHIP_PRE_SWITCH_HOOK    path inside the release run before the switch ()
+#   DROPSHIP_ROLLBACK_TO        release name for the rollback action (the previous release)
+#   DROPSHIP_EXPECT_VERSION_ID  rollback only if this version is the committed one, else superseded
+#   DROPSHIP_LOCK_TIMEOUT       seconds to wait for the host lock (300)
+#   DROPSHIP_EXECUTION_TIMEOUT  SSM's executionTimeout: the run never starts what it cannot finish (3600)
 #
 # Exit codes (contract::host::ExitCode):
-#    0  deployed, no-op (already current), stale (older sequencer) or requested rollback done
+#    0  deployed, no-op (already current), stale, superseded or requested rollback done
 #    2  bad input: nothing touched
 #    3  lock not acquired in time
-#    4  preflight failed (disk, docker compose missing)
-#    5  download or SHA-256 verification failed
+#    4  preflight failed (disk, time left, docker compose missing)
+#    5  download, image pull or SHA-256 verification failed
 #    6  unpack failed
 #    7  compose config or .env invalid
 #    8  pre-switch hook failed
-#    9  compose up or health failed after the switch; previous release restored and healthy
-#   10  rollback also failed, or the script was stopped (signal, unexpected error): host needs
-#       an operator or a rerun (the next run recovers the committed release first)
+#    9  compose up, health or commit failed after the switch; previous release restored and healthy
+#   10  rollback also failed, or the run was stopped or found the host unverified: the next
+#       run restores the committed release first; otherwise the host needs an operator
 #
 # Output: every step is logged as `<UTC time> [<step>] <message>`; the last line is
 # `DROPSHIP_RESULT {json}` with outcome, release, previous, version_id, commit, exit_code,
-# message (and attempted, when a release was tried and not kept).
+# message (and attempted, when a release was tried and not kept). Right before the switch a
+# provisional `interrupted` result line is printed: SSM stops a command by SIGKILL to its
+# whole process group, so that line is the last one only when the run was killed there.
 #
 # Host layout under DROPSHIP_APP_ROOT:
 #   releases/<YYYYmmddTHHMMSSZ>-<commit7>/  unpacked bundle + .dropship/{manifest,release}.json
@@ -67,12 +73,44 @@ exec 2>&1
 
 readonly NAME_RE='^[a-z0-9][a-z0-9-]{0,62}$'
 readonly RELEASE_RE='^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{7}(-[0-9]+)?$'
-readonly RELPATH_RE='^[A-Za-z0-9._@+][A-Za-z0-9._@+/-]*$'
+
+# ---------------------------------------------------------------------------------------
+# inputs: copied, then un-exported
+
+ACTION=${DROPSHIP_ACTION:-deploy}
+APP=${DROPSHIP_APP:-}
+ENV_NAME=${DROPSHIP_ENV:-}
+APP_ROOT=${DROPSHIP_APP_ROOT:-}
+BUCKET=${DROPSHIP_BUCKET:-}
+KEY=${DROPSHIP_KEY:-}
+IN_VERSION_ID=${DROPSHIP_VERSION_ID:-}
+IN_SEQUENCER=${DROPSHIP_SEQUENCER:-}
+IN_SHA256=${DROPSHIP_SHA256:-}
+URL=${DROPSHIP_BUNDLE_URL:-}
+BUNDLE_BYTES=${DROPSHIP_BUNDLE_BYTES:-0}
+UNPACKED_BYTES=${DROPSHIP_UNPACKED_BYTES:-0}
+IN_COMMIT=${DROPSHIP_COMMIT:-}
+COMPOSE_FILE=${DROPSHIP_COMPOSE_FILE:-compose.yaml}
+PROFILES=${DROPSHIP_PROFILES:-}
+HEALTH_URL=${DROPSHIP_HEALTH_URL:-}
+HEALTH_TIMEOUT=${DROPSHIP_HEALTH_TIMEOUT:-60}
+SHARED_PATHS=${DROPSHIP_SHARED_PATHS-.env}
+KEEP_RELEASES=${DROPSHIP_KEEP_RELEASES:-5}
+REQUIRED_ENV=${DROPSHIP_REQUIRED_ENV:-}
+HOOK=${DROPSHIP_PRE_SWITCH_HOOK:-}
+ROLLBACK_TO=${DROPSHIP_ROLLBACK_TO:-}
+EXPECT_VERSION_ID=${DROPSHIP_EXPECT_VERSION_ID:-}
+LOCK_TIMEOUT=${DROPSHIP_LOCK_TIMEOUT:-300}
+EXEC_TIMEOUT=${DROPSHIP_EXECUTION_TIMEOUT:-3600}
+for v in "${!DROPSHIP_@}"; do unset "$v"; done
+VERSION_ID="" SEQUENCER="" SHA256="" COMMIT=""
 
 # ---------------------------------------------------------------------------------------
 # output helpers
 
+STEP=start
 log() { # step message
+    STEP=$1
     printf '%(%Y-%m-%dT%H:%M:%SZ)T [%s] %s\n' -1 "$1" "$2"
 }
 
@@ -100,18 +138,8 @@ q() {
     printf '%s' "$REPLY"
 }
 
-# Reverse of json_str for the values this script stores (which never hold control
-# characters): undo \" and \\ and \/.
-json_unstr() {
-    local s=$1
-    s=${s//\\\\/$'\001'}
-    s=${s//\\\"/\"}
-    s=${s//\\\//\/}
-    REPLY=${s//$'\001'/\\}
-}
-
-# Reads "key" from a file this script wrote (one key per line). REPLY is the value;
-# returns 1 when the file or key is missing.
+# Reads "key" from a file this script wrote (one key per line; its values never hold control
+# characters). REPLY is the value; returns 1 when the file or key is missing.
 json_get() { # file key
     local line v
     REPLY=
@@ -121,25 +149,28 @@ json_get() { # file key
             v=${line#"  \"$2\": "}
             v=${v%,}
             if [[ $v == \"*\" ]]; then
-                v=${v#\"}
-                v=${v%\"}
-                json_unstr "$v"
-            else
-                REPLY=$v
+                v=${v:1:${#v}-2}
+                v=${v//\\\\/$'\001'}
+                v=${v//\\\"/\"}
+                v=${v//\\\//\/}
+                v=${v//$'\001'/\\}
             fi
+            REPLY=$v
             return 0
         fi
     done <"$1"
     return 1
 }
 
-# Writes a one-key-per-line JSON object: json_write FILE key value [key value ...].
-# format, health_timeout and deployed_us are numbers; everything else is a string.
+# Writes a one-key-per-line JSON object atomically (temp file, fsync, rename); returns 1
+# and leaves the old file in place when any of it fails (a full disk).
+# json_write FILE key value [key value ...]; format, health_timeout, deployed_us and
+# keep_releases are numbers, everything else is a string.
 json_write() {
     local file=$1 tmp out="{" sep=$'\n'
     shift
     while (($# >= 2)); do
-        if [[ $1 =~ ^(format|health_timeout|deployed_us)$ && $2 =~ ^(0|[1-9][0-9]{0,17})$ ]]; then
+        if [[ $1 =~ ^(format|health_timeout|deployed_us|keep_releases)$ && $2 =~ ^(0|[1-9][0-9]{0,17})$ ]]; then
             REPLY=$2
         else
             json_str "$2"
@@ -148,9 +179,12 @@ json_write() {
         sep=$',\n'
         shift 2
     done
-    out+=$'\n}\n'
     tmp="$file.tmp.$$"
-    printf '%s' "$out" >"$tmp" && mv -f -- "$tmp" "$file"
+    if { printf '%s\n}\n' "$out" >"$tmp"; } 2>/dev/null && sync -- "$tmp" && mv -f -- "$tmp" "$file"; then
+        return 0
+    fi
+    rm -f -- "$tmp"
+    return 1
 }
 
 # One-line JSON object from key/value pairs (for deploy.log and the result line).
@@ -171,6 +205,48 @@ json_line() {
 
 now_iso() { printf -v REPLY '%(%Y-%m-%dT%H:%M:%SZ)T' -1; }
 
+# .env values (>= 6 bytes) never reach the output: every docker line passes through here.
+REDACT=()
+redact() {
+    local line v
+    while IFS= read -r line || [[ -n $line ]]; do
+        for v in "${REDACT[@]}"; do line=${line//"$v"/<redacted .env value>}; done
+        printf '%s\n' "$line"
+    done
+}
+
+# ---------------------------------------------------------------------------------------
+# children: in the background (a signal is handled at once, not when they finish), without
+# the lock descriptor (fd 9), and killed by the kernel when this script dies (setpriv)
+
+DIE_WITH_ME=()
+setpriv --pdeathsig KILL -- true 2>/dev/null && DIE_WITH_ME=(setpriv --pdeathsig KILL --)
+CHILDREN=()
+
+spawn() { # command...: started; stdin passed on
+    "${DIE_WITH_ME[@]}" "$@" <&0 9>&- &
+    CHILDREN+=("$!")
+}
+
+reap() { # pid: its status
+    local rc
+    wait "$1"
+    rc=$?
+    CHILDREN=()
+    return "$rc"
+}
+
+run() { # command...: its status
+    spawn "$@"
+    reap "$!"
+}
+
+dk() { # docker args...: its status; output redacted
+    { "${DIE_WITH_ME[@]}" docker "$@" 2>&1 </dev/null | redact; exit "${PIPESTATUS[0]}"; } 9>&- &
+    CHILDREN+=("$!")
+    reap "$!"
+}
+
 # ---------------------------------------------------------------------------------------
 # result and exit
 
@@ -179,27 +255,36 @@ OUT_RELEASE=""
 OUT_PREVIOUS=""
 OUT_ATTEMPTED=""
 LOCKED=0
+RECOVERY_FAILED=0
+RECOVERY_MSG=""
+
+result_line() { # outcome code message
+    json_line outcome "$1" release "$OUT_RELEASE" previous "$OUT_PREVIOUS" \
+        version_id "$VERSION_ID" commit "$COMMIT" exit_code "$2" message "$3" \
+        attempted "$OUT_ATTEMPTED"
+    printf 'DROPSHIP_RESULT %s\n' "$REPLY"
+}
 
 # finish CODE OUTCOME MESSAGE: audit-log (when holding the lock), print the result, exit.
 finish() {
-    local code=$1 outcome=$2 msg=$3 when
-    now_iso
-    when=$REPLY
+    local code=$1 outcome=$2 msg=$3
+    # A run that found the host unverified and could not fix it never reports less.
+    if ((RECOVERY_FAILED)) && [[ $outcome == failed ]]; then
+        code=10 outcome=rollback_failed msg="$msg; and the host is not verified: $RECOVERY_MSG"
+    fi
+    RESULT_DONE=1
+    cleanup
     if ((LOCKED)); then
-        json_line time "$when" action "$ACTION" outcome "$outcome" exit_code "$code" \
+        now_iso
+        json_line time "$REPLY" action "$ACTION" outcome "$outcome" exit_code "$code" \
             release "$OUT_RELEASE" previous "$OUT_PREVIOUS" attempted "$OUT_ATTEMPTED" \
-            version_id "${VERSION_ID:-}" sequencer "${SEQUENCER:-}" commit "${COMMIT:-}" \
-            sha256 "${SHA256:-}" message "$msg"
-        printf '%s\n' "$REPLY" >>"$APP_ROOT/deploy.log" ||
+            version_id "$VERSION_ID" sequencer "$SEQUENCER" commit "$COMMIT" \
+            sha256 "$SHA256" message "$msg"
+        { printf '%s\n' "$REPLY" >>"$APP_ROOT/deploy.log"; } 2>/dev/null ||
             log audit "could not append to deploy.log"
     fi
     log result "$outcome (exit $code): $msg"
-    json_line outcome "$outcome" release "$OUT_RELEASE" previous "$OUT_PREVIOUS" \
-        version_id "${VERSION_ID:-}" commit "${COMMIT:-}" exit_code "$code" message "$msg" \
-        attempted "$OUT_ATTEMPTED"
-    RESULT_DONE=1
-    cleanup
-    printf 'DROPSHIP_RESULT %s\n' "$REPLY"
+    result_line "$outcome" "$code" "$msg"
     exit "$code"
 }
 
@@ -208,77 +293,66 @@ bad_input() { # message
 }
 
 # Temporary things a failed or interrupted run must not leave behind.
-TMP_DOWNLOAD=""
-TMP_LIST=""
-TMP_SUM=""
-PARTIAL_DIR=""
-UNSWITCHED_DIR=""
+TMP_DOWNLOAD="" PARTIAL_DIR="" NEW=""
 
 cleanup() {
-    [[ -n $TMP_DOWNLOAD ]] && rm -f -- "$TMP_DOWNLOAD"
-    [[ -n $TMP_LIST ]] && rm -f -- "$TMP_LIST" "$TMP_LIST.sorted"
-    [[ -n $TMP_SUM ]] && rm -f -- "$TMP_SUM"
+    local p
+    for p in "${CHILDREN[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    CHILDREN=()
+    [[ -n $TMP_DOWNLOAD ]] && rm -f -- "$TMP_DOWNLOAD" "$TMP_DOWNLOAD".*
     [[ -n $PARTIAL_DIR && -d $PARTIAL_DIR ]] && rm -rf -- "$PARTIAL_DIR"
-    # A release that was unpacked but never switched to was never live: remove it.
-    [[ -n $UNSWITCHED_DIR && -d $UNSWITCHED_DIR ]] && rm -rf -- "$UNSWITCHED_DIR"
-    TMP_DOWNLOAD="" TMP_LIST="" TMP_SUM="" PARTIAL_DIR="" UNSWITCHED_DIR=""
+    # A release that was unpacked but never switched to was never live: remove it, unless
+    # a signal came right after the switch (then `current` points at it; the next run
+    # decides).
+    if [[ -n $NEW && -e $APP_ROOT/releases/$NEW/.dropship/unswitched ]]; then
+        current_link
+        [[ $REPLY == "$NEW" ]] || rm -rf -- "${APP_ROOT:?}/releases/$NEW"
+    fi
+    TMP_DOWNLOAD="" PARTIAL_DIR=""
 }
 
 on_exit() {
     local rc=$?
-    if ((!RESULT_DONE)); then
-        RESULT_DONE=1
-        cleanup
-        log result "failed: the script stopped unexpectedly (status $rc)"
-        json_line outcome failed release "$OUT_RELEASE" previous "$OUT_PREVIOUS" \
-            version_id "${VERSION_ID:-}" commit "${COMMIT:-}" exit_code 10 \
-            message "the script stopped unexpectedly (status $rc); the next run recovers" \
-            attempted "$OUT_ATTEMPTED"
-        printf 'DROPSHIP_RESULT %s\n' "$REPLY"
-        exit 10 # the status the result line reports, whatever stopped the script
-    fi
+    ((RESULT_DONE)) && return
+    RESULT_DONE=1
+    cleanup
+    log result "the script stopped unexpectedly (status $rc)"
+    result_line "$(interrupted_or failed)" 10 "the script stopped unexpectedly (status $rc) during $STEP; the next run restores the committed release first"
+    exit 10
 }
 trap on_exit EXIT
-trap 'log signal "terminated"; exit 10' TERM INT HUP
+on_signal() {
+    ((RESULT_DONE)) && return
+    finish 10 "$(interrupted_or failed)" "stopped by $1 during $STEP; the next run restores the committed release first"
+}
+trap 'on_signal SIGTERM' TERM
+trap 'on_signal SIGINT' INT
+trap 'on_signal SIGHUP' HUP
+
+# `interrupted` once a switch may have happened (state.json has a pending operation).
+ST_PENDING=""
+interrupted_or() { if [[ -n $ST_PENDING ]]; then echo interrupted; else echo "$1"; fi; }
 
 # ---------------------------------------------------------------------------------------
-# input validation: nothing on disk is touched until all of it passed
-
-ACTION=${DROPSHIP_ACTION:-deploy}
-APP=${DROPSHIP_APP:-}
-ENV_NAME=${DROPSHIP_ENV:-}
-APP_ROOT=${DROPSHIP_APP_ROOT:-}
-BUCKET=${DROPSHIP_BUCKET:-}
-KEY=${DROPSHIP_KEY:-}
-VERSION_ID=""
-SEQUENCER=""
-SHA256=""
-COMMIT=""
-URL=${DROPSHIP_BUNDLE_URL:-}
-BUNDLE_BYTES=${DROPSHIP_BUNDLE_BYTES:-0}
-UNPACKED_BYTES=${DROPSHIP_UNPACKED_BYTES:-0}
-COMPOSE_FILE=${DROPSHIP_COMPOSE_FILE:-compose.yaml}
-PROFILES=${DROPSHIP_PROFILES:-}
-HEALTH_URL=${DROPSHIP_HEALTH_URL:-}
-HEALTH_TIMEOUT=${DROPSHIP_HEALTH_TIMEOUT:-60}
-SHARED_PATHS=${DROPSHIP_SHARED_PATHS-.env}
-KEEP_RELEASES=${DROPSHIP_KEEP_RELEASES:-5}
-REQUIRED_ENV=${DROPSHIP_REQUIRED_ENV:-}
-HOOK=${DROPSHIP_PRE_SWITCH_HOOK:-}
-ROLLBACK_TO=${DROPSHIP_ROLLBACK_TO:-}
-LOCK_TIMEOUT=${DROPSHIP_LOCK_TIMEOUT:-300}
+# input validation: nothing on disk is touched until all of it passed. The bounds are the
+# contract's (dropship_contract::manifest::bounds), so a bundle the Lambda accepted always
+# passes here.
 
 has_ctrl() { [[ $1 == *[$'\001'-$'\037'$'\177']* ]]; }
 
-# A relative path inside a release: no leading '/', no '..' or empty component.
+# A relative path inside a release: [A-Za-z0-9._-] components, none empty, '.' or '..',
+# at most 255 bytes, not in .dropship/.
 valid_relpath() {
-    local p=${1%/}
-    [[ $p =~ $RELPATH_RE ]] || return 1
-    [[ "/$p/" != */../* && "/$p/" != */./* && "/$p/" != *//* ]]
+    local p=$1
+    [[ ${#p} -le 255 && $p =~ ^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$ && "/$p/" != */../* &&
+        "/$p/" != */./* && $p != .dropship && $p != .dropship/* ]]
 }
 
-valid_number() { # value max
-    [[ $1 =~ ^[0-9]{1,18}$ ]] && ((10#$1 <= $2))
+# Whether $1 is $2 or lies beneath it.
+within() { [[ $1 == "$2" || $1 == "$2"/* ]]; }
+
+valid_number() { # value min max
+    [[ $1 =~ ^[0-9]{1,18}$ ]] && ((10#$1 >= $2 && 10#$1 <= $3))
 }
 
 validate_common() {
@@ -292,70 +366,91 @@ validate_common() {
         bad_input "DROPSHIP_APP_ROOT must be an absolute path of [A-Za-z0-9._@+/-] without '..', got $(q "$APP_ROOT")"
     APP_ROOT=${APP_ROOT%/}
     [[ -n $APP_ROOT ]] || bad_input "DROPSHIP_APP_ROOT must not be /"
-    valid_number "$LOCK_TIMEOUT" 86400 || bad_input "DROPSHIP_LOCK_TIMEOUT must be 0..86400 seconds, got $(q "$LOCK_TIMEOUT")"
-    LOCK_TIMEOUT=$((10#$LOCK_TIMEOUT))
+    valid_number "$LOCK_TIMEOUT" 0 86400 || bad_input "DROPSHIP_LOCK_TIMEOUT must be 0..86400 seconds, got $(q "$LOCK_TIMEOUT")"
+    valid_number "$EXEC_TIMEOUT" 1 172800 || bad_input "DROPSHIP_EXECUTION_TIMEOUT must be 1..172800 seconds, got $(q "$EXEC_TIMEOUT")"
+    LOCK_TIMEOUT=$((10#$LOCK_TIMEOUT)) EXEC_TIMEOUT=$((10#$EXEC_TIMEOUT))
 }
 
+# Parsed DROPSHIP_REQUIRED_ENV: parallel arrays.
+RULE_NAMES=() RULE_MINS=() RULE_PATTERNS=()
+
 validate_deploy() {
-    local v p
-    VERSION_ID=${DROPSHIP_VERSION_ID:-}
+    local v p o i n m line
+    VERSION_ID=$IN_VERSION_ID
     { [[ -n $VERSION_ID && ${#VERSION_ID} -le 1024 && $VERSION_ID != */* ]] && ! has_ctrl "$VERSION_ID"; } ||
         bad_input "DROPSHIP_VERSION_ID must be 1..1024 printable characters without '/', got $(q "$VERSION_ID")"
-    SEQUENCER=${DROPSHIP_SEQUENCER:-}
+    SEQUENCER=$IN_SEQUENCER
     [[ $SEQUENCER =~ ^[0-9A-Fa-f]{0,128}$ ]] || bad_input "DROPSHIP_SEQUENCER must be hex or empty, got $(q "$SEQUENCER")"
     SEQUENCER=${SEQUENCER^^}
-    SHA256=${DROPSHIP_SHA256:-}
+    SHA256=$IN_SHA256
     [[ $SHA256 =~ ^[0-9A-Fa-f]{64}$ ]] || bad_input "DROPSHIP_SHA256 must be 64 hex characters, got $(q "$SHA256")"
     SHA256=${SHA256,,}
-    COMMIT=${DROPSHIP_COMMIT:-}
+    COMMIT=$IN_COMMIT
     [[ $COMMIT =~ ^[0-9a-f]{40}([0-9a-f]{24})?$ ]] || bad_input "DROPSHIP_COMMIT must be 40 or 64 lower-case hex characters, got $(q "$COMMIT")"
     [[ $BUCKET =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ ]] || bad_input "DROPSHIP_BUCKET is not a bucket name, got $(q "$BUCKET")"
     { [[ ($KEY == "$APP/$ENV_NAME.tar.gz" || $KEY == */"$APP/$ENV_NAME.tar.gz") && ${#KEY} -le 1024 ]] && ! has_ctrl "$KEY"; } ||
         bad_input "DROPSHIP_KEY must end in $APP/$ENV_NAME.tar.gz, got $(q "$KEY")"
     { [[ $URL =~ ^https?://[^[:space:]]+$ ]] && ! has_ctrl "$URL"; } ||
-        bad_input "DROPSHIP_BUNDLE_URL must be an http(s) URL without spaces, got $(q "$URL")"
-    valid_number "$BUNDLE_BYTES" 999999999999999 || bad_input "DROPSHIP_BUNDLE_BYTES must be a number, got $(q "$BUNDLE_BYTES")"
-    valid_number "$UNPACKED_BYTES" 999999999999999 || bad_input "DROPSHIP_UNPACKED_BYTES must be a number, got $(q "$UNPACKED_BYTES")"
+        bad_input "DROPSHIP_BUNDLE_URL must be an http(s) URL without spaces (value not shown)"
+    valid_number "$BUNDLE_BYTES" 0 999999999999999 || bad_input "DROPSHIP_BUNDLE_BYTES must be a number, got $(q "$BUNDLE_BYTES")"
+    valid_number "$UNPACKED_BYTES" 0 999999999999999 || bad_input "DROPSHIP_UNPACKED_BYTES must be a number, got $(q "$UNPACKED_BYTES")"
     BUNDLE_BYTES=$((10#$BUNDLE_BYTES)) UNPACKED_BYTES=$((10#$UNPACKED_BYTES))
     # List inputs are split with `read`, which stops at a newline: refuse control characters
     # first so nothing after one can slip past the per-item checks.
-    for p in DROPSHIP_PROFILES DROPSHIP_SHARED_PATHS DROPSHIP_REQUIRED_ENV; do
-        has_ctrl "${!p:-}" && bad_input "$p must not contain control characters, got $(q "${!p}")"
+    for p in PROFILES SHARED_PATHS; do
+        has_ctrl "${!p}" && bad_input "DROPSHIP_$p must not contain control characters, got $(q "${!p}")"
     done
-    { valid_relpath "$COMPOSE_FILE" && [[ $COMPOSE_FILE != */ ]]; } ||
-        bad_input "DROPSHIP_COMPOSE_FILE must be a relative path inside the bundle, got $(q "$COMPOSE_FILE")"
+    valid_relpath "$COMPOSE_FILE" ||
+        bad_input "DROPSHIP_COMPOSE_FILE must be a relative path of [A-Za-z0-9._-] components (at most 255 bytes, not in .dropship), got $(q "$COMPOSE_FILE")"
+    if [[ -n $HOOK ]]; then
+        valid_relpath "$HOOK" ||
+            bad_input "DROPSHIP_PRE_SWITCH_HOOK must be a relative path of [A-Za-z0-9._-] components (at most 255 bytes, not in .dropship), got $(q "$HOOK")"
+    fi
     if [[ -n $PROFILES ]]; then
         IFS=, read -r -a v <<<"$PROFILES"
+        ((${#v[@]} <= 16)) || bad_input "DROPSHIP_PROFILES has more than 16 profiles"
         for p in "${v[@]}"; do
-            [[ $p =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ ]] || bad_input "DROPSHIP_PROFILES has an invalid profile $(q "$p")"
+            [[ $p =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ ]] || bad_input "DROPSHIP_PROFILES has an invalid profile $(q "$p") ([A-Za-z0-9][A-Za-z0-9_.-]*, at most 64 bytes)"
         done
     fi
     if [[ -n $HEALTH_URL ]]; then
-        { [[ $HEALTH_URL =~ ^https?://[^[:space:]]+$ ]] && ! has_ctrl "$HEALTH_URL"; } ||
-            bad_input "DROPSHIP_HEALTH_URL must be an http(s) URL without spaces, got $(q "$HEALTH_URL")"
+        { [[ ${#HEALTH_URL} -le 2048 && $HEALTH_URL =~ ^https?://[^[:space:]]+$ ]] && ! has_ctrl "$HEALTH_URL"; } ||
+            bad_input "DROPSHIP_HEALTH_URL must be an http(s) URL of at most 2048 bytes without spaces, got $(q "$HEALTH_URL")"
     fi
-    { valid_number "$HEALTH_TIMEOUT" 86400 && ((10#$HEALTH_TIMEOUT >= 1)); } ||
-        bad_input "DROPSHIP_HEALTH_TIMEOUT must be 1..86400 seconds, got $(q "$HEALTH_TIMEOUT")"
+    valid_number "$HEALTH_TIMEOUT" 1 3600 || bad_input "DROPSHIP_HEALTH_TIMEOUT must be 1..3600 seconds, got $(q "$HEALTH_TIMEOUT")"
     HEALTH_TIMEOUT=$((10#$HEALTH_TIMEOUT))
     if [[ -n $SHARED_PATHS ]]; then
         IFS=, read -r -a v <<<"$SHARED_PATHS"
-        for p in "${v[@]}"; do
-            { valid_relpath "$p" && [[ $p != .dropship && $p != .dropship/* ]]; } ||
-                bad_input "DROPSHIP_SHARED_PATHS has an invalid path $(q "$p") (relative, no '..', not .dropship)"
+        ((${#v[@]} <= 16)) || bad_input "DROPSHIP_SHARED_PATHS has more than 16 paths"
+        for ((i = 0; i < ${#v[@]}; i++)); do
+            p=${v[i]}
+            valid_relpath "$p" || bad_input "DROPSHIP_SHARED_PATHS has an invalid path $(q "$p") ([A-Za-z0-9._-] components, at most 255 bytes, not in .dropship)"
+            for o in "${v[@]:0:i}"; do
+                { within "$p" "$o" || within "$o" "$p"; } && bad_input "DROPSHIP_SHARED_PATHS: $(q "$p") overlaps $(q "$o") (a shared path inside another would be deleted through its link)"
+            done
+            for o in "$COMPOSE_FILE" "$HOOK"; do
+                [[ -n $o ]] && within "$o" "$p" && bad_input "DROPSHIP_SHARED_PATHS: $(q "$p") would hold $(q "$o"), which must come from the bundle"
+            done
         done
     fi
-    { valid_number "$KEEP_RELEASES" 1000 && ((10#$KEEP_RELEASES >= 1)); } ||
-        bad_input "DROPSHIP_KEEP_RELEASES must be 1..1000, got $(q "$KEEP_RELEASES")"
+    valid_number "$KEEP_RELEASES" 2 100 || bad_input "DROPSHIP_KEEP_RELEASES must be 2..100, got $(q "$KEEP_RELEASES")"
     KEEP_RELEASES=$((10#$KEEP_RELEASES))
     if [[ -n $REQUIRED_ENV ]]; then
-        IFS=, read -r -a v <<<"$REQUIRED_ENV"
-        for p in "${v[@]}"; do
-            [[ $p =~ ^[A-Za-z_][A-Za-z0-9_]{0,127}$ ]] || bad_input "DROPSHIP_REQUIRED_ENV has an invalid variable name $(q "$p")"
+        mapfile -t v <<<"$REQUIRED_ENV"
+        ((${#v[@]} <= 32)) || bad_input "DROPSHIP_REQUIRED_ENV has more than 32 rules"
+        for line in "${v[@]}"; do
+            if ! [[ $line =~ ^([A-Za-z_][A-Za-z0-9_]{0,63})(\ (0|[1-9][0-9]{0,3})(\ (.+))?)?$ ]] || has_ctrl "$line" ||
+                ((10#${BASH_REMATCH[3]:-0} > 4096 || ${#BASH_REMATCH[5]} > 128)); then
+                bad_input "DROPSHIP_REQUIRED_ENV has an invalid rule $(q "$line") (NAME [MIN_LENGTH<=4096 [PATTERN of at most 128 bytes]])"
+            fi
+            n=${BASH_REMATCH[1]} m=${BASH_REMATCH[3]:-0} p=${BASH_REMATCH[5]}
+            [[ " ${RULE_NAMES[*]} " == *" $n "* ]] && bad_input "DROPSHIP_REQUIRED_ENV names $n twice"
+            if [[ -n $p ]]; then
+                [[ x =~ ^($p)$ ]]
+                (($? != 2)) || bad_input "DROPSHIP_REQUIRED_ENV: the pattern for $n is not a valid extended regular expression"
+            fi
+            RULE_NAMES+=("$n") RULE_MINS+=("$m") RULE_PATTERNS+=("$p")
         done
-    fi
-    if [[ -n $HOOK ]]; then
-        { valid_relpath "$HOOK" && [[ $HOOK != */ ]]; } ||
-            bad_input "DROPSHIP_PRE_SWITCH_HOOK must be a relative path inside the bundle, got $(q "$HOOK")"
     fi
 }
 
@@ -363,25 +458,55 @@ validate_rollback() {
     if [[ -n $ROLLBACK_TO ]]; then
         [[ $ROLLBACK_TO =~ $RELEASE_RE ]] || bad_input "DROPSHIP_ROLLBACK_TO is not a release name, got $(q "$ROLLBACK_TO")"
     fi
+    { [[ ${#EXPECT_VERSION_ID} -le 1024 && $EXPECT_VERSION_ID != */* ]] && ! has_ctrl "$EXPECT_VERSION_ID"; } ||
+        bad_input "DROPSHIP_EXPECT_VERSION_ID must be at most 1024 printable characters without '/', got $(q "$EXPECT_VERSION_ID")"
 }
 
 # ---------------------------------------------------------------------------------------
 # state
 
 ST_CURRENT="" ST_PREVIOUS="" ST_LAST_GOOD="" ST_VERSION_ID="" ST_SEQUENCER="" ST_COMMIT=""
-ST_SHA256=""
+ST_SHA256="" ST_LAST_OUTCOME="" ST_KEEP=5 PROJECT="" STATE_FOUND=0
 
+# Reads state.json. A missing or unreadable one is never taken as "nothing deployed" while
+# `current` points at a release: that release is adopted as the candidate, and recovery
+# verifies it before anything else happens.
 load_state() {
-    local f="$APP_ROOT/state.json"
-    json_get "$f" current && ST_CURRENT=$REPLY
-    json_get "$f" previous && ST_PREVIOUS=$REPLY
-    json_get "$f" last_good && ST_LAST_GOOD=$REPLY
-    json_get "$f" version_id && ST_VERSION_ID=$REPLY
-    json_get "$f" sequencer && ST_SEQUENCER=$REPLY
-    json_get "$f" commit && ST_COMMIT=$REPLY
-    json_get "$f" sha256 && ST_SHA256=$REPLY
+    local f="$APP_ROOT/state.json" n st_app st_env
+    if json_get "$f" format && json_get "$f" current; then
+        STATE_FOUND=1
+        json_get "$f" current && ST_CURRENT=$REPLY
+        json_get "$f" previous && ST_PREVIOUS=$REPLY
+        json_get "$f" last_good && ST_LAST_GOOD=$REPLY
+        json_get "$f" version_id && ST_VERSION_ID=$REPLY
+        json_get "$f" sequencer && ST_SEQUENCER=$REPLY
+        json_get "$f" commit && ST_COMMIT=$REPLY
+        json_get "$f" sha256 && ST_SHA256=$REPLY
+        json_get "$f" last_outcome && ST_LAST_OUTCOME=$REPLY
+        json_get "$f" pending && ST_PENDING=$REPLY
+        json_get "$f" keep_releases && [[ $REPLY =~ ^[0-9]{1,3}$ ]] && ST_KEEP=$REPLY
+        # Written before projects were recorded: the project was always the app.
+        json_get "$f" project && PROJECT=$REPLY || PROJECT=$APP
+        json_get "$f" app && st_app=$REPLY || st_app=$APP
+        json_get "$f" env && st_env=$REPLY || st_env=$ENV_NAME
+        # One app root holds one app and one environment: a second one would compare its
+        # sequencers with, and roll back to, the other's releases.
+        if [[ $ACTION != status && ($st_app != "$APP" || $st_env != "$ENV_NAME") ]]; then
+            bad_input "$APP_ROOT holds $(q "$st_app")/$(q "$st_env"), not $APP/$ENV_NAME: give each environment its own app root (put {env} in the Lambda's DROPSHIP_APP_ROOT, e.g. /opt/dropship/{app}/{env})"
+        fi
+    else
+        [[ -e $f ]] && log state "state.json is unreadable; it is rebuilt once what runs is verified"
+        current_link
+        ST_CURRENT=$REPLY
+        # Which project ran it: the one whose containers run from this app root.
+        PROJECT="$APP-$ENV_NAME"
+        project_dirs "$APP" && [[ $REPLY == *"$APP_ROOT/releases/"* ]] && PROJECT=$APP
+        if [[ -n $ST_CURRENT ]] && load_release "$ST_CURRENT"; then
+            ST_VERSION_ID=$R_VERSION_ID ST_COMMIT=$R_COMMIT ST_SHA256=$R_SHA256 ST_LAST_GOOD=""
+        fi
+    fi
+    [[ $PROJECT =~ ^[a-z0-9][a-z0-9_-]{0,127}$ ]] || PROJECT=$APP
     # Never trust names read back from disk more than inputs.
-    local n
     for n in ST_CURRENT ST_PREVIOUS ST_LAST_GOOD; do
         if [[ -n ${!n} && ! ${!n} =~ $RELEASE_RE ]]; then
             log state "ignoring invalid release name in state.json: $(q "${!n}")"
@@ -390,14 +515,15 @@ load_state() {
     done
 }
 
-# save_state OUTCOME [LAST_FAILED]
+# save_state OUTCOME [LAST_FAILED]: returns 1 when state.json could not be written.
 save_state() {
     now_iso
     json_write "$APP_ROOT/state.json" \
-        format 1 app "$APP" env "$ENV_NAME" \
+        format 1 app "$APP" env "$ENV_NAME" project "$PROJECT" \
         current "$ST_CURRENT" previous "$ST_PREVIOUS" last_good "$ST_LAST_GOOD" \
         version_id "$ST_VERSION_ID" sequencer "$ST_SEQUENCER" commit "$ST_COMMIT" \
-        sha256 "$ST_SHA256" time "$REPLY" last_outcome "$1" last_failed "${2:-}"
+        sha256 "$ST_SHA256" keep_releases "$ST_KEEP" time "$REPLY" last_outcome "$1" \
+        last_failed "${2:-}" pending "$ST_PENDING" && STATE_FOUND=1 ST_LAST_OUTCOME=$1
 }
 
 # Loads a release's recorded settings into R_* (from its .dropship/release.json).
@@ -413,8 +539,8 @@ load_release() { # name
     json_get "$f" version_id && R_VERSION_ID=$REPLY || R_VERSION_ID=""
     json_get "$f" commit && R_COMMIT=$REPLY || R_COMMIT=""
     json_get "$f" sha256 && R_SHA256=$REPLY || R_SHA256=""
-    valid_relpath "$R_COMPOSE_FILE" || return 1
-    [[ $R_HEALTH_TIMEOUT =~ ^[0-9]{1,5}$ ]] || R_HEALTH_TIMEOUT=60
+    [[ $R_COMPOSE_FILE =~ ^[A-Za-z0-9._/-]+$ && "/$R_COMPOSE_FILE/" != */../* ]] || return 1
+    [[ $R_HEALTH_TIMEOUT =~ ^[0-9]{1,4}$ ]] || R_HEALTH_TIMEOUT=60
     return 0
 }
 
@@ -450,13 +576,17 @@ seq_older() {
 # ---------------------------------------------------------------------------------------
 # docker
 
-# Every docker call closes the lock descriptor so nothing it leaves running holds the lock.
-dk() { docker "$@" 9>&-; }
+# Working directories (compose labels) of the project's containers, running or not, one per
+# line in REPLY; returns 1 when docker cannot be asked.
+project_dirs() { # project
+    REPLY=$(dk ps -a --filter "label=com.docker.compose.project=$1" \
+        --format '{{.Label "com.docker.compose.project.working_dir"}}') || return 1
+}
 
 COMPOSE=()
 compose_args() { # release-dir compose-file profiles
     local p list
-    COMPOSE=(compose -p "$APP" -f "$1/$2")
+    COMPOSE=(compose -p "$PROJECT" -f "$1/$2")
     [[ -f $1/.env ]] && COMPOSE+=(--env-file "$1/.env")
     if [[ -n $3 ]]; then
         IFS=, read -r -a list <<<"$3"
@@ -464,17 +594,26 @@ compose_args() { # release-dir compose-file profiles
     fi
 }
 
+# Seconds one release's gate may take: compose up (create, start, --wait) then the health URL.
+gate_secs() { REPLY=$((2 * $1 + 30)); }
+
+RECREATE=1
 compose_up() { # release-name -> uses its recorded settings
-    local name=$1 dir="$APP_ROOT/releases/$1" cfg extra=()
+    local name=$1 dir="$APP_ROOT/releases/$1" force=(--force-recreate)
     load_release "$name" || {
         log compose "release $name has no readable .dropship/release.json"
         return 1
     }
     compose_args "$dir" "$R_COMPOSE_FILE" "$R_PROFILES"
-    cfg=$(dk "${COMPOSE[@]}" config --format json 2>/dev/null) || cfg=""
-    [[ $cfg == *'"build":'* ]] && extra+=(--build)
-    log compose "up $name (project $APP${extra:+, with build})"
-    dk "${COMPOSE[@]}" up -d --remove-orphans --wait --wait-timeout "$((R_HEALTH_TIMEOUT + 0))" "${extra[@]}"
+    # Every container is recreated from this release, so what runs is what `current` names
+    # (recovery checks containers already running from it where they run).
+    ((RECREATE)) || force=()
+    log compose "up $name (project $PROJECT${force:+, recreating every container})"
+    dk "${COMPOSE[@]}" up -d --remove-orphans "${force[@]}" --wait \
+        --wait-timeout "$R_HEALTH_TIMEOUT" </dev/null &&
+        return 0
+    log compose "docker compose up failed for $name"
+    return 1
 }
 
 health_check() { # url timeout
@@ -486,7 +625,7 @@ health_check() { # url timeout
     deadline=$((SECONDS + timeout))
     while :; do
         attempt=$((attempt + 1))
-        if curl --globoff --fail --silent --show-error --proto =http,https --max-time 5 -o /dev/null "$url"; then
+        if run curl --globoff --fail --silent --show-error --proto =http,https --max-time 5 -o /dev/null "$url" </dev/null; then
             log health "healthy after $attempt attempt(s)"
             return 0
         fi
@@ -500,15 +639,14 @@ health_check() { # url timeout
 
 # Brings a release up and checks its recorded health URL.
 bring_up() { # name
-    compose_up "$1" || return 1
-    health_check "$R_HEALTH_URL" "$R_HEALTH_TIMEOUT"
+    compose_up "$1" && health_check "$R_HEALTH_URL" "$R_HEALTH_TIMEOUT"
 }
 
 # ---------------------------------------------------------------------------------------
-# lock and housekeeping
+# lock, recovery and housekeeping
 
 acquire_lock() {
-    mkdir -p -- "$APP_ROOT" "$APP_ROOT/releases" "$APP_ROOT/shared" || finish 4 failed "cannot create $APP_ROOT"
+    mkdir -p -- "$APP_ROOT/releases" "$APP_ROOT/shared" 2>/dev/null || finish 4 failed "cannot create $APP_ROOT"
     exec 9>>"$APP_ROOT/.lock" || finish 4 failed "cannot open $APP_ROOT/.lock"
     if ! flock -n 9; then
         log lock "another deploy holds $APP_ROOT/.lock; waiting up to ${LOCK_TIMEOUT}s"
@@ -519,8 +657,7 @@ acquire_lock() {
 }
 
 # Releases to delete are renamed into .trash.<pid>/ (instant: nothing can run a half-deleted
-# release) and deleted in the background at low priority, so a deploy's latency does not grow
-# with the size of old releases. A trash directory a killed run left is emptied the same way.
+# release) and deleted in the background at low priority.
 TRASH=""
 trash() { # path
     if [[ -z $TRASH ]]; then
@@ -536,11 +673,16 @@ empty_trash_later() { # directories
     disown
 }
 
-# Leftovers of a run that was killed: .partial dirs, temp downloads and temp links.
+# Leftovers of a run that was killed: .partial dirs, temp downloads, temp links and files,
+# half-copied shared paths (.dropship-seed.*), earlier trash.
 clean_leftovers() {
-    local f old_trash=()
+    local f p old_trash=() seeds=() list
+    IFS=, read -r -a list <<<"$SHARED_PATHS"
+    for p in "${list[@]}"; do
+        [[ $p == */* ]] && seeds+=("$APP_ROOT/shared/${p%/*}"/.dropship-seed.*)
+    done
     for f in "$APP_ROOT"/releases/*.partial "$APP_ROOT"/.download.* "$APP_ROOT"/.current.tmp.* \
-        "$APP_ROOT"/state.json.tmp.* "$APP_ROOT"/.list.* "$APP_ROOT"/.sum.*; do
+        "$APP_ROOT"/state.json.tmp.* "$APP_ROOT"/shared/.dropship-seed.* "${seeds[@]}"; do
         log cleanup "removing leftover of an interrupted run: ${f#"$APP_ROOT"/}"
         rm -rf -- "$f"
     done
@@ -548,37 +690,110 @@ clean_leftovers() {
         [[ -d $f ]] && old_trash+=("$f")
     done
     empty_trash_later "${old_trash[@]}"
+    # Releases a killed run unpacked but never switched to (current never pointed there, or
+    # recovery has just switched away).
+    current_link
+    for f in "$APP_ROOT"/releases/*/.dropship/unswitched; do
+        p=${f%/.dropship/unswitched}
+        p=${p##*/}
+        [[ $p == "$REPLY" || $p == "$ST_CURRENT" ]] && continue
+        log cleanup "removing release $p that an interrupted run never switched to"
+        trash "$APP_ROOT/releases/$p" || rm -rf -- "${APP_ROOT:?}/releases/$p"
+    done
+    [[ -n $TRASH ]] && empty_trash_later "$TRASH" && TRASH=""
 }
 
-RECOVERY_FAILED=0
-# The committed state (state.json) is the truth. If `current` points elsewhere, a run died
-# between the switch and the commit: put the committed release back and bring it up.
-recover() {
-    local link
+# Why the host is not known to run its committed release (REASONS); empty when it is.
+# RUNS_COMMITTED: every container of the project runs from the committed release.
+REASONS=() RUNS_COMMITTED=0
+check_host() {
+    local d link dirs
+    REASONS=() RUNS_COMMITTED=0
     current_link
     link=$REPLY
-    [[ $link == "$ST_CURRENT" ]] && return 0
-    log recover "current is $(q "$link") but the committed release is $(q "$ST_CURRENT"): an earlier run was interrupted"
-    if [[ -n $ST_CURRENT && -d $APP_ROOT/releases/$ST_CURRENT ]]; then
-        switch_current "$ST_CURRENT"
-        if bring_up "$ST_CURRENT"; then
-            log recover "restored $ST_CURRENT"
-        else
-            log recover "restoring $ST_CURRENT failed"
-            RECOVERY_FAILED=1
+    ((STATE_FOUND)) || [[ -z $link ]] || REASONS+=("state.json is missing or unreadable (current is $link)")
+    [[ -n $ST_PENDING ]] && REASONS+=("an earlier run was stopped during: $ST_PENDING")
+    [[ $link != "$ST_CURRENT" ]] && REASONS+=("current is $(q "$link") but the committed release is $(q "$ST_CURRENT")")
+    [[ $ST_LAST_OUTCOME == rollback_failed ]] && REASONS+=("the last run could not bring the committed release back")
+    if ! project_dirs "$PROJECT"; then
+        REASONS+=("docker cannot list the containers of project $PROJECT")
+        return
+    fi
+    mapfile -t dirs <<<"$REPLY"
+    for d in "${dirs[@]}"; do
+        [[ -n $d ]] || continue
+        if [[ -z $ST_CURRENT || ($d != "$APP_ROOT/releases/$ST_CURRENT" && $d != "$APP_ROOT/releases/$ST_CURRENT/"*) ]]; then
+            REASONS+=("a container of project $PROJECT runs from $(q "$d"), not the committed release")
+            return
         fi
+    done
+    if [[ -n $ST_CURRENT && -z $REPLY ]]; then
+        REASONS+=("no container of project $PROJECT exists")
     else
-        switch_current ""
-        dk compose -p "$APP" down --remove-orphans || log recover "compose down failed"
-        log recover "nothing committed yet: removed the current link and stopped the project"
+        RUNS_COMMITTED=1
     fi
 }
 
-prune() {
-    local keep=$1 name t entries=() sorted kept=0 protect
+# Whatever a run finds on start, it first brings the host back to the committed release and
+# checks its health, or says loudly that it cannot (RECOVERY_FAILED), before anything else.
+recover() {
+    local r
+    check_host
+    ((${#REASONS[@]})) || return 0
+    for r in "${REASONS[@]}"; do log recover "$r"; done
+    if [[ -z $ST_CURRENT ]]; then
+        switch_current ""
+        dk compose -p "$PROJECT" down --remove-orphans || log recover "compose down failed"
+        log recover "nothing committed: removed the current link and stopped project $PROJECT"
+    elif [[ ! -d $APP_ROOT/releases/$ST_CURRENT ]]; then
+        RECOVERY_MSG="the committed release $ST_CURRENT is missing from releases/"
+    else
+        # Containers already running from the committed release are checked in place.
+        RECREATE=$((!RUNS_COMMITTED))
+        if switch_current "$ST_CURRENT" && bring_up "$ST_CURRENT"; then
+            log recover "the committed release $ST_CURRENT runs and is healthy"
+        else
+            RECOVERY_MSG="the committed release $ST_CURRENT did not come up healthy"
+        fi
+        RECREATE=1
+    fi
+    ST_PENDING=""
+    if [[ -n $RECOVERY_MSG ]]; then
+        RECOVERY_FAILED=1
+        log recover "CANNOT RECOVER: $RECOVERY_MSG"
+        save_state rollback_failed || log recover "could not write state.json"
+    else
+        save_state recovered || {
+            RECOVERY_FAILED=1
+            RECOVERY_MSG="state.json could not be written"
+        }
+    fi
+}
+
+# Refuses to run a project whose containers another app root runs (two roots, one project).
+check_project_owner() {
+    local d dirs
+    project_dirs "$PROJECT" || return 0
+    mapfile -t dirs <<<"$REPLY"
+    for d in "${dirs[@]}"; do
+        [[ -z $d || $d == "$APP_ROOT/releases/"* ]] ||
+            bad_input "compose project $PROJECT has containers from $(q "$d"), outside $APP_ROOT: another app root runs it; stop them there first"
+    done
+}
+
+# Keeps `keep` releases in total: the current, previous and last good always (even past
+# `keep`), then the newest others; rolled-back and interrupted releases count like any.
+prune() { # keep
+    local keep=$1 name t entries=() sorted kept=0 link
+    current_link
+    link=$REPLY
     for name in "$APP_ROOT"/releases/*; do
         name=${name##*/}
         [[ $name =~ $RELEASE_RE && -d $APP_ROOT/releases/$name ]] || continue
+        if [[ $name == "$ST_CURRENT" || $name == "$ST_PREVIOUS" || $name == "$ST_LAST_GOOD" || $name == "$link" ]]; then
+            kept=$((kept + 1))
+            continue
+        fi
         t=0
         json_get "$APP_ROOT/releases/$name/.dropship/release.json" deployed_us && [[ $REPLY =~ ^[0-9]+$ ]] && t=$REPLY
         entries+=("$(printf '%020d %s' "$t" "$name")")
@@ -587,9 +802,7 @@ prune() {
     mapfile -t sorted < <(printf '%s\n' "${entries[@]}" | sort -r)
     for name in "${sorted[@]}"; do
         name=${name#* }
-        protect=0
-        [[ $name == "$ST_CURRENT" || $name == "$ST_PREVIOUS" || $name == "$ST_LAST_GOOD" ]] && protect=1
-        if ((kept < keep || protect)); then
+        if ((kept < keep)); then
             kept=$((kept + 1))
             continue
         fi
@@ -600,34 +813,63 @@ prune() {
     return 0
 }
 
+# Time this run may still use before SSM's executionTimeout SIGKILLs it.
+time_left() { REPLY=$((EXEC_TIMEOUT - SECONDS)); }
+
+# Refuses to switch unless the new release's gate and a rollback to `prev` both fit in the
+# time SSM leaves (a kill in between would leave an unchecked release running).
+check_time_for_switch() { # new-timeout prev-name
+    local need prev_t=0
+    gate_secs "$1"
+    need=$((REPLY + 15))
+    if [[ -n $2 ]] && load_release "$2"; then prev_t=$R_HEALTH_TIMEOUT; fi
+    [[ -n $2 ]] && gate_secs "$prev_t" && need=$((need + REPLY))
+    time_left
+    ((REPLY >= need)) || finish 4 failed "not enough time before SSM's execution timeout (${EXEC_TIMEOUT}s): switching and a possible rollback need up to ${need}s, ${REPLY}s are left; raise the execution timeout or lower health_timeout_secs"
+    SWITCH_NEED=$need
+}
+SWITCH_NEED=0
+
 # ---------------------------------------------------------------------------------------
 # deploy steps
 
-preflight() {
-    local avail need line
-    need=$((BUNDLE_BYTES + UNPACKED_BYTES + UNPACKED_BYTES / 10 + 16 * 1024 * 1024))
+disk_free() { # -> REPLY: free bytes of the app root's file system
+    local line avail
     { read -r line && read -r _ _ _ avail _; } < <(df -Pk -- "$APP_ROOT") || avail=""
     [[ $avail =~ ^[0-9]+$ ]] || finish 4 failed "cannot read free disk space of $APP_ROOT"
-    if ((avail * 1024 < need)); then
-        finish 4 failed "not enough disk in $APP_ROOT: $((avail / 1024)) MiB free, $((need / 1048576)) MiB needed"
-    fi
-    log preflight "disk: $((avail / 1024)) MiB free, $((need / 1048576)) MiB needed"
-    local v
-    v=$(dk compose version 2>&1) || finish 4 failed "docker compose v2 is not available"
-    log preflight "${v%%$'\n'*}"
+    REPLY=$((avail * 1024))
 }
 
+preflight() {
+    local need v
+    need=$((BUNDLE_BYTES + UNPACKED_BYTES + UNPACKED_BYTES / 10 + 16 * 1024 * 1024))
+    disk_free
+    ((REPLY >= need)) || finish 4 failed "not enough disk in $APP_ROOT: $((REPLY / 1048576)) MiB free, $((need / 1048576)) MiB needed"
+    log preflight "disk: $((REPLY / 1048576)) MiB free, $((need / 1048576)) MiB needed for download and release"
+    v=$(dk compose version) || finish 4 failed "docker compose v2 is not available"
+    log preflight "${v%%$'\n'*}"
+    check_time_for_switch "$HEALTH_TIMEOUT" "$ST_CURRENT"
+}
+
+# The presigned URL goes to curl on its standard input (a config file), never on a command
+# line. Each attempt gets the time left before the switch budget; a transfer slower than
+# 1 KiB/s for 30 s fails (and is retried while time is left).
 download() {
-    local attempt code rc delay=1 size
+    local attempt code rc delay=1 size left u
     TMP_DOWNLOAD="$APP_ROOT/.download.$$"
+    u=${URL//\\/\\\\}
+    u=${u//\"/\\\"}
     for attempt in 1 2 3 4; do
+        time_left
+        left=$((REPLY - SWITCH_NEED - 30 - (BUNDLE_BYTES + UNPACKED_BYTES) / 20000000))
+        ((left >= 5)) || finish 5 failed "download: no time left before SSM's execution timeout (attempt $attempt)"
         rm -f -- "$TMP_DOWNLOAD"
-        code=$(curl --globoff --fail --silent --show-error --location --proto =http,https --proto-redir =http,https \
-            --connect-timeout 15 --max-time 3600 -o "$TMP_DOWNLOAD" -w '%{http_code}' "$URL")
+        run curl --config - --globoff --fail --silent --show-error --location --proto =http,https --proto-redir =http,https \
+            --connect-timeout 15 --max-time "$left" --speed-limit 1024 --speed-time "$((left < 30 ? left : 30))" \
+            -o "$TMP_DOWNLOAD" -w '%{http_code}' <<<"url = \"$u\"" >"$TMP_DOWNLOAD.code"
         rc=$?
-        if ((rc == 0)); then
-            break
-        fi
+        code=$(<"$TMP_DOWNLOAD.code") 2>/dev/null || code=000
+        ((rc == 0)) && break
         log download "attempt $attempt failed (curl exit $rc, HTTP $code)"
         case $code in
         4??) [[ $code == 408 || $code == 429 ]] || finish 5 failed "download refused with HTTP $code" ;;
@@ -643,101 +885,118 @@ download() {
     log download "$size bytes in $attempt attempt(s)"
 }
 
-# GNU tar listing checks: regular files, directories and symlinks only; no absolute path, no
-# '..'; symlink targets relative and staying inside the tree; no setuid/setgid/sticky.
-# check_listing proves this in bulk with coreutils (a per-line bash loop costs seconds at
-# 50,000 entries); anything it cannot clear goes through check_entries, line by line, which
-# names the offending entry. REPLY: the entry count, or the reason.
-check_listing() { # listing-file
-    local listing=$1 by_type="$1.sorted" count kind total=0 links=0 kinds names
-    sort -o "$by_type" -- "$listing" || { REPLY="cannot sort the listing"; return 1; }
-    # Entry types with their counts; sorting puts the symlinks ('l') last.
-    while read -r count kind; do
-        total=$((total + count))
-        [[ $kind == l ]] && links=$count
-        [[ $kind == [-dl] ]] || { check_entries "$listing"; return; }
-    done < <(cut -c1 -- "$by_type" | uniq -c)
-    ((total > 0)) || { REPLY="empty bundle"; return 1; }
-    # Distinct type+permission strings: only r, w, x bits (no s/S/t/T).
-    kinds=$(cut -c1-10 -- "$by_type" | sort -u)
-    while IFS= read -r kind; do
-        [[ $kind =~ ^[-dl]([-r][-w][-x]){3}$ ]] || { check_entries "$listing"; return; }
-    done <<<"$kinds"
-    # Names of files and directories: field 6 on once runs of spaces are squeezed (squeezing
-    # cannot create or hide a '/' or a '..' component).
-    names=$'\n'$(head -n "$((total - links))" -- "$by_type" | tr -s ' ' | cut -d' ' -f6-)$'\n'
-    if [[ $names == *$'\n/'* || $names == *$'\n../'* || $names == *'/../'* ||
-        $names == *$'\n..\n'* || $names == *'/..'$'\n'* ]]; then
-        check_entries "$listing"
-        return
-    fi
-    if ((links > 0)); then
-        check_entries <(tail -n "$links" -- "$by_type") || return 1
-    fi
-    REPLY=$total
+ZPROG=(-z)
+command -v pigz >/dev/null 2>&1 && ZPROG=(--use-compress-program=pigz)
+
+# The tar rules of the contract (contract::tar_rules), applied to the listing before anything
+# is unpacked: files, directories and relative symlinks only, no setuid/setgid/sticky, no
+# absolute path, no empty, '.' or '..' component, no entry twice or beneath a symlink, symlink
+# targets inside the tree; and, stricter, no '..' in a target after a component that is a
+# symlink or a shared path (a chain like `a -> .`, `b -> a/..` escapes while looking inside).
+# Names are C-quoted by tar, so ` -> ` or a newline in a name cannot confuse the parse.
+# Prints "OK <entries> <file bytes> <bytes to seed>" or "BAD <reason>".
+# shellcheck disable=SC2016 # an awk program: its $ are awk's
+readonly LISTING_AWK='
+function fail(m) { print "BAD " m; failed = 1; exit 1 }
+function parent(p) { return match(p, /\/[^\/]*$/) ? substr(p, 1, RSTART - 1) : "" }
+BEGIN { ns = split(shared, sp, ","); nd = split(seeds, sd, ",") }
+{
+    t = substr($0, 1, 1)
+    if (t != "-" && t != "d" && t != "l") fail("entry type " t " not allowed: " $0)
+    if (substr($0, 2, 9) !~ /^[-r][-w][-x][-r][-w][-x][-r][-w][-x]$/) fail("setuid, setgid or sticky entry: " $0)
+    i = index($0, "\""); rest = substr($0, i)
+    if (i == 0 || !match(rest, /^"([^"\\]|\\.)*"/)) fail("unreadable entry: " $0)
+    name = substr(rest, 2, RLENGTH - 2); rest = substr(rest, RLENGTH + 1)
+    if (t == "l") {
+        if (!match(rest, /^ -> "([^"\\]|\\.)*"$/)) fail("unreadable symlink: " $0)
+        tg[name] = substr(rest, 6, RLENGTH - 6)
+    } else if (rest != "") fail("unreadable entry: " $0)
+    sub(/\/$/, "", name)
+    if (name == "" || substr(name, 1, 1) == "/") fail("absolute or empty path \"" name "\"")
+    n = split(name, c, "/")
+    for (j = 1; j <= n; j++) if (c[j] == "" || c[j] == "." || c[j] == "..") fail("path \"" name "\" has an empty, . or .. component")
+    if (name in seen) fail("entry \"" name "\" appears twice")
+    seen[name] = 1; names[++count] = name
+    if (t == "-") {
+        split($0, f, " +"); bytes += f[3]
+        for (j = 1; j <= nd; j++) if (name == sd[j] || index(name, sd[j] "/") == 1) seed += f[3]
+    }
+}
+END {
+    if (failed) exit 1
+    for (k = 1; k <= count; k++)
+        for (p = parent(names[k]); p != ""; p = parent(p))
+            if (p in tg) fail("entry \"" names[k] "\" lies beneath symlink \"" p "\"")
+    for (j = 1; j <= ns; j++) sl[sp[j]] = 1
+    for (l in tg) {
+        t = tg[l]
+        if (t == "" || substr(t, 1, 1) == "/") fail("symlink \"" l "\" points to an absolute path")
+        # Resolved path from the tree root, component by component.
+        r = parent(l); via = ""
+        n = split(t, c, "/")
+        for (j = 1; j <= n; j++) {
+            if (c[j] == "" || c[j] == ".") continue
+            if (c[j] == "..") {
+                if (r == "") fail("symlink \"" l "\" points outside the release")
+                if (via != "") fail("symlink \"" l "\" goes through \"" via "\" and then up (..)")
+                r = parent(r)
+            } else {
+                r = (r == "" ? c[j] : r "/" c[j])
+                if (j < n && via == "" && ((r in tg) || (r in sl))) via = r
+            }
+        }
+    }
+    print "OK " count " " bytes + 0 " " seed + 0
+}'
+
+# Paths of SHARED_PATHS missing in shared/ (seeded from the bundle), comma-separated.
+to_seed() {
+    local list p out=""
+    IFS=, read -r -a list <<<"$SHARED_PATHS"
+    for p in "${list[@]}"; do
+        [[ -e $APP_ROOT/shared/$p || -L $APP_ROOT/shared/$p ]] || out+="${out:+,}$p"
+    done
+    REPLY=$out
 }
 
-check_entries() { # listing-file
-    local line type perms rest name target depth c comps count=0
-    local re='^(.)([^ ]{9}) [0-9]+/[0-9]+ +[0-9]+ [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}(:[0-9]{2})? (.*)$'
-    while IFS= read -r line; do
-        # tar -x -vv notes the parent directories it creates; their names are listed anyway.
-        [[ $line =~ ^d[-rwx]{9}\ +Creating\ directory:\  ]] && continue
-        [[ $line =~ $re ]] || { REPLY="unreadable entry: $(q "$line")"; return 1; }
-        type=${BASH_REMATCH[1]} perms=${BASH_REMATCH[2]} rest=${BASH_REMATCH[4]}
-        count=$((count + 1))
-        [[ $perms == *[sStT]* ]] && { REPLY="setuid/setgid/sticky entry $(q "$rest")"; return 1; }
-        case $type in
-        - | d) name=$rest target="" ;;
-        l)
-            name=${rest%% -> *}
-            target=${rest#* -> }
-            ;;
-        *) REPLY="entry of type '$type' not allowed: $(q "$rest")"; return 1 ;;
-        esac
-        [[ $name == /* ]] && { REPLY="absolute path $(q "$name")"; return 1; }
-        [[ "/$name/" == */../* ]] && { REPLY="'..' in path $(q "$name")"; return 1; }
-        if [[ $type == l ]]; then
-            [[ $target == /* || -z $target ]] && { REPLY="symlink $(q "$name") points to an absolute path"; return 1; }
-            name=${name%/}
-            IFS=/ read -r -a comps <<<"$name"
-            depth=0
-            for c in "${comps[@]}"; do [[ -n $c && $c != . ]] && depth=$((depth + 1)); done
-            depth=$((depth - 1))
-            IFS=/ read -r -a comps <<<"$target"
-            for c in "${comps[@]}"; do
-                case $c in
-                '' | .) ;;
-                ..) depth=$((depth - 1)) ;;
-                *) depth=$((depth + 1)) ;;
-                esac
-                ((depth >= 0)) || { REPLY="symlink $(q "$name") points outside the release"; return 1; }
-            done
-        fi
-    done <"$1"
-    ((count > 0)) || { REPLY="empty bundle"; return 1; }
-    REPLY=$count
-}
-
+# SHA-256 and the tar listing in parallel (both read the download once); then the listing
+# check and the second disk preflight (what the listing says unpacking and seeding need).
 verify() {
-    local sum
-    sum=$(sha256sum -- "$TMP_DOWNLOAD") || finish 5 failed "sha256sum failed"
-    sum=${sum%% *}
-    if [[ $sum != "$SHA256" ]]; then
-        finish 5 failed "SHA-256 mismatch: got $sum, expected $SHA256"
-    fi
+    local sum pid_sum pid_list rc_sum rc_list verdict seeds
+    spawn sha256sum -- "$TMP_DOWNLOAD" >"$TMP_DOWNLOAD.sum" </dev/null
+    pid_sum=$!
+    spawn tar "${ZPROG[@]}" -t -v --numeric-owner --quoting-style=c -f "$TMP_DOWNLOAD" \
+        >"$TMP_DOWNLOAD.list" 2>"$TMP_DOWNLOAD.err" </dev/null
+    pid_list=$!
+    wait "$pid_sum"
+    rc_sum=$?
+    reap "$pid_list"
+    rc_list=$?
+    ((rc_sum == 0)) || finish 5 failed "sha256sum failed (status $rc_sum)"
+    read -r sum _ <"$TMP_DOWNLOAD.sum"
+    [[ $sum == "$SHA256" ]] || finish 5 failed "SHA-256 mismatch: got $sum, expected $SHA256"
     log verify "sha256 $sum matches"
+    ((rc_list == 0)) || {
+        read -r verdict <"$TMP_DOWNLOAD.err"
+        finish 6 failed "tar cannot read the bundle (status $rc_list): $(q "${verdict:-}")"
+    }
+    to_seed
+    seeds=$REPLY
+    verdict=$(run awk -v shared="$SHARED_PATHS" -v seeds="$seeds" "$LISTING_AWK" "$TMP_DOWNLOAD.list" </dev/null)
+    [[ $verdict == OK\ * ]] || finish 6 failed "unsafe bundle: ${verdict#BAD }"
+    read -r _ LISTED_ENTRIES LISTED_BYTES SEED_BYTES <<<"$verdict"
+    log verify "$LISTED_ENTRIES entries checked before unpacking"
+    disk_free
+    local need=$((LISTED_BYTES + LISTED_BYTES / 10 + SEED_BYTES + 16 * 1024 * 1024))
+    ((REPLY >= need)) || finish 4 failed "not enough disk in $APP_ROOT to unpack and seed: $((REPLY / 1048576)) MiB free, $((need / 1048576)) MiB needed"
 }
+LISTED_ENTRIES=0 LISTED_BYTES=0 SEED_BYTES=0
 
-NEW=""
-# Unpacks the verified download into releases/<new>.partial in one decompression pass that
-# also lists every entry (tar -vv), then checks that listing; only a clean bundle is renamed
-# into place. While it unpacks, GNU tar itself keeps everything inside .partial: it strips
-# leading '/', refuses members with '..', and creates symlinks that point outside as
-# placeholders until the end. Anything it had to warn about fails the deploy, and the bundle
-# rules were already enforced by the Lambda (contract::tar_rules) before dispatch.
+# Unpacks the checked download into releases/<new>.partial (GNU tar keeps everything inside
+# it: it strips leading '/', refuses '..', creates outward symlinks last), marks it
+# unswitched, writes .dropship/release.json and renames it into place.
 unpack() {
-    local ts base n=2 zprog=(-z) rc err="" msg
+    local ts base n=2 err=""
     printf -v ts '%(%Y%m%dT%H%M%SZ)T' -1
     base="$ts-${COMMIT:0:7}"
     NEW=$base
@@ -747,29 +1006,20 @@ unpack() {
     done
     PARTIAL_DIR="$APP_ROOT/releases/$NEW.partial"
     mkdir -- "$PARTIAL_DIR" || finish 6 failed "cannot create $PARTIAL_DIR"
-    TMP_LIST="$APP_ROOT/.list.$$"
-    TMP_SUM="$APP_ROOT/.list.$$.err"
-    command -v pigz >/dev/null 2>&1 && zprog=(--use-compress-program=pigz)
     log unpack "into releases/$NEW.partial"
-    tar "${zprog[@]}" -x -v -v --numeric-owner -f "$TMP_DOWNLOAD" -C "$PARTIAL_DIR" \
-        --no-same-owner --no-same-permissions --no-overwrite-dir >"$TMP_LIST" 2>"$TMP_SUM"
-    rc=$?
-    [[ -s $TMP_SUM ]] && { IFS= read -r err <"$TMP_SUM" || true; }
-    ((rc == 0)) || finish 6 failed "tar could not unpack the bundle (status $rc): $(q "$err")"
+    # Clock skew: entry times a few seconds ahead are not an error.
+    run tar "${ZPROG[@]}" -x --numeric-owner -f "$TMP_DOWNLOAD" -C "$PARTIAL_DIR" --warning=no-timestamp \
+        --no-same-owner --no-same-permissions --no-overwrite-dir 2>"$TMP_DOWNLOAD.err" </dev/null
+    n=$?
+    [[ -s $TMP_DOWNLOAD.err ]] && { IFS= read -r err <"$TMP_DOWNLOAD.err" || true; }
+    ((n == 0)) || finish 6 failed "tar could not unpack the bundle (status $n): $(q "$err")"
     [[ -z $err ]] || finish 6 failed "unsafe bundle: tar warned $(q "$err")"
-    check_listing "$TMP_LIST" || {
-        msg=$REPLY
-        finish 6 failed "unsafe bundle: $msg"
-    }
-    log unpack "$REPLY entries checked"
-    rm -f -- "$TMP_LIST" "$TMP_LIST.sorted" "$TMP_SUM"
-    TMP_LIST="" TMP_SUM=""
-    rm -f -- "$TMP_DOWNLOAD"
+    rm -f -- "$TMP_DOWNLOAD" "$TMP_DOWNLOAD".*
     TMP_DOWNLOAD=""
     [[ -f $PARTIAL_DIR/$COMPOSE_FILE && ! -L $PARTIAL_DIR/$COMPOSE_FILE ]] ||
         finish 7 failed "compose file $(q "$COMPOSE_FILE") is not a regular file in the bundle"
-    { mkdir -p -- "$PARTIAL_DIR/.dropship" && rm -f -- "$PARTIAL_DIR/.dropship/release.json"; } ||
-        finish 6 failed "cannot write .dropship/release.json"
+    { mkdir -p -- "$PARTIAL_DIR/.dropship" && rm -f -- "$PARTIAL_DIR/.dropship/release.json" &&
+        : >"$PARTIAL_DIR/.dropship/unswitched"; } 2>/dev/null || finish 6 failed "cannot write .dropship/ in the release"
     now_iso
     json_write "$PARTIAL_DIR/.dropship/release.json" \
         name "$NEW" app "$APP" env "$ENV_NAME" bucket "$BUCKET" key "$KEY" \
@@ -779,91 +1029,173 @@ unpack() {
         health_timeout "$HEALTH_TIMEOUT" shared_paths "$SHARED_PATHS" ||
         finish 6 failed "cannot write .dropship/release.json"
     mv -T -- "$PARTIAL_DIR" "$APP_ROOT/releases/$NEW" || finish 6 failed "cannot rename the release into place"
-    UNSWITCHED_DIR="$APP_ROOT/releases/$NEW"
     PARTIAL_DIR=""
     log unpack "release $NEW ready"
 }
 
 # Links each shared path into the new release. shared/ is never overwritten: a path missing
-# there is seeded from the bundle's copy when it has one, else created (a directory, or an
-# empty file for names with a dot such as .env); the bundle's copy is then replaced by the link.
+# there is seeded from the bundle's copy when it has one (copied under a temporary name and
+# renamed, so a killed copy is never taken for a seeded path), else created (a directory, or
+# an empty 0600 file for names with a dot such as .env); the bundle's copy is then replaced
+# by the link. Nothing is removed through a symlink.
 link_shared() {
-    local dir="$APP_ROOT/releases/$NEW" list p rel comps ups i
+    local dir="$APP_ROOT/releases/$NEW" list p rel parent tmp ups i n
     [[ -n $SHARED_PATHS ]] || return 0
     IFS=, read -r -a list <<<"$SHARED_PATHS"
-    for p in "${list[@]}"; do
-        rel=${p%/}
-        if [[ ! -e $APP_ROOT/shared/$rel && ! -L $APP_ROOT/shared/$rel ]]; then
-            mkdir -p -- "$(dirname -- "$APP_ROOT/shared/$rel")" || finish 7 failed "cannot create shared/$rel"
+    for rel in "${list[@]}"; do
+        p="$APP_ROOT/shared/$rel"
+        parent=${rel%/*}
+        [[ $parent == "$rel" ]] && parent=""
+        # No component of the path inside the release may be a symlink.
+        ups=""
+        IFS=/ read -r -a i <<<"$parent"
+        for ((n = 0; n < ${#i[@]}; n++)); do
+            ups+="${i[n]}"
+            [[ -L $dir/$ups ]] && finish 7 failed "cannot link shared path $rel: $ups is a symlink in the bundle"
+            ups+=/
+        done
+        if [[ ! -e $p && ! -L $p ]]; then
+            mkdir -p -- "${p%/*}" || finish 7 failed "cannot create the parent of shared/$rel"
             if [[ -e $dir/$rel && ! -L $dir/$rel ]]; then
-                cp -a -- "$dir/$rel" "$APP_ROOT/shared/$rel" || finish 7 failed "cannot seed shared/$rel"
+                tmp="${p%/*}/.dropship-seed.$$"
+                if ! run cp -a -- "$dir/$rel" "$tmp" || ! mv -T -- "$tmp" "$p"; then
+                    rm -rf -- "$tmp"
+                    finish 7 failed "cannot seed shared/$rel (disk full?)"
+                fi
+                [[ ${rel##*/} == .env* && -f $p ]] && chmod 600 -- "$p"
                 log shared "seeded shared/$rel from the bundle"
-            elif [[ $p == */ || ${rel##*/} != *.* ]]; then
-                mkdir -p -- "$APP_ROOT/shared/$rel" || finish 7 failed "cannot create shared/$rel"
+            elif [[ ${rel##*/} != *.* ]]; then
+                mkdir -p -- "$p" || finish 7 failed "cannot create shared/$rel"
                 log shared "created directory shared/$rel"
             else
-                (umask 077 && : >"$APP_ROOT/shared/$rel") || finish 7 failed "cannot create shared/$rel"
+                (umask 077 && : >"$p") 2>/dev/null || finish 7 failed "cannot create shared/$rel"
                 log shared "created empty file shared/$rel"
             fi
         elif [[ -e $dir/$rel || -L $dir/$rel ]]; then
             log shared "bundle's $rel ignored: shared/$rel is kept"
         fi
         rm -rf -- "${dir:?}/$rel"
-        mkdir -p -- "$(dirname -- "$dir/$rel")" || finish 7 failed "cannot create the parent of $rel"
-        IFS=/ read -r -a comps <<<"$rel"
+        mkdir -p -- "$dir/$parent" || finish 7 failed "cannot create the parent of $rel"
+        IFS=/ read -r -a i <<<"$rel"
         ups=""
-        for ((i = 0; i < ${#comps[@]}; i++)); do ups+="../"; done
+        for ((n = 1; n < ${#i[@]}; n++)); do ups+="../"; done
         # releases/<name>/<rel> -> ../../shared/<rel> (plus one ../ per extra component)
-        ln -s -- "${ups}../shared/$rel" "$dir/$rel" || finish 7 failed "cannot link $rel"
+        ln -s -- "${ups}../../shared/$rel" "$dir/$rel" || finish 7 failed "cannot link $rel"
     done
     log shared "linked ${#list[@]} shared path(s)"
 }
 
-check_env() {
-    local list name line found missing=() f="$APP_ROOT/shared/.env"
-    [[ -n $REQUIRED_ENV ]] || return 0
-    IFS=, read -r -a list <<<"$REQUIRED_ENV"
-    [[ -f $f ]] || finish 7 failed "shared/.env does not exist but DROPSHIP_REQUIRED_ENV names ${#list[@]} variable(s)"
-    for name in "${list[@]}"; do
-        found=0
-        while IFS= read -r line || [[ -n $line ]]; do
-            line=${line#"${line%%[![:space:]]*}"}
-            line=${line#export }
-            line=${line#"${line%%[![:space:]]*}"}
-            if [[ $line == "$name="* || $line =~ ^"$name"[[:space:]]*= ]]; then
-                found=1
-                break
+# Reads a .env the way compose does: NAME=VALUE or NAME: VALUE lines, optional `export `,
+# comments, a bare NAME (taken from the environment: not set here), quoted values (which may
+# span lines; text after the closing quote is ignored). Strict (the deploy's check): a line
+# compose would refuse fails the deploy without being printed. Lenient (on start, for the
+# output of recovery): whatever follows a '=' or ':' is taken as a value. Values go to
+# ENV_VALUES (the rules) and REDACT; they never reach a log line or a process.
+declare -A ENV_VALUES=()
+read_env() { # file strict
+    local line n=0 name val quote="" start=0 l
+    [[ -f $1 ]] || return 0
+    while IFS= read -r line || [[ -n $line ]]; do
+        n=$((n + 1))
+        if [[ -n $quote ]]; then
+            if [[ $line == *"$quote"* ]]; then
+                val+=$'\n'${line%%"$quote"*}
+                quote=""
+            else
+                val+=$'\n'$line
+                continue
             fi
-        done <"$f"
-        ((found)) || missing+=("$name")
-    done
-    if ((${#missing[@]})); then
-        finish 7 failed "shared/.env lacks required variable(s): ${missing[*]}"
+        else
+            [[ $line =~ ^[[:space:]]*((export[[:space:]]+)?[A-Za-z_][A-Za-z0-9_.-]*[[:space:]]*)?(#.*)?$ ]] && continue
+            if [[ ! $line =~ ^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_.-]*)[[:space:]]*[=:][[:space:]]*(.*)$ ]]; then
+                ((${2})) && finish 7 failed "shared/.env line $n is not NAME=VALUE (the line is not shown: it may hold a secret)"
+                val=${line#*[=:]}
+                ((${#val} >= 6)) && REDACT+=("$val")
+                continue
+            fi
+            name=${BASH_REMATCH[2]} val=${BASH_REMATCH[3]}
+            if [[ $val == [\"\']* ]]; then
+                quote=${val:0:1} val=${val:1} start=$n
+                if [[ $val == *"$quote"* ]]; then
+                    val=${val%%"$quote"*} quote=""
+                else
+                    continue
+                fi
+            else
+                val=${val%%[[:space:]]#*}
+                val=${val%"${val##*[![:space:]]}"}
+            fi
+        fi
+        ENV_VALUES[$name]=$val
+        while IFS= read -r l; do ((${#l} >= 6)) && REDACT+=("$l"); done <<<"$val"
+    done <"$1"
+    if [[ -n $quote ]]; then
+        ((${2})) && finish 7 failed "shared/.env line $start opens a quote that never closes (the line is not shown)"
+        while IFS= read -r l; do ((${#l} >= 6)) && REDACT+=("$l"); done <<<"$val"
     fi
-    log env "${#list[@]} required variable(s) present in shared/.env"
+}
+
+# DROPSHIP_REQUIRED_ENV: each variable present, long enough, matching its pattern.
+# Messages name the variable and never its value.
+check_env() {
+    local i name val why=""
+    read_env "$APP_ROOT/releases/$NEW/.env" 1
+    for ((i = 0; i < ${#RULE_NAMES[@]}; i++)); do
+        name=${RULE_NAMES[i]}
+        if [[ ! -v ENV_VALUES[$name] ]]; then
+            why+="; $name is not set"
+            continue
+        fi
+        val=${ENV_VALUES[$name]}
+        ((${#val} >= RULE_MINS[i])) || why+="; $name is shorter than ${RULE_MINS[i]} bytes"
+        [[ -z ${RULE_PATTERNS[i]} || $val =~ ^(${RULE_PATTERNS[i]})$ ]] || why+="; $name does not match its pattern"
+    done
+    [[ -z $why ]] || finish 7 failed "shared/.env: ${why#; } (values are never shown)"
+    ((${#RULE_NAMES[@]} == 0)) || log env "${#RULE_NAMES[@]} required variable(s) pass their rules"
 }
 
 check_compose() {
-    local dir="$APP_ROOT/releases/$NEW"
+    local dir="$APP_ROOT/releases/$NEW" images img
     compose_args "$dir" "$COMPOSE_FILE" "$PROFILES"
     dk "${COMPOSE[@]}" config -q || finish 7 failed "docker compose config rejected $(q "$COMPOSE_FILE")"
     log config "docker compose config ok"
+    # Images before the switch: a missing one fails here, with the running release untouched.
+    if dk "${COMPOSE[@]}" config --format json | grep -q '"build":'; then
+        dk "${COMPOSE[@]}" build || finish 5 failed "docker compose build failed"
+        return
+    fi
+    images=$(dk "${COMPOSE[@]}" config --images) || finish 7 failed "docker compose cannot list the images"
+    for img in $images; do
+        dk image inspect --format '{{.Id}}' "$img" >/dev/null && continue
+        log images "pulling $img"
+        dk pull "$img" || finish 5 failed "image $(q "$img") is not on this host and could not be pulled"
+    done
 }
 
 run_hook() {
-    local dir="$APP_ROOT/releases/$NEW" real rc
+    local dir="$APP_ROOT/releases/$NEW" real rdir rc
     [[ -n $HOOK ]] || return 0
+    rdir=$(realpath -e -- "$dir") || finish 8 failed "release $NEW is missing"
     real=$(realpath -e -- "$dir/$HOOK" 2>/dev/null) || finish 8 failed "pre-switch hook $(q "$HOOK") does not exist"
-    [[ $real == "$dir"/* && -f $real ]] || finish 8 failed "pre-switch hook $(q "$HOOK") is not a file inside the release"
+    [[ $real == "$rdir"/* && -f $real ]] || finish 8 failed "pre-switch hook $(q "$HOOK") is not a file inside the release"
     log hook "running $HOOK"
-    if [[ -x $real ]]; then
-        (cd -- "$dir" && DROPSHIP_RELEASE_DIR=$dir DROPSHIP_PREVIOUS_RELEASE=$ST_CURRENT "$real") 9>&-
-    else
-        (cd -- "$dir" && DROPSHIP_RELEASE_DIR=$dir DROPSHIP_PREVIOUS_RELEASE=$ST_CURRENT bash -- "$real") 9>&-
-    fi
+    local how=(bash --)
+    [[ -x $real ]] && how=()
+    run env -C "$dir" DROPSHIP_RELEASE_DIR="$dir" DROPSHIP_PREVIOUS_RELEASE="$ST_CURRENT" "${how[@]}" "$real" </dev/null
     rc=$?
     ((rc == 0)) || finish 8 failed "pre-switch hook $(q "$HOOK") exited $rc"
     log hook "ok"
+}
+
+# Records the operation about to switch `current` (state.json `pending`) and prints the
+# provisional result line for a kill between here and the commit.
+begin_switch() { # what message
+    ST_PENDING=$1
+    save_state "$ST_LAST_OUTCOME" || {
+        ST_PENDING=""
+        finish 4 failed "cannot write state.json before switching (disk full?); nothing was switched"
+    }
+    result_line interrupted 10 "$2"
 }
 
 # After a failed switch to $1: put $2 (may be "") back, bring it up, report.
@@ -873,37 +1205,49 @@ roll_back() { # failed-release previous-release reason
     log rollback "$reason; switching back to ${prev:-nothing}"
     if [[ -z $prev ]]; then
         switch_current ""
-        dk compose -p "$APP" down --remove-orphans || true
+        dk compose -p "$PROJECT" down --remove-orphans || true
+        ST_PENDING=""
         OUT_RELEASE="" OUT_PREVIOUS=""
-        save_state rolled_back "$failed"
+        save_state rolled_back "$failed" || reason+="; state.json could not be written"
+        prune "$ST_KEEP"
         finish 9 rolled_back "$reason; no previous release: stopped the project and removed current"
     fi
-    switch_current "$prev" || finish 10 rollback_failed "$reason; could not switch back to $prev"
-    if bring_up "$prev"; then
-        OUT_RELEASE=$ST_CURRENT OUT_PREVIOUS=$ST_PREVIOUS
-        save_state rolled_back "$failed"
+    OUT_RELEASE=$ST_CURRENT OUT_PREVIOUS=$ST_PREVIOUS
+    if switch_current "$prev" && bring_up "$prev"; then
+        ST_PENDING=""
+        save_state rolled_back "$failed" || reason+="; state.json could not be written (the next run checks the host again)"
+        prune "$ST_KEEP"
         finish 9 rolled_back "$reason; rolled back to $prev, which is healthy"
     fi
-    OUT_RELEASE=$ST_CURRENT OUT_PREVIOUS=$ST_PREVIOUS
+    ST_PENDING=""
     save_state rollback_failed "$failed"
     finish 10 rollback_failed "$reason; rollback to $prev also failed"
 }
 
-do_deploy() {
-    local t0=$EPOCHREALTIME
+# What every deploy and rollback does first: lock, state, the project's owner, recovery,
+# leftovers.
+start_locked() {
     acquire_lock
-    clean_leftovers
     load_state
+    read_env "$APP_ROOT/shared/.env" 0
+    check_project_owner
     OUT_RELEASE=$ST_CURRENT OUT_PREVIOUS=$ST_PREVIOUS
     recover
+    clean_leftovers
+}
+
+do_deploy() {
+    local t0=$EPOCHREALTIME old
+    start_locked
+    ST_KEEP=$KEEP_RELEASES
 
     # idempotency
     if [[ -n $ST_CURRENT && $ST_VERSION_ID == "$VERSION_ID" && -d $APP_ROOT/releases/$ST_CURRENT ]]; then
-        ((RECOVERY_FAILED)) && finish 10 rollback_failed "version is current but the interrupted run could not be recovered"
-        finish 0 noop "version $(q "$VERSION_ID") is already current ($ST_CURRENT)"
+        ((RECOVERY_FAILED)) && finish 10 rollback_failed "version is current but not healthy: $RECOVERY_MSG"
+        finish 0 noop "version $(q "$VERSION_ID") is already current ($ST_CURRENT) and runs"
     fi
     if [[ -n $SEQUENCER && -n $ST_SEQUENCER ]] && seq_older "$SEQUENCER" "$ST_SEQUENCER"; then
-        ((RECOVERY_FAILED)) && finish 10 rollback_failed "stale event, and the interrupted run could not be recovered"
+        ((RECOVERY_FAILED)) && finish 10 rollback_failed "stale event, and the host is not verified: $RECOVERY_MSG"
         finish 0 stale "sequencer $SEQUENCER is older than the deployed $ST_SEQUENCER; skipped"
     fi
     log idempotency "deploying version $(q "$VERSION_ID") (sequencer ${SEQUENCER:-none}) over ${ST_CURRENT:-nothing}"
@@ -918,79 +1262,109 @@ do_deploy() {
     run_hook
 
     # switch
-    local old=$ST_CURRENT
-    switch_current "$NEW" || finish 6 failed "could not switch current to $NEW"
-    UNSWITCHED_DIR=""
+    old=$ST_CURRENT
+    check_time_for_switch "$HEALTH_TIMEOUT" "$old"
+    local after="restores $old"
+    [[ -n $old ]] || after="stops the project"
+    begin_switch "deploy $NEW over ${old:-nothing}" \
+        "stopped after switching to $NEW, before its health was checked: the next run $after first"
+    switch_current "$NEW" || {
+        ST_PENDING=""
+        save_state "$ST_LAST_OUTCOME"
+        finish 6 failed "could not switch current to $NEW"
+    }
+    rm -f -- "$APP_ROOT/releases/$NEW/.dropship/unswitched"
     log switch "current -> releases/$NEW (setup took $(((${EPOCHREALTIME/./} - ${t0/./}) / 1000)) ms)"
 
-    compose_up "$NEW" || roll_back "$NEW" "$old" "docker compose up failed for $NEW"
-    health_check "$HEALTH_URL" "$HEALTH_TIMEOUT" || roll_back "$NEW" "$old" "health check failed for $NEW"
+    bring_up "$NEW" || roll_back "$NEW" "$old" "$NEW failed docker compose up or its health check"
 
     # commit
-    ST_PREVIOUS=$old
-    ST_CURRENT=$NEW
-    ST_LAST_GOOD=$NEW
-    ST_VERSION_ID=$VERSION_ID
+    ST_PREVIOUS=$old ST_CURRENT=$NEW ST_LAST_GOOD=$NEW ST_VERSION_ID=$VERSION_ID
     [[ -n $SEQUENCER ]] && ST_SEQUENCER=$SEQUENCER
-    ST_COMMIT=$COMMIT
-    ST_SHA256=$SHA256
-    save_state deployed || log state "could not write state.json"
+    ST_COMMIT=$COMMIT ST_SHA256=$SHA256 ST_PENDING=""
+    if ! save_state deployed; then
+        # Never report a deploy that is not committed: the committed release is still the
+        # old one, so go back to it.
+        ST_CURRENT=$old ST_PREVIOUS="" ST_LAST_GOOD=""
+        load_state
+        roll_back "$NEW" "$old" "$NEW is healthy but state.json could not be written (disk full?)"
+    fi
     OUT_RELEASE=$NEW OUT_PREVIOUS=$old
     prune "$KEEP_RELEASES"
     finish 0 deployed "deployed $NEW (version $(q "$VERSION_ID"))"
 }
 
 do_rollback() {
-    acquire_lock
-    clean_leftovers
-    load_state
-    OUT_RELEASE=$ST_CURRENT OUT_PREVIOUS=$ST_PREVIOUS
-    recover
-    local target=${ROLLBACK_TO:-$ST_PREVIOUS} old=$ST_CURRENT
-    [[ -n $target ]] || finish 2 failed "bad input: no previous release to roll back to"
+    local target old
+    start_locked
+    VERSION_ID=$ST_VERSION_ID COMMIT=$ST_COMMIT SHA256=$ST_SHA256
+    if [[ -n $EXPECT_VERSION_ID && $EXPECT_VERSION_ID != "$ST_VERSION_ID" ]]; then
+        ((RECOVERY_FAILED)) && finish 10 rollback_failed "superseded, and the host is not verified: $RECOVERY_MSG"
+        finish 0 superseded "the committed version is $(q "$ST_VERSION_ID"), not $(q "$EXPECT_VERSION_ID"): nothing done"
+    fi
+    target=${ROLLBACK_TO:-$ST_PREVIOUS} old=$ST_CURRENT
+    [[ -n $target ]] || finish 2 failed "bad input: no previous release to roll back to (the first deploy on this host); nothing done"
     [[ -d $APP_ROOT/releases/$target ]] || finish 2 failed "bad input: release $target does not exist"
     if [[ $target == "$old" ]]; then
-        ((RECOVERY_FAILED)) && finish 10 rollback_failed "$target is current but could not be recovered"
+        ((RECOVERY_FAILED)) && finish 10 rollback_failed "$target is current but not healthy: $RECOVERY_MSG"
         finish 0 noop "$target is already current"
     fi
     load_release "$target" || finish 2 failed "bad input: release $target has no readable release.json"
-    VERSION_ID=$R_VERSION_ID COMMIT=$R_COMMIT SHA256=$R_SHA256
-    log rollback "requested: $old -> $target"
-    switch_current "$target" || finish 10 rollback_failed "could not switch current to $target"
-    if bring_up "$target"; then
-        ST_PREVIOUS=$old ST_CURRENT=$target ST_LAST_GOOD=$target
-        ST_VERSION_ID=$R_VERSION_ID ST_COMMIT=$R_COMMIT ST_SHA256=$R_SHA256
-        save_state rolled_back
-        OUT_RELEASE=$target OUT_PREVIOUS=$old
-        finish 0 rolled_back "rolled back to $target on request"
+    local r_version=$R_VERSION_ID r_commit=$R_COMMIT r_sha=$R_SHA256
+    log rollback "requested: ${old:-nothing} -> $target"
+    check_time_for_switch "$R_HEALTH_TIMEOUT" "$old"
+    begin_switch "rollback to $target from ${old:-nothing}" \
+        "stopped after switching to $target, before its health was checked: the next run restores ${old:-nothing} first"
+    if switch_current "$target" && bring_up "$target"; then
+        ST_PREVIOUS=$old ST_CURRENT=$target ST_LAST_GOOD=$target ST_PENDING=""
+        ST_VERSION_ID=$r_version ST_COMMIT=$r_commit ST_SHA256=$r_sha
+        VERSION_ID=$r_version COMMIT=$r_commit SHA256=$r_sha
+        if save_state rolled_back; then
+            OUT_RELEASE=$target OUT_PREVIOUS=$old
+            prune "$ST_KEEP"
+            finish 0 rolled_back "rolled back to $target on request"
+        fi
+        load_state
+        target+=" (healthy, but state.json could not be written)"
     fi
-    OUT_ATTEMPTED=$target
-    [[ -n $old ]] || {
+    OUT_ATTEMPTED=${target%% *}
+    if [[ -z $old ]]; then
         switch_current ""
+        dk compose -p "$PROJECT" down --remove-orphans || true
+        ST_PENDING=""
+        save_state rollback_failed "$OUT_ATTEMPTED"
         finish 10 rollback_failed "requested rollback to $target failed and nothing was current before"
-    }
-    log rollback "$target is not healthy; switching back to $old"
-    switch_current "$old" || finish 10 rollback_failed "could not switch back to $old"
-    if bring_up "$old"; then
-        save_state failed "$target"
+    fi
+    log rollback "$target is not kept; switching back to $old"
+    if switch_current "$old" && bring_up "$old"; then
+        ST_PENDING=""
+        save_state failed "$OUT_ATTEMPTED"
         finish 9 failed "requested rollback to $target failed; $old restored and healthy"
     fi
-    save_state rollback_failed "$target"
+    ST_PENDING=""
+    save_state rollback_failed "$OUT_ATTEMPTED"
     finish 10 rollback_failed "requested rollback to $target failed and $old is not healthy either"
 }
 
 do_status() {
-    if [[ ! -f $APP_ROOT/state.json ]]; then
+    local msg
+    if [[ ! -e $APP_ROOT/state.json && ! -L $APP_ROOT/current ]]; then
         finish 0 status "nothing deployed in $APP_ROOT"
     fi
     load_state
     printf '%s\n' "--- $APP_ROOT/state.json"
-    cat -- "$APP_ROOT/state.json"
+    cat -- "$APP_ROOT/state.json" 2>/dev/null
     current_link
-    printf '%s\n' "--- current -> ${REPLY:-(none)}" "--- docker compose ps"
-    dk compose -p "$APP" ps || true
+    printf '%s\n' "--- current -> ${REPLY:-(none)}" "--- docker compose ps (project $PROJECT)"
+    dk compose -p "$PROJECT" ps || true
     OUT_RELEASE=$ST_CURRENT OUT_PREVIOUS=$ST_PREVIOUS VERSION_ID=$ST_VERSION_ID COMMIT=$ST_COMMIT
-    finish 0 status "current ${ST_CURRENT:-none}, previous ${ST_PREVIOUS:-none}"
+    msg="current ${ST_CURRENT:-none}, previous ${ST_PREVIOUS:-none}"
+    check_host
+    if ((${#REASONS[@]})); then
+        printf -v msg '; %s' "${REASONS[@]}"
+        msg="NEEDS RECOVERY: ${msg#; }; the next run restores ${ST_CURRENT:-nothing} first ($msg)"
+    fi
+    finish 0 status "$msg"
 }
 
 main() {

@@ -268,6 +268,31 @@ mod tests {
     }
 
     #[test]
+    fn required_env_takes_plain_names_and_rule_tables() {
+        use dropship_contract::manifest::EnvRule;
+        let text = "app = \"shop\"\ndefault_env = \"a\"\n[deploy]\nrequired_env = [\"DATABASE_URL\", { name = \"SECRET_KEY\", min_length = 32 }, { name = \"MODE\", pattern = \"dev|prod\" }, { name = \"REGION\", non_empty = true }]\n";
+        let c = resolve(text, Overrides::default()).unwrap();
+        assert_eq!(
+            c.deploy.required_env,
+            vec![
+                EnvRule::named("DATABASE_URL"),
+                EnvRule { min_length: 32, ..EnvRule::named("SECRET_KEY") },
+                EnvRule { pattern: Some("dev|prod".into()), ..EnvRule::named("MODE") },
+                EnvRule { min_length: 1, ..EnvRule::named("REGION") },
+            ]
+        );
+        for (rule, needle) in [
+            ("{ name = \"A\", pattern = \"(\" }", "pattern"),
+            ("{ name = \"A\", min_len = 3 }", "min_len"),
+            ("{ name = \"A B\" }", "required_env"),
+        ] {
+            let text = format!("app = \"shop\"\ndefault_env = \"a\"\n[deploy]\nrequired_env = [{rule}]\n");
+            let msg = resolve(&text, Overrides::default()).unwrap_err().to_string();
+            assert!(msg.contains(needle) && msg.contains("dropship.toml"), "{msg}");
+        }
+    }
+
+    #[test]
     fn missing_env_says_how_to_set_it() {
         let msg = resolve(
             "app = \"shop\"\nenvironments = [\"a\", \"b\"]\n",

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::EnvRule;
+
 /// Every input of `deploy-on-host.sh`, in the order the Lambda renders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HostVar {
@@ -29,12 +31,14 @@ pub enum HostVar {
     RequiredEnv,
     PreSwitchHook,
     RollbackTo,
+    ExpectVersionId,
     LockTimeout,
+    ExecutionTimeout,
 }
 
 impl HostVar {
     /// All inputs, for rendering and for checking the script's documented table.
-    pub const ALL: [HostVar; 23] = [
+    pub const ALL: [HostVar; 25] = [
         HostVar::Action,
         HostVar::App,
         HostVar::Env,
@@ -57,7 +61,9 @@ impl HostVar {
         HostVar::RequiredEnv,
         HostVar::PreSwitchHook,
         HostVar::RollbackTo,
+        HostVar::ExpectVersionId,
         HostVar::LockTimeout,
+        HostVar::ExecutionTimeout,
     ];
 
     /// The environment variable name.
@@ -85,13 +91,47 @@ impl HostVar {
             HostVar::RequiredEnv => "DROPSHIP_REQUIRED_ENV",
             HostVar::PreSwitchHook => "DROPSHIP_PRE_SWITCH_HOOK",
             HostVar::RollbackTo => "DROPSHIP_ROLLBACK_TO",
+            HostVar::ExpectVersionId => "DROPSHIP_EXPECT_VERSION_ID",
             HostVar::LockTimeout => "DROPSHIP_LOCK_TIMEOUT",
+            HostVar::ExecutionTimeout => "DROPSHIP_EXECUTION_TIMEOUT",
         }
     }
 }
 
-/// Separator of list-valued inputs (profiles, shared paths, required variables).
+/// Separator of list-valued inputs (profiles, shared paths).
 pub const LIST_SEPARATOR: char = ',';
+
+/// `DROPSHIP_REQUIRED_ENV`: one rule per line, `NAME`, `NAME MIN` or `NAME MIN PATTERN`
+/// (single spaces; the pattern is the rest of the line and may hold spaces and commas, never
+/// a control character, so a line cannot hide another).
+pub fn required_env_value(rules: &[EnvRule]) -> String {
+    rules
+        .iter()
+        .map(|r| match (&r.pattern, r.min_length) {
+            (None, 0) => r.name.clone(),
+            (None, min) => format!("{} {min}", r.name),
+            (Some(p), min) => format!("{} {min} {p}", r.name),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The host script as it is sent: comment lines and indentation removed (the script keeps
+/// its documentation in the repository, SSM's command size limit counts every byte). Only
+/// whole comment lines go, so nothing the script executes changes; the host-script suite
+/// runs exactly this form.
+pub fn compact_script(script: &str) -> String {
+    let mut out = String::with_capacity(script.len());
+    for line in script.lines() {
+        let code = line.trim_start();
+        if code.is_empty() || code.starts_with('#') {
+            continue;
+        }
+        out.push_str(code);
+        out.push('\n');
+    }
+    out
+}
 
 /// The script's exit codes; distinct so SSM's per-host status says what happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -137,15 +177,21 @@ impl ExitCode {
     /// One line for operators.
     pub fn describe(self) -> &'static str {
         match self {
-            ExitCode::Ok => "deployed, already current, stale (skipped) or rollback done",
+            ExitCode::Ok => {
+                "deployed, already current, stale (skipped), superseded or rollback done"
+            }
             ExitCode::BadInput => "bad input: nothing was touched",
             ExitCode::LockTimeout => "another deploy held the host lock too long",
-            ExitCode::PreflightFailed => "preflight failed (disk space or docker compose missing)",
-            ExitCode::DownloadFailed => "download or SHA-256 verification failed",
+            ExitCode::PreflightFailed => {
+                "preflight failed (disk space, time before SSM's timeout, or docker compose missing)"
+            }
+            ExitCode::DownloadFailed => "download, image pull or SHA-256 verification failed",
             ExitCode::UnpackFailed => "unpacking the bundle failed",
             ExitCode::ConfigInvalid => "compose file or .env invalid",
             ExitCode::HookFailed => "pre-switch hook failed",
-            ExitCode::RolledBack => "new release failed compose up or health; previous release restored",
+            ExitCode::RolledBack => {
+                "new release failed compose up, health or its commit; previous release restored"
+            }
             ExitCode::RollbackFailed => {
                 "rollback also failed, or the script was stopped: the host needs an operator or a rerun"
             }
@@ -167,6 +213,14 @@ pub enum HostOutcome {
     Failed,
     RollbackFailed,
     Status,
+    /// Printed before a step after which only a complete run leaves the host verified (the
+    /// switch). It stays the last result line only when the run was killed there (SSM's
+    /// timeout or cancel is SIGKILL to the whole process group): the next run restores the
+    /// committed release first. Exit code 10.
+    Interrupted,
+    /// `rollback` with `DROPSHIP_EXPECT_VERSION_ID`: the host's committed version is another
+    /// one (it moved on, or never got it), so nothing was done. Exit code 0.
+    Superseded,
 }
 
 /// The JSON after [`RESULT_PREFIX`].
@@ -220,6 +274,47 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), HostVar::ALL.len());
+    }
+
+    #[test]
+    fn required_env_rules_travel_one_per_line_and_plain_names_stay_plain() {
+        let rules = vec![
+            EnvRule::named("DB_URL"),
+            EnvRule {
+                min_length: 32,
+                ..EnvRule::named("SECRET_KEY")
+            },
+            EnvRule {
+                pattern: Some("a, b|c d".into()),
+                ..EnvRule::named("MODE")
+            },
+        ];
+        assert_eq!(
+            required_env_value(&rules),
+            "DB_URL\nSECRET_KEY 32\nMODE 0 a, b|c d"
+        );
+        assert_eq!(required_env_value(&[]), "");
+    }
+
+    #[test]
+    fn compaction_drops_comment_lines_and_indentation_only() {
+        let script = "#!/usr/bin/env bash\n# doc\n\nf() {\n    # inside\n    echo '# not a comment' \\\n        done\n}\n";
+        assert_eq!(
+            compact_script(script),
+            "f() {\necho '# not a comment' \\\ndone\n}\n"
+        );
+    }
+
+    #[test]
+    fn new_outcomes_read_back() {
+        let r = HostResult::from_output(
+            "DROPSHIP_RESULT {\"outcome\":\"interrupted\",\"exit_code\":10}\n",
+        )
+        .unwrap();
+        assert_eq!(r.outcome, HostOutcome::Interrupted);
+        let r = HostResult::from_output("DROPSHIP_RESULT {\"outcome\":\"superseded\",\"exit_code\":0}")
+            .unwrap();
+        assert_eq!(r.outcome, HostOutcome::Superseded);
     }
 
     #[test]

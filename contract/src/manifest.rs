@@ -23,10 +23,11 @@ pub struct DeploySettings {
     pub health_timeout_secs: u32,
     /// Paths under the host's `shared/` linked into every release (e.g. `.env`, `data`).
     pub shared_paths: Vec<String>,
-    /// Releases kept on the host (the current and last good are never pruned).
+    /// Releases kept on the host, counting the current one (the current, previous and last
+    /// good are never pruned, even beyond this number).
     pub keep_releases: u32,
-    /// Variables that must be set in the host's `shared/.env` before switching.
-    pub required_env: Vec<String>,
+    /// Rules for variables of the host's `shared/.env`, checked before switching.
+    pub required_env: Vec<EnvRule>,
     /// Script inside the bundle run before the switch (migrations, backups).
     pub pre_switch_hook: Option<String>,
 }
@@ -46,20 +47,144 @@ impl Default for DeploySettings {
     }
 }
 
+/// The bounds of every deploy setting. The host script (`scripts/deploy-on-host.sh`,
+/// `validate_deploy`) enforces exactly the same numbers; the host-script suite and the unit
+/// tests below probe both sides at and past each bound, so a bundle the Lambda verified is
+/// never refused by a host (and the other way round).
+pub mod bounds {
+    /// Longest relative path (compose file, hook, each shared path), in bytes.
+    pub const MAX_PATH_LEN: usize = 255;
+    /// Longest compose profile name.
+    pub const MAX_PROFILE_LEN: usize = 64;
+    /// Most profiles.
+    pub const MAX_PROFILES: usize = 16;
+    /// Longest health URL.
+    pub const MAX_HEALTH_URL_LEN: usize = 2048;
+    /// Health timeout range, seconds.
+    pub const HEALTH_TIMEOUT_SECS: std::ops::RangeInclusive<u32> = 1..=3600;
+    /// Most shared paths.
+    pub const MAX_SHARED_PATHS: usize = 16;
+    /// Releases kept range.
+    pub const KEEP_RELEASES: std::ops::RangeInclusive<u32> = 2..=100;
+    /// Most `required_env` rules.
+    pub const MAX_ENV_RULES: usize = 32;
+    /// Longest variable name.
+    pub const MAX_ENV_NAME_LEN: usize = 64;
+    /// Largest `min_length` of a rule, bytes.
+    pub const MAX_ENV_MIN_LENGTH: u32 = 4096;
+    /// Longest `pattern` of a rule, bytes.
+    pub const MAX_ENV_PATTERN_LEN: usize = 128;
+    /// Largest repetition count in a pattern (`{m,n}`).
+    pub const MAX_PATTERN_REPEAT: u32 = 255;
+}
+
+/// One `required_env` rule: the variable must be present in the host's `shared/.env` and,
+/// optionally, at least `min_length` bytes long (`non_empty = true` is `min_length = 1`) and
+/// entirely match `pattern` (POSIX extended regular expression, bytes, C locale).
+///
+/// In `dropship.toml` a rule is a plain name (`"DATABASE_URL"`, presence only) or a table
+/// (`{ name = "SECRET_KEY", min_length = 32 }`). A plain rule serialises back to a plain
+/// string, so manifests of configs that only use names keep their bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EnvRule {
+    pub name: String,
+    /// Shortest accepted value in bytes; 0 accepts `NAME=` (presence only).
+    pub min_length: u32,
+    /// Pattern the whole value must match.
+    pub pattern: Option<String>,
+}
+
+impl EnvRule {
+    /// A presence-only rule.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    fn is_plain(&self) -> bool {
+        self.min_length == 0 && self.pattern.is_none()
+    }
+}
+
+impl From<&str> for EnvRule {
+    fn from(name: &str) -> Self {
+        Self::named(name)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvRuleTable {
+    name: String,
+    #[serde(default, skip_serializing)]
+    non_empty: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    min_length: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pattern: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Serialize for EnvRule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.is_plain() {
+            return s.serialize_str(&self.name);
+        }
+        EnvRuleTable {
+            name: self.name.clone(),
+            non_empty: false,
+            min_length: self.min_length,
+            pattern: self.pattern.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RuleVisitor;
+        impl<'de> serde::de::Visitor<'de> for RuleVisitor {
+            type Value = EnvRule;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a variable name, or a table { name, non_empty, min_length, pattern }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EnvRule, E> {
+                Ok(EnvRule::named(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<EnvRule, A::Error> {
+                let t = EnvRuleTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                let min_length = if t.non_empty { t.min_length.max(1) } else { t.min_length };
+                Ok(EnvRule {
+                    name: t.name,
+                    min_length,
+                    pattern: t.pattern,
+                })
+            }
+        }
+        d.deserialize_any(RuleVisitor)
+    }
+}
+
 /// A deploy setting that would be unsafe or meaningless on a host.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("deploy setting {field} = {value:?} is invalid: {expected}")]
 pub struct SettingsError {
     pub field: &'static str,
     pub value: String,
-    pub expected: &'static str,
+    pub expected: String,
 }
 
-/// A relative path that cannot leave the release directory: no leading `/`, no `.`/`..`
-/// components, only `[A-Za-z0-9._-]` in each segment.
+/// A relative path that cannot leave the release directory: at most
+/// [`bounds::MAX_PATH_LEN`] bytes, no leading `/`, no empty, `.` or `..` components, only
+/// `[A-Za-z0-9._-]` in each component.
 pub fn is_safe_relative_path(path: &str) -> bool {
     !path.is_empty()
-        && path.len() <= 255
+        && path.len() <= bounds::MAX_PATH_LEN
         && path.split('/').all(|seg| {
             !seg.is_empty()
                 && seg != "."
@@ -70,83 +195,267 @@ pub fn is_safe_relative_path(path: &str) -> bool {
         })
 }
 
-fn is_env_name(name: &str) -> bool {
+/// Whether `path` is `dir` or lies beneath it, comparing whole components.
+fn is_within(path: &str, dir: &str) -> bool {
+    path == dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`, at most [`bounds::MAX_ENV_NAME_LEN`] bytes.
+pub fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+    name.len() <= bounds::MAX_ENV_NAME_LEN
+        && matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn is_profile_name(name: &str) -> bool {
+/// `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most [`bounds::MAX_PROFILE_LEN`] bytes.
+pub fn is_profile_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
+    name.len() <= bounds::MAX_PROFILE_LEN
+        && matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
         && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// Checks a `required_env` pattern: printable ASCII, at most
+/// [`bounds::MAX_ENV_PATTERN_LEN`] bytes, in a subset of POSIX ERE that glibc's `regcomp`
+/// (bash `[[ =~ ]]` on the host) accepts with one meaning: literals, `.`, bracket expressions
+/// (ranges, `^` negation, `[:class:]`), groups, `|`, one quantifier per atom (`* + ?
+/// {m} {m,} {m,n}`, n ≤ 255), `\` before punctuation (not `< > ` ' `), `^` only first and `$` only last.
+pub fn check_pattern(p: &str) -> Result<(), String> {
+    if p.is_empty() || p.len() > bounds::MAX_ENV_PATTERN_LEN {
+        return Err(format!("1 to {} bytes", bounds::MAX_ENV_PATTERN_LEN));
+    }
+    if !p.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err("printable ASCII only".into());
+    }
+    let b = p.as_bytes();
+    let (mut i, end) = (usize::from(b[0] == b'^'), b.len() - usize::from(b.len() > 1 && b[b.len() - 1] == b'$' && b[b.len() - 2] != b'\\'));
+    let mut depth = 0usize;
+    // Whether the previous item can take a quantifier, and whether the current branch is empty.
+    let (mut atom, mut empty) = (false, true);
+    while i < end {
+        let c = b[i];
+        i += 1;
+        match c {
+            b'(' => {
+                depth += 1;
+                (atom, empty) = (false, true);
+            }
+            b')' => {
+                if depth == 0 || empty {
+                    return Err("unbalanced or empty group".into());
+                }
+                depth -= 1;
+                (atom, empty) = (true, false);
+            }
+            b'|' => {
+                if empty {
+                    return Err("empty alternative".into());
+                }
+                (atom, empty) = (false, true);
+            }
+            b'*' | b'+' | b'?' | b'{' => {
+                if !atom {
+                    return Err("a quantifier must follow an atom (one quantifier per atom)".into());
+                }
+                if c == b'{' {
+                    let close = b[i..end].iter().position(|&x| x == b'}').ok_or("unclosed {")?;
+                    let body = std::str::from_utf8(&b[i..i + close]).unwrap_or_default();
+                    let (m, n) = body.split_once(',').unwrap_or((body, body));
+                    let num = |s: &str| -> Option<u32> {
+                        (!s.is_empty() && s.len() <= 3 && s.bytes().all(|d| d.is_ascii_digit()))
+                            .then(|| s.parse().ok())
+                            .flatten()
+                    };
+                    let m = num(m).ok_or("repetition {m,n} needs numbers")?;
+                    let n = if n.is_empty() { m } else { num(n).ok_or("repetition {m,n} needs numbers")? };
+                    if m > n || n > bounds::MAX_PATTERN_REPEAT {
+                        return Err(format!("repetition needs m <= n <= {}", bounds::MAX_PATTERN_REPEAT));
+                    }
+                    i += close + 1;
+                }
+                atom = false;
+            }
+            b'\\' => {
+                match b.get(i) {
+                    // GNU gives \< \> \` \' a meaning (anchors): refused.
+                    Some(x) if i < end && x.is_ascii_punctuation() && !b"<>`'".contains(x) => i += 1,
+                    _ => return Err("\\ may only escape punctuation other than < > ` '".into()),
+                }
+                (atom, empty) = (true, false);
+            }
+            b'[' => {
+                i += usize::from(b.get(i) == Some(&b'^'));
+                // A ']' right after '[' or '[^' is a literal.
+                i += usize::from(b.get(i) == Some(&b']'));
+                loop {
+                    match b.get(i) {
+                        None => return Err("unclosed [".into()),
+                        Some(b']') => break,
+                        Some(b'[') if b.get(i + 1) == Some(&b':') => {
+                            let rest = &p[i + 2..];
+                            let close = rest.find(":]").ok_or("unclosed [:class:]")?;
+                            const CLASSES: [&str; 12] = [
+                                "alnum", "alpha", "blank", "cntrl", "digit", "graph", "lower",
+                                "print", "punct", "space", "upper", "xdigit",
+                            ];
+                            if !CLASSES.contains(&&rest[..close]) {
+                                return Err("unknown [:class:]".into());
+                            }
+                            i += close + 4;
+                        }
+                        Some(b'[') if matches!(b.get(i + 1), Some(b'.' | b'=')) => {
+                            return Err("[. .] and [= =] are not supported".into())
+                        }
+                        Some(&lo) => {
+                            if b.get(i + 1) == Some(&b'-') && !matches!(b.get(i + 2), Some(b']') | None) {
+                                if b[i + 2] < lo || b[i + 2] == b'[' {
+                                    return Err("invalid range in [ ]".into());
+                                }
+                                i += 3;
+                            } else {
+                                i += 1;
+                            }
+                        }
+                    }
+                }
+                if i >= end {
+                    return Err("unclosed [".into());
+                }
+                i += 1;
+                (atom, empty) = (true, false);
+            }
+            b'^' | b'$' | b']' | b'}' => {
+                return Err(format!("{} must be escaped here", c as char));
+            }
+            _ => (atom, empty) = (true, false),
+        }
+    }
+    if depth != 0 {
+        return Err("unbalanced group".into());
+    }
+    if empty {
+        return Err("empty pattern or alternative".into());
+    }
+    Ok(())
+}
+
 impl DeploySettings {
-    /// Checks every field; the bundler calls it on config load, the Lambda on the manifest.
+    /// Checks every field against [`bounds`]; the bundler calls it on config load, the
+    /// Lambda on the manifest, and the host applies the same rules again.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        let bad = |field, value: &str, expected| SettingsError {
+        let bad = |field, value: &str, expected: String| SettingsError {
             field,
             value: value.to_string(),
             expected,
         };
-        if !is_safe_relative_path(&self.compose_file) {
-            return Err(bad(
-                "compose_file",
-                &self.compose_file,
-                "a relative path inside the repository (letters, digits, . _ - and /)",
-            ));
+        use bounds::*;
+        let path_rule = format!(
+            "a relative path of at most {MAX_PATH_LEN} bytes (letters, digits, . _ - and /; no empty, '.' or '..' component), outside .dropship/"
+        );
+        let in_bundle_path = |p: &str| is_safe_relative_path(p) && !is_within(p, DROPSHIP_DIR);
+        if !in_bundle_path(&self.compose_file) {
+            return Err(bad("compose_file", &self.compose_file, path_rule));
+        }
+        if self.profiles.len() > MAX_PROFILES {
+            return Err(bad("profiles", &self.profiles.join(","), format!("at most {MAX_PROFILES} profiles")));
         }
         if let Some(p) = self.profiles.iter().find(|p| !is_profile_name(p)) {
             return Err(bad(
                 "profiles",
                 p,
-                "profile names of letters, digits, _ . -",
+                format!("profile names of letters, digits, _ . - (starting with a letter or digit), at most {MAX_PROFILE_LEN} bytes"),
             ));
         }
         if let Some(url) = &self.health_url {
             let ok = (url.starts_with("http://") || url.starts_with("https://"))
-                && url.len() <= 2048
-                && !url.bytes().any(|b| b.is_ascii_control() || b == b' ');
+                && url.len() <= MAX_HEALTH_URL_LEN
+                && !url.bytes().any(|b| b.is_ascii_control() || b.is_ascii_whitespace());
             if !ok {
                 return Err(bad(
                     "health_url",
                     url,
-                    "an http:// or https:// URL without spaces",
+                    format!("an http:// or https:// URL of at most {MAX_HEALTH_URL_LEN} bytes without spaces or control characters"),
                 ));
             }
         }
-        if !(1..=3600).contains(&self.health_timeout_secs) {
+        if !HEALTH_TIMEOUT_SECS.contains(&self.health_timeout_secs) {
             return Err(bad(
                 "health_timeout_secs",
                 &self.health_timeout_secs.to_string(),
-                "1 to 3600 seconds",
+                format!("{} to {} seconds", HEALTH_TIMEOUT_SECS.start(), HEALTH_TIMEOUT_SECS.end()),
             ));
         }
-        if let Some(p) = self.shared_paths.iter().find(|p| !is_safe_relative_path(p)) {
+        if let Some(hook) = &self.pre_switch_hook {
+            if !in_bundle_path(hook) {
+                return Err(bad("pre_switch_hook", hook, path_rule));
+            }
+        }
+        if self.shared_paths.len() > MAX_SHARED_PATHS {
             return Err(bad(
                 "shared_paths",
-                p,
-                "relative paths (letters, digits, . _ - and /), without '..'",
+                &self.shared_paths.join(","),
+                format!("at most {MAX_SHARED_PATHS} paths"),
             ));
         }
-        if !(2..=100).contains(&self.keep_releases) {
+        for (i, p) in self.shared_paths.iter().enumerate() {
+            if !in_bundle_path(p) {
+                return Err(bad("shared_paths", p, path_rule));
+            }
+            // A shared path inside another would be removed through the other's link.
+            if let Some(other) = self.shared_paths[..i].iter().find(|o| is_within(p, o) || is_within(o, p)) {
+                return Err(bad(
+                    "shared_paths",
+                    p,
+                    format!("paths that do not repeat or contain one another (it overlaps {other:?})"),
+                ));
+            }
+            // The compose file and the hook come from the bundle, never from shared/.
+            let runs = std::iter::once(&self.compose_file).chain(&self.pre_switch_hook);
+            if let Some(f) = runs.into_iter().find(|f| is_within(f, p)) {
+                return Err(bad(
+                    "shared_paths",
+                    p,
+                    format!("paths that do not hold the compose file or the hook ({f:?})"),
+                ));
+            }
+        }
+        if !KEEP_RELEASES.contains(&self.keep_releases) {
             return Err(bad(
                 "keep_releases",
                 &self.keep_releases.to_string(),
-                "2 to 100 (the current and the previous release are always kept)",
+                format!(
+                    "{} to {} (the current and the previous release are always kept)",
+                    KEEP_RELEASES.start(),
+                    KEEP_RELEASES.end()
+                ),
             ));
         }
-        if let Some(v) = self.required_env.iter().find(|v| !is_env_name(v)) {
-            return Err(bad("required_env", v, "variable names like DATABASE_URL"));
+        if self.required_env.len() > MAX_ENV_RULES {
+            return Err(bad("required_env", "", format!("at most {MAX_ENV_RULES} rules")));
         }
-        if let Some(hook) = &self.pre_switch_hook {
-            if !is_safe_relative_path(hook) {
+        for (i, rule) in self.required_env.iter().enumerate() {
+            if !is_env_name(&rule.name) {
                 return Err(bad(
-                    "pre_switch_hook",
-                    hook,
-                    "a relative path to a script in the repository",
+                    "required_env",
+                    &rule.name,
+                    format!("variable names like DATABASE_URL ([A-Za-z_][A-Za-z0-9_]*, at most {MAX_ENV_NAME_LEN} bytes)"),
                 ));
+            }
+            if self.required_env[..i].iter().any(|r| r.name == rule.name) {
+                return Err(bad("required_env", &rule.name, "one rule per variable".into()));
+            }
+            if rule.min_length > MAX_ENV_MIN_LENGTH {
+                return Err(bad(
+                    "required_env",
+                    &rule.name,
+                    format!("min_length of at most {MAX_ENV_MIN_LENGTH}"),
+                ));
+            }
+            if let Some(p) = &rule.pattern {
+                check_pattern(p).map_err(|why| {
+                    bad("required_env", p, format!("a pattern for {}: {why}", rule.name))
+                })?;
             }
         }
         Ok(())
@@ -270,6 +579,227 @@ mod tests {
             let err = settings.validate().unwrap_err();
             assert_eq!(err.field, field);
             assert!(err.to_string().contains(field));
+        }
+    }
+
+    /// `settings` with one field changed by `f`.
+    fn with(f: impl FnOnce(&mut DeploySettings)) -> DeploySettings {
+        let mut s = DeploySettings::default();
+        f(&mut s);
+        s
+    }
+
+    /// Accepted at the bound, refused one past it, with the field named.
+    fn at_and_past(field: &str, at: DeploySettings, past: DeploySettings) {
+        at.validate()
+            .unwrap_or_else(|e| panic!("{field} at its bound was refused: {e}"));
+        let err = past.validate().expect_err(field);
+        assert_eq!(err.field, field, "{err}");
+    }
+
+    #[test]
+    fn every_bound_is_accepted_at_and_refused_past() {
+        use bounds::*;
+        let path = |n: usize| format!("{}{}", "d/".repeat((n - 1) / 2), "x".repeat(2 - n % 2));
+        assert_eq!(path(MAX_PATH_LEN).len(), MAX_PATH_LEN);
+        assert_eq!(path(MAX_PATH_LEN + 1).len(), MAX_PATH_LEN + 1);
+        at_and_past(
+            "compose_file",
+            with(|s| s.compose_file = path(MAX_PATH_LEN)),
+            with(|s| s.compose_file = path(MAX_PATH_LEN + 1)),
+        );
+        at_and_past(
+            "pre_switch_hook",
+            with(|s| s.pre_switch_hook = Some(path(MAX_PATH_LEN))),
+            with(|s| s.pre_switch_hook = Some(path(MAX_PATH_LEN + 1))),
+        );
+        at_and_past(
+            "shared_paths",
+            with(|s| s.shared_paths = vec![format!("s{}", path(MAX_PATH_LEN - 1))]),
+            with(|s| s.shared_paths = vec![format!("s{}", path(MAX_PATH_LEN))]),
+        );
+        let names = |n: usize| (0..n).map(|i| format!("p{i}")).collect::<Vec<_>>();
+        at_and_past(
+            "shared_paths",
+            with(|s| s.shared_paths = names(MAX_SHARED_PATHS)),
+            with(|s| s.shared_paths = names(MAX_SHARED_PATHS + 1)),
+        );
+        at_and_past(
+            "profiles",
+            with(|s| s.profiles = vec!["p".repeat(MAX_PROFILE_LEN)]),
+            with(|s| s.profiles = vec!["p".repeat(MAX_PROFILE_LEN + 1)]),
+        );
+        at_and_past(
+            "profiles",
+            with(|s| s.profiles = names(MAX_PROFILES)),
+            with(|s| s.profiles = names(MAX_PROFILES + 1)),
+        );
+        let url = |n: usize| format!("http://h/{}", "a".repeat(n - 9));
+        at_and_past(
+            "health_url",
+            with(|s| s.health_url = Some(url(MAX_HEALTH_URL_LEN))),
+            with(|s| s.health_url = Some(url(MAX_HEALTH_URL_LEN + 1))),
+        );
+        for (at, past) in [(1, 0), (3600, 3601)] {
+            at_and_past(
+                "health_timeout_secs",
+                with(|s| s.health_timeout_secs = at),
+                with(|s| s.health_timeout_secs = past),
+            );
+        }
+        for (at, past) in [(2, 1), (100, 101)] {
+            at_and_past(
+                "keep_releases",
+                with(|s| s.keep_releases = at),
+                with(|s| s.keep_releases = past),
+            );
+        }
+        let rules = |n: usize| (0..n).map(|i| EnvRule::named(&format!("V{i}"))).collect();
+        at_and_past(
+            "required_env",
+            with(|s| s.required_env = rules(MAX_ENV_RULES)),
+            with(|s| s.required_env = rules(MAX_ENV_RULES + 1)),
+        );
+        at_and_past(
+            "required_env",
+            with(|s| s.required_env = vec![EnvRule::named(&"V".repeat(MAX_ENV_NAME_LEN))]),
+            with(|s| s.required_env = vec![EnvRule::named(&"V".repeat(MAX_ENV_NAME_LEN + 1))]),
+        );
+        let min = |n| EnvRule {
+            min_length: n,
+            ..EnvRule::named("K")
+        };
+        at_and_past(
+            "required_env",
+            with(|s| s.required_env = vec![min(MAX_ENV_MIN_LENGTH)]),
+            with(|s| s.required_env = vec![min(MAX_ENV_MIN_LENGTH + 1)]),
+        );
+        let pat = |p: String| EnvRule {
+            pattern: Some(p),
+            ..EnvRule::named("K")
+        };
+        at_and_past(
+            "required_env",
+            with(|s| s.required_env = vec![pat("a".repeat(MAX_ENV_PATTERN_LEN))]),
+            with(|s| s.required_env = vec![pat("a".repeat(MAX_ENV_PATTERN_LEN + 1))]),
+        );
+        at_and_past(
+            "required_env",
+            with(|s| s.required_env = vec![pat(format!("a{{{MAX_PATTERN_REPEAT}}}"))]),
+            with(|s| s.required_env = vec![pat(format!("a{{{}}}", MAX_PATTERN_REPEAT + 1))]),
+        );
+    }
+
+    #[test]
+    fn names_the_host_refused_before_are_one_rule_now() {
+        // A leading '-' in a shared path, and .dropship anywhere, are decided the same way
+        // on both sides.
+        with(|s| s.shared_paths = vec!["-data".into()]).validate().unwrap();
+        for p in [".dropship", ".dropship/x"] {
+            let err = with(|s| s.shared_paths = vec![p.into()]).validate().unwrap_err();
+            assert_eq!(err.field, "shared_paths");
+            let err = with(|s| s.compose_file = p.into()).validate().unwrap_err();
+            assert_eq!(err.field, "compose_file");
+        }
+        with(|s| s.shared_paths = vec![".dropshipx".into()]).validate().unwrap();
+    }
+
+    #[test]
+    fn overlapping_or_repeated_shared_paths_are_refused() {
+        for paths in [["data", "data/uploads"], ["data/uploads", "data"], ["data", "data"]] {
+            let err = with(|s| s.shared_paths = paths.map(String::from).to_vec())
+                .validate()
+                .unwrap_err();
+            assert_eq!(err.field, "shared_paths");
+            assert!(err.to_string().contains("overlaps"), "{err}");
+        }
+        with(|s| s.shared_paths = vec!["data".into(), "data2".into(), "logs/a".into(), "logs/b".into()])
+            .validate()
+            .unwrap();
+        // The compose file and the hook never come from shared/.
+        for shared in ["compose.yaml", "deploy"] {
+            let err = with(|s| {
+                s.shared_paths = vec![shared.into()];
+                s.pre_switch_hook = Some("deploy/migrate.sh".into());
+            })
+            .validate()
+            .unwrap_err();
+            assert_eq!(err.field, "shared_paths", "{err}");
+        }
+    }
+
+    #[test]
+    fn env_rules_read_plain_names_and_tables_and_write_names_back_as_names() {
+        let s: DeploySettings = serde_json::from_str(
+            r#"{"required_env": ["DB_URL", {"name": "SECRET_KEY", "min_length": 32},
+                {"name": "MODE", "non_empty": true, "pattern": "a|b"}, {"name": "X", "non_empty": true}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.required_env,
+            vec![
+                EnvRule::named("DB_URL"),
+                EnvRule { min_length: 32, ..EnvRule::named("SECRET_KEY") },
+                EnvRule { min_length: 1, pattern: Some("a|b".into()), ..EnvRule::named("MODE") },
+                EnvRule { min_length: 1, ..EnvRule::named("X") },
+            ]
+        );
+        s.validate().unwrap();
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["required_env"][0], "DB_URL");
+        assert_eq!(json["required_env"][1], serde_json::json!({"name": "SECRET_KEY", "min_length": 32}));
+        let back: DeploySettings = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+        // A plain config serialises exactly as before rules existed.
+        let plain = with(|s| s.required_env = vec!["A".into(), "B".into()]);
+        assert!(String::from_utf8(serde_json::to_vec(&plain).unwrap())
+            .unwrap()
+            .contains(r#""required_env":["A","B"]"#));
+        let err = serde_json::from_str::<DeploySettings>(r#"{"required_env": [{"name": "A", "min_len": 3}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("min_len"), "{err}");
+    }
+
+    #[test]
+    fn patterns_in_the_supported_subset_are_accepted_others_refused() {
+        for ok in [
+            "[A-Za-z0-9]{32,}",
+            "^(dev|prod)$",
+            "postgres://.+",
+            "[[:xdigit:]]{64}",
+            "[^ ]+",
+            "[]a-]*",
+            "a\\.b\\$",
+            "(a|b)(c|d)?x+",
+            "https?://[a-z.]+(:[0-9]{2,5})?/.*",
+        ] {
+            check_pattern(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        for bad in [
+            "", "(", ")", "a)", "()", "a||b", "|a", "*a", "a**", "a{2}{3}", "a{3,2}", "a{256}",
+            "a{x}", "[a", "[[:word:]]", "[[.a.]]", "[z-a]", "a^b", "a$b", "\\d", "\\<a", "é",
+            "a	b", "}", "]",
+        ] {
+            assert!(check_pattern(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    /// Every pattern the contract accepts compiles in bash's `[[ =~ ]]` (glibc regcomp),
+    /// which is how the host applies it.
+    #[test]
+    fn accepted_patterns_compile_on_the_host() {
+        let patterns = [
+            "[A-Za-z0-9]{32,}", "^(dev|prod)$", "[]a-]*", "a\\.b\\$", "[[:xdigit:]]{64}",
+            "x{0,255}", "(a|(b|c)+)?", "[^]]", "a\\{1\\}", "a\\(", "[\\]",
+        ];
+        for p in patterns {
+            check_pattern(p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+            let st = std::process::Command::new("bash")
+                .args(["-c", "LC_ALL=C; [[ x =~ ^($1)$ ]]; (( $? != 2 ))", "-", p])
+                .status()
+                .unwrap();
+            assert!(st.success(), "bash refused {p:?}");
         }
     }
 

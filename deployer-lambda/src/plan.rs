@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use dropship_contract::host::{HostVar, LIST_SEPARATOR};
+use dropship_contract::host::{compact_script, required_env_value, HostVar, LIST_SEPARATOR};
 use dropship_contract::metadata::{MetadataError, ObjectMetadata};
 use dropship_contract::record::{DeployRecord, LatestPointer, Outcome, Verification};
 use dropship_contract::sequencer::Sequencer;
@@ -360,10 +360,11 @@ pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Reje
             HostVar::HealthTimeout => deploy.health_timeout_secs.to_string(),
             HostVar::SharedPaths => join_list(var, &deploy.shared_paths)?,
             HostVar::KeepReleases => deploy.keep_releases.to_string(),
-            HostVar::RequiredEnv => join_list(var, &deploy.required_env)?,
+            HostVar::RequiredEnv => required_env_value(&deploy.required_env),
             HostVar::PreSwitchHook => deploy.pre_switch_hook.clone().unwrap_or_default(),
-            HostVar::RollbackTo => String::new(),
+            HostVar::RollbackTo | HostVar::ExpectVersionId => String::new(),
             HostVar::LockTimeout => inputs.config.lock_timeout_secs.to_string(),
+            HostVar::ExecutionTimeout => inputs.config.execution_timeout_secs.to_string(),
         };
         out.push((var, value));
     }
@@ -386,7 +387,7 @@ pub fn render_header(vars: &[(HostVar, String)]) -> Result<String, Rejection> {
 /// Header followed by the embedded script, refused when SSM would not accept its size.
 pub fn render_command(vars: &[(HostVar, String)]) -> Result<String, Rejection> {
     let mut script = render_header(vars)?;
-    script.push_str(HOST_SCRIPT);
+    script.push_str(&compact_script(HOST_SCRIPT));
     if script.len() > MAX_COMMAND_BYTES {
         return Err(Rejection::CommandTooLarge {
             bytes: script.len(),
@@ -793,7 +794,7 @@ mod tests {
             vec![50, 50, 20]
         );
         assert!(plan.script.starts_with(COMMAND_PREAMBLE));
-        assert!(plan.script.ends_with(HOST_SCRIPT));
+        assert!(plan.script.ends_with(&compact_script(HOST_SCRIPT)));
         assert!(plan
             .script
             .contains("export DROPSHIP_BUNDLE_URL='https://u/?a=1&b=2'\n"));

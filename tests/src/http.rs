@@ -18,6 +18,11 @@ pub enum Reply {
     Status(u16),
     /// 200 announcing the full length but closing the connection after half the body.
     Truncated(Vec<u8>),
+    /// 200 with this body, sent in small pieces spread over the duration (a slow network).
+    Slow(Vec<u8>, Duration),
+    /// 200 announcing the full length, then 1 KiB of it, then nothing more while the client
+    /// stays connected (at most two minutes): a stalled transfer.
+    Stall(Vec<u8>),
 }
 
 #[derive(Default)]
@@ -55,6 +60,11 @@ impl FileServer {
             }
         });
         Self { port, shared, stop }
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `http://127.0.0.1:<port><path>`.
@@ -129,6 +139,33 @@ fn serve(mut conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
             conn.write_all(head(200, "OK", body.len()).as_bytes())?;
             conn.write_all(&body[..body.len() / 2])?;
             conn.flush()?;
+        }
+        Some(Reply::Slow(body, over)) => {
+            conn.write_all(head(200, "OK", body.len()).as_bytes())?;
+            let pieces = 50;
+            for chunk in body.chunks(body.len().div_ceil(pieces).max(1)) {
+                conn.write_all(chunk)?;
+                conn.flush()?;
+                thread::sleep(over / pieces as u32);
+            }
+        }
+        Some(Reply::Stall(body)) => {
+            conn.write_all(head(200, "OK", body.len()).as_bytes())?;
+            conn.write_all(&body[..body.len().min(1024)])?;
+            conn.flush()?;
+            // Hold the connection until the client gives up (read sees its close).
+            conn.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let mut buf = [0u8; 512];
+            let until = std::time::Instant::now() + Duration::from_secs(120);
+            while std::time::Instant::now() < until {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+            return Ok(());
         }
         Some(Reply::Status(code)) => {
             let body = format!("status {code}\n");

@@ -170,12 +170,14 @@ fn state_from_exit(code: i32) -> HostState {
 
 fn state_from_result(outcome: HostOutcome) -> HostState {
     match outcome {
-        HostOutcome::Deployed | HostOutcome::Noop | HostOutcome::Stale | HostOutcome::Status => {
-            HostState::Success
-        }
+        HostOutcome::Deployed
+        | HostOutcome::Noop
+        | HostOutcome::Stale
+        | HostOutcome::Status
+        | HostOutcome::Superseded => HostState::Success,
         HostOutcome::RolledBack => HostState::RolledBack,
         HostOutcome::Failed => HostState::Failed,
-        HostOutcome::RollbackFailed => HostState::RollbackFailed,
+        HostOutcome::RollbackFailed | HostOutcome::Interrupted => HostState::RollbackFailed,
     }
 }
 
@@ -188,6 +190,8 @@ fn outcome_word(outcome: HostOutcome) -> &'static str {
         HostOutcome::Failed => "failed",
         HostOutcome::RollbackFailed => "rollback failed",
         HostOutcome::Status => "status",
+        HostOutcome::Interrupted => "interrupted before its health was checked (the next run restores the committed release first)",
+        HostOutcome::Superseded => "superseded: the host runs another version; nothing done",
     }
 }
 
