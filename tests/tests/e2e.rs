@@ -103,7 +103,13 @@ fn v1_v2_broken_v3_rolls_back_restore_v1_and_the_operator_commands_tell_it() {
             "the broken release was tried: {}",
             r.output
         );
-        assert!(r.output.contains("health check failed"), "{}", r.output);
+        // The real engine's verdict: the container's own healthcheck failed, Docker marked it
+        // unhealthy and `compose up --wait` failed naming it; the host rolled back on that.
+        assert!(
+            r.output.contains("is unhealthy") && r.output.contains("docker compose up failed"),
+            "{}",
+            r.output
+        );
     }
     let after: Vec<Option<String>> = p.views().into_iter().map(|v| v.release).collect();
     assert_eq!(after, r2, "v2's own release serves again");
