@@ -855,7 +855,7 @@ async fn describe_instance_information_filters_by_id_ping_status_and_tag() {
     let all = describe(vec![]).await;
     assert_eq!(all.iter().map(|i| i.0.clone()).collect::<Vec<_>>(), sorted);
     assert_eq!(
-        describe(vec![f("InstanceIds", &[&ids[1]])]).await,
+        describe(vec![f("InstanceIds", &[ids[1].as_str()])]).await,
         vec![(ids[1].clone(), "ConnectionLost".to_string())]
     );
     let online: BTreeSet<String> = describe(vec![f("PingStatus", &["Online"])])

@@ -472,20 +472,18 @@ fn deliver_and_run(shared: Arc<Shared>, c: usize, i: usize) {
         }
         let id = st.commands[c].invocations[i].instance_id.clone();
         let expired = Instant::now() >= st.commands[c].expires_at;
-        match st.instances.get_mut(&id) {
-            None => {
-                shared.transition(&mut st, c, i, InvocationState::Undeliverable);
-                return;
-            }
+        let gone_or_expired = match st.instances.get_mut(&id) {
+            None => Some(InvocationState::Undeliverable),
             Some(reg) if reg.instance.online() => {
                 reg.last_ping = SystemTime::now();
                 break reg.instance.clone();
             }
-            Some(_) if expired => {
-                shared.transition(&mut st, c, i, InvocationState::DeliveryTimedOut);
-                return;
-            }
-            Some(_) => {}
+            Some(_) if expired => Some(InvocationState::DeliveryTimedOut),
+            Some(_) => None,
+        };
+        if let Some(end) = gone_or_expired {
+            shared.transition(&mut st, c, i, end);
+            return;
         }
         st = shared.changed.wait_timeout(st, POLL).unwrap().0;
     };
