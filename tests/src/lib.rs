@@ -10,3 +10,4 @@ pub mod local_ssm;
 pub mod moto;
 pub mod pipeline;
 pub mod repo;
+pub mod simhost;
