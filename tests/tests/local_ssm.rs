@@ -1054,7 +1054,11 @@ async fn status_change_events_reach_an_eventbridge_rule_with_the_documented_shap
             &fixture["command_status_change"]
         };
         assert_eq!(keys(&event["detail"]), keys(&doc["detail"]), "{event}");
-        assert_eq!(keys(event), keys(doc), "{event}");
+        // The envelope is EventBridge's (moto's here): it carries every field AWS documents
+        // but `account`, which moto leaves out of what it delivers to a target.
+        let mut envelope = keys(doc);
+        envelope.remove("account");
+        assert_eq!(keys(event), envelope, "{event}");
     }
 }
 

@@ -4,7 +4,7 @@
 //! with keep-alive (the SDK pools connections), one thread per connection. Signatures are
 //! not checked.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
