@@ -5,14 +5,24 @@
 
 DROPSHIP_VENV="${DROPSHIP_VENV:-$root/.venv}"
 export DROPSHIP_VENV
+# Marks every process this run starts (see dropship_machine_state).
+DROPSHIP_RUN_ID="${DROPSHIP_RUN_ID:-$$-$RANDOM$RANDOM}"
+export DROPSHIP_RUN_ID
 
-# Installs Debian packages the checks need when they are missing (shellcheck, pigz, git, curl).
+# Installs Debian packages the checks need when they are missing: shellcheck, pigz, git, curl,
+# and for the simulated hosts a real Docker engine (docker.io: dockerd, containerd, runc,
+# docker-init), busybox-static (the image every host pre-loads), iptables and util-linux
+# (unshare, nsenter). Installing docker.io starts nothing here: there is no init system, and
+# each simulated host starts its own dockerd (tests/src/simhost.rs).
 dropship_install_system_tools() {
   local missing=() tool pkg
-  for tool in shellcheck:shellcheck pigz:pigz git:git curl:curl flock:util-linux python3:python3; do
+  for tool in shellcheck:shellcheck pigz:pigz git:git curl:curl flock:util-linux \
+    unshare:util-linux nsenter:util-linux python3:python3 dockerd:docker.io \
+    docker-init:docker.io busybox:busybox-static iptables:iptables; do
     pkg="${tool#*:}"
     tool="${tool%%:*}"
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$pkg")
+    command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 ||
+      missing+=("$pkg")
   done
   if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)
@@ -54,7 +64,7 @@ PY
 # Every shell script of the project (by shebang or extension), for shellcheck.
 dropship_shell_scripts() {
   local f
-  for f in "$root"/scripts/* "$root"/scripts/lib/*.sh "$root"/tests/shim/* "$root"/.ci/run "$root"/examples/*/*.sh "$root"/examples/*/bin/*; do
+  for f in "$root"/scripts/* "$root"/scripts/lib/*.sh "$root"/tests/shim/* "$root"/tests/sim-host/* "$root"/.ci/run "$root"/examples/*/*.sh "$root"/examples/*/bin/*; do
     [[ -f "$f" ]] || continue
     [[ "$f" == *.sh ]] || head -n1 "$f" | grep -qE '^#!.*\b(ba)?sh\b' || continue
     [[ -f "$f" ]] && printf '%s\n' "${f#"$root"/}"
@@ -97,4 +107,45 @@ dropship_stop_moto() {
     wait "$DROPSHIP_MOTO_PID" 2>/dev/null || true
     DROPSHIP_MOTO_PID=
   fi
+}
+
+# What the suites and the main job must leave as they found it: the engine's processes, mounts,
+# network links, firewall rules, IP forwarding, and the places dockerd and containerd write to
+# by default. One line per fact, sorted, so two snapshots compare with diff.
+dropship_machine_state() {
+  local sbin="PATH=$PATH:/usr/sbin:/sbin"
+  {
+    # Engine, emulator and Lambda processes of this run: the ones carrying this run's
+    # DROPSHIP_RUN_ID (every process the suites start inherits it), by the name the kernel
+    # keeps (cut to 15 characters). Other runs on the same machine do not count.
+    local pid comm
+    for pid in /proc/[0-9]*; do
+      comm=$(cat "$pid/comm" 2>/dev/null) || continue
+      [[ $comm =~ ^(dockerd|containerd|containerd-shim|docker-proxy|docker-init|moto_server|deployer-lambda|local-pipeline|unshare|nsenter)$ ]] || continue
+      tr '\0' '\n' <"$pid/environ" 2>/dev/null | grep -qx "DROPSHIP_RUN_ID=$DROPSHIP_RUN_ID" || continue
+      echo "process $comm"
+    done
+    awk '{print "mount", $2, $3}' /proc/self/mounts
+    ip -o link show | awk -F': ' '{print "link", $2}'
+    env "$sbin" iptables -S 2>/dev/null | sed 's/^/iptables filter /'
+    env "$sbin" iptables -t nat -S 2>/dev/null | sed 's/^/iptables nat /'
+    echo "sysctl net.ipv4.ip_forward $(sysctl -n net.ipv4.ip_forward)"
+    local p
+    for p in /var/lib/docker /var/lib/containerd /opt/containerd /etc/docker/key.json \
+      /run/docker.sock /run/docker /run/containerd; do
+      [[ -e $p ]] && echo "path $p"
+    done
+  } | LC_ALL=C sort
+}
+
+# Fails (printing the difference) when the machine's state differs from snapshot $1.
+dropship_check_machine_state() {
+  local before=$1 after
+  after="$(dropship_machine_state)"
+  if [[ "$before" != "$after" ]]; then
+    echo "the machine's state changed (processes, mounts, links, firewall, sysctl, paths):" >&2
+    diff <(printf '%s\n' "$before") <(printf '%s\n' "$after") >&2 || true
+    return 1
+  fi
+  echo "machine state unchanged: no engine, moto or Lambda process left; mounts, links, iptables, ip_forward and docker paths as before" >&2
 }

@@ -9,3 +9,4 @@ pub mod lambda_rt;
 pub mod moto;
 pub mod pipeline;
 pub mod repo;
+pub mod simhost;

@@ -1,21 +1,17 @@
 //! The whole pipeline on this machine, step by step, with the real parts: the sample app in a
 //! throwaway git repository, the real `bundle-and-upload`, moto's versioned S3 with EventBridge
 //! notifications, a real EventBridge rule whose SQS target captures the emulated event, the
-//! built `deployer-lambda` running as a Lambda (loopback Runtime API), the command the Lambda
-//! sent through SSM (as moto recorded it), run under `sh` on two simulated hosts with the
-//! `docker` shim. `scripts/local-pipeline` (the `local-pipeline` binary) narrates it;
-//! `tests/tests/e2e.rs` asserts on every step.
+//! built `deployer-lambda` running as a Lambda (loopback Runtime API), and the command the
+//! Lambda sent through SSM, run as the SSM agent runs it on two simulated EC2 hosts, each with
+//! its own real Docker engine (`crate::simhost`). `scripts/local-pipeline` (the
+//! `local-pipeline` binary) narrates it; `tests/tests/e2e.rs` asserts on every step.
 //!
-//! Simulated hosts: each host is a [`Sandbox`] directory with its own `HOME` and docker shim
-//! state. The Lambda is configured with `DROPSHIP_APP_ROOT=<hosts mount>/opt/dropship/{app}`,
-//! where `<hosts mount>` is an empty directory; every command runs in its own mount namespace
-//! (`unshare --mount`, plus `--user --map-root-user` when not root) in which that host's
-//! directory is bind-mounted on `<hosts mount>`. So the one command SSM delivers lands in each
-//! host's own root, as `/opt/dropship/<app>` would on two machines, and what the shim starts
-//! keeps seeing its own host's files. Each host publishes the app on its own port (`APP_PORT`
-//! in its `shared/.env`, read by compose), and its `~/.curlrc` maps the health URL's
-//! `127.0.0.1:8080` to that port (`connect-to`), standing in for each machine having its own
-//! loopback. Nothing in the command or the script is changed.
+//! Simulated hosts: each host has its own PID, network and mount namespaces and dockerd, so the
+//! Lambda's default app root (`/opt/dropship/{app}`), the sample's published port
+//! (`127.0.0.1:8080`) and its health URL mean on each host what they mean on a real instance,
+//! with nothing changed in the command or the script. moto's port is forwarded into each host
+//! so the presigned URL works there unchanged. The image the sample uses is pre-loaded into
+//! each engine (standing in for the registry pull).
 //!
 //! moto quirks are not relied on (see docs/testing.md): which instances a command is for is
 //! read from the Lambda's deploy record, never from SSM's target list (moto's `SendCommand`
@@ -38,15 +34,16 @@ use dropship_contract::key::ReleaseKey;
 use dropship_contract::record::DeployRecord;
 use serde_json::{json, Value};
 
-use crate::host::{compose_bin, shim_dir, wait_until, Sandbox};
+use crate::host::wait_until;
 use crate::lambda_rt::LambdaProcess;
 use crate::repo::{self, Finished, GitRepo};
-use crate::{bins, http, moto};
+use crate::simhost::{Container, SimHost};
+use crate::{bins, moto};
 
 /// Environment of the sample app's releases in the pipeline.
 pub const ENV: &str = "staging";
-/// The port in the sample app's `health_url`; each host maps it to its own port.
-pub const HEALTH_PORT: u16 = 8080;
+/// The port the sample app publishes on each host's loopback (its `health_url`'s port).
+pub const APP_PORT: u16 = 8080;
 /// Path of the sample app's health endpoint.
 pub const HEALTH_PATH: &str = "/public/health";
 
@@ -65,7 +62,7 @@ pub struct Options {
     pub bucket: String,
     /// Number of simulated hosts.
     pub hosts: usize,
-    /// Where the Lambda's JSON logs go (`None`: a file next to the hosts' mount directory,
+    /// Where the Lambda's JSON logs go (`None`: a file in the pipeline's work directory,
     /// removed with the pipeline).
     pub lambda_log: Option<PathBuf>,
 }
@@ -88,9 +85,8 @@ pub struct Host {
     pub name: String,
     /// The moto instance standing for it (tagged `dropship:app`/`dropship:env`).
     pub instance_id: String,
-    /// Where this host publishes the app (`APP_PORT` in its `shared/.env`).
-    pub port: u16,
-    pub sandbox: Sandbox,
+    /// Its own Docker engine and namespaces.
+    pub sim: SimHost,
 }
 
 /// What one host looks like now.
@@ -100,8 +96,10 @@ pub struct HostView {
     pub release: Option<String>,
     /// Commit in that release's manifest.
     pub commit: Option<String>,
-    /// HTTP status of the health endpoint on the host's port (`None`: nothing answers).
+    /// HTTP status of the health endpoint on the host's loopback (`None`: nothing answers).
     pub health: Option<u16>,
+    /// The app's running container (the sample has one service), with its Docker health.
+    pub container: Option<Container>,
 }
 
 /// One run of an SSM command on one host.
@@ -169,8 +167,8 @@ pub struct Pipeline {
     pub repo: GitRepo,
     pub hosts: Vec<Host>,
     lambda: LambdaProcess,
-    /// The directory each host's root is mounted on inside its command's mount namespace.
-    mount: tempfile::TempDir,
+    /// Holds the Lambda's log unless the caller chose where it goes.
+    work: tempfile::TempDir,
     /// The Lambda's JSON log lines.
     pub lambda_log: PathBuf,
     own_log: bool,
@@ -199,22 +197,18 @@ impl Pipeline {
         ReleaseKey::new(&opts.app, ENV).map_err(|e| anyhow!("app name: {e}"))?;
 
         // The Lambda, as a Lambda (started first: its cold start overlaps the setup).
-        let mount = tempfile::Builder::new()
-            .prefix("dropship-hosts-")
+        let work = tempfile::Builder::new()
+            .prefix("dropship-pipeline-")
             .tempdir()?;
-        let mut env: Vec<(String, String)> = vec![
-            ("DROPSHIP_ALLOWED_BUCKETS".into(), opts.bucket.clone()),
-            (
-                "DROPSHIP_APP_ROOT".into(),
-                format!("{}/opt/dropship/{{app}}", mount.path().display()),
-            ),
-        ];
+        // The Lambda's default app root (/opt/dropship/{app}) is every host's own /opt.
+        let mut env: Vec<(String, String)> =
+            vec![("DROPSHIP_ALLOWED_BUCKETS".into(), opts.bucket.clone())];
         env.extend(moto::aws_env());
         let borrowed: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let lambda_log = match &opts.lambda_log {
             Some(path) => path.clone(),
-            None => mount.path().with_extension("lambda.log"),
+            None => work.path().join("deployer-lambda.log"),
         };
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -298,24 +292,30 @@ impl Pipeline {
             })
             .with_context(|| format!("creating rule {rule} and queue {queue}"))?;
 
-        // Instances tagged for the app/env, one simulated host each.
+        // Instances tagged for the app/env, one simulated host each (engines start in parallel).
         let instance_ids = rt.block_on(run_instances(&ec2, &opts.app, opts.hosts))?;
+        let names: Vec<String> = (0..instance_ids.len())
+            .map(|i| format!("host-{}", (b'a' + i as u8) as char))
+            .collect();
+        let sims = SimHost::start_many(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let moto_port = moto::port();
         let mut hosts = Vec::new();
-        for (i, instance_id) in instance_ids.into_iter().enumerate() {
-            let sandbox = Sandbox::new(&opts.app);
-            let port = http::free_port();
+        for ((name, instance_id), sim) in names.into_iter().zip(instance_ids).zip(sims) {
+            // The network path from the instance to S3 (presigned URLs name moto's address).
+            sim.forward_port(moto_port);
             // What an operator puts on each host once: the shared .env (see .env.example).
-            sandbox.write_shared(".env", &format!("APP_PORT={port}\n"));
-            // This host's loopback: the health URL's port is this host's port.
-            fs::write(
-                sandbox.dir.path().join(".curlrc"),
-                format!("connect-to = 127.0.0.1:{HEALTH_PORT}:127.0.0.1:{port}\n"),
+            let shared = sim.path(&format!("/opt/dropship/{}/shared", opts.app));
+            fs::create_dir_all(&shared)?;
+            let env_file = shared.join(".env");
+            fs::write(&env_file, format!("APP_PORT={APP_PORT}\n"))?;
+            fs::set_permissions(
+                &env_file,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
             )?;
             hosts.push(Host {
-                name: format!("host-{}", (b'a' + i as u8) as char),
+                name,
                 instance_id,
-                port,
-                sandbox,
+                sim,
             });
         }
 
@@ -342,7 +342,7 @@ impl Pipeline {
             lambda,
             own_log: opts.lambda_log.is_none(),
             lambda_log,
-            mount,
+            work,
             inbox: Mutex::new(Vec::new()),
             ran: Mutex::new(HashSet::new()),
         })
@@ -581,10 +581,7 @@ impl Pipeline {
         let runs = std::thread::scope(|s| {
             let handles: Vec<_> = todo
                 .into_iter()
-                .map(|(host, id, script)| {
-                    let mount = self.mount.path();
-                    s.spawn(move || run_on_host(host, mount, &id, &script))
-                })
+                .map(|(host, id, script)| s.spawn(move || run_on_host(host, &id, &script)))
                 .collect();
             handles
                 .into_iter()
@@ -608,23 +605,53 @@ impl Pipeline {
 
     /// What `host` serves now.
     pub fn view(&self, host: &Host) -> HostView {
-        let release = host.sandbox.current();
+        let root = self.app_root(host);
+        let release = fs::read_link(root.join("current"))
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
         let commit = release.as_ref().and_then(|r| {
-            let manifest = host
-                .sandbox
-                .app_root()
+            let manifest = root
                 .join("releases")
                 .join(r)
                 .join(".dropship/manifest.json");
             let v: Value = serde_json::from_slice(&fs::read(manifest).ok()?).ok()?;
             v["commit"].as_str().map(str::to_owned)
         });
-        let health = http::get(&health_url(host.port)).map(|(status, _)| status);
+        let health = host.sim.http_get(&health_url()).map(|(status, _)| status);
+        let container = host.sim.containers(&self.app).into_iter().next();
         HostView {
             release,
             commit,
             health,
+            container,
         }
+    }
+
+    /// The app root on `host`, as a machine path (`/opt/dropship/<app>` on the host).
+    pub fn app_root(&self, host: &Host) -> PathBuf {
+        host.sim.path(&format!("/opt/dropship/{}", self.app))
+    }
+
+    /// Release directory names on `host`, sorted.
+    pub fn releases(&self, host: &Host) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.app_root(host).join("releases"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// `deploy.log` on `host`, one JSON object per line.
+    pub fn audit(&self, host: &Host) -> Vec<Value> {
+        fs::read_to_string(self.app_root(host).join("deploy.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Every host's view.
@@ -632,8 +659,7 @@ impl Pipeline {
         self.hosts.iter().map(|h| self.view(h)).collect()
     }
 
-    /// Waits until every host serves `commit` healthily (the shim's server may take a moment
-    /// after a rollback); returns the views either way.
+    /// Waits until every host serves `commit` healthily; returns the views either way.
     pub fn wait_serving(&self, commit: &str, timeout: Duration) -> Vec<HostView> {
         wait_until(timeout, || {
             self.views()
@@ -662,16 +688,15 @@ impl Drop for Pipeline {
                 .send()
                 .await;
         });
-        if self.own_log {
-            let _ = fs::remove_file(&self.lambda_log);
-        }
-        // The LambdaProcess and each Sandbox stop their processes when dropped.
+        // The LambdaProcess and each SimHost (its dockerd, by PID) stop when dropped; the
+        // work directory with the Lambda's log goes with the pipeline.
+        let _ = (&self.own_log, &self.work);
     }
 }
 
-/// `http://127.0.0.1:<port>/public/health`.
-pub fn health_url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}{HEALTH_PATH}")
+/// `http://127.0.0.1:8080/public/health`: the sample's health URL, on each host's loopback.
+pub fn health_url() -> String {
+    format!("http://127.0.0.1:{APP_PORT}{HEALTH_PATH}")
 }
 
 fn str_field(v: &Value, key: &str) -> Result<String> {
@@ -706,69 +731,29 @@ async fn run_instances(ec2: &aws_sdk_ec2::Client, app: &str, n: usize) -> Result
     Ok(ids)
 }
 
-/// Runs one command on one host like the SSM agent: the script written to a file under the
-/// host's agent directory and started with `sh` (the preamble re-executes it under bash), in a
-/// mount namespace where the host's directory is mounted on `mount`.
-fn run_on_host(host: &Host, mount: &Path, command_id: &str, script: &str) -> Result<HostRun> {
-    let root = host.sandbox.dir.path();
-    let dir = root
-        .join("var/lib/amazon/ssm")
-        .join(&host.instance_id)
-        .join("document/orchestration")
-        .join(command_id)
-        .join("awsrunShellScript/0.awsrunShellScript");
-    fs::create_dir_all(&dir)?;
-    let file = dir.join("_script.sh");
-    fs::write(&file, script)?;
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
-    let mut cmd = Command::new("unshare");
-    if !is_root() {
-        cmd.args(["--user", "--map-root-user"]);
-    }
-    let out = cmd
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg("mount --bind -- \"$0\" \"$1\" && exec sh \"$2\"")
-        .arg(root)
-        .arg(mount)
-        .arg(&file)
-        .env_clear()
-        .env("PATH", format!("{}:{path}", shim_dir().display()))
-        .env("HOME", root)
-        .env("DOCKER_SHIM_STATE", host.sandbox.shim_state())
-        .env("DROPSHIP_COMPOSE_BIN", compose_bin())
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running the command on {} (unshare)", host.name))?;
-    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-    output.push_str(&String::from_utf8_lossy(&out.stderr));
+/// Runs one command on one host as the SSM agent does (`SimHost::spawn_agent_script`).
+fn run_on_host(host: &Host, command_id: &str, script: &str) -> Result<HostRun> {
+    let (mut child, dir) = host
+        .sim
+        .spawn_agent_script(&host.instance_id, command_id, script)
+        .with_context(|| format!("running the command on {}", host.name))?;
+    let status = child.wait()?;
+    let mut output = fs::read_to_string(dir.join("stdout")).unwrap_or_default();
+    output.push_str(&fs::read_to_string(dir.join("stderr")).unwrap_or_default());
     let result = output
         .lines()
         .rev()
         .find_map(|l| l.strip_prefix("DROPSHIP_RESULT "))
         .and_then(|j| serde_json::from_str(j).ok())
         .unwrap_or(Value::Null);
-    fs::write(dir.join("stdout"), &output)?;
     Ok(HostRun {
         host: host.name.clone(),
         instance_id: host.instance_id.clone(),
         command_id: command_id.to_owned(),
-        code: out.status.code().unwrap_or(-1),
+        code: status.code().unwrap_or(-1),
         result,
         output,
     })
-}
-
-/// Whether this process runs as root (else the host's namespace needs a user namespace).
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Copies a directory tree of regular files and directories.
@@ -787,23 +772,34 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A short table of host views (for the narrative and failure messages).
+/// A short table of host views (for the narrative and failure messages): the release, the
+/// container serving it and its Docker health, and the health URL's answer.
 pub fn table(p: &Pipeline) -> String {
     let mut rows = BTreeMap::new();
     for (h, v) in p.hosts.iter().zip(p.views()) {
+        let (container, docker_health) = match &v.container {
+            Some(c) => (c.id.chars().take(12).collect::<String>(), c.health.clone()),
+            None => ("-".into(), "-".into()),
+        };
         rows.insert(
             h.name.clone(),
             format!(
-                "{:<8} {:<20} {:<5} {:<34} {}",
+                "{:<8} {:<20} {:<34} {:<12} {:<9} {}",
                 h.name,
                 h.instance_id,
-                h.port,
                 v.release.unwrap_or_else(|| "-".into()),
+                container,
+                docker_health,
                 v.health.map_or("down".into(), |s| s.to_string())
             ),
         );
     }
-    rows.into_values().collect::<Vec<_>>().join("\n")
+    let mut out = format!(
+        "{:<8} {:<20} {:<34} {:<12} {:<9} {}\n",
+        "HOST", "INSTANCE", "CURRENT RELEASE", "CONTAINER", "DOCKER", "HEALTH URL"
+    );
+    out.push_str(&rows.into_values().collect::<Vec<_>>().join("\n"));
+    out
 }
 
 /// Everything a deploy produced, for failure messages: the Lambda's answers and each host

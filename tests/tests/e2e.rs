@@ -233,14 +233,13 @@ fn the_same_event_delivered_twice_deploys_once_per_host() {
     assert_eq!(d_commands(&p, &v1.version_id).len(), 1);
 
     for h in &p.hosts {
-        let deployed: Vec<Value> = h
-            .sandbox
-            .audit()
+        let deployed: Vec<Value> = p
+            .audit(h)
             .into_iter()
             .filter(|e| e["version_id"] == v1.version_id.as_str())
             .collect();
         assert_eq!(deployed.len(), 1, "{}: {deployed:?}", h.name);
-        assert_eq!(h.sandbox.releases().len(), 1, "{}", h.name);
+        assert_eq!(p.releases(h).len(), 1, "{}", h.name);
     }
     let views = p.wait_serving(&c1, SETTLE);
     assert!(views.iter().all(|v| v.health == Some(200)), "{}", table(&p));
@@ -373,7 +372,7 @@ fn a_hostile_bundle_never_reaches_a_host() {
     let v1 = upload(&p);
     let d = p.deploy(&v1.version_id).unwrap();
     assert_deploy(&p, &d, 0, "deployed", &c1);
-    let before: Vec<Vec<String>> = p.hosts.iter().map(|h| h.sandbox.releases()).collect();
+    let before: Vec<Vec<String>> = p.hosts.iter().map(|h| p.releases(h)).collect();
 
     let (bytes, meta) = p.block_on(async {
         let got =
@@ -418,10 +417,10 @@ fn a_hostile_bundle_never_reaches_a_host() {
     assert!(record.commands.is_empty());
 
     // Hosts unchanged: same releases, v1 serving, nothing written outside a release.
-    let after: Vec<Vec<String>> = p.hosts.iter().map(|h| h.sandbox.releases()).collect();
+    let after: Vec<Vec<String>> = p.hosts.iter().map(|h| p.releases(h)).collect();
     assert_eq!(before, after);
     for h in &p.hosts {
-        let root = h.sandbox.app_root();
+        let root = p.app_root(h);
         assert!(!root.join("x").exists() && !root.join("releases/x").exists());
     }
     let views = p.wait_serving(&c1, SETTLE);

@@ -1,8 +1,9 @@
 //! `local-pipeline`: the whole deploy pipeline on this machine, narrated (run it through
 //! `scripts/local-pipeline`, which installs the tools, builds the binaries and starts moto).
 //!
-//! v1 and v2 deploy on two hosts, a broken v3 rolls back by itself on both (v2 keeps
-//! serving), and `restore` of v1 redeploys it. Exits non-zero when any step does not end as
+//! v1 and v2 deploy on two simulated hosts with real Docker engines, a broken v3 (its container
+//! turns unhealthy) rolls back by itself on both (v2 keeps serving), and `restore` of v1
+//! redeploys it. Exits non-zero when any step does not end as
 //! expected. Logs of the Lambda and of each host's command stay in the work directory named
 //! at the end when `DROPSHIP_PIPELINE_KEEP=1`.
 
@@ -25,6 +26,8 @@ struct Row {
     lambda: String,
     hosts: String,
     serving: String,
+    /// Per host: the container serving after the step (short id) and its Docker health.
+    containers: String,
     secs: f64,
 }
 
@@ -47,12 +50,14 @@ fn run() -> Result<()> {
     ));
     for h in &p.hosts {
         say(&format!(
-            "{} = instance {} (tags dropship:app={}, dropship:env={}), app on 127.0.0.1:{}",
+            "{} = instance {} (tags dropship:app={}, dropship:env={}): its own dockerd (pid {}), \
+             network and /opt; the app on its own 127.0.0.1:{}",
             h.name,
             h.instance_id,
             p.app,
             pipeline::ENV,
-            h.port
+            h.sim.dockerd_pid().map_or("?".into(), |p| p.to_string()),
+            pipeline::APP_PORT
         ));
     }
     say(&format!(
@@ -85,7 +90,8 @@ fn run() -> Result<()> {
     rows.push(row(&p, "upload v2", &v2, &d, t));
     narrate(&rows, &d);
 
-    // broken v3: health fails after the switch, each host rolls back to v2
+    // broken v3: its container's healthcheck fails after the switch, `compose up --wait`
+    // reports it unhealthy, and each host rolls back to v2
     let t = Instant::now();
     let _c3 = p.commit_broken()?;
     let v3 = p.upload()?;
@@ -111,13 +117,20 @@ fn run() -> Result<()> {
     let elapsed = started.elapsed();
     println!();
     println!(
-        "{:<17} {:<36} {:<8} {:<11} {:<22} {:<8} {:>5}",
-        "STEP", "S3 VERSION", "COMMIT", "LAMBDA", "HOSTS (exit code)", "SERVING", "SECS"
+        "{:<17} {:<36} {:<8} {:<11} {:<22} {:<8} {:<40} {:>5}",
+        "STEP",
+        "S3 VERSION",
+        "COMMIT",
+        "LAMBDA",
+        "HOSTS (exit code)",
+        "SERVING",
+        "CONTAINERS (docker health)",
+        "SECS"
     );
     for r in &rows {
         println!(
-            "{:<17} {:<36} {:<8} {:<11} {:<22} {:<8} {:>5.1}",
-            r.step, r.version, r.commit, r.lambda, r.hosts, r.serving, r.secs
+            "{:<17} {:<36} {:<8} {:<11} {:<22} {:<8} {:<40} {:>5.1}",
+            r.step, r.version, r.commit, r.lambda, r.hosts, r.serving, r.containers, r.secs
         );
     }
     println!();
@@ -175,8 +188,16 @@ fn row(p: &Pipeline, step: &'static str, u: &Upload, d: &Deploy, t: Instant) -> 
     } else {
         hosts.join(", ")
     };
-    let serving = p
-        .views()
+    let views = p.views();
+    let containers = views
+        .iter()
+        .map(|v| match &v.container {
+            Some(c) => format!("{} {}", &c.id[..12.min(c.id.len())], c.health),
+            None => "none".into(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let serving = views
         .iter()
         .map(|v| {
             let label = p.repo.git(&[
@@ -196,6 +217,7 @@ fn row(p: &Pipeline, step: &'static str, u: &Upload, d: &Deploy, t: Instant) -> 
         lambda: d.outcome(),
         hosts,
         serving,
+        containers,
         secs,
     }
 }
