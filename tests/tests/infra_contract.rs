@@ -943,8 +943,10 @@ fn each_github_role_trusts_one_github_environment_and_carries_its_pairs_policy()
                         "token.actions.githubusercontent.com:aud",
                         &["sts.amazonaws.com"],
                     );
+                // A trust policy names no resource: the role itself is the resource.
                 let probe = Statement {
                     principals: vec![],
+                    resources: vec!["*".to_string()],
                     ..st.clone()
                 };
                 assert_eq!(

@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// One zip entry to make: name, ELF machine (`None`: not an ELF file), Unix mode.
+type Entry<'a> = (&'a str, Option<u16>, u32);
+
 /// ELF machine numbers (`e_machine`).
 const EM_AARCH64: u16 = 183;
 const EM_X86_64: u16 = 62;
@@ -16,7 +19,7 @@ fn script() -> PathBuf {
 
 /// Writes a zip at `path` holding `entries` (name, ELF machine or `None` for non-ELF
 /// bytes, Unix mode), each 4 KiB.
-fn make_zip(path: &Path, entries: &[(&str, Option<u16>, u32)]) {
+fn make_zip(path: &Path, entries: &[Entry<'_>]) {
     let spec: Vec<String> = entries
         .iter()
         .map(|(name, machine, mode)| {
@@ -93,7 +96,7 @@ fn an_aarch64_executable_bootstrap_passes_and_is_described() {
 #[test]
 fn wrong_architecture_format_mode_layout_and_size_are_each_refused_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: &[(&str, &[(&str, Option<u16>, u32)], &str)] = &[
+    let cases: &[(&str, &[Entry<'_>], &str)] = &[
         (
             "x86.zip",
             &[("bootstrap", Some(EM_X86_64), 0o755)],

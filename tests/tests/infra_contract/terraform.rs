@@ -412,14 +412,6 @@ impl Eval {
         }
         Scope { eval: self, ctx }
     }
-
-    /// The module-level scope.
-    pub fn top(&self) -> Scope<'_> {
-        Scope {
-            eval: self,
-            ctx: self.ctx.clone(),
-        }
-    }
 }
 
 /// Evaluation inside one block instance, with its iterator variables bound.
