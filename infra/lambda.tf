@@ -40,6 +40,7 @@ resource "aws_lambda_function" "deployer" {
       DROPSHIP_PRESIGN_TTL_SECS       = tostring(var.presign_ttl_secs)
       DROPSHIP_MAX_BUNDLE_BYTES       = tostring(var.max_bundle_bytes)
       DROPSHIP_LOCK_TIMEOUT_SECS      = tostring(var.lock_timeout_secs)
+      DROPSHIP_INSTANCE_PROFILE_ARN   = local.host_profile_arn_template
     }
   }
 

@@ -23,6 +23,7 @@ pub const ENV_VARS: &[&str] = &[
     "DROPSHIP_PRESIGN_TTL_SECS",
     "DROPSHIP_MAX_BUNDLE_BYTES",
     "DROPSHIP_LOCK_TIMEOUT_SECS",
+    "DROPSHIP_INSTANCE_PROFILE_ARN",
 ];
 
 /// Default instance tag naming the app a host runs.
@@ -100,6 +101,11 @@ pub struct Config {
     pub max_bundle_bytes: u64,
     /// Host lock wait.
     pub lock_timeout_secs: u32,
+    /// ARN template (`{app}`, `{env}` substituted) of the instance profile a target must
+    /// carry besides its tags: tags can be set by anyone with `ec2:CreateTags`, attaching a
+    /// profile needs `iam:PassRole`. `infra/` always sets it; `None` (unset) only in local
+    /// test setups. See [`Config::instance_profile_arn_for`].
+    pub instance_profile_arn: Option<String>,
 }
 
 impl Config {
@@ -284,6 +290,17 @@ impl Config {
             }
         }
 
+        let instance_profile_arn = get("DROPSHIP_INSTANCE_PROFILE_ARN");
+        if let Some(t) = &instance_profile_arn {
+            if !is_instance_profile_arn_template(t) {
+                return Err(invalid(
+                    "DROPSHIP_INSTANCE_PROFILE_ARN",
+                    t,
+                    "an instance-profile ARN template naming {app} and {env}, e.g. arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}",
+                ));
+            }
+        }
+
         Ok(Self {
             allowed_buckets,
             key_prefix,
@@ -299,6 +316,7 @@ impl Config {
             presign_ttl_secs,
             max_bundle_bytes,
             lock_timeout_secs,
+            instance_profile_arn,
         })
     }
 
@@ -311,6 +329,38 @@ impl Config {
     pub fn app_root_for(&self, app: &str, env: &str) -> String {
         self.app_root.replace("{app}", app).replace("{env}", env)
     }
+
+    /// The ARN of the instance profile every target of `app`/`env` must carry (compared
+    /// with `IamInstanceProfile.Arn` from `DescribeInstances`); `None` when not configured.
+    pub fn instance_profile_arn_for(&self, app: &str, env: &str) -> Option<String> {
+        self.instance_profile_arn
+            .as_ref()
+            .map(|t| t.replace("{app}", app).replace("{env}", env))
+    }
+}
+
+/// `arn:<partition>:iam::<account>:instance-profile/<path and name>` naming `{app}` and
+/// `{env}` once each, so that one (app, env)'s profile never qualifies for another.
+fn is_instance_profile_arn_template(t: &str) -> bool {
+    let parts: Vec<&str> = t.splitn(6, ':').collect();
+    let [arn, partition, service, region, account, resource] = parts.as_slice() else {
+        return false;
+    };
+    let name_ok = resource.strip_prefix("instance-profile/").is_some_and(|n| {
+        n.matches("{app}").count() == 1
+            && n.matches("{env}").count() == 1
+            && n.replace("{app}", "a")
+                .replace("{env}", "e")
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+    });
+    *arn == "arn"
+        && !partition.is_empty()
+        && *service == "iam"
+        && region.is_empty()
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && name_ok
 }
 
 fn is_bucket_name(b: &str) -> bool {
@@ -357,6 +407,7 @@ mod tests {
         assert_eq!(c.presign_ttl_secs, 900);
         assert_eq!(c.max_bundle_bytes, 2_147_483_648);
         assert_eq!(c.lock_timeout_secs, 300);
+        assert_eq!(c.instance_profile_arn_for("shop", "prod"), None);
         assert!(c.bucket_allowed("rel-b") && !c.bucket_allowed("other"));
     }
 
@@ -405,6 +456,26 @@ mod tests {
             ("DROPSHIP_MAX_BUNDLE_BYTES", "1"),
             ("DROPSHIP_LOCK_TIMEOUT_SECS", "0"),
             ("DROPSHIP_LOG_GROUP", "bad group"),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::111122223333:instance-profile/dropship-host",
+            ),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::111122223333:instance-profile/dropship-{app}",
+            ),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::111122223333:role/dropship-{app}.{env}",
+            ),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::1111:instance-profile/dropship-{app}.{env}",
+            ),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::111122223333:instance-profile/x-{app}.{env}.{app}",
+            ),
         ] {
             let pairs: Vec<(&str, &str)> = if name == base.0 {
                 vec![(name, value)]
@@ -427,5 +498,25 @@ mod tests {
         .unwrap();
         assert_eq!(c.app_root_for("shop", "prod"), "/srv/shop-prod");
         assert_eq!(c.log_group.as_deref(), Some("/dropship/commands"));
+    }
+
+    #[test]
+    fn instance_profile_template_names_each_app_and_env_its_own_profile() {
+        let c = cfg(&[
+            ("DROPSHIP_ALLOWED_BUCKETS", "rel"),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.instance_profile_arn_for("shop", "production").as_deref(),
+            Some("arn:aws:iam::111122223333:instance-profile/dropship-host-shop.production")
+        );
+        assert_ne!(
+            c.instance_profile_arn_for("shop", "staging"),
+            c.instance_profile_arn_for("blog", "staging")
+        );
     }
 }
