@@ -9,7 +9,8 @@
 //! - the EventBridge rule's bucket/prefix/suffix against `dropship_contract::key`;
 //! - the Lambda's environment variable names against `deployer_lambda::config::ENV_VARS`;
 //! - the actions granted to the Lambda role against `deployer_lambda::aws_calls::IAM_ACTIONS`,
-//!   and the uploader policy's against `dropship_bundler::aws_calls::IAM_ACTIONS`
+//!   and the uploader policy's against `dropship_bundler::aws_calls::IAM_ACTIONS` and
+//!   `dropship_operator::aws_calls::IAM_ACTIONS` (one uploader runs both CLIs)
 //!   (missing and extra actions are both failures, and the message lists them);
 //! - the tag keys of the `ssm:SendCommand` condition against the Lambda's default tag keys.
 
@@ -592,8 +593,13 @@ fn lambda_environment_is_exactly_what_the_lambda_reads() {
     }
 
     let value = |name: &str| as_text(&vars[name]);
-    assert_eq!(value("DROPSHIP_KEY_PREFIX"), RELEASES_PREFIX);
-    assert_eq!(value("DROPSHIP_RECORDS_PREFIX"), RECORDS_PREFIX);
+    // Where releases and records live is the contract's, not configuration: the Lambda reads
+    // no prefix variable (the set above is exactly what it reads), and the locals the rule and
+    // the policies use equal the contract (contract_prefixes_in_locals_match_the_key_module).
+    assert!(
+        !set.iter().any(|v| v.ends_with("_PREFIX")),
+        "no prefix variables: {set:?}"
+    );
     assert_eq!(
         referenced("aws_s3_bucket", &value("DROPSHIP_ALLOWED_BUCKETS")).as_deref(),
         Some(bucket),
@@ -909,7 +915,10 @@ fn uploader_policy_grants_exactly_the_calls_the_bundler_makes() {
     assert_same_actions(
         "Uploader policy actions",
         &granted,
-        &owned(dropship_bundler::aws_calls::IAM_ACTIONS),
+        &owned(dropship_bundler::aws_calls::IAM_ACTIONS)
+            .union(&owned(dropship_operator::aws_calls::IAM_ACTIONS))
+            .cloned()
+            .collect(),
     );
 
     // Writes only under releases/<app>/ (each.key of the per-app policy).
