@@ -2,16 +2,15 @@
 //!
 //! The trust boundary lives here: which buckets are acted on, which instances a release
 //! reaches (tag keys) and where it lands on disk (app root) come from this configuration,
-//! set by `infra/`, never from the bundle.
+//! set by `infra/`, never from the bundle. Where releases and deploy records live in the
+//! bucket is not configuration: the contract fixes both prefixes (`dropship_contract::key`)
+//! for every component (both CLIs, the Lambda, the Terraform policies and rule).
 
-use dropship_contract::key::{RECORDS_PREFIX, RELEASES_PREFIX};
 use thiserror::Error;
 
 /// Every environment variable the Lambda reads; `infra/` sets exactly these (contract test).
 pub const ENV_VARS: &[&str] = &[
     "DROPSHIP_ALLOWED_BUCKETS",
-    "DROPSHIP_KEY_PREFIX",
-    "DROPSHIP_RECORDS_PREFIX",
     "DROPSHIP_APP_ROOT",
     "DROPSHIP_APP_TAG_KEY",
     "DROPSHIP_ENV_TAG_KEY",
@@ -75,10 +74,6 @@ pub enum ConfigError {
 pub struct Config {
     /// Buckets whose events are acted on.
     pub allowed_buckets: Vec<String>,
-    /// Prefix of release keys (ends with `/`).
-    pub key_prefix: String,
-    /// Prefix of deploy records (ends with `/`).
-    pub records_prefix: String,
     /// App root template on hosts (`{app}`, `{env}` substituted).
     pub app_root: String,
     /// Instance tag key for the app.
@@ -149,32 +144,6 @@ impl Config {
                 "DROPSHIP_ALLOWED_BUCKETS",
                 bad,
                 "S3 bucket names (3-63 characters of a-z, 0-9, '.', '-')",
-            ));
-        }
-
-        let prefix = |name: &'static str, default: &str| -> Result<String, ConfigError> {
-            let v = get(name).unwrap_or_else(|| default.to_owned());
-            let ok = v.ends_with('/')
-                && !v.starts_with('/')
-                && v.split('/').all(|s| s != ".." && s != ".")
-                && v.bytes().all(|b| b.is_ascii_graphic());
-            if ok {
-                Ok(v)
-            } else {
-                Err(invalid(
-                    name,
-                    &v,
-                    "a relative key prefix ending in '/', e.g. releases/",
-                ))
-            }
-        };
-        let key_prefix = prefix("DROPSHIP_KEY_PREFIX", RELEASES_PREFIX)?;
-        let records_prefix = prefix("DROPSHIP_RECORDS_PREFIX", RECORDS_PREFIX)?;
-        if key_prefix.starts_with(&records_prefix) || records_prefix.starts_with(&key_prefix) {
-            return Err(invalid(
-                "DROPSHIP_RECORDS_PREFIX",
-                &records_prefix,
-                "a prefix disjoint from DROPSHIP_KEY_PREFIX (uploaders must not be able to forge records)",
             ));
         }
 
@@ -303,8 +272,6 @@ impl Config {
 
         Ok(Self {
             allowed_buckets,
-            key_prefix,
-            records_prefix,
             app_root,
             app_tag_key,
             env_tag_key,
@@ -394,8 +361,6 @@ mod tests {
     fn defaults_follow_the_architecture_table() {
         let c = cfg(&[("DROPSHIP_ALLOWED_BUCKETS", "rel-a, rel-b")]).unwrap();
         assert_eq!(c.allowed_buckets, vec!["rel-a", "rel-b"]);
-        assert_eq!(c.key_prefix, "releases/");
-        assert_eq!(c.records_prefix, "deploy-records/");
         assert_eq!(c.app_root_for("shop", "prod"), "/opt/dropship/shop");
         assert_eq!(c.app_tag_key, DEFAULT_APP_TAG_KEY);
         assert_eq!(c.env_tag_key, DEFAULT_ENV_TAG_KEY);
@@ -440,9 +405,6 @@ mod tests {
         ));
         for (name, value) in [
             ("DROPSHIP_ALLOWED_BUCKETS", "UPPER"),
-            ("DROPSHIP_KEY_PREFIX", "releases"),
-            ("DROPSHIP_KEY_PREFIX", "/releases/"),
-            ("DROPSHIP_RECORDS_PREFIX", "releases/records/"),
             ("DROPSHIP_APP_ROOT", "relative/{app}"),
             ("DROPSHIP_APP_ROOT", "/opt/../etc"),
             ("DROPSHIP_APP_ROOT", "/opt/$(x)"),

@@ -12,7 +12,8 @@
 //! - the Lambda's environment against `deployer_lambda::config` (names, and that the Lambda
 //!   accepts the instance-profile template and maps it to the module's profiles);
 //! - the actions granted to the Lambda role and the uploader policies against the IAM
-//!   actions the code calls (`aws_calls.rs`), missing and extra both failing;
+//!   actions the code calls (`aws_calls.rs`; one uploader runs both CLIs, so its policy is
+//!   the bundler's and the operator's together), missing and extra both failing;
 //! - per-(app, env) rights: uploads, restores and reads of one pair reach only its key and
 //!   its records; one GitHub role per pair, trusting only that GitHub environment;
 //! - the bucket policy denies by principal; history is append-only; the lifecycle rule
@@ -459,8 +460,13 @@ fn lambda_environment_is_exactly_what_the_lambda_reads() {
     }
 
     let value = |name: &str| as_text(&vars[name]);
-    assert_eq!(value("DROPSHIP_KEY_PREFIX"), RELEASES_PREFIX);
-    assert_eq!(value("DROPSHIP_RECORDS_PREFIX"), RECORDS_PREFIX);
+    // Where releases and records live is the contract's, not configuration: the Lambda reads
+    // no prefix variable (the set above is exactly what it reads), and the locals the rule and
+    // the policies use equal the contract (contract_prefixes_in_locals_match_the_key_module).
+    assert!(
+        !set.iter().any(|v| v.ends_with("_PREFIX")),
+        "no prefix variables: {set:?}"
+    );
     assert_eq!(
         referenced("aws_s3_bucket", &value("DROPSHIP_ALLOWED_BUCKETS")).as_deref(),
         Some(bucket),
@@ -785,7 +791,10 @@ fn uploader_policy_grants_exactly_the_calls_the_bundler_makes() {
         assert_same_actions(
             "Uploader policy actions",
             &granted,
-            &owned(dropship_bundler::aws_calls::IAM_ACTIONS),
+            &owned(dropship_bundler::aws_calls::IAM_ACTIONS)
+                .union(&owned(dropship_operator::aws_calls::IAM_ACTIONS))
+                .cloned()
+                .collect(),
         );
         let policy = resource_attr(&f, "aws_iam_policy", name, Some(&k), "policy");
         assert_eq!(
