@@ -608,7 +608,7 @@ mod tests {
         assert_eq!(d.edges.sent_to(), ["i-1", "i-2"]);
         let record = stored_record(&d.edges);
         assert_eq!(record.outcome, Outcome::Dispatched);
-        assert_eq!((record.attempts, record.lease_until), (1, None));
+        assert_eq!((record.attempts, record.lease_until.as_deref()), (1, None));
         assert_eq!(record.command_ids(), ["cmd-1"]);
         assert_eq!(stored_pointer(&d.edges).version_id, VERSION);
         assert_eq!(stored_pointer(&d.edges).sequencer, SEQUENCER);

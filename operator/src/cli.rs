@@ -144,7 +144,8 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Version id to report on (default: the key's current version).
-    pub version: Option<String>,
+    #[arg(value_name = "VERSION")]
+    pub version_id: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -95,7 +95,7 @@ pub async fn run_releases(args: ReleasesArgs) -> anyhow::Result<Exit> {
 pub async fn run_status(args: StatusArgs) -> anyhow::Result<Exit> {
     let (target, region) = target::resolve(&args.target, false)?.single();
     let c = clients(args.target.profile.as_deref(), region, target).await;
-    let version = match args.version.clone() {
+    let version = match args.version_id.clone() {
         Some(v) => v,
         None => c
             .current_version()

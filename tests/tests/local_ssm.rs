@@ -773,6 +773,7 @@ async fn list_commands_filters_as_the_lambda_uses_them() {
     assert_eq!(paged, vec![second.clone(), first.clone()]);
 
     // The deployer Lambda's own query: commands since a time, with its comment.
+    use deployer_lambda::edges::CommandSender;
     let mut lambda = deployer_lambda::aws::Clients::new(&moto::sdk_config().await);
     lambda.ssm = client.clone();
     let found = lambda

@@ -799,7 +799,7 @@ fn bundle_and_upload_help_shows_the_upload_wait_and_every_exit_code() {
 
 #[test]
 fn dropship_help_examples_version_completions_and_no_color() {
-    let help = help("dropship", &["--help"]);
+    let top = help("dropship", &["--help"]);
     for needle in [
         "releases",
         "status",
@@ -809,7 +809,7 @@ fn dropship_help_examples_version_completions_and_no_color() {
         "  6  transient AWS failure",
         "  10 --wait: rollback failed",
     ] {
-        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+        assert!(top.contains(needle), "--help lacks {needle:?}:\n{top}");
     }
     assert!(help("dropship", &["rollback", "--help"]).contains("--yes"));
     for read in ["releases", "status"] {
