@@ -49,8 +49,8 @@ pub enum UploadError {
     Internal(String),
 }
 
-/// Builds metadata once the digest is known.
-pub type MetadataFor<'a> = &'a dyn Fn(&BundleDigest) -> Result<ObjectMetadata, UploadError>;
+/// Builds metadata once the digest is known (the digest is part of it).
+pub type MetadataFor<'a> = &'a dyn Fn(&BundleDigest) -> ObjectMetadata;
 
 /// Keeps bytes in memory up to a limit, then only counts (the hashing writer sees everything).
 struct SpillOver {
@@ -114,7 +114,7 @@ pub async fn upload(
         )
     })?;
     let (spill, digest) = first;
-    let metadata = metadata_for(&digest)?;
+    let metadata = metadata_for(&digest);
     let headers = metadata
         .to_headers()
         .map_err(|e| UploadError::Internal(e.to_string()))?;

@@ -281,13 +281,15 @@ pub fn host_status(command_id: &str, instance_id: &str, observed: &Observed) -> 
             let (state, detail) = finished(inv, result.clone());
             (state, detail, Some(inv.response_code), result)
         }
-        ("Delivery Timed Out", _) => (
+        // The API reference spells the details with spaces, the wire and the console without;
+        // both are read.
+        ("Delivery Timed Out" | "DeliveryTimedOut", _) => (
             HostState::TimedOut,
             "never delivered within the delivery timeout: the host is unchanged; check the SSM agent".to_string(),
             None,
             None,
         ),
-        ("Execution Timed Out", _) | ("TimedOut", _) => (
+        ("Execution Timed Out" | "ExecutionTimedOut", _) | ("TimedOut", _) => (
             HostState::TimedOut,
             "the script was stopped at the execution timeout: check deploy.log on the host; the next deploy recovers".to_string(),
             None,
@@ -777,16 +779,27 @@ mod tests {
 
     #[test]
     fn hosts_that_never_ran_are_told_apart() {
-        assert_eq!(
-            state(&finished_fixture("TimedOut", "Delivery Timed Out", -1, "")),
-            HostState::TimedOut
-        );
+        for details in ["Delivery Timed Out", "DeliveryTimedOut"] {
+            let never = host_status(
+                "c-1",
+                "i-0abc",
+                &finished_fixture("TimedOut", details, -1, ""),
+            );
+            assert_eq!(never.state, HostState::TimedOut, "{details}");
+            assert!(never.detail.contains("never delivered"), "{details}");
+        }
         let exec = host_status(
             "c-1",
             "i-0abc",
             &finished_fixture("TimedOut", "Execution Timed Out", -1, "partial"),
         );
         assert_eq!(exec.state, HostState::TimedOut);
+        assert!(exec.detail.contains("execution timeout"));
+        let exec = host_status(
+            "c-1",
+            "i-0abc",
+            &finished_fixture("TimedOut", "ExecutionTimedOut", 137, "partial"),
+        );
         assert!(exec.detail.contains("execution timeout"));
         assert_eq!(
             state(&finished_fixture("Failed", "Undeliverable", -1, "")),

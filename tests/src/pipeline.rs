@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -36,14 +36,29 @@ use serde_json::{json, Value};
 
 use crate::host::wait_until;
 use crate::lambda_rt::LambdaProcess;
+use crate::local_ssm::{LocalSsm, LocalSsmConfig};
 use crate::repo::{self, Finished, GitRepo};
-use crate::simhost::{Container, SimHost};
+use crate::simhost::{Container, SimAgent, SimHost};
 use crate::{bins, moto};
 
 /// Environment of the sample app's releases in the pipeline.
 pub const ENV: &str = "staging";
 /// The port the sample app publishes on each host's loopback (its `health_url`'s port).
 pub const APP_PORT: u16 = 8080;
+/// How long one second of an SSM delivery timeout lasts in the pipeline (see
+/// `LocalSsmConfig::delivery_second`): an offline agent's command times out 100 times sooner
+/// than on AWS, so the suite can show it without waiting ten minutes.
+pub const DELIVERY_SECOND: Duration = Duration::from_millis(10);
+/// How long the harness waits for SSM to report one invocation finished.
+const INVOCATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a CLI `--wait` may run in the pipeline.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The CloudWatch Logs group the Lambda names for command output (`DROPSHIP_LOG_GROUP`).
+pub fn log_group(app: &str) -> String {
+    format!("/dropship/{app}/commands")
+}
+
 /// Path of the sample app's health endpoint.
 pub const HEALTH_PATH: &str = "/public/health";
 
@@ -85,8 +100,15 @@ pub struct Host {
     pub name: String,
     /// The moto instance standing for it (tagged `dropship:app`/`dropship:env`).
     pub instance_id: String,
-    /// Its own Docker engine and namespaces.
-    pub sim: SimHost,
+    /// Its SSM agent (registered with the local SSM endpoint) on its own engine and namespaces.
+    pub agent: Arc<SimAgent>,
+}
+
+impl Host {
+    /// The simulated host.
+    pub fn sim(&self) -> &SimHost {
+        self.agent.host()
+    }
 }
 
 /// What one host looks like now.
@@ -102,16 +124,22 @@ pub struct HostView {
     pub container: Option<Container>,
 }
 
-/// One run of an SSM command on one host.
+/// One SSM command invocation on one host, as SSM reports it (`GetCommandInvocation`).
 #[derive(Debug, Clone)]
 pub struct HostRun {
     pub host: String,
     pub instance_id: String,
     pub command_id: String,
-    /// The script's exit code.
+    /// SSM's `Status` (`Success`, `Failed`, `TimedOut`, `Cancelled`).
+    pub status: String,
+    /// SSM's `StatusDetails` (`Success`, `Failed`, `DeliveryTimedOut`, `Undeliverable`, …).
+    pub details: String,
+    /// SSM's `ResponseCode`: the script's exit code (-1 when it never ran).
     pub code: i32,
     /// The `DROPSHIP_RESULT` JSON (Null when the line is missing).
     pub result: Value,
+    /// `StandardOutputContent` then `StandardErrorContent` (SSM keeps the first 24,000 and
+    /// 8,000 characters).
     pub output: String,
 }
 
@@ -157,7 +185,11 @@ impl Deploy {
 pub struct Pipeline {
     rt: tokio::runtime::Runtime,
     pub s3: aws_sdk_s3::Client,
+    /// SSM client of the local SSM endpoint.
     pub ssm: aws_sdk_ssm::Client,
+    /// The local SSM endpoint (declared before the hosts: dropping it waits for the scripts it
+    /// runs on them).
+    pub local_ssm: LocalSsm,
     events: aws_sdk_eventbridge::Client,
     sqs: aws_sdk_sqs::Client,
     pub app: String,
@@ -174,8 +206,8 @@ pub struct Pipeline {
     own_log: bool,
     /// Events received from SQS and not yet handed out.
     inbox: Mutex<Vec<Value>>,
-    /// (command id, instance id) pairs already run, as the SSM agent runs each once.
-    ran: Mutex<HashSet<(String, String)>>,
+    /// (command id, instance id) invocations already reported by [`Self::wait_dispatched`].
+    reported: Mutex<HashSet<(String, String)>>,
 }
 
 impl Pipeline {
@@ -185,10 +217,17 @@ impl Pipeline {
             .worker_threads(2)
             .enable_all()
             .build()?;
+        // SSM is the local endpoint (it runs commands on the hosts and answers truthfully);
+        // everything else is moto. Delivery timeouts run 100 times faster than AWS's (an
+        // offline agent's 600 s become 6 s); execution timeouts run in real time.
+        let local_ssm = LocalSsm::start(LocalSsmConfig {
+            delivery_second: DELIVERY_SECOND,
+            ..LocalSsmConfig::from_env()
+        });
         let (s3, ssm, ec2, events, sqs) = rt.block_on(async {
             (
                 moto::s3().await,
-                moto::ssm().await,
+                local_ssm.client().await,
                 moto::ec2().await,
                 moto::events().await,
                 moto::sqs().await,
@@ -201,9 +240,13 @@ impl Pipeline {
             .prefix("dropship-pipeline-")
             .tempdir()?;
         // The Lambda's default app root (/opt/dropship/{app}) is every host's own /opt.
-        let mut env: Vec<(String, String)> =
-            vec![("DROPSHIP_ALLOWED_BUCKETS".into(), opts.bucket.clone())];
+        let mut env: Vec<(String, String)> = vec![
+            ("DROPSHIP_ALLOWED_BUCKETS".into(), opts.bucket.clone()),
+            // Full command output to CloudWatch Logs (SSM keeps only 24,000 characters).
+            ("DROPSHIP_LOG_GROUP".into(), log_group(&opts.app)),
+        ];
         env.extend(moto::aws_env());
+        env.extend(local_ssm.aws_env());
         let borrowed: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let lambda_log = match &opts.lambda_log {
@@ -312,10 +355,16 @@ impl Pipeline {
                 &env_file,
                 std::os::unix::fs::PermissionsExt::from_mode(0o600),
             )?;
+            let agent = SimAgent::new(
+                sim,
+                &instance_id,
+                &[("dropship:app", opts.app.as_str()), ("dropship:env", ENV)],
+            );
+            local_ssm.add_instance(agent.clone());
             hosts.push(Host {
                 name,
                 instance_id,
-                sim,
+                agent,
             });
         }
 
@@ -331,6 +380,7 @@ impl Pipeline {
             rt,
             s3,
             ssm,
+            local_ssm,
             events,
             sqs,
             app: opts.app.clone(),
@@ -344,7 +394,7 @@ impl Pipeline {
             lambda_log,
             work,
             inbox: Mutex::new(Vec::new()),
-            ran: Mutex::new(HashSet::new()),
+            reported: Mutex::new(HashSet::new()),
         })
     }
 
@@ -393,11 +443,21 @@ impl Pipeline {
 
     /// `bundle-and-upload ARGS` in the repository, for this app, env and bucket.
     pub fn cli(&self, args: &[&str]) -> Finished {
-        let mut cmd = self.repo.bundler();
+        repo::run(&mut self.tool(self.repo.bundler(), args))
+    }
+
+    /// `dropship ARGS` (the operator's commands) for this app, env and bucket.
+    pub fn dropship(&self, args: &[&str]) -> Finished {
+        repo::run(&mut self.tool(self.repo.dropship(), args))
+    }
+
+    /// A CLI command with this pipeline's app, env, bucket and SSM endpoint.
+    fn tool(&self, mut cmd: Command, args: &[&str]) -> Command {
         cmd.args(args)
             .args(["--app", &self.app, "--env", ENV, "--bucket", &self.bucket])
+            .envs(self.local_ssm.aws_env())
             .stdin(Stdio::null());
-        repo::run(&mut cmd)
+        cmd
     }
 
     /// Uploads HEAD with the real bundler.
@@ -531,43 +591,19 @@ impl Pipeline {
         })
     }
 
-    /// The script text of an SSM command, as moto recorded it (`Parameters.commands`).
-    pub fn command_script(&self, command_id: &str) -> Result<String> {
-        self.rt.block_on(async {
-            let out = self
-                .ssm
-                .list_commands()
-                .command_id(command_id)
-                .send()
-                .await
-                .map_err(|e| anyhow!("ListCommands {command_id}: {e:?}"))?;
-            let cmd = out
-                .commands()
-                .first()
-                .ok_or_else(|| anyhow!("SSM does not know command {command_id}"))?;
-            if cmd.document_name() != Some("AWS-RunShellScript") {
-                bail!("command {command_id} is not AWS-RunShellScript");
-            }
-            let lines = cmd
-                .parameters()
-                .and_then(|p| p.get("commands"))
-                .ok_or_else(|| anyhow!("command {command_id} has no commands parameter"))?;
-            Ok(lines.join("\n"))
-        })
-    }
-
-    /// Runs every command the deployer's record of `version_id` lists, on the instances the
-    /// record names for it, each (command, instance) once, hosts in parallel (as SSM would).
-    pub fn run_dispatched(&self, version_id: &str) -> Result<Vec<HostRun>> {
+    /// Waits until SSM reports every invocation of every command the deployer's record of
+    /// `version_id` lists as finished, and returns the ones not reported before (each
+    /// (command, instance) once), read from SSM's answers (`GetCommandInvocation`), never from
+    /// the harness's own bookkeeping.
+    pub fn wait_dispatched(&self, version_id: &str) -> Result<Vec<HostRun>> {
         let Some(record) = self.record(version_id)? else {
             return Ok(Vec::new());
         };
-        let mut todo = Vec::new();
+        let mut runs = Vec::new();
         for batch in &record.commands {
-            let script = self.command_script(&batch.command_id)?;
             for instance in &batch.instance_ids {
                 let pair = (batch.command_id.clone(), instance.clone());
-                if !self.ran.lock().unwrap().insert(pair) {
+                if self.reported.lock().unwrap().contains(&pair) {
                     continue;
                 }
                 let host = self
@@ -575,27 +611,136 @@ impl Pipeline {
                     .iter()
                     .find(|h| &h.instance_id == instance)
                     .ok_or_else(|| anyhow!("command for unknown instance {instance}"))?;
-                todo.push((host, batch.command_id.clone(), script.clone()));
+                runs.push(self.wait_invocation(host, &batch.command_id)?);
+                self.reported.lock().unwrap().insert(pair);
             }
         }
-        let runs = std::thread::scope(|s| {
-            let handles: Vec<_> = todo
-                .into_iter()
-                .map(|(host, id, script)| s.spawn(move || run_on_host(host, &id, &script)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("host thread"))
-                .collect::<Result<Vec<_>>>()
-        })?;
         Ok(runs)
+    }
+
+    /// Polls `GetCommandInvocation` for (command, host) until its status is terminal.
+    fn wait_invocation(&self, host: &Host, command_id: &str) -> Result<HostRun> {
+        let deadline = Instant::now() + INVOCATION_TIMEOUT;
+        loop {
+            let answer = self.rt.block_on(
+                self.ssm
+                    .get_command_invocation()
+                    .command_id(command_id)
+                    .instance_id(&host.instance_id)
+                    .send(),
+            );
+            if let Ok(inv) = answer {
+                let status = inv
+                    .status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default();
+                if matches!(
+                    status.as_str(),
+                    "Success" | "Failed" | "TimedOut" | "Cancelled"
+                ) {
+                    let mut output = inv.standard_output_content().unwrap_or_default().to_owned();
+                    output.push_str(inv.standard_error_content().unwrap_or_default());
+                    let result = output
+                        .lines()
+                        .rev()
+                        .find_map(|l| l.strip_prefix("DROPSHIP_RESULT "))
+                        .and_then(|j| serde_json::from_str(j).ok())
+                        .unwrap_or(Value::Null);
+                    return Ok(HostRun {
+                        host: host.name.clone(),
+                        instance_id: host.instance_id.clone(),
+                        command_id: command_id.to_owned(),
+                        details: inv.status_details().unwrap_or_default().to_owned(),
+                        status,
+                        code: inv.response_code(),
+                        result,
+                        output,
+                    });
+                }
+            }
+            // InvocationDoesNotExist right after SendCommand, or still running.
+            if Instant::now() >= deadline {
+                bail!(
+                    "SSM did not report command {command_id} on {} as finished within {INVOCATION_TIMEOUT:?}",
+                    host.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Delivers every event captured so far to the Lambda (what EventBridge does with the
+    /// rule's target); returns how many.
+    pub fn deliver_pending(&mut self) -> Result<usize> {
+        self.poll_queue()?;
+        let events: Vec<Value> = self.inbox.lock().unwrap().drain(..).collect();
+        for e in &events {
+            // The Lambda's answer is in its log and the record; an error here is retried by
+            // Lambda in AWS and is asserted by the suites that care.
+            let _ = self.deliver(e);
+        }
+        Ok(events.len())
+    }
+
+    /// Runs `bundle-and-upload ARGS --wait --json` (or `dropship ARGS` when `operator`) while
+    /// delivering the events it causes to the Lambda, as EventBridge would; returns the
+    /// command's exit code and output once it exits.
+    pub fn run_waiting(&mut self, operator: bool, args: &[&str]) -> Result<Finished> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--wait", "--json"]);
+        let base = if operator {
+            self.repo.dropship()
+        } else {
+            self.repo.bundler()
+        };
+        let mut cmd = self.tool(base, &all);
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the CLI with --wait")?;
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let read = |pipe: Option<std::process::ChildStdout>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                if let Some(mut p) = pipe {
+                    let _ = std::io::Read::read_to_string(&mut p, &mut s);
+                }
+                s
+            })
+        };
+        let stdout = read(out);
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut p) = err {
+                let _ = std::io::Read::read_to_string(&mut p, &mut s);
+            }
+            s
+        });
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        let status = loop {
+            self.deliver_pending()?;
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                bail!("the CLI with --wait did not finish within {WAIT_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Ok(Finished {
+            code: status.code().unwrap_or(-1),
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
     }
 
     /// One version end to end: its captured events to the Lambda, then the commands on hosts.
     pub fn deploy(&mut self, version_id: &str) -> Result<Deploy> {
         let events = self.events_for(version_id, Duration::from_secs(30))?;
         let lambda = events.iter().map(|e| self.deliver(e)).collect();
-        let runs = self.run_dispatched(version_id)?;
+        let runs = self.wait_dispatched(version_id)?;
         Ok(Deploy {
             events,
             lambda,
@@ -617,8 +762,8 @@ impl Pipeline {
             let v: Value = serde_json::from_slice(&fs::read(manifest).ok()?).ok()?;
             v["commit"].as_str().map(str::to_owned)
         });
-        let health = host.sim.http_get(&health_url()).map(|(status, _)| status);
-        let container = host.sim.containers(&self.app).into_iter().next();
+        let health = host.sim().http_get(&health_url()).map(|(status, _)| status);
+        let container = host.sim().containers(&self.app).into_iter().next();
         HostView {
             release,
             commit,
@@ -629,7 +774,7 @@ impl Pipeline {
 
     /// The app root on `host`, as a machine path (`/opt/dropship/<app>` on the host).
     pub fn app_root(&self, host: &Host) -> PathBuf {
-        host.sim.path(&format!("/opt/dropship/{}", self.app))
+        host.sim().path(&format!("/opt/dropship/{}", self.app))
     }
 
     /// Release directory names on `host`, sorted.
@@ -729,31 +874,6 @@ async fn run_instances(ec2: &aws_sdk_ec2::Client, app: &str, n: usize) -> Result
         .collect();
     ids.sort();
     Ok(ids)
-}
-
-/// Runs one command on one host as the SSM agent does (`SimHost::spawn_agent_script`).
-fn run_on_host(host: &Host, command_id: &str, script: &str) -> Result<HostRun> {
-    let (mut child, dir) = host
-        .sim
-        .spawn_agent_script(&host.instance_id, command_id, script)
-        .with_context(|| format!("running the command on {}", host.name))?;
-    let status = child.wait()?;
-    let mut output = fs::read_to_string(dir.join("stdout")).unwrap_or_default();
-    output.push_str(&fs::read_to_string(dir.join("stderr")).unwrap_or_default());
-    let result = output
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("DROPSHIP_RESULT "))
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or(Value::Null);
-    Ok(HostRun {
-        host: host.name.clone(),
-        instance_id: host.instance_id.clone(),
-        command_id: command_id.to_owned(),
-        code: status.code().unwrap_or(-1),
-        result,
-        output,
-    })
 }
 
 /// Copies a directory tree of regular files and directories.

@@ -82,6 +82,70 @@ pub fn processes_in_group(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Runs `cmd` the way amazon-ssm-agent runs a command's script on Linux: as the leader of a
+/// new process group with stdout and stderr piped; the run ends when the script has exited
+/// and its output pipes are closed (a background job still holding them keeps it running), or
+/// when `stop` fires, which is SIGKILL to the whole group at once (exit code 137).
+/// `spawned` learns the process group id. Used by [`BashInstance`] and the simulated hosts.
+pub fn run_as_agent(mut cmd: Command, stop: &StopSignal, spawned: impl FnOnce(u32)) -> ScriptRun {
+    use std::os::unix::process::CommandExt;
+    let spawned_child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned_child {
+        Ok(c) => c,
+        Err(e) => {
+            return ScriptRun {
+                exit_code: 1,
+                stdout: String::new(),
+                stderr: format!("the script could not start: {e}"),
+                stopped: None,
+            }
+        }
+    };
+    let pgid = child.id();
+    spawned(pgid);
+    let (out, out_reader) = drain(child.stdout.take().expect("piped stdout"));
+    let (err, err_reader) = drain(child.stderr.take().expect("piped stderr"));
+    let mut exit = None;
+    let stopped = loop {
+        if exit.is_none() {
+            exit = child.try_wait().expect("wait for the script");
+        }
+        if exit.is_some() && out_reader.is_finished() && err_reader.is_finished() {
+            break None;
+        }
+        if let Some(reason) = stop.wait(Duration::from_millis(10)) {
+            kill_group(pgid);
+            break Some(reason);
+        }
+    };
+    if exit.is_none() {
+        exit = child.wait().ok();
+    }
+    let _ = out_reader.join();
+    let _ = err_reader.join();
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+    let exit_code = match stopped {
+        Some(_) => super::model::STOPPED_EXIT_CODE,
+        None => exit
+            .and_then(|s| {
+                use std::os::unix::process::ExitStatusExt;
+                s.code().or_else(|| s.signal().map(|sig| 128 + sig))
+            })
+            .unwrap_or(1),
+    };
+    ScriptRun {
+        exit_code,
+        stdout: text(&out),
+        stderr: text(&err),
+        stopped,
+    }
+}
+
 /// Reads a pipe to its end on a thread; the text is shared so a stopped run keeps what the
 /// script wrote until then.
 fn drain(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
@@ -121,69 +185,12 @@ impl ManagedInstance for BashInstance {
     }
 
     fn run_shell_script(&self, _command_id: &str, script: &str, stop: &StopSignal) -> ScriptRun {
-        use std::os::unix::process::CommandExt;
-        let spawned = Command::new("bash")
-            .arg("-c")
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
             .arg(script)
             .current_dir(self.dir())
             .env("AWS_SSM_INSTANCE_ID", &self.id)
-            .env("AWS_SSM_REGION_NAME", &self.region)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn();
-        let mut child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                return ScriptRun {
-                    exit_code: 1,
-                    stdout: String::new(),
-                    stderr: format!("bash could not start: {e}"),
-                    stopped: None,
-                }
-            }
-        };
-        let pgid = child.id();
-        self.groups.lock().unwrap().push(pgid);
-        let (out, out_reader) = drain(child.stdout.take().expect("piped stdout"));
-        let (err, err_reader) = drain(child.stderr.take().expect("piped stderr"));
-        // Like the agent, a run ends when the script has exited and its output pipes are
-        // closed (a background job still holding them keeps it running), or when stopped.
-        let mut exit = None;
-        let stopped = loop {
-            if exit.is_none() {
-                exit = child.try_wait().expect("wait for the script");
-            }
-            if exit.is_some() && out_reader.is_finished() && err_reader.is_finished() {
-                break None;
-            }
-            if let Some(reason) = stop.wait(Duration::from_millis(10)) {
-                kill_group(pgid);
-                break Some(reason);
-            }
-        };
-        if exit.is_none() {
-            exit = child.wait().ok();
-        }
-        let _ = out_reader.join();
-        let _ = err_reader.join();
-        let text =
-            |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
-        let exit_code = match stopped {
-            Some(_) => super::model::STOPPED_EXIT_CODE,
-            None => exit
-                .and_then(|s| {
-                    use std::os::unix::process::ExitStatusExt;
-                    s.code().or_else(|| s.signal().map(|sig| 128 + sig))
-                })
-                .unwrap_or(1),
-        };
-        ScriptRun {
-            exit_code,
-            stdout: text(&out),
-            stderr: text(&err),
-            stopped,
-        }
+            .env("AWS_SSM_REGION_NAME", &self.region);
+        run_as_agent(cmd, stop, |pgid| self.groups.lock().unwrap().push(pgid))
     }
 }

@@ -70,20 +70,18 @@ pub async fn run_upload(args: UploadArgs) -> anyhow::Result<Exit> {
         let uploader = resolve::uploader(&prepared);
         let source = resolve::source();
         let created = resolve::now_rfc3339();
-        let metadata_for = |digest: &bundle::BundleDigest| {
-            Ok(ObjectMetadata {
-                app: prepared.manifest.app.clone(),
-                env: prepared.manifest.env.clone(),
-                branch: prepared.branch.clone(),
-                commit: prepared.head.commit.clone(),
-                dirty: prepared.dirty,
-                sha256: digest.sha256.clone(),
-                created: created.clone(),
-                uploader: uploader.clone(),
-                source,
-                message: prepared.head.subject.clone(),
-                restored_from: None,
-            })
+        let metadata_for = |digest: &bundle::BundleDigest| ObjectMetadata {
+            app: prepared.manifest.app.clone(),
+            env: prepared.manifest.env.clone(),
+            branch: prepared.branch.clone(),
+            commit: prepared.head.commit.clone(),
+            dirty: prepared.dirty,
+            sha256: digest.sha256.clone(),
+            created: created.clone(),
+            uploader: uploader.clone(),
+            source,
+            message: prepared.head.subject.clone(),
+            restored_from: None,
         };
         let outcome =
             upload::upload(&bucket, &prepared, tuning, &metadata_for, &mut on_progress).await?;
