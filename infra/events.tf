@@ -45,7 +45,7 @@ resource "aws_lambda_permission" "events" {
   source_arn    = aws_cloudwatch_event_rule.release_uploaded.arn
 }
 
-# Dead-letter queue of the rule target.
+# Dead-letter queue of the rules' targets (the release rule and the failure-notification rule).
 resource "aws_sqs_queue" "events_dlq" {
   name                      = "${var.name_prefix}-events-dlq"
   message_retention_seconds = var.queue_retention_secs
@@ -67,7 +67,7 @@ data "aws_iam_policy_document" "events_dlq" {
     condition {
       test     = "ArnEquals"
       variable = "aws:SourceArn"
-      values   = [aws_cloudwatch_event_rule.release_uploaded.arn]
+      values   = concat([aws_cloudwatch_event_rule.release_uploaded.arn], aws_cloudwatch_event_rule.deploy_failed[*].arn)
     }
   }
 }

@@ -6,6 +6,14 @@ locals {
   github_oidc_enabled      = length(var.github_oidc_subjects) > 0
   create_github_oidc       = local.github_oidc_enabled && var.github_oidc_provider_arn == null
   github_oidc_provider_arn = local.create_github_oidc ? aws_iam_openid_connect_provider.github[0].arn : var.github_oidc_provider_arn
+
+  # Per (app, env): the host role/profile name and the exact release key of that pair.
+  host_names = {
+    for k, v in local.app_envs : k => replace(replace(local.host_profile_name_template, "{app}", v.app), "{env}", v.env)
+  }
+  release_object_arns = {
+    for k, v in local.app_envs : k => "${local.bucket_arn}/${local.releases_prefix}${v.app}/${v.env}${local.bundle_suffix}"
+  }
 }
 
 # ---------------------------------------------------------------------------------------
@@ -127,11 +135,14 @@ resource "aws_iam_role_policy" "lambda_async_destination" {
 }
 
 # ---------------------------------------------------------------------------------------
-# Target instances: SSM agent + writing Run Command output to the output log group. Hosts
-# download bundles through presigned URLs, so they get no S3 permission at all.
+# Target hosts, one role + instance profile per (app, env): the SSM agent and writing Run
+# Command output to the output log group. Hosts download bundles through presigned URLs, so
+# they get no S3 permission at all. The profile is what the Lambda requires of a target
+# besides its tags (DROPSHIP_INSTANCE_PROFILE_ARN): tags can be set by anyone with
+# ec2:CreateTags, attaching a profile needs iam:PassRole on its role.
 # ---------------------------------------------------------------------------------------
 
-data "aws_iam_policy_document" "instance_assume" {
+data "aws_iam_policy_document" "host_assume" {
   statement {
     actions = ["sts:AssumeRole"]
 
@@ -142,19 +153,30 @@ data "aws_iam_policy_document" "instance_assume" {
   }
 }
 
-resource "aws_iam_role" "instance" {
-  name               = "${var.name_prefix}-target-instance"
-  description        = "dropship target hosts: SSM managed instance + Run Command output logs"
-  assume_role_policy = data.aws_iam_policy_document.instance_assume.json
+resource "aws_iam_role" "host" {
+  for_each = local.app_envs
+
+  name               = local.host_names[each.key]
+  description        = "dropship target hosts of ${each.value.app}/${each.value.env}: SSM managed instance + Run Command output logs"
+  assume_role_policy = data.aws_iam_policy_document.host_assume.json
   tags               = var.tags
+
+  lifecycle {
+    precondition {
+      condition     = length(local.host_names[each.key]) <= 64
+      error_message = "Host role name \"${local.host_names[each.key]}\" is longer than IAM's 64 characters: shorten name_prefix, the app or the environment name."
+    }
+  }
 }
 
-resource "aws_iam_role_policy_attachment" "instance_ssm_core" {
-  role       = aws_iam_role.instance.name
+resource "aws_iam_role_policy_attachment" "host_ssm_core" {
+  for_each = local.app_envs
+
+  role       = aws_iam_role.host[each.key].name
   policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
 }
 
-data "aws_iam_policy_document" "instance_command_output" {
+data "aws_iam_policy_document" "host_command_output" {
   statement {
     sid       = "FindOutputGroup"
     actions   = ["logs:DescribeLogGroups"]
@@ -168,54 +190,72 @@ data "aws_iam_policy_document" "instance_command_output" {
   }
 }
 
-resource "aws_iam_role_policy" "instance_command_output" {
+resource "aws_iam_role_policy" "host_command_output" {
+  for_each = local.app_envs
+
   name   = "ssm-command-output"
-  role   = aws_iam_role.instance.id
-  policy = data.aws_iam_policy_document.instance_command_output.json
+  role   = aws_iam_role.host[each.key].id
+  policy = data.aws_iam_policy_document.host_command_output.json
 }
 
-resource "aws_iam_instance_profile" "instance" {
-  name = "${var.name_prefix}-target-instance"
-  role = aws_iam_role.instance.name
+resource "aws_iam_instance_profile" "host" {
+  for_each = local.app_envs
+
+  name = local.host_names[each.key]
+  role = aws_iam_role.host[each.key].name
   tags = var.tags
 }
 
 # ---------------------------------------------------------------------------------------
-# Uploader, one policy per app. Actions = dropship_bundler::aws_calls::IAM_ACTIONS (contract
-# test). Restore is CopyObject of an old version onto the key: GetObjectVersion on the
-# source + PutObject on the destination, both already granted.
+# Uploader, one policy per (app, env). Actions = dropship_bundler::aws_calls::IAM_ACTIONS
+# (contract test). Every object right is on the exact release key of that pair and its
+# deploy records, so a staging credential cannot upload or restore to production, nor write
+# any other key. Restore is CopyObject of an old version of the same key onto it:
+# GetObjectVersion on the source + PutObject on the destination, both on that key.
 # ---------------------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "uploader" {
-  for_each = toset(var.apps)
+  for_each = local.app_envs
 
   statement {
-    sid       = "WriteReleases"
+    sid       = "WriteTheReleaseKey"
     actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
-    resources = ["${local.bucket_arn}/${local.releases_prefix}${each.key}/*"]
+    resources = [local.release_object_arns[each.key]]
   }
 
   statement {
-    sid     = "ReadReleasesAndDeployRecords"
+    sid     = "ReadTheReleaseKeyAndItsDeployRecords"
     actions = ["s3:GetObject", "s3:GetObjectVersion"]
     resources = [
-      "${local.bucket_arn}/${local.releases_prefix}${each.key}/*",
-      "${local.bucket_arn}/${local.records_prefix}${each.key}/*",
+      local.release_object_arns[each.key],
+      "${local.bucket_arn}/${local.records_prefix}${each.value.app}/${each.value.env}/*",
     ]
   }
 
+  # versions / restore: ListObjectVersions with the release key itself as the prefix.
   statement {
-    sid       = "ListOwnHistory"
-    actions   = ["s3:ListBucket", "s3:ListBucketVersions"]
+    sid       = "ListTheReleaseKeyHistory"
+    actions   = ["s3:ListBucketVersions"]
+    resources = [local.bucket_arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "s3:prefix"
+      values   = ["${local.releases_prefix}${each.value.app}/${each.value.env}${local.bundle_suffix}"]
+    }
+  }
+
+  # status / --wait / versions: ListObjectsV2 under this pair's deploy records (the whole
+  # prefix, or one record key as the prefix).
+  statement {
+    sid       = "ListTheDeployRecords"
+    actions   = ["s3:ListBucket"]
     resources = [local.bucket_arn]
 
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values = [
-        "${local.releases_prefix}${each.key}/*",
-        "${local.records_prefix}${each.key}/*",
-      ]
+      values   = ["${local.records_prefix}${each.value.app}/${each.value.env}/*"]
     }
   }
 
@@ -233,16 +273,18 @@ data "aws_iam_policy_document" "uploader" {
 }
 
 resource "aws_iam_policy" "uploader" {
-  for_each = toset(var.apps)
+  for_each = local.app_envs
 
-  name        = "${var.name_prefix}-uploader-${each.key}"
-  description = "dropship: upload, inspect and restore releases of app ${each.key}"
+  name        = "${var.name_prefix}-uploader-${each.value.app}.${each.value.env}"
+  description = "dropship: upload, inspect and restore releases of ${each.value.app}/${each.value.env}"
   policy      = data.aws_iam_policy_document.uploader[each.key].json
   tags        = var.tags
 }
 
 # ---------------------------------------------------------------------------------------
-# Optional GitHub Actions OIDC roles, one per app, trusting only the listed subjects.
+# Optional GitHub Actions OIDC roles, one per (app, env), each trusting exactly the subjects
+# listed for that pair (StringEquals: no wildcards), so only a job running in that GitHub
+# environment (with its reviewers and branch rules) can assume it.
 # ---------------------------------------------------------------------------------------
 
 resource "aws_iam_openid_connect_provider" "github" {
@@ -272,7 +314,7 @@ data "aws_iam_policy_document" "github_assume" {
     }
 
     condition {
-      test     = "StringLike"
+      test     = "StringEquals"
       variable = "token.actions.githubusercontent.com:sub"
       values   = each.value
     }
@@ -282,16 +324,20 @@ data "aws_iam_policy_document" "github_assume" {
 resource "aws_iam_role" "github" {
   for_each = var.github_oidc_subjects
 
-  name                 = "${var.name_prefix}-github-${each.key}"
-  description          = "dropship: GitHub Actions upload role for app ${each.key}"
+  name                 = "${var.name_prefix}-github-${replace(each.key, "/", ".")}"
+  description          = "dropship: GitHub Actions upload role for ${each.key}"
   assume_role_policy   = data.aws_iam_policy_document.github_assume[each.key].json
   max_session_duration = 3600
   tags                 = var.tags
 
   lifecycle {
     precondition {
-      condition     = contains(var.apps, each.key)
-      error_message = "github_oidc_subjects key \"${each.key}\" is not in var.apps."
+      condition     = contains(keys(local.app_envs), each.key)
+      error_message = "github_oidc_subjects key \"${each.key}\" is not \"<app>/<env>\" with the app in var.apps and the env in var.environments."
+    }
+    precondition {
+      condition     = length("${var.name_prefix}-github-${replace(each.key, "/", ".")}") <= 64
+      error_message = "GitHub role name for ${each.key} is longer than IAM's 64 characters: shorten name_prefix, the app or the environment name."
     }
   }
 }

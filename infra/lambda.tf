@@ -1,7 +1,7 @@
 resource "aws_lambda_function" "deployer" {
   #checkov:skip=CKV_AWS_116:Failed asynchronous invocations go to the on-failure destination (aws_lambda_function_event_invoke_config.deployer to the failed_deploys queue), the successor of Lambda DLQs that keeps the event plus the error; a DLQ in addition would be a second, poorer copy of the same failures.
   #checkov:skip=CKV_AWS_117:The function only calls public AWS APIs (S3, EC2, SSM, CloudWatch Logs) and hosts nothing reachable; placing it in a VPC would need NAT or four interface endpoints without narrowing what it can reach.
-  #checkov:skip=CKV_AWS_173:The environment holds only non-secret settings (bucket name, prefixes, tag keys, timeouts), encrypted at rest by Lambda's AWS-managed key; a customer key would add no confidentiality.
+  #checkov:skip=CKV_AWS_173:The environment holds only non-secret settings (bucket name, tag keys, timeouts), encrypted at rest by Lambda's AWS-managed key; a customer key would add no confidentiality.
   #checkov:skip=CKV_AWS_272:Code signing needs an AWS Signer profile owned by the user's release pipeline; the zip is built from this repository by the user's own CI, and updating the function is restricted by IAM.
   function_name = local.function_name
   description   = "dropship: verify a release bundle version and dispatch the host deploy over SSM"
@@ -27,8 +27,6 @@ resource "aws_lambda_function" "deployer" {
   environment {
     variables = {
       DROPSHIP_ALLOWED_BUCKETS        = aws_s3_bucket.artifacts.bucket
-      DROPSHIP_KEY_PREFIX             = local.releases_prefix
-      DROPSHIP_RECORDS_PREFIX         = local.records_prefix
       DROPSHIP_APP_ROOT               = var.app_root
       DROPSHIP_APP_TAG_KEY            = var.app_tag_key
       DROPSHIP_ENV_TAG_KEY            = var.env_tag_key
@@ -40,6 +38,7 @@ resource "aws_lambda_function" "deployer" {
       DROPSHIP_PRESIGN_TTL_SECS       = tostring(var.presign_ttl_secs)
       DROPSHIP_MAX_BUNDLE_BYTES       = tostring(var.max_bundle_bytes)
       DROPSHIP_LOCK_TIMEOUT_SECS      = tostring(var.lock_timeout_secs)
+      DROPSHIP_INSTANCE_PROFILE_ARN   = local.host_profile_arn_template
     }
   }
 

@@ -39,7 +39,7 @@ output "event_rule_name" {
 }
 
 output "events_dlq_url" {
-  description = "SQS dead-letter queue of the EventBridge target (events that never reached the Lambda)."
+  description = "SQS dead-letter queue of the EventBridge targets (events that never reached the Lambda or a notification target)."
   value       = aws_sqs_queue.events_dlq.id
 }
 
@@ -48,24 +48,49 @@ output "failed_deploys_queue_url" {
   value       = aws_sqs_queue.failed_deploys.id
 }
 
-output "instance_profile_name" {
-  description = "Instance profile to attach to target instances."
-  value       = aws_iam_instance_profile.instance.name
+output "host_instance_profile_names" {
+  description = "Per \"<app>/<env>\", the instance profile its target hosts must carry (besides the dropship tags): the Lambda sends nothing to an instance with another profile."
+  value       = { for k, p in aws_iam_instance_profile.host : k => p.name }
 }
 
-output "instance_role_name" {
-  description = "Role inside the instance profile (attach extra app policies here if the app needs them)."
-  value       = aws_iam_role.instance.name
+output "host_instance_profile_arns" {
+  description = "Per \"<app>/<env>\", the ARN of that instance profile (what DescribeInstances reports as IamInstanceProfile.Arn)."
+  value       = { for k, p in aws_iam_instance_profile.host : k => p.arn }
+}
+
+output "host_role_names" {
+  description = "Per \"<app>/<env>\", the role inside the host instance profile (attach extra app policies here if the app needs them)."
+  value       = { for k, r in aws_iam_role.host : k => r.name }
 }
 
 output "uploader_policy_arns" {
-  description = "Per app, the managed policy for whoever uploads that app (CI user or role)."
-  value       = { for app, p in aws_iam_policy.uploader : app => p.arn }
+  description = "Per \"<app>/<env>\", the managed policy for whoever uploads and restores that pair (CI user or role; also list it in uploader_principal_arns)."
+  value       = { for k, p in aws_iam_policy.uploader : k => p.arn }
 }
 
 output "github_role_arns" {
-  description = "Per app in github_oidc_subjects, the role GitHub Actions assumes."
-  value       = { for app, r in aws_iam_role.github : app => r.arn }
+  description = "Per \"<app>/<env>\" in github_oidc_subjects, the role the GitHub job of that environment assumes."
+  value       = { for k, r in aws_iam_role.github : k => r.arn }
+}
+
+output "target_protection_scp" {
+  description = "Service control policy (JSON, from policies/dropship-targets-scp.json) for the account's OU: only the provisioning principals may change dropship tags, pass the host roles, attach or change the host instance profiles, or change dropship's roles and policies."
+  value       = local.target_protection_policies["scp"]
+}
+
+output "target_protection_permissions_boundary" {
+  description = "Permissions boundary (JSON, from policies/dropship-targets-permissions-boundary.json) for every other role and user that may manage EC2 or IAM in this account, when SCPs are not available. Create it as the policy \"<name_prefix>-targets-boundary\"."
+  value       = local.target_protection_policies["permissions-boundary"]
+}
+
+output "failure_topic_arn" {
+  description = "SNS topic receiving failed deploys' events (failure_topic_enabled), or null."
+  value       = one(aws_sns_topic.deploy_failures[*].arn)
+}
+
+output "failure_rule_name" {
+  description = "EventBridge rule (default bus) matching failed deploys of this installation, or null when no notification target is configured."
+  value       = one(aws_cloudwatch_event_rule.deploy_failed[*].name)
 }
 
 output "logs_kms_key_arn" {

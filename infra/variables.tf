@@ -15,7 +15,7 @@ variable "bucket_name" {
 }
 
 variable "apps" {
-  description = "App names this installation deploys. Scopes the uploader policies (one per app) and the instances SSM may target (tag dropship:app)."
+  description = "App names this installation deploys. With environments, every (app, env) pair gets its own uploader policy, host instance profile and release-key protection; SSM may only target instances tagged with these apps."
   type        = list(string)
 
   validation {
@@ -25,7 +25,7 @@ variable "apps" {
 }
 
 variable "environments" {
-  description = "Environment names instances may carry in the env tag; SSM may only target these."
+  description = "Environment names instances may carry in the env tag; SSM may only target these. Paired with every app (see apps)."
   type        = list(string)
   default     = ["staging", "production"]
 
@@ -35,21 +35,15 @@ variable "environments" {
   }
 }
 
-variable "noncurrent_versions_to_keep" {
-  description = "Rollback depth: how many noncurrent versions of each release key survive the lifecycle rule."
+variable "noncurrent_version_expiration_days" {
+  description = "Rollback window: every version of a release key stays restorable for this many days after it was replaced, whatever is uploaded after it (30-3650). Only then does the lifecycle rule expire it; current versions never expire."
   type        = number
-  default     = 20
+  default     = 180
 
   validation {
-    condition     = var.noncurrent_versions_to_keep >= 1 && var.noncurrent_versions_to_keep <= 100
-    error_message = "noncurrent_versions_to_keep must be between 1 and 100."
+    condition     = var.noncurrent_version_expiration_days >= 30 && var.noncurrent_version_expiration_days <= 3650
+    error_message = "noncurrent_version_expiration_days must be between 30 and 3650: shorter would let a burst of uploads remove recent rollback material within a month."
   }
-}
-
-variable "noncurrent_version_expiration_days" {
-  description = "Days a version must have been noncurrent before the lifecycle rule may expire it (beyond the kept count)."
-  type        = number
-  default     = 30
 }
 
 variable "abort_incomplete_multipart_days" {
@@ -59,7 +53,7 @@ variable "abort_incomplete_multipart_days" {
 }
 
 variable "access_log_bucket" {
-  description = "Existing bucket that receives S3 server access logs of the artifact bucket (recommended: the bucket is the deploy history). Null disables server access logging."
+  description = "Existing bucket that receives S3 server access logs of the artifact bucket (who read, wrote or was refused what, with the requester's ARN). Its policy must let logging.s3.amazonaws.com write under access_log_prefix. Null disables server access logging."
   type        = string
   default     = null
 }
@@ -71,7 +65,7 @@ variable "access_log_prefix" {
 }
 
 variable "lambda_zip_path" {
-  description = "Path to the bootstrap.zip produced by `cargo lambda build --release --arm64 --output-format zip -p deployer-lambda`."
+  description = "Path to the deployer Lambda zip built by scripts/package-lambda (target/lambda/deployer-lambda/bootstrap.zip)."
   type        = string
 }
 
@@ -256,16 +250,47 @@ variable "lock_timeout_secs" {
   }
 }
 
-# CI access.
+# Who may do what (bucket policy, CI roles, snippets).
 
-variable "github_oidc_subjects" {
-  description = "Per app, the GitHub OIDC subjects allowed to assume that app's upload role, e.g. { shop = [\"repo:acme/shop:environment:production\"] } (a job with `environment:` gets that subject; without, repo:acme/shop:ref:refs/heads/main). Apps not listed get no role."
+variable "uploader_principal_arns" {
+  description = "Per \"<app>/<env>\", the IAM users or roles (ARNs; * wildcards allowed) that upload and restore that pair outside GitHub OIDC, e.g. { \"shop/staging\" = [\"arn:aws:iam::111122223333:role/shop-ci-staging\"] }. Attach the pair's uploader policy to them as well. The bucket policy denies writes to a release key to everyone else; the pair's GitHub role (github_oidc_subjects) is added automatically."
   type        = map(list(string))
   default     = {}
 
   validation {
-    condition     = alltrue([for subs in values(var.github_oidc_subjects) : length(subs) > 0 && alltrue([for s in subs : startswith(s, "repo:")])])
-    error_message = "Each app needs at least one subject and every subject must start with \"repo:\" (owner/repo pinned)."
+    condition     = alltrue([for k, arns in var.uploader_principal_arns : can(regex("^[a-z0-9][a-z0-9-]{0,62}/[a-z0-9][a-z0-9-]{0,62}$", k)) && alltrue([for a in arns : startswith(a, "arn:")])])
+    error_message = "uploader_principal_arns keys must be \"<app>/<env>\" and every value an ARN (arn:...)."
+  }
+}
+
+variable "provisioning_principal_arns" {
+  description = "IAM roles or users (ARNs; * wildcards allowed) that may change the bucket's versioning, lifecycle, policy, notifications and logging, and (in the SCP / permissions-boundary snippets) dropship tags and host profiles. Empty: the role or user running this Terraform. Whoever applies this module later must be in the list, or the bucket refuses its changes (the account root can always reset the bucket policy)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.provisioning_principal_arns : startswith(a, "arn:")])
+    error_message = "provisioning_principal_arns must be ARNs (arn:...)."
+  }
+}
+
+variable "github_oidc_subjects" {
+  description = "Per \"<app>/<env>\", the GitHub OIDC subjects allowed to assume that pair's upload role, e.g. { \"shop/production\" = [\"repo:acme/shop:environment:production\"] }. Each subject must name a GitHub environment (repo:<owner>/<repo>:environment:<name>), so that environment's reviewers and branch rules gate the role, and no subject may serve two pairs. Pairs not listed get no role."
+  type        = map(list(string))
+  default     = {}
+
+  validation {
+    condition = alltrue([
+      for k, subs in var.github_oidc_subjects :
+      can(regex("^[a-z0-9][a-z0-9-]{0,62}/[a-z0-9][a-z0-9-]{0,62}$", k)) && length(subs) > 0 &&
+      alltrue([for s in subs : can(regex("^repo:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+:environment:[^*?:]+$", s))])
+    ])
+    error_message = "Keys must be \"<app>/<env>\"; each needs at least one subject of the form repo:<owner>/<repo>:environment:<name>, without wildcards."
+  }
+
+  validation {
+    condition     = length(flatten(values(var.github_oidc_subjects))) == length(distinct(flatten(values(var.github_oidc_subjects))))
+    error_message = "A GitHub OIDC subject may appear under one \"<app>/<env>\" only: a job must not be able to assume two environments' roles."
   }
 }
 
@@ -279,4 +304,32 @@ variable "tags" {
   description = "Tags applied to every taggable resource."
   type        = map(string)
   default     = {}
+}
+
+# Failure notifications (dropship's "Dropship Deployment Finished" events, failures only).
+
+variable "failure_topic_enabled" {
+  description = "Create an SNS topic (KMS-encrypted) that receives every failed deploy's event; subscribe e-mail, AWS Chatbot or a webhook Lambda to it (README)."
+  type        = bool
+  default     = false
+}
+
+variable "failure_topic_chat_format" {
+  description = "Deliver messages to the failure topic in AWS Chatbot's custom-notification format (title and description in Markdown) instead of the raw event, so a Chatbot channel subscribed to the topic renders them."
+  type        = bool
+  default     = false
+}
+
+variable "failure_notification_targets" {
+  description = "Further EventBridge targets for failed deploys' raw events: SNS topics, SQS queues, Lambda functions, API destinations… (arn; role_arn where EventBridge needs a role, e.g. API destinations). Their resource policies must allow events.amazonaws.com."
+  type = list(object({
+    arn      = string
+    role_arn = optional(string)
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for t in var.failure_notification_targets : startswith(t.arn, "arn:")])
+    error_message = "Every failure_notification_targets entry needs an arn (arn:...)."
+  }
 }

@@ -1,30 +1,61 @@
-//! The AWS calls `bundle-and-upload` makes, as IAM actions. The uploader policy in `infra/`
-//! must grant exactly these; the infra contract test compares the two.
+//! The AWS calls `bundle-and-upload` makes to upload, as IAM actions. The uploader policy in
+//! `infra/` must grant exactly these plus the operator's (`dropship_operator::aws_calls`);
+//! the infra contract test compares the two.
 
-/// IAM actions behind every SDK call in this crate (upload, versions, status, restore, --wait).
+use dropship_aws::AwsCall;
+
+/// `GetBucketVersioning`: refuse a bucket that cannot keep a deploy history.
+pub const GET_BUCKET_VERSIONING: AwsCall = AwsCall {
+    operation: "s3:GetBucketVersioning",
+    iam_action: "s3:GetBucketVersioning",
+    why: "refuse a bucket without versioning before writing anything",
+};
+/// `PutObject`: a bundle small enough for one request.
+pub const PUT_OBJECT: AwsCall = AwsCall {
+    operation: "s3:PutObject",
+    iam_action: "s3:PutObject",
+    why: "upload a bundle up to the multipart threshold in one request",
+};
+/// `CreateMultipartUpload`.
+pub const CREATE_MULTIPART_UPLOAD: AwsCall = AwsCall {
+    operation: "s3:CreateMultipartUpload",
+    iam_action: "s3:PutObject",
+    why: "start a streaming upload of a large bundle with its final metadata",
+};
+/// `UploadPart`.
+pub const UPLOAD_PART: AwsCall = AwsCall {
+    operation: "s3:UploadPart",
+    iam_action: "s3:PutObject",
+    why: "send each part while compression goes on",
+};
+/// `CompleteMultipartUpload`: the new version appears only now.
+pub const COMPLETE_MULTIPART_UPLOAD: AwsCall = AwsCall {
+    operation: "s3:CompleteMultipartUpload",
+    iam_action: "s3:PutObject",
+    why: "create the version from the uploaded parts",
+};
+/// `AbortMultipartUpload`: never leave a partial upload behind.
+pub const ABORT_MULTIPART_UPLOAD: AwsCall = AwsCall {
+    operation: "s3:AbortMultipartUpload",
+    iam_action: "s3:AbortMultipartUpload",
+    why: "remove the parts of a failed upload",
+};
+
+/// Every SDK call of this crate.
+pub const CALLS: &[AwsCall] = &[
+    GET_BUCKET_VERSIONING,
+    PUT_OBJECT,
+    CREATE_MULTIPART_UPLOAD,
+    UPLOAD_PART,
+    COMPLETE_MULTIPART_UPLOAD,
+    ABORT_MULTIPART_UPLOAD,
+];
+
+/// The IAM actions behind [`CALLS`], each once.
 pub const IAM_ACTIONS: &[&str] = &[
-    // GetBucketVersioning: refuse unversioned buckets.
     "s3:GetBucketVersioning",
-    // PutObject, CreateMultipartUpload, UploadPart, CompleteMultipartUpload; CopyObject
-    // (destination) for `restore`.
     "s3:PutObject",
-    // AbortMultipartUpload: never leave a partial upload behind.
     "s3:AbortMultipartUpload",
-    // GetObject on deploy records and the latest pointer; HeadObject of the current version
-    // (`status` without a version).
-    "s3:GetObject",
-    // HeadObject by version id (`versions`, `status`, `restore`); CopyObject source by
-    // version id (`restore`).
-    "s3:GetObjectVersion",
-    // ListObjectsV2 over deploy records: with a prefix-conditioned ListBucket, a GetObject of a
-    // missing record is a 403, so records are listed before they are read.
-    "s3:ListBucket",
-    // ListObjectVersions: the deploy history (`versions`, `restore`).
-    "s3:ListBucketVersions",
-    // GetCommandInvocation: one per host of each command in a deploy record (`status`,
-    // `--wait`). ListCommandInvocations is not used: its output is cut at 2,500 characters,
-    // which can lose the host script's last-line result.
-    "ssm:GetCommandInvocation",
 ];
 
 #[cfg(test)]
@@ -32,14 +63,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn actions_are_unique_service_prefixed_and_without_wildcards() {
-        let mut sorted = IAM_ACTIONS.to_vec();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), IAM_ACTIONS.len());
-        for a in IAM_ACTIONS {
-            assert!(a.starts_with("s3:") || a.starts_with("ssm:"), "{a}");
-            assert!(!a.contains('*'), "{a}");
-        }
+    fn iam_actions_are_exactly_the_actions_of_the_calls() {
+        assert_eq!(dropship_aws::iam_actions(CALLS), IAM_ACTIONS);
     }
 }

@@ -8,9 +8,9 @@ use dropship_contract::manifest::Manifest;
 use sha2::{Digest, Sha256};
 
 use crate::archive::{self, BundlePlan, PlanOptions, Refused};
-use crate::config::{Config, ConfigError, ConfigFile, Overrides, CONFIG_FILE};
 use crate::git::{self, GitError, HeadInfo, Repo};
 use crate::pgz::{ParallelGzEncoder, DEFAULT_BLOCK_SIZE};
+use dropship_contract::config::{Config, ConfigError, ConfigFile, Overrides, CONFIG_FILE};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]

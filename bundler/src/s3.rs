@@ -3,112 +3,23 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{
-    BucketVersioningStatus, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart,
-};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use dropship_aws::{classify, AwsError, Failure};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+
+use crate::aws_calls::{
+    ABORT_MULTIPART_UPLOAD, COMPLETE_MULTIPART_UPLOAD, CREATE_MULTIPART_UPLOAD,
+    GET_BUCKET_VERSIONING, PUT_OBJECT, UPLOAD_PART,
+};
 
 /// Smallest part S3 accepts (except the last).
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 /// Parts uploaded at once; bounded so memory stays at a few parts.
 pub const PART_CONCURRENCY: usize = 4;
-
-/// An S3 failure, classified so the CLI can say what to do and pick an exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum S3Error {
-    #[error("bucket {bucket:?} does not exist (or is in another account): create it with infra/ or fix `bucket` in dropship.toml")]
-    BucketMissing { bucket: String },
-    #[error("bucket {bucket:?} has versioning {status}: rollback depends on object versions; enable it with `aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled`")]
-    VersioningDisabled { bucket: String, status: String },
-    #[error("access denied for {action} (IAM action {}) on bucket {bucket:?}: attach the uploader policy from infra/ to these credentials ({detail})", iam_action(action))]
-    AccessDenied {
-        bucket: String,
-        action: &'static str,
-        detail: String,
-    },
-    #[error("no AWS credentials found for {action}: set AWS_PROFILE (or --profile), AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run in CI with a role ({detail})")]
-    NoCredentials {
-        action: &'static str,
-        detail: String,
-    },
-    #[error("network failure during {action}: {detail}; check connectivity and AWS_REGION/AWS_ENDPOINT_URL, then retry")]
-    Network {
-        action: &'static str,
-        detail: String,
-    },
-    #[error("{action} failed: {detail}")]
-    Other {
-        action: &'static str,
-        detail: String,
-    },
-}
-
-impl S3Error {
-    /// True when retrying later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, S3Error::Network { .. })
-    }
-}
-
-/// The IAM action that authorises an S3 API call, for access-denied messages.
-pub fn iam_action(api_call: &str) -> &'static str {
-    match api_call {
-        "GetBucketVersioning" => "s3:GetBucketVersioning",
-        "AbortMultipartUpload" => "s3:AbortMultipartUpload",
-        "ListObjectVersions" => "s3:ListBucketVersions",
-        "ListObjectsV2" => "s3:ListBucket",
-        "HeadObject" | "GetObject" => "s3:GetObject or s3:GetObjectVersion",
-        _ => "s3:PutObject",
-    }
-}
-
-/// Maps an SDK error to what the user must do.
-pub fn classify<E, R>(err: SdkError<E, R>, bucket: &str, action: &'static str) -> S3Error
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    // The service's own code and message when it answered; otherwise the transport's story.
-    let detail = match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_string(),
-        _ => DisplayErrorContext(&err).to_string(),
-    };
-    let code = err.code().unwrap_or_default().to_string();
-    match code.as_str() {
-        "NoSuchBucket" => {
-            return S3Error::BucketMissing {
-                bucket: bucket.into(),
-            }
-        }
-        "AccessDenied" | "AllAccessDisabled" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
-            return S3Error::AccessDenied {
-                bucket: bucket.into(),
-                action,
-                detail,
-            }
-        }
-        _ => {}
-    }
-    let lower = detail.to_ascii_lowercase();
-    if lower.contains("credential")
-        && (lower.contains("no ") || lower.contains("provider") || lower.contains("load"))
-    {
-        return S3Error::NoCredentials { action, detail };
-    }
-    match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            S3Error::Network { action, detail }
-        }
-        SdkError::ResponseError(_) => S3Error::Network { action, detail },
-        _ => S3Error::Other { action, detail },
-    }
-}
 
 /// A client for one bucket.
 #[derive(Clone, Debug)]
@@ -129,24 +40,21 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 impl Bucket {
-    /// Refuses buckets that cannot keep a deploy history.
-    pub async fn require_versioning(&self) -> Result<(), S3Error> {
+    /// `bucket "name"`, for messages.
+    fn described(&self) -> String {
+        format!("bucket {:?}", self.name)
+    }
+
+    /// The bucket's versioning status (`Enabled`, `Suspended`), `None` when never enabled.
+    pub async fn versioning(&self) -> Result<Option<String>, AwsError> {
         let out = self
             .client
             .get_bucket_versioning()
             .bucket(&self.name)
             .send()
             .await
-            .map_err(|e| classify(e, &self.name, "GetBucketVersioning"))?;
-        match out.status() {
-            Some(BucketVersioningStatus::Enabled) => Ok(()),
-            other => Err(S3Error::VersioningDisabled {
-                bucket: self.name.clone(),
-                status: other
-                    .map(|s| s.as_str().to_lowercase())
-                    .unwrap_or_else(|| "never enabled".into()),
-            }),
-        }
+            .map_err(|e| classify(&GET_BUCKET_VERSIONING, self.described(), &e))?;
+        Ok(out.status().map(|s| s.as_str().to_owned()))
     }
 
     /// Uploads a bundle held in memory with one PUT, checksummed end to end.
@@ -156,7 +64,7 @@ impl Bucket {
         body: Vec<u8>,
         sha256: &[u8],
         metadata: &BTreeMap<String, String>,
-    ) -> Result<Uploaded, S3Error> {
+    ) -> Result<Uploaded, AwsError> {
         let out = self
             .client
             .put_object()
@@ -168,7 +76,7 @@ impl Bucket {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| classify(e, &self.name, "PutObject"))?;
+            .map_err(|e| classify(&PUT_OBJECT, self.described(), &e))?;
         Ok(Uploaded {
             version_id: out.version_id().unwrap_or_default().to_string(),
             multipart: false,
@@ -180,7 +88,7 @@ impl Bucket {
         &self,
         key: &str,
         metadata: &BTreeMap<String, String>,
-    ) -> Result<String, S3Error> {
+    ) -> Result<String, AwsError> {
         let out = self
             .client
             .create_multipart_upload()
@@ -191,10 +99,14 @@ impl Bucket {
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .send()
             .await
-            .map_err(|e| classify(e, &self.name, "CreateMultipartUpload"))?;
-        out.upload_id().map(str::to_string).ok_or(S3Error::Other {
-            action: "CreateMultipartUpload",
-            detail: "no upload id returned".into(),
+            .map_err(|e| classify(&CREATE_MULTIPART_UPLOAD, self.described(), &e))?;
+        out.upload_id().map(str::to_string).ok_or_else(|| {
+            AwsError::new(
+                &CREATE_MULTIPART_UPLOAD,
+                self.described(),
+                Failure::Refused,
+                "S3 returned no upload id".into(),
+            )
         })
     }
 
@@ -204,7 +116,7 @@ impl Bucket {
         key: &str,
         upload_id: &str,
         mut parts: mpsc::Receiver<Vec<u8>>,
-    ) -> Result<Vec<CompletedPart>, S3Error> {
+    ) -> Result<Vec<CompletedPart>, AwsError> {
         let mut running = JoinSet::new();
         let mut done = Vec::new();
         let mut number = 0i32;
@@ -226,13 +138,13 @@ impl Bucket {
                 .part_number(number)
                 .checksum_sha256(&checksum)
                 .body(ByteStream::from(body));
-            let bucket = self.name.clone();
+            let bucket = self.described();
             running.spawn(async move {
                 let out = request
                     .send()
                     .await
-                    .map_err(|e| classify(e, &bucket, "UploadPart"))?;
-                Ok::<_, S3Error>(
+                    .map_err(|e| classify(&UPLOAD_PART, bucket, &e))?;
+                Ok::<_, AwsError>(
                     CompletedPart::builder()
                         .part_number(number)
                         .set_e_tag(out.e_tag().map(str::to_string))
@@ -254,7 +166,7 @@ impl Bucket {
         key: &str,
         upload_id: &str,
         parts: Vec<CompletedPart>,
-    ) -> Result<Uploaded, S3Error> {
+    ) -> Result<Uploaded, AwsError> {
         let out = self
             .client
             .complete_multipart_upload()
@@ -268,7 +180,7 @@ impl Bucket {
             )
             .send()
             .await
-            .map_err(|e| classify(e, &self.name, "CompleteMultipartUpload"))?;
+            .map_err(|e| classify(&COMPLETE_MULTIPART_UPLOAD, self.described(), &e))?;
         Ok(Uploaded {
             version_id: out.version_id().unwrap_or_default().to_string(),
             multipart: true,
@@ -276,7 +188,7 @@ impl Bucket {
     }
 
     /// Aborts a multipart upload so no parts linger (and no version is created).
-    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), AwsError> {
         self.client
             .abort_multipart_upload()
             .bucket(&self.name)
@@ -284,24 +196,26 @@ impl Bucket {
             .upload_id(upload_id)
             .send()
             .await
-            .map_err(|e| classify(e, &self.name, "AbortMultipartUpload"))?;
+            .map_err(|e| classify(&ABORT_MULTIPART_UPLOAD, self.described(), &e))?;
         Ok(())
     }
 }
 
 fn join_part(
-    joined: Option<Result<Result<CompletedPart, S3Error>, tokio::task::JoinError>>,
-) -> Result<CompletedPart, S3Error> {
+    joined: Option<Result<Result<CompletedPart, AwsError>, tokio::task::JoinError>>,
+) -> Result<CompletedPart, AwsError> {
+    let failed = |detail: String| {
+        AwsError::new(
+            &UPLOAD_PART,
+            "a part of the bundle",
+            Failure::Refused,
+            detail,
+        )
+    };
     match joined {
         Some(Ok(result)) => result,
-        Some(Err(e)) => Err(S3Error::Other {
-            action: "UploadPart",
-            detail: e.to_string(),
-        }),
-        None => Err(S3Error::Other {
-            action: "UploadPart",
-            detail: "no part task".into(),
-        }),
+        Some(Err(e)) => Err(failed(format!("the part's task failed: {e}"))),
+        None => Err(failed("no part task".into())),
     }
 }
 

@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 
 use crate::archive::Progress;
 use crate::bundle::{BundleDigest, BundleError, PreparedBundle};
-use crate::s3::{Bucket, PartSink, S3Error, Uploaded};
+use dropship_aws::AwsError;
+
+use crate::s3::{Bucket, PartSink, Uploaded};
 
 /// Tuning for one upload.
 #[derive(Debug, Clone, Copy)]
@@ -30,12 +32,15 @@ pub enum UploadError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]
-    S3(#[from] S3Error),
+    Aws(#[from] AwsError),
+    /// The bucket cannot keep a deploy history.
+    #[error("bucket {bucket:?} has versioning {status}: rollback depends on object versions; enable it with `aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled`; nothing was uploaded")]
+    VersioningDisabled { bucket: String, status: String },
     #[error("the working tree changed while uploading (first pass sha256 {first}, second {second}); the multipart upload was aborted and no version was created; retry when nothing writes to the tree")]
     TreeChanged { first: String, second: String },
     #[error("{cause}; the multipart upload was aborted{abort_note} and no version was created")]
     MultipartAborted {
-        cause: S3Error,
+        cause: AwsError,
         /// Empty when the abort succeeded; otherwise why it failed (S3's lifecycle rule from
         /// infra/ removes the leftover parts).
         abort_note: String,
@@ -44,8 +49,8 @@ pub enum UploadError {
     Internal(String),
 }
 
-/// Builds metadata once the digest is known.
-pub type MetadataFor<'a> = &'a dyn Fn(&BundleDigest) -> Result<ObjectMetadata, UploadError>;
+/// Builds metadata once the digest is known (the digest is part of it).
+pub type MetadataFor<'a> = &'a dyn Fn(&BundleDigest) -> ObjectMetadata;
 
 /// Keeps bytes in memory up to a limit, then only counts (the hashing writer sees everything).
 struct SpillOver {
@@ -85,7 +90,17 @@ pub async fn upload(
     metadata_for: MetadataFor<'_>,
     progress: Progress<'_>,
 ) -> Result<UploadOutcome, UploadError> {
-    bucket.require_versioning().await?;
+    match bucket.versioning().await?.as_deref() {
+        Some("Enabled") => {}
+        other => {
+            return Err(UploadError::VersioningDisabled {
+                bucket: bucket.name.clone(),
+                status: other
+                    .map(str::to_lowercase)
+                    .unwrap_or_else(|| "never enabled".into()),
+            })
+        }
+    }
     let key = prepared.config.key.object_key();
     let first = tokio::task::block_in_place(|| {
         prepared.write_to(
@@ -99,7 +114,7 @@ pub async fn upload(
         )
     })?;
     let (spill, digest) = first;
-    let metadata = metadata_for(&digest)?;
+    let metadata = metadata_for(&digest);
     let headers = metadata
         .to_headers()
         .map_err(|e| UploadError::Internal(e.to_string()))?;
@@ -167,7 +182,7 @@ async fn multipart(
         }
     };
     Err(match err {
-        UploadError::S3(cause) => UploadError::MultipartAborted { cause, abort_note },
+        UploadError::Aws(cause) => UploadError::MultipartAborted { cause, abort_note },
         other => other,
     })
 }

@@ -312,8 +312,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.outcome, HostOutcome::Interrupted);
-        let r = HostResult::from_output("DROPSHIP_RESULT {\"outcome\":\"superseded\",\"exit_code\":0}")
-            .unwrap();
+        let r =
+            HostResult::from_output("DROPSHIP_RESULT {\"outcome\":\"superseded\",\"exit_code\":0}")
+                .unwrap();
         assert_eq!(r.outcome, HostOutcome::Superseded);
     }
 

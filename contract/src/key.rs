@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::percent;
+
 /// Prefix of every release key; the EventBridge rule matches on it.
 pub const RELEASES_PREFIX: &str = "releases/";
 /// Suffix of every release key; the EventBridge rule matches on it.
@@ -114,19 +116,11 @@ impl fmt::Display for ReleaseKey {
     }
 }
 
-/// Version ids are opaque S3 strings; keep record keys to a safe alphabet so a version id can
-/// never add a path segment or collide with `latest.json`.
+/// Version ids are opaque S3 strings; record keys keep them to a safe alphabet (`v` + the
+/// id in [`percent::RECORD_NAME`]) so a version id can never add a path segment or collide
+/// with `latest.json`.
 fn encode_version_id(version_id: &str) -> String {
-    let mut out = String::with_capacity(version_id.len() + 2);
-    out.push('v');
-    for b in version_id.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("~{b:02X}"));
-        }
-    }
-    out
+    format!("v{}", percent::encode(version_id, &percent::RECORD_NAME))
 }
 
 #[cfg(test)]

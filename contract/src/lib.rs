@@ -2,14 +2,18 @@
 //!
 //! The bundler writes what the Lambda reads, and the Lambda renders what the host script
 //! reads. Each of those agreements lives here exactly once: key naming, object metadata, the
-//! manifest and deploy settings, tar-entry rules and the streaming bundle verifier, the one
-//! shell-value encoder, the host script's inputs and exit codes, deploy records and S3
-//! sequencer ordering.
+//! repository's `dropship.toml`, the manifest and deploy settings, tar-entry rules and the
+//! streaming bundle verifier, the one shell-value encoder, the one percent encoding, the host
+//! script's inputs and exit codes, deploy records, S3 sequencer ordering and the events
+//! dropship emits.
 
+pub mod config;
+pub mod events;
 pub mod host;
 pub mod key;
 pub mod manifest;
 pub mod metadata;
+pub mod percent;
 pub mod record;
 pub mod sequencer;
 pub mod shell;

@@ -78,6 +78,36 @@ pub mod bounds {
     pub const MAX_PATTERN_REPEAT: u32 = 255;
 }
 
+impl DeploySettings {
+    /// The largest settings [`bounds`] allow (every list full, every string at its longest):
+    /// what sizes the command the Lambda renders against SSM's limit.
+    pub fn largest_allowed() -> Self {
+        use bounds::*;
+        // A path of exactly `n` bytes: `d/d/…/x` (or `…/xx` when `n` is even).
+        let long = |n: usize| format!("{}{}", "d/".repeat((n - 1) / 2), "x".repeat(2 - n % 2));
+        Self {
+            compose_file: long(MAX_PATH_LEN),
+            profiles: (0..MAX_PROFILES)
+                .map(|i| format!("{i:0>width$}", width = MAX_PROFILE_LEN))
+                .collect(),
+            health_url: Some(format!("http://h/{}", "a".repeat(MAX_HEALTH_URL_LEN - 9))),
+            health_timeout_secs: *HEALTH_TIMEOUT_SECS.end(),
+            shared_paths: (0..MAX_SHARED_PATHS)
+                .map(|i| format!("{i:x}{}", long(MAX_PATH_LEN - 1)))
+                .collect(),
+            keep_releases: *KEEP_RELEASES.end(),
+            required_env: (0..MAX_ENV_RULES)
+                .map(|i| EnvRule {
+                    name: format!("{}{i:02}", "V".repeat(MAX_ENV_NAME_LEN - 2)),
+                    min_length: MAX_ENV_MIN_LENGTH,
+                    pattern: Some("a".repeat(MAX_ENV_PATTERN_LEN)),
+                })
+                .collect(),
+            pre_switch_hook: Some(format!("h{}", long(MAX_PATH_LEN - 1))),
+        }
+    }
+}
+
 /// One `required_env` rule: the variable must be present in the host's `shared/.env` and,
 /// optionally, at least `min_length` bytes long (`non_empty = true` is `min_length = 1`) and
 /// entirely match `pattern` (POSIX extended regular expression, bytes, C locale).
@@ -157,8 +187,13 @@ impl<'de> Deserialize<'de> for EnvRule {
                 Ok(EnvRule::named(v))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<EnvRule, A::Error> {
-                let t = EnvRuleTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                let min_length = if t.non_empty { t.min_length.max(1) } else { t.min_length };
+                let t =
+                    EnvRuleTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                let min_length = if t.non_empty {
+                    t.min_length.max(1)
+                } else {
+                    t.min_length
+                };
                 Ok(EnvRule {
                     name: t.name,
                     min_length,
@@ -229,7 +264,10 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
         return Err("printable ASCII only".into());
     }
     let b = p.as_bytes();
-    let (mut i, end) = (usize::from(b[0] == b'^'), b.len() - usize::from(b.len() > 1 && b[b.len() - 1] == b'$' && b[b.len() - 2] != b'\\'));
+    let (mut i, end) = (
+        usize::from(b[0] == b'^'),
+        b.len() - usize::from(b.len() > 1 && b[b.len() - 1] == b'$' && b[b.len() - 2] != b'\\'),
+    );
     let mut depth = 0usize;
     // Whether the previous item can take a quantifier, and whether the current branch is empty.
     let (mut atom, mut empty) = (false, true);
@@ -259,7 +297,10 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
                     return Err("a quantifier must follow an atom (one quantifier per atom)".into());
                 }
                 if c == b'{' {
-                    let close = b[i..end].iter().position(|&x| x == b'}').ok_or("unclosed {")?;
+                    let close = b[i..end]
+                        .iter()
+                        .position(|&x| x == b'}')
+                        .ok_or("unclosed {")?;
                     let body = std::str::from_utf8(&b[i..i + close]).unwrap_or_default();
                     let (m, n) = body.split_once(',').unwrap_or((body, body));
                     let num = |s: &str| -> Option<u32> {
@@ -268,9 +309,16 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
                             .flatten()
                     };
                     let m = num(m).ok_or("repetition {m,n} needs numbers")?;
-                    let n = if n.is_empty() { m } else { num(n).ok_or("repetition {m,n} needs numbers")? };
+                    let n = if n.is_empty() {
+                        m
+                    } else {
+                        num(n).ok_or("repetition {m,n} needs numbers")?
+                    };
                     if m > n || n > bounds::MAX_PATTERN_REPEAT {
-                        return Err(format!("repetition needs m <= n <= {}", bounds::MAX_PATTERN_REPEAT));
+                        return Err(format!(
+                            "repetition needs m <= n <= {}",
+                            bounds::MAX_PATTERN_REPEAT
+                        ));
                     }
                     i += close + 1;
                 }
@@ -279,7 +327,9 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
             b'\\' => {
                 match b.get(i) {
                     // GNU gives \< \> \` \' a meaning (anchors): refused.
-                    Some(x) if i < end && x.is_ascii_punctuation() && !b"<>`'".contains(x) => i += 1,
+                    Some(x) if i < end && x.is_ascii_punctuation() && !b"<>`'".contains(x) => {
+                        i += 1
+                    }
                     _ => return Err("\\ may only escape punctuation other than < > ` '".into()),
                 }
                 (atom, empty) = (true, false);
@@ -308,7 +358,9 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
                             return Err("[. .] and [= =] are not supported".into())
                         }
                         Some(&lo) => {
-                            if b.get(i + 1) == Some(&b'-') && !matches!(b.get(i + 2), Some(b']') | None) {
+                            if b.get(i + 1) == Some(&b'-')
+                                && !matches!(b.get(i + 2), Some(b']') | None)
+                            {
                                 if b[i + 2] < lo || b[i + 2] == b'[' {
                                     return Err("invalid range in [ ]".into());
                                 }
@@ -358,7 +410,11 @@ impl DeploySettings {
             return Err(bad("compose_file", &self.compose_file, path_rule));
         }
         if self.profiles.len() > MAX_PROFILES {
-            return Err(bad("profiles", &self.profiles.join(","), format!("at most {MAX_PROFILES} profiles")));
+            return Err(bad(
+                "profiles",
+                &self.profiles.join(","),
+                format!("at most {MAX_PROFILES} profiles"),
+            ));
         }
         if let Some(p) = self.profiles.iter().find(|p| !is_profile_name(p)) {
             return Err(bad(
@@ -370,7 +426,9 @@ impl DeploySettings {
         if let Some(url) = &self.health_url {
             let ok = (url.starts_with("http://") || url.starts_with("https://"))
                 && url.len() <= MAX_HEALTH_URL_LEN
-                && !url.bytes().any(|b| b.is_ascii_control() || b.is_ascii_whitespace());
+                && !url
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b.is_ascii_whitespace());
             if !ok {
                 return Err(bad(
                     "health_url",
@@ -383,7 +441,11 @@ impl DeploySettings {
             return Err(bad(
                 "health_timeout_secs",
                 &self.health_timeout_secs.to_string(),
-                format!("{} to {} seconds", HEALTH_TIMEOUT_SECS.start(), HEALTH_TIMEOUT_SECS.end()),
+                format!(
+                    "{} to {} seconds",
+                    HEALTH_TIMEOUT_SECS.start(),
+                    HEALTH_TIMEOUT_SECS.end()
+                ),
             ));
         }
         if let Some(hook) = &self.pre_switch_hook {
@@ -403,11 +465,16 @@ impl DeploySettings {
                 return Err(bad("shared_paths", p, path_rule));
             }
             // A shared path inside another would be removed through the other's link.
-            if let Some(other) = self.shared_paths[..i].iter().find(|o| is_within(p, o) || is_within(o, p)) {
+            if let Some(other) = self.shared_paths[..i]
+                .iter()
+                .find(|o| is_within(p, o) || is_within(o, p))
+            {
                 return Err(bad(
                     "shared_paths",
                     p,
-                    format!("paths that do not repeat or contain one another (it overlaps {other:?})"),
+                    format!(
+                        "paths that do not repeat or contain one another (it overlaps {other:?})"
+                    ),
                 ));
             }
             // The compose file and the hook come from the bundle, never from shared/.
@@ -432,7 +499,11 @@ impl DeploySettings {
             ));
         }
         if self.required_env.len() > MAX_ENV_RULES {
-            return Err(bad("required_env", "", format!("at most {MAX_ENV_RULES} rules")));
+            return Err(bad(
+                "required_env",
+                "",
+                format!("at most {MAX_ENV_RULES} rules"),
+            ));
         }
         for (i, rule) in self.required_env.iter().enumerate() {
             if !is_env_name(&rule.name) {
@@ -443,7 +514,11 @@ impl DeploySettings {
                 ));
             }
             if self.required_env[..i].iter().any(|r| r.name == rule.name) {
-                return Err(bad("required_env", &rule.name, "one rule per variable".into()));
+                return Err(bad(
+                    "required_env",
+                    &rule.name,
+                    "one rule per variable".into(),
+                ));
             }
             if rule.min_length > MAX_ENV_MIN_LENGTH {
                 return Err(bad(
@@ -454,7 +529,11 @@ impl DeploySettings {
             }
             if let Some(p) = &rule.pattern {
                 check_pattern(p).map_err(|why| {
-                    bad("required_env", p, format!("a pattern for {}: {why}", rule.name))
+                    bad(
+                        "required_env",
+                        p,
+                        format!("a pattern for {}: {why}", rule.name),
+                    )
                 })?;
             }
         }
@@ -694,28 +773,45 @@ mod tests {
     fn names_the_host_refused_before_are_one_rule_now() {
         // A leading '-' in a shared path, and .dropship anywhere, are decided the same way
         // on both sides.
-        with(|s| s.shared_paths = vec!["-data".into()]).validate().unwrap();
+        with(|s| s.shared_paths = vec!["-data".into()])
+            .validate()
+            .unwrap();
         for p in [".dropship", ".dropship/x"] {
-            let err = with(|s| s.shared_paths = vec![p.into()]).validate().unwrap_err();
+            let err = with(|s| s.shared_paths = vec![p.into()])
+                .validate()
+                .unwrap_err();
             assert_eq!(err.field, "shared_paths");
             let err = with(|s| s.compose_file = p.into()).validate().unwrap_err();
             assert_eq!(err.field, "compose_file");
         }
-        with(|s| s.shared_paths = vec![".dropshipx".into()]).validate().unwrap();
+        with(|s| s.shared_paths = vec![".dropshipx".into()])
+            .validate()
+            .unwrap();
     }
 
     #[test]
     fn overlapping_or_repeated_shared_paths_are_refused() {
-        for paths in [["data", "data/uploads"], ["data/uploads", "data"], ["data", "data"]] {
+        for paths in [
+            ["data", "data/uploads"],
+            ["data/uploads", "data"],
+            ["data", "data"],
+        ] {
             let err = with(|s| s.shared_paths = paths.map(String::from).to_vec())
                 .validate()
                 .unwrap_err();
             assert_eq!(err.field, "shared_paths");
             assert!(err.to_string().contains("overlaps"), "{err}");
         }
-        with(|s| s.shared_paths = vec!["data".into(), "data2".into(), "logs/a".into(), "logs/b".into()])
-            .validate()
-            .unwrap();
+        with(|s| {
+            s.shared_paths = vec![
+                "data".into(),
+                "data2".into(),
+                "logs/a".into(),
+                "logs/b".into(),
+            ]
+        })
+        .validate()
+        .unwrap();
         // The compose file and the hook never come from shared/.
         for shared in ["compose.yaml", "deploy"] {
             let err = with(|s| {
@@ -739,15 +835,28 @@ mod tests {
             s.required_env,
             vec![
                 EnvRule::named("DB_URL"),
-                EnvRule { min_length: 32, ..EnvRule::named("SECRET_KEY") },
-                EnvRule { min_length: 1, pattern: Some("a|b".into()), ..EnvRule::named("MODE") },
-                EnvRule { min_length: 1, ..EnvRule::named("X") },
+                EnvRule {
+                    min_length: 32,
+                    ..EnvRule::named("SECRET_KEY")
+                },
+                EnvRule {
+                    min_length: 1,
+                    pattern: Some("a|b".into()),
+                    ..EnvRule::named("MODE")
+                },
+                EnvRule {
+                    min_length: 1,
+                    ..EnvRule::named("X")
+                },
             ]
         );
         s.validate().unwrap();
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["required_env"][0], "DB_URL");
-        assert_eq!(json["required_env"][1], serde_json::json!({"name": "SECRET_KEY", "min_length": 32}));
+        assert_eq!(
+            json["required_env"][1],
+            serde_json::json!({"name": "SECRET_KEY", "min_length": 32})
+        );
         let back: DeploySettings = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
         // A plain config serialises exactly as before rules existed.
@@ -755,9 +864,11 @@ mod tests {
         assert!(String::from_utf8(serde_json::to_vec(&plain).unwrap())
             .unwrap()
             .contains(r#""required_env":["A","B"]"#));
-        let err = serde_json::from_str::<DeploySettings>(r#"{"required_env": [{"name": "A", "min_len": 3}]}"#)
-            .unwrap_err()
-            .to_string();
+        let err = serde_json::from_str::<DeploySettings>(
+            r#"{"required_env": [{"name": "A", "min_len": 3}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("min_len"), "{err}");
     }
 
@@ -777,9 +888,31 @@ mod tests {
             check_pattern(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
         for bad in [
-            "", "(", ")", "a)", "()", "a||b", "|a", "*a", "a**", "a{2}{3}", "a{3,2}", "a{256}",
-            "a{x}", "[a", "[[:word:]]", "[[.a.]]", "[z-a]", "a^b", "a$b", "\\d", "\\<a", "é",
-            "a	b", "}", "]",
+            "",
+            "(",
+            ")",
+            "a)",
+            "()",
+            "a||b",
+            "|a",
+            "*a",
+            "a**",
+            "a{2}{3}",
+            "a{3,2}",
+            "a{256}",
+            "a{x}",
+            "[a",
+            "[[:word:]]",
+            "[[.a.]]",
+            "[z-a]",
+            "a^b",
+            "a$b",
+            "\\d",
+            "\\<a",
+            "é",
+            "a	b",
+            "}",
+            "]",
         ] {
             assert!(check_pattern(bad).is_err(), "{bad:?} was accepted");
         }
@@ -790,8 +923,17 @@ mod tests {
     #[test]
     fn accepted_patterns_compile_on_the_host() {
         let patterns = [
-            "[A-Za-z0-9]{32,}", "^(dev|prod)$", "[]a-]*", "a\\.b\\$", "[[:xdigit:]]{64}",
-            "x{0,255}", "(a|(b|c)+)?", "[^]]", "a\\{1\\}", "a\\(", "[\\]",
+            "[A-Za-z0-9]{32,}",
+            "^(dev|prod)$",
+            "[]a-]*",
+            "a\\.b\\$",
+            "[[:xdigit:]]{64}",
+            "x{0,255}",
+            "(a|(b|c)+)?",
+            "[^]]",
+            "a\\{1\\}",
+            "a\\(",
+            "[\\]",
         ];
         for p in patterns {
             check_pattern(p).unwrap_or_else(|e| panic!("{p:?}: {e}"));

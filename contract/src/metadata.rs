@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::key::{validate_name, KeyError};
+use crate::percent::{self, Plus};
 
 /// Version of the metadata/manifest contract; bumped on incompatible changes.
 pub const FORMAT_VERSION: &str = "1";
@@ -226,40 +227,14 @@ impl ObjectMetadata {
     }
 }
 
-/// Bytes left as they are in metadata values; everything else is `%XX` (UTF-8 bytes).
-fn is_plain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b" ._~/:@+=,-".contains(&b)
-}
-
-/// Percent-encodes a value so any Unicode survives S3's ASCII-only metadata.
-pub fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if is_plain(b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// Encodes a metadata value so any Unicode survives S3's ASCII-only metadata.
+fn percent_encode(value: &str) -> String {
+    percent::encode(value, &percent::METADATA)
 }
 
 /// Decodes [`percent_encode`]; `None` on malformed escapes or invalid UTF-8.
-pub fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = value.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+fn percent_decode(value: &str) -> Option<String> {
+    percent::decode(value, Plus::Literal)
 }
 
 /// The message is informational; a truncated escape must not make metadata unreadable.
@@ -409,13 +384,5 @@ mod tests {
         let mut meta = sample();
         meta.branch = "b".repeat(1900);
         assert!(matches!(meta.to_headers(), Err(MetadataError::TooLarge(_))));
-    }
-
-    #[test]
-    fn percent_decoding_rejects_malformed_escapes() {
-        assert_eq!(percent_decode("%4"), None);
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%FF"), None);
-        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
     }
 }

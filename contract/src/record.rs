@@ -104,6 +104,23 @@ pub struct EventFacts {
     pub etag: Option<String>,
 }
 
+impl EventFacts {
+    /// Facts with only the trigger known (a direct invocation has nothing more); events fill
+    /// in the rest with struct-update syntax.
+    pub fn new(trigger: Trigger) -> Self {
+        Self {
+            trigger,
+            event_id: None,
+            event_time: None,
+            reason: None,
+            sequencer: None,
+            request_id: None,
+            size: None,
+            etag: None,
+        }
+    }
+}
+
 /// Result of streaming the object through the verifier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verification {
@@ -195,6 +212,40 @@ pub struct DeployRecord {
 }
 
 impl DeployRecord {
+    /// A record of `version_id` of `release`'s key in `bucket`, first written `at` (RFC 3339
+    /// UTC), before anything was verified or sent.
+    pub fn new(
+        bucket: &str,
+        release: &ReleaseKey,
+        version_id: &str,
+        outcome: Outcome,
+        event: EventFacts,
+        at: &str,
+    ) -> Self {
+        Self {
+            format: RECORD_FORMAT,
+            app: release.app().to_owned(),
+            env: release.env().to_owned(),
+            bucket: bucket.to_owned(),
+            key: release.object_key(),
+            version_id: version_id.to_owned(),
+            outcome,
+            reason: None,
+            event,
+            metadata: None,
+            manifest: None,
+            verification: None,
+            targets: vec![],
+            commands: vec![],
+            created_at: at.to_owned(),
+            updated_at: at.to_owned(),
+            lease_until: None,
+            attempts: 0,
+            last_error: None,
+            lambda_request_id: None,
+        }
+    }
+
     /// Where this record is stored.
     pub fn s3_key(&self) -> Result<String, crate::key::KeyError> {
         Ok(ReleaseKey::new(&self.app, &self.env)?.record_key(&self.version_id))
@@ -247,6 +298,26 @@ pub struct LatestPointer {
 }
 
 impl LatestPointer {
+    /// The pointer naming `version_id` of `release`, dispatched `at` for the event with
+    /// `sequencer`.
+    pub fn new(
+        release: &ReleaseKey,
+        version_id: &str,
+        sequencer: &str,
+        commit: Option<String>,
+        at: &str,
+    ) -> Self {
+        Self {
+            format: RECORD_FORMAT,
+            app: release.app().to_owned(),
+            env: release.env().to_owned(),
+            version_id: version_id.to_owned(),
+            sequencer: sequencer.to_owned(),
+            commit,
+            dispatched_at: at.to_owned(),
+        }
+    }
+
     /// Where the pointer for `release` is stored.
     pub fn s3_key(release: &ReleaseKey) -> String {
         release.latest_pointer_key()
@@ -287,27 +358,16 @@ mod tests {
     use super::*;
 
     fn sample() -> DeployRecord {
+        let release = ReleaseKey::new("shop", "prod").unwrap();
+        let event = EventFacts {
+            event_id: Some("e".into()),
+            event_time: Some("2026-11-23T09:00:00Z".into()),
+            reason: Some("PutObject".into()),
+            sequencer: Some("0055AED6DCD90281E5".into()),
+            size: Some(10),
+            ..EventFacts::new(Trigger::Event)
+        };
         DeployRecord {
-            format: RECORD_FORMAT,
-            app: "shop".into(),
-            env: "prod".into(),
-            bucket: "b".into(),
-            key: "releases/shop/prod.tar.gz".into(),
-            version_id: "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY".into(),
-            outcome: Outcome::Dispatched,
-            reason: None,
-            event: EventFacts {
-                trigger: Trigger::Event,
-                event_id: Some("e".into()),
-                event_time: Some("2026-11-23T09:00:00Z".into()),
-                reason: Some("PutObject".into()),
-                sequencer: Some("0055AED6DCD90281E5".into()),
-                request_id: None,
-                size: Some(10),
-                etag: None,
-            },
-            metadata: None,
-            manifest: None,
             verification: Some(Verification {
                 ok: true,
                 sha256: Some("0".repeat(64)),
@@ -322,12 +382,16 @@ mod tests {
                 command_id: "c-1".into(),
                 instance_ids: vec!["i-1".into()],
             }],
-            created_at: "2026-11-23T09:00:01Z".into(),
             updated_at: "2026-11-23T09:00:02Z".into(),
-            lease_until: None,
             attempts: 1,
-            last_error: None,
-            lambda_request_id: None,
+            ..DeployRecord::new(
+                "b",
+                &release,
+                "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY",
+                Outcome::Dispatched,
+                event,
+                "2026-11-23T09:00:01Z",
+            )
         }
     }
 
@@ -384,15 +448,13 @@ mod tests {
             DeployRecord::from_bytes(&r.to_bytes()),
             Err(RecordError::NewerFormat(_))
         ));
-        let p = LatestPointer {
-            format: RECORD_FORMAT,
-            app: "shop".into(),
-            env: "prod".into(),
-            version_id: "v".into(),
-            sequencer: "00AB".into(),
-            commit: None,
-            dispatched_at: "2026-11-23T09:00:02Z".into(),
-        };
+        let p = LatestPointer::new(
+            &ReleaseKey::new("shop", "prod").unwrap(),
+            "v",
+            "00AB",
+            None,
+            "2026-11-23T09:00:02Z",
+        );
         assert_eq!(LatestPointer::from_bytes(&p.to_bytes()).unwrap(), p);
     }
 }

@@ -1,72 +1,31 @@
-//! The AWS I/O at the edges: thin wrappers over the SDK calls listed in
-//! [`crate::aws_calls::CALLS`], each turning SDK errors into [`AwsError`] (transient: the
-//! invocation fails and Lambda retries) or a contract answer (e.g. "no such version").
+//! The AWS I/O at the edges: [`Clients`] implements the handler's edge traits
+//! ([`crate::edges`]) with the SDK calls listed in [`crate::aws_calls::CALLS`]. SDK errors go
+//! through the workspace's one classification ([`dropship_aws::classify`]); a few answers are
+//! contract facts instead of errors ("no such version", "no record yet", "someone else
+//! wrote first").
 
-use std::collections::HashMap;
 use std::io::{self, Read};
 use std::time::Duration;
 
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_ssm::types::{CloudWatchOutputConfig, CommandFilter, CommandFilterKey};
 use bytes::Bytes;
+use dropship_aws::{classify, http_status, AwsError, Failure};
 use dropship_contract::record::CommandBatch;
 use dropship_contract::verify::{
     verify_bundle, ExpectedBundle, VerifiedBundle, VerifyError, VerifyLimits,
 };
-use thiserror::Error;
 use time::OffsetDateTime;
 
+use crate::aws_calls::{
+    DESCRIBE_INSTANCES, GET_RECORD, GET_VERSION, HEAD_VERSION, LIST_COMMANDS, PRESIGN_VERSION,
+    PUT_RECORD, SEND_COMMAND,
+};
+use crate::edges::{
+    CommandSender, Condition, Head, InstanceFinder, ObjectReader, RecordStore, Written,
+};
 use crate::plan::{format_time, CommandPlan};
-
-/// An AWS call failed in a way a retry may fix (throttling, 5xx, network, permissions being
-/// fixed). The handler returns it as the invocation's error so Lambda's async retry applies.
-#[derive(Debug, Error)]
-#[error("{call} on {object} failed: {detail}; the invocation fails so Lambda retries it (if it persists, check the function's IAM role and the resource)")]
-pub struct AwsError {
-    /// The SDK operation.
-    pub call: &'static str,
-    /// What it was about (s3://bucket/key?versionId=…, instance tags, …).
-    pub object: String,
-    /// The SDK's error text, with the HTTP status when there was one.
-    pub detail: String,
-}
-
-/// HTTP status of an SDK error's raw response, when the service answered.
-fn status_of<E>(err: &SdkError<E>) -> Option<u16> {
-    err.raw_response().map(|r| r.status().as_u16())
-}
-
-fn aws_error<E: std::error::Error + 'static>(
-    call: &'static str,
-    object: impl Into<String>,
-    err: &SdkError<E>,
-) -> AwsError {
-    let mut detail = DisplayErrorContext(err).to_string();
-    if let Some(status) = status_of(err) {
-        detail = format!("HTTP {status}: {detail}");
-    }
-    AwsError {
-        call,
-        object: object.into(),
-        detail,
-    }
-}
-
-/// What `HeadObject` found for one version.
-#[derive(Debug, Clone)]
-pub enum Head {
-    /// The version exists.
-    Found {
-        /// User metadata (without `x-amz-meta-`).
-        metadata: HashMap<String, String>,
-        /// Size in bytes.
-        size: u64,
-    },
-    /// No such version (or a delete marker): fail closed.
-    Missing(String),
-}
 
 /// The SDK clients the handler uses.
 #[derive(Debug, Clone)]
@@ -84,27 +43,18 @@ fn object_url(bucket: &str, key: &str, version_id: &str) -> String {
 }
 
 impl Clients {
-    /// Clients from one SDK configuration. Path-style S3 addressing is used when an endpoint
-    /// override is configured (a local emulator); real S3 keeps virtual-host style.
-    /// The SDK's own response-checksum validation is left to when S3 requires it: every
-    /// bundle byte is already hashed by the verifier and compared with the metadata's
-    /// SHA-256, a stronger check, and moto reports a part's checksum for multipart objects.
+    /// Clients from one SDK configuration (S3 as [`dropship_aws::sdk::s3_client`] builds it).
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
-        let s3_conf = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(sdk.endpoint_url().is_some())
-            .response_checksum_validation(
-                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-            )
-            .build();
         Self {
-            s3: aws_sdk_s3::Client::from_conf(s3_conf),
+            s3: dropship_aws::sdk::s3_client(sdk),
             ec2: aws_sdk_ec2::Client::new(sdk),
             ssm: aws_sdk_ssm::Client::new(sdk),
         }
     }
+}
 
-    /// `HeadObject` of exactly `version_id`.
-    pub async fn head_version(
+impl ObjectReader for Clients {
+    async fn head_version(
         &self,
         bucket: &str,
         key: &str,
@@ -128,11 +78,11 @@ impl Clients {
                     size: out.content_length().unwrap_or(0).max(0) as u64,
                 })
             }
-            Err(err) => match status_of(&err) {
+            Err(err) => match http_status(&err) {
                 // 404 no such key/version, 400 malformed version id, 405 a delete marker.
                 Some(s @ (400 | 404 | 405)) => Ok(Head::Missing(format!("S3 answered HTTP {s}"))),
-                _ => Err(aws_error(
-                    "s3:HeadObject",
+                _ => Err(classify(
+                    &HEAD_VERSION,
                     object_url(bucket, key, version_id),
                     &err,
                 )),
@@ -140,8 +90,8 @@ impl Clients {
         }
     }
 
-    /// Stream exactly `version_id` once through the verifier, in constant memory.
-    pub async fn verify_version(
+    /// Streams through the verifier in constant memory.
+    async fn verify_version(
         &self,
         bucket: &str,
         key: &str,
@@ -157,12 +107,11 @@ impl Clients {
             .version_id(version_id)
             .send()
             .await
-            .map_err(|e| aws_error("s3:GetObject", object_url(bucket, key, version_id), &e))?;
+            .map_err(|e| classify(&GET_VERSION, object_url(bucket, key, version_id), &e))?;
         Ok(verify_stream(out.body, expected, limits).await)
     }
 
-    /// A presigned GET for exactly `version_id`, valid `ttl_secs`.
-    pub async fn presign_version(
+    async fn presign_version(
         &self,
         bucket: &str,
         key: &str,
@@ -172,11 +121,12 @@ impl Clients {
         let object = object_url(bucket, key, version_id);
         let conf =
             PresigningConfig::expires_in(Duration::from_secs(ttl_secs.into())).map_err(|e| {
-                AwsError {
-                    call: "s3:GetObject (presign)",
-                    object: object.clone(),
-                    detail: e.to_string(),
-                }
+                AwsError::new(
+                    &PRESIGN_VERSION,
+                    object.clone(),
+                    Failure::Refused,
+                    e.to_string(),
+                )
             })?;
         let req = self
             .s3
@@ -186,12 +136,13 @@ impl Clients {
             .version_id(version_id)
             .presigned(conf)
             .await
-            .map_err(|e| aws_error("s3:GetObject (presign)", object, &e))?;
+            .map_err(|e| classify(&PRESIGN_VERSION, object, &e))?;
         Ok(req.uri().to_owned())
     }
+}
 
-    /// Running instances carrying both tags, sorted and de-duplicated.
-    pub async fn running_instances(
+impl InstanceFinder for Clients {
+    async fn running_instances(
         &self,
         app_tag: (&str, &str),
         env_tag: (&str, &str),
@@ -226,7 +177,7 @@ impl Clients {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error("ec2:DescribeInstances", object.clone(), &e))?;
+            let page = page.map_err(|e| classify(&DESCRIBE_INSTANCES, object.clone(), &e))?;
             for reservation in page.reservations() {
                 for instance in reservation.instances() {
                     // Double-check what the filters promise: state and both tags.
@@ -250,9 +201,10 @@ impl Clients {
         ids.dedup();
         Ok(ids)
     }
+}
 
-    /// `SendCommand` for one batch of instances.
-    pub async fn send_command(
+impl CommandSender for Clients {
+    async fn send_command(
         &self,
         plan: &CommandPlan,
         batch: &[String],
@@ -276,30 +228,26 @@ impl Clients {
                     .build(),
             );
         }
-        let out = req.send().await.map_err(|e| {
-            aws_error(
-                "ssm:SendCommand",
-                format!("instances {}", batch.join(",")),
-                &e,
+        let object = format!("instances {}", batch.join(","));
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify(&SEND_COMMAND, object.clone(), &e))?;
+        let command_id = out.command().and_then(|c| c.command_id()).ok_or_else(|| {
+            AwsError::new(
+                &SEND_COMMAND,
+                object,
+                Failure::Refused,
+                "response carried no command id".into(),
             )
         })?;
-        let command_id = out
-            .command()
-            .and_then(|c| c.command_id())
-            .ok_or_else(|| AwsError {
-                call: "ssm:SendCommand",
-                object: format!("instances {}", batch.join(",")),
-                detail: "response carried no command id".into(),
-            })?;
         Ok(CommandBatch {
             command_id: command_id.to_owned(),
             instance_ids: batch.to_vec(),
         })
     }
 
-    /// Commands invoked since `since` whose comment is `comment`, with their scripts: what an
-    /// earlier, crashed attempt may have sent.
-    pub async fn commands_since(
+    async fn commands_since(
         &self,
         since: OffsetDateTime,
         comment: &str,
@@ -314,16 +262,19 @@ impl Clients {
                     .key(CommandFilterKey::InvokedAfter)
                     .value(format_time(since))
                     .build()
-                    .map_err(|e| AwsError {
-                        call: "ssm:ListCommands",
-                        object: object.clone(),
-                        detail: e.to_string(),
+                    .map_err(|e| {
+                        AwsError::new(
+                            &LIST_COMMANDS,
+                            object.clone(),
+                            Failure::Refused,
+                            e.to_string(),
+                        )
                     })?,
             )
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error("ssm:ListCommands", object.clone(), &e))?;
+            let page = page.map_err(|e| classify(&LIST_COMMANDS, object.clone(), &e))?;
             for c in page.commands() {
                 if c.comment() != Some(comment) {
                     continue;
@@ -345,6 +296,48 @@ impl Clients {
             }
         }
         Ok(found)
+    }
+}
+
+impl RecordStore for Clients {
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<(Vec<u8>, String)>, AwsError> {
+        let object = format!("s3://{bucket}/{key}");
+        match self.s3.get_object().bucket(bucket).key(key).send().await {
+            Ok(out) => {
+                let etag = out.e_tag().unwrap_or_default().to_owned();
+                let bytes = out.body.collect().await.map_err(|e| {
+                    AwsError::new(&GET_RECORD, object.clone(), Failure::Network, e.to_string())
+                })?;
+                Ok(Some((bytes.into_bytes().to_vec(), etag)))
+            }
+            Err(e) if http_status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(classify(&GET_RECORD, object, &e)),
+        }
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        condition: Condition<'_>,
+    ) -> Result<Written, AwsError> {
+        let req = self
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        let req = match condition {
+            Condition::Matches(etag) => req.if_match(etag),
+            Condition::Absent => req.if_none_match("*"),
+        };
+        match req.send().await {
+            Ok(out) => Ok(Written::Ok(out.e_tag().unwrap_or_default().to_owned())),
+            Err(e) if matches!(http_status(&e), Some(412 | 409)) => Ok(Written::Conflict),
+            Err(e) => Err(classify(&PUT_RECORD, format!("s3://{bucket}/{key}"), &e)),
+        }
     }
 }
 

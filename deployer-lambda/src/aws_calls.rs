@@ -5,66 +5,76 @@
 //! the two, so a new SDK call without a grant (or a grant nobody uses) fails the build.
 //! Keep [`CALLS`] next to the code: every SDK call in this crate appears there once.
 
-/// One SDK operation the Lambda performs, with the IAM action S3/EC2/SSM authorise it by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AwsCall {
-    /// Service and operation as the SDK names it, e.g. `s3:HeadObject`.
-    pub operation: &'static str,
-    /// The IAM action the call is authorised by.
-    pub iam_action: &'static str,
-    /// Why the Lambda makes it.
-    pub why: &'static str,
-}
+pub use dropship_aws::AwsCall;
+
+/// `HeadObject` of the event's version.
+pub const HEAD_VERSION: AwsCall = AwsCall {
+    operation: "s3:HeadObject (versionId)",
+    iam_action: "s3:GetObjectVersion",
+    why: "read the release version's metadata before anything else",
+};
+/// `GetObject` of the event's version.
+pub const GET_VERSION: AwsCall = AwsCall {
+    operation: "s3:GetObject (versionId)",
+    iam_action: "s3:GetObjectVersion",
+    why: "stream the exact version through the verifier",
+};
+/// The presigned GET the host downloads with.
+pub const PRESIGN_VERSION: AwsCall = AwsCall {
+    operation: "s3:GetObject (presigned, versionId)",
+    iam_action: "s3:GetObjectVersion",
+    why: "the host downloads exactly that version with a URL signed by this role",
+};
+/// `GetObject` of a deploy record or the latest pointer.
+pub const GET_RECORD: AwsCall = AwsCall {
+    operation: "s3:GetObject",
+    iam_action: "s3:GetObject",
+    why: "read the deploy record and the latest-dispatched pointer",
+};
+/// What makes a missing record a 404 rather than a 403.
+pub const RECORD_NOT_WRITTEN_YET: AwsCall = AwsCall {
+    operation: "s3:GetObject (a record not written yet)",
+    iam_action: "s3:ListBucket",
+    why: "S3 answers 404 rather than 403 for a missing key only with s3:ListBucket; the first event of every version reads a record that does not exist yet",
+};
+/// Conditional `PutObject` of a record or the pointer.
+pub const PUT_RECORD: AwsCall = AwsCall {
+    operation: "s3:PutObject (If-None-Match / If-Match)",
+    iam_action: "s3:PutObject",
+    why: "claim a version and write its deploy record and the latest pointer",
+};
+/// `DescribeInstances` by tags.
+pub const DESCRIBE_INSTANCES: AwsCall = AwsCall {
+    operation: "ec2:DescribeInstances",
+    iam_action: "ec2:DescribeInstances",
+    why: "find the running instances tagged with the app and environment",
+};
+/// `SendCommand` of the host script.
+pub const SEND_COMMAND: AwsCall = AwsCall {
+    operation: "ssm:SendCommand",
+    iam_action: "ssm:SendCommand",
+    why: "run the host script (AWS-RunShellScript) on the targets",
+};
+/// `ListCommands` after a crashed attempt.
+pub const LIST_COMMANDS: AwsCall = AwsCall {
+    operation: "ssm:ListCommands",
+    iam_action: "ssm:ListCommands",
+    why: "after a crashed attempt, find commands it already sent so none is sent twice",
+};
 
 /// Every SDK call of this crate. `HeadObject`/`GetObject` with a `versionId` (and the
 /// presigned GET the host uses, signed with this role) are authorised by
 /// `s3:GetObjectVersion`, not `s3:GetObject`.
 pub const CALLS: &[AwsCall] = &[
-    AwsCall {
-        operation: "s3:HeadObject (versionId)",
-        iam_action: "s3:GetObjectVersion",
-        why: "read the release version's metadata before anything else",
-    },
-    AwsCall {
-        operation: "s3:GetObject (versionId)",
-        iam_action: "s3:GetObjectVersion",
-        why: "stream the exact version through the verifier",
-    },
-    AwsCall {
-        operation: "s3:GetObject (presigned, versionId)",
-        iam_action: "s3:GetObjectVersion",
-        why: "the host downloads exactly that version with a URL signed by this role",
-    },
-    AwsCall {
-        operation: "s3:GetObject",
-        iam_action: "s3:GetObject",
-        why: "read the deploy record and the latest-dispatched pointer",
-    },
-    AwsCall {
-        operation: "s3:GetObject (a record not written yet)",
-        iam_action: "s3:ListBucket",
-        why: "S3 answers 404 rather than 403 for a missing key only with s3:ListBucket; the first event of every version reads a record that does not exist yet",
-    },
-    AwsCall {
-        operation: "s3:PutObject (If-None-Match / If-Match)",
-        iam_action: "s3:PutObject",
-        why: "claim a version and write its deploy record and the latest pointer",
-    },
-    AwsCall {
-        operation: "ec2:DescribeInstances",
-        iam_action: "ec2:DescribeInstances",
-        why: "find the running instances tagged with the app and environment",
-    },
-    AwsCall {
-        operation: "ssm:SendCommand",
-        iam_action: "ssm:SendCommand",
-        why: "run the host script (AWS-RunShellScript) on the targets",
-    },
-    AwsCall {
-        operation: "ssm:ListCommands",
-        iam_action: "ssm:ListCommands",
-        why: "after a crashed attempt, find commands it already sent so none is sent twice",
-    },
+    HEAD_VERSION,
+    GET_VERSION,
+    PRESIGN_VERSION,
+    GET_RECORD,
+    RECORD_NOT_WRITTEN_YET,
+    PUT_RECORD,
+    DESCRIBE_INSTANCES,
+    SEND_COMMAND,
+    LIST_COMMANDS,
 ];
 
 /// The IAM actions behind [`CALLS`], each once: what `infra/` grants the function's code.
@@ -89,7 +99,7 @@ mod tests {
 
     #[test]
     fn iam_actions_are_exactly_the_actions_of_the_calls() {
-        let from_calls: BTreeSet<&str> = CALLS.iter().map(|c| c.iam_action).collect();
+        let from_calls: BTreeSet<&str> = dropship_aws::iam_actions(CALLS).into_iter().collect();
         let listed: BTreeSet<&str> = IAM_ACTIONS.iter().copied().collect();
         assert_eq!(
             listed.len(),

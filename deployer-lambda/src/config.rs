@@ -2,16 +2,15 @@
 //!
 //! The trust boundary lives here: which buckets are acted on, which instances a release
 //! reaches (tag keys) and where it lands on disk (app root) come from this configuration,
-//! set by `infra/`, never from the bundle.
+//! set by `infra/`, never from the bundle. Where releases and deploy records live in the
+//! bucket is not configuration: the contract fixes both prefixes (`dropship_contract::key`)
+//! for every component (both CLIs, the Lambda, the Terraform policies and rule).
 
-use dropship_contract::key::{RECORDS_PREFIX, RELEASES_PREFIX};
 use thiserror::Error;
 
 /// Every environment variable the Lambda reads; `infra/` sets exactly these (contract test).
 pub const ENV_VARS: &[&str] = &[
     "DROPSHIP_ALLOWED_BUCKETS",
-    "DROPSHIP_KEY_PREFIX",
-    "DROPSHIP_RECORDS_PREFIX",
     "DROPSHIP_APP_ROOT",
     "DROPSHIP_APP_TAG_KEY",
     "DROPSHIP_ENV_TAG_KEY",
@@ -23,6 +22,7 @@ pub const ENV_VARS: &[&str] = &[
     "DROPSHIP_PRESIGN_TTL_SECS",
     "DROPSHIP_MAX_BUNDLE_BYTES",
     "DROPSHIP_LOCK_TIMEOUT_SECS",
+    "DROPSHIP_INSTANCE_PROFILE_ARN",
 ];
 
 /// Default instance tag naming the app a host runs.
@@ -74,10 +74,6 @@ pub enum ConfigError {
 pub struct Config {
     /// Buckets whose events are acted on.
     pub allowed_buckets: Vec<String>,
-    /// Prefix of release keys (ends with `/`).
-    pub key_prefix: String,
-    /// Prefix of deploy records (ends with `/`).
-    pub records_prefix: String,
     /// App root template on hosts (`{app}`, `{env}` substituted).
     pub app_root: String,
     /// Instance tag key for the app.
@@ -100,6 +96,11 @@ pub struct Config {
     pub max_bundle_bytes: u64,
     /// Host lock wait.
     pub lock_timeout_secs: u32,
+    /// ARN template (`{app}`, `{env}` substituted) of the instance profile a target must
+    /// carry besides its tags: tags can be set by anyone with `ec2:CreateTags`, attaching a
+    /// profile needs `iam:PassRole`. `infra/` always sets it; `None` (unset) only in local
+    /// test setups. See [`Config::instance_profile_arn_for`].
+    pub instance_profile_arn: Option<String>,
 }
 
 impl Config {
@@ -143,32 +144,6 @@ impl Config {
                 "DROPSHIP_ALLOWED_BUCKETS",
                 bad,
                 "S3 bucket names (3-63 characters of a-z, 0-9, '.', '-')",
-            ));
-        }
-
-        let prefix = |name: &'static str, default: &str| -> Result<String, ConfigError> {
-            let v = get(name).unwrap_or_else(|| default.to_owned());
-            let ok = v.ends_with('/')
-                && !v.starts_with('/')
-                && v.split('/').all(|s| s != ".." && s != ".")
-                && v.bytes().all(|b| b.is_ascii_graphic());
-            if ok {
-                Ok(v)
-            } else {
-                Err(invalid(
-                    name,
-                    &v,
-                    "a relative key prefix ending in '/', e.g. releases/",
-                ))
-            }
-        };
-        let key_prefix = prefix("DROPSHIP_KEY_PREFIX", RELEASES_PREFIX)?;
-        let records_prefix = prefix("DROPSHIP_RECORDS_PREFIX", RECORDS_PREFIX)?;
-        if key_prefix.starts_with(&records_prefix) || records_prefix.starts_with(&key_prefix) {
-            return Err(invalid(
-                "DROPSHIP_RECORDS_PREFIX",
-                &records_prefix,
-                "a prefix disjoint from DROPSHIP_KEY_PREFIX (uploaders must not be able to forge records)",
             ));
         }
 
@@ -284,10 +259,19 @@ impl Config {
             }
         }
 
+        let instance_profile_arn = get("DROPSHIP_INSTANCE_PROFILE_ARN");
+        if let Some(t) = &instance_profile_arn {
+            if !is_instance_profile_arn_template(t) {
+                return Err(invalid(
+                    "DROPSHIP_INSTANCE_PROFILE_ARN",
+                    t,
+                    "an instance-profile ARN template naming {app} and {env}, e.g. arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}",
+                ));
+            }
+        }
+
         Ok(Self {
             allowed_buckets,
-            key_prefix,
-            records_prefix,
             app_root,
             app_tag_key,
             env_tag_key,
@@ -299,6 +283,7 @@ impl Config {
             presign_ttl_secs,
             max_bundle_bytes,
             lock_timeout_secs,
+            instance_profile_arn,
         })
     }
 
@@ -311,6 +296,38 @@ impl Config {
     pub fn app_root_for(&self, app: &str, env: &str) -> String {
         self.app_root.replace("{app}", app).replace("{env}", env)
     }
+
+    /// The ARN of the instance profile every target of `app`/`env` must carry (compared
+    /// with `IamInstanceProfile.Arn` from `DescribeInstances`); `None` when not configured.
+    pub fn instance_profile_arn_for(&self, app: &str, env: &str) -> Option<String> {
+        self.instance_profile_arn
+            .as_ref()
+            .map(|t| t.replace("{app}", app).replace("{env}", env))
+    }
+}
+
+/// `arn:<partition>:iam::<account>:instance-profile/<path and name>` naming `{app}` and
+/// `{env}` once each, so that one (app, env)'s profile never qualifies for another.
+fn is_instance_profile_arn_template(t: &str) -> bool {
+    let parts: Vec<&str> = t.splitn(6, ':').collect();
+    let [arn, partition, service, region, account, resource] = parts.as_slice() else {
+        return false;
+    };
+    let name_ok = resource.strip_prefix("instance-profile/").is_some_and(|n| {
+        n.matches("{app}").count() == 1
+            && n.matches("{env}").count() == 1
+            && n.replace("{app}", "a")
+                .replace("{env}", "e")
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+    });
+    *arn == "arn"
+        && !partition.is_empty()
+        && *service == "iam"
+        && region.is_empty()
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && name_ok
 }
 
 fn is_bucket_name(b: &str) -> bool {
@@ -344,8 +361,6 @@ mod tests {
     fn defaults_follow_the_architecture_table() {
         let c = cfg(&[("DROPSHIP_ALLOWED_BUCKETS", "rel-a, rel-b")]).unwrap();
         assert_eq!(c.allowed_buckets, vec!["rel-a", "rel-b"]);
-        assert_eq!(c.key_prefix, "releases/");
-        assert_eq!(c.records_prefix, "deploy-records/");
         assert_eq!(c.app_root_for("shop", "prod"), "/opt/dropship/shop");
         assert_eq!(c.app_tag_key, DEFAULT_APP_TAG_KEY);
         assert_eq!(c.env_tag_key, DEFAULT_ENV_TAG_KEY);
@@ -357,6 +372,7 @@ mod tests {
         assert_eq!(c.presign_ttl_secs, 900);
         assert_eq!(c.max_bundle_bytes, 2_147_483_648);
         assert_eq!(c.lock_timeout_secs, 300);
+        assert_eq!(c.instance_profile_arn_for("shop", "prod"), None);
         assert!(c.bucket_allowed("rel-b") && !c.bucket_allowed("other"));
     }
 
@@ -389,9 +405,6 @@ mod tests {
         ));
         for (name, value) in [
             ("DROPSHIP_ALLOWED_BUCKETS", "UPPER"),
-            ("DROPSHIP_KEY_PREFIX", "releases"),
-            ("DROPSHIP_KEY_PREFIX", "/releases/"),
-            ("DROPSHIP_RECORDS_PREFIX", "releases/records/"),
             ("DROPSHIP_APP_ROOT", "relative/{app}"),
             ("DROPSHIP_APP_ROOT", "/opt/../etc"),
             ("DROPSHIP_APP_ROOT", "/opt/$(x)"),
@@ -405,6 +418,26 @@ mod tests {
             ("DROPSHIP_MAX_BUNDLE_BYTES", "1"),
             ("DROPSHIP_LOCK_TIMEOUT_SECS", "0"),
             ("DROPSHIP_LOG_GROUP", "bad group"),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::111122223333:instance-profile/dropship-host",
+            ),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::111122223333:instance-profile/dropship-{app}",
+            ),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::111122223333:role/dropship-{app}.{env}",
+            ),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::1111:instance-profile/dropship-{app}.{env}",
+            ),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::111122223333:instance-profile/x-{app}.{env}.{app}",
+            ),
         ] {
             let pairs: Vec<(&str, &str)> = if name == base.0 {
                 vec![(name, value)]
@@ -427,5 +460,25 @@ mod tests {
         .unwrap();
         assert_eq!(c.app_root_for("shop", "prod"), "/srv/shop-prod");
         assert_eq!(c.log_group.as_deref(), Some("/dropship/commands"));
+    }
+
+    #[test]
+    fn instance_profile_template_names_each_app_and_env_its_own_profile() {
+        let c = cfg(&[
+            ("DROPSHIP_ALLOWED_BUCKETS", "rel"),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.instance_profile_arn_for("shop", "production").as_deref(),
+            Some("arn:aws:iam::111122223333:instance-profile/dropship-host-shop.production")
+        );
+        assert_ne!(
+            c.instance_profile_arn_for("shop", "staging"),
+            c.instance_profile_arn_for("blog", "staging")
+        );
     }
 }

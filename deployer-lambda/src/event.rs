@@ -7,7 +7,8 @@
 //! reason; payloads missing something we need are errors naming the missing field.
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
-use dropship_contract::key::{ReleaseKey, RELEASES_PREFIX};
+use dropship_contract::key::{ReleaseKey, BUNDLE_SUFFIX, RELEASES_PREFIX};
+use dropship_contract::percent::{self, Plus};
 use dropship_contract::record::{EventFacts, Trigger};
 use dropship_contract::sequencer::Sequencer;
 use serde_json::Value;
@@ -68,30 +69,7 @@ pub enum EventError {
 
 /// Decode an S3 notification key: `+` is a space and `%XX` a byte (UTF-8).
 pub fn decode_key(raw: &str) -> Result<String, EventError> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => {
-                let hex = raw
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| EventError::BadKeyEncoding(raw.to_owned()))?;
-                out.push(hex);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| EventError::BadKeyEncoding(raw.to_owned()))
+    percent::decode(raw, Plus::Space).ok_or_else(|| EventError::BadKeyEncoding(raw.to_owned()))
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -106,10 +84,10 @@ fn required<'a>(v: &'a Value, path: &[&str], shown: &str) -> Result<&'a str, Eve
     str_at(v, path).ok_or_else(|| EventError::MissingField(shown.to_owned()))
 }
 
-/// Match a decoded key against the configured prefix and the release-key pattern.
-fn release_for(config: &Config, key: &str) -> Option<ReleaseKey> {
-    let rest = key.strip_prefix(&config.key_prefix)?;
-    ReleaseKey::parse(&format!("{RELEASES_PREFIX}{rest}")).ok()
+/// The app/env a decoded key names, when it is a release key
+/// (`releases/<app>/<env>.tar.gz`, [`ReleaseKey::parse`]).
+fn release_for(key: &str) -> Option<ReleaseKey> {
+    ReleaseKey::parse(key).ok()
 }
 
 /// Parse an invocation payload.
@@ -162,10 +140,9 @@ fn parse_eventbridge(payload: &Value, config: &Config) -> Result<Request, EventE
         )));
     }
     let key = decode_key(raw_key)?;
-    let Some(release) = release_for(config, &key) else {
+    let Some(release) = release_for(&key) else {
         return Ok(Request::Ignore(format!(
-            "key {key:?} is not a release key ({}<app>/<env>.tar.gz)",
-            config.key_prefix
+            "key {key:?} is not a release key ({RELEASES_PREFIX}<app>/<env>{BUNDLE_SUFFIX})"
         )));
     };
     let version_id = required(
@@ -221,10 +198,9 @@ fn parse_direct(payload: &Value, config: &Config) -> Result<Request, EventError>
         )));
     }
     // Direct payloads carry the key as-is (not URL-encoded).
-    let Some(release) = release_for(config, key) else {
+    let Some(release) = release_for(key) else {
         return Ok(Request::Ignore(format!(
-            "key {key:?} is not a release key ({}<app>/<env>.tar.gz)",
-            config.key_prefix
+            "key {key:?} is not a release key ({RELEASES_PREFIX}<app>/<env>{BUNDLE_SUFFIX})"
         )));
     };
     Ok(Request::Deploy(DeployRequest {
@@ -233,16 +209,7 @@ fn parse_direct(payload: &Value, config: &Config) -> Result<Request, EventError>
         release,
         version_id: version_id.to_owned(),
         sequencer: None,
-        facts: EventFacts {
-            trigger: Trigger::Direct,
-            event_id: None,
-            event_time: None,
-            reason: None,
-            sequencer: None,
-            request_id: None,
-            size: None,
-            etag: None,
-        },
+        facts: EventFacts::new(Trigger::Direct),
     }))
 }
 

@@ -13,7 +13,7 @@ use dropship_contract::sequencer::Sequencer;
 use dropship_contract::shell::{self, ShellValueError};
 use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyError};
 use thiserror::Error;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use crate::config::Config;
 use crate::event::DeployRequest;
@@ -477,18 +477,130 @@ pub fn script_is_for_version(script: &str, version_id: &str) -> bool {
     }
 }
 
-/// Whether an outcome is stored as a record (results like `ignored` are not).
-pub fn is_recorded(outcome: Outcome) -> bool {
-    !matches!(outcome, Outcome::Ignored | Outcome::SkippedDuplicate)
+/// When a claim taken `now` stops protecting the version: the invocation's deadline (the
+/// longest it can still run) plus a few seconds, or [`DEFAULT_LEASE_SECS`] when unknown.
+pub fn lease_end(deadline: Option<OffsetDateTime>, now: OffsetDateTime) -> OffsetDateTime {
+    deadline.unwrap_or(now + Duration::seconds(DEFAULT_LEASE_SECS)) + Duration::seconds(5)
+}
+
+/// The `dispatching` record that claims `request`'s version until `lease_until`: a new one;
+/// an expired claim taken over as it is (the batches it recorded are kept, so their
+/// instances are not sent to again); or a settled record cleared for a deliberate redeploy.
+pub fn claim_record(
+    request: &DeployRequest,
+    claim: &Claim,
+    existing: Option<DeployRecord>,
+    now: OffsetDateTime,
+    lease_until: OffsetDateTime,
+    lambda_request_id: Option<&str>,
+) -> DeployRecord {
+    let mut record = match (claim, existing) {
+        (Claim::TakeOver, Some(doc)) => doc,
+        (Claim::Redeploy, Some(doc)) => DeployRecord {
+            commands: vec![],
+            targets: vec![],
+            verification: None,
+            manifest: None,
+            last_error: None,
+            ..doc
+        },
+        (Claim::New, _) | (_, None) => DeployRecord::new(
+            &request.bucket,
+            &request.release,
+            &request.version_id,
+            Outcome::Dispatching,
+            request.facts.clone(),
+            &format_time(now),
+        ),
+    };
+    record.outcome = Outcome::Dispatching;
+    record.reason = None;
+    record.event = request.facts.clone();
+    record.attempts += 1;
+    record.updated_at = format_time(now);
+    record.lambda_request_id = lambda_request_id.map(str::to_owned);
+    record.lease_until = Some(format_time(lease_until));
+    record
+}
+
+/// The record of a version skipped as stale; it keeps the first-claim time and the attempt
+/// count of a record that was already there.
+pub fn stale_record(
+    request: &DeployRequest,
+    reason: &str,
+    existing: Option<&DeployRecord>,
+    now: OffsetDateTime,
+    lambda_request_id: Option<&str>,
+) -> DeployRecord {
+    let mut record = DeployRecord::new(
+        &request.bucket,
+        &request.release,
+        &request.version_id,
+        Outcome::SkippedStale,
+        request.facts.clone(),
+        &format_time(now),
+    );
+    record.reason = Some(reason.to_owned());
+    record.lambda_request_id = lambda_request_id.map(str::to_owned);
+    if let Some(old) = existing {
+        record.created_at = old.created_at.clone();
+        record.attempts = old.attempts;
+    }
+    record
+}
+
+/// Settles a claimed record with its final `outcome`: the lease ends, the error is gone.
+pub fn settle(
+    record: &mut DeployRecord,
+    outcome: Outcome,
+    reason: Option<String>,
+    now: OffsetDateTime,
+) {
+    record.outcome = outcome;
+    record.reason = reason;
+    record.lease_until = None;
+    record.last_error = None;
+    record.updated_at = format_time(now);
+}
+
+/// Releases a claim after a transient failure: the lease ends now so Lambda's retry can
+/// take over at once, keeping the progress and the error.
+pub fn release_claim(record: &mut DeployRecord, error: String, now: OffsetDateTime) {
+    record.lease_until = Some(format_time(now));
+    record.last_error = Some(error);
+    record.updated_at = format_time(now);
+}
+
+/// The pointer to `request`'s dispatched version (its commit from `record`), written `now`
+/// for the event with `sequencer`.
+pub fn pointer_to(
+    request: &DeployRequest,
+    record: &DeployRecord,
+    sequencer: &Sequencer,
+    now: OffsetDateTime,
+) -> LatestPointer {
+    LatestPointer::new(
+        &request.release,
+        &request.version_id,
+        &sequencer.to_string(),
+        record.metadata.as_ref().map(|m| m.commit.clone()),
+        &format_time(now),
+    )
+}
+
+/// When the commands a crashed attempt may have sent can start: a minute before the
+/// version was first claimed (clock skew), or an hour ago when that time is unreadable.
+pub fn adoption_window_start(record: &DeployRecord, now: OffsetDateTime) -> OffsetDateTime {
+    parse_time(&record.created_at).unwrap_or(now - Duration::hours(1)) - Duration::minutes(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::{parse, Request};
+    use dropship_contract::key::ReleaseKey;
     use dropship_contract::manifest::{DeploySettings, Manifest};
-    use dropship_contract::metadata::Source;
-    use dropship_contract::record::{CommandBatch, EventFacts, Trigger, RECORD_FORMAT};
+    use dropship_contract::record::{CommandBatch, EventFacts, Trigger};
     use proptest::prelude::*;
     use serde_json::json;
     use std::process::Command;
@@ -521,48 +633,27 @@ mod tests {
 
     fn record(version: &str, outcome: Outcome, lease_until: Option<&str>) -> DeployRecord {
         DeployRecord {
-            format: RECORD_FORMAT,
-            app: "shop".into(),
-            env: "prod".into(),
-            bucket: "rel-bucket".into(),
-            key: "releases/shop/prod.tar.gz".into(),
-            version_id: version.into(),
-            outcome,
-            reason: None,
-            event: EventFacts {
-                trigger: Trigger::Event,
-                event_id: None,
-                event_time: None,
-                reason: None,
-                sequencer: None,
-                request_id: None,
-                size: None,
-                etag: None,
-            },
-            metadata: None,
-            manifest: None,
-            verification: None,
-            targets: vec![],
-            commands: vec![],
-            created_at: "2026-11-23T09:00:00Z".into(),
-            updated_at: "2026-11-23T09:00:00Z".into(),
             lease_until: lease_until.map(str::to_owned),
             attempts: 1,
-            last_error: None,
-            lambda_request_id: None,
+            ..DeployRecord::new(
+                "rel-bucket",
+                &ReleaseKey::new("shop", "prod").unwrap(),
+                version,
+                outcome,
+                EventFacts::new(Trigger::Event),
+                "2026-11-23T09:00:00Z",
+            )
         }
     }
 
     fn pointer(version: &str, seq: &str) -> LatestPointer {
-        LatestPointer {
-            format: RECORD_FORMAT,
-            app: "shop".into(),
-            env: "prod".into(),
-            version_id: version.into(),
-            sequencer: seq.into(),
-            commit: None,
-            dispatched_at: "2026-11-23T09:00:00Z".into(),
-        }
+        LatestPointer::new(
+            &ReleaseKey::new("shop", "prod").unwrap(),
+            version,
+            seq,
+            None,
+            "2026-11-23T09:00:00Z",
+        )
     }
 
     fn now() -> OffsetDateTime {
@@ -659,19 +750,7 @@ mod tests {
     }
 
     fn meta() -> ObjectMetadata {
-        ObjectMetadata {
-            app: "shop".into(),
-            env: "prod".into(),
-            branch: "main".into(),
-            commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            dirty: false,
-            sha256: "a".repeat(64),
-            created: "2026-11-23T09:00:00Z".into(),
-            uploader: "ci".into(),
-            source: Source::Ci,
-            message: "m".into(),
-            restored_from: None,
-        }
+        crate::fakes::metadata()
     }
 
     fn headers(m: &ObjectMetadata) -> HashMap<String, String> {
@@ -808,6 +887,61 @@ mod tests {
         assert_eq!(
             (plan.timeout_seconds, plan.execution_timeout.as_str()),
             (600, "1800")
+        );
+    }
+
+    /// The command rendered from the largest inputs the contract allows fits SSM's limit, with
+    /// the host script as it is today. Bounded by the contract: names (63), commit (64 hex),
+    /// S3 version ids (1,024), paths (255), the health URL (2,048); the presigned URL is given
+    /// 4,096 bytes (a 1,024-byte version id plus a session token). The list settings have no
+    /// bound in the contract: 20 entries of 64 characters each are reserved for each of them;
+    /// beyond what fits, the Lambda refuses with `CommandTooLarge` (tested below).
+    #[test]
+    fn the_largest_allowed_inputs_fit_the_ssm_command_limit() {
+        let c = Config::from_lookup(|k| match k {
+            "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "DROPSHIP_APP_ROOT" => Some(format!("/{}/{{app}}/{{env}}", "r".repeat(120))),
+            _ => None,
+        })
+        .unwrap();
+        let name = "a".repeat(63);
+        let version = "V".repeat(1024);
+        let payload = json!({"bucket": "rel-bucket", "key": format!("releases/{name}/{name}.tar.gz"), "version_id": version});
+        let r = match parse(&payload, &c).unwrap() {
+            Request::Deploy(d) => d,
+            Request::Ignore(why) => panic!("{why}"),
+        };
+        let m = ObjectMetadata {
+            app: name.clone(),
+            env: name.clone(),
+            commit: "f".repeat(64),
+            ..meta()
+        };
+        let deploy = DeploySettings::largest_allowed();
+        deploy.validate().expect("these settings are allowed");
+        let v = verified(deploy);
+        let url = format!(
+            "https://rel-bucket.s3.amazonaws.com/?{}",
+            "u".repeat(4096 - 37)
+        );
+        let inputs = HostInputs {
+            config: &c,
+            request: &r,
+            metadata: &m,
+            verified: &v,
+            bundle_url: &url,
+        };
+        let plan = plan_command(&inputs, &["i-1".into()]).expect("the largest inputs render");
+        assert!(
+            plan.script.len() <= MAX_COMMAND_BYTES,
+            "{} bytes",
+            plan.script.len()
+        );
+        let header = plan.script.len() - HOST_SCRIPT.len();
+        eprintln!(
+            "largest command: {} bytes (header {header}, host script {}), limit {MAX_COMMAND_BYTES}",
+            plan.script.len(),
+            HOST_SCRIPT.len()
         );
     }
 

@@ -1,15 +1,18 @@
-//! Deploy records and the latest-dispatched pointer in S3, next to the releases.
+//! Deploy records and the latest-dispatched pointer of one bucket, typed, over any
+//! [`RecordStore`] (S3 in the Lambda, memory in the unit tests).
 //!
 //! Every write is conditional (`If-None-Match: *` to create, `If-Match: <etag>` to replace),
 //! so two invocations racing on one version cannot both claim it, and the pointer only ever
-//! moves forward. This state lives in S3, never in the Lambda's memory.
+//! moves forward. This state lives in S3, never in the Lambda's memory. Keys come from the
+//! contract ([`ReleaseKey::record_key`], [`ReleaseKey::latest_pointer_key`]), the same for
+//! every component.
 
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
-use dropship_contract::key::{ReleaseKey, RECORDS_PREFIX};
-use dropship_contract::record::{DeployRecord, LatestPointer};
+use dropship_aws::{AwsError, Failure};
+use dropship_contract::key::ReleaseKey;
+use dropship_contract::record::{DeployRecord, LatestPointer, RecordError};
 
-use crate::aws::AwsError;
+use crate::aws_calls::{GET_RECORD, PUT_RECORD};
+use crate::edges::{Condition, RecordStore, Written};
 
 /// A stored document and the ETag that guards replacing it.
 #[derive(Debug, Clone)]
@@ -20,125 +23,33 @@ pub struct Stored<T> {
     pub etag: String,
 }
 
-/// Result of a conditional write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Written {
-    /// Written; the new ETag.
-    Ok(String),
-    /// Someone else wrote first (HTTP 412/409): re-read and decide again.
-    Conflict,
+/// The records of one bucket.
+#[derive(Debug)]
+pub struct Records<'a, S> {
+    store: &'a S,
+    bucket: &'a str,
 }
 
-/// Records of one bucket.
-#[derive(Debug, Clone)]
-pub struct RecordStore {
-    s3: aws_sdk_s3::Client,
-    bucket: String,
-    prefix: String,
+fn unreadable(key: &str, bucket: &str, e: RecordError, what: &str) -> AwsError {
+    AwsError::new(
+        &GET_RECORD,
+        format!("s3://{bucket}/{key}"),
+        Failure::Refused,
+        format!("{e}; fix or delete the {what} object"),
+    )
 }
 
-fn status_of<E>(err: &SdkError<E>) -> Option<u16> {
-    err.raw_response().map(|r| r.status().as_u16())
-}
-
-fn err<E: std::error::Error + 'static>(
-    call: &'static str,
-    object: String,
-    e: &SdkError<E>,
-) -> AwsError {
-    let status = status_of(e)
-        .map(|s| format!("HTTP {s}: "))
-        .unwrap_or_default();
-    AwsError {
-        call,
-        object,
-        detail: format!("{status}{}", DisplayErrorContext(e)),
+fn condition(etag: Option<&str>) -> Condition<'_> {
+    match etag {
+        Some(etag) => Condition::Matches(etag),
+        None => Condition::Absent,
     }
 }
 
-impl RecordStore {
-    /// Records under `prefix` (the configured `DROPSHIP_RECORDS_PREFIX`) in `bucket`.
-    pub fn new(s3: aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Self {
-        Self {
-            s3,
-            bucket: bucket.to_owned(),
-            prefix: prefix.to_owned(),
-        }
-    }
-
-    /// Bucket the records live in.
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
-    /// Swap the contract's default records prefix for the configured one.
-    fn with_prefix(&self, key: String) -> String {
-        match key.strip_prefix(RECORDS_PREFIX) {
-            Some(rest) => format!("{}{rest}", self.prefix),
-            None => key,
-        }
-    }
-
-    /// Key of the record for one version.
-    pub fn record_key(&self, release: &ReleaseKey, version_id: &str) -> String {
-        self.with_prefix(release.record_key(version_id))
-    }
-
-    /// Key of the latest pointer of one app/env.
-    pub fn pointer_key(&self, release: &ReleaseKey) -> String {
-        self.with_prefix(release.latest_pointer_key())
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, String)>, AwsError> {
-        let object = format!("s3://{}/{key}", self.bucket);
-        match self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => {
-                let etag = out.e_tag().unwrap_or_default().to_owned();
-                let bytes = out.body.collect().await.map_err(|e| AwsError {
-                    call: "s3:GetObject",
-                    object: object.clone(),
-                    detail: e.to_string(),
-                })?;
-                Ok(Some((bytes.into_bytes().to_vec(), etag)))
-            }
-            Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(e) => Err(err("s3:GetObject", object, &e)),
-        }
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        if_match: Option<&str>,
-    ) -> Result<Written, AwsError> {
-        let mut req = self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        req = match if_match {
-            Some(etag) => req.if_match(etag),
-            None => req.if_none_match("*"),
-        };
-        match req.send().await {
-            Ok(out) => Ok(Written::Ok(out.e_tag().unwrap_or_default().to_owned())),
-            Err(e) if matches!(status_of(&e), Some(412 | 409)) => Ok(Written::Conflict),
-            Err(e) => Err(err(
-                "s3:PutObject",
-                format!("s3://{}/{key}", self.bucket),
-                &e,
-            )),
-        }
+impl<'a, S: RecordStore> Records<'a, S> {
+    /// The records in `bucket`.
+    pub fn new(store: &'a S, bucket: &'a str) -> Self {
+        Self { store, bucket }
     }
 
     /// The record of one version, if any. An unreadable record is an error naming it (never
@@ -148,15 +59,12 @@ impl RecordStore {
         release: &ReleaseKey,
         version_id: &str,
     ) -> Result<Option<Stored<DeployRecord>>, AwsError> {
-        let key = self.record_key(release, version_id);
-        match self.get(&key).await? {
+        let key = release.record_key(version_id);
+        match self.store.get(self.bucket, &key).await? {
             None => Ok(None),
             Some((bytes, etag)) => {
-                let doc = DeployRecord::from_bytes(&bytes).map_err(|e| AwsError {
-                    call: "s3:GetObject",
-                    object: format!("s3://{}/{key}", self.bucket),
-                    detail: format!("{e}; fix or delete the record object"),
-                })?;
+                let doc = DeployRecord::from_bytes(&bytes)
+                    .map_err(|e| unreadable(&key, self.bucket, e, "record"))?;
                 Ok(Some(Stored { doc, etag }))
             }
         }
@@ -168,13 +76,17 @@ impl RecordStore {
         record: &DeployRecord,
         etag: Option<&str>,
     ) -> Result<Written, AwsError> {
-        let release = ReleaseKey::new(&record.app, &record.env).map_err(|e| AwsError {
-            call: "s3:PutObject",
-            object: format!("deploy record of {}/{}", record.app, record.env),
-            detail: e.to_string(),
+        let key = record.s3_key().map_err(|e| {
+            AwsError::new(
+                &PUT_RECORD,
+                format!("deploy record of {}/{}", record.app, record.env),
+                Failure::Refused,
+                e.to_string(),
+            )
         })?;
-        let key = self.record_key(&release, &record.version_id);
-        self.put(&key, record.to_bytes(), etag).await
+        self.store
+            .put(self.bucket, &key, record.to_bytes(), condition(etag))
+            .await
     }
 
     /// The latest-dispatched pointer of one app/env, if any.
@@ -182,15 +94,12 @@ impl RecordStore {
         &self,
         release: &ReleaseKey,
     ) -> Result<Option<Stored<LatestPointer>>, AwsError> {
-        let key = self.pointer_key(release);
-        match self.get(&key).await? {
+        let key = release.latest_pointer_key();
+        match self.store.get(self.bucket, &key).await? {
             None => Ok(None),
             Some((bytes, etag)) => {
-                let doc = LatestPointer::from_bytes(&bytes).map_err(|e| AwsError {
-                    call: "s3:GetObject",
-                    object: format!("s3://{}/{key}", self.bucket),
-                    detail: format!("{e}; fix or delete the pointer object"),
-                })?;
+                let doc = LatestPointer::from_bytes(&bytes)
+                    .map_err(|e| unreadable(&key, self.bucket, e, "pointer"))?;
                 Ok(Some(Stored { doc, etag }))
             }
         }
@@ -203,7 +112,9 @@ impl RecordStore {
         pointer: &LatestPointer,
         etag: Option<&str>,
     ) -> Result<Written, AwsError> {
-        let key = self.pointer_key(release);
-        self.put(&key, pointer.to_bytes(), etag).await
+        let key = release.latest_pointer_key();
+        self.store
+            .put(self.bucket, &key, pointer.to_bytes(), condition(etag))
+            .await
     }
 }

@@ -12,13 +12,14 @@ export DROPSHIP_RUN_ID
 # Installs Debian packages the checks need when they are missing: shellcheck, pigz, git, curl,
 # and for the simulated hosts a real Docker engine (docker.io: dockerd, containerd, runc,
 # docker-init), busybox-static (the image every host pre-loads), iptables and util-linux
-# (unshare, nsenter). Installing docker.io starts nothing here: there is no init system, and
-# each simulated host starts its own dockerd (tests/src/simhost.rs).
+# (unshare, nsenter), iproute2 (ip, for the leave-nothing-behind check). Installing docker.io
+# starts nothing here: there is no init system, and each simulated host starts its own
+# dockerd (tests/src/simhost.rs).
 dropship_install_system_tools() {
   local missing=() tool pkg
   for tool in shellcheck:shellcheck pigz:pigz git:git curl:curl flock:util-linux \
     unshare:util-linux nsenter:util-linux python3:python3 dockerd:docker.io \
-    docker-init:docker.io busybox:busybox-static iptables:iptables; do
+    docker-init:docker.io busybox:busybox-static iptables:iptables ip:iproute2; do
     pkg="${tool#*:}"
     tool="${tool%%:*}"
     command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 ||
@@ -129,13 +130,14 @@ dropship_machine_state() {
     ip -o link show | awk -F': ' '{print "link", $2}'
     env "$sbin" iptables -S 2>/dev/null | sed 's/^/iptables filter /'
     env "$sbin" iptables -t nat -S 2>/dev/null | sed 's/^/iptables nat /'
-    echo "sysctl net.ipv4.ip_forward $(sysctl -n net.ipv4.ip_forward)"
+    echo "sysctl net.ipv4.ip_forward $(cat /proc/sys/net/ipv4/ip_forward)"
     local p
     for p in /var/lib/docker /var/lib/containerd /opt/containerd /etc/docker/key.json \
       /run/docker.sock /run/docker /run/containerd; do
-      [[ -e $p ]] && echo "path $p"
+      if [[ -e $p ]]; then echo "path $p"; fi
     done
   } | LC_ALL=C sort
+  # A failing probe must not pass for an unchanged machine: pipefail reports it to the caller.
 }
 
 # Fails (printing the difference) when the machine's state differs from snapshot $1.

@@ -2,29 +2,21 @@
 //! loopback, `/opt`, `/var/lib`) on which the real `scripts/deploy-on-host.sh` runs exactly as
 //! the SSM agent runs the command the Lambda rendered (`sh -c _script.sh`, own process group),
 //! with bundles from the real `bundle-and-upload --output` served over real HTTP.
-//!
-//! [`Sandbox`] (a temp directory with `tests/shim/docker` first on PATH) remains only for the
-//! local pipeline until it runs on simulated hosts too.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use dropship_contract::shell;
-
 use crate::bins;
 use crate::http::{FileServer, Reply};
 use crate::simhost::SimHost;
-
-static RENDERED: AtomicUsize = AtomicUsize::new(0);
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -66,11 +58,6 @@ pub fn compose_bin() -> PathBuf {
         bin
     })
     .clone()
-}
-
-/// `tests/shim` (holds the `docker` shim).
-pub fn shim_dir() -> PathBuf {
-    bins::workspace_root().join("tests").join("shim")
 }
 
 /// sha256 hex of bytes.
@@ -330,7 +317,10 @@ impl Host {
             ("DROPSHIP_ENV", "staging"),
             ("DROPSHIP_APP_ROOT", &self.root),
             ("DROPSHIP_BUCKET", "test-bucket"),
-            ("DROPSHIP_KEY", &format!("releases/{}/staging.tar.gz", self.app)),
+            (
+                "DROPSHIP_KEY",
+                &format!("releases/{}/staging.tar.gz", self.app),
+            ),
             ("DROPSHIP_VERSION_ID", version_id),
             ("DROPSHIP_SEQUENCER", sequencer),
             ("DROPSHIP_SHA256", &bundle.sha256),
@@ -382,16 +372,28 @@ impl Host {
             Some(dir) => format!("PATH={dir}:$PATH; export PATH\n{command}"),
             None => command.to_owned(),
         };
-        self.sim
-            .spawn_agent_script("i-0123456789abcdef0", &format!("cmd-{n}"), &script)
-            .expect("start the command on the host")
+        let (mut cmd, dir) = self
+            .sim
+            .agent_command("i-0123456789abcdef0", &format!("cmd-{n}"), &script)
+            .expect("write the command on the host");
+        let out = fs::File::create(dir.join("stdout")).expect("stdout file");
+        let err = fs::File::create(dir.join("stderr")).expect("stderr file");
+        let child = cmd
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .expect("start the command on the host");
+        (child, dir)
     }
 
     /// Waits for a spawned command (and every process of its group) and reads what the
     /// agent captured.
     pub fn finish(&self, mut child: Child, dir: &Path) -> Run {
         let status = child.wait().expect("wait for the command");
-        let gone = wait_until(Duration::from_secs(120), || group_members(child.id(), None).is_empty());
+        let gone = wait_until(Duration::from_secs(120), || {
+            group_members(child.id(), None).is_empty()
+        });
         assert!(gone, "processes of the command outlived it");
         let mut output = fs::read_to_string(dir.join("stdout")).unwrap_or_default();
         output.push_str(&fs::read_to_string(dir.join("stderr")).unwrap_or_default());
@@ -442,7 +444,10 @@ impl Host {
             }
         }
         for rel in self.releases() {
-            if self.path(&format!("releases/{rel}/.dropship/unswitched")).exists() {
+            if self
+                .path(&format!("releases/{rel}/.dropship/unswitched"))
+                .exists()
+            {
                 v.push(format!("{rel} (never switched to)"));
             }
         }
@@ -518,7 +523,12 @@ impl Host {
 
     /// Runs `sh -c script` inside the host; panics with its output when it fails.
     pub fn sh(&self, script: &str) -> String {
-        let out = self.sim.command("sh").args(["-c", script]).output().unwrap();
+        let out = self
+            .sim
+            .command("sh")
+            .args(["-c", script])
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{script}: {}{}",
@@ -550,8 +560,26 @@ pub struct Probe {
 /// The external commands `deploy-on-host.sh` runs (setpriv only wraps others, so it is left
 /// out: each command is counted once).
 pub const PROBED: [&str; 20] = [
-    "awk", "chmod", "cp", "curl", "df", "docker", "env", "flock", "ln", "mkdir", "mv", "nice",
-    "readlink", "realpath", "rm", "sha256sum", "sort", "stat", "sync", "tar",
+    "awk",
+    "chmod",
+    "cp",
+    "curl",
+    "df",
+    "docker",
+    "env",
+    "flock",
+    "ln",
+    "mkdir",
+    "mv",
+    "nice",
+    "readlink",
+    "realpath",
+    "rm",
+    "sha256sum",
+    "sort",
+    "stat",
+    "sync",
+    "tar",
 ];
 
 impl Probe {
@@ -575,7 +603,13 @@ impl Probe {
     pub fn reset(&self) {
         self.release();
         for f in [
-            "count", "trace", "pause-at", "pause-at.n", "stop-in", "stop-in.n", "paused",
+            "count",
+            "trace",
+            "pause-at",
+            "pause-at.n",
+            "stop-in",
+            "stop-in.n",
+            "paused",
         ] {
             let _ = fs::remove_file(self.dir.join(f));
         }
@@ -611,7 +645,9 @@ impl Probe {
             ended = matches!(child.try_wait(), Ok(Some(_)));
             paused.exists() || ended
         });
-        fs::read_to_string(&paused).ok().map(|l| l.trim().to_owned())
+        fs::read_to_string(&paused)
+            .ok()
+            .map(|l| l.trim().to_owned())
     }
 
     /// Lets a paused run go on.
@@ -649,7 +685,10 @@ pub fn group_members(pgid: u32, comm: Option<&str>) -> Vec<u32> {
             };
             let name = head.split_once(" (").map(|x| x.1).unwrap_or_default();
             // rest: state ppid pgrp ...
-            let pgrp = rest.split_whitespace().nth(2).and_then(|p| p.parse::<u32>().ok());
+            let pgrp = rest
+                .split_whitespace()
+                .nth(2)
+                .and_then(|p| p.parse::<u32>().ok());
             comm.is_none_or(|c| c == name) && pgrp == Some(pgid) && !rest.starts_with('Z')
         })
         .collect();
@@ -678,268 +717,6 @@ pub fn signal(pid: u32, signal: &str) {
 /// Input variables for one run (all `DROPSHIP_*`).
 pub type Vars = BTreeMap<String, String>;
 
-/// A temp directory standing in for one host with one app.
-pub struct Sandbox {
-    pub dir: tempfile::TempDir,
-    pub app: String,
-}
-
-impl Sandbox {
-    pub fn new(app: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("dropship-host-")
-            .tempdir()
-            .expect("tempdir");
-        fs::create_dir_all(dir.path().join("shim-state")).unwrap();
-        Self {
-            dir,
-            app: app.to_string(),
-        }
-    }
-
-    /// `DROPSHIP_APP_ROOT`: `<sandbox>/opt/dropship/<app>` (not created: the script does).
-    pub fn app_root(&self) -> PathBuf {
-        self.dir.path().join("opt/dropship").join(&self.app)
-    }
-
-    /// The docker shim's state directory.
-    pub fn shim_state(&self) -> PathBuf {
-        self.dir.path().join("shim-state")
-    }
-
-    /// Deploy inputs for `bundle` served at `url`, as the Lambda would set them.
-    pub fn deploy_vars(
-        &self,
-        bundle: &Bundle,
-        url: &str,
-        version_id: &str,
-        sequencer: &str,
-        port: u16,
-    ) -> Vars {
-        let mut v = Vars::new();
-        let mut set = |k: &str, val: String| {
-            v.insert(k.to_string(), val);
-        };
-        set("DROPSHIP_ACTION", "deploy".into());
-        set("DROPSHIP_APP", self.app.clone());
-        set("DROPSHIP_ENV", "staging".into());
-        set(
-            "DROPSHIP_APP_ROOT",
-            self.app_root().to_string_lossy().into_owned(),
-        );
-        set("DROPSHIP_BUCKET", "test-bucket".into());
-        set(
-            "DROPSHIP_KEY",
-            format!("releases/{}/staging.tar.gz", self.app),
-        );
-        set("DROPSHIP_VERSION_ID", version_id.into());
-        set("DROPSHIP_SEQUENCER", sequencer.into());
-        set("DROPSHIP_SHA256", bundle.sha256.clone());
-        set("DROPSHIP_BUNDLE_URL", url.into());
-        set("DROPSHIP_BUNDLE_BYTES", bundle.bytes.len().to_string());
-        set("DROPSHIP_UNPACKED_BYTES", "0".into());
-        set("DROPSHIP_COMMIT", bundle.commit.clone());
-        set("DROPSHIP_COMPOSE_FILE", "compose.yaml".into());
-        set("DROPSHIP_PROFILES", "".into());
-        set(
-            "DROPSHIP_HEALTH_URL",
-            format!("http://127.0.0.1:{port}/health"),
-        );
-        set("DROPSHIP_HEALTH_TIMEOUT", "10".into());
-        set("DROPSHIP_SHARED_PATHS", ".env,data".into());
-        set("DROPSHIP_KEEP_RELEASES", "5".into());
-        set("DROPSHIP_REQUIRED_ENV", "".into());
-        set("DROPSHIP_PRE_SWITCH_HOOK", "".into());
-        set("DROPSHIP_ROLLBACK_TO", "".into());
-        set("DROPSHIP_LOCK_TIMEOUT", "30".into());
-        v
-    }
-
-    /// Inputs for the `rollback` action.
-    pub fn rollback_vars(&self, to: &str) -> Vars {
-        let mut v = Vars::new();
-        v.insert("DROPSHIP_ACTION".into(), "rollback".into());
-        v.insert("DROPSHIP_APP".into(), self.app.clone());
-        v.insert("DROPSHIP_ENV".into(), "staging".into());
-        v.insert(
-            "DROPSHIP_APP_ROOT".into(),
-            self.app_root().to_string_lossy().into_owned(),
-        );
-        v.insert("DROPSHIP_ROLLBACK_TO".into(), to.into());
-        v.insert("DROPSHIP_LOCK_TIMEOUT".into(), "30".into());
-        v
-    }
-
-    /// What SSM runs: the header the Lambda renders (every value through the contract's
-    /// one shell encoder, `dropship_contract::shell::render_exports`) followed by the
-    /// script's own text, written to a file in the sandbox.
-    pub fn render_script(&self, vars: &Vars) -> PathBuf {
-        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let header = shell::render_exports(&pairs).expect("values are encodable");
-        let body = fs::read_to_string(bins::script("deploy-on-host.sh")).expect("script");
-        let n = RENDERED.fetch_add(1, Ordering::SeqCst);
-        let path = self.dir.path().join(format!("ssm-command-{n}.sh"));
-        fs::write(&path, format!("{header}{body}")).unwrap();
-        path
-    }
-
-    /// The rendered script under bash with a clean environment: PATH (shim first), HOME and
-    /// the shim's settings; every input comes from the rendered header.
-    pub fn command(&self, vars: &Vars) -> Command {
-        let mut cmd = Command::new("bash");
-        cmd.arg(self.render_script(vars));
-        cmd.env_clear();
-        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
-        cmd.env("PATH", format!("{}:{path}", shim_dir().display()));
-        cmd.env("HOME", self.dir.path());
-        cmd.env("DOCKER_SHIM_STATE", self.shim_state());
-        cmd.env("DROPSHIP_COMPOSE_BIN", compose_bin());
-        cmd.stdin(Stdio::null());
-        cmd.current_dir(self.dir.path());
-        cmd
-    }
-
-    /// Runs the script to completion.
-    pub fn run(&self, vars: &Vars) -> Run {
-        let out = self.command(vars).output().expect("run bash");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        Run::parse(out.status.code().unwrap_or(-1), text)
-    }
-
-    /// Starts the script in its own process group with output to `log`.
-    pub fn spawn(&self, vars: &Vars, log: &Path) -> Child {
-        let file = fs::File::create(log).unwrap();
-        self.command(vars)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .process_group(0)
-            .spawn()
-            .expect("spawn bash")
-    }
-
-    /// Waits for a spawned run and parses its log.
-    pub fn finish(&self, mut child: Child, log: &Path) -> Run {
-        let status = child.wait().unwrap();
-        Run::parse(
-            status.code().unwrap_or(-1),
-            fs::read_to_string(log).unwrap(),
-        )
-    }
-
-    /// The release `current` points at.
-    pub fn current(&self) -> Option<String> {
-        let t = fs::read_link(self.app_root().join("current")).ok()?;
-        Some(t.file_name()?.to_string_lossy().into_owned())
-    }
-
-    /// Names under `releases/`, sorted.
-    pub fn releases(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.app_root().join("releases"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    /// Everything in the app root whose name says it is temporary (`.partial`, downloads…).
-    pub fn leftovers(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        for dir in [self.app_root(), self.app_root().join("releases")] {
-            if let Ok(rd) = fs::read_dir(dir) {
-                for e in rd.flatten() {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    if n.ends_with(".partial")
-                        || n.starts_with(".download.")
-                        || n.starts_with(".current.tmp")
-                        || n.contains(".tmp.")
-                        || n.starts_with(".list.")
-                        || n.starts_with(".sum.")
-                    {
-                        v.push(n);
-                    }
-                }
-            }
-        }
-        v
-    }
-
-    /// `state.json` parsed.
-    pub fn state(&self) -> serde_json::Value {
-        let text = fs::read_to_string(self.app_root().join("state.json")).expect("state.json");
-        serde_json::from_str(&text).expect("state.json is JSON")
-    }
-
-    /// `deploy.log` lines parsed.
-    pub fn audit(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(self.app_root().join("deploy.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("deploy.log line is JSON"))
-            .collect()
-    }
-
-    /// Running shim "containers": (service, pid, port, served directory).
-    pub fn running(&self) -> Vec<(String, u32, u16, PathBuf)> {
-        let mut v = Vec::new();
-        if let Ok(rd) = fs::read_dir(self.shim_state().join(&self.app)) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let Some(svc) = name.strip_suffix(".pid") else {
-                    continue;
-                };
-                let text = fs::read_to_string(e.path()).unwrap_or_default();
-                let mut it = text.split_whitespace();
-                let (Some(pid), Some(port), Some(dir)) = (it.next(), it.next(), it.next()) else {
-                    continue;
-                };
-                let pid: u32 = pid.parse().unwrap();
-                if alive(pid) {
-                    v.push((svc.to_string(), pid, port.parse().unwrap(), dir.into()));
-                }
-            }
-        }
-        v
-    }
-
-    /// Stops the shim's servers and removes the app root and shim state (a fresh host).
-    pub fn reset(&self) {
-        self.stop_servers();
-        let _ = fs::remove_dir_all(self.app_root());
-        let _ = fs::remove_dir_all(self.shim_state());
-        fs::create_dir_all(self.shim_state()).unwrap();
-    }
-
-    fn stop_servers(&self) {
-        for (_, pid, _, _) in self.running() {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            let gone = wait_until(Duration::from_secs(5), || !alive(pid));
-            assert!(gone, "shim server {pid} did not stop");
-        }
-    }
-
-    /// Writes a file under `shared/` (creating parents), like an operator or the app would.
-    pub fn write_shared(&self, rel: &str, contents: &str) {
-        let p = self.app_root().join("shared").join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let mut f = fs::File::create(p).unwrap();
-        f.write_all(contents.as_bytes()).unwrap();
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        // Stop the shim's servers so nothing outlives the test.
-        for (_, pid, _, _) in self.running() {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
-    }
-}
-
 /// Whether `pid` is a live (not zombie) process.
 pub fn alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -948,9 +725,9 @@ pub fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// SIGKILLs a spawned run's whole process group (the script and everything it started
-/// in that group), like a host losing the SSM agent mid-run.
-pub fn kill_group(child: &mut Child) {
+/// SIGKILLs a spawned run's whole process group (the script and everything it started in
+/// that group), as the SSM agent stops a command on timeout or cancel.
+pub fn kill_agent_script(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{}", child.id())])
         .status();

@@ -161,7 +161,11 @@ fn serve(mut conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
                 match conn.read(&mut buf) {
                     Ok(0) => break,
                     Ok(_) => {}
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
                     Err(_) => break,
                 }
             }

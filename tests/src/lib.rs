@@ -6,6 +6,7 @@ pub mod faults;
 pub mod host;
 pub mod http;
 pub mod lambda_rt;
+pub mod local_ssm;
 pub mod moto;
 pub mod pipeline;
 pub mod repo;

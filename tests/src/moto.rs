@@ -138,3 +138,13 @@ pub async fn open_multipart_uploads(s3: &aws_sdk_s3::Client, bucket: &str) -> Ve
         .filter_map(|u| u.key().map(str::to_string))
         .collect()
 }
+
+/// The port of the moto endpoint on loopback (forwarded into simulated hosts, so presigned
+/// URLs naming it work there).
+pub fn port() -> u16 {
+    let url = endpoint();
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("AWS_ENDPOINT_URL {url} has no port"))
+}

@@ -1,21 +1,17 @@
 //! The whole pipeline on this machine, step by step, with the real parts: the sample app in a
 //! throwaway git repository, the real `bundle-and-upload`, moto's versioned S3 with EventBridge
 //! notifications, a real EventBridge rule whose SQS target captures the emulated event, the
-//! built `deployer-lambda` running as a Lambda (loopback Runtime API), the command the Lambda
-//! sent through SSM (as moto recorded it), run under `sh` on two simulated hosts with the
-//! `docker` shim. `scripts/local-pipeline` (the `local-pipeline` binary) narrates it;
-//! `tests/tests/e2e.rs` asserts on every step.
+//! built `deployer-lambda` running as a Lambda (loopback Runtime API), and the command the
+//! Lambda sent through SSM, run as the SSM agent runs it on two simulated EC2 hosts, each with
+//! its own real Docker engine (`crate::simhost`). `scripts/local-pipeline` (the
+//! `local-pipeline` binary) narrates it; `tests/tests/e2e.rs` asserts on every step.
 //!
-//! Simulated hosts: each host is a [`Sandbox`] directory with its own `HOME` and docker shim
-//! state. The Lambda is configured with `DROPSHIP_APP_ROOT=<hosts mount>/opt/dropship/{app}`,
-//! where `<hosts mount>` is an empty directory; every command runs in its own mount namespace
-//! (`unshare --mount`, plus `--user --map-root-user` when not root) in which that host's
-//! directory is bind-mounted on `<hosts mount>`. So the one command SSM delivers lands in each
-//! host's own root, as `/opt/dropship/<app>` would on two machines, and what the shim starts
-//! keeps seeing its own host's files. Each host publishes the app on its own port (`APP_PORT`
-//! in its `shared/.env`, read by compose), and its `~/.curlrc` maps the health URL's
-//! `127.0.0.1:8080` to that port (`connect-to`), standing in for each machine having its own
-//! loopback. Nothing in the command or the script is changed.
+//! Simulated hosts: each host has its own PID, network and mount namespaces and dockerd, so the
+//! Lambda's default app root (`/opt/dropship/{app}`), the sample's published port
+//! (`127.0.0.1:8080`) and its health URL mean on each host what they mean on a real instance,
+//! with nothing changed in the command or the script. moto's port is forwarded into each host
+//! so the presigned URL works there unchanged. The image the sample uses is pre-loaded into
+//! each engine (standing in for the registry pull).
 //!
 //! moto quirks are not relied on (see docs/testing.md): which instances a command is for is
 //! read from the Lambda's deploy record, never from SSM's target list (moto's `SendCommand`
@@ -26,7 +22,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -38,15 +34,31 @@ use dropship_contract::key::ReleaseKey;
 use dropship_contract::record::DeployRecord;
 use serde_json::{json, Value};
 
-use crate::host::{compose_bin, shim_dir, wait_until, Sandbox};
+use crate::host::wait_until;
 use crate::lambda_rt::LambdaProcess;
+use crate::local_ssm::{LocalSsm, LocalSsmConfig};
 use crate::repo::{self, Finished, GitRepo};
-use crate::{bins, http, moto};
+use crate::simhost::{Container, SimAgent, SimHost};
+use crate::{bins, moto};
 
 /// Environment of the sample app's releases in the pipeline.
 pub const ENV: &str = "staging";
-/// The port in the sample app's `health_url`; each host maps it to its own port.
-pub const HEALTH_PORT: u16 = 8080;
+/// The port the sample app publishes on each host's loopback (its `health_url`'s port).
+pub const APP_PORT: u16 = 8080;
+/// How long one second of an SSM delivery timeout lasts in the pipeline (see
+/// `LocalSsmConfig::delivery_second`): an offline agent's command times out 100 times sooner
+/// than on AWS, so the suite can show it without waiting ten minutes.
+pub const DELIVERY_SECOND: Duration = Duration::from_millis(10);
+/// How long the harness waits for SSM to report one invocation finished.
+const INVOCATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a CLI `--wait` may run in the pipeline.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The CloudWatch Logs group the Lambda names for command output (`DROPSHIP_LOG_GROUP`).
+pub fn log_group(app: &str) -> String {
+    format!("/dropship/{app}/commands")
+}
+
 /// Path of the sample app's health endpoint.
 pub const HEALTH_PATH: &str = "/public/health";
 
@@ -65,7 +77,7 @@ pub struct Options {
     pub bucket: String,
     /// Number of simulated hosts.
     pub hosts: usize,
-    /// Where the Lambda's JSON logs go (`None`: a file next to the hosts' mount directory,
+    /// Where the Lambda's JSON logs go (`None`: a file in the pipeline's work directory,
     /// removed with the pipeline).
     pub lambda_log: Option<PathBuf>,
 }
@@ -88,9 +100,15 @@ pub struct Host {
     pub name: String,
     /// The moto instance standing for it (tagged `dropship:app`/`dropship:env`).
     pub instance_id: String,
-    /// Where this host publishes the app (`APP_PORT` in its `shared/.env`).
-    pub port: u16,
-    pub sandbox: Sandbox,
+    /// Its SSM agent (registered with the local SSM endpoint) on its own engine and namespaces.
+    pub agent: Arc<SimAgent>,
+}
+
+impl Host {
+    /// The simulated host.
+    pub fn sim(&self) -> &SimHost {
+        self.agent.host()
+    }
 }
 
 /// What one host looks like now.
@@ -100,20 +118,28 @@ pub struct HostView {
     pub release: Option<String>,
     /// Commit in that release's manifest.
     pub commit: Option<String>,
-    /// HTTP status of the health endpoint on the host's port (`None`: nothing answers).
+    /// HTTP status of the health endpoint on the host's loopback (`None`: nothing answers).
     pub health: Option<u16>,
+    /// The app's running container (the sample has one service), with its Docker health.
+    pub container: Option<Container>,
 }
 
-/// One run of an SSM command on one host.
+/// One SSM command invocation on one host, as SSM reports it (`GetCommandInvocation`).
 #[derive(Debug, Clone)]
 pub struct HostRun {
     pub host: String,
     pub instance_id: String,
     pub command_id: String,
-    /// The script's exit code.
+    /// SSM's `Status` (`Success`, `Failed`, `TimedOut`, `Cancelled`).
+    pub status: String,
+    /// SSM's `StatusDetails` (`Success`, `Failed`, `DeliveryTimedOut`, `Undeliverable`, …).
+    pub details: String,
+    /// SSM's `ResponseCode`: the script's exit code (-1 when it never ran).
     pub code: i32,
     /// The `DROPSHIP_RESULT` JSON (Null when the line is missing).
     pub result: Value,
+    /// `StandardOutputContent` then `StandardErrorContent` (SSM keeps the first 24,000 and
+    /// 8,000 characters).
     pub output: String,
 }
 
@@ -159,7 +185,11 @@ impl Deploy {
 pub struct Pipeline {
     rt: tokio::runtime::Runtime,
     pub s3: aws_sdk_s3::Client,
+    /// SSM client of the local SSM endpoint.
     pub ssm: aws_sdk_ssm::Client,
+    /// The local SSM endpoint (declared before the hosts: dropping it waits for the scripts it
+    /// runs on them).
+    pub local_ssm: LocalSsm,
     events: aws_sdk_eventbridge::Client,
     sqs: aws_sdk_sqs::Client,
     pub app: String,
@@ -169,15 +199,15 @@ pub struct Pipeline {
     pub repo: GitRepo,
     pub hosts: Vec<Host>,
     lambda: LambdaProcess,
-    /// The directory each host's root is mounted on inside its command's mount namespace.
-    mount: tempfile::TempDir,
+    /// Holds the Lambda's log unless the caller chose where it goes.
+    work: tempfile::TempDir,
     /// The Lambda's JSON log lines.
     pub lambda_log: PathBuf,
     own_log: bool,
     /// Events received from SQS and not yet handed out.
     inbox: Mutex<Vec<Value>>,
-    /// (command id, instance id) pairs already run, as the SSM agent runs each once.
-    ran: Mutex<HashSet<(String, String)>>,
+    /// (command id, instance id) invocations already reported by [`Self::wait_dispatched`].
+    reported: Mutex<HashSet<(String, String)>>,
 }
 
 impl Pipeline {
@@ -187,10 +217,17 @@ impl Pipeline {
             .worker_threads(2)
             .enable_all()
             .build()?;
+        // SSM is the local endpoint (it runs commands on the hosts and answers truthfully);
+        // everything else is moto. Delivery timeouts run 100 times faster than AWS's (an
+        // offline agent's 600 s become 6 s); execution timeouts run in real time.
+        let local_ssm = LocalSsm::start(LocalSsmConfig {
+            delivery_second: DELIVERY_SECOND,
+            ..LocalSsmConfig::from_env()
+        });
         let (s3, ssm, ec2, events, sqs) = rt.block_on(async {
             (
                 moto::s3().await,
-                moto::ssm().await,
+                local_ssm.client().await,
                 moto::ec2().await,
                 moto::events().await,
                 moto::sqs().await,
@@ -199,22 +236,22 @@ impl Pipeline {
         ReleaseKey::new(&opts.app, ENV).map_err(|e| anyhow!("app name: {e}"))?;
 
         // The Lambda, as a Lambda (started first: its cold start overlaps the setup).
-        let mount = tempfile::Builder::new()
-            .prefix("dropship-hosts-")
+        let work = tempfile::Builder::new()
+            .prefix("dropship-pipeline-")
             .tempdir()?;
+        // The Lambda's default app root (/opt/dropship/{app}) is every host's own /opt.
         let mut env: Vec<(String, String)> = vec![
             ("DROPSHIP_ALLOWED_BUCKETS".into(), opts.bucket.clone()),
-            (
-                "DROPSHIP_APP_ROOT".into(),
-                format!("{}/opt/dropship/{{app}}", mount.path().display()),
-            ),
+            // Full command output to CloudWatch Logs (SSM keeps only 24,000 characters).
+            ("DROPSHIP_LOG_GROUP".into(), log_group(&opts.app)),
         ];
         env.extend(moto::aws_env());
+        env.extend(local_ssm.aws_env());
         let borrowed: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let lambda_log = match &opts.lambda_log {
             Some(path) => path.clone(),
-            None => mount.path().with_extension("lambda.log"),
+            None => work.path().join("deployer-lambda.log"),
         };
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -298,24 +335,36 @@ impl Pipeline {
             })
             .with_context(|| format!("creating rule {rule} and queue {queue}"))?;
 
-        // Instances tagged for the app/env, one simulated host each.
+        // Instances tagged for the app/env, one simulated host each (engines start in parallel).
         let instance_ids = rt.block_on(run_instances(&ec2, &opts.app, opts.hosts))?;
+        let names: Vec<String> = (0..instance_ids.len())
+            .map(|i| format!("host-{}", (b'a' + i as u8) as char))
+            .collect();
+        let sims = SimHost::start_many(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let moto_port = moto::port();
         let mut hosts = Vec::new();
-        for (i, instance_id) in instance_ids.into_iter().enumerate() {
-            let sandbox = Sandbox::new(&opts.app);
-            let port = http::free_port();
+        for ((name, instance_id), sim) in names.into_iter().zip(instance_ids).zip(sims) {
+            // The network path from the instance to S3 (presigned URLs name moto's address).
+            sim.forward_port(moto_port);
             // What an operator puts on each host once: the shared .env (see .env.example).
-            sandbox.write_shared(".env", &format!("APP_PORT={port}\n"));
-            // This host's loopback: the health URL's port is this host's port.
-            fs::write(
-                sandbox.dir.path().join(".curlrc"),
-                format!("connect-to = 127.0.0.1:{HEALTH_PORT}:127.0.0.1:{port}\n"),
+            let shared = sim.path(&format!("/opt/dropship/{}/shared", opts.app));
+            fs::create_dir_all(&shared)?;
+            let env_file = shared.join(".env");
+            fs::write(&env_file, format!("APP_PORT={APP_PORT}\n"))?;
+            fs::set_permissions(
+                &env_file,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
             )?;
+            let agent = SimAgent::new(
+                sim,
+                &instance_id,
+                &[("dropship:app", opts.app.as_str()), ("dropship:env", ENV)],
+            );
+            local_ssm.add_instance(agent.clone());
             hosts.push(Host {
-                name: format!("host-{}", (b'a' + i as u8) as char),
+                name,
                 instance_id,
-                port,
-                sandbox,
+                agent,
             });
         }
 
@@ -331,6 +380,7 @@ impl Pipeline {
             rt,
             s3,
             ssm,
+            local_ssm,
             events,
             sqs,
             app: opts.app.clone(),
@@ -342,9 +392,9 @@ impl Pipeline {
             lambda,
             own_log: opts.lambda_log.is_none(),
             lambda_log,
-            mount,
+            work,
             inbox: Mutex::new(Vec::new()),
-            ran: Mutex::new(HashSet::new()),
+            reported: Mutex::new(HashSet::new()),
         })
     }
 
@@ -393,11 +443,21 @@ impl Pipeline {
 
     /// `bundle-and-upload ARGS` in the repository, for this app, env and bucket.
     pub fn cli(&self, args: &[&str]) -> Finished {
-        let mut cmd = self.repo.bundler();
+        repo::run(&mut self.tool(self.repo.bundler(), args))
+    }
+
+    /// `dropship ARGS` (the operator's commands) for this app, env and bucket.
+    pub fn dropship(&self, args: &[&str]) -> Finished {
+        repo::run(&mut self.tool(self.repo.dropship(), args))
+    }
+
+    /// A CLI command with this pipeline's app, env, bucket and SSM endpoint.
+    fn tool(&self, mut cmd: Command, args: &[&str]) -> Command {
         cmd.args(args)
             .args(["--app", &self.app, "--env", ENV, "--bucket", &self.bucket])
+            .envs(self.local_ssm.aws_env())
             .stdin(Stdio::null());
-        repo::run(&mut cmd)
+        cmd
     }
 
     /// Uploads HEAD with the real bundler.
@@ -531,43 +591,19 @@ impl Pipeline {
         })
     }
 
-    /// The script text of an SSM command, as moto recorded it (`Parameters.commands`).
-    pub fn command_script(&self, command_id: &str) -> Result<String> {
-        self.rt.block_on(async {
-            let out = self
-                .ssm
-                .list_commands()
-                .command_id(command_id)
-                .send()
-                .await
-                .map_err(|e| anyhow!("ListCommands {command_id}: {e:?}"))?;
-            let cmd = out
-                .commands()
-                .first()
-                .ok_or_else(|| anyhow!("SSM does not know command {command_id}"))?;
-            if cmd.document_name() != Some("AWS-RunShellScript") {
-                bail!("command {command_id} is not AWS-RunShellScript");
-            }
-            let lines = cmd
-                .parameters()
-                .and_then(|p| p.get("commands"))
-                .ok_or_else(|| anyhow!("command {command_id} has no commands parameter"))?;
-            Ok(lines.join("\n"))
-        })
-    }
-
-    /// Runs every command the deployer's record of `version_id` lists, on the instances the
-    /// record names for it, each (command, instance) once, hosts in parallel (as SSM would).
-    pub fn run_dispatched(&self, version_id: &str) -> Result<Vec<HostRun>> {
+    /// Waits until SSM reports every invocation of every command the deployer's record of
+    /// `version_id` lists as finished, and returns the ones not reported before (each
+    /// (command, instance) once), read from SSM's answers (`GetCommandInvocation`), never from
+    /// the harness's own bookkeeping.
+    pub fn wait_dispatched(&self, version_id: &str) -> Result<Vec<HostRun>> {
         let Some(record) = self.record(version_id)? else {
             return Ok(Vec::new());
         };
-        let mut todo = Vec::new();
+        let mut runs = Vec::new();
         for batch in &record.commands {
-            let script = self.command_script(&batch.command_id)?;
             for instance in &batch.instance_ids {
                 let pair = (batch.command_id.clone(), instance.clone());
-                if !self.ran.lock().unwrap().insert(pair) {
+                if self.reported.lock().unwrap().contains(&pair) {
                     continue;
                 }
                 let host = self
@@ -575,30 +611,136 @@ impl Pipeline {
                     .iter()
                     .find(|h| &h.instance_id == instance)
                     .ok_or_else(|| anyhow!("command for unknown instance {instance}"))?;
-                todo.push((host, batch.command_id.clone(), script.clone()));
+                runs.push(self.wait_invocation(host, &batch.command_id)?);
+                self.reported.lock().unwrap().insert(pair);
             }
         }
-        let runs = std::thread::scope(|s| {
-            let handles: Vec<_> = todo
-                .into_iter()
-                .map(|(host, id, script)| {
-                    let mount = self.mount.path();
-                    s.spawn(move || run_on_host(host, mount, &id, &script))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("host thread"))
-                .collect::<Result<Vec<_>>>()
-        })?;
         Ok(runs)
+    }
+
+    /// Polls `GetCommandInvocation` for (command, host) until its status is terminal.
+    fn wait_invocation(&self, host: &Host, command_id: &str) -> Result<HostRun> {
+        let deadline = Instant::now() + INVOCATION_TIMEOUT;
+        loop {
+            let answer = self.rt.block_on(
+                self.ssm
+                    .get_command_invocation()
+                    .command_id(command_id)
+                    .instance_id(&host.instance_id)
+                    .send(),
+            );
+            if let Ok(inv) = answer {
+                let status = inv
+                    .status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default();
+                if matches!(
+                    status.as_str(),
+                    "Success" | "Failed" | "TimedOut" | "Cancelled"
+                ) {
+                    let mut output = inv.standard_output_content().unwrap_or_default().to_owned();
+                    output.push_str(inv.standard_error_content().unwrap_or_default());
+                    let result = output
+                        .lines()
+                        .rev()
+                        .find_map(|l| l.strip_prefix("DROPSHIP_RESULT "))
+                        .and_then(|j| serde_json::from_str(j).ok())
+                        .unwrap_or(Value::Null);
+                    return Ok(HostRun {
+                        host: host.name.clone(),
+                        instance_id: host.instance_id.clone(),
+                        command_id: command_id.to_owned(),
+                        details: inv.status_details().unwrap_or_default().to_owned(),
+                        status,
+                        code: inv.response_code(),
+                        result,
+                        output,
+                    });
+                }
+            }
+            // InvocationDoesNotExist right after SendCommand, or still running.
+            if Instant::now() >= deadline {
+                bail!(
+                    "SSM did not report command {command_id} on {} as finished within {INVOCATION_TIMEOUT:?}",
+                    host.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Delivers every event captured so far to the Lambda (what EventBridge does with the
+    /// rule's target); returns how many.
+    pub fn deliver_pending(&mut self) -> Result<usize> {
+        self.poll_queue()?;
+        let events: Vec<Value> = self.inbox.lock().unwrap().drain(..).collect();
+        for e in &events {
+            // The Lambda's answer is in its log and the record; an error here is retried by
+            // Lambda in AWS and is asserted by the suites that care.
+            let _ = self.deliver(e);
+        }
+        Ok(events.len())
+    }
+
+    /// Runs `bundle-and-upload ARGS --wait --json` (or `dropship ARGS` when `operator`) while
+    /// delivering the events it causes to the Lambda, as EventBridge would; returns the
+    /// command's exit code and output once it exits.
+    pub fn run_waiting(&mut self, operator: bool, args: &[&str]) -> Result<Finished> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--wait", "--json"]);
+        let base = if operator {
+            self.repo.dropship()
+        } else {
+            self.repo.bundler()
+        };
+        let mut cmd = self.tool(base, &all);
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the CLI with --wait")?;
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let read = |pipe: Option<std::process::ChildStdout>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                if let Some(mut p) = pipe {
+                    let _ = std::io::Read::read_to_string(&mut p, &mut s);
+                }
+                s
+            })
+        };
+        let stdout = read(out);
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut p) = err {
+                let _ = std::io::Read::read_to_string(&mut p, &mut s);
+            }
+            s
+        });
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        let status = loop {
+            self.deliver_pending()?;
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                bail!("the CLI with --wait did not finish within {WAIT_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Ok(Finished {
+            code: status.code().unwrap_or(-1),
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
     }
 
     /// One version end to end: its captured events to the Lambda, then the commands on hosts.
     pub fn deploy(&mut self, version_id: &str) -> Result<Deploy> {
         let events = self.events_for(version_id, Duration::from_secs(30))?;
         let lambda = events.iter().map(|e| self.deliver(e)).collect();
-        let runs = self.run_dispatched(version_id)?;
+        let runs = self.wait_dispatched(version_id)?;
         Ok(Deploy {
             events,
             lambda,
@@ -608,23 +750,53 @@ impl Pipeline {
 
     /// What `host` serves now.
     pub fn view(&self, host: &Host) -> HostView {
-        let release = host.sandbox.current();
+        let root = self.app_root(host);
+        let release = fs::read_link(root.join("current"))
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
         let commit = release.as_ref().and_then(|r| {
-            let manifest = host
-                .sandbox
-                .app_root()
+            let manifest = root
                 .join("releases")
                 .join(r)
                 .join(".dropship/manifest.json");
             let v: Value = serde_json::from_slice(&fs::read(manifest).ok()?).ok()?;
             v["commit"].as_str().map(str::to_owned)
         });
-        let health = http::get(&health_url(host.port)).map(|(status, _)| status);
+        let health = host.sim().http_get(&health_url()).map(|(status, _)| status);
+        let container = host.sim().containers(&self.app).into_iter().next();
         HostView {
             release,
             commit,
             health,
+            container,
         }
+    }
+
+    /// The app root on `host`, as a machine path (`/opt/dropship/<app>` on the host).
+    pub fn app_root(&self, host: &Host) -> PathBuf {
+        host.sim().path(&format!("/opt/dropship/{}", self.app))
+    }
+
+    /// Release directory names on `host`, sorted.
+    pub fn releases(&self, host: &Host) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.app_root(host).join("releases"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// `deploy.log` on `host`, one JSON object per line.
+    pub fn audit(&self, host: &Host) -> Vec<Value> {
+        fs::read_to_string(self.app_root(host).join("deploy.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Every host's view.
@@ -632,8 +804,7 @@ impl Pipeline {
         self.hosts.iter().map(|h| self.view(h)).collect()
     }
 
-    /// Waits until every host serves `commit` healthily (the shim's server may take a moment
-    /// after a rollback); returns the views either way.
+    /// Waits until every host serves `commit` healthily; returns the views either way.
     pub fn wait_serving(&self, commit: &str, timeout: Duration) -> Vec<HostView> {
         wait_until(timeout, || {
             self.views()
@@ -662,16 +833,15 @@ impl Drop for Pipeline {
                 .send()
                 .await;
         });
-        if self.own_log {
-            let _ = fs::remove_file(&self.lambda_log);
-        }
-        // The LambdaProcess and each Sandbox stop their processes when dropped.
+        // The LambdaProcess and each SimHost (its dockerd, by PID) stop when dropped; the
+        // work directory with the Lambda's log goes with the pipeline.
+        let _ = (&self.own_log, &self.work);
     }
 }
 
-/// `http://127.0.0.1:<port>/public/health`.
-pub fn health_url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}{HEALTH_PATH}")
+/// `http://127.0.0.1:8080/public/health`: the sample's health URL, on each host's loopback.
+pub fn health_url() -> String {
+    format!("http://127.0.0.1:{APP_PORT}{HEALTH_PATH}")
 }
 
 fn str_field(v: &Value, key: &str) -> Result<String> {
@@ -706,71 +876,6 @@ async fn run_instances(ec2: &aws_sdk_ec2::Client, app: &str, n: usize) -> Result
     Ok(ids)
 }
 
-/// Runs one command on one host like the SSM agent: the script written to a file under the
-/// host's agent directory and started with `sh` (the preamble re-executes it under bash), in a
-/// mount namespace where the host's directory is mounted on `mount`.
-fn run_on_host(host: &Host, mount: &Path, command_id: &str, script: &str) -> Result<HostRun> {
-    let root = host.sandbox.dir.path();
-    let dir = root
-        .join("var/lib/amazon/ssm")
-        .join(&host.instance_id)
-        .join("document/orchestration")
-        .join(command_id)
-        .join("awsrunShellScript/0.awsrunShellScript");
-    fs::create_dir_all(&dir)?;
-    let file = dir.join("_script.sh");
-    fs::write(&file, script)?;
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
-    let mut cmd = Command::new("unshare");
-    if !is_root() {
-        cmd.args(["--user", "--map-root-user"]);
-    }
-    let out = cmd
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg("mount --bind -- \"$0\" \"$1\" && exec sh \"$2\"")
-        .arg(root)
-        .arg(mount)
-        .arg(&file)
-        .env_clear()
-        .env("PATH", format!("{}:{path}", shim_dir().display()))
-        .env("HOME", root)
-        .env("DOCKER_SHIM_STATE", host.sandbox.shim_state())
-        .env("DROPSHIP_COMPOSE_BIN", compose_bin())
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running the command on {} (unshare)", host.name))?;
-    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-    output.push_str(&String::from_utf8_lossy(&out.stderr));
-    let result = output
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("DROPSHIP_RESULT "))
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or(Value::Null);
-    fs::write(dir.join("stdout"), &output)?;
-    Ok(HostRun {
-        host: host.name.clone(),
-        instance_id: host.instance_id.clone(),
-        command_id: command_id.to_owned(),
-        code: out.status.code().unwrap_or(-1),
-        result,
-        output,
-    })
-}
-
-/// Whether this process runs as root (else the host's namespace needs a user namespace).
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// Copies a directory tree of regular files and directories.
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
@@ -787,23 +892,34 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A short table of host views (for the narrative and failure messages).
+/// A short table of host views (for the narrative and failure messages): the release, the
+/// container serving it and its Docker health, and the health URL's answer.
 pub fn table(p: &Pipeline) -> String {
     let mut rows = BTreeMap::new();
     for (h, v) in p.hosts.iter().zip(p.views()) {
+        let (container, docker_health) = match &v.container {
+            Some(c) => (c.id.chars().take(12).collect::<String>(), c.health.clone()),
+            None => ("-".into(), "-".into()),
+        };
         rows.insert(
             h.name.clone(),
             format!(
-                "{:<8} {:<20} {:<5} {:<34} {}",
+                "{:<8} {:<20} {:<34} {:<12} {:<9} {}",
                 h.name,
                 h.instance_id,
-                h.port,
                 v.release.unwrap_or_else(|| "-".into()),
+                container,
+                docker_health,
                 v.health.map_or("down".into(), |s| s.to_string())
             ),
         );
     }
-    rows.into_values().collect::<Vec<_>>().join("\n")
+    let mut out = format!(
+        "{:<8} {:<20} {:<34} {:<12} {:<9} {}\n",
+        "HOST", "INSTANCE", "CURRENT RELEASE", "CONTAINER", "DOCKER", "HEALTH URL"
+    );
+    out.push_str(&rows.into_values().collect::<Vec<_>>().join("\n"));
+    out
 }
 
 /// Everything a deploy produced, for failure messages: the Lambda's answers and each host

@@ -1,5 +1,5 @@
-//! Throwaway git repositories for the bundler suites, driven by the real `git` binary, and a
-//! runner for the real `bundle-and-upload` binary inside them.
+//! Throwaway git repositories for the bundler and operator suites, driven by the real `git`
+//! binary, and runners for the real `bundle-and-upload` and `dropship` binaries inside them.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -102,7 +102,17 @@ impl GitRepo {
 
     /// A `bundle-and-upload` command running in this repository with a clean CI environment.
     pub fn bundler(&self) -> Command {
-        let mut cmd = Command::new(bins::binary("bundle-and-upload"));
+        self.tool("bundle-and-upload")
+    }
+
+    /// A `dropship` command running in this repository with a clean CI environment.
+    pub fn dropship(&self) -> Command {
+        self.tool("dropship")
+    }
+
+    /// The workspace binary `name`, run in this repository with a clean CI environment.
+    fn tool(&self, name: &str) -> Command {
+        let mut cmd = Command::new(bins::binary(name));
         cmd.current_dir(self.path());
         for var in [
             "CI",

@@ -17,7 +17,8 @@
 //!   stands in for the registry pull a real host would do (no registry is reachable here).
 //!
 //! Commands run inside the host through `nsenter` ([`SimHost::command`]), as root with the
-//! minimal environment the SSM agent gives a command. A port of the machine's loopback (moto's
+//! minimal environment the SSM agent gives a command; [`SimAgent`] is the host's SSM agent for
+//! the local SSM endpoint (`crate::local_ssm`). A port of the machine's loopback (moto's
 //! S3, a bundle server) is made reachable at the same address inside the host with
 //! [`SimHost::forward_port`], standing in for the network path from an instance to S3.
 //!
@@ -41,6 +42,8 @@ use std::time::{Duration, Instant};
 
 use crate::bins;
 use crate::host::{compose_bin, wait_until};
+use crate::local_ssm::bash_instance::run_as_agent;
+use crate::local_ssm::{ManagedInstance, ScriptRun, StopSignal};
 
 /// The image every simulated host has, under the name a real host pulls from Docker Hub
 /// (`docker.io/library/busybox:1.35`); here its root file system is Debian's busybox 1.35.
@@ -318,18 +321,19 @@ impl SimHost {
         cmd
     }
 
-    /// Starts an `AWS-RunShellScript` command the way the SSM agent does on Linux: the script
-    /// written to `_script.sh` in the agent's orchestration directory for the command, run as
-    /// `sh -c <that file>` as root with the agent's environment, as the leader of its own
-    /// process group (the agent stops a command by SIGKILL to that group: see
-    /// [`kill_agent_script`]), stdout and stderr into files beside it. Returns the child and
-    /// the directory (machine path) holding `stdout` and `stderr`.
-    pub fn spawn_agent_script(
+    /// The command that runs an `AWS-RunShellScript` script the way amazon-ssm-agent does on
+    /// Linux: the script written to `_script.sh` (executable) in the agent's orchestration
+    /// directory for the command, run as `sh -c <that file>` as root with the agent's
+    /// environment (`PATH`, the instance id and region; no `HOME`). Returns the command (for
+    /// `local_ssm::bash_instance::run_as_agent`, which starts it in its own process group and
+    /// stops it with SIGKILL to that group) and the directory (machine path) the agent keeps
+    /// `stdout` and `stderr` in.
+    pub fn agent_command(
         &self,
         instance_id: &str,
         command_id: &str,
         script: &str,
-    ) -> io::Result<(Child, PathBuf)> {
+    ) -> io::Result<(Command, PathBuf)> {
         let rel = format!(
             "/var/lib/amazon/ssm/{instance_id}/document/orchestration/{command_id}/awsrunShellScript/0.awsrunShellScript"
         );
@@ -339,19 +343,12 @@ impl SimHost {
         fs::write(&file, script)?;
         // `sh -c <path>` executes the file itself, so the agent makes it executable.
         fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        let stdout = fs::File::create(dir.join("stdout"))?;
-        let stderr = fs::File::create(dir.join("stderr"))?;
-        let child = self
-            .command("sh")
-            .arg("-c")
+        let mut cmd = self.command("sh");
+        cmd.arg("-c")
             .arg(format!("{rel}/_script.sh"))
             .env("AWS_SSM_INSTANCE_ID", instance_id)
-            .env("AWS_SSM_REGION_NAME", "us-east-1")
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0)
-            .spawn()?;
-        Ok((child, dir))
+            .env("AWS_SSM_REGION_NAME", region());
+        Ok((cmd, dir))
     }
 
     /// `docker ARGS` against this host's engine; panics (with the output) when it fails.
@@ -556,13 +553,79 @@ impl Drop for SimHost {
     }
 }
 
-/// Stops a command started with [`SimHost::spawn_agent_script`] as the SSM agent does on an
-/// execution timeout or a cancel: SIGKILL to its whole process group, no grace period
-/// (amazon-ssm-agent, `executers_unix.go`, `killProcess`).
-pub fn kill_agent_script(child: &mut Child) {
-    // SAFETY: kill on the process group of a child we spawned as its leader.
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-    let _ = child.wait();
+/// A simulated host's SSM agent, as the local SSM endpoint sees it: the instance id and tags
+/// the harness gave the host in moto's EC2, whether the agent is connected, and runs that go
+/// through [`SimHost::agent_command`]. Output is also kept where the agent keeps it.
+pub struct SimAgent {
+    host: SimHost,
+    instance_id: String,
+    tags: Vec<(String, String)>,
+    online: AtomicBool,
+}
+
+impl SimAgent {
+    /// The agent of `host`, registered as `instance_id` with `tags`, online.
+    pub fn new(host: SimHost, instance_id: &str, tags: &[(&str, &str)]) -> Arc<Self> {
+        Arc::new(Self {
+            host,
+            instance_id: instance_id.to_owned(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            online: AtomicBool::new(true),
+        })
+    }
+
+    /// The host the agent runs on.
+    pub fn host(&self) -> &SimHost {
+        &self.host
+    }
+
+    /// Connects or disconnects the agent (`PingStatus` `Online` / `ConnectionLost`).
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::SeqCst);
+    }
+}
+
+impl ManagedInstance for SimAgent {
+    fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    fn tags(&self) -> Vec<(String, String)> {
+        self.tags.clone()
+    }
+
+    fn online(&self) -> bool {
+        self.online.load(Ordering::SeqCst)
+    }
+
+    fn run_shell_script(&self, command_id: &str, script: &str, stop: &StopSignal) -> ScriptRun {
+        let (cmd, dir) = match self
+            .host
+            .agent_command(&self.instance_id, command_id, script)
+        {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                return ScriptRun {
+                    exit_code: 1,
+                    stdout: String::new(),
+                    stderr: format!("the agent could not write its script: {e}"),
+                    stopped: None,
+                }
+            }
+        };
+        let run = run_as_agent(cmd, stop, |_| {});
+        let _ = fs::write(dir.join("stdout"), &run.stdout);
+        let _ = fs::write(dir.join("stderr"), &run.stderr);
+        run
+    }
+}
+
+/// The region the harness runs in (`AWS_REGION`, as `scripts/test` exports it).
+fn region() -> String {
+    std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
 }
 
 /// One running container of a compose project.

@@ -241,7 +241,9 @@ async fn a_failed_part_aborts_the_upload_leaving_no_version_and_no_open_upload()
         .bundler()
         .env("AWS_ENDPOINT_URL", proxy.endpoint())
         .args(["--multipart-threshold", "5242880", "--part-size", "5242880"]));
-    assert_ne!(done.code, 0, "{done:#?}");
+    // A 5xx is transient: exit 6, "retry", and nothing was left behind to clean up.
+    assert_eq!(done.code, 6, "{done:#?}");
+    assert!(done.stderr.contains("retry"), "{}", done.stderr);
     assert!(
         proxy.injected() >= 1,
         "the fault was hit: {:?}",

@@ -1,13 +1,13 @@
 //! End-to-end suite: the pipeline of `scripts/local-pipeline` (`dropship_tests::pipeline`)
 //! with assertions on every step. Real parts throughout: the sample app in a git repository,
 //! the real `bundle-and-upload`, moto's versioned S3 emitting EventBridge events captured by a
-//! real rule into SQS, the built `deployer-lambda` as a Lambda, the SSM command moto recorded,
-//! run by `sh` on two simulated hosts with the docker shim.
+//! real rule into SQS, the built `deployer-lambda` as a Lambda, and the local SSM endpoint
+//! running the command as the SSM agent does on two simulated hosts, each with its own real
+//! Docker engine. Host results are read from SSM's answers, as the CLI reads them.
 //!
 //! Where moto differs from AWS the suite does not lean on it (docs/testing.md): targets come
 //! from the deployer's record, not SSM's target list; every captured event is delivered;
-//! ordering is exercised with documented sequencer fixtures because moto's is constant; and
-//! `status` is checked for what it can truthfully say when moto's SSM never ran the command.
+//! ordering is exercised with documented sequencer fixtures because moto's is constant.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -16,7 +16,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use dropship_contract::metadata::ObjectMetadata;
 use dropship_contract::record::Outcome;
-use dropship_tests::pipeline::{explain, table, Deploy, Options, Pipeline, Upload};
+use dropship_tests::pipeline::{explain, table, Deploy, HostRun, Options, Pipeline, Upload};
 use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -62,39 +62,120 @@ fn upload(p: &Pipeline) -> Upload {
     p.upload().expect("bundle-and-upload")
 }
 
+/// `bundle-and-upload --wait --json` while the harness delivers the events it causes, as
+/// EventBridge does: the CLI's exit code and JSON, and what SSM reports for each host.
+fn upload_waiting(p: &mut Pipeline) -> (i32, Value, Vec<HostRun>) {
+    let out = p.run_waiting(false, &[]).expect("bundle-and-upload --wait");
+    let json: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("--wait --json output ({e}): {}{}", out.stdout, out.stderr));
+    let version = json["version_id"].as_str().expect("version_id").to_owned();
+    let runs = p.wait_dispatched(&version).expect("SSM reports every host");
+    (out.code, json, runs)
+}
+
+/// The `--wait` report's per-host (instance, state, exit code), sorted.
+fn waited_hosts(json: &Value) -> Vec<(String, String, Option<i64>)> {
+    hosts_of(&json["deploy"]["status"])
+}
+
+/// A status report's per-host (instance, state, exit code), sorted.
+fn hosts_of(status: &Value) -> Vec<(String, String, Option<i64>)> {
+    let mut v: Vec<(String, String, Option<i64>)> = status["hosts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hosts in {status:#}"))
+        .iter()
+        .map(|h| {
+            (
+                h["instance_id"].as_str().unwrap().to_owned(),
+                h["state"].as_str().unwrap().to_owned(),
+                h["exit_code"].as_i64(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every host of `p` in `state` with `code`.
+fn all_hosts(p: &Pipeline, state: &str, code: Option<i64>) -> Vec<(String, String, Option<i64>)> {
+    instance_ids(p)
+        .into_iter()
+        .map(|i| (i, state.to_owned(), code))
+        .collect()
+}
+
 #[test]
-fn v1_v2_broken_v3_rolls_back_restore_v1_and_the_operator_commands_tell_it() {
+fn v1_v2_broken_v3_rolls_back_rollback_to_v1_and_the_operator_commands_tell_it() {
     let mut p = start();
 
-    // v1: both hosts deploy it and serve it.
+    // v1 through `bundle-and-upload --wait`, as CI runs it: exit 0, deployed on both hosts,
+    // as SSM reports it (status, response code, output) and as the hosts serve it.
     let c1 = p.commit_release("v1");
-    let v1 = upload(&p);
-    assert_eq!(v1.commit, c1);
-    let d = p.deploy(&v1.version_id).unwrap();
-    assert_eq!(d.events.len(), 1, "one event per PutObject");
-    assert_eq!(d.events[0]["detail"]["object"]["key"], p.key().as_str());
-    assert_deploy(&p, &d, 0, "deployed", &c1);
-    let r1: Vec<Option<String>> = p.views().into_iter().map(|v| v.release).collect();
+    let (code, json, runs) = upload_waiting(&mut p);
+    assert_eq!(code, 0, "--wait exit code: {json:#}");
+    assert_eq!(json["commit"], c1.as_str());
+    let v1 = json["version_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        waited_hosts(&json),
+        all_hosts(&p, "success", Some(0)),
+        "{json:#}"
+    );
+    assert_eq!(runs.len(), 2, "one invocation per host");
+    for r in &runs {
+        assert_eq!(
+            (r.status.as_str(), r.code, r.outcome()),
+            ("Success", 0, "deployed"),
+            "{}",
+            r.output
+        );
+    }
+    let views = p.wait_serving(&c1, SETTLE);
+    assert!(views.iter().all(|v| v.health == Some(200)), "{}", table(&p));
+    let r1: Vec<Option<String>> = views.iter().map(|v| v.release.clone()).collect();
+    let containers1: Vec<String> = views
+        .iter()
+        .map(|v| v.container.clone().expect("a container serves").id)
+        .collect();
 
-    // v2 replaces it.
+    // v2 replaces it: new releases, new containers (the old ones are gone).
     let c2 = p.commit_release("v2");
     let v2 = upload(&p);
     let d = p.deploy(&v2.version_id).unwrap();
+    assert_eq!(d.events.len(), 1, "one event per PutObject");
+    assert_eq!(d.events[0]["detail"]["object"]["key"], p.key().as_str());
     assert_deploy(&p, &d, 0, "deployed", &c2);
-    let r2: Vec<Option<String>> = p.views().into_iter().map(|v| v.release).collect();
+    let views = p.views();
+    let r2: Vec<Option<String>> = views.iter().map(|v| v.release.clone()).collect();
     assert_ne!(r1, r2);
-    for (h, run) in p.hosts.iter().zip(&d.runs) {
-        let _ = h;
+    for (v, old) in views.iter().zip(&containers1) {
+        let c = v.container.as_ref().expect("a container serves");
+        assert_ne!(&c.id, old, "the container was replaced");
+        assert_eq!(c.health, "healthy");
+    }
+    for run in &d.runs {
         assert!(!run.result["previous"].as_str().unwrap_or("").is_empty());
     }
 
-    // Broken v3: no health endpoint; both hosts switch, fail health and roll back to v2.
+    // Broken v3 (no health endpoint) through --wait: both hosts switch, the container's own
+    // healthcheck fails, `compose up --wait` fails, both roll back to v2: exit 8.
     let c3 = p.commit_broken().unwrap();
-    let v3 = upload(&p);
-    assert_eq!(v3.commit, c3);
-    let d = p.deploy(&v3.version_id).unwrap();
-    assert_deploy(&p, &d, 9, "rolled_back", &c2);
-    for r in &d.runs {
+    let (code, json, runs) = upload_waiting(&mut p);
+    assert_eq!(
+        code, 8,
+        "--wait exit code for a rolled-back deploy: {json:#}"
+    );
+    assert_eq!(json["commit"], c3.as_str());
+    let v3 = json["version_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        waited_hosts(&json),
+        all_hosts(&p, "rolled_back", Some(9)),
+        "{json:#}"
+    );
+    for r in &runs {
+        assert_eq!(
+            (r.status.as_str(), r.code, r.outcome()),
+            ("Failed", 9, "rolled_back")
+        );
         assert!(
             r.result["attempted"]
                 .as_str()
@@ -103,22 +184,52 @@ fn v1_v2_broken_v3_rolls_back_restore_v1_and_the_operator_commands_tell_it() {
             "the broken release was tried: {}",
             r.output
         );
-        assert!(r.output.contains("health check failed"), "{}", r.output);
+        // The real engine's verdict: the container's own healthcheck failed, Docker marked it
+        // unhealthy and `compose up --wait` failed naming it; the host rolled back on that.
+        assert!(
+            r.output.contains("is unhealthy") && r.output.contains("docker compose up failed"),
+            "{}",
+            r.output
+        );
     }
-    let after: Vec<Option<String>> = p.views().into_iter().map(|v| v.release).collect();
+    let views = p.wait_serving(&c2, SETTLE);
+    let after: Vec<Option<String>> = views.iter().map(|v| v.release.clone()).collect();
     assert_eq!(after, r2, "v2's own release serves again");
+    assert!(views.iter().all(|v| v.health == Some(200)), "{}", table(&p));
 
-    // restore v1: a new version with v1's bytes and metadata, deployed like any upload.
-    let r = p.restore(&v1.version_id).unwrap();
-    assert_ne!(r.version_id, v1.version_id);
-    assert_eq!(r.commit, c1);
-    assert_eq!(r.summary["restored_from"], v1.version_id.as_str());
-    let d = p.deploy(&r.version_id).unwrap();
+    // `dropship status v3`: per host, rolled back with the host's exit code, read from SSM.
+    let out = p.dropship(&["status", &v3, "--json"]).success();
+    let status = out.json();
+    assert_eq!(status["version_id"], v3.as_str(), "{status:#}");
+    assert_eq!(status["commit"], c3.as_str(), "{status:#}");
+    assert_eq!(
+        hosts_of(&status),
+        all_hosts(&p, "rolled_back", Some(9)),
+        "{status:#}"
+    );
+    let record = p.record(&v3).unwrap().unwrap();
+    assert_eq!(record.outcome, Outcome::Dispatched);
+    for h in status["hosts"].as_array().unwrap() {
+        assert_eq!(h["command_id"], record.commands[0].command_id.as_str());
+        assert_eq!(h["result"]["outcome"], "rolled_back", "{h:#}");
+    }
+
+    // `dropship rollback v1`: a new version with v1's bytes and metadata, deployed like any upload.
+    let out = p.dropship(&["rollback", &v1, "--yes", "--json"]).success();
+    let summary = out.json();
+    let r = summary["new_version_id"]
+        .as_str()
+        .or(summary["version_id"].as_str())
+        .unwrap()
+        .to_owned();
+    assert_ne!(r, v1);
+    assert_eq!(summary["restored_from"], v1.as_str(), "{summary:#}");
+    let d = p.deploy(&r).unwrap();
     assert_eq!(d.events.len(), 1);
     assert_deploy(&p, &d, 0, "deployed", &c1);
 
-    // versions: the key's history with what the deployer did for each.
-    let out = p.cli(&["versions", "--json"]).success();
+    // releases: the key's history with what the deployer did for each.
+    let out = p.dropship(&["releases", "--json"]).success();
     let report = &out.json()[0];
     let rows = report["versions"].as_array().unwrap();
     let ids: Vec<&str> = rows
@@ -127,12 +238,7 @@ fn v1_v2_broken_v3_rolls_back_restore_v1_and_the_operator_commands_tell_it() {
         .collect();
     assert_eq!(
         ids,
-        [
-            &r.version_id,
-            &v3.version_id,
-            &v2.version_id,
-            &v1.version_id
-        ],
+        [&r, &v3, &v2.version_id, &v1],
         "newest first: {report:#}"
     );
     let commits: Vec<&str> = rows
@@ -145,7 +251,7 @@ fn v1_v2_broken_v3_rolls_back_restore_v1_and_the_operator_commands_tell_it() {
         assert_eq!(row["deploy"]["hosts"], 2, "{row:#}");
     }
     assert_eq!(rows[0]["is_latest"], true);
-    assert_eq!(rows[0]["metadata"]["restored_from"], v1.version_id.as_str());
+    assert_eq!(rows[0]["metadata"]["restored_from"], v1.as_str());
     assert!(rows[1..]
         .iter()
         .all(|r| r["metadata"]["restored_from"].is_null()));
@@ -153,49 +259,101 @@ fn v1_v2_broken_v3_rolls_back_restore_v1_and_the_operator_commands_tell_it() {
     // the deployer's pointer (which only moves to a strictly newer one) stays on v1. The
     // ordering test below covers it with S3-like sequencers.
 
-    // status of the broken version: the record's command reached exactly our two hosts.
-    // moto's SSM never runs a command and answers every invocation Success/exit 0 with no
-    // output, so the per-host state cannot show the rollback here (docs/testing.md); what
-    // status reads (the record, every invocation it names) is checked, and the hosts' real
-    // results were asserted above from the script's own result lines.
-    let record = p.record(&v3.version_id).unwrap().unwrap();
-    assert_eq!(record.outcome, Outcome::Dispatched);
-    let command_ids: Vec<String> = record
-        .commands
-        .iter()
-        .map(|c| c.command_id.clone())
-        .collect();
+    // The old spelling still works and says where it moved; the default version is the key's
+    // current one (the rollback).
+    let out = p.cli(&["status", "--json"]).success();
+    assert_eq!(out.json()["version_id"], r.as_str());
+    assert!(out.stderr.contains("dropship status"), "{}", out.stderr);
+}
+
+#[test]
+fn a_rollback_that_fails_too_exits_10_and_status_says_so() {
+    let mut p = start();
+    let c1 = p.commit_release("v1");
+    let (code, json, _) = upload_waiting(&mut p);
+    assert_eq!(code, 0, "{json:#}");
+    p.wait_serving(&c1, SETTLE);
+    // The previous release is damaged on disk (someone deleted a file of it on the host):
+    // a rollback to it cannot come up healthy either.
+    for (h, v) in p.hosts.iter().zip(p.views()) {
+        let release = v.release.expect("v1 is current");
+        let health = p
+            .app_root(h)
+            .join("releases")
+            .join(&release)
+            .join("public/health");
+        std::fs::remove_file(&health).unwrap();
+    }
+    p.commit_broken().unwrap();
+    let (code, json, runs) = upload_waiting(&mut p);
     assert_eq!(
-        command_ids,
-        d_commands(&p, &v3.version_id),
-        "the command the hosts ran is the record's"
+        code, 10,
+        "--wait exit code when the rollback failed too: {json:#}"
     );
-    let out = p.cli(&["status", &v3.version_id, "--json"]).success();
-    let status = out.json();
-    assert_eq!(status["version_id"], v3.version_id.as_str(), "{status:#}");
-    assert_eq!(status["commit"], c3.as_str(), "{status:#}");
-    assert_eq!(status["phase"], "dispatched", "{status:#}");
-    let mut hosts: Vec<(String, String)> = status["hosts"]
+    assert_eq!(
+        waited_hosts(&json),
+        all_hosts(&p, "rollback_failed", Some(10)),
+        "{json:#}"
+    );
+    for r in &runs {
+        assert_eq!(
+            (r.status.as_str(), r.code, r.outcome()),
+            ("Failed", 10, "rollback_failed")
+        );
+    }
+    let version = json["version_id"].as_str().unwrap();
+    let status = p.dropship(&["status", version, "--json"]).success().json();
+    assert_eq!(
+        hosts_of(&status),
+        all_hosts(&p, "rollback_failed", Some(10)),
+        "{status:#}"
+    );
+    // Nothing healthy serves: the container is unhealthy on each host, and status said so.
+    for v in p.views() {
+        assert_ne!(v.health, Some(200), "{}", table(&p));
+    }
+}
+
+#[test]
+fn an_offline_agent_times_out_undelivered_and_the_other_host_deploys() {
+    let mut p = start();
+    let c1 = p.commit_release("v1");
+    let offline = &p.hosts[1];
+    offline.agent.set_online(false);
+    let (offline_id, online_id) = (offline.instance_id.clone(), p.hosts[0].instance_id.clone());
+    let (code, json, runs) = upload_waiting(&mut p);
+    assert_eq!(
+        code, 9,
+        "--wait exit code when a host was never reached: {json:#}"
+    );
+    let hosts = waited_hosts(&json);
+    assert!(
+        hosts.contains(&(online_id.clone(), "success".into(), Some(0))),
+        "{json:#}"
+    );
+    assert!(
+        hosts.contains(&(offline_id.clone(), "timed_out".into(), None)),
+        "{json:#}"
+    );
+    let never = runs.iter().find(|r| r.instance_id == offline_id).unwrap();
+    assert_eq!(
+        (never.status.as_str(), never.details.as_str()),
+        ("TimedOut", "DeliveryTimedOut")
+    );
+    let version = json["version_id"].as_str().unwrap();
+    let status = p.dropship(&["status", version, "--json"]).success().json();
+    let detail = status["hosts"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| {
-            (
-                h["instance_id"].as_str().unwrap().to_owned(),
-                h["command_id"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    hosts.sort();
-    let expected: Vec<(String, String)> = instance_ids(&p)
-        .into_iter()
-        .map(|i| (i, command_ids[0].clone()))
-        .collect();
-    assert_eq!(hosts, expected, "{status:#}");
-
-    // Default version = the key's current one (the restore).
-    let out = p.cli(&["status", "--json"]).success();
-    assert_eq!(out.json()["version_id"], r.version_id.as_str());
+        .find(|h| h["instance_id"] == offline_id.as_str())
+        .map(|h| h["detail"].as_str().unwrap_or("").to_owned())
+        .unwrap();
+    assert!(detail.contains("never delivered"), "{status:#}");
+    // The reached host serves v1; the offline one was never touched.
+    let views = p.views();
+    assert_eq!(views[0].commit.as_deref(), Some(c1.as_str()));
+    assert_eq!(views[1].release, None, "{}", table(&p));
 }
 
 /// Command ids in a version's record.
@@ -216,7 +374,7 @@ fn the_same_event_delivered_twice_deploys_once_per_host() {
 
     let first = p.deliver(&event).unwrap();
     assert_eq!(first["outcome"], "dispatched", "{first}");
-    let runs = p.run_dispatched(&v1.version_id).unwrap();
+    let runs = p.wait_dispatched(&v1.version_id).unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs
         .iter()
@@ -226,21 +384,20 @@ fn the_same_event_delivered_twice_deploys_once_per_host() {
     let second = p.deliver(&event).unwrap();
     assert_eq!(second["outcome"], "skipped_duplicate", "{second}");
     assert_eq!(
-        p.run_dispatched(&v1.version_id).unwrap().len(),
+        p.wait_dispatched(&v1.version_id).unwrap().len(),
         0,
         "no second command"
     );
     assert_eq!(d_commands(&p, &v1.version_id).len(), 1);
 
     for h in &p.hosts {
-        let deployed: Vec<Value> = h
-            .sandbox
-            .audit()
+        let deployed: Vec<Value> = p
+            .audit(h)
             .into_iter()
             .filter(|e| e["version_id"] == v1.version_id.as_str())
             .collect();
         assert_eq!(deployed.len(), 1, "{}: {deployed:?}", h.name);
-        assert_eq!(h.sandbox.releases().len(), 1, "{}", h.name);
+        assert_eq!(p.releases(h).len(), 1, "{}", h.name);
     }
     let views = p.wait_serving(&c1, SETTLE);
     assert!(views.iter().all(|v| v.health == Some(200)), "{}", table(&p));
@@ -274,14 +431,14 @@ fn events_delivered_out_of_order_leave_the_newest_release() {
     // The newer event arrives first and is deployed.
     let a = p.deliver(&e2).unwrap();
     assert_eq!(a["outcome"], "dispatched", "{a}");
-    let runs = p.run_dispatched(&v2.version_id).unwrap();
+    let runs = p.wait_dispatched(&v2.version_id).unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|r| r.code == 0), "{runs:?}");
 
     // The older one arrives late: skipped, recorded, nothing sent.
     let b = p.deliver(&e1).unwrap();
     assert_eq!(b["outcome"], "skipped_stale", "{b}");
-    assert_eq!(p.run_dispatched(&v1.version_id).unwrap().len(), 0);
+    assert_eq!(p.wait_dispatched(&v1.version_id).unwrap().len(), 0);
     let record = p
         .record(&v1.version_id)
         .unwrap()
@@ -295,7 +452,7 @@ fn events_delivered_out_of_order_leave_the_newest_release() {
         assert_eq!(v.health, Some(200));
     }
     assert_ne!(c1, c2);
-    let out = p.cli(&["versions", "--json"]).success();
+    let out = p.dropship(&["releases", "--json"]).success();
     let rows = out.json()[0]["versions"].clone();
     let row = |id: &str| {
         rows.as_array()
@@ -373,7 +530,7 @@ fn a_hostile_bundle_never_reaches_a_host() {
     let v1 = upload(&p);
     let d = p.deploy(&v1.version_id).unwrap();
     assert_deploy(&p, &d, 0, "deployed", &c1);
-    let before: Vec<Vec<String>> = p.hosts.iter().map(|h| h.sandbox.releases()).collect();
+    let before: Vec<Vec<String>> = p.hosts.iter().map(|h| p.releases(h)).collect();
 
     let (bytes, meta) = p.block_on(async {
         let got =
@@ -418,22 +575,22 @@ fn a_hostile_bundle_never_reaches_a_host() {
     assert!(record.commands.is_empty());
 
     // Hosts unchanged: same releases, v1 serving, nothing written outside a release.
-    let after: Vec<Vec<String>> = p.hosts.iter().map(|h| h.sandbox.releases()).collect();
+    let after: Vec<Vec<String>> = p.hosts.iter().map(|h| p.releases(h)).collect();
     assert_eq!(before, after);
     for h in &p.hosts {
-        let root = h.sandbox.app_root();
+        let root = p.app_root(h);
         assert!(!root.join("x").exists() && !root.join("releases/x").exists());
     }
     let views = p.wait_serving(&c1, SETTLE);
     assert!(views.iter().all(|v| v.health == Some(200)), "{}", table(&p));
 
     // The operator commands say so.
-    let out = p.cli(&["versions", "--json"]).success();
+    let out = p.dropship(&["releases", "--json"]).success();
     let top = out.json()[0]["versions"][0].clone();
     assert_eq!(top["version_id"], version.as_str());
     assert_eq!(top["deploy"]["outcome"], "rejected", "{top:#}");
     assert_eq!(top["deploy"]["hosts"], 0, "{top:#}");
-    let out = p.cli(&["status", &version, "--json"]).success();
+    let out = p.dropship(&["status", &version, "--json"]).success();
     let status = out.json();
     assert_eq!(status["phase"], "refused", "{status:#}");
     assert_eq!(status["verdict"], "refused", "{status:#}");

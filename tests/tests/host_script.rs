@@ -19,11 +19,10 @@ use deployer_lambda::plan::{render_command, MAX_COMMAND_BYTES};
 use dropship_contract::host::{required_env_value, ExitCode, HostResult, HostVar};
 use dropship_contract::manifest::{bounds, DeploySettings, EnvRule};
 use dropship_tests::host::{
-    group_members, make_bundle, sha256_hex, signal, signal_group, wait_until, AppFiles, Bundle,
-    Host, Probe, Run, Vars,
+    group_members, kill_agent_script, make_bundle, sha256_hex, signal, signal_group, wait_until,
+    AppFiles, Bundle, Host, Probe, Run, Vars,
 };
 use dropship_tests::http::Reply;
-use dropship_tests::simhost::kill_agent_script;
 
 /// In every World's `shared/.env`; no output of any run may contain it.
 const CANARY: &str = "canary-7c1f9e2b-never-printed";
@@ -131,10 +130,16 @@ fn assert_code(run: &Run, code: i32, outcome: &str) {
         "unexpected result; output:\n{}",
         run.output
     );
-    assert_eq!(run.result["exit_code"], code, "exit_code in the result line");
+    assert_eq!(
+        run.result["exit_code"], code,
+        "exit_code in the result line"
+    );
     let parsed = HostResult::from_output(&run.output).expect("contract parses the result line");
     assert_eq!(parsed.exit_code, code);
-    assert!(ExitCode::from_code(code).is_some(), "{code} is a contract exit code");
+    assert!(
+        ExitCode::from_code(code).is_some(),
+        "{code} is a contract exit code"
+    );
 }
 
 /// Every log line before the result carries a UTC timestamp and a step name.
@@ -193,8 +198,18 @@ fn first_deploy_unpacks_links_switches_and_serves() {
     assert_logged_steps(
         &run,
         &[
-            "lock", "idempotency", "preflight", "download", "verify", "unpack", "shared",
-            "config", "switch", "compose", "health", "result",
+            "lock",
+            "idempotency",
+            "preflight",
+            "download",
+            "verify",
+            "unpack",
+            "shared",
+            "config",
+            "switch",
+            "compose",
+            "health",
+            "result",
         ],
     );
     let rel = w.host.current().expect("current link");
@@ -260,7 +275,10 @@ fn second_deploy_replaces_the_container_and_keeps_the_previous_release() {
     assert!(!ids1.contains(&ids2[0]), "the container was not recreated");
     let all = w.host.sim.docker(&["ps", "-a", "-q", "--no-trunc"]);
     assert!(!all.contains(&ids1[0]), "the old container still exists");
-    assert_eq!(w.host.releases(), by_name(vec![first.clone(), second.clone()]));
+    assert_eq!(
+        w.host.releases(),
+        by_name(vec![first.clone(), second.clone()])
+    );
     let st = w.host.state();
     assert_eq!(st["previous"], first.as_str());
     assert_eq!(st["sequencer"], "0B");
@@ -278,7 +296,11 @@ fn same_version_again_is_a_noop_that_checks_what_runs() {
     assert!(!again.output.contains("[recover]"), "{}", again.output);
     assert_eq!(again.field("release"), rel);
     assert_eq!(w.container_ids(), ids, "nothing restarted");
-    assert_eq!(w.host.server.hits("/ver-1.tar.gz"), 1, "not downloaded again");
+    assert_eq!(
+        w.host.server.hits("/ver-1.tar.gz"),
+        1,
+        "not downloaded again"
+    );
     assert_eq!(w.host.audit().last().unwrap()["outcome"], "noop");
 }
 
@@ -287,14 +309,22 @@ fn older_sequencer_is_stale_and_empty_sequencer_redeploys() {
     let w = World::new("stale");
     let old = w.healthy("v1");
     let new = w.healthy("v2");
-    assert_code(&w.deploy(&new, "ver-2", "0062E99A88DC407460"), 0, "deployed");
+    assert_code(
+        &w.deploy(&new, "ver-2", "0062E99A88DC407460"),
+        0,
+        "deployed",
+    );
     let rel = w.host.current().unwrap();
     let ids = w.container_ids();
     let stale = w.deploy(&old, "ver-1", "0055AED6DCD90281E5");
     assert_code(&stale, 0, "stale");
     assert_eq!(w.host.current().unwrap(), rel);
     assert_eq!(w.container_ids(), ids);
-    assert_eq!(w.host.server.hits("/ver-1.tar.gz"), 0, "stale bundle not fetched");
+    assert_eq!(
+        w.host.server.hits("/ver-1.tar.gz"),
+        0,
+        "stale bundle not fetched"
+    );
     // An operator's direct redeploy (no sequencer) goes through; the newest sequencer stays.
     assert_code(&w.deploy(&old, "ver-1", ""), 0, "deployed");
     assert_settled(&w, "v1");
@@ -350,8 +380,15 @@ fn compose_up_failures_port_taken_or_container_exiting_roll_back() {
     w.deployed("v1", "01");
     // A port another container holds.
     w.host.sim.docker(&[
-        "run", "-d", "--name", "squatter", "-p", "127.0.0.1:9090:80",
-        dropship_tests::simhost::IMAGE, "sleep", "600",
+        "run",
+        "-d",
+        "--name",
+        "squatter",
+        "-p",
+        "127.0.0.1:9090:80",
+        dropship_tests::simhost::IMAGE,
+        "sleep",
+        "600",
     ]);
     let taken = AppFiles::healthy(8080, "v2").with(
         "compose.yaml",
@@ -387,7 +424,11 @@ fn an_image_missing_from_the_host_and_every_registry_is_refused_before_the_switc
     );
     let run = w.deploy(&w.bundle(missing), "ver-2", "02");
     assert_rejected_before_switch(&w, &run, 5, &good, &ids);
-    assert!(run.message_contains("busybox:9.99-missing"), "{}", run.output);
+    assert!(
+        run.message_contains("busybox:9.99-missing"),
+        "{}",
+        run.output
+    );
 }
 
 #[test]
@@ -401,7 +442,11 @@ fn remove_orphans_removes_a_service_the_new_release_dropped() {
             dropship_tests::simhost::IMAGE
         ) + "volumes:\n  store:\n",
     );
-    assert_code(&w.deploy(&w.bundle(with_side), "ver-1", "01"), 0, "deployed");
+    assert_code(
+        &w.deploy(&w.bundle(with_side), "ver-1", "01"),
+        0,
+        "deployed",
+    );
     let services: Vec<String> = w.host.running().into_iter().map(|c| c.service).collect();
     assert_eq!(services, ["side", "web"]);
     assert_code(&w.deploy(&w.healthy("v2"), "ver-2", "02"), 0, "deployed");
@@ -448,7 +493,11 @@ fn named_volumes_env_and_shared_data_survive_deploys_and_rollbacks() {
     ));
     let v2 = w.bundle(AppFiles::healthy(8080, "v2").with("data/seed.txt", "seed v2\n"));
     assert_code(&w.deploy(&v2, "ver-2", "02"), 0, "deployed");
-    assert_code(&w.deploy(&w.unhealthy("v3"), "ver-3", "03"), 9, "rolled_back");
+    assert_code(
+        &w.deploy(&w.unhealthy("v3"), "ver-3", "03"),
+        9,
+        "rolled_back",
+    );
     assert_code(&w.run(&w.host.rollback_vars("")), 0, "rolled_back");
     assert_settled(&w, "v1");
     assert_eq!(
@@ -549,7 +598,10 @@ fn download_failures_are_refused_403_not_retried_500_retried_truncated_detected(
         assert_eq!(w.host.server.hits(path), max_hits, "requests for {path}");
     }
     let mut vars = base.clone();
-    vars.insert("DROPSHIP_BUNDLE_URL".into(), w.host.server.url("/short.tar.gz"));
+    vars.insert(
+        "DROPSHIP_BUNDLE_URL".into(),
+        w.host.server.url("/short.tar.gz"),
+    );
     vars.insert("DROPSHIP_BUNDLE_BYTES".into(), "0".into());
     let run = w.run(&vars);
     assert_rejected_before_switch(&w, &run, 5, &good, &ids);
@@ -638,7 +690,11 @@ fn required_env_rules_presence_non_empty_length_and_pattern_never_print_the_valu
     ] {
         assert!(msg.contains(want), "{want}: {msg}");
     }
-    assert!(!run.output.contains("staging-secret-mode"), "{}", run.output);
+    assert!(
+        !run.output.contains("staging-secret-mode"),
+        "{}",
+        run.output
+    );
     // All rules met: deployed; `export` and quotes are read as compose reads them.
     let long = "k".repeat(40);
     w.host.write_shared(
@@ -666,7 +722,11 @@ fn a_malformed_env_line_is_never_printed() {
         let run = w.run(&vars);
         assert_rejected_before_switch(&w, &run, 7, &good, &ids);
         assert!(run.message_contains("shared/.env line"), "{}", run.output);
-        assert!(!run.output.contains("hunter2"), "{bad:?} printed:\n{}", run.output);
+        assert!(
+            !run.output.contains("hunter2"),
+            "{bad:?} printed:\n{}",
+            run.output
+        );
     }
 }
 
@@ -685,7 +745,11 @@ fn every_deploy_setting_bound_is_the_same_on_the_host_and_in_the_contract() {
     };
     let path = |n: usize| format!("{}{}", "d/".repeat((n - 1) / 2), "x".repeat(2 - n % 2));
     let list = |n: usize, p: &str| (0..n).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
-    let rules = |n: usize| (0..n).map(|i| EnvRule::named(&format!("V{i}"))).collect::<Vec<_>>();
+    let rules = |n: usize| {
+        (0..n)
+            .map(|i| EnvRule::named(&format!("V{i}")))
+            .collect::<Vec<_>>()
+    };
     let with = |f: &dyn Fn(&mut DeploySettings)| {
         let mut s = DeploySettings::default();
         f(&mut s);
@@ -735,8 +799,12 @@ fn every_deploy_setting_bound_is_the_same_on_the_host_and_in_the_contract() {
         ),
         (
             "DROPSHIP_HEALTH_URL",
-            with(&|s| s.health_url = Some(format!("http://h/{}", "a".repeat(MAX_HEALTH_URL_LEN - 9)))),
-            with(&|s| s.health_url = Some(format!("http://h/{}", "a".repeat(MAX_HEALTH_URL_LEN - 8)))),
+            with(&|s| {
+                s.health_url = Some(format!("http://h/{}", "a".repeat(MAX_HEALTH_URL_LEN - 9)))
+            }),
+            with(&|s| {
+                s.health_url = Some(format!("http://h/{}", "a".repeat(MAX_HEALTH_URL_LEN - 8)))
+            }),
         ),
         (
             "DROPSHIP_HEALTH_TIMEOUT",
@@ -803,7 +871,10 @@ fn every_deploy_setting_bound_is_the_same_on_the_host_and_in_the_contract() {
     for (name, at, past) in &cases {
         at.validate()
             .unwrap_or_else(|e| panic!("{name}: the contract refused the bound: {e}"));
-        assert!(past.validate().is_err(), "{name}: the contract accepted {past:?}");
+        assert!(
+            past.validate().is_err(),
+            "{name}: the contract accepted {past:?}"
+        );
         let run = w.run(&settings_vars(&base, at));
         assert_eq!(
             run.code, 5,
@@ -823,12 +894,18 @@ fn settings_vars(base: &Vars, s: &DeploySettings) -> Vars {
     for (k, val) in [
         ("DROPSHIP_COMPOSE_FILE", s.compose_file.clone()),
         ("DROPSHIP_PROFILES", s.profiles.join(",")),
-        ("DROPSHIP_HEALTH_URL", s.health_url.clone().unwrap_or_default()),
+        (
+            "DROPSHIP_HEALTH_URL",
+            s.health_url.clone().unwrap_or_default(),
+        ),
         ("DROPSHIP_HEALTH_TIMEOUT", s.health_timeout_secs.to_string()),
         ("DROPSHIP_SHARED_PATHS", s.shared_paths.join(",")),
         ("DROPSHIP_KEEP_RELEASES", s.keep_releases.to_string()),
         ("DROPSHIP_REQUIRED_ENV", required_env_value(&s.required_env)),
-        ("DROPSHIP_PRE_SWITCH_HOOK", s.pre_switch_hook.clone().unwrap_or_default()),
+        (
+            "DROPSHIP_PRE_SWITCH_HOOK",
+            s.pre_switch_hook.clone().unwrap_or_default(),
+        ),
     ] {
         v.insert(k.into(), val);
     }
@@ -845,27 +922,7 @@ fn the_rendered_command_with_the_largest_allowed_inputs_fits_ssm_and_runs() {
     let b = w.healthy("v1");
     let mut vars = w.vars(&b, &"v".repeat(1024), "0".repeat(128).as_str());
     vars.insert("DROPSHIP_SHA256".into(), "ab".repeat(32));
-    let long = |n: usize| format!("{}{}", "d/".repeat((n - 1) / 2), "x".repeat(2 - n % 2));
-    let s = DeploySettings {
-        compose_file: long(bounds::MAX_PATH_LEN),
-        profiles: (0..bounds::MAX_PROFILES)
-            .map(|i| format!("{i:0>width$}", width = bounds::MAX_PROFILE_LEN))
-            .collect(),
-        health_url: Some(format!("http://h/{}", "a".repeat(bounds::MAX_HEALTH_URL_LEN - 9))),
-        health_timeout_secs: 3600,
-        shared_paths: (0..bounds::MAX_SHARED_PATHS)
-            .map(|i| format!("{i:x}{}", long(bounds::MAX_PATH_LEN - 1)))
-            .collect(),
-        keep_releases: 100,
-        required_env: (0..bounds::MAX_ENV_RULES)
-            .map(|i| EnvRule {
-                name: format!("{}{i:02}", "V".repeat(bounds::MAX_ENV_NAME_LEN - 2)),
-                min_length: bounds::MAX_ENV_MIN_LENGTH,
-                pattern: Some("a".repeat(bounds::MAX_ENV_PATTERN_LEN)),
-            })
-            .collect(),
-        pre_switch_hook: Some(format!("h{}", long(bounds::MAX_PATH_LEN - 1))),
-    };
+    let s = DeploySettings::largest_allowed();
     s.validate().unwrap();
     let mut vars = settings_vars(&vars, &s);
     // A presigned URL for a 1024-byte key with a session token is about 2.5 KB.
@@ -886,7 +943,9 @@ fn the_rendered_command_with_the_largest_allowed_inputs_fits_ssm_and_runs() {
         "largest command: {} of {MAX_COMMAND_BYTES} bytes",
         cmd.len()
     );
-    w.host.server.set("/ver-big.tar.gz", Reply::Body(b.bytes.clone()));
+    w.host
+        .server
+        .set("/ver-big.tar.gz", Reply::Body(b.bytes.clone()));
     let run = checked(w.host.run(&cmd));
     assert_eq!(run.code, 5, "valid inputs, wrong checksum:\n{}", run.output);
 }
@@ -900,7 +959,10 @@ fn overlapping_shared_paths_never_delete_shared_files() {
     let good = w.deployed("v1", "01");
     w.host.write_shared("data/uploads/photo.jpg", "precious\n");
     let mut vars = w.vars(&w.healthy("v2"), "ver-2", "02");
-    vars.insert("DROPSHIP_SHARED_PATHS".into(), ".env,data,data/uploads".into());
+    vars.insert(
+        "DROPSHIP_SHARED_PATHS".into(),
+        ".env,data,data/uploads".into(),
+    );
     let run = w.run(&vars);
     assert_code(&run, 2, "failed");
     assert!(run.message_contains("overlaps"), "{}", run.output);
@@ -917,19 +979,27 @@ fn a_failed_state_write_is_a_failed_deploy_not_a_silent_downgrade() {
     // The app root on a small tmpfs of the host's own, filled while v2's health is checked:
     // the commit (state.json) cannot be written.
     let w = World::with_host(Host::start_at("statefull", "/run/full/statefull"));
-    w.host.sh("mkdir -p /run/full && mount -t tmpfs -o size=8m tmpfs /run/full");
+    w.host
+        .sh("mkdir -p /run/full && mount -t tmpfs -o size=8m tmpfs /run/full");
     w.write_env("");
     w.deployed("v1", "01");
     let probe = Probe::install(&w.host);
     probe.pause_at("/^[0-9]+ curl .*app/health/");
     let (mut child, dir) = w.spawn(&w.vars(&w.healthy("v2"), "ver-2", "02"), Some(&probe));
-    assert!(probe.wait_paused(&mut child).is_some(), "v2 never reached its health check");
+    assert!(
+        probe.wait_paused(&mut child).is_some(),
+        "v2 never reached its health check"
+    );
     fill_disk(&w.host, "/run/full");
     probe.release();
     let run = w.finish(child, &dir);
     // Before the fix: exit 0 "deployed", and the next run's recovery went back to v1.
     assert_code(&run, 9, "rolled_back");
-    assert!(run.message_contains("state.json could not be written"), "{}", run.output);
+    assert!(
+        run.message_contains("state.json could not be written"),
+        "{}",
+        run.output
+    );
     assert_eq!(w.host.serving().as_deref(), Some("v1"));
     assert_eq!(w.host.state()["version_id"], "ver-1");
     free_disk(&w.host, "/run/full");
@@ -941,7 +1011,10 @@ fn fill_disk(host: &Host, mount: &str) {
     let out = host
         .sim
         .command("sh")
-        .args(["-c", &format!("cat /dev/zero > {mount}/filler; df -k {mount}")])
+        .args([
+            "-c",
+            &format!("cat /dev/zero > {mount}/filler; df -k {mount}"),
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -971,7 +1044,11 @@ fn missing_or_unreadable_state_json_never_stops_the_running_app() {
         assert!(run.output.contains("[recover]"), "{}", run.output);
         assert_eq!(w.host.current().as_deref(), Some(good.as_str()));
         assert_eq!(w.container_ids(), ids, "verified in place, not restarted");
-        assert_eq!(w.host.state()["current"], good.as_str(), "state.json rebuilt");
+        assert_eq!(
+            w.host.state()["current"],
+            good.as_str(),
+            "state.json rebuilt"
+        );
         assert_eq!(w.host.state()["version_id"], "ver-1");
         assert_settled(&w, "v1");
     }
@@ -987,9 +1064,15 @@ fn killed_during_the_rollbacks_compose_up_the_next_run_restores_what_runs() {
     // as SSM would.
     probe.pause_at(UP);
     let (mut child, _dir) = w.spawn(&w.vars(&w.unhealthy("v3"), "ver-3", "03"), Some(&probe));
-    assert!(probe.wait_paused(&mut child).is_some(), "v3 never reached compose up");
+    assert!(
+        probe.wait_paused(&mut child).is_some(),
+        "v3 never reached compose up"
+    );
     probe.pause_next(UP);
-    assert!(probe.wait_paused(&mut child).is_some(), "the rollback never started");
+    assert!(
+        probe.wait_paused(&mut child).is_some(),
+        "the rollback never started"
+    );
     kill_agent_script(&mut child);
     probe.reset();
     // The broken v3's container runs while state.json and `current` say v2.
@@ -1026,7 +1109,11 @@ fn a_failed_rollback_exit_10_is_recovered_by_the_next_run() {
     fs::write(&health, "ok\n").unwrap();
     let run = w.deploy(&w.healthy("v2"), "ver-v2", "02");
     assert_code(&run, 0, "noop");
-    assert!(run.output.contains("the last run could not bring"), "{}", run.output);
+    assert!(
+        run.output.contains("the last run could not bring"),
+        "{}",
+        run.output
+    );
     assert_settled(&w, "v2");
     assert_eq!(w.host.state()["last_outcome"], "recovered");
 }
@@ -1034,8 +1121,13 @@ fn a_failed_rollback_exit_10_is_recovered_by_the_next_run() {
 /// A transfer that sends 1 KiB and then nothing.
 fn stalled(w: &World, b: &Bundle) -> Vars {
     let mut vars = w.vars(b, "ver-2", "02");
-    w.host.server.set("/stalled.tar.gz", Reply::Stall(b.bytes.clone()));
-    vars.insert("DROPSHIP_BUNDLE_URL".into(), w.host.server.url("/stalled.tar.gz"));
+    w.host
+        .server
+        .set("/stalled.tar.gz", Reply::Stall(b.bytes.clone()));
+    vars.insert(
+        "DROPSHIP_BUNDLE_URL".into(),
+        w.host.server.url("/stalled.tar.gz"),
+    );
     vars
 }
 
@@ -1053,7 +1145,10 @@ fn a_stalled_download_fails_in_bounded_time_and_never_holds_the_lock() {
     // Before the fix: one attempt alone could take an hour (--max-time 3600).
     assert_rejected_before_switch(&w, &run, 5, &good, &ids);
     assert!(took < Duration::from_secs(60), "took {took:?}");
-    assert!(w.host.sh("pgrep -x curl || true").trim().is_empty(), "curl left running");
+    assert!(
+        w.host.sh("pgrep -x curl || true").trim().is_empty(),
+        "curl left running"
+    );
 }
 
 #[test]
@@ -1063,7 +1158,11 @@ fn the_lock_never_outlives_the_script_and_sigterm_stops_a_download_at_once() {
     let vars = stalled(&w, &w.healthy("v2"));
     // SIGKILL to the script alone (not its group): curl must die with it, the lock free.
     let (mut child, _dir) = w.spawn(&vars, None);
-    assert!(wait_until(Duration::from_secs(60), || w.host.server.hits("/stalled.tar.gz") > 0));
+    assert!(wait_until(Duration::from_secs(60), || w
+        .host
+        .server
+        .hits("/stalled.tar.gz")
+        > 0));
     let script = group_members(child.id(), Some("_script.sh"));
     assert!(!script.is_empty(), "the script runs");
     signal(script[0], "KILL");
@@ -1081,13 +1180,25 @@ fn the_lock_never_outlives_the_script_and_sigterm_stops_a_download_at_once() {
     // SIGTERM (an operator, systemd): handled at once, not when curl gives up.
     let (child, dir) = w.spawn(&vars, None);
     let hits = w.host.server.hits("/stalled.tar.gz");
-    assert!(wait_until(Duration::from_secs(60), || w.host.server.hits("/stalled.tar.gz") > hits));
+    assert!(wait_until(Duration::from_secs(60), || w
+        .host
+        .server
+        .hits("/stalled.tar.gz")
+        > hits));
     let t0 = Instant::now();
     signal(group_members(child.id(), Some("_script.sh"))[0], "TERM");
     let run = w.finish(child, &dir);
-    assert!(t0.elapsed() < Duration::from_secs(5), "SIGTERM took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "SIGTERM took {:?}",
+        t0.elapsed()
+    );
     assert_code(&run, 10, "failed");
-    assert!(run.message_contains("stopped by SIGTERM during download"), "{}", run.output);
+    assert!(
+        run.message_contains("stopped by SIGTERM during download"),
+        "{}",
+        run.output
+    );
     assert!(w.host.sh("pgrep -x curl || true").trim().is_empty());
     assert_settled(&w, "v1");
 }
@@ -1101,9 +1212,10 @@ fn the_presigned_url_and_env_values_never_reach_a_command_line_or_environment() 
     let hook = "#!/bin/sh\nsleep 2\n";
     let b = w.bundle(AppFiles::healthy(8080, "v2").with("deploy/hook.sh", hook));
     let mut vars = w.vars(&b, "ver-2", "02");
-    w.host
-        .server
-        .set("/slow.tar.gz", Reply::Slow(b.bytes.clone(), Duration::from_secs(3)));
+    w.host.server.set(
+        "/slow.tar.gz",
+        Reply::Slow(b.bytes.clone(), Duration::from_secs(3)),
+    );
     vars.insert(
         "DROPSHIP_BUNDLE_URL".into(),
         format!("{}?{signature}&{token}", w.host.server.url("/slow.tar.gz")),
@@ -1128,7 +1240,8 @@ fn the_presigned_url_and_env_values_never_reach_a_command_line_or_environment() 
                 let text = String::from_utf8_lossy(&bytes);
                 for s in secrets {
                     if text.contains(s) {
-                        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                        let comm =
+                            fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                         seen.insert(format!("{s} in {what} of {pid} ({})", comm.trim()));
                     }
                 }
@@ -1151,12 +1264,18 @@ fn hand_made_bundle(setup: &str) -> Bundle {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("tree");
     fs::create_dir_all(&root).unwrap();
-    fs::write(root.join("compose.yaml"), dropship_tests::host::compose_yaml(8080)).unwrap();
+    fs::write(
+        root.join("compose.yaml"),
+        dropship_tests::host::compose_yaml(8080),
+    )
+    .unwrap();
     fs::write(root.join("health"), "ok\n").unwrap();
     fs::write(root.join("version.txt"), "hand\n").unwrap();
     let st = std::process::Command::new("bash")
         .arg("-c")
-        .arg(format!("set -e; cd tree; {setup}; tar czf ../b.tar.gz ${{ENTRIES:-$(ls -A)}}"))
+        .arg(format!(
+            "set -e; cd tree; {setup}; tar czf ../b.tar.gz ${{ENTRIES:-$(ls -A)}}"
+        ))
         .current_dir(dir.path())
         .status()
         .unwrap();
@@ -1197,14 +1316,21 @@ fn unsafe_bundles_are_refused_from_their_listing_before_anything_is_unpacked() {
         let (child, dir) = w.spawn(&w.vars(&b, &id, "02"), Some(&probe));
         let run = w.finish(child, &dir);
         assert_rejected_before_switch(&w, &run, 6, &good, &ids);
-        assert!(run.message_contains("unsafe bundle"), "{setup}: {}", run.output);
+        assert!(
+            run.message_contains("unsafe bundle"),
+            "{setup}: {}",
+            run.output
+        );
         // Before the fix the bundle was extracted first and checked afterwards.
         let extracted: Vec<String> = probe
             .trace()
             .into_iter()
             .filter(|l| l.contains(" tar ") && l.contains(" -x "))
             .collect();
-        assert!(extracted.is_empty(), "{setup}: unpacked before the check: {extracted:?}");
+        assert!(
+            extracted.is_empty(),
+            "{setup}: unpacked before the check: {extracted:?}"
+        );
     }
 }
 
@@ -1224,13 +1350,19 @@ fn a_pre_switch_hook_runs_when_the_app_root_path_has_a_symlink() {
     let host = Host::start_at("hooklink", "/opt/link/hooklink");
     host.sh("mkdir -p /opt/real && ln -s real /opt/link");
     let w = World::with_host(host);
-    let b = w.bundle(AppFiles::healthy(8080, "v1").with("deploy/hook.sh", "#!/bin/sh\ntouch data/hooked\n"));
+    let b = w.bundle(
+        AppFiles::healthy(8080, "v1").with("deploy/hook.sh", "#!/bin/sh\ntouch data/hooked\n"),
+    );
     let mut vars = w.vars(&b, "ver-1", "01");
     vars.insert("DROPSHIP_PRE_SWITCH_HOOK".into(), "deploy/hook.sh".into());
     let run = w.run(&vars);
     // Before the fix: exit 8 "is not a file inside the release".
     assert_code(&run, 0, "deployed");
-    assert!(w.host.sim.path("/opt/real/hooklink/shared/data/hooked").exists());
+    assert!(w
+        .host
+        .sim
+        .path("/opt/real/hooklink/shared/data/hooked")
+        .exists());
 }
 
 #[test]
@@ -1248,13 +1380,22 @@ fn a_killed_seed_copy_is_never_taken_for_a_seeded_path_and_its_release_is_remove
     let probe = Probe::install(&w.host);
     probe.stop_in("/ cp -a /");
     let (mut child, _dir) = w.spawn(&vars, Some(&probe));
-    assert!(probe.wait_paused(&mut child).is_some(), "the seed copy never started");
+    assert!(
+        probe.wait_paused(&mut child).is_some(),
+        "the seed copy never started"
+    );
     kill_agent_script(&mut child);
     let unswitched: Vec<String> = w
         .host
         .releases()
         .into_iter()
-        .filter(|r| w.root().join("releases").join(r).join(".dropship/unswitched").exists())
+        .filter(|r| {
+            w.root()
+                .join("releases")
+                .join(r)
+                .join(".dropship/unswitched")
+                .exists()
+        })
         .collect();
     assert_eq!(unswitched.len(), 1, "the killed run's release is on disk");
     // The rerun: nothing half-copied is kept, the killed run's release is gone, the seed is
@@ -1262,7 +1403,9 @@ fn a_killed_seed_copy_is_never_taken_for_a_seeded_path_and_its_release_is_remove
     let run = w.run(&vars);
     assert_code(&run, 0, "deployed");
     assert!(!w.root().join("releases").join(&unswitched[0]).exists());
-    let seeded = fs::read_dir(w.root().join("shared/assets")).unwrap().count();
+    let seeded = fs::read_dir(w.root().join("shared/assets"))
+        .unwrap()
+        .count();
     // Before the fix: the half-copied directory was kept as the seed.
     assert_eq!(seeded, 300);
     assert_settled(&w, "v2");
@@ -1273,7 +1416,11 @@ fn failed_releases_are_pruned_and_keep_releases_counts_every_release() {
     let w = World::new("prune");
     w.deployed("v1", "01");
     for i in 2..=4 {
-        let mut vars = w.vars(&w.unhealthy(&format!("v{i}")), &format!("ver-{i}"), &format!("0{i}"));
+        let mut vars = w.vars(
+            &w.unhealthy(&format!("v{i}")),
+            &format!("ver-{i}"),
+            &format!("0{i}"),
+        );
         vars.insert("DROPSHIP_KEEP_RELEASES".into(), "2".into());
         assert_code(&w.run(&vars), 9, "rolled_back");
     }
@@ -1283,7 +1430,11 @@ fn failed_releases_are_pruned_and_keep_releases_counts_every_release() {
     // Healthy deploys with keep 2: the current and the previous.
     let mut names = Vec::new();
     for i in 5..=7 {
-        let mut vars = w.vars(&w.healthy(&format!("v{i}")), &format!("ver-{i}"), &format!("0{i}"));
+        let mut vars = w.vars(
+            &w.healthy(&format!("v{i}")),
+            &format!("ver-{i}"),
+            &format!("0{i}"),
+        );
         vars.insert("DROPSHIP_KEEP_RELEASES".into(), "2".into());
         assert_code(&w.run(&vars), 0, "deployed");
         names.push(w.host.current().unwrap());
@@ -1315,13 +1466,20 @@ fn sigterm_right_after_the_switch_never_deletes_the_live_release() {
     let run = w.finish(child, &dir);
     assert_code(&run, 10, "interrupted");
     // Before the fix: cleanup deleted the release `current` pointed at.
-    assert!(w.root().join("releases").join(&live).is_dir(), "{live} deleted");
+    assert!(
+        w.root().join("releases").join(&live).is_dir(),
+        "{live} deleted"
+    );
     let status = w.run(&{
         let mut v = w.host.rollback_vars("");
         v.insert("DROPSHIP_ACTION".into(), "status".into());
         v
     });
-    assert!(status.message_contains("NEEDS RECOVERY"), "{}", status.output);
+    assert!(
+        status.message_contains("NEEDS RECOVERY"),
+        "{}",
+        status.output
+    );
     let run = w.deploy(&w.healthy("v2"), "ver-2", "02");
     assert_code(&run, 0, "deployed");
     assert_settled(&w, "v2");
@@ -1335,7 +1493,10 @@ fn a_seeded_env_file_is_not_world_readable() {
     let run = w.deploy(&b, "ver-1", "01");
     assert_code(&run, 0, "deployed");
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(w.root().join("shared/.env")).unwrap().permissions().mode();
+    let mode = fs::metadata(w.root().join("shared/.env"))
+        .unwrap()
+        .permissions()
+        .mode();
     // Before the fix: 0644 like the bundle's copy.
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 }
@@ -1369,7 +1530,10 @@ fn two_environments_on_one_host_are_safe_by_construction() {
     for k in ["DROPSHIP_ENV", "DROPSHIP_KEY", "DROPSHIP_APP_ROOT"] {
         prod2.insert(k.into(), prod[k].clone());
     }
-    prod2.insert("DROPSHIP_HEALTH_URL".into(), "http://127.0.0.1:8081/app/health".into());
+    prod2.insert(
+        "DROPSHIP_HEALTH_URL".into(),
+        "http://127.0.0.1:8081/app/health".into(),
+    );
     assert_code(&w.run(&prod2), 0, "deployed");
     let staging = w.host.containers(&format!("{}-staging", w.host.app));
     let production = w.host.containers(&format!("{}-production", w.host.app));
@@ -1377,7 +1541,10 @@ fn two_environments_on_one_host_are_safe_by_construction() {
     assert_eq!(staging[0].id, ids[0], "staging untouched");
     assert_eq!(w.host.serving().as_deref(), Some("v1"));
     assert_eq!(
-        w.host.sim.http_get("http://127.0.0.1:8081/app/version.txt").map(|r| r.1),
+        w.host
+            .sim
+            .http_get("http://127.0.0.1:8081/app/version.txt")
+            .map(|r| r.1),
         Some("p1\n".into())
     );
 }
@@ -1398,7 +1565,11 @@ fn an_existing_host_keeps_its_project_containers_and_named_volumes_on_upgrade() 
     let state = fs::read_to_string(w.root().join("state.json")).unwrap();
     let legacy: Vec<&str> = state
         .lines()
-        .filter(|l| !["\"project\"", "\"pending\"", "\"keep_releases\""].iter().any(|k| l.contains(k)))
+        .filter(|l| {
+            !["\"project\"", "\"pending\"", "\"keep_releases\""]
+                .iter()
+                .any(|k| l.contains(k))
+        })
         .collect();
     fs::write(w.root().join("state.json"), legacy.join("\n")).unwrap();
     assert_code(&w.deploy(&w.healthy("v2"), "ver-2", "02"), 0, "deployed");
@@ -1406,8 +1577,13 @@ fn an_existing_host_keeps_its_project_containers_and_named_volumes_on_upgrade() 
     let c = w.host.containers(&app);
     assert_eq!(c.len(), 1, "still project {app}");
     assert_eq!(w.host.state()["project"], app.as_str());
-    let starts = w.host.sh(&format!("docker exec {} cat /store/starts", c[0].id));
-    assert!(starts.contains("legacy-start"), "named volume {app}_store carried over: {starts}");
+    let starts = w
+        .host
+        .sh(&format!("docker exec {} cat /store/starts", c[0].id));
+    assert!(
+        starts.contains("legacy-start"),
+        "named volume {app}_store carried over: {starts}"
+    );
     assert_eq!(w.host.serving().as_deref(), Some("v2"));
 }
 
@@ -1428,16 +1604,30 @@ fn ssm_timeout_sigkill_to_the_group_after_the_switch_is_recorded_said_and_recove
     let out = fs::read_to_string(dir.join("stdout")).unwrap();
     // The output SSM kept ends with the provisional result: interrupted, exit 10.
     let r = HostResult::from_output(&out).expect("a result line survived the kill");
-    assert_eq!((r.exit_code, format!("{:?}", r.outcome)), (10, "Interrupted".into()));
-    assert!(r.message.contains(&format!("restores {good} first")), "{}", r.message);
+    assert_eq!(
+        (r.exit_code, format!("{:?}", r.outcome)),
+        (10, "Interrupted".into())
+    );
+    assert!(
+        r.message.contains(&format!("restores {good} first")),
+        "{}",
+        r.message
+    );
     let st = w.host.state();
-    assert!(st["pending"].as_str().unwrap().starts_with("deploy "), "{st}");
+    assert!(
+        st["pending"].as_str().unwrap().starts_with("deploy "),
+        "{st}"
+    );
     // `status` says so.
     let mut sv = w.host.rollback_vars("");
     sv.insert("DROPSHIP_ACTION".into(), "status".into());
     let status = w.run(&sv);
     assert_code(&status, 0, "status");
-    assert!(status.message_contains("NEEDS RECOVERY"), "{}", status.output);
+    assert!(
+        status.message_contains("NEEDS RECOVERY"),
+        "{}",
+        status.output
+    );
     // Any next run (here a stale event) first restores and checks the committed release.
     let stale = w.deploy(&w.healthy("v0"), "ver-0", "00");
     assert_code(&stale, 0, "stale");
@@ -1466,7 +1656,13 @@ fn step_points(trace: &[String]) -> Vec<(String, String)> {
         if key != last {
             let escaped: String = key
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == ' ' { c.to_string() } else { format!("\\{c}") })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == ' ' {
+                        c.to_string()
+                    } else {
+                        format!("\\{c}")
+                    }
+                })
                 .collect();
             out.push((format!("/^[0-9]+ {escaped}( |$)/{k}"), line.clone()));
             last = key;
@@ -1535,7 +1731,11 @@ impl Bundles<'_> {
 fn kill_9_at_every_step_of_a_deploy_then_a_rerun_leaves_a_checked_release() {
     let w = World::new("kill9");
     w.deployed("base", "01");
-    let bundles = Bundles { w: &w, prefix: "k", made: Default::default() };
+    let bundles = Bundles {
+        w: &w,
+        prefix: "k",
+        made: Default::default(),
+    };
     kill_at_every_step(
         &w,
         &|i| w.vars(&bundles.get(i), &format!("ver-k{i}"), ""),
@@ -1556,21 +1756,35 @@ fn kill_9_at_every_step_of_a_rollback_then_a_rerun_leaves_a_checked_release() {
         &w,
         &|i| {
             let mut v = w.host.rollback_vars("");
-            v.insert("DROPSHIP_EXPECT_VERSION_ID".into(), format!("ver-{}", from(i)));
+            v.insert(
+                "DROPSHIP_EXPECT_VERSION_ID".into(),
+                format!("ver-{}", from(i)),
+            );
             v
         },
         &["rolled_back", "superseded"],
-        &|i| if from(i) == "b" { "a".into() } else { "b".into() },
+        &|i| {
+            if from(i) == "b" {
+                "a".into()
+            } else {
+                "b".into()
+            }
+        },
     );
 }
 
 #[test]
 fn a_full_disk_at_every_step_leaves_the_running_release_serving() {
     let w = World::with_host(Host::start_at("diskfull", "/run/full/diskfull"));
-    w.host.sh("mkdir -p /run/full && mount -t tmpfs -o size=16m tmpfs /run/full");
+    w.host
+        .sh("mkdir -p /run/full && mount -t tmpfs -o size=16m tmpfs /run/full");
     w.write_env("");
     w.deployed("base", "01");
-    let bundles = Bundles { w: &w, prefix: "f", made: Default::default() };
+    let bundles = Bundles {
+        w: &w,
+        prefix: "f",
+        made: Default::default(),
+    };
     let vars = |i: usize| w.vars(&bundles.get(i), &format!("ver-f{i}"), "");
     let probe = Probe::install(&w.host);
     probe.reset();
@@ -1581,7 +1795,10 @@ fn a_full_disk_at_every_step_leaves_the_running_release_serving() {
         let i = i + 1;
         probe.pause_at(n);
         let (mut child, dir) = w.spawn(&vars(i), Some(&probe));
-        assert!(probe.wait_paused(&mut child).is_some(), "never reached {line}");
+        assert!(
+            probe.wait_paused(&mut child).is_some(),
+            "never reached {line}"
+        );
         fill_disk(&w.host, "/run/full");
         probe.release();
         let run = w.finish(child, &dir);
@@ -1600,7 +1817,11 @@ fn a_full_disk_at_every_step_leaves_the_running_release_serving() {
         free_disk(&w.host, "/run/full");
         probe.reset();
         let rerun = w.run(&vars(i));
-        assert!(["deployed", "noop"].contains(&rerun.outcome()), "{}", rerun.output);
+        assert!(
+            ["deployed", "noop"].contains(&rerun.outcome()),
+            "{}",
+            rerun.output
+        );
         serving = format!("f{i}");
         assert_settled(&w, &serving);
     }
@@ -1656,7 +1877,11 @@ fn explicit_rollback_action_switches_to_previous_or_named_release() {
     assert_code(&w.run(&w.host.rollback_vars(&r2)), 0, "rolled_back");
     assert_settled(&w, "v2");
     assert_code(&w.run(&w.host.rollback_vars(&r2)), 0, "noop");
-    assert_code(&w.run(&w.host.rollback_vars("20000101T000000Z-0000000")), 2, "failed");
+    assert_code(
+        &w.run(&w.host.rollback_vars("20000101T000000Z-0000000")),
+        2,
+        "failed",
+    );
     assert_code(&w.run(&w.host.rollback_vars("../../etc")), 2, "failed");
     assert_eq!(w.host.current().unwrap(), r2);
     assert_code(&w.deploy(&w.healthy("v3"), "ver-3", "03"), 0, "deployed");
@@ -1709,7 +1934,11 @@ fn status_prints_state_and_a_result_line() {
     assert_eq!(run.field("version_id"), "ver-v1");
     assert!(run.output.contains("\"last_good\""));
     assert!(!run.message_contains("NEEDS RECOVERY"), "{}", run.output);
-    assert!(run.output.contains("running") || run.output.contains("Up"), "{}", run.output);
+    assert!(
+        run.output.contains("running") || run.output.contains("Up"),
+        "{}",
+        run.output
+    );
 }
 
 #[test]
@@ -1753,7 +1982,10 @@ fn hostile_values_are_data_bad_ones_exit_2_touching_nothing() {
                 let r: serde_json::Value =
                     serde_json::from_str(&l["DROPSHIP_RESULT ".len()..]).expect("a JSON result");
                 let last = i + 1 == results.len();
-                assert!(last || r["outcome"] == "interrupted", "{name}={p:?} forged {l}");
+                assert!(
+                    last || r["outcome"] == "interrupted",
+                    "{name}={p:?} forged {l}"
+                );
             }
             if run.code == 2 {
                 assert_eq!(results.len(), 1, "{name}={p:?}:\n{}", run.output);
@@ -1763,7 +1995,10 @@ fn hostile_values_are_data_bad_ones_exit_2_touching_nothing() {
                     "{name}={p:?}: message names the input:\n{}",
                     run.output
                 );
-                assert!(!w.root().join("releases").exists(), "{name}={p:?} touched the app root");
+                assert!(
+                    !w.root().join("releases").exists(),
+                    "{name}={p:?} touched the app root"
+                );
             } else {
                 accepted.push((name, p.to_string(), run));
                 w.host.reset();
@@ -1784,7 +2019,10 @@ fn hostile_values_are_data_bad_ones_exit_2_touching_nothing() {
             ("DROPSHIP_SHARED_PATHS", "-rf") => assert_code(run, 0, "deployed"),
             ("DROPSHIP_COMPOSE_FILE", "-rf") => assert_code(run, 7, "failed"),
             ("DROPSHIP_PRE_SWITCH_HOOK", "-rf") => assert_code(run, 8, "failed"),
-            _ => panic!("{name}={p:?} was accepted (exit {}):\n{}", run.code, run.output),
+            _ => panic!(
+                "{name}={p:?} was accepted (exit {}):\n{}",
+                run.code, run.output
+            ),
         }
     }
     let want: BTreeSet<&str> = payloads
@@ -1798,7 +2036,10 @@ fn hostile_values_are_data_bad_ones_exit_2_touching_nothing() {
             .filter(|a| a.0 == name)
             .map(|a| a.1.as_str())
             .collect();
-        assert_eq!(got, want, "{name}: every payload without a newline or '/' is valid");
+        assert_eq!(
+            got, want,
+            "{name}: every payload without a newline or '/' is valid"
+        );
     }
 }
 
@@ -1830,7 +2071,10 @@ fn script_header_matches_the_contract() {
         .map(str::to_string)
         .collect();
     let contract: Vec<String> = HostVar::ALL.iter().map(|v| v.name().to_string()).collect();
-    assert_eq!(documented, contract, "documented inputs vs contract::host::HostVar::ALL");
+    assert_eq!(
+        documented, contract,
+        "documented inputs vs contract::host::HostVar::ALL"
+    );
     let codes: Vec<(i32, String)> = section("# Exit codes", "# Output:")
         .iter()
         .filter_map(|l| {
@@ -1841,8 +2085,14 @@ fn script_header_matches_the_contract() {
         .collect();
     let numbers: Vec<i32> = codes.iter().map(|c| c.0).collect();
     let contract_codes: Vec<i32> = ExitCode::ALL.iter().map(|c| c.code()).collect();
-    assert_eq!(numbers, contract_codes, "documented exit codes vs ExitCode::ALL");
-    assert!(codes.iter().all(|c| !c.1.is_empty()), "every code is described");
+    assert_eq!(
+        numbers, contract_codes,
+        "documented exit codes vs ExitCode::ALL"
+    );
+    assert!(
+        codes.iter().all(|c| !c.1.is_empty()),
+        "every code is described"
+    );
     let body = &text[header.iter().map(|l| l.len() + 1).sum::<usize>()..];
     let mut read: Vec<String> = body
         .match_indices("${DROPSHIP_")

@@ -66,7 +66,7 @@ impl Fixture {
         Config::from_lookup(|k| vars.get(k).cloned()).expect("test configuration is valid")
     }
 
-    async fn deployer(&self) -> Deployer {
+    async fn deployer(&self) -> Deployer<Clients> {
         Deployer::new(self.config(), Clients::new(&moto::sdk_config().await))
     }
 
@@ -234,7 +234,7 @@ fn event_for(bucket: &str, key: &str, version_id: &str, sequencer: &str, reason:
     })
 }
 
-async fn handle(d: &Deployer, payload: &Value) -> Result<Response, HandlerError> {
+async fn handle(d: &Deployer<Clients>, payload: &Value) -> Result<Response, HandlerError> {
     d.handle(
         payload,
         &Invocation {

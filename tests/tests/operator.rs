@@ -1,5 +1,6 @@
-//! Operator commands of the real `bundle-and-upload` binary against moto server over HTTP:
-//! `versions`, `status`, `restore` and `--wait`.
+//! The operator's commands of the real `dropship` binary against moto server over HTTP:
+//! `releases`, `status`, `rollback` and `--wait` (also on `bundle-and-upload`), and the old
+//! spellings `bundle-and-upload versions|status|restore`, which keep working.
 //!
 //! Deploy records are written here with the contract types (what the deployer Lambda writes),
 //! so these tests do not depend on the Lambda. moto's SSM never runs a command and reports
@@ -7,11 +8,10 @@
 //! every instance in the region; so here `status` is checked for reading each invocation the
 //! record names (including one SSM does not know: the "does not exist yet" race), while the
 //! mapping of real invocation shapes (rolled back, failed, undeliverable, timed out, …) to
-//! host states and `--wait` exit codes is unit-tested in `bundler/src/ops/{status,wait}.rs`
+//! host states and `--wait` exit codes is unit-tested in `operator/src/{status,wait}.rs`
 //! with documented `GetCommandInvocation` fixtures.
 
 use std::io::Read;
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,98 +20,88 @@ use aws_sdk_s3::primitives::ByteStream;
 use dropship_contract::key::ReleaseKey;
 use dropship_contract::metadata::ObjectMetadata;
 use dropship_contract::record::{
-    CommandBatch, DeployRecord, EventFacts, LatestPointer, Outcome, Trigger, RECORD_FORMAT,
+    CommandBatch, DeployRecord, EventFacts, LatestPointer, Outcome, Trigger,
 };
+use dropship_tests::repo::GitRepo;
 use dropship_tests::{bins, moto};
 use serde_json::Value;
 
 const APP: &str = "shop";
 const ENV: &str = "prod";
 
-/// A throwaway app repository with a dropship.toml pointing at `bucket`.
+/// A throwaway app repository (the shared git helper) with a dropship.toml for `bucket`.
 struct AppRepo {
-    dir: tempfile::TempDir,
+    repo: GitRepo,
 }
 
 impl AppRepo {
     fn new(bucket: &str) -> Self {
-        let repo = Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        repo.git(&["init", "-q", "-b", "main"]);
+        let repo = GitRepo::new();
         repo.write(
             "dropship.toml",
-            &format!("app = \"{APP}\"\nbucket = \"{bucket}\"\nenvironments = [\"{ENV}\"]\ndefault_env = \"{ENV}\"\n"),
-        );
-        repo.write(
+            format!("app = \"{APP}\"\nbucket = \"{bucket}\"\nenvironments = [\"{ENV}\"]\ndefault_env = \"{ENV}\"\n"),
+        )
+        .write(
             "compose.yaml",
             "services:\n  web:\n    image: nginx:alpine\n",
         );
-        repo
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(self.path())
-            .env("GIT_AUTHOR_NAME", "Operator Test")
-            .env("GIT_AUTHOR_EMAIL", "operator@example.com")
-            .env("GIT_COMMITTER_NAME", "Operator Test")
-            .env("GIT_COMMITTER_EMAIL", "operator@example.com")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .output()
-            .expect("run git");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_string()
+        Self { repo }
     }
 
     fn write(&self, rel: &str, text: &str) {
-        std::fs::write(self.path().join(rel), text).expect("write file");
+        self.repo.write(rel, text);
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        self.repo.git(args)
     }
 
     /// Commits a change to `app.txt`; returns the commit id.
     fn commit(&self, content: &str) -> String {
-        self.write("app.txt", content);
-        self.git(&["add", "-A"]);
-        self.git(&["commit", "-q", "-m", &format!("release {content}")]);
-        self.git(&["rev-parse", "HEAD"])
+        self.repo.write("app.txt", content);
+        self.repo.commit(&format!("release {content}"))
     }
 
-    /// `bundle-and-upload ARGS` in this repository, with stdin closed (not a terminal).
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bins::binary("bundle-and-upload"));
+    /// Stdin closed (not a terminal), fast polling, a known uploader.
+    fn prepared(mut cmd: Command, args: &[&str]) -> Command {
         cmd.args(args)
-            .current_dir(self.path())
             .env("DROPSHIP_UPLOADER", "operator-suite")
             .env("DROPSHIP_POLL_INTERVAL_MS", "100")
-            .env_remove("DROPSHIP_ENV")
-            .env_remove("DROPSHIP_BUCKET")
-            .env_remove("DROPSHIP_APP")
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// `bundle-and-upload ARGS` in this repository.
+    fn command(&self, args: &[&str]) -> Command {
+        Self::prepared(self.repo.bundler(), args)
+    }
+
+    /// `dropship ARGS` in this repository.
+    fn dropship_command(&self, args: &[&str]) -> Command {
+        Self::prepared(self.repo.dropship(), args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run bundle-and-upload")
     }
 
-    fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args)
-            .stdout(Stdio::piped())
+    fn dropship(&self, args: &[&str]) -> Output {
+        self.dropship_command(args).output().expect("run dropship")
+    }
+
+    fn spawn_command(mut cmd: Command) -> Child {
+        cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn bundle-and-upload")
+            .expect("spawn")
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        Self::spawn_command(self.command(args))
+    }
+
+    fn spawn_dropship(&self, args: &[&str]) -> Child {
+        Self::spawn_command(self.dropship_command(args))
     }
 
     /// Uploads HEAD; returns the new version id.
@@ -154,29 +144,16 @@ fn record(
     outcome: Outcome,
     commands: &[(&str, Vec<String>)],
 ) -> DeployRecord {
+    let event = EventFacts {
+        event_id: Some("event-1".into()),
+        event_time: Some("2026-11-23T09:00:00Z".into()),
+        reason: Some("PutObject".into()),
+        sequencer: Some("0055AED6DCD90281E5".into()),
+        ..EventFacts::new(Trigger::Event)
+    };
     DeployRecord {
-        format: RECORD_FORMAT,
-        app: APP.into(),
-        env: ENV.into(),
-        bucket: bucket.into(),
-        key: release().object_key(),
-        version_id: version.into(),
-        outcome,
         reason: (outcome == Outcome::Rejected)
             .then(|| "tar entry \"../evil\" escapes the tree".to_string()),
-        event: EventFacts {
-            trigger: Trigger::Event,
-            event_id: Some("event-1".into()),
-            event_time: Some("2026-11-23T09:00:00Z".into()),
-            reason: Some("PutObject".into()),
-            sequencer: Some("0055AED6DCD90281E5".into()),
-            request_id: None,
-            size: None,
-            etag: None,
-        },
-        metadata: None,
-        manifest: None,
-        verification: None,
         targets: commands.iter().flat_map(|(_, ids)| ids.clone()).collect(),
         commands: commands
             .iter()
@@ -185,12 +162,16 @@ fn record(
                 instance_ids: ids.clone(),
             })
             .collect(),
-        created_at: "2026-11-23T09:00:01Z".into(),
         updated_at: "2026-11-23T09:00:02Z".into(),
-        lease_until: None,
         attempts: 1,
-        last_error: None,
-        lambda_request_id: None,
+        ..DeployRecord::new(
+            bucket,
+            &release(),
+            version,
+            outcome,
+            event,
+            "2026-11-23T09:00:01Z",
+        )
     }
 }
 
@@ -205,15 +186,13 @@ async fn put_record(s3: &aws_sdk_s3::Client, bucket: &str, rec: &DeployRecord) {
 }
 
 async fn put_pointer(s3: &aws_sdk_s3::Client, bucket: &str, version: &str) {
-    let pointer = LatestPointer {
-        format: RECORD_FORMAT,
-        app: APP.into(),
-        env: ENV.into(),
-        version_id: version.into(),
-        sequencer: "0055AED6DCD90281E5".into(),
-        commit: None,
-        dispatched_at: "2026-11-23T09:00:02Z".into(),
-    };
+    let pointer = LatestPointer::new(
+        &release(),
+        version,
+        "0055AED6DCD90281E5",
+        None,
+        "2026-11-23T09:00:02Z",
+    );
     s3.put_object()
         .bucket(bucket)
         .key(LatestPointer::s3_key(&release()))
@@ -365,7 +344,7 @@ async fn versions_lists_uploads_with_branch_commit_uploader_and_deploy_outcome()
     put_record(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
     put_pointer(&s3, &bucket, &v1).await;
 
-    let out = repo.run(&["versions", "--json"]);
+    let out = repo.dropship(&["releases", "--json"]);
     assert_success(&out);
     let reports = json(&out);
     assert_eq!(reports.as_array().map(Vec::len), Some(1), "{reports}");
@@ -406,8 +385,14 @@ async fn versions_lists_uploads_with_branch_commit_uploader_and_deploy_outcome()
     assert_eq!(rows[2]["deploy"]["newest_dispatched"], true);
     assert_eq!(rows[1]["deploy"]["newest_dispatched"], false);
 
+    // The old spelling keeps working and says where it moved.
     let out = repo.run(&["versions"]);
     assert_success(&out);
+    assert!(
+        text(&out.stderr).contains("moved to `dropship releases`"),
+        "{}",
+        text(&out.stderr)
+    );
     let table = text(&out.stdout);
     let line = |v: &str| {
         table
@@ -431,7 +416,7 @@ async fn versions_lists_uploads_with_branch_commit_uploader_and_deploy_outcome()
         "{table}"
     );
 
-    let out = repo.run(&["versions", "--json", "--limit", "2"]);
+    let out = repo.dropship(&["versions", "--json", "--limit", "2"]);
     assert_success(&out);
     let limited = json(&out);
     assert_eq!(limited[0]["versions"].as_array().unwrap().len(), 2);
@@ -444,7 +429,7 @@ async fn versions_lists_uploads_with_branch_commit_uploader_and_deploy_outcome()
             "app = \"{APP}\"\nbucket = \"{bucket}\"\nenvironments = [\"{ENV}\", \"staging\"]\n"
         ),
     );
-    let out = repo.run(&["versions", "--json", "--all-envs"]);
+    let out = repo.dropship(&["releases", "--json", "--all-envs"]);
     assert_success(&out);
     let all = json(&out);
     let envs: Vec<&str> = all
@@ -460,9 +445,9 @@ async fn versions_lists_uploads_with_branch_commit_uploader_and_deploy_outcome()
 
     // Outside the repository, flags alone name the target.
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = Command::new(bins::binary("bundle-and-upload"))
+    let out = Command::new(bins::binary("dropship"))
         .args([
-            "versions", "--json", "--app", APP, "--env", ENV, "--bucket", &bucket,
+            "releases", "--json", "--app", APP, "--env", ENV, "--bucket", &bucket,
         ])
         .current_dir(elsewhere.path())
         .env_remove("DROPSHIP_ENV")
@@ -482,7 +467,7 @@ async fn restore_copies_a_version_with_identical_bytes_and_restored_from() {
     repo.commit("two");
     let v2 = repo.upload();
 
-    let out = repo.run(&["restore", &v1, "--yes", "--json"]);
+    let out = repo.dropship(&["rollback", &v1, "--yes", "--json"]);
     assert_success(&out);
     let restored = json(&out);
     let v3 = restored["version_id"]
@@ -519,8 +504,8 @@ async fn restore_copies_a_version_with_identical_bytes_and_restored_from() {
     assert_eq!(current.version_id(), Some(v3.as_str()));
     assert_eq!(current.content_type(), Some("application/gzip"));
 
-    // `versions` shows where it came from.
-    let out = repo.run(&["versions"]);
+    // `releases` shows where it came from.
+    let out = repo.dropship(&["releases"]);
     assert_success(&out);
     let table = text(&out.stdout);
     assert!(
@@ -546,7 +531,7 @@ async fn restore_refuses_unknown_versions_delete_markers_and_missing_consent_wri
     assert_eq!(before.0, std::slice::from_ref(&v1));
     let marker = before.1.first().expect("a delete marker").clone();
 
-    let out = repo.run(&["restore", &marker, "--yes"]);
+    let out = repo.dropship(&["rollback", &marker, "--yes"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
@@ -556,7 +541,7 @@ async fn restore_refuses_unknown_versions_delete_markers_and_missing_consent_wri
         "{err}"
     );
 
-    let out = repo.run(&["restore", "no-such-version", "--yes"]);
+    let out = repo.dropship(&["restore", "no-such-version", "--yes"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
@@ -579,7 +564,7 @@ async fn restore_refuses_unknown_versions_delete_markers_and_missing_consent_wri
     assert_eq!(history(&s3, &bucket).await, before, "nothing was written");
 
     // With consent the deleted key comes back.
-    let out = repo.run(&["restore", &v1, "--yes", "--json"]);
+    let out = repo.dropship(&["rollback", &v1, "--yes", "--json"]);
     assert_success(&out);
     assert_eq!(history(&s3, &bucket).await.0.len(), 2);
 }
@@ -607,7 +592,7 @@ async fn status_reads_each_invocation_the_record_names() {
     )
     .await;
 
-    let out = repo.run(&["status", "--json", &v1]);
+    let out = repo.dropship(&["status", "--json", &v1]);
     assert_success(&out);
     let status = json(&out);
     assert_eq!(status["version_id"], v1.as_str());
@@ -646,12 +631,12 @@ async fn status_reads_each_invocation_the_record_names() {
     // A newer upload without a record yet, and a version that does not exist.
     repo.commit("two");
     let v2 = repo.upload();
-    let out = repo.run(&["status", "--json"]);
+    let out = repo.dropship(&["status", "--json"]);
     assert_success(&out);
     let status = json(&out);
     assert_eq!(status["version_id"], v2.as_str());
     assert_eq!(status["phase"], "no_record");
-    let out = repo.run(&["status", "missing-version"]);
+    let out = repo.dropship(&["status", "missing-version"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("does not exist"),
@@ -661,7 +646,7 @@ async fn status_reads_each_invocation_the_record_names() {
 
     // A rejected version: nothing reached a host, no SSM reads needed.
     put_record(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
-    let out = repo.run(&["status"]);
+    let out = repo.dropship(&["status"]);
     assert_success(&out);
     let report = text(&out.stdout);
     assert!(
@@ -740,7 +725,7 @@ async fn wait_follows_the_deploy_and_the_exit_code_reflects_it() {
         text(&out.stdout)
     );
     assert!(
-        text(&out.stderr).contains("bundle-and-upload status"),
+        text(&out.stderr).contains("dropship status"),
         "{}",
         text(&out.stderr)
     );
@@ -751,9 +736,9 @@ async fn wait_follows_the_deploy_and_the_exit_code_reflects_it() {
         3
     );
 
-    // restore --wait follows the new version the copy created.
-    let child = repo.spawn(&[
-        "restore",
+    // rollback --wait follows the new version the copy created.
+    let child = repo.spawn_dropship(&[
+        "rollback",
         &v1,
         "--yes",
         "--json",
@@ -780,29 +765,92 @@ async fn wait_follows_the_deploy_and_the_exit_code_reflects_it() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
-#[test]
-fn help_documents_the_operator_commands_and_wait_exit_codes() {
-    let out = Command::new(bins::binary("bundle-and-upload"))
-        .arg("--help")
+fn help(binary: &str, args: &[&str]) -> String {
+    let out = Command::new(bins::binary(binary))
+        .args(args)
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
         .output()
         .unwrap();
     assert_success(&out);
-    let help = text(&out.stdout);
+    text(&out.stdout)
+}
+
+#[test]
+fn bundle_and_upload_help_shows_the_upload_wait_and_every_exit_code() {
+    let help = help("bundle-and-upload", &["--help"]);
     for needle in [
-        "versions",
-        "status",
-        "restore",
         "--wait",
         "--wait-timeout",
-        "  8  rolled back",
-        "  11 --wait-timeout",
+        "--output",
+        "--dry-run",
+        "Examples:",
+        "dropship rollback",
+        "  8  --wait: rolled back on at least one host",
+        "  11 --wait: --wait-timeout passed first",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
-    let out = Command::new(bins::binary("bundle-and-upload"))
-        .args(["restore", "--help"])
-        .output()
-        .unwrap();
-    assert_success(&out);
-    assert!(text(&out.stdout).contains("--yes"));
+    assert!(
+        !help.contains("Commands:"),
+        "the moved operator commands are hidden:\n{help}"
+    );
+}
+
+#[test]
+fn dropship_help_examples_version_completions_and_no_color() {
+    let top = help("dropship", &["--help"]);
+    for needle in [
+        "releases",
+        "status",
+        "rollback",
+        "completions",
+        "Examples:",
+        "  6  transient AWS failure",
+        "  10 --wait: rollback failed",
+    ] {
+        assert!(top.contains(needle), "--help lacks {needle:?}:\n{top}");
+    }
+    assert!(help("dropship", &["rollback", "--help"]).contains("--yes"));
+    for read in ["releases", "status"] {
+        let h = help("dropship", &[read, "--help"]);
+        assert!(
+            h.contains("--json") && h.contains("Examples:"),
+            "{read}:\n{h}"
+        );
+    }
+    // `--version` names the commit it was built from (or `unknown` outside a checkout).
+    let version = help("dropship", &["--version"]);
+    let commit = version
+        .trim()
+        .strip_prefix("dropship 0.1.0 (commit ")
+        .and_then(|v| v.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected --version: {version}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{version}"
+    );
+    assert_eq!(
+        help("bundle-and-upload", &["--version"]).trim(),
+        version.trim().replace("dropship", "bundle-and-upload")
+    );
+    let bash = help("dropship", &["completions", "bash"]);
+    assert!(
+        bash.contains("_dropship") && bash.contains("rollback"),
+        "{bash}"
+    );
+    // Colour only where allowed: forced, clap styles the help; NO_COLOR wins over that.
+    let styled = |no_color: bool| {
+        let mut cmd = Command::new(bins::binary("dropship"));
+        cmd.arg("--help").env("CLICOLOR_FORCE", "1");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        } else {
+            cmd.env_remove("NO_COLOR");
+        }
+        text(&cmd.output().unwrap().stdout).contains('\u{1b}')
+    };
+    assert!(styled(false), "CLICOLOR_FORCE colours the help");
+    assert!(!styled(true), "NO_COLOR removes every colour");
 }

@@ -165,17 +165,25 @@ fn a_host_has_its_own_opt_and_home_with_the_compose_plugin() {
 
 #[test]
 fn an_agent_script_runs_as_the_ssm_agent_runs_it_and_dies_with_its_group() {
-    let host = SimHost::start("agent");
-    let (mut child, dir) = host
-        .spawn_agent_script(
-            "i-0123",
-            "cmd-1",
-            "echo \"$HOME|$PATH|$AWS_SSM_INSTANCE_ID|$(pwd)\"; sleep 600 & sleep 600",
-        )
-        .unwrap();
-    // Both sleeps are running inside the host.
+    use dropship_tests::local_ssm::{ManagedInstance, StopReason, StopSignal};
+    use dropship_tests::simhost::SimAgent;
+    use std::time::Duration;
+    let agent = SimAgent::new(SimHost::start("agent"), "i-0123", &[("k", "v")]);
+    let stop = StopSignal::new(Duration::from_secs(600));
+    let runner = {
+        let (agent, stop) = (agent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            agent.run_shell_script(
+                "cmd-1",
+                "echo \"$HOME|$PATH|$AWS_SSM_INSTANCE_ID|$(pwd)\"; sleep 600 & sleep 600",
+                &stop,
+            )
+        })
+    };
+    // Both sleeps run inside the host.
     let sleeping = || {
-        let out = host
+        let out = agent
+            .host()
             .command("pgrep")
             .args(["-c", "-x", "sleep"])
             .output()
@@ -186,21 +194,28 @@ fn an_agent_script_runs_as_the_ssm_agent_runs_it_and_dies_with_its_group() {
             .unwrap_or(0)
     };
     assert!(dropship_tests::host::wait_until(
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
         || sleeping() == 2
     ));
-    dropship_tests::simhost::kill_agent_script(&mut child);
+    stop.cancel();
+    let run = runner.join().unwrap();
+    assert_eq!(run.stopped, Some(StopReason::Cancel));
+    assert_eq!(run.exit_code, 137, "SIGKILL, as the agent reports it");
     assert!(dropship_tests::host::wait_until(
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
         || sleeping() == 0
     ));
-    let out = fs::read_to_string(dir.join("stdout")).unwrap();
     assert_eq!(
-        out,
+        run.stdout,
         format!("|{}|i-0123|/\n", dropship_tests::simhost::AGENT_PATH),
         "no HOME, the agent's PATH, the instance id, run from /"
     );
-    assert!(host
-        .path("/var/lib/amazon/ssm/i-0123/document/orchestration/cmd-1/awsrunShellScript/0.awsrunShellScript/_script.sh")
-        .is_file());
+    let dir = agent.host().path(
+        "/var/lib/amazon/ssm/i-0123/document/orchestration/cmd-1/awsrunShellScript/0.awsrunShellScript",
+    );
+    assert!(dir.join("_script.sh").is_file());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("stdout")).unwrap(),
+        run.stdout
+    );
 }

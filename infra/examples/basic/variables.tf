@@ -10,7 +10,7 @@ variable "bucket_name" {
 }
 
 variable "lambda_zip_path" {
-  description = "Zip built by cargo lambda (relative to this directory by default)."
+  description = "Zip built by scripts/package-lambda (relative to this directory by default)."
   type        = string
   default     = "../../../target/lambda/deployer-lambda/bootstrap.zip"
 }
@@ -19,4 +19,16 @@ variable "access_log_bucket" {
   description = "Existing bucket for S3 server access logs (null disables them)."
   type        = string
   default     = null
+}
+
+variable "blog_uploader_arns" {
+  description = "Per \"blog/<env>\", the IAM roles blog's CI uploads with."
+  type        = map(list(string))
+  default     = {}
+}
+
+variable "provisioning_principal_arns" {
+  description = "Roles allowed to change the bucket's protections (empty: whoever runs Terraform)."
+  type        = list(string)
+  default     = []
 }

@@ -1,15 +1,19 @@
 //! `local-pipeline`: the whole deploy pipeline on this machine, narrated (run it through
 //! `scripts/local-pipeline`, which installs the tools, builds the binaries and starts moto).
 //!
-//! v1 and v2 deploy on two hosts, a broken v3 rolls back by itself on both (v2 keeps
-//! serving), and `restore` of v1 redeploys it. Exits non-zero when any step does not end as
-//! expected. Logs of the Lambda and of each host's command stay in the work directory named
-//! at the end when `DROPSHIP_PIPELINE_KEEP=1`.
+//! Each step runs the CLI as CI and operators run it, with `--wait`, while the harness delivers
+//! the events it causes to the Lambda as EventBridge does: v1 and v2 deploy on two simulated
+//! hosts with real Docker engines, a broken v3 (its container turns unhealthy) rolls back by
+//! itself on both (v2 keeps serving, `--wait` exits 8), and `dropship rollback` to v1
+//! redeploys it. Host results are what SSM (the local SSM endpoint) reports. Exits non-zero
+//! when any step does not end as expected. `DROPSHIP_PIPELINE_KEEP=1` keeps the Lambda's log;
+//! `DROPSHIP_PIPELINE_VERBOSE=1` prints every host's output.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use dropship_tests::pipeline::{self, Deploy, Options, Pipeline, Upload};
+use anyhow::{anyhow, bail, Result};
+use dropship_tests::pipeline::{self, HostRun, Options, Pipeline};
+use serde_json::Value;
 
 fn main() {
     if let Err(e) = run() {
@@ -22,9 +26,13 @@ struct Row {
     step: &'static str,
     version: String,
     commit: String,
+    /// The CLI's exit code with `--wait`.
+    wait: i32,
     lambda: String,
     hosts: String,
     serving: String,
+    /// Per host: the container serving after the step (short id) and its Docker health.
+    containers: String,
     secs: f64,
 }
 
@@ -47,77 +55,66 @@ fn run() -> Result<()> {
     ));
     for h in &p.hosts {
         say(&format!(
-            "{} = instance {} (tags dropship:app={}, dropship:env={}), app on 127.0.0.1:{}",
+            "{} = instance {} (tags dropship:app={}, dropship:env={}): its own dockerd (pid {}), \
+             network and /opt, SSM agent online; the app on its own 127.0.0.1:{}",
             h.name,
             h.instance_id,
             p.app,
             pipeline::ENV,
-            h.port
+            h.sim().dockerd_pid().map_or("?".into(), |p| p.to_string()),
+            pipeline::APP_PORT
         ));
     }
     say(&format!(
-        "deployer-lambda running as a Lambda (pid {}); sample app in a throwaway git repo",
-        p.lambda_pid()
+        "deployer-lambda running as a Lambda (pid {}); SSM at the local endpoint {}; sample app in a throwaway git repo",
+        p.lambda_pid(),
+        p.local_ssm.endpoint_url()
     ));
-
-    let mut rows = Vec::new();
-
     say(&format!(
         "setup took {:.1} s",
         started.elapsed().as_secs_f64()
     ));
 
-    // v1
-    let t = Instant::now();
+    let mut rows = Vec::new();
+
     let c1 = p.commit_release("v1");
-    let v1 = p.upload()?;
-    let d = p.deploy(&v1.version_id)?;
-    expect_served(&p, &d, "v1", &c1)?;
-    rows.push(row(&p, "upload v1", &v1, &d, t));
-    narrate(&rows, &d);
+    let v1 = step(&mut p, &mut rows, "upload v1", 0, &c1, Cli::Upload)?;
 
-    // v2
-    let t = Instant::now();
     let c2 = p.commit_release("v2");
-    let v2 = p.upload()?;
-    let d = p.deploy(&v2.version_id)?;
-    expect_served(&p, &d, "v2", &c2)?;
-    rows.push(row(&p, "upload v2", &v2, &d, t));
-    narrate(&rows, &d);
+    step(&mut p, &mut rows, "upload v2", 0, &c2, Cli::Upload)?;
 
-    // broken v3: health fails after the switch, each host rolls back to v2
-    let t = Instant::now();
-    let _c3 = p.commit_broken()?;
-    let v3 = p.upload()?;
-    let d = p.deploy(&v3.version_id)?;
-    if d.runs.len() != p.hosts.len() || d.runs.iter().any(|r| r.code != 9) {
-        bail!(
-            "broken v3 was not rolled back on every host: {:?}",
-            codes(&d)
-        );
-    }
-    expect_served(&p, &d, "v2 after the rollback", &c2)?;
-    rows.push(row(&p, "upload broken v3", &v3, &d, t));
-    narrate(&rows, &d);
+    // broken v3: its container's healthcheck fails after the switch, `compose up --wait`
+    // reports it unhealthy, each host rolls back to v2, and --wait exits 8
+    p.commit_broken()?;
+    step(&mut p, &mut rows, "upload broken v3", 8, &c2, Cli::Upload)?;
 
-    // restore v1
-    let t = Instant::now();
-    let r = p.restore(&v1.version_id)?;
-    let d = p.deploy(&r.version_id)?;
-    expect_served(&p, &d, "restored v1", &c1)?;
-    rows.push(row(&p, "restore v1", &r, &d, t));
-    narrate(&rows, &d);
+    step(
+        &mut p,
+        &mut rows,
+        "rollback to v1",
+        0,
+        &c1,
+        Cli::Rollback(v1),
+    )?;
 
     let elapsed = started.elapsed();
     println!();
     println!(
-        "{:<17} {:<36} {:<8} {:<11} {:<22} {:<8} {:>5}",
-        "STEP", "S3 VERSION", "COMMIT", "LAMBDA", "HOSTS (exit code)", "SERVING", "SECS"
+        "{:<17} {:<36} {:<8} {:<5} {:<11} {:<22} {:<8} {:<40} {:>5}",
+        "STEP",
+        "S3 VERSION",
+        "COMMIT",
+        "WAIT",
+        "LAMBDA",
+        "HOSTS (exit code)",
+        "SERVING",
+        "CONTAINERS (docker health)",
+        "SECS"
     );
     for r in &rows {
         println!(
-            "{:<17} {:<36} {:<8} {:<11} {:<22} {:<8} {:>5.1}",
-            r.step, r.version, r.commit, r.lambda, r.hosts, r.serving, r.secs
+            "{:<17} {:<36} {:<8} {:<5} {:<11} {:<22} {:<8} {:<40} {:>5.1}",
+            r.step, r.version, r.commit, r.wait, r.lambda, r.hosts, r.serving, r.containers, r.secs
         );
     }
     println!();
@@ -125,7 +122,7 @@ fn run() -> Result<()> {
     println!("{}", pipeline::table(&p));
     println!();
     println!(
-        "pipeline time: {:.1} s (setup, 4 uploads/restores, events, Lambda, 8 host runs)",
+        "pipeline time: {:.1} s (setup, 3 uploads and a rollback with --wait, events, Lambda, 8 host runs)",
         elapsed.as_secs_f64()
     );
     drop(p);
@@ -135,48 +132,91 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-fn say(line: &str) {
-    println!("- {line}");
+/// What a step runs.
+enum Cli {
+    /// `bundle-and-upload --wait` of HEAD.
+    Upload,
+    /// `dropship rollback <version> --yes --wait`.
+    Rollback(String),
 }
 
-fn narrate(rows: &[Row], d: &Deploy) {
+/// Runs one step with `--wait`, checks its exit code and that every host serves `serving`
+/// healthily afterwards, records a row; returns the new S3 version id.
+fn step(
+    p: &mut Pipeline,
+    rows: &mut Vec<Row>,
+    name: &'static str,
+    expect_wait: i32,
+    serving: &str,
+    cli: Cli,
+) -> Result<String> {
+    let t = Instant::now();
+    let out = match &cli {
+        Cli::Upload => p.run_waiting(false, &[])?,
+        Cli::Rollback(v) => p.run_waiting(true, &["rollback", v, "--yes"])?,
+    };
+    let json: Value = serde_json::from_str(&out.stdout).map_err(|e| {
+        anyhow!(
+            "{name}: the CLI printed no JSON ({e}), exit {}: {}{}",
+            out.code,
+            out.stdout,
+            out.stderr
+        )
+    })?;
+    let version = ["new_version_id", "version_id"]
+        .iter()
+        .find_map(|k| json[*k].as_str())
+        .ok_or_else(|| anyhow!("{name}: no version id in {json}"))?
+        .to_owned();
+    let runs = p.wait_dispatched(&version)?;
+    if out.code != expect_wait {
+        bail!(
+            "{name}: --wait exited {} (expected {expect_wait}): {}\n{}",
+            out.code,
+            out.stderr,
+            explain(&runs)
+        );
+    }
+    let views = p.wait_serving(serving, Duration::from_secs(30));
+    if views
+        .iter()
+        .any(|v| v.commit.as_deref() != Some(serving) || v.health != Some(200))
+    {
+        bail!(
+            "{name}: {serving} is not served healthily on every host:\n{}\n{}",
+            pipeline::table(p),
+            explain(&runs)
+        );
+    }
     if std::env::var("DROPSHIP_PIPELINE_VERBOSE").as_deref() == Ok("1") {
-        for r in &d.runs {
+        for r in &runs {
             println!("  --- {} ({}) exit {}", r.host, r.instance_id, r.code);
             for l in r.output.lines() {
                 println!("  | {l}");
             }
         }
     }
-    if let Some(r) = rows.last() {
-        say(&format!(
-            "{}: version {} (commit {}) -> Lambda {} -> {} -> serving {}",
-            r.step, r.version, r.commit, r.lambda, r.hosts, r.serving
-        ));
-    }
-}
-
-fn codes(d: &Deploy) -> Vec<(String, i32, String)> {
-    d.runs
-        .iter()
-        .map(|r| (r.host.clone(), r.code, r.outcome().to_owned()))
-        .collect()
-}
-
-fn row(p: &Pipeline, step: &'static str, u: &Upload, d: &Deploy, t: Instant) -> Row {
-    let secs = t.elapsed().as_secs_f64();
-    let hosts = d
-        .runs
+    let lambda = p
+        .record(&version)?
+        .map_or("no record".into(), |r| r.outcome.as_str().to_owned());
+    let hosts = runs
         .iter()
         .map(|r| format!("{} ({})", r.outcome(), r.code))
         .collect::<Vec<_>>();
-    let hosts = if hosts.iter().all(|h| h == &hosts[0]) && !hosts.is_empty() {
+    let hosts = if !hosts.is_empty() && hosts.iter().all(|h| h == &hosts[0]) {
         format!("{}x {}", hosts.len(), hosts[0])
     } else {
         hosts.join(", ")
     };
-    let serving = p
-        .views()
+    let containers = views
+        .iter()
+        .map(|v| match &v.container {
+            Some(c) => format!("{} {}", &c.id[..12.min(c.id.len())], c.health),
+            None => "none".into(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let served = views
         .iter()
         .map(|v| {
             let label = p.repo.git(&[
@@ -189,28 +229,56 @@ fn row(p: &Pipeline, step: &'static str, u: &Upload, d: &Deploy, t: Instant) -> 
         })
         .collect::<Vec<_>>()
         .join(", ");
-    Row {
-        step,
-        version: u.version_id.clone(),
-        commit: u.commit.chars().take(7).collect(),
-        lambda: d.outcome(),
+    let row = Row {
+        step: name,
+        commit: json["commit"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(7)
+            .collect(),
+        version: version.clone(),
+        wait: out.code,
+        lambda,
         hosts,
-        serving,
-        secs,
-    }
+        serving: served,
+        containers,
+        secs: t.elapsed().as_secs_f64(),
+    };
+    say(&format!(
+        "{}: version {} (commit {}) -> Lambda {} -> {} -> --wait exit {} -> serving {} ({})",
+        row.step,
+        row.version,
+        row.commit,
+        row.lambda,
+        row.hosts,
+        row.wait,
+        row.serving,
+        row.containers
+    ));
+    rows.push(row);
+    Ok(version)
 }
 
-fn expect_served(p: &Pipeline, d: &Deploy, what: &str, commit: &str) -> Result<()> {
-    let views = p.wait_serving(commit, Duration::from_secs(20));
-    if views
-        .iter()
-        .any(|v| v.commit.as_deref() != Some(commit) || v.health != Some(200))
-    {
-        bail!(
-            "{what} ({commit}) is not served healthily on every host:\n{}\n{}",
-            pipeline::table(p),
-            pipeline::explain(d)
-        );
-    }
-    Ok(())
+fn say(line: &str) {
+    println!("- {line}");
+}
+
+/// Each host's SSM status, exit code and last lines, for failure messages.
+fn explain(runs: &[HostRun]) -> String {
+    runs.iter()
+        .map(|r| {
+            let tail: Vec<&str> = r.output.lines().rev().take(12).collect();
+            format!(
+                "{} ({}) {} / {} exit {}:\n  {}",
+                r.host,
+                r.instance_id,
+                r.status,
+                r.details,
+                r.code,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -1,17 +1,18 @@
-//! `restore <version-id>`: copy an older version on top of the key. The copy is a new version
-//! with identical bytes and the old version's metadata plus `restored-from`, so the deployer
-//! sees an ordinary "Object Created" event and redeploys it through the same checks.
+//! `rollback <version-id>` (formerly `restore`): copy an older version on top of the key.
+//! The copy is a new version with identical bytes and the old version's metadata plus
+//! `restored-from`, so the deployer sees an ordinary "Object Created" event and redeploys it
+//! through the same checks.
 //!
 //! Everything is checked before the one write: the id must be an upload of this key (not a
 //! delete marker, not another key's), its metadata must satisfy the contract, and the
-//! operator must confirm. The copy is conditional on the ETag that was checked.
+//! operator must confirm. The copy is conditional on the ETag that was checked. Pure: the
+//! command that reads the facts and makes the copy is in [`crate::commands`].
 
 use dropship_contract::metadata::ObjectMetadata;
 use serde::Serialize;
 
-use super::aws::Clients;
-use super::versions::VersionEntry;
-use super::{short, OpsError, Target};
+use crate::history::VersionEntry;
+use crate::{short, OpsError, Target};
 
 /// What the history says about the requested id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,7 @@ pub fn lookup(history: &[VersionEntry], version_id: &str) -> Lookup {
 
 /// Everything decided before the write.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestorePlan {
+pub struct RollbackPlan {
     /// Bucket and app/env.
     pub target: Target,
     /// The version to copy.
@@ -55,7 +56,7 @@ pub fn plan(
     version_id: &str,
     source_metadata: Result<ObjectMetadata, String>,
     etag: Option<String>,
-) -> Result<RestorePlan, OpsError> {
+) -> Result<RollbackPlan, OpsError> {
     let url = target.url();
     if history.is_empty() {
         return Err(OpsError::NoVersions { url });
@@ -90,7 +91,7 @@ pub fn plan(
             ),
         });
     }
-    Ok(RestorePlan {
+    Ok(RollbackPlan {
         target: target.clone(),
         etag,
         metadata: metadata.restored(version_id),
@@ -102,12 +103,27 @@ pub fn plan(
     })
 }
 
-impl RestorePlan {
+impl RollbackPlan {
+    /// What the rollback did once the copy created `new_version`.
+    pub fn restored(&self, new_version: String) -> Restored {
+        Restored {
+            app: self.target.release.app().to_string(),
+            env: self.target.release.env().to_string(),
+            bucket: self.target.bucket.clone(),
+            key: self.target.key(),
+            restored_from: self.source.version_id.clone(),
+            version_id: new_version,
+            commit: self.metadata.commit.clone(),
+            branch: self.metadata.branch.clone(),
+            sha256: self.metadata.sha256.clone(),
+        }
+    }
+
     /// What the operator is asked to confirm.
     pub fn describe(&self) -> String {
         let m = &self.metadata;
         let mut out = format!(
-            "Restore {} version {}\n  commit   {} ({}{})\n  uploaded {} by {}\n  message  {}\n",
+            "Roll back {} to version {}\n  commit   {} ({}{})\n  uploaded {} by {}\n  message  {}\n",
             self.target.url(),
             self.source.version_id,
             m.commit,
@@ -119,7 +135,7 @@ impl RestorePlan {
         );
         match &self.current {
             Some(c) if *c == self.source.version_id => out.push_str(
-                "  note     this is already the current version: restoring redeploys it\n",
+                "  note     this is already the current version: rolling back to it redeploys it\n",
             ),
             Some(c) => out.push_str(&format!("  replaces current version {c}\n")),
             None => {
@@ -150,7 +166,7 @@ pub fn consent(yes: bool, stdin_tty: bool, stderr_tty: bool) -> Consent {
     } else if stdin_tty && stderr_tty {
         Consent::Ask
     } else {
-        Consent::Refuse("not running on a terminal, so there is no one to confirm; pass --yes to restore without asking".into())
+        Consent::Refuse("not running on a terminal, so there is no one to confirm; pass --yes to roll back without asking".into())
     }
 }
 
@@ -159,7 +175,7 @@ pub fn is_yes(answer: &str) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
-/// The result of a restore.
+/// The result of a rollback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Restored {
     /// App name.
@@ -186,55 +202,10 @@ impl Restored {
     /// The human summary.
     pub fn render(&self) -> String {
         format!(
-            "Restored {}/{}: version {} copied as new version {}\n  key      s3://{}/{}\n  commit   {} ({})\n  sha256   {}\n",
+            "Rolled back {}/{} to version {}: copied as new version {}\n  key      s3://{}/{}\n  commit   {} ({})\n  sha256   {}\n",
             self.app, self.env, self.restored_from, self.version_id, self.bucket, self.key, self.commit, self.branch, self.sha256
         )
     }
-}
-
-/// Reads the facts and plans; nothing is written.
-pub async fn prepare(clients: &Clients, version_id: &str) -> Result<RestorePlan, OpsError> {
-    let history = clients.history().await?;
-    // Refuse unknown ids and delete markers before reading anything else.
-    if let Lookup::Version(_) = lookup(&history, version_id) {
-        let head = clients.head_version(version_id).await?;
-        let meta = ObjectMetadata::from_headers(&head.metadata).map_err(|e| e.to_string());
-        plan(&clients.target, &history, version_id, meta, head.etag)
-    } else {
-        plan(
-            &clients.target,
-            &history,
-            version_id,
-            Err(String::new()),
-            None,
-        )
-    }
-}
-
-/// The one write: the conditional copy.
-pub async fn execute(clients: &Clients, plan: &RestorePlan) -> Result<Restored, OpsError> {
-    let headers = plan
-        .metadata
-        .to_headers()
-        .map_err(|e| OpsError::InvalidMetadata {
-            url: plan.target.url(),
-            version_id: plan.source.version_id.clone(),
-            cause: e.to_string(),
-        })?;
-    let new_version = clients
-        .copy_version(&plan.source.version_id, plan.etag.as_deref(), &headers)
-        .await?;
-    Ok(Restored {
-        app: plan.target.release.app().to_string(),
-        env: plan.target.release.env().to_string(),
-        bucket: plan.target.bucket.clone(),
-        key: plan.target.key(),
-        restored_from: plan.source.version_id.clone(),
-        version_id: new_version,
-        commit: plan.metadata.commit.clone(),
-        branch: plan.metadata.branch.clone(),
-        sha256: plan.metadata.sha256.clone(),
-    })
 }
 
 #[cfg(test)]

@@ -1,15 +1,15 @@
-//! `versions`: the deploy history of an app/env — every object version of its key with who
-//! uploaded what, and what the deployer did with it (from the deploy records).
+//! `releases`: the deploy history of an app/env — every object version of its key with who
+//! uploaded what, and what the deployer did with it (from the deploy records). Pure: the
+//! facts come from [`crate::facts`], the command that gathers them is in [`crate::commands`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use dropship_contract::metadata::ObjectMetadata;
 use dropship_contract::record::{DeployRecord, LatestPointer, Outcome};
 use serde::Serialize;
 
-use super::aws::Clients;
-use super::table::Table;
-use super::{short, OpsError};
+use crate::short;
+use crate::table::Table;
 
 /// One entry of the key's history as `ListObjectVersions` returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -202,7 +202,7 @@ impl VersionsReport {
             }
             let (branch, commit, uploader) = match (&row.metadata, &row.metadata_error) {
                 (Some(m), _) => {
-                    let mut commit = super::short_commit(&m.commit).to_string();
+                    let mut commit = crate::short_commit(&m.commit).to_string();
                     if m.dirty {
                         commit.push_str("+dirty");
                     }
@@ -241,59 +241,12 @@ impl VersionsReport {
     }
 }
 
-/// Fetches the history and the facts for the newest `limit` entries and builds the report.
-pub async fn run(clients: &Clients, limit: usize) -> Result<VersionsReport, OpsError> {
-    let target = &clients.target;
-    let history = clients.history().await?;
-    let omitted = history.len().saturating_sub(limit);
-    let shown: Vec<VersionEntry> = history.into_iter().take(limit).collect();
-    let listed: HashSet<String> = clients
-        .record_keys(&target.release.records_prefix())
-        .await?;
-    let mut facts = Facts {
-        pointer: clients.pointer(&listed).await?,
-        ..Facts::default()
-    };
-    let mut heads = tokio::task::JoinSet::new();
-    for entry in shown.iter().filter(|e| !e.delete_marker) {
-        let c = clients.clone();
-        let version = entry.version_id.clone();
-        heads.spawn(async move {
-            let head = c.head_version(&version).await;
-            (version, head)
-        });
-    }
-    while let Some(joined) = heads.join_next().await {
-        let (version, head) = joined.map_err(|e| crate::s3::S3Error::Other {
-            action: "HeadObject",
-            detail: e.to_string(),
-        })?;
-        let decoded = ObjectMetadata::from_headers(&head?.metadata).map_err(|e| e.to_string());
-        facts.metadata.insert(version, decoded);
-    }
-    for entry in &shown {
-        let key = target.release.record_key(&entry.version_id);
-        if listed.contains(&key) {
-            if let Some(record) = clients.read_record(&key).await? {
-                facts.records.insert(entry.version_id.clone(), record);
-            }
-        }
-    }
-    Ok(VersionsReport {
-        app: target.release.app().to_string(),
-        env: target.release.env().to_string(),
-        bucket: target.bucket.clone(),
-        key: target.key(),
-        versions: rows(&shown, &facts),
-        omitted,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dropship_contract::key::ReleaseKey;
     use dropship_contract::metadata::Source;
-    use dropship_contract::record::{CommandBatch, EventFacts, Trigger, RECORD_FORMAT};
+    use dropship_contract::record::{CommandBatch, EventFacts, Trigger};
 
     fn entry(id: &str, ms: i64, latest: bool, marker: bool) -> VersionEntry {
         VersionEntry {
@@ -348,27 +301,7 @@ mod tests {
 
     fn record(version: &str, outcome: Outcome, hosts: &[&str]) -> DeployRecord {
         DeployRecord {
-            format: RECORD_FORMAT,
-            app: "shop".into(),
-            env: "prod".into(),
-            bucket: "b".into(),
-            key: "releases/shop/prod.tar.gz".into(),
-            version_id: version.into(),
-            outcome,
             reason: (outcome == Outcome::Rejected).then(|| "tar entry ../x escapes".to_string()),
-            event: EventFacts {
-                trigger: Trigger::Event,
-                event_id: None,
-                event_time: None,
-                reason: None,
-                sequencer: None,
-                request_id: None,
-                size: None,
-                etag: None,
-            },
-            metadata: None,
-            manifest: None,
-            verification: None,
             targets: hosts.iter().map(|s| s.to_string()).collect(),
             commands: if hosts.is_empty() {
                 vec![]
@@ -378,12 +311,15 @@ mod tests {
                     instance_ids: hosts.iter().map(|s| s.to_string()).collect(),
                 }]
             },
-            created_at: "2026-11-23T09:00:01Z".into(),
-            updated_at: "2026-11-23T09:00:02Z".into(),
-            lease_until: None,
             attempts: 1,
-            last_error: None,
-            lambda_request_id: None,
+            ..DeployRecord::new(
+                "b",
+                &ReleaseKey::new("shop", "prod").unwrap(),
+                version,
+                outcome,
+                EventFacts::new(Trigger::Event),
+                "2026-11-23T09:00:01Z",
+            )
         }
     }
 
@@ -415,15 +351,13 @@ mod tests {
             "v1".into(),
             record("v1", Outcome::Dispatched, &["i-1", "i-2"]),
         );
-        facts.pointer = Some(LatestPointer {
-            format: RECORD_FORMAT,
-            app: "shop".into(),
-            env: "prod".into(),
-            version_id: "v1".into(),
-            sequencer: "00AA".into(),
-            commit: None,
-            dispatched_at: "2026-11-23T09:00:02Z".into(),
-        });
+        facts.pointer = Some(LatestPointer::new(
+            &ReleaseKey::new("shop", "prod").unwrap(),
+            "v1",
+            "00AA",
+            None,
+            "2026-11-23T09:00:02Z",
+        ));
         let rows = rows(&history, &facts);
         assert_eq!(rows.len(), 5);
         assert_eq!(rows[0].deploy.outcome, None);

@@ -1,94 +1,46 @@
-//! Operator commands: `versions`, `status`, `restore` and `--wait`.
+//! `dropship`, the operator's command: what was deployed where (`releases`), what happened
+//! on every host (`status`), putting an older release back (`rollback`), and following a
+//! deploy to its per-host result (used by `bundle-and-upload --wait` too).
 //!
-//! Functional core, thin shell: [`versions`], [`status`], [`restore`] and [`wait`] turn facts
+//! Functional core, thin shell: [`history`], [`status`], [`rollback`] and [`wait`] turn facts
 //! (object versions, metadata, deploy records, SSM invocations) into tables, outcomes and
-//! decisions with pure functions; [`aws`] holds the few small clients that fetch those facts
-//! and make the one write (`CopyObject` for a restore). [`table`] renders aligned text.
+//! decisions; [`facts`] is the AWS edge that fetches those facts and makes the one write
+//! (`CopyObject` for a rollback); [`commands`] puts the two together for the binaries and
+//! [`cli`] holds their arguments. [`exit`] is the one exit-code table of both binaries,
+//! [`table`] renders aligned text.
 
-pub mod aws;
-pub mod restore;
+pub mod aws_calls;
+pub mod cli;
+pub mod commands;
+pub mod exit;
+pub mod facts;
+pub mod history;
+pub mod rollback;
 pub mod status;
 pub mod table;
-pub mod versions;
+pub mod target;
 pub mod wait;
 
-use dropship_contract::key::ReleaseKey;
+use dropship_aws::AwsError;
 use dropship_contract::record::RecordError;
 
-use crate::s3::S3Error;
+pub use target::Target;
 
-/// One app/environment in one bucket: the unit every operator command works on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Artifact bucket.
-    pub bucket: String,
-    /// App and environment (hence the release key and the records prefix).
-    pub release: ReleaseKey,
-}
-
-impl Target {
-    /// The release object key, `releases/<app>/<env>.tar.gz`.
-    pub fn key(&self) -> String {
-        self.release.object_key()
-    }
-
-    /// `s3://bucket/key`, for messages.
-    pub fn url(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.key())
-    }
-}
-
-/// An SSM failure, classified so the CLI can say what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum SsmError {
-    /// The credentials lack the SSM read permission.
-    #[error("access denied for {action} on command {command_id}: attach the uploader policy from infra/ (it grants ssm:GetCommandInvocation) to these credentials ({detail})")]
-    AccessDenied {
-        /// The SSM operation.
-        action: &'static str,
-        /// The command being read.
-        command_id: String,
-        /// SDK error text.
-        detail: String,
-    },
-    /// No credentials could be loaded.
-    #[error("no AWS credentials found for {action}: set AWS_PROFILE (or --profile), or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY ({detail})")]
-    NoCredentials {
-        /// The SSM operation.
-        action: &'static str,
-        /// SDK error text.
-        detail: String,
-    },
-    /// The request never got an answer.
-    #[error("network failure during {action}: {detail}; check connectivity and AWS_REGION/AWS_ENDPOINT_URL, then retry")]
-    Network {
-        /// The SSM operation.
-        action: &'static str,
-        /// SDK error text.
-        detail: String,
-    },
-    /// Anything else SSM answered.
-    #[error("{action} on command {command_id} failed: {detail}")]
-    Other {
-        /// The SSM operation.
-        action: &'static str,
-        /// The command being read.
-        command_id: String,
-        /// SDK error text.
-        detail: String,
-    },
-}
+/// The version of both binaries with the commit they were built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DROPSHIP_BUILD_COMMIT"),
+    ")"
+);
 
 /// Why an operator command could not do what was asked; every message names the object,
 /// the cause and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    /// S3 refused or failed (bucket missing, access denied, network, …).
+    /// An AWS call failed (bucket missing, access denied, throttled, network, …).
     #[error(transparent)]
-    S3(#[from] S3Error),
-    /// SSM refused or failed.
-    #[error(transparent)]
-    Ssm(#[from] SsmError),
+    Aws(#[from] AwsError),
     /// The key has no object versions at all.
     #[error("{url} has no versions yet: upload one with `bundle-and-upload` first (or check --app/--env/--bucket)")]
     NoVersions {
@@ -96,7 +48,7 @@ pub enum OpsError {
         url: String,
     },
     /// The version id is not one of the key's versions.
-    #[error("version {version_id:?} of {url} does not exist: list the versions with `bundle-and-upload versions` and pass one of those ids; nothing was written")]
+    #[error("version {version_id:?} of {url} does not exist: list the versions with `dropship releases` and pass one of those ids; nothing was written")]
     UnknownVersion {
         /// `s3://bucket/key`.
         url: String,
@@ -104,7 +56,7 @@ pub enum OpsError {
         version_id: String,
     },
     /// The version id names a delete marker, which has no bytes to restore.
-    #[error("version {version_id:?} of {url} is a delete marker, not a release: it has no bytes to restore; pick an upload from `bundle-and-upload versions`; nothing was written")]
+    #[error("version {version_id:?} of {url} is a delete marker, not a release: it has no bytes to restore; pick an upload from `dropship releases`; nothing was written")]
     DeleteMarker {
         /// `s3://bucket/key`.
         url: String,
@@ -122,7 +74,7 @@ pub enum OpsError {
         cause: String,
     },
     /// A deploy record exists but cannot be read.
-    #[error("deploy record s3://{bucket}/{key} cannot be read: {cause}; if it was written by a newer deployer, upgrade bundle-and-upload")]
+    #[error("deploy record s3://{bucket}/{key} cannot be read: {cause}; if it was written by a newer deployer, upgrade dropship")]
     BadRecord {
         /// Bucket.
         bucket: String,
@@ -133,7 +85,7 @@ pub enum OpsError {
     },
     /// The operator did not confirm a restore.
     #[error(
-        "restore of version {version_id:?} of {url} was not confirmed: {why}; nothing was written"
+        "rollback to version {version_id:?} of {url} was not confirmed: {why}; nothing was written"
     )]
     NotConfirmed {
         /// `s3://bucket/key`.
@@ -149,8 +101,7 @@ impl OpsError {
     /// True when retrying later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            OpsError::S3(e) => e.is_transient(),
-            OpsError::Ssm(SsmError::Network { .. }) => true,
+            OpsError::Aws(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -167,12 +118,6 @@ impl OpsError {
                 | OpsError::NotConfirmed { .. }
         )
     }
-}
-
-/// Formats an S3 timestamp as RFC 3339 UTC (seconds), or empty when missing.
-pub fn rfc3339(t: Option<&aws_smithy_types::DateTime>) -> String {
-    t.and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok())
-        .unwrap_or_default()
 }
 
 /// First `n` characters, for table columns (full values stay in `--json`).
@@ -218,10 +163,12 @@ mod tests {
                 && msg.contains("versions"),
             "{msg}"
         );
-        let net = OpsError::Ssm(SsmError::Network {
-            action: "GetCommandInvocation",
-            detail: "timeout".into(),
-        });
+        let net = OpsError::Aws(dropship_aws::AwsError::new(
+            &aws_calls::GET_COMMAND_INVOCATION,
+            "command c-1",
+            dropship_aws::Failure::Network,
+            "timeout".into(),
+        ));
         assert!(net.is_transient() && !net.is_usage());
     }
 }

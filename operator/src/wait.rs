@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use dropship_contract::record::DeployRecord;
 use serde::Serialize;
 
-use super::status::{self, DeployStatus, Observed, Verdict};
-use super::OpsError;
+use crate::exit::Exit;
+use crate::status::{self, DeployStatus, Observed, Verdict};
+use crate::OpsError;
 
-/// Where the facts come from: AWS in the binary ([`super::aws::Clients`]), a script in tests.
+/// Where the facts come from: AWS in the binaries ([`crate::facts::Clients`]), a script in
+/// tests.
 pub trait DeployFacts {
     /// The deploy record of `version_id`, if written.
     fn record(
@@ -63,9 +65,9 @@ pub struct WaitReport {
 
 impl WaitReport {
     /// The process exit code: the verdict's, or the timeout code.
-    pub fn exit_code(&self) -> u8 {
+    pub fn exit_code(&self) -> Exit {
         if self.timed_out {
-            status::WAIT_TIMEOUT_EXIT
+            Exit::WaitTimeout
         } else {
             self.status.verdict.exit_code()
         }
@@ -207,45 +209,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::status::{HostState, Invocation};
-    use crate::ops::SsmError;
-    use dropship_contract::record::{CommandBatch, EventFacts, Outcome, Trigger, RECORD_FORMAT};
+    use crate::aws_calls::GET_COMMAND_INVOCATION;
+    use crate::status::{HostState, Invocation};
+    use dropship_aws::{AwsError, Failure};
+    use dropship_contract::key::ReleaseKey;
+    use dropship_contract::record::{CommandBatch, EventFacts, Outcome, Trigger};
     use std::sync::Mutex;
 
     fn record(outcome: Outcome, hosts: &[&str]) -> DeployRecord {
         DeployRecord {
-            format: RECORD_FORMAT,
-            app: "shop".into(),
-            env: "prod".into(),
-            bucket: "b".into(),
-            key: "releases/shop/prod.tar.gz".into(),
-            version_id: "v9".into(),
-            outcome,
-            reason: None,
-            event: EventFacts {
-                trigger: Trigger::Event,
-                event_id: None,
-                event_time: None,
-                reason: None,
-                sequencer: None,
-                request_id: None,
-                size: None,
-                etag: None,
-            },
-            metadata: None,
-            manifest: None,
-            verification: None,
             targets: hosts.iter().map(|s| s.to_string()).collect(),
             commands: vec![CommandBatch {
                 command_id: "c-1".into(),
                 instance_ids: hosts.iter().map(|s| s.to_string()).collect(),
             }],
-            created_at: "2026-11-23T09:00:01Z".into(),
-            updated_at: "2026-11-23T09:00:02Z".into(),
-            lease_until: None,
             attempts: 1,
-            last_error: None,
-            lambda_request_id: None,
+            ..DeployRecord::new(
+                "b",
+                &ReleaseKey::new("shop", "prod").unwrap(),
+                "v9",
+                outcome,
+                EventFacts::new(Trigger::Event),
+                "2026-11-23T09:00:01Z",
+            )
         }
     }
 
@@ -304,10 +290,12 @@ mod tests {
             self.calls.lock().unwrap().push(instance_id.to_string());
             let mut hosts = self.hosts.lock().unwrap();
             pop(hosts.get_mut(instance_id).expect("scripted host")).map_err(|detail| {
-                OpsError::Ssm(SsmError::Network {
-                    action: "GetCommandInvocation",
-                    detail: detail.into(),
-                })
+                OpsError::Aws(AwsError::new(
+                    &GET_COMMAND_INVOCATION,
+                    instance_id,
+                    Failure::Network,
+                    detail.into(),
+                ))
             })
         }
     }
@@ -359,7 +347,7 @@ mod tests {
         .unwrap();
         assert!(!report.timed_out);
         assert_eq!(report.status.verdict, Verdict::RolledBack);
-        assert_eq!(report.exit_code(), 8);
+        assert_eq!(report.exit_code(), Exit::RolledBack);
         assert_eq!(report.status.hosts[0].state, HostState::Success);
         assert_eq!(report.status.hosts[1].state, HostState::RolledBack);
         assert_eq!(seen[0], "record:false");
@@ -380,7 +368,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(report.status.verdict, Verdict::Refused);
-        assert_eq!(report.exit_code(), 7);
+        assert_eq!(report.exit_code(), Exit::DeployRefused);
         assert_eq!(*facts.calls.lock().unwrap(), ["record"]);
     }
 
@@ -391,7 +379,7 @@ mod tests {
             .await
             .unwrap();
         assert!(report.timed_out);
-        assert_eq!(report.exit_code(), status::WAIT_TIMEOUT_EXIT);
+        assert_eq!(report.exit_code(), Exit::WaitTimeout);
         let running = Script::new(
             vec![Some(record(Outcome::Dispatched, &["i-1"]))],
             vec![("i-1", vec![Ok(inv("InProgress", "In Progress", -1))])],
@@ -401,7 +389,7 @@ mod tests {
             .unwrap();
         assert!(report.timed_out);
         assert_eq!(report.status.hosts[0].state, HostState::InProgress);
-        assert_eq!(report.exit_code(), 11);
+        assert_eq!(report.exit_code().code(), 11);
     }
 
     #[tokio::test]
@@ -414,7 +402,7 @@ mod tests {
         let report = follow(&facts, "shop", "prod", "v9", fast(5_000), &mut |_| {})
             .await
             .unwrap();
-        assert_eq!(report.exit_code(), 0);
+        assert_eq!(report.exit_code(), Exit::Success);
     }
 
     #[tokio::test]

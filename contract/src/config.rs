@@ -1,10 +1,12 @@
-//! `dropship.toml`: the repository's deploy configuration. Flags and `DROPSHIP_*` variables
-//! (handled by the CLI layer) override the file; the result is validated once, here.
+//! `dropship.toml`: the repository's deploy configuration, read by both command-line tools
+//! (`bundle-and-upload` to bundle and upload, `dropship` to find the app/env it reports on).
+//! Flags and `DROPSHIP_*` variables (handled by the CLI layer) override the file; the result
+//! is validated once, here.
 
 use std::path::{Path, PathBuf};
 
-use dropship_contract::key::{validate_name, ReleaseKey};
-use dropship_contract::manifest::DeploySettings;
+use crate::key::{validate_name, ReleaseKey};
+use crate::manifest::DeploySettings;
 use serde::Deserialize;
 
 /// Name of the config file at the repository root.
@@ -98,6 +100,20 @@ impl ConfigFile {
 }
 
 impl Config {
+    /// The bucket, or the error naming every way to set it (`flag` names the flag, with any
+    /// alternative the command offers).
+    pub fn require_bucket(&self, flag: &'static str) -> Result<String, ConfigError> {
+        self.bucket
+            .clone()
+            .ok_or_else(|| ConfigError::MissingValue {
+                what: "bucket",
+                key: "bucket",
+                env_var: "DROPSHIP_BUCKET",
+                flag,
+                path: self.path.clone(),
+            })
+    }
+
     /// Merges file and overrides and validates the result.
     pub fn resolve(path: &Path, file: ConfigFile, over: Overrides) -> Result<Self, ConfigError> {
         let invalid = |key: &'static str, message: String| ConfigError::Invalid {
@@ -269,16 +285,25 @@ mod tests {
 
     #[test]
     fn required_env_takes_plain_names_and_rule_tables() {
-        use dropship_contract::manifest::EnvRule;
+        use crate::manifest::EnvRule;
         let text = "app = \"shop\"\ndefault_env = \"a\"\n[deploy]\nrequired_env = [\"DATABASE_URL\", { name = \"SECRET_KEY\", min_length = 32 }, { name = \"MODE\", pattern = \"dev|prod\" }, { name = \"REGION\", non_empty = true }]\n";
         let c = resolve(text, Overrides::default()).unwrap();
         assert_eq!(
             c.deploy.required_env,
             vec![
                 EnvRule::named("DATABASE_URL"),
-                EnvRule { min_length: 32, ..EnvRule::named("SECRET_KEY") },
-                EnvRule { pattern: Some("dev|prod".into()), ..EnvRule::named("MODE") },
-                EnvRule { min_length: 1, ..EnvRule::named("REGION") },
+                EnvRule {
+                    min_length: 32,
+                    ..EnvRule::named("SECRET_KEY")
+                },
+                EnvRule {
+                    pattern: Some("dev|prod".into()),
+                    ..EnvRule::named("MODE")
+                },
+                EnvRule {
+                    min_length: 1,
+                    ..EnvRule::named("REGION")
+                },
             ]
         );
         for (rule, needle) in [
@@ -286,9 +311,15 @@ mod tests {
             ("{ name = \"A\", min_len = 3 }", "min_len"),
             ("{ name = \"A B\" }", "required_env"),
         ] {
-            let text = format!("app = \"shop\"\ndefault_env = \"a\"\n[deploy]\nrequired_env = [{rule}]\n");
-            let msg = resolve(&text, Overrides::default()).unwrap_err().to_string();
-            assert!(msg.contains(needle) && msg.contains("dropship.toml"), "{msg}");
+            let text =
+                format!("app = \"shop\"\ndefault_env = \"a\"\n[deploy]\nrequired_env = [{rule}]\n");
+            let msg = resolve(&text, Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(needle) && msg.contains("dropship.toml"),
+                "{msg}"
+            );
         }
     }
 

@@ -14,8 +14,9 @@ use dropship_contract::host::{ExitCode, HostOutcome, HostResult};
 use dropship_contract::record::{DeployRecord, Outcome};
 use serde::{Deserialize, Serialize};
 
-use super::short;
-use super::table::Table;
+use crate::exit::Exit;
+use crate::short;
+use crate::table::Table;
 
 /// One `GetCommandInvocation` answer, in the API's field names so documented JSON shapes (and
 /// `aws ssm get-command-invocation` output) deserialise into it as they are.
@@ -284,13 +285,15 @@ pub fn host_status(command_id: &str, instance_id: &str, observed: &Observed) -> 
             let (state, detail) = finished(inv, result.clone());
             (state, detail, Some(inv.response_code), result)
         }
-        ("Delivery Timed Out", _) => (
+        // The API reference spells the details with spaces, the wire and the console without;
+        // both are read.
+        ("Delivery Timed Out" | "DeliveryTimedOut", _) => (
             HostState::TimedOut,
             "never delivered within the delivery timeout: the host is unchanged; check the SSM agent".to_string(),
             None,
             None,
         ),
-        ("Execution Timed Out", _) | ("TimedOut", _) => (
+        ("Execution Timed Out" | "ExecutionTimedOut", _) | ("TimedOut", _) => (
             HostState::TimedOut,
             "the script was stopped at the execution timeout: check deploy.log on the host; the next deploy recovers".to_string(),
             None,
@@ -429,15 +432,15 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The `--wait` exit code (documented in `--help` and docs/architecture.md).
-    pub fn exit_code(self) -> u8 {
+    /// The `--wait` exit code ([`Exit`]: one table for `--help` and the README).
+    pub fn exit_code(self) -> Exit {
         match self {
-            Verdict::Succeeded => 0,
-            Verdict::Refused => 7,
-            Verdict::RolledBack => 8,
-            Verdict::Failed => 9,
-            Verdict::RollbackFailed => 10,
-            Verdict::Pending => WAIT_TIMEOUT_EXIT,
+            Verdict::Succeeded => Exit::Success,
+            Verdict::Refused => Exit::DeployRefused,
+            Verdict::RolledBack => Exit::RolledBack,
+            Verdict::Failed => Exit::HostFailed,
+            Verdict::RollbackFailed => Exit::RollbackFailed,
+            Verdict::Pending => Exit::WaitTimeout,
         }
     }
 
@@ -453,9 +456,6 @@ impl Verdict {
         }
     }
 }
-
-/// Exit code of `--wait` when the deploy did not settle within `--wait-timeout`.
-pub const WAIT_TIMEOUT_EXIT: u8 = 11;
 
 /// The verdict from the phase and every host's state: all hosts must be final to settle, and
 /// then the worst host decides.
@@ -535,11 +535,21 @@ pub fn counts_line(hosts: &[HostStatus]) -> String {
 }
 
 impl DeployStatus {
-    /// The human report: a headline, then one row per host.
+    /// Hosts whose script reported `outcome` (from the result line SSM kept).
+    pub fn hosts_with(&self, outcome: HostOutcome) -> Vec<&str> {
+        self.hosts
+            .iter()
+            .filter(|h| h.result.as_ref().is_some_and(|r| r.outcome == outcome))
+            .map(|h| h.instance_id.as_str())
+            .collect()
+    }
+
+    /// The human report: a headline, the verdict (naming hosts where the success was a no-op
+    /// or a stale skip), then one row per host.
     pub fn render(&self) -> String {
         let mut out = format!("{}/{} version {}", self.app, self.env, self.version_id);
         if let Some(c) = &self.commit {
-            out.push_str(&format!(" (commit {})", super::short_commit(c)));
+            out.push_str(&format!(" (commit {})", crate::short_commit(c)));
         }
         out.push('\n');
         match &self.phase {
@@ -563,6 +573,18 @@ impl DeployStatus {
             }
         }
         out.push_str(&format!("  verdict: {}\n", self.verdict.as_str()));
+        for (outcome, said) in [
+            (HostOutcome::Noop, "already ran this version (no-op)"),
+            (
+                HostOutcome::Stale,
+                "skipped it as older than what they run (stale)",
+            ),
+        ] {
+            let hosts = self.hosts_with(outcome);
+            if !hosts.is_empty() {
+                out.push_str(&format!("  note: {} {said}\n", hosts.join(", ")));
+            }
+        }
         if !self.hosts.is_empty() {
             let mut t = Table::new(["HOST", "STATE", "EXIT", "COMMAND", "DETAIL"]);
             for h in &self.hosts {
@@ -586,7 +608,8 @@ impl DeployStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dropship_contract::record::{CommandBatch, EventFacts, Trigger, RECORD_FORMAT};
+    use dropship_contract::key::ReleaseKey;
+    use dropship_contract::record::{CommandBatch, EventFacts, Trigger};
 
     /// A `GetCommandInvocation` response as the AWS CLI prints it (shape from the SSM API
     /// reference), with the fields that matter here.
@@ -644,6 +667,15 @@ mod tests {
 
         let noop = finished_fixture("Success", "Success", 0, &result_line("noop", 0, "r2", ""));
         assert_eq!(state(&noop), HostState::Success);
+        // Exit 0 that was a no-op or a stale skip is named, not passed off as a deploy.
+        let rec = record(Outcome::Dispatched, &[("c-1", &["i-0abc"])]);
+        let seen = obs(&[("c-1", "i-0abc", noop.clone())]);
+        let text = build("shop", "prod", "v2", Some(&rec), &seen).render();
+        assert!(
+            text.contains("verdict: succeeded")
+                && text.contains("note: i-0abc already ran this version (no-op)"),
+            "{text}"
+        );
         let stale = finished_fixture("Success", "Success", 0, &result_line("stale", 0, "r3", ""));
         assert_eq!(state(&stale), HostState::Success);
 
@@ -751,16 +783,27 @@ mod tests {
 
     #[test]
     fn hosts_that_never_ran_are_told_apart() {
-        assert_eq!(
-            state(&finished_fixture("TimedOut", "Delivery Timed Out", -1, "")),
-            HostState::TimedOut
-        );
+        for details in ["Delivery Timed Out", "DeliveryTimedOut"] {
+            let never = host_status(
+                "c-1",
+                "i-0abc",
+                &finished_fixture("TimedOut", details, -1, ""),
+            );
+            assert_eq!(never.state, HostState::TimedOut, "{details}");
+            assert!(never.detail.contains("never delivered"), "{details}");
+        }
         let exec = host_status(
             "c-1",
             "i-0abc",
             &finished_fixture("TimedOut", "Execution Timed Out", -1, "partial"),
         );
         assert_eq!(exec.state, HostState::TimedOut);
+        assert!(exec.detail.contains("execution timeout"));
+        let exec = host_status(
+            "c-1",
+            "i-0abc",
+            &finished_fixture("TimedOut", "ExecutionTimedOut", 137, "partial"),
+        );
         assert!(exec.detail.contains("execution timeout"));
         assert_eq!(
             state(&finished_fixture("Failed", "Undeliverable", -1, "")),
@@ -787,27 +830,7 @@ mod tests {
 
     fn record(outcome: Outcome, batches: &[(&str, &[&str])]) -> DeployRecord {
         DeployRecord {
-            format: RECORD_FORMAT,
-            app: "shop".into(),
-            env: "prod".into(),
-            bucket: "b".into(),
-            key: "releases/shop/prod.tar.gz".into(),
-            version_id: "v2".into(),
-            outcome,
             reason: (outcome == Outcome::Rejected).then(|| "sha256 mismatch".to_string()),
-            event: EventFacts {
-                trigger: Trigger::Event,
-                event_id: None,
-                event_time: None,
-                reason: None,
-                sequencer: None,
-                request_id: None,
-                size: None,
-                etag: None,
-            },
-            metadata: None,
-            manifest: None,
-            verification: None,
             targets: batches
                 .iter()
                 .flat_map(|(_, i)| i.iter().map(|s| s.to_string()))
@@ -819,12 +842,15 @@ mod tests {
                     instance_ids: i.iter().map(|s| s.to_string()).collect(),
                 })
                 .collect(),
-            created_at: "2026-11-23T09:00:01Z".into(),
-            updated_at: "2026-11-23T09:00:02Z".into(),
-            lease_until: None,
             attempts: 1,
-            last_error: None,
-            lambda_request_id: None,
+            ..DeployRecord::new(
+                "b",
+                &ReleaseKey::new("shop", "prod").unwrap(),
+                "v2",
+                outcome,
+                EventFacts::new(Trigger::Event),
+                "2026-11-23T09:00:01Z",
+            )
         }
     }
 
@@ -851,7 +877,7 @@ mod tests {
         let s = build("shop", "prod", "v2", Some(&rec), &all_ok);
         assert_eq!(s.hosts.len(), 3);
         assert_eq!(s.verdict, Verdict::Succeeded);
-        assert_eq!(s.verdict.exit_code(), 0);
+        assert_eq!(s.verdict.exit_code(), Exit::Success);
 
         // The second batch's one host rolled back: the parent commands might both say
         // "Success"-complete, but the verdict must not.
@@ -862,7 +888,7 @@ mod tests {
         ]);
         let s = build("shop", "prod", "v2", Some(&rec), &one_rolled);
         assert_eq!(s.verdict, Verdict::RolledBack);
-        assert_eq!(s.verdict.exit_code(), 8);
+        assert_eq!(s.verdict.exit_code(), Exit::RolledBack);
         assert_eq!(s.hosts[2].instance_id, "i-3");
         assert_eq!(s.hosts[2].command_id, "c-2");
 
@@ -890,7 +916,7 @@ mod tests {
         ]);
         let s = build("shop", "prod", "v2", Some(&rec), &worst);
         assert_eq!(s.verdict, Verdict::RollbackFailed);
-        assert_eq!(s.verdict.exit_code(), 10);
+        assert_eq!(s.verdict.exit_code(), Exit::RollbackFailed);
         assert!(s.render().contains("rollback_failed"));
     }
 
@@ -908,7 +934,7 @@ mod tests {
         let rejected = record(Outcome::Rejected, &[]);
         let s = build("shop", "prod", "v2", Some(&rejected), &BTreeMap::new());
         assert_eq!(s.verdict, Verdict::Refused);
-        assert_eq!(s.verdict.exit_code(), 7);
+        assert_eq!(s.verdict.exit_code(), Exit::DeployRefused);
         assert!(s.render().contains("sha256 mismatch"), "{}", s.render());
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["phase"], "refused");

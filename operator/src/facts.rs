@@ -1,5 +1,6 @@
-//! The operator commands' AWS edge: small calls that fetch facts (versions, metadata, deploy
-//! records, invocations) and the one write (`CopyObject` for a restore). No decisions here.
+//! The operator's AWS edge: small calls that fetch facts (versions, metadata, deploy
+//! records, invocations) and the one write (`CopyObject` for a rollback). No decisions here:
+//! the pure modules ([`crate::history`], [`crate::status`]) own the types it fills in.
 //!
 //! Deploy records are found by listing their prefix before reading them: with the uploader
 //! policy's prefix-conditioned `s3:ListBucket`, S3 answers a `GetObject` of a missing key with
@@ -7,15 +8,19 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{ChecksumAlgorithm, MetadataDirective};
+use dropship_aws::{classify, error_code, http_status, AwsError, Failure};
+use dropship_contract::percent::{self, URI_COMPONENT, URI_PATH};
 use dropship_contract::record::{DeployRecord, LatestPointer};
 
-use super::status::{Invocation, Observed};
-use super::versions::VersionEntry;
-use super::wait::DeployFacts;
-use super::{OpsError, SsmError, Target};
-use crate::s3::{classify, S3Error};
+use crate::aws_calls::{
+    COPY_OBJECT, GET_COMMAND_INVOCATION, GET_RECORD, HEAD_CURRENT, HEAD_VERSION,
+    LIST_OBJECT_VERSIONS, LIST_RECORDS,
+};
+use crate::history::{merge_history, VersionEntry};
+use crate::status::{Invocation, Observed};
+use crate::wait::DeployFacts;
+use crate::{OpsError, Target};
 
 /// What `HeadObject` of one version says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,58 +44,40 @@ pub struct Clients {
     pub target: Target,
 }
 
-fn ssm_error<E, R>(err: SdkError<E, R>, action: &'static str, command_id: &str) -> SsmError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let detail = DisplayErrorContext(&err).to_string();
-    let code = err.code().unwrap_or_default().to_string();
-    if code == "AccessDeniedException" || code == "UnrecognizedClientException" {
-        return SsmError::AccessDenied {
-            action,
-            command_id: command_id.to_string(),
-            detail,
-        };
-    }
-    let lower = detail.to_ascii_lowercase();
-    if lower.contains("credential")
-        && (lower.contains("no ") || lower.contains("provider") || lower.contains("load"))
-    {
-        return SsmError::NoCredentials { action, detail };
-    }
-    match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            SsmError::Network { action, detail }
-        }
-        _ => SsmError::Other {
-            action,
-            command_id: command_id.to_string(),
-            detail,
-        },
-    }
-}
-
 fn millis(t: Option<&aws_smithy_types::DateTime>) -> i64 {
     t.and_then(|t| t.to_millis().ok()).unwrap_or(0)
 }
 
-/// Percent-encodes a `CopySource` component (keeps `/` in keys).
-fn encode_copy_source(value: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// Formats an S3 timestamp as RFC 3339 UTC (seconds), or empty when missing.
+fn rfc3339(t: Option<&aws_smithy_types::DateTime>) -> String {
+    t.and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok())
+        .unwrap_or_default()
+}
+
+fn head_facts(out: &aws_sdk_s3::operation::head_object::HeadObjectOutput) -> HeadFacts {
+    HeadFacts {
+        metadata: out.metadata().cloned().unwrap_or_default(),
+        etag: out.e_tag().map(str::to_string),
+        size: out.content_length(),
     }
-    out
 }
 
 impl Clients {
+    /// Clients for `target` from one SDK configuration.
+    pub fn new(sdk: &aws_config::SdkConfig, target: Target) -> Self {
+        Self {
+            s3: dropship_aws::sdk::s3_client(sdk),
+            ssm: aws_sdk_ssm::Client::new(sdk),
+            target,
+        }
+    }
+
     fn bucket(&self) -> &str {
         &self.target.bucket
+    }
+
+    fn version_url(&self, version_id: &str) -> String {
+        format!("{}?versionId={version_id}", self.target.url())
     }
 
     /// Every version and delete marker of the release key, newest first.
@@ -109,7 +96,7 @@ impl Clients {
                 .set_version_id_marker(version_marker.clone())
                 .send()
                 .await
-                .map_err(|e| classify(e, self.bucket(), "ListObjectVersions"))?;
+                .map_err(|e| classify(&LIST_OBJECT_VERSIONS, self.target.url(), &e))?;
             for v in out
                 .versions()
                 .iter()
@@ -117,7 +104,7 @@ impl Clients {
             {
                 versions.push(VersionEntry {
                     version_id: v.version_id().unwrap_or_default().to_string(),
-                    modified: super::rfc3339(v.last_modified()),
+                    modified: rfc3339(v.last_modified()),
                     modified_ms: millis(v.last_modified()),
                     is_latest: v.is_latest().unwrap_or(false),
                     delete_marker: false,
@@ -131,7 +118,7 @@ impl Clients {
             {
                 markers.push(VersionEntry {
                     version_id: m.version_id().unwrap_or_default().to_string(),
-                    modified: super::rfc3339(m.last_modified()),
+                    modified: rfc3339(m.last_modified()),
                     modified_ms: millis(m.last_modified()),
                     is_latest: m.is_latest().unwrap_or(false),
                     delete_marker: true,
@@ -147,25 +134,18 @@ impl Clients {
                 break;
             }
         }
-        Ok(super::versions::merge_history(versions, markers))
+        Ok(merge_history(versions, markers))
     }
 
-    /// `HeadObject` of one version (metadata, ETag, size).
+    /// `HeadObject` of one version (metadata, ETag, size); an id S3 does not know for this
+    /// key is [`OpsError::UnknownVersion`].
     pub async fn head_version(&self, version_id: &str) -> Result<HeadFacts, OpsError> {
-        let out = self
-            .s3
-            .head_object()
-            .bucket(self.bucket())
-            .key(self.target.key())
-            .version_id(version_id)
-            .send()
-            .await
-            .map_err(|e| classify(e, self.bucket(), "HeadObject"))?;
-        Ok(HeadFacts {
-            metadata: out.metadata().cloned().unwrap_or_default(),
-            etag: out.e_tag().map(str::to_string),
-            size: out.content_length(),
-        })
+        self.head_if_exists(version_id)
+            .await?
+            .ok_or_else(|| OpsError::UnknownVersion {
+                url: self.target.url(),
+                version_id: version_id.to_string(),
+            })
     }
 
     /// `HeadObject` of one version; `None` when S3 does not know the id for this key (404, or
@@ -180,19 +160,9 @@ impl Clients {
             .send()
             .await
         {
-            Ok(out) => Ok(Some(HeadFacts {
-                metadata: out.metadata().cloned().unwrap_or_default(),
-                etag: out.e_tag().map(str::to_string),
-                size: out.content_length(),
-            })),
-            Err(e) => {
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                if matches!(status, Some(400 | 404 | 405)) {
-                    Ok(None)
-                } else {
-                    Err(classify(e, self.bucket(), "HeadObject").into())
-                }
-            }
+            Ok(out) => Ok(Some(head_facts(&out))),
+            Err(e) if matches!(http_status(&e), Some(400 | 404 | 405)) => Ok(None),
+            Err(e) => Err(classify(&HEAD_VERSION, self.version_url(version_id), &e).into()),
         }
     }
 
@@ -209,7 +179,7 @@ impl Clients {
         {
             Ok(out) => Ok(out.version_id().map(str::to_string)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(classify(e, self.bucket(), "HeadObject").into()),
+            Err(e) => Err(classify(&HEAD_CURRENT, self.target.url(), &e).into()),
         }
     }
 
@@ -226,7 +196,13 @@ impl Clients {
                 .set_continuation_token(token.clone())
                 .send()
                 .await
-                .map_err(|e| classify(e, self.bucket(), "ListObjectsV2"))?;
+                .map_err(|e| {
+                    classify(
+                        &LIST_RECORDS,
+                        format!("s3://{}/{prefix}", self.bucket()),
+                        &e,
+                    )
+                })?;
             keys.extend(
                 out.contents()
                     .iter()
@@ -250,14 +226,20 @@ impl Clients {
             .await
         {
             Ok(out) => {
-                let body = out.body.collect().await.map_err(|e| S3Error::Network {
-                    action: "GetObject",
-                    detail: format!("reading s3://{}/{key}: {e}", self.bucket()),
+                let body = out.body.collect().await.map_err(|e| {
+                    AwsError::new(
+                        &GET_RECORD,
+                        format!("s3://{}/{key}", self.bucket()),
+                        Failure::Network,
+                        e.to_string(),
+                    )
                 })?;
                 Ok(Some(body.into_bytes().to_vec()))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(classify(e, self.bucket(), "GetObject").into()),
+            Err(e) => {
+                Err(classify(&GET_RECORD, format!("s3://{}/{key}", self.bucket()), &e).into())
+            }
         }
     }
 
@@ -317,8 +299,8 @@ impl Clients {
         let source = format!(
             "{}/{}?versionId={}",
             self.bucket(),
-            encode_copy_source(&key, true),
-            encode_copy_source(version_id, false)
+            percent::encode(&key, &URI_PATH),
+            percent::encode(version_id, &URI_COMPONENT)
         );
         let out = self
             .s3
@@ -333,15 +315,14 @@ impl Clients {
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .send()
             .await
-            .map_err(|e| classify(e, self.bucket(), "CopyObject"))?;
+            .map_err(|e| classify(&COPY_OBJECT, self.target.url(), &e))?;
         out.version_id().map(str::to_string).ok_or_else(|| {
-            S3Error::Other {
-                action: "CopyObject",
-                detail: format!(
-                    "S3 returned no version id for the copy onto s3://{}/{key}: is versioning still enabled?",
-                    self.bucket()
-                ),
-            }
+            AwsError::new(
+                &COPY_OBJECT,
+                self.target.url(),
+                Failure::Refused,
+                "S3 returned no version id for the copy: is versioning still enabled?".into(),
+            )
             .into()
         })
     }
@@ -379,22 +360,19 @@ impl Clients {
                     .to_string(),
             })),
             Err(e) => {
-                // The error type normally comes from the JSON body; the protocol also sends it
-                // in `X-Amzn-ErrorType`, which is all that is left when the body cannot be
+                // The error type normally comes from the JSON body; `error_code` falls back to
+                // the `X-Amzn-ErrorType` header, all that is left when the body cannot be
                 // parsed (moto answers this operation's errors with an XML body).
-                let code = e
-                    .code()
-                    .map(str::to_string)
-                    .or_else(|| {
-                        e.raw_response()
-                            .and_then(|r| r.headers().get("x-amzn-errortype"))
-                            .map(|v| v.split(':').next().unwrap_or(v).to_string())
-                    })
-                    .unwrap_or_default();
+                let code = error_code(&e).unwrap_or_default();
                 match code.as_str() {
                     "InvocationDoesNotExist" => Ok(Observed::NotYet { code }),
                     "InvalidCommandId" | "InvalidInstanceId" => Ok(Observed::Gone { code }),
-                    _ => Err(ssm_error(e, "GetCommandInvocation", command_id).into()),
+                    _ => Err(classify(
+                        &GET_COMMAND_INVOCATION,
+                        format!("command {command_id} on {instance_id}"),
+                        &e,
+                    )
+                    .into()),
                 }
             }
         }
@@ -408,23 +386,5 @@ impl DeployFacts for Clients {
 
     async fn invocation(&self, command_id: &str, instance_id: &str) -> Result<Observed, OpsError> {
         Clients::invocation(self, command_id, instance_id).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_source_keeps_key_slashes_and_escapes_the_rest() {
-        assert_eq!(
-            encode_copy_source("releases/shop/prod.tar.gz", true),
-            "releases/shop/prod.tar.gz"
-        );
-        assert_eq!(encode_copy_source("a/b+c d", true), "a/b%2Bc%20d");
-        assert_eq!(
-            encode_copy_source("3HL4kq/J+x=", false),
-            "3HL4kq%2FJ%2Bx%3D"
-        );
     }
 }

@@ -1,0 +1,29 @@
+//! Events dropship emits on the account's default EventBridge bus (`docs/architecture.md`,
+//! "Events dropship emits"). `infra/` routes them by these values, and the infra contract
+//! test compares its rules with them.
+
+/// `source` of every event dropship emits (sources starting with `aws.` are AWS's own).
+pub const SOURCE: &str = "dropship";
+
+/// `detail-type` of the one event that ends every deploy.
+pub const DEPLOY_FINISHED: &str = "Dropship Deployment Finished";
+
+/// The keys of that event's `detail`. `succeeded` (bool) is what failure rules match on;
+/// `bucket` tells installations sharing an account apart.
+pub const DEPLOY_FINISHED_DETAIL_KEYS: &[&str] = &[
+    "app",
+    "env",
+    "bucket",
+    "key",
+    "version_id",
+    "commit",
+    "branch",
+    "uploader",
+    "outcome",
+    "succeeded",
+    "hosts",
+    "record_key",
+];
+
+/// The keys of each entry of `detail.hosts`.
+pub const DEPLOY_FINISHED_HOST_KEYS: &[&str] = &["instance_id", "outcome", "exit_code"];

@@ -1,0 +1,124 @@
+//! The handler's AWS edges as small traits, so [`crate::handler::Deployer`] is generic over
+//! them: [`crate::aws::Clients`] implements them with the SDK, and the unit tests with
+//! in-memory fakes (the claim race, a crashed attempt's takeover, a lost claim and the
+//! pointer retry are tested without any emulator).
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use dropship_aws::AwsError;
+use dropship_contract::record::CommandBatch;
+use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyError, VerifyLimits};
+use time::OffsetDateTime;
+
+use crate::plan::CommandPlan;
+
+/// When a conditional write may happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition<'a> {
+    /// Only if the object does not exist (`If-None-Match: *`).
+    Absent,
+    /// Only if the object still has this ETag (`If-Match`).
+    Matches(&'a str),
+}
+
+/// Result of a conditional write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Written; the new ETag.
+    Ok(String),
+    /// Someone else wrote first (HTTP 412/409): re-read and decide again.
+    Conflict,
+}
+
+/// What `HeadObject` found for one version.
+#[derive(Debug, Clone)]
+pub enum Head {
+    /// The version exists.
+    Found {
+        /// User metadata (without `x-amz-meta-`).
+        metadata: HashMap<String, String>,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// No such version (or a delete marker): fail closed.
+    Missing(String),
+}
+
+/// Small JSON documents with conditional writes: deploy records and the latest pointer.
+pub trait RecordStore {
+    /// The object's bytes and ETag; `None` when it does not exist.
+    fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(Vec<u8>, String)>, AwsError>> + Send;
+    /// Writes the object if `condition` holds.
+    fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        condition: Condition<'_>,
+    ) -> impl Future<Output = Result<Written, AwsError>> + Send;
+}
+
+/// The release objects: one exact version's metadata, bytes and download URL.
+pub trait ObjectReader {
+    /// `HeadObject` of exactly `version_id`.
+    fn head_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+    ) -> impl Future<Output = Result<Head, AwsError>> + Send;
+    /// Streams exactly `version_id` once through the contract's verifier.
+    fn verify_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        expected: ExpectedBundle,
+        limits: VerifyLimits,
+    ) -> impl Future<Output = Result<Result<VerifiedBundle, VerifyError>, AwsError>> + Send;
+    /// A presigned GET for exactly `version_id`, valid `ttl_secs`.
+    fn presign_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        ttl_secs: u32,
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
+}
+
+/// The deploy targets.
+pub trait InstanceFinder {
+    /// Running instances carrying both tags (`(key, value)`), sorted, without duplicates.
+    fn running_instances(
+        &self,
+        app_tag: (&str, &str),
+        env_tag: (&str, &str),
+    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+}
+
+/// The SSM commands.
+pub trait CommandSender {
+    /// `SendCommand` for one batch of instances.
+    fn send_command(
+        &self,
+        plan: &CommandPlan,
+        batch: &[String],
+    ) -> impl Future<Output = Result<CommandBatch, AwsError>> + Send;
+    /// Commands invoked since `since` whose comment is `comment`, with their scripts: what an
+    /// earlier, crashed attempt may have sent.
+    fn commands_since(
+        &self,
+        since: OffsetDateTime,
+        comment: &str,
+    ) -> impl Future<Output = Result<Vec<(CommandBatch, String)>, AwsError>> + Send;
+}
+
+/// Everything the handler reaches outside itself.
+pub trait Edges: RecordStore + ObjectReader + InstanceFinder + CommandSender + Sync {}
+
+impl<T: RecordStore + ObjectReader + InstanceFinder + CommandSender + Sync> Edges for T {}

@@ -1,0 +1,255 @@
+//! In-memory fakes of the handler's edges, for unit tests of the paths an emulator cannot
+//! stage on demand: two invocations racing for one claim, a takeover after a crash, a claim
+//! lost mid-dispatch, and pointer writes that conflict.
+//!
+//! The record store keeps S3's conditional-write semantics (`If-None-Match: *`, `If-Match`
+//! on an ETag that changes with every write); "another invocation" is a [`Interference`]
+//! that writes first, just before a chosen put of ours.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use dropship_aws::AwsError;
+use dropship_contract::manifest::{DeploySettings, Manifest};
+use dropship_contract::metadata::{ObjectMetadata, Source};
+use dropship_contract::record::CommandBatch;
+use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyError, VerifyLimits};
+use time::OffsetDateTime;
+
+use crate::edges::{
+    CommandSender, Condition, Head, InstanceFinder, ObjectReader, RecordStore, Written,
+};
+use crate::plan::CommandPlan;
+
+/// Another writer: before our `nth` put (0-based) to `key`, it replaces the object with
+/// `body` (a fresh ETag), as a concurrent invocation would.
+pub struct Interference {
+    pub key: String,
+    pub nth: usize,
+    pub body: Vec<u8>,
+}
+
+/// What the fake AWS holds and what it was asked.
+#[derive(Default)]
+pub struct FakeAws {
+    /// Objects by key: bytes and ETag.
+    pub objects: Mutex<HashMap<String, (Vec<u8>, String)>>,
+    /// Puts seen per key (to place interferences).
+    puts: Mutex<HashMap<String, usize>>,
+    etags: Mutex<u64>,
+    pub interferences: Mutex<Vec<Interference>>,
+    /// The release version's metadata headers.
+    pub metadata: HashMap<String, String>,
+    /// Running tagged instances.
+    pub instances: Vec<String>,
+    /// Commands an earlier attempt sent: (batch, script, comment).
+    pub earlier: Vec<(CommandBatch, String, String)>,
+    /// Commands sent by the handler: (batch, script).
+    pub sent: Mutex<Vec<(CommandBatch, String)>>,
+}
+
+/// The commit of the fake release.
+pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Valid metadata of `shop/prod`, as the bundler writes it.
+pub fn metadata() -> ObjectMetadata {
+    ObjectMetadata {
+        app: "shop".into(),
+        env: "prod".into(),
+        branch: "main".into(),
+        commit: COMMIT.into(),
+        dirty: false,
+        sha256: "a".repeat(64),
+        created: "2026-11-23T09:00:00Z".into(),
+        uploader: "ci".into(),
+        source: Source::Ci,
+        message: "m".into(),
+        restored_from: None,
+    }
+}
+
+impl FakeAws {
+    /// A release of `shop/prod` whose bundle verifies, and these running instances.
+    pub fn with_instances(instances: &[&str]) -> Self {
+        Self {
+            metadata: metadata()
+                .to_headers()
+                .expect("valid metadata")
+                .into_iter()
+                .collect(),
+            instances: instances.iter().map(|s| s.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    fn next_etag(&self) -> String {
+        let mut n = self.etags.lock().unwrap();
+        *n += 1;
+        format!("\"etag-{n}\"")
+    }
+
+    /// Stores `body` at `key` as if someone else wrote it.
+    pub fn preload(&self, key: &str, body: Vec<u8>) {
+        let etag = self.next_etag();
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), (body, etag));
+    }
+
+    /// The object at `key`.
+    pub fn object(&self, key: &str) -> Option<Vec<u8>> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(b, _)| b.clone())
+    }
+
+    /// The instance ids every sent command reached, in order.
+    pub fn sent_to(&self) -> Vec<String> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(b, _)| b.instance_ids.clone())
+            .collect()
+    }
+}
+
+impl RecordStore for FakeAws {
+    async fn get(&self, _bucket: &str, key: &str) -> Result<Option<(Vec<u8>, String)>, AwsError> {
+        Ok(self.objects.lock().unwrap().get(key).cloned())
+    }
+
+    async fn put(
+        &self,
+        _bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        condition: Condition<'_>,
+    ) -> Result<Written, AwsError> {
+        let nth = {
+            let mut puts = self.puts.lock().unwrap();
+            let n = puts.entry(key.to_owned()).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        let interfering = {
+            let mut all = self.interferences.lock().unwrap();
+            all.iter()
+                .position(|i| i.key == key && i.nth == nth)
+                .map(|at| all.remove(at))
+        };
+        if let Some(other) = interfering {
+            self.preload(key, other.body);
+        }
+        let etag = self.next_etag();
+        let mut objects = self.objects.lock().unwrap();
+        let current = objects.get(key).map(|(_, e)| e.as_str());
+        let allowed = match condition {
+            Condition::Absent => current.is_none(),
+            Condition::Matches(want) => current == Some(want),
+        };
+        if !allowed {
+            return Ok(Written::Conflict);
+        }
+        objects.insert(key.to_owned(), (body, etag.clone()));
+        Ok(Written::Ok(etag))
+    }
+}
+
+impl ObjectReader for FakeAws {
+    async fn head_version(
+        &self,
+        _bucket: &str,
+        _key: &str,
+        _version_id: &str,
+    ) -> Result<Head, AwsError> {
+        Ok(Head::Found {
+            metadata: self.metadata.clone(),
+            size: 1234,
+        })
+    }
+
+    async fn verify_version(
+        &self,
+        _bucket: &str,
+        _key: &str,
+        _version_id: &str,
+        expected: ExpectedBundle,
+        _limits: VerifyLimits,
+    ) -> Result<Result<VerifiedBundle, VerifyError>, AwsError> {
+        Ok(Ok(VerifiedBundle {
+            manifest: Manifest {
+                format: 1,
+                app: expected.app,
+                env: expected.env,
+                branch: expected.branch,
+                commit: expected.commit,
+                commit_time: 1,
+                dirty: expected.dirty,
+                message: "m".into(),
+                files: 2,
+                bytes: 10,
+                deploy: DeploySettings::default(),
+            },
+            sha256: expected.sha256,
+            object_bytes: 1234,
+            entries: 2,
+            unpacked_bytes: 10,
+            millis: 1,
+        }))
+    }
+
+    async fn presign_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        _ttl_secs: u32,
+    ) -> Result<String, AwsError> {
+        Ok(format!(
+            "https://{bucket}.example/{key}?versionId={version_id}&sig=x"
+        ))
+    }
+}
+
+impl InstanceFinder for FakeAws {
+    async fn running_instances(
+        &self,
+        _app_tag: (&str, &str),
+        _env_tag: (&str, &str),
+    ) -> Result<Vec<String>, AwsError> {
+        Ok(self.instances.clone())
+    }
+}
+
+impl CommandSender for FakeAws {
+    async fn send_command(
+        &self,
+        plan: &CommandPlan,
+        batch: &[String],
+    ) -> Result<CommandBatch, AwsError> {
+        let mut sent = self.sent.lock().unwrap();
+        let command = CommandBatch {
+            command_id: format!("cmd-{}", sent.len() + 1),
+            instance_ids: batch.to_vec(),
+        };
+        sent.push((command.clone(), plan.script.clone()));
+        Ok(command)
+    }
+
+    async fn commands_since(
+        &self,
+        _since: OffsetDateTime,
+        comment: &str,
+    ) -> Result<Vec<(CommandBatch, String)>, AwsError> {
+        Ok(self
+            .earlier
+            .iter()
+            .filter(|(_, _, c)| c == comment)
+            .map(|(b, s, _)| (b.clone(), s.clone()))
+            .collect())
+    }
+}

@@ -1,0 +1,92 @@
+//! The AWS calls `dropship` (and `bundle-and-upload --wait`) make, as IAM actions. The
+//! uploader policy in `infra/` grants exactly these plus the upload's
+//! (`dropship_bundler::aws_calls`); the infra contract test compares the two.
+//!
+//! Deploy records are listed before they are read: with the uploader policy's
+//! prefix-conditioned `s3:ListBucket`, S3 answers a `GetObject` of a missing key with 403,
+//! not 404, so "no record yet" must come from a listing.
+
+use dropship_aws::AwsCall;
+
+/// `ListObjectVersions` of the release key: the deploy history.
+pub const LIST_OBJECT_VERSIONS: AwsCall = AwsCall {
+    operation: "s3:ListObjectVersions",
+    iam_action: "s3:ListBucketVersions",
+    why: "the deploy history (releases, rollback)",
+};
+/// `HeadObject` with a version id: one version's metadata.
+pub const HEAD_VERSION: AwsCall = AwsCall {
+    operation: "s3:HeadObject (versionId)",
+    iam_action: "s3:GetObjectVersion",
+    why: "a version's metadata (releases, status, rollback)",
+};
+/// `HeadObject` without a version id: which version is current.
+pub const HEAD_CURRENT: AwsCall = AwsCall {
+    operation: "s3:HeadObject",
+    iam_action: "s3:GetObject",
+    why: "the key's current version (status without a version)",
+};
+/// `ListObjectsV2` under the app/env's records prefix.
+pub const LIST_RECORDS: AwsCall = AwsCall {
+    operation: "s3:ListObjectsV2",
+    iam_action: "s3:ListBucket",
+    why: "which deploy records exist, before reading them",
+};
+/// `GetObject` of a deploy record or the latest pointer.
+pub const GET_RECORD: AwsCall = AwsCall {
+    operation: "s3:GetObject",
+    iam_action: "s3:GetObject",
+    why: "read deploy records and the newest-dispatched pointer",
+};
+/// `CopyObject` onto the release key (the destination).
+pub const COPY_OBJECT: AwsCall = AwsCall {
+    operation: "s3:CopyObject",
+    iam_action: "s3:PutObject",
+    why: "rollback: the old version copied on top of the key",
+};
+/// `CopyObject` from a version id (the source).
+pub const COPY_SOURCE: AwsCall = AwsCall {
+    operation: "s3:CopyObject (source versionId)",
+    iam_action: "s3:GetObjectVersion",
+    why: "rollback: read the version copied",
+};
+/// `GetCommandInvocation`: one per host of each command in a deploy record.
+/// `ListCommandInvocations` is not used: its output is cut at 2,500 characters, which can
+/// lose the host script's last-line result.
+pub const GET_COMMAND_INVOCATION: AwsCall = AwsCall {
+    operation: "ssm:GetCommandInvocation",
+    iam_action: "ssm:GetCommandInvocation",
+    why: "each host's result of a deploy (status, --wait)",
+};
+
+/// Every SDK call of this crate.
+pub const CALLS: &[AwsCall] = &[
+    LIST_OBJECT_VERSIONS,
+    HEAD_VERSION,
+    HEAD_CURRENT,
+    LIST_RECORDS,
+    GET_RECORD,
+    COPY_OBJECT,
+    COPY_SOURCE,
+    GET_COMMAND_INVOCATION,
+];
+
+/// The IAM actions behind [`CALLS`], each once.
+pub const IAM_ACTIONS: &[&str] = &[
+    "s3:ListBucketVersions",
+    "s3:GetObjectVersion",
+    "s3:GetObject",
+    "s3:ListBucket",
+    "s3:PutObject",
+    "ssm:GetCommandInvocation",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iam_actions_are_exactly_the_actions_of_the_calls() {
+        assert_eq!(dropship_aws::iam_actions(CALLS), IAM_ACTIONS);
+    }
+}

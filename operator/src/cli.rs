@@ -1,0 +1,194 @@
+//! The command-line arguments of `dropship`, shared with `bundle-and-upload` (its `--wait`
+//! and the old spellings of the operator's commands), and the process setup both binaries
+//! share: logging to stderr (no colour unless on a terminal and `NO_COLOR` is unset) and the
+//! async runtime.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::wait::{self, WaitOptions};
+
+/// Examples shown by `dropship --help`.
+const EXAMPLES: &str = "\
+Examples:
+  dropship releases                      deploy history of the default environment
+  dropship releases --all-envs --json    every environment dropship.toml lists, as JSON
+  dropship status                        every host's result for the current version
+  dropship status 3HL4kqtJlcpXroDT --env production
+  dropship rollback 3HL4kqtJlcpXroDT --wait
+                                         put that version back and follow it to every host
+  dropship completions bash > ~/.local/share/bash-completion/completions/dropship";
+
+/// The operator's command: deploy history, per-host results and rollback for the apps
+/// `bundle-and-upload` ships to EC2.
+#[derive(Parser, Debug)]
+#[command(
+    name = "dropship",
+    version = crate::VERSION,
+    after_help = after_help(EXAMPLES),
+    propagate_version = true
+)]
+pub struct Dropship {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `dropship`'s subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the deploy history of an app/env: every version of its key with time, branch,
+    /// commit, uploader and what the deployer did with it.
+    #[command(visible_alias = "versions", after_help = after_help(
+        "Examples:\n  dropship releases\n  dropship releases --limit 5 --env production\n  dropship releases --all-envs --json"
+    ))]
+    Releases(ReleasesArgs),
+    /// Show what one version did on every host (default: the key's current version).
+    #[command(after_help = after_help(
+        "Examples:\n  dropship status\n  dropship status 3HL4kqtJlcpXroDT --json"
+    ))]
+    Status(StatusArgs),
+    /// Roll back to an older version: copy it on top of the key (metadata kept, plus
+    /// `restored-from`), so the deployer deploys it again as a new version.
+    #[command(visible_alias = "restore", after_help = after_help(
+        "Examples:\n  dropship rollback 3HL4kqtJlcpXroDT          asks for confirmation on a terminal\n  dropship rollback 3HL4kqtJlcpXroDT --yes --wait --json"
+    ))]
+    Rollback(RollbackArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  dropship completions bash > ~/.local/share/bash-completion/completions/dropship\n  dropship completions zsh > \"${fpath[1]}/_dropship\""
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `text`, then the exit-code table.
+pub fn after_help(text: &str) -> String {
+    format!("{text}\n\n{}", crate::exit::Exit::help())
+}
+
+/// Which app/env and bucket an operator command reads (dropship.toml, then env, then flags).
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// Repository whose dropship.toml to read (any directory inside it).
+    #[arg(long, default_value = ".", env = "DROPSHIP_REPO")]
+    pub repo: PathBuf,
+    /// Config file (default: dropship.toml at the repository root, if there is one).
+    #[arg(long, env = "DROPSHIP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// App name (overrides `app`).
+    #[arg(long, env = "DROPSHIP_APP")]
+    pub app: Option<String>,
+    /// Environment (overrides `default_env`).
+    #[arg(long, short, env = "DROPSHIP_ENV")]
+    pub env: Option<String>,
+    /// Artifact bucket (overrides `bucket`).
+    #[arg(long, env = "DROPSHIP_BUCKET")]
+    pub bucket: Option<String>,
+    /// AWS region (overrides `region`).
+    #[arg(long, env = "DROPSHIP_REGION")]
+    pub region: Option<String>,
+    /// AWS shared-config profile.
+    #[arg(long, env = "DROPSHIP_AWS_PROFILE")]
+    pub profile: Option<String>,
+}
+
+/// `--wait` and its settings (upload and rollback).
+#[derive(Args, Debug, Clone)]
+pub struct WaitArgs {
+    /// Follow the deploy of the new version to a per-host result; the exit code reflects it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait follows before giving up (seconds, or with s, m, h).
+    #[arg(long, default_value = "15m", value_parser = wait::parse_duration, env = "DROPSHIP_WAIT_TIMEOUT")]
+    pub wait_timeout: Duration,
+    /// Pause between polls while waiting, in milliseconds.
+    #[arg(long, default_value_t = 2000, env = "DROPSHIP_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: u64,
+}
+
+impl WaitArgs {
+    /// The polling settings.
+    pub fn options(&self) -> WaitOptions {
+        WaitOptions {
+            timeout: self.wait_timeout,
+            poll: Duration::from_millis(self.poll_interval_ms.max(10)),
+        }
+    }
+}
+
+/// `releases`.
+#[derive(Args, Debug, Clone)]
+pub struct ReleasesArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Show this many newest versions.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// One table for every environment listed in dropship.toml.
+    #[arg(long)]
+    pub all_envs: bool,
+    /// Print JSON (an array with one entry per app/env) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `status`.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Version id to report on (default: the key's current version).
+    #[arg(value_name = "VERSION")]
+    pub version_id: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rollback`.
+#[derive(Args, Debug, Clone)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Version id to roll back to (see `releases`).
+    #[arg(value_name = "VERSION")]
+    pub version_id: String,
+    /// Do not ask for confirmation (required when not on a terminal).
+    #[arg(long, short)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Whether colour may be used on stderr: a terminal, and `NO_COLOR` unset or empty.
+pub fn color_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Logs to stderr at `DROPSHIP_LOG` (default `warn`), coloured only where allowed.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(color_on_stderr())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DROPSHIP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+}
+
+/// The multi-threaded runtime both binaries run their commands on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}

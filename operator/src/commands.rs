@@ -1,0 +1,313 @@
+//! The operator's commands end to end, for both binaries: resolve the target, read the facts
+//! through [`Clients`], decide with the pure modules, print text or JSON, and answer the
+//! exit code.
+
+use std::collections::HashSet;
+use std::io::{BufRead, IsTerminal};
+use std::time::Duration;
+
+use anyhow::Context;
+use dropship_contract::metadata::ObjectMetadata;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{ReleasesArgs, RollbackArgs, StatusArgs, WaitArgs};
+use crate::exit::Exit;
+use crate::facts::Clients;
+use crate::history::{self, Facts, VersionEntry, VersionsReport};
+use crate::rollback::{self, Lookup, Restored, RollbackPlan};
+use crate::target::{self, Target};
+use crate::wait::{self, WaitReport};
+use crate::OpsError;
+
+/// Clients for `target`, with the SDK configuration `profile` and `region` select.
+pub async fn clients(profile: Option<&str>, region: Option<String>, target: Target) -> Clients {
+    Clients::new(&dropship_aws::sdk::load(profile, region).await, target)
+}
+
+/// Reads the history and the facts for its newest `limit` entries and builds the report.
+pub async fn releases(clients: &Clients, limit: usize) -> Result<VersionsReport, OpsError> {
+    let target = &clients.target;
+    let history = clients.history().await?;
+    let omitted = history.len().saturating_sub(limit);
+    let shown: Vec<VersionEntry> = history.into_iter().take(limit).collect();
+    let listed: HashSet<String> = clients
+        .record_keys(&target.release.records_prefix())
+        .await?;
+    let mut facts = Facts {
+        pointer: clients.pointer(&listed).await?,
+        ..Facts::default()
+    };
+    let mut heads = tokio::task::JoinSet::new();
+    for entry in shown.iter().filter(|e| !e.delete_marker) {
+        let c = clients.clone();
+        let version = entry.version_id.clone();
+        heads.spawn(async move {
+            let head = c.head_version(&version).await;
+            (version, head)
+        });
+    }
+    while let Some(joined) = heads.join_next().await {
+        let (version, head) = joined.expect("a metadata read does not panic");
+        let decoded = ObjectMetadata::from_headers(&head?.metadata).map_err(|e| e.to_string());
+        facts.metadata.insert(version, decoded);
+    }
+    for entry in &shown {
+        let key = target.release.record_key(&entry.version_id);
+        if listed.contains(&key) {
+            if let Some(record) = clients.read_record(&key).await? {
+                facts.records.insert(entry.version_id.clone(), record);
+            }
+        }
+    }
+    Ok(VersionsReport {
+        app: target.release.app().to_string(),
+        env: target.release.env().to_string(),
+        bucket: target.bucket.clone(),
+        key: target.key(),
+        versions: history::rows(&shown, &facts),
+        omitted,
+    })
+}
+
+/// `releases`: one report per app/env asked for.
+pub async fn run_releases(args: ReleasesArgs) -> anyhow::Result<Exit> {
+    let resolved = target::resolve(&args.target, args.all_envs)?;
+    let mut reports = Vec::new();
+    for target in resolved.targets {
+        let c = clients(
+            args.target.profile.as_deref(),
+            resolved.region.clone(),
+            target,
+        )
+        .await;
+        reports.push(releases(&c, args.limit).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        let text: Vec<String> = reports.iter().map(VersionsReport::render).collect();
+        print!("{}", text.join("\n"));
+    }
+    Ok(Exit::Success)
+}
+
+/// `status [VERSION]`: exits 0 whenever it could read the facts.
+pub async fn run_status(args: StatusArgs) -> anyhow::Result<Exit> {
+    let (target, region) = target::resolve(&args.target, false)?.single();
+    let c = clients(args.target.profile.as_deref(), region, target).await;
+    let version = match args.version_id.clone() {
+        Some(v) => v,
+        None => c
+            .current_version()
+            .await?
+            .ok_or_else(|| OpsError::NoVersions {
+                url: c.target.url(),
+            })?,
+    };
+    let Some(head) = c.head_if_exists(&version).await? else {
+        return Err(OpsError::UnknownVersion {
+            url: c.target.url(),
+            version_id: version,
+        }
+        .into());
+    };
+    let release = &c.target.release;
+    let mut status = wait::status_once(
+        &c,
+        release.app(),
+        release.env(),
+        &version,
+        Duration::from_millis(400),
+    )
+    .await?;
+    if status.commit.is_none() {
+        status.commit = ObjectMetadata::from_headers(&head.metadata)
+            .ok()
+            .map(|m| m.commit);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(Exit::Success)
+}
+
+/// Reads the facts a rollback needs and plans it; nothing is written.
+pub async fn prepare_rollback(
+    clients: &Clients,
+    version_id: &str,
+) -> Result<RollbackPlan, OpsError> {
+    let history = clients.history().await?;
+    // Refuse unknown ids and delete markers before reading anything else.
+    let (meta, etag) = match rollback::lookup(&history, version_id) {
+        Lookup::Version(_) => {
+            let head = clients.head_version(version_id).await?;
+            let meta = ObjectMetadata::from_headers(&head.metadata).map_err(|e| e.to_string());
+            (meta, head.etag)
+        }
+        _ => (Err(String::new()), None),
+    };
+    rollback::plan(&clients.target, &history, version_id, meta, etag)
+}
+
+/// The one write of a rollback: the conditional copy.
+pub async fn execute_rollback(
+    clients: &Clients,
+    plan: &RollbackPlan,
+) -> Result<Restored, OpsError> {
+    let headers = plan
+        .metadata
+        .to_headers()
+        .map_err(|e| OpsError::InvalidMetadata {
+            url: plan.target.url(),
+            version_id: plan.source.version_id.clone(),
+            cause: e.to_string(),
+        })?;
+    let new_version = clients
+        .copy_version(&plan.source.version_id, plan.etag.as_deref(), &headers)
+        .await?;
+    Ok(plan.restored(new_version))
+}
+
+/// Output of `rollback`, with the deploy when `--wait` was given.
+#[derive(serde::Serialize)]
+struct RollbackOutput {
+    #[serde(flatten)]
+    restored: Restored,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy: Option<WaitReport>,
+}
+
+/// `rollback VERSION`: checks, asks, copies, and with `--wait` follows the new version.
+pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
+    let (target, region) = target::resolve(&args.target, false)?.single();
+    let c = clients(args.target.profile.as_deref(), region, target).await;
+    let plan = prepare_rollback(&c, &args.version_id).await?;
+    let not_confirmed = |why: String| OpsError::NotConfirmed {
+        url: plan.target.url(),
+        version_id: plan.source.version_id.clone(),
+        why,
+    };
+    let stdin = std::io::stdin();
+    match rollback::consent(
+        args.yes,
+        stdin.is_terminal(),
+        std::io::stderr().is_terminal(),
+    ) {
+        rollback::Consent::Given => {}
+        rollback::Consent::Ask => {
+            eprint!("{}Roll back to this version? [y/N] ", plan.describe());
+            let mut answer = String::new();
+            stdin
+                .lock()
+                .read_line(&mut answer)
+                .context("reading the confirmation from the terminal")?;
+            if !rollback::is_yes(&answer) {
+                return Err(not_confirmed("the answer was not yes".into()).into());
+            }
+        }
+        rollback::Consent::Refuse(why) => {
+            eprint!("{}", plan.describe());
+            return Err(not_confirmed(why).into());
+        }
+    }
+    let restored = execute_rollback(&c, &plan).await?;
+    if !args.json {
+        print!("{}", restored.render());
+    }
+    let deploy = if args.wait.wait {
+        let version = restored.version_id.clone();
+        Some(
+            follow(&c, &version, &restored.commit, &args.wait, args.json)
+                .await
+                .with_context(|| format!("version {version} was created by the rollback, but following its deploy failed"))?,
+        )
+    } else {
+        None
+    };
+    let code = deploy
+        .as_ref()
+        .map(WaitReport::exit_code)
+        .unwrap_or(Exit::Success);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&RollbackOutput { restored, deploy })?
+        );
+    }
+    Ok(code)
+}
+
+/// Follows a deploy with progress on a terminal (state changes on stderr otherwise) and
+/// prints the per-host table unless JSON was asked for. `commit` is the new version's, shown
+/// while the deploy record (which also carries it) is not there yet.
+pub async fn follow(
+    clients: &Clients,
+    version: &str,
+    commit: &str,
+    args: &WaitArgs,
+    json: bool,
+) -> Result<WaitReport, OpsError> {
+    let tty = !json && std::io::stderr().is_terminal();
+    let bar = if tty {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut last = String::new();
+    let mut on_progress = |p: wait::Progress<'_>| {
+        let line = match p {
+            wait::Progress::WaitingForRecord {
+                dispatching: false, ..
+            } => format!("waiting for the deployer to pick up version {version}"),
+            wait::Progress::WaitingForRecord {
+                dispatching: true, ..
+            } => "the deployer is verifying the bundle and sending commands".to_string(),
+            wait::Progress::Hosts(s) => format!(
+                "{} host(s): {}",
+                s.hosts.len(),
+                crate::status::counts_line(&s.hosts)
+            ),
+        };
+        if line != last {
+            if tty {
+                bar.set_message(line.clone());
+            } else if !json {
+                eprintln!("wait: {line}");
+            }
+            last = line;
+        }
+    };
+    let release = &clients.target.release;
+    let mut report = wait::follow(
+        clients,
+        release.app(),
+        release.env(),
+        version,
+        args.options(),
+        &mut on_progress,
+    )
+    .await?;
+    report
+        .status
+        .commit
+        .get_or_insert_with(|| commit.to_string());
+    bar.finish_and_clear();
+    if !json {
+        println!();
+        print!("{}", report.status.render());
+        if report.timed_out {
+            eprintln!(
+                "still pending after {:.0}s (--wait-timeout): follow with `dropship status {version}`",
+                report.waited_secs
+            );
+        }
+    }
+    Ok(report)
+}
