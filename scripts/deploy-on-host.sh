@@ -1058,11 +1058,18 @@ link_shared() {
             mkdir -p -- "${p%/*}" || finish 7 failed "cannot create the parent of shared/$rel"
             if [[ -e $dir/$rel && ! -L $dir/$rel ]]; then
                 tmp="${p%/*}/.dropship-seed.$$"
-                if ! run cp -a -- "$dir/$rel" "$tmp" || ! mv -T -- "$tmp" "$p"; then
+                if [[ ${rel##*/} == .env* && -f $dir/$rel ]]; then
+                    # Secrets: 0600 from the first byte (a copy with the bundle's 0644 would be
+                    # readable by every local user until a chmod).
+                    (umask 077 && run cp -- "$dir/$rel" "$tmp")
+                else
+                    run cp -a -- "$dir/$rel" "$tmp"
+                fi
+                # shellcheck disable=SC2181 # the status of either copy above
+                if (($? != 0)) || ! mv -T -- "$tmp" "$p"; then
                     rm -rf -- "$tmp"
                     finish 7 failed "cannot seed shared/$rel (disk full?)"
                 fi
-                [[ ${rel##*/} == .env* && -f $p ]] && chmod 600 -- "$p"
                 log shared "seeded shared/$rel from the bundle"
             elif [[ ${rel##*/} != *.* ]]; then
                 mkdir -p -- "$p" || finish 7 failed "cannot create shared/$rel"

@@ -662,6 +662,20 @@ impl Probe {
         }
     }
 
+    /// Calls so far whose line matches the extended regular expression `ere` (`grep -E`, the
+    /// same dialect as the probe's own `/ERE/` controls).
+    pub fn calls_matching(&self, ere: &str) -> Vec<String> {
+        let out = Command::new("grep")
+            .args(["-E", "--", ere])
+            .arg(self.dir.join("trace"))
+            .output()
+            .expect("grep the probe's trace");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Every call so far: "<n> <command> <args...>".
     pub fn trace(&self) -> Vec<String> {
         fs::read_to_string(self.dir.join("trace"))

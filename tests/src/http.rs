@@ -20,8 +20,8 @@ pub enum Reply {
     Truncated(Vec<u8>),
     /// 200 with this body, sent in small pieces spread over the duration (a slow network).
     Slow(Vec<u8>, Duration),
-    /// 200 announcing the full length, then 1 KiB of it, then nothing more while the client
-    /// stays connected (at most two minutes): a stalled transfer.
+    /// 200 announcing the full length, then half of the body (at most 1 KiB), then nothing
+    /// more while the client stays connected (at most two minutes): a stalled transfer.
     Stall(Vec<u8>),
 }
 
@@ -151,7 +151,7 @@ fn serve(mut conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
         }
         Some(Reply::Stall(body)) => {
             conn.write_all(head(200, "OK", body.len()).as_bytes())?;
-            conn.write_all(&body[..body.len().min(1024)])?;
+            conn.write_all(&body[..(body.len() / 2).min(1024)])?;
             conn.flush()?;
             // Hold the connection until the client gives up (read sees its close).
             conn.set_read_timeout(Some(Duration::from_millis(200)))?;

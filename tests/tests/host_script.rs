@@ -980,7 +980,7 @@ fn a_failed_state_write_is_a_failed_deploy_not_a_silent_downgrade() {
     // the commit (state.json) cannot be written.
     let w = World::with_host(Host::start_at("statefull", "/run/full/statefull"));
     w.host
-        .sh("mkdir -p /run/full && mount -t tmpfs -o size=8m tmpfs /run/full");
+        .sh("mkdir -p /run/full && mount -t tmpfs -o size=48m tmpfs /run/full");
     w.write_env("");
     w.deployed("v1", "01");
     let probe = Probe::install(&w.host);
@@ -1001,7 +1001,7 @@ fn a_failed_state_write_is_a_failed_deploy_not_a_silent_downgrade() {
         run.output
     );
     assert_eq!(w.host.serving().as_deref(), Some("v1"));
-    assert_eq!(w.host.state()["version_id"], "ver-1");
+    assert_eq!(w.host.state()["version_id"], "ver-v1");
     free_disk(&w.host, "/run/full");
     assert_code(&w.deploy(&w.healthy("v2b"), "ver-2b", "03"), 0, "deployed");
     assert_settled(&w, "v2b");
@@ -1049,7 +1049,7 @@ fn missing_or_unreadable_state_json_never_stops_the_running_app() {
             good.as_str(),
             "state.json rebuilt"
         );
-        assert_eq!(w.host.state()["version_id"], "ver-1");
+        assert_eq!(w.host.state()["version_id"], "ver-v1");
         assert_settled(&w, "v1");
     }
 }
@@ -1464,7 +1464,14 @@ fn sigterm_right_after_the_switch_never_deletes_the_live_release() {
     // runs right after the switch.
     signal_group(&child, "TERM");
     let run = w.finish(child, &dir);
-    assert_code(&run, 10, "interrupted");
+    // A TERM to the whole group also ends the agent's own shell by that signal, so the
+    // process status is the agent's; what the script reports is its result line.
+    assert_eq!(
+        (run.outcome(), &run.result["exit_code"]),
+        ("interrupted", &serde_json::json!(10)),
+        "{}",
+        run.output
+    );
     // Before the fix: cleanup deleted the release `current` pointed at.
     assert!(
         w.root().join("releases").join(&live).is_dir(),
@@ -1644,31 +1651,59 @@ fn ssm_timeout_sigkill_to_the_group_after_the_switch_is_recorded_said_and_recove
 /// the same command and first argument (a loop of identical calls is one step), each named
 /// by that key and its occurrence (`/^[0-9]+ tar -t( |$)/2`), so a run that retries a health
 /// check one more time still stops at the same step.
-fn step_points(trace: &[String]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut last = String::new();
-    let mut seen = std::collections::HashMap::<String, usize>::new();
-    for line in trace {
-        let mut it = line.split_whitespace().skip(1);
-        let key = format!("{} {}", it.next().unwrap_or(""), it.next().unwrap_or(""));
-        let k = seen.entry(key.clone()).or_default();
-        *k += 1;
-        if key != last {
-            let escaped: String = key
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == ' ' {
-                        c.to_string()
-                    } else {
-                        format!("\\{c}")
-                    }
-                })
-                .collect();
-            out.push((format!("/^[0-9]+ {escaped}( |$)/{k}"), line.clone()));
-            last = key;
-        }
-    }
-    out
+/// The steps of a deploy where a kill or a full disk leaves a different state behind, as
+/// probe patterns (`/ERE/k`: the k-th call matching): the lock, recovery's look at the
+/// containers, download, checksum, unpack, the release's rename into place, a shared link,
+/// compose config, the image check, the `pending` write, the switch, the removal of the
+/// unswitched mark, compose up, the health check, the commit and the prune.
+const DEPLOY_STEPS: [&str; 16] = [
+    "/^[0-9]+ flock /",
+    "/^[0-9]+ docker ps /",
+    "/^[0-9]+ curl --config /",
+    "/^[0-9]+ sha256sum /",
+    "/^[0-9]+ tar .* -x /",
+    "/^[0-9]+ mv -T -- .*[.]partial /",
+    "/^[0-9]+ ln -s -- ([.][.]/)+shared//",
+    "/^[0-9]+ docker compose .* config -q/",
+    "/^[0-9]+ docker image inspect /",
+    "/^[0-9]+ mv -f -- .*state[.]json[.]tmp/1",
+    "/^[0-9]+ mv -T -f -- /",
+    "/^[0-9]+ rm -f -- .*unswitched/",
+    "/^[0-9]+ docker compose .* up /",
+    "/^[0-9]+ curl --globoff --fail/",
+    "/^[0-9]+ mv -f -- .*state[.]json[.]tmp/2",
+    "/^[0-9]+ mv -T -- .*[.]trash/",
+];
+
+/// The steps of a rollback, as [`DEPLOY_STEPS`].
+const ROLLBACK_STEPS: [&str; 7] = [
+    "/^[0-9]+ flock /",
+    "/^[0-9]+ docker ps /",
+    "/^[0-9]+ mv -f -- .*state[.]json[.]tmp/1",
+    "/^[0-9]+ mv -T -f -- /",
+    "/^[0-9]+ docker compose .* up /",
+    "/^[0-9]+ curl --globoff --fail/",
+    "/^[0-9]+ mv -f -- .*state[.]json[.]tmp/2",
+];
+
+/// The calls of the probe's last (clean) run at each of `steps`; panics when one is missing,
+/// so a loop over them cannot pass by seeing none.
+fn step_points(probe: &Probe, steps: &[&str]) -> Vec<(String, String)> {
+    steps
+        .iter()
+        .map(|step| {
+            let (re, k) = step[1..].rsplit_once('/').unwrap();
+            let k: usize = k.parse().unwrap_or(1);
+            let line = probe.calls_matching(re).into_iter().nth(k - 1);
+            let line = line.unwrap_or_else(|| {
+                panic!(
+                    "the clean run never made step {step}; calls: {:#?}",
+                    probe.trace()
+                )
+            });
+            (step.to_string(), line)
+        })
+        .collect()
 }
 
 /// Every kill point of the run `vars(i)` makes: pause there, SIGKILL the group (SSM), rerun
@@ -1678,6 +1713,7 @@ fn kill_at_every_step(
     w: &World,
     vars: &dyn Fn(usize) -> Vars,
     rerun_ok: &[&str],
+    steps: &[&str],
     expect: &dyn Fn(usize) -> String,
 ) {
     let probe = Probe::install(&w.host);
@@ -1686,7 +1722,7 @@ fn kill_at_every_step(
     let clean = w.finish(child, &dir);
     assert!(rerun_ok.contains(&clean.outcome()), "{}", clean.output);
     assert_settled(w, &expect(0));
-    let points = step_points(&probe.trace());
+    let points = step_points(&probe, steps);
     eprintln!("{} kill points", points.len());
     for (i, (n, line)) in points.iter().enumerate() {
         let i = i + 1;
@@ -1707,6 +1743,12 @@ fn kill_at_every_step(
         );
         assert_settled(w, &expect(i));
     }
+}
+
+/// `vars` with `keep_releases = 2`, so that a deploy over two releases prunes one.
+fn keep_two(mut vars: Vars) -> Vars {
+    vars.insert("DROPSHIP_KEEP_RELEASES".into(), "2".into());
+    vars
 }
 
 /// Healthy bundles made once each, on first use.
@@ -1731,6 +1773,8 @@ impl Bundles<'_> {
 fn kill_9_at_every_step_of_a_deploy_then_a_rerun_leaves_a_checked_release() {
     let w = World::new("kill9");
     w.deployed("base", "01");
+    // Two releases before the loop and keep_releases = 2: every run also prunes.
+    w.deployed("base2", "02");
     let bundles = Bundles {
         w: &w,
         prefix: "k",
@@ -1738,8 +1782,9 @@ fn kill_9_at_every_step_of_a_deploy_then_a_rerun_leaves_a_checked_release() {
     };
     kill_at_every_step(
         &w,
-        &|i| w.vars(&bundles.get(i), &format!("ver-k{i}"), ""),
+        &|i| keep_two(w.vars(&bundles.get(i), &format!("ver-k{i}"), "")),
         &["deployed", "noop"],
+        &DEPLOY_STEPS,
         &|i| format!("k{i}"),
     );
 }
@@ -1763,6 +1808,7 @@ fn kill_9_at_every_step_of_a_rollback_then_a_rerun_leaves_a_checked_release() {
             v
         },
         &["rolled_back", "superseded"],
+        &ROLLBACK_STEPS,
         &|i| {
             if from(i) == "b" {
                 "a".into()
@@ -1777,21 +1823,22 @@ fn kill_9_at_every_step_of_a_rollback_then_a_rerun_leaves_a_checked_release() {
 fn a_full_disk_at_every_step_leaves_the_running_release_serving() {
     let w = World::with_host(Host::start_at("diskfull", "/run/full/diskfull"));
     w.host
-        .sh("mkdir -p /run/full && mount -t tmpfs -o size=16m tmpfs /run/full");
+        .sh("mkdir -p /run/full && mount -t tmpfs -o size=48m tmpfs /run/full");
     w.write_env("");
     w.deployed("base", "01");
+    w.deployed("base2", "02");
     let bundles = Bundles {
         w: &w,
         prefix: "f",
         made: Default::default(),
     };
-    let vars = |i: usize| w.vars(&bundles.get(i), &format!("ver-f{i}"), "");
+    let vars = |i: usize| keep_two(w.vars(&bundles.get(i), &format!("ver-f{i}"), ""));
     let probe = Probe::install(&w.host);
     probe.reset();
     let (child, dir) = w.spawn(&vars(0), Some(&probe));
     assert_code(&w.finish(child, &dir), 0, "deployed");
     let mut serving = "f0".to_string();
-    for (i, (n, line)) in step_points(&probe.trace()).iter().enumerate() {
+    for (i, (n, line)) in step_points(&probe, &DEPLOY_STEPS).iter().enumerate() {
         let i = i + 1;
         probe.pause_at(n);
         let (mut child, dir) = w.spawn(&vars(i), Some(&probe));
