@@ -29,12 +29,13 @@ pub enum HostVar {
     RequiredEnv,
     PreSwitchHook,
     RollbackTo,
+    ExpectVersionId,
     LockTimeout,
 }
 
 impl HostVar {
     /// All inputs, for rendering and for checking the script's documented table.
-    pub const ALL: [HostVar; 23] = [
+    pub const ALL: [HostVar; 24] = [
         HostVar::Action,
         HostVar::App,
         HostVar::Env,
@@ -57,6 +58,7 @@ impl HostVar {
         HostVar::RequiredEnv,
         HostVar::PreSwitchHook,
         HostVar::RollbackTo,
+        HostVar::ExpectVersionId,
         HostVar::LockTimeout,
     ];
 
@@ -85,6 +87,7 @@ impl HostVar {
             HostVar::RequiredEnv => "DROPSHIP_REQUIRED_ENV",
             HostVar::PreSwitchHook => "DROPSHIP_PRE_SWITCH_HOOK",
             HostVar::RollbackTo => "DROPSHIP_ROLLBACK_TO",
+            HostVar::ExpectVersionId => "DROPSHIP_EXPECT_VERSION_ID",
             HostVar::LockTimeout => "DROPSHIP_LOCK_TIMEOUT",
         }
     }
@@ -167,6 +170,14 @@ pub enum HostOutcome {
     Failed,
     RollbackFailed,
     Status,
+    /// Printed before a step after which only a complete run leaves the host verified (the
+    /// switch). It stays the last result line only when the run was killed there (SSM's
+    /// timeout or cancel is SIGKILL to the whole process group): the next run restores the
+    /// committed release first. Exit code 10.
+    Interrupted,
+    /// `rollback` with `DROPSHIP_EXPECT_VERSION_ID`: the host's committed version is another
+    /// one (it moved on, or never got it), so nothing was done. Exit code 0.
+    Superseded,
 }
 
 /// The JSON after [`RESULT_PREFIX`].
