@@ -21,9 +21,13 @@ pub const DEPLOY_FINISHED_DETAIL_KEYS: &[&str] = &[
     "uploader",
     "outcome",
     "succeeded",
+    "reason",
     "hosts",
     "record_key",
 ];
 
 /// The keys of each entry of `detail.hosts`.
-pub const DEPLOY_FINISHED_HOST_KEYS: &[&str] = &["instance_id", "outcome", "exit_code"];
+/// `outcome` is the host's state for the deploy (`not_sent` when the rollout stopped before
+/// its wave, `pending` when SSM did not report it online); `rollback` the fleet rollback's
+/// state on it (`null` when it was not sent back).
+pub const DEPLOY_FINISHED_HOST_KEYS: &[&str] = &["instance_id", "outcome", "exit_code", "rollback"];

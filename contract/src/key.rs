@@ -11,6 +11,9 @@ pub const RELEASES_PREFIX: &str = "releases/";
 pub const BUNDLE_SUFFIX: &str = ".tar.gz";
 /// Prefix of deploy records, kept apart from releases so uploaders cannot forge records.
 pub const RECORDS_PREFIX: &str = "deploy-records/";
+/// Prefix of the command index ([`crate::fleet::CommandIndex`]): `_` can start no app name,
+/// so the index never collides with an app's records.
+pub const COMMANDS_PREFIX: &str = "deploy-records/_commands/";
 /// Longest app or environment name (keeps keys, tags and host paths short and predictable).
 pub const MAX_NAME_LEN: usize = 63;
 
@@ -104,10 +107,36 @@ impl ReleaseKey {
         )
     }
 
+    /// Prefix of the per-host results of one version (`…/<v…>/results/`): one object per
+    /// (instance, command), written once ([`crate::fleet::StoredResult`]).
+    pub fn results_prefix(&self, version_id: &str) -> String {
+        format!(
+            "{}{}/results/",
+            self.records_prefix(),
+            encode_version_id(version_id)
+        )
+    }
+
+    /// Key of one host's result for one command of `version_id`. Instance and command ids
+    /// come from SSM; they are percent-encoded like version ids so neither can add a segment.
+    pub fn result_key(&self, version_id: &str, instance_id: &str, command_id: &str) -> String {
+        format!(
+            "{}{}/{}.json",
+            self.results_prefix(version_id),
+            encode_version_id(instance_id),
+            encode_version_id(command_id)
+        )
+    }
+
     /// Key of the pointer to the newest dispatched version (used for ordering).
     pub fn latest_pointer_key(&self) -> String {
         format!("{}latest.json", self.records_prefix())
     }
+}
+
+/// Key of the index entry of one SSM command id.
+pub fn command_index_key(command_id: &str) -> String {
+    format!("{COMMANDS_PREFIX}{}.json", encode_version_id(command_id))
 }
 
 impl fmt::Display for ReleaseKey {

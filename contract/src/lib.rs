@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod events;
+pub mod fleet;
 pub mod host;
 pub mod key;
 pub mod manifest;

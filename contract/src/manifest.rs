@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fleet::OnFailure;
+
 /// Path of the manifest inside a bundle; it must be the first entry.
 pub const MANIFEST_PATH: &str = ".dropship/manifest.json";
 /// Directory inside a bundle reserved for dropship's own files.
@@ -30,6 +32,9 @@ pub struct DeploySettings {
     pub required_env: Vec<EnvRule>,
     /// Script inside the bundle run before the switch (migrations, backups).
     pub pre_switch_hook: Option<String>,
+    /// What the rollout does when a host fails (`rollback-fleet` or `leave`); read by the
+    /// Lambda, never sent to hosts.
+    pub on_failure: OnFailure,
 }
 
 impl Default for DeploySettings {
@@ -43,6 +48,7 @@ impl Default for DeploySettings {
             keep_releases: 5,
             required_env: Vec::new(),
             pre_switch_hook: None,
+            on_failure: OnFailure::default(),
         }
     }
 }
@@ -104,6 +110,7 @@ impl DeploySettings {
                 })
                 .collect(),
             pre_switch_hook: Some(format!("h{}", long(MAX_PATH_LEN - 1))),
+            on_failure: OnFailure::default(),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fleet::{Fleet, Purpose};
 use crate::key::ReleaseKey;
 use crate::manifest::Manifest;
 use crate::metadata::ObjectMetadata;
@@ -37,6 +38,9 @@ pub enum Outcome {
     /// The event was not for dropship (other bucket, foreign key, delete marker); result
     /// only, never stored.
     Ignored,
+    /// A host's result was stored and the fleet moved on (an SSM status-change event);
+    /// result only, never a record's outcome.
+    Recorded,
 }
 
 impl Outcome {
@@ -50,6 +54,7 @@ impl Outcome {
             Outcome::SkippedDuplicate => "skipped_duplicate",
             Outcome::SkippedStale => "skipped_stale",
             Outcome::Ignored => "ignored",
+            Outcome::Recorded => "recorded",
         }
     }
 
@@ -153,6 +158,9 @@ pub struct CommandBatch {
     pub command_id: String,
     /// Instance ids this batch targeted.
     pub instance_ids: Vec<String>,
+    /// Deploy (a wave of the rollout) or the fleet rollback.
+    #[serde(default)]
+    pub purpose: Purpose,
 }
 
 /// The stored document for one object version (`deploy-records/<app>/<env>/<v…>.json`).
@@ -209,6 +217,9 @@ pub struct DeployRecord {
     /// AWS request id of the Lambda invocation that wrote this document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda_request_id: Option<String>,
+    /// The rollout (waves, fleet rollback, settled outcome), once the command was planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Fleet>,
 }
 
 impl DeployRecord {
@@ -243,12 +254,22 @@ impl DeployRecord {
             attempts: 0,
             last_error: None,
             lambda_request_id: None,
+            fleet: None,
         }
     }
 
     /// Where this record is stored.
     pub fn s3_key(&self) -> Result<String, crate::key::KeyError> {
         Ok(ReleaseKey::new(&self.app, &self.env)?.record_key(&self.version_id))
+    }
+
+    /// Command ids sent for `purpose`.
+    pub fn command_ids_for(&self, purpose: Purpose) -> std::collections::BTreeSet<String> {
+        self.commands
+            .iter()
+            .filter(|c| c.purpose == purpose)
+            .map(|c| c.command_id.clone())
+            .collect()
     }
 
     /// All SSM command ids, in send order.
@@ -381,6 +402,7 @@ mod tests {
             commands: vec![CommandBatch {
                 command_id: "c-1".into(),
                 instance_ids: vec!["i-1".into()],
+                purpose: Purpose::Deploy,
             }],
             updated_at: "2026-11-23T09:00:02Z".into(),
             attempts: 1,
@@ -432,6 +454,7 @@ mod tests {
             (Outcome::SkippedDuplicate, "skipped_duplicate"),
             (Outcome::SkippedStale, "skipped_stale"),
             (Outcome::Ignored, "ignored"),
+            (Outcome::Recorded, "recorded"),
         ] {
             assert_eq!(serde_json::to_value(o).unwrap(), s);
             assert_eq!(o.as_str(), s);

@@ -19,13 +19,16 @@ use dropship_contract::verify::{
 use time::OffsetDateTime;
 
 use crate::aws_calls::{
-    DESCRIBE_INSTANCES, GET_RECORD, GET_VERSION, HEAD_VERSION, LIST_COMMANDS, PRESIGN_VERSION,
+    DESCRIBE_INSTANCES, DESCRIBE_INSTANCE_INFORMATION, GET_COMMAND_INVOCATION, GET_RECORD,
+    GET_VERSION, HEAD_VERSION, LIST_COMMANDS, LIST_RESULTS, PRESIGN_VERSION, PUT_EVENTS,
     PUT_RECORD, SEND_COMMAND,
 };
 use crate::edges::{
-    CommandSender, Condition, Head, InstanceFinder, ObjectReader, RecordStore, Written,
+    CommandSender, Condition, Head, InstanceFinder, Notifier, ObjectReader, RecordStore, Written,
 };
 use crate::plan::{format_time, CommandPlan};
+use dropship_contract::fleet::{Invocation, Observed};
+use std::collections::BTreeSet;
 
 /// The SDK clients the handler uses.
 #[derive(Debug, Clone)]
@@ -36,6 +39,8 @@ pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     /// SSM (commands).
     pub ssm: aws_sdk_ssm::Client,
+    /// EventBridge (the deploy-finished notification).
+    pub events: aws_sdk_eventbridge::Client,
 }
 
 fn object_url(bucket: &str, key: &str, version_id: &str) -> String {
@@ -49,6 +54,7 @@ impl Clients {
             s3: dropship_aws::sdk::s3_client(sdk),
             ec2: aws_sdk_ec2::Client::new(sdk),
             ssm: aws_sdk_ssm::Client::new(sdk),
+            events: aws_sdk_eventbridge::Client::new(sdk),
         }
     }
 }
@@ -201,6 +207,48 @@ impl InstanceFinder for Clients {
         ids.dedup();
         Ok(ids)
     }
+
+    async fn online_instances(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<BTreeSet<String>, AwsError> {
+        use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
+        let mut online = BTreeSet::new();
+        // The InstanceIds filter takes at most 50 values per call.
+        for chunk in instance_ids.chunks(50) {
+            let object = format!("SSM registration of {}", chunk.join(","));
+            let filter = InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .set_values(Some(chunk.to_vec()))
+                .build()
+                .map_err(|e| {
+                    AwsError::new(
+                        &DESCRIBE_INSTANCE_INFORMATION,
+                        object.clone(),
+                        Failure::Refused,
+                        e.to_string(),
+                    )
+                })?;
+            let mut pages = self
+                .ssm
+                .describe_instance_information()
+                .filters(filter)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page =
+                    page.map_err(|e| classify(&DESCRIBE_INSTANCE_INFORMATION, object.clone(), &e))?;
+                for info in page.instance_information_list() {
+                    if info.ping_status() == Some(&PingStatus::Online) {
+                        if let Some(id) = info.instance_id() {
+                            online.insert(id.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(online)
+    }
 }
 
 impl CommandSender for Clients {
@@ -244,6 +292,7 @@ impl CommandSender for Clients {
         Ok(CommandBatch {
             command_id: command_id.to_owned(),
             instance_ids: batch.to_vec(),
+            purpose: plan.purpose,
         })
     }
 
@@ -289,6 +338,7 @@ impl CommandSender for Clients {
                         CommandBatch {
                             command_id: id.to_owned(),
                             instance_ids: c.instance_ids().to_vec(),
+                            purpose: Default::default(),
                         },
                         script,
                     ));
@@ -296,6 +346,88 @@ impl CommandSender for Clients {
             }
         }
         Ok(found)
+    }
+
+    async fn invocation(&self, command_id: &str, instance_id: &str) -> Result<Observed, AwsError> {
+        let res = self
+            .ssm
+            .get_command_invocation()
+            .command_id(command_id)
+            .instance_id(instance_id)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Observed::Found(Invocation {
+                command_id: command_id.to_owned(),
+                instance_id: instance_id.to_owned(),
+                status: out
+                    .status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+                status_details: out.status_details().unwrap_or_default().to_owned(),
+                response_code: out.response_code(),
+                standard_output_content: out
+                    .standard_output_content()
+                    .unwrap_or_default()
+                    .to_owned(),
+                standard_error_content: out.standard_error_content().unwrap_or_default().to_owned(),
+                comment: out.comment().unwrap_or_default().to_owned(),
+            })),
+            Err(e) => {
+                let code = e.as_service_error().and_then(|s| {
+                    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+                    s.code().map(str::to_owned)
+                });
+                match code.as_deref() {
+                    Some(c @ "InvocationDoesNotExist") => {
+                        Ok(Observed::NotYet { code: c.to_owned() })
+                    }
+                    Some(c @ ("InvalidCommandId" | "InvalidInstanceId")) => {
+                        Ok(Observed::Gone { code: c.to_owned() })
+                    }
+                    _ => Err(classify(
+                        &GET_COMMAND_INVOCATION,
+                        format!("command {command_id} on {instance_id}"),
+                        &e,
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl Notifier for Clients {
+    async fn put_event(&self, detail_type: &str, detail: String) -> Result<(), AwsError> {
+        use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+        let object = format!("event {detail_type:?} on the default bus");
+        let out = self
+            .events
+            .put_events()
+            .entries(
+                PutEventsRequestEntry::builder()
+                    .source(dropship_contract::events::SOURCE)
+                    .detail_type(detail_type)
+                    .detail(detail)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(&PUT_EVENTS, object.clone(), &e))?;
+        if out.failed_entry_count() > 0 {
+            let why = out
+                .entries()
+                .iter()
+                .filter_map(|e| e.error_message())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(AwsError::new(
+                &PUT_EVENTS,
+                object,
+                Failure::Network,
+                format!("the bus refused the entry: {why}"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -338,6 +470,27 @@ impl RecordStore for Clients {
             Err(e) if matches!(http_status(&e), Some(412 | 409)) => Ok(Written::Conflict),
             Err(e) => Err(classify(&PUT_RECORD, format!("s3://{bucket}/{key}"), &e)),
         }
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, AwsError> {
+        let object = format!("s3://{bucket}/{prefix}");
+        let mut keys = Vec::new();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify(&LIST_RESULTS, object.clone(), &e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
     }
 }
 

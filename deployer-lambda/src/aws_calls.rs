@@ -61,6 +61,30 @@ pub const LIST_COMMANDS: AwsCall = AwsCall {
     iam_action: "ssm:ListCommands",
     why: "after a crashed attempt, find commands it already sent so none is sent twice",
 };
+/// `ListObjectsV2` of one version's per-host results.
+pub const LIST_RESULTS: AwsCall = AwsCall {
+    operation: "s3:ListObjectsV2",
+    iam_action: "s3:ListBucket",
+    why: "read every stored host result of a version to decide the fleet's next step",
+};
+/// `DescribeInstanceInformation` of the tagged instances.
+pub const DESCRIBE_INSTANCE_INFORMATION: AwsCall = AwsCall {
+    operation: "ssm:DescribeInstanceInformation",
+    iam_action: "ssm:DescribeInstanceInformation",
+    why: "send only to instances SSM reports online; record the others as pending",
+};
+/// `GetCommandInvocation` of a finished (command, instance) pair.
+pub const GET_COMMAND_INVOCATION: AwsCall = AwsCall {
+    operation: "ssm:GetCommandInvocation",
+    iam_action: "ssm:GetCommandInvocation",
+    why: "read a host's result (exit code, result line) when SSM reports it finished",
+};
+/// `PutEvents` on the default bus.
+pub const PUT_EVENTS: AwsCall = AwsCall {
+    operation: "events:PutEvents",
+    iam_action: "events:PutEvents",
+    why: "the one Dropship Deployment Finished event that ends every deploy",
+};
 
 /// Every SDK call of this crate. `HeadObject`/`GetObject` with a `versionId` (and the
 /// presigned GET the host uses, signed with this role) are authorised by
@@ -75,6 +99,10 @@ pub const CALLS: &[AwsCall] = &[
     DESCRIBE_INSTANCES,
     SEND_COMMAND,
     LIST_COMMANDS,
+    LIST_RESULTS,
+    DESCRIBE_INSTANCE_INFORMATION,
+    GET_COMMAND_INVOCATION,
+    PUT_EVENTS,
 ];
 
 /// The IAM actions behind [`CALLS`], each once: what `infra/` grants the function's code.
@@ -86,6 +114,9 @@ pub const IAM_ACTIONS: &[&str] = &[
     "ec2:DescribeInstances",
     "ssm:SendCommand",
     "ssm:ListCommands",
+    "ssm:DescribeInstanceInformation",
+    "ssm:GetCommandInvocation",
+    "events:PutEvents",
 ];
 
 /// Actions the Lambda *service* performs with the function's role, not this code: shipping

@@ -3,10 +3,11 @@
 //! in-memory fakes (the claim race, a crashed attempt's takeover, a lost claim and the
 //! pointer retry are tested without any emulator).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 
 use dropship_aws::AwsError;
+use dropship_contract::fleet::Observed;
 use dropship_contract::record::CommandBatch;
 use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyError, VerifyLimits};
 use time::OffsetDateTime;
@@ -61,6 +62,12 @@ pub trait RecordStore {
         body: Vec<u8>,
         condition: Condition<'_>,
     ) -> impl Future<Output = Result<Written, AwsError>> + Send;
+    /// Keys under `prefix` (the per-host results of one version).
+    fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
 }
 
 /// The release objects: one exact version's metadata, bytes and download URL.
@@ -99,6 +106,12 @@ pub trait InstanceFinder {
         app_tag: (&str, &str),
         env_tag: (&str, &str),
     ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+    /// Which of `instance_ids` SSM reports online (`DescribeInstanceInformation`, ping status
+    /// `Online`): only those can receive a command now.
+    fn online_instances(
+        &self,
+        instance_ids: &[String],
+    ) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
 }
 
 /// The SSM commands.
@@ -116,9 +129,28 @@ pub trait CommandSender {
         since: OffsetDateTime,
         comment: &str,
     ) -> impl Future<Output = Result<Vec<(CommandBatch, String)>, AwsError>> + Send;
+    /// `GetCommandInvocation` of one (command, instance) pair: what the host did.
+    fn invocation(
+        &self,
+        command_id: &str,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Observed, AwsError>> + Send;
+}
+
+/// The account's default EventBridge bus.
+pub trait Notifier {
+    /// `PutEvents` of one event with dropship's source ([`dropship_contract::events::SOURCE`]).
+    fn put_event(
+        &self,
+        detail_type: &str,
+        detail: String,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 /// Everything the handler reaches outside itself.
-pub trait Edges: RecordStore + ObjectReader + InstanceFinder + CommandSender + Sync {}
+pub trait Edges:
+    RecordStore + ObjectReader + InstanceFinder + CommandSender + Notifier + Sync
+{
+}
 
-impl<T: RecordStore + ObjectReader + InstanceFinder + CommandSender + Sync> Edges for T {}
+impl<T: RecordStore + ObjectReader + InstanceFinder + CommandSender + Notifier + Sync> Edges for T {}

@@ -23,8 +23,38 @@ use crate::config::Config;
 pub enum Request {
     /// Deploy one exact object version.
     Deploy(DeployRequest),
+    /// One host finished a command (SSM's `EC2 Command Invocation Status-change
+    /// Notification` with a terminal status): store its result and move the fleet on.
+    HostFinished(HostFinished),
     /// Not for dropship; the reason is logged and returned.
     Ignore(String),
+}
+
+/// The `source` and `detail-type` of SSM's per-host status events.
+pub const SSM_SOURCE: &str = "aws.ssm";
+/// `detail-type` of one invocation's status change.
+pub const INVOCATION_STATUS_CHANGE: &str = "EC2 Command Invocation Status-change Notification";
+/// The statuses after which an invocation never changes (what the rule in `infra/` matches).
+pub const TERMINAL_STATUSES: &[&str] = &[
+    "Success",
+    "Failed",
+    "TimedOut",
+    "Cancelled",
+    "DeliveryTimedOut",
+    "ExecutionTimedOut",
+    "Undeliverable",
+    "Terminated",
+];
+
+/// One (command, instance) pair that reached a terminal status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFinished {
+    /// SSM command id.
+    pub command_id: String,
+    /// Instance id.
+    pub instance_id: String,
+    /// The event's status (informational: `GetCommandInvocation` is read for the truth).
+    pub status: String,
 }
 
 /// One exact object version to verify and dispatch.
@@ -104,6 +134,33 @@ pub fn parse(payload: &Value, config: &Config) -> Result<Request, EventError> {
     }
 }
 
+/// SSM's per-host status change: only terminal statuses of `AWS-RunShellScript` matter.
+fn parse_ssm(detail_type: &str, detail: &Value) -> Result<Request, EventError> {
+    if detail_type != INVOCATION_STATUS_CHANGE {
+        return Ok(Request::Ignore(format!(
+            "aws.ssm detail-type {detail_type:?} is not {INVOCATION_STATUS_CHANGE:?}"
+        )));
+    }
+    let document = required(detail, &["document-name"], "detail.document-name")?;
+    if document != crate::plan::DOCUMENT_NAME {
+        return Ok(Request::Ignore(format!(
+            "command document {document:?} is not {}",
+            crate::plan::DOCUMENT_NAME
+        )));
+    }
+    let status = required(detail, &["status"], "detail.status")?;
+    if !TERMINAL_STATUSES.contains(&status) {
+        return Ok(Request::Ignore(format!(
+            "invocation status {status:?} is not terminal"
+        )));
+    }
+    Ok(Request::HostFinished(HostFinished {
+        command_id: required(detail, &["command-id"], "detail.command-id")?.to_owned(),
+        instance_id: required(detail, &["instance-id"], "detail.instance-id")?.to_owned(),
+        status: status.to_owned(),
+    }))
+}
+
 fn parse_eventbridge(payload: &Value, config: &Config) -> Result<Request, EventError> {
     // moto sends `time` as epoch seconds (a number); AWS as RFC 3339. Keep the raw value for
     // the record and let the envelope type parse the rest.
@@ -119,6 +176,9 @@ fn parse_eventbridge(payload: &Value, config: &Config) -> Result<Request, EventE
     }
     let envelope: EventBridgeEvent<Value> =
         serde_json::from_value(envelope_json).map_err(|e| EventError::Envelope(e.to_string()))?;
+    if envelope.source == SSM_SOURCE {
+        return parse_ssm(&envelope.detail_type, &envelope.detail);
+    }
     if envelope.source != "aws.s3" {
         return Ok(Request::Ignore(format!(
             "event source {:?} is not aws.s3",
@@ -284,7 +344,7 @@ mod tests {
     fn deploy(req: Request) -> DeployRequest {
         match req {
             Request::Deploy(d) => d,
-            Request::Ignore(r) => panic!("ignored: {r}"),
+            other => panic!("not a deploy: {other:?}"),
         }
     }
 
@@ -351,7 +411,7 @@ mod tests {
         ] {
             match parse(&payload, &c).unwrap() {
                 Request::Ignore(r) => assert!(r.contains(why), "{r}"),
-                Request::Deploy(d) => panic!("{d:?} should be ignored"),
+                other => panic!("{other:?} should be ignored"),
             }
         }
     }

@@ -6,10 +6,11 @@
 //! on an ETag that changes with every write); "another invocation" is a [`Interference`]
 //! that writes first, just before a chosen put of ours.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use dropship_aws::AwsError;
+use dropship_contract::fleet::{Invocation, Observed, OnFailure};
 use dropship_contract::manifest::{DeploySettings, Manifest};
 use dropship_contract::metadata::{ObjectMetadata, Source};
 use dropship_contract::record::CommandBatch;
@@ -17,7 +18,7 @@ use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyError, Ver
 use time::OffsetDateTime;
 
 use crate::edges::{
-    CommandSender, Condition, Head, InstanceFinder, ObjectReader, RecordStore, Written,
+    CommandSender, Condition, Head, InstanceFinder, Notifier, ObjectReader, RecordStore, Written,
 };
 use crate::plan::CommandPlan;
 
@@ -46,6 +47,14 @@ pub struct FakeAws {
     pub earlier: Vec<(CommandBatch, String, String)>,
     /// Commands sent by the handler: (batch, script).
     pub sent: Mutex<Vec<(CommandBatch, String)>>,
+    /// Tagged instances SSM does not report online.
+    pub offline: Vec<String>,
+    /// What `GetCommandInvocation` answers per (command id, instance id).
+    pub invocations: Mutex<HashMap<(String, String), Invocation>>,
+    /// Events put on the bus: (detail-type, detail).
+    pub events: Mutex<Vec<(String, String)>>,
+    /// The bundle manifest's `on_failure`.
+    pub on_failure: OnFailure,
 }
 
 /// The commit of the fake release.
@@ -122,6 +131,19 @@ impl RecordStore for FakeAws {
         Ok(self.objects.lock().unwrap().get(key).cloned())
     }
 
+    async fn list(&self, _bucket: &str, prefix: &str) -> Result<Vec<String>, AwsError> {
+        let mut keys: Vec<String> = self
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
     async fn put(
         &self,
         _bucket: &str,
@@ -192,7 +214,10 @@ impl ObjectReader for FakeAws {
                 message: "m".into(),
                 files: 2,
                 bytes: 10,
-                deploy: DeploySettings::default(),
+                deploy: DeploySettings {
+                    on_failure: self.on_failure,
+                    ..DeploySettings::default()
+                },
             },
             sha256: expected.sha256,
             object_bytes: 1234,
@@ -223,6 +248,17 @@ impl InstanceFinder for FakeAws {
     ) -> Result<Vec<String>, AwsError> {
         Ok(self.instances.clone())
     }
+
+    async fn online_instances(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<BTreeSet<String>, AwsError> {
+        Ok(instance_ids
+            .iter()
+            .filter(|i| !self.offline.contains(i))
+            .cloned()
+            .collect())
+    }
 }
 
 impl CommandSender for FakeAws {
@@ -235,6 +271,7 @@ impl CommandSender for FakeAws {
         let command = CommandBatch {
             command_id: format!("cmd-{}", sent.len() + 1),
             instance_ids: batch.to_vec(),
+            purpose: plan.purpose,
         };
         sent.push((command.clone(), plan.script.clone()));
         Ok(command)
@@ -251,5 +288,28 @@ impl CommandSender for FakeAws {
             .filter(|(_, _, c)| c == comment)
             .map(|(b, s, _)| (b.clone(), s.clone()))
             .collect())
+    }
+
+    async fn invocation(&self, command_id: &str, instance_id: &str) -> Result<Observed, AwsError> {
+        Ok(self
+            .invocations
+            .lock()
+            .unwrap()
+            .get(&(command_id.to_owned(), instance_id.to_owned()))
+            .cloned()
+            .map(Observed::Found)
+            .unwrap_or(Observed::NotYet {
+                code: "InvocationDoesNotExist".into(),
+            }))
+    }
+}
+
+impl Notifier for FakeAws {
+    async fn put_event(&self, detail_type: &str, detail: String) -> Result<(), AwsError> {
+        self.events
+            .lock()
+            .unwrap()
+            .push((detail_type.to_owned(), detail));
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@
 //! so Lambda's async retry applies.
 
 use dropship_aws::AwsError;
+use dropship_contract::fleet::{self, Fleet, Purpose};
 use dropship_contract::record::{DeployRecord, Outcome};
 use dropship_contract::tar_rules::Limits;
 use dropship_contract::verify::{VerifyError, VerifyLimits};
@@ -57,7 +58,7 @@ pub struct Response {
 }
 
 impl Response {
-    fn ignored(reason: String) -> Self {
+    pub(crate) fn ignored(reason: String) -> Self {
         Self {
             outcome: Outcome::Ignored,
             reason: Some(reason),
@@ -71,7 +72,7 @@ impl Response {
         }
     }
 
-    fn from_record(
+    pub(crate) fn from_record(
         record: &DeployRecord,
         outcome: Outcome,
         reason: Option<String>,
@@ -172,6 +173,11 @@ impl<E: Edges> Deployer<E> {
         &self.config
     }
 
+    /// The AWS edges.
+    pub(crate) fn edges(&self) -> &E {
+        &self.edges
+    }
+
     /// Handle one invocation payload.
     pub async fn handle(
         &self,
@@ -180,6 +186,7 @@ impl<E: Edges> Deployer<E> {
     ) -> Result<Response, HandlerError> {
         let request = match event::parse(payload, &self.config) {
             Ok(Request::Deploy(r)) => r,
+            Ok(Request::HostFinished(done)) => return self.host_finished(&done, inv).await,
             Ok(Request::Ignore(reason)) => {
                 info!(outcome = "ignored", reason = %reason, "event ignored");
                 return Ok(Response::ignored(reason));
@@ -420,7 +427,43 @@ impl<E: Edges> Deployer<E> {
         }
         record.targets = targets.clone();
 
-        // 4. The command.
+        // 4. Only instances SSM reports online can receive the command; the others are
+        //    recorded as pending, never sent to, never counted as failures.
+        let online = self.edges.online_instances(&targets).await?;
+        let (ready, pending): (Vec<String>, Vec<String>) =
+            targets.iter().cloned().partition(|t| online.contains(t));
+        if ready.is_empty() {
+            return Ok((
+                Outcome::NoTargets,
+                Some(format!(
+                    "{} running instance(s) tagged {}={} and {}={} are not online in SSM ({}); nothing was sent. Check their SSM agent and instance profile, then redeploy version {} with a direct invocation",
+                    pending.len(),
+                    c.app_tag_key,
+                    request.release.app(),
+                    c.env_tag_key,
+                    request.release.env(),
+                    pending.join(", "),
+                    version
+                )),
+            ));
+        }
+        // A takeover keeps the crashed attempt's plan: its waves may already be on hosts.
+        let wave0 = record
+            .fleet
+            .get_or_insert_with(|| {
+                Fleet::new(
+                    verified.manifest.deploy.on_failure,
+                    &ready,
+                    &pending,
+                    fleet::wave_size(&c.max_concurrency, ready.len()),
+                )
+            })
+            .waves
+            .first()
+            .cloned()
+            .unwrap_or_default();
+
+        // 5. The command for the first wave; later waves follow its results (rollout.rs).
         let url = self
             .edges
             .presign_version(bucket, key, version, c.presign_ttl_secs)
@@ -431,13 +474,14 @@ impl<E: Edges> Deployer<E> {
             metadata: &metadata,
             verified: &verified,
             bundle_url: &url,
+            purpose: Purpose::Deploy,
         };
-        let full_plan = match plan::plan_command(&inputs, &targets) {
+        let full_plan = match plan::plan_command(&inputs, &wave0) {
             Ok(p) => p,
             Err(r) => return rejected(r),
         };
 
-        // 5. After a crashed attempt, adopt the commands it sent but could not record.
+        // 6. After a crashed attempt, adopt the commands it sent but could not record.
         if takeover {
             let since = plan::adoption_window_start(record, OffsetDateTime::now_utc());
             for (batch, script) in self.edges.commands_since(since, &full_plan.comment).await? {
@@ -447,11 +491,13 @@ impl<E: Edges> Deployer<E> {
                     .any(|c| c.command_id == batch.command_id);
                 if !known && plan::script_is_for_version(&script, version) {
                     info!(command_id = %batch.command_id, "adopting a command sent by an earlier attempt");
+                    self.index_command(bucket, record, &batch.command_id, Purpose::Deploy)
+                        .await?;
                     record.commands.push(batch);
                 }
             }
         }
-        let remaining = plan::remaining_targets(&targets, record);
+        let remaining = plan::remaining_targets(&wave0, record);
         let send_plan = plan::CommandPlan {
             batches: plan::batches(&remaining),
             ..full_plan
@@ -459,6 +505,8 @@ impl<E: Edges> Deployer<E> {
         for batch in &send_plan.batches {
             let sent = self.edges.send_command(&send_plan, batch).await?;
             info!(command_id = %sent.command_id, instances = ?sent.instance_ids, "SendCommand accepted");
+            self.index_command(bucket, record, &sent.command_id, Purpose::Deploy)
+                .await?;
             record.commands.push(sent);
             // Persist progress so a retry never sends to these instances again.
             record.updated_at = plan::format_time(OffsetDateTime::now_utc());
@@ -470,6 +518,9 @@ impl<E: Edges> Deployer<E> {
                     })
                 }
             }
+        }
+        if let Some(f) = record.fleet.as_mut() {
+            f.sent = f.sent.max(1);
         }
         Ok((Outcome::Dispatched, None))
     }
@@ -512,6 +563,7 @@ impl<E: Edges> Deployer<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edges::CommandSender;
     use crate::fakes::{FakeAws, Interference, COMMIT};
     use dropship_contract::host::HostVar;
     use dropship_contract::key::ReleaseKey;
@@ -523,8 +575,17 @@ mod tests {
     const SEQUENCER: &str = "00BB";
 
     fn config() -> Config {
-        Config::from_lookup(|k| (k == "DROPSHIP_ALLOWED_BUCKETS").then(|| "rel-bucket".to_owned()))
-            .unwrap()
+        config_with("50%")
+    }
+
+    /// The test configuration with `DROPSHIP_MAX_CONCURRENCY` (the wave size).
+    fn config_with(max_concurrency: &str) -> Config {
+        Config::from_lookup(|k| match k {
+            "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "DROPSHIP_MAX_CONCURRENCY" => Some(max_concurrency.to_owned()),
+            _ => None,
+        })
+        .unwrap()
     }
 
     fn release() -> ReleaseKey {
@@ -546,12 +607,19 @@ mod tests {
     fn request() -> DeployRequest {
         match event::parse(&event(), &config()).unwrap() {
             Request::Deploy(d) => d,
-            Request::Ignore(r) => panic!("{r}"),
+            other => panic!("not a deploy: {other:?}"),
         }
     }
 
     async fn handle(fake: FakeAws) -> (Result<Response, HandlerError>, Deployer<FakeAws>) {
-        let deployer = Deployer::new(config(), fake);
+        handle_with(config(), fake).await
+    }
+
+    async fn handle_with(
+        config: Config,
+        fake: FakeAws,
+    ) -> (Result<Response, HandlerError>, Deployer<FakeAws>) {
+        let deployer = Deployer::new(config, fake);
         let inv = Invocation {
             request_id: Some("this-invocation".into()),
             deadline: None,
@@ -605,9 +673,16 @@ mod tests {
         let (result, d) = handle(FakeAws::with_instances(&["i-1", "i-2"])).await;
         let response = result.unwrap();
         assert_eq!(response.outcome, Outcome::Dispatched);
-        assert_eq!(d.edges.sent_to(), ["i-1", "i-2"]);
+        assert_eq!(
+            d.edges.sent_to(),
+            ["i-1"],
+            "50%: the first wave is one host"
+        );
         let record = stored_record(&d.edges);
         assert_eq!(record.outcome, Outcome::Dispatched);
+        let rollout = record.fleet.as_ref().expect("the rollout is recorded");
+        assert_eq!(rollout.waves, [["i-1"], ["i-2"]]);
+        assert_eq!(rollout.sent, 1);
         assert_eq!((record.attempts, record.lease_until.as_deref()), (1, None));
         assert_eq!(record.command_ids(), ["cmd-1"]);
         assert_eq!(stored_pointer(&d.edges).version_id, VERSION);
@@ -656,6 +731,7 @@ mod tests {
         let recorded = CommandBatch {
             command_id: "cmd-recorded".into(),
             instance_ids: vec!["i-1".into()],
+            purpose: Purpose::Deploy,
         };
         // The crashed attempt recorded its first batch, then sent a second and died before
         // recording it; its lease has run out.
@@ -669,16 +745,19 @@ mod tests {
         let unrecorded = CommandBatch {
             command_id: "cmd-unrecorded".into(),
             instance_ids: vec!["i-2".into()],
+            purpose: Purpose::Deploy,
         };
         let other_version = CommandBatch {
             command_id: "cmd-other-version".into(),
             instance_ids: vec!["i-3".into()],
+            purpose: Purpose::Deploy,
         };
         fake.earlier = vec![
             (unrecorded, script_for(VERSION), comment.clone()),
             (other_version, script_for("v1"), comment),
         ];
-        let (result, d) = handle(fake).await;
+        // One wave of every host: the crashed attempt was sending it.
+        let (result, d) = handle_with(config_with("100%"), fake).await;
         assert_eq!(result.unwrap().outcome, Outcome::Dispatched);
         assert_eq!(
             d.edges.sent_to(),
@@ -783,5 +862,280 @@ mod tests {
         assert_eq!(again.outcome, Outcome::SkippedDuplicate);
         assert_eq!(stored_pointer(&d.edges).version_id, VERSION);
         assert_eq!(d.edges.sent_to(), ["i-1"], "still one command");
+    }
+
+    /// SSM's `EC2 Command Invocation Status-change Notification`, as AWS documents it.
+    fn ssm_event(command_id: &str, instance_id: &str, status: &str) -> Value {
+        json!({
+            "version": "0", "id": format!("ssm-{command_id}-{instance_id}"),
+            "detail-type": "EC2 Command Invocation Status-change Notification",
+            "source": "aws.ssm", "account": "123456789012", "time": "2026-11-23T09:01:00Z",
+            "region": "us-east-1",
+            "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}")],
+            "detail": {"command-id": command_id, "document-name": "AWS-RunShellScript",
+                       "instance-id": instance_id, "requested-date-time": "2026-11-23T09:00:01.000Z",
+                       "status": status}
+        })
+    }
+
+    /// What the host answers through `GetCommandInvocation`: exit code and result line.
+    fn host_answers(
+        d: &Deployer<FakeAws>,
+        command: &str,
+        instance: &str,
+        code: i32,
+        outcome: &str,
+    ) {
+        let line = format!(
+            "DROPSHIP_RESULT {{\"outcome\":\"{outcome}\",\"release\":\"r2\",\"previous\":\"r1\",\"version_id\":\"{VERSION}\",\"commit\":\"{COMMIT}\",\"exit_code\":{code},\"message\":\"m\"}}\n"
+        );
+        let inv = dropship_contract::fleet::Invocation {
+            command_id: command.into(),
+            instance_id: instance.into(),
+            status: if code == 0 { "Success" } else { "Failed" }.into(),
+            status_details: if code == 0 { "Success" } else { "Failed" }.into(),
+            response_code: code,
+            standard_output_content: line,
+            standard_error_content: String::new(),
+            comment: "dropship shop/prod".into(),
+        };
+        d.edges
+            .invocations
+            .lock()
+            .unwrap()
+            .insert((command.into(), instance.into()), inv);
+    }
+
+    async fn finished(
+        d: &Deployer<FakeAws>,
+        command: &str,
+        instance: &str,
+        status: &str,
+    ) -> Response {
+        let inv = Invocation {
+            request_id: Some("result-invocation".into()),
+            deadline: None,
+        };
+        d.handle(&ssm_event(command, instance, status), &inv)
+            .await
+            .unwrap()
+    }
+
+    fn rollout(d: &Deployer<FakeAws>) -> Fleet {
+        stored_record(&d.edges).fleet.expect("rollout recorded")
+    }
+
+    fn events(d: &Deployer<FakeAws>) -> Vec<Value> {
+        d.edges
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, body)| {
+                assert_eq!(t, dropship_contract::events::DEPLOY_FINISHED);
+                serde_json::from_str(body).unwrap()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn one_host_at_a_time_a_failure_on_host_3_sends_hosts_1_and_2_back_and_host_4_never_switches(
+    ) {
+        let fake = FakeAws::with_instances(&["i-1", "i-2", "i-3", "i-4"]);
+        let (result, d) = handle_with(config_with("1"), fake).await;
+        assert_eq!(result.unwrap().outcome, Outcome::Dispatched);
+        assert_eq!(d.edges.sent_to(), ["i-1"]);
+
+        host_answers(&d, "cmd-1", "i-1", 0, "deployed");
+        finished(&d, "cmd-1", "i-1", "Success").await;
+        assert_eq!(
+            d.edges.sent_to(),
+            ["i-1", "i-2"],
+            "wave 2 follows wave 1's success"
+        );
+        host_answers(&d, "cmd-2", "i-2", 0, "deployed");
+        finished(&d, "cmd-2", "i-2", "Success").await;
+        assert_eq!(d.edges.sent_to(), ["i-1", "i-2", "i-3"]);
+
+        // Host 3 fails health and rolls itself back: the rollout stops, 1 and 2 go back.
+        host_answers(&d, "cmd-3", "i-3", 9, "rolled_back");
+        finished(&d, "cmd-3", "i-3", "Failed").await;
+        assert_eq!(d.edges.sent_to(), ["i-1", "i-2", "i-3", "i-1", "i-2"]);
+        let (rollback, script) = d.edges.sent.lock().unwrap()[3].clone();
+        assert_eq!(rollback.purpose, Purpose::Rollback);
+        assert!(
+            script.contains("export DROPSHIP_ACTION='rollback'"),
+            "rollback action"
+        );
+        assert!(
+            script.contains(&format!("export DROPSHIP_EXPECT_VERSION_ID='{VERSION}'")),
+            "guarded by the version"
+        );
+        assert!(
+            script.contains("export DROPSHIP_BUNDLE_URL=''"),
+            "no URL for a rollback"
+        );
+        assert_eq!(
+            rollout(&d).rollback.as_deref(),
+            Some(&["i-1".to_string(), "i-2".to_string()][..])
+        );
+
+        // The same event again, and one out of order: nothing new is sent.
+        finished(&d, "cmd-3", "i-3", "Failed").await;
+        finished(&d, "cmd-1", "i-1", "Success").await;
+        assert_eq!(d.edges.sent_to().len(), 5);
+        assert!(
+            events(&d).is_empty(),
+            "not settled before the rollback results"
+        );
+
+        host_answers(&d, "cmd-4", "i-1", 0, "deployed");
+        host_answers(&d, "cmd-4", "i-2", 0, "superseded");
+        finished(&d, "cmd-4", "i-1", "Success").await;
+        assert!(rollout(&d).outcome.is_none());
+        finished(&d, "cmd-4", "i-2", "Success").await;
+        let f = rollout(&d);
+        assert_eq!(
+            f.outcome,
+            Some(dropship_contract::fleet::FleetOutcome::RolledBack)
+        );
+        assert!(f.notified);
+        let sent = events(&d);
+        assert_eq!(sent.len(), 1, "exactly one notification");
+        let e = &sent[0];
+        assert_eq!(e["outcome"], "rolled_back");
+        assert_eq!(e["succeeded"], false);
+        assert_eq!(e["version_id"], VERSION);
+        assert_eq!(e["commit"], COMMIT);
+        let hosts: Vec<(String, String, Value)> = e["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["instance_id"].as_str().unwrap().into(),
+                    h["outcome"].as_str().unwrap().into(),
+                    h["rollback"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            hosts,
+            vec![
+                ("i-1".into(), "success".into(), json!("success")),
+                ("i-2".into(), "success".into(), json!("success")),
+                ("i-3".into(), "rolled_back".into(), Value::Null),
+                ("i-4".into(), "not_sent".into(), Value::Null),
+            ]
+        );
+        for key in dropship_contract::events::DEPLOY_FINISHED_DETAIL_KEYS {
+            assert!(e.get(key).is_some(), "detail has {key}");
+        }
+
+        // Every later event for the version changes nothing and tells nobody twice.
+        finished(&d, "cmd-4", "i-2", "Success").await;
+        assert_eq!(events(&d).len(), 1);
+        assert_eq!(d.edges.sent_to().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn leave_stops_the_rollout_and_keeps_the_fleet_mixed_saying_so() {
+        let mut fake = FakeAws::with_instances(&["i-1", "i-2", "i-3"]);
+        // on_failure comes from the bundle's manifest.
+        fake.on_failure = dropship_contract::fleet::OnFailure::Leave;
+        let (result, d) = handle_with(config_with("1"), fake).await;
+        result.unwrap();
+        host_answers(&d, "cmd-1", "i-1", 0, "deployed");
+        finished(&d, "cmd-1", "i-1", "Success").await;
+        host_answers(&d, "cmd-2", "i-2", 7, "failed");
+        finished(&d, "cmd-2", "i-2", "Failed").await;
+        assert_eq!(d.edges.sent_to(), ["i-1", "i-2"], "no rollback, no wave 3");
+        let f = rollout(&d);
+        assert_eq!(
+            f.outcome,
+            Some(dropship_contract::fleet::FleetOutcome::PartiallyDeployed)
+        );
+        assert!(f.reason.unwrap().contains("1 run(s) the new version: i-1"));
+        assert_eq!(events(&d)[0]["outcome"], "partially_deployed");
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_storing_a_result_and_settling_is_recovered_by_the_next_event() {
+        let fake = FakeAws::with_instances(&["i-1"]);
+        let (result, d) = handle_with(config_with("1"), fake).await;
+        result.unwrap();
+        host_answers(&d, "cmd-1", "i-1", 0, "deployed");
+        // The first invocation stored the result and died before deciding: only the result
+        // object exists.
+        let observed = d.edges.invocation("cmd-1", "i-1").await.unwrap();
+        let stored = dropship_contract::fleet::StoredResult {
+            format: dropship_contract::record::RECORD_FORMAT,
+            app: "shop".into(),
+            env: "prod".into(),
+            version_id: VERSION.into(),
+            purpose: Purpose::Deploy,
+            host: dropship_contract::fleet::host_status("cmd-1", "i-1", &observed),
+            stored_at: "2026-11-23T09:01:00Z".into(),
+        };
+        d.edges.preload(
+            &release().result_key(VERSION, "i-1", "cmd-1"),
+            stored.to_bytes(),
+        );
+        assert!(rollout(&d).outcome.is_none());
+        // Lambda's retry (or a duplicate event) finds the result there and settles.
+        finished(&d, "cmd-1", "i-1", "Success").await;
+        assert_eq!(
+            rollout(&d).outcome,
+            Some(dropship_contract::fleet::FleetOutcome::Deployed)
+        );
+        assert_eq!(events(&d).len(), 1);
+        assert_eq!(events(&d)[0]["succeeded"], true);
+    }
+
+    #[tokio::test]
+    async fn offline_instances_are_recorded_pending_and_never_sent_to() {
+        let mut fake = FakeAws::with_instances(&["i-1", "i-2"]);
+        fake.offline = vec!["i-2".into()];
+        let (result, d) = handle_with(config_with("100%"), fake).await;
+        assert_eq!(result.unwrap().outcome, Outcome::Dispatched);
+        assert_eq!(d.edges.sent_to(), ["i-1"]);
+        assert_eq!(rollout(&d).pending, ["i-2"]);
+        host_answers(&d, "cmd-1", "i-1", 0, "deployed");
+        finished(&d, "cmd-1", "i-1", "Success").await;
+        let f = rollout(&d);
+        assert_eq!(
+            f.outcome,
+            Some(dropship_contract::fleet::FleetOutcome::Deployed)
+        );
+        assert!(f
+            .reason
+            .unwrap()
+            .contains("not online in SSM were not sent to: i-2"));
+        assert_eq!(events(&d)[0]["hosts"][1]["outcome"], "pending");
+
+        let mut none = FakeAws::with_instances(&["i-1"]);
+        none.offline = vec!["i-1".into()];
+        let (result, d) = handle(none).await;
+        let r = result.unwrap();
+        assert_eq!(r.outcome, Outcome::NoTargets);
+        assert!(r.reason.unwrap().contains("not online in SSM (i-1)"));
+        assert!(d.edges.sent_to().is_empty());
+    }
+
+    #[tokio::test]
+    async fn status_events_of_commands_dropship_never_sent_are_ignored() {
+        let (result, d) = handle(FakeAws::with_instances(&["i-1"])).await;
+        result.unwrap();
+        let r = finished(&d, "someone-elses", "i-1", "Success").await;
+        assert_eq!(r.outcome, Outcome::Ignored);
+        assert!(r.reason.unwrap().contains("not a dropship command"));
+        let r = d
+            .handle(
+                &ssm_event("cmd-1", "i-1", "InProgress"),
+                &Invocation::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.outcome, Outcome::Ignored, "only terminal statuses matter");
     }
 }

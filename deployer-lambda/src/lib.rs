@@ -21,4 +21,5 @@ pub mod event;
 mod fakes;
 pub mod handler;
 pub mod plan;
+pub mod rollout;
 pub mod store;

@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
+use dropship_contract::fleet::Purpose;
 use dropship_contract::host::{compact_script, required_env_value, HostVar, LIST_SEPARATOR};
+use dropship_contract::key::ReleaseKey;
 use dropship_contract::metadata::{MetadataError, ObjectMetadata};
 use dropship_contract::record::{DeployRecord, LatestPointer, Outcome, Verification};
 use dropship_contract::sequencer::Sequencer;
@@ -185,7 +187,7 @@ pub enum Gate {
 }
 
 /// Parse an RFC 3339 timestamp; `None` when unreadable (treated as expired).
-fn parse_time(s: &str) -> Option<OffsetDateTime> {
+pub fn parse_time(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
@@ -316,8 +318,12 @@ pub struct HostInputs<'a> {
     pub metadata: &'a ObjectMetadata,
     /// What verification established (manifest, sizes, digest).
     pub verified: &'a VerifiedBundle,
-    /// Presigned GET for exactly this version.
+    /// Presigned GET for exactly this version (empty for a fleet rollback: nothing is
+    /// downloaded).
     pub bundle_url: &'a str,
+    /// Deploy this version, or send the host back to the release it had before it (the
+    /// fleet rollback, guarded by the version: a host that moved on answers `superseded`).
+    pub purpose: Purpose,
 }
 
 fn join_list(var: HostVar, items: &[String]) -> Result<String, Rejection> {
@@ -337,7 +343,10 @@ pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Reje
     let mut out = Vec::with_capacity(HostVar::ALL.len());
     for var in HostVar::ALL {
         let value = match var {
-            HostVar::Action => "deploy".to_owned(),
+            HostVar::Action => match inputs.purpose {
+                Purpose::Deploy => "deploy".to_owned(),
+                Purpose::Rollback => "rollback".to_owned(),
+            },
             HostVar::App => r.release.app().to_owned(),
             HostVar::Env => r.release.env().to_owned(),
             HostVar::AppRoot => inputs.config.app_root_for(r.release.app(), r.release.env()),
@@ -362,7 +371,12 @@ pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Reje
             HostVar::KeepReleases => deploy.keep_releases.to_string(),
             HostVar::RequiredEnv => required_env_value(&deploy.required_env),
             HostVar::PreSwitchHook => deploy.pre_switch_hook.clone().unwrap_or_default(),
-            HostVar::RollbackTo | HostVar::ExpectVersionId => String::new(),
+            // Empty: the host goes back to the previous release it recorded itself.
+            HostVar::RollbackTo => String::new(),
+            HostVar::ExpectVersionId => match inputs.purpose {
+                Purpose::Deploy => String::new(),
+                Purpose::Rollback => r.version_id.clone(),
+            },
             HostVar::LockTimeout => inputs.config.lock_timeout_secs.to_string(),
             HostVar::ExecutionTimeout => inputs.config.execution_timeout_secs.to_string(),
         };
@@ -410,6 +424,48 @@ pub fn comment(request: &DeployRequest, commit: &str) -> String {
     text.chars().take(MAX_COMMENT_CHARS).collect()
 }
 
+/// The fleet rollback's `Comment`: like [`comment`], marked as a rollback.
+pub fn rollback_comment(request: &DeployRequest, commit: &str) -> String {
+    let text = format!(
+        "dropship rollback {}",
+        &comment(request, commit)["dropship ".len()..]
+    );
+    text.chars().take(MAX_COMMENT_CHARS).collect()
+}
+
+/// What a record keeps of the dispatch that later steps (waves, the fleet rollback) need to
+/// render their command again: the request, the checked metadata and the verified bundle.
+/// `None` when the record never got that far (it has no fleet then either).
+pub fn resumed_inputs(
+    record: &DeployRecord,
+) -> Option<(DeployRequest, ObjectMetadata, VerifiedBundle)> {
+    let metadata = record.metadata.clone()?;
+    let manifest = record.manifest.clone()?;
+    let v = record.verification.as_ref().filter(|v| v.ok)?;
+    let release = ReleaseKey::new(&record.app, &record.env).ok()?;
+    let sequencer = match &record.event.sequencer {
+        Some(s) => Some(s.parse::<Sequencer>().ok()?),
+        None => None,
+    };
+    let request = DeployRequest {
+        bucket: record.bucket.clone(),
+        key: record.key.clone(),
+        release,
+        version_id: record.version_id.clone(),
+        sequencer,
+        facts: record.event.clone(),
+    };
+    let verified = VerifiedBundle {
+        manifest,
+        sha256: v.sha256.clone()?,
+        object_bytes: v.object_bytes,
+        entries: v.entries,
+        unpacked_bytes: v.unpacked_bytes,
+        millis: v.millis,
+    };
+    Some((request, metadata, verified))
+}
+
 /// Split instance ids into SendCommand calls of at most 50.
 pub fn batches(instance_ids: &[String]) -> Vec<Vec<String>> {
     instance_ids
@@ -439,6 +495,8 @@ pub struct CommandPlan {
     pub log_group: Option<String>,
     /// Instance ids per SendCommand call.
     pub batches: Vec<Vec<String>>,
+    /// Deploy or fleet rollback (recorded with each batch).
+    pub purpose: Purpose,
 }
 
 /// Plan the command for `targets` (instances not yet sent to).
@@ -453,9 +511,13 @@ pub fn plan_command(inputs: &HostInputs<'_>, targets: &[String]) -> Result<Comma
         timeout_seconds: i32::try_from(c.delivery_timeout_secs).unwrap_or(i32::MAX),
         max_concurrency: c.max_concurrency.clone(),
         max_errors: c.max_errors.clone(),
-        comment: comment(inputs.request, &inputs.metadata.commit),
+        comment: match inputs.purpose {
+            Purpose::Deploy => comment(inputs.request, &inputs.metadata.commit),
+            Purpose::Rollback => rollback_comment(inputs.request, &inputs.metadata.commit),
+        },
         log_group: c.log_group.clone(),
         batches: batches(targets),
+        purpose: inputs.purpose,
     })
 }
 
@@ -627,7 +689,7 @@ mod tests {
         };
         match parse(&payload, &config()).unwrap() {
             Request::Deploy(d) => d,
-            Request::Ignore(r) => panic!("{r}"),
+            other => panic!("not a deploy: {other:?}"),
         }
     }
 
@@ -832,6 +894,7 @@ mod tests {
             metadata: &m,
             verified: &v,
             bundle_url: "https://u/?a=1&b=2",
+            purpose: Purpose::Deploy,
         };
         let vars = host_vars(&inputs).unwrap();
         assert_eq!(
@@ -909,7 +972,7 @@ mod tests {
         let payload = json!({"bucket": "rel-bucket", "key": format!("releases/{name}/{name}.tar.gz"), "version_id": version});
         let r = match parse(&payload, &c).unwrap() {
             Request::Deploy(d) => d,
-            Request::Ignore(why) => panic!("{why}"),
+            other => panic!("not a deploy: {other:?}"),
         };
         let m = ObjectMetadata {
             app: name.clone(),
@@ -930,6 +993,7 @@ mod tests {
             metadata: &m,
             verified: &v,
             bundle_url: &url,
+            purpose: Purpose::Deploy,
         };
         let plan = plan_command(&inputs, &["i-1".into()]).expect("the largest inputs render");
         assert!(
@@ -958,6 +1022,7 @@ mod tests {
             metadata: &m,
             verified: &v,
             bundle_url: &huge_url,
+            purpose: Purpose::Deploy,
         };
         let err = plan_command(&inputs, &["i-1".into()]).unwrap_err();
         assert!(matches!(err, Rejection::CommandTooLarge { .. }), "{err}");
@@ -965,6 +1030,7 @@ mod tests {
         let nul = "https://x/\0";
         let inputs = HostInputs {
             bundle_url: nul,
+            purpose: Purpose::Deploy,
             ..inputs
         };
         let err = plan_command(&inputs, &["i-1".into()])
@@ -997,6 +1063,7 @@ mod tests {
         r.commands.push(CommandBatch {
             command_id: "c".into(),
             instance_ids: vec!["i-1".into()],
+            purpose: Purpose::Deploy,
         });
         let all = vec!["i-1".to_owned(), "i-2".to_owned()];
         assert_eq!(remaining_targets(&all, &r), vec!["i-2".to_owned()]);

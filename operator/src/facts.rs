@@ -358,6 +358,7 @@ impl Clients {
                     .standard_error_content()
                     .unwrap_or_default()
                     .to_string(),
+                comment: out.comment().unwrap_or_default().to_string(),
             })),
             Err(e) => {
                 // The error type normally comes from the JSON body; `error_code` falls back to

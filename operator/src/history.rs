@@ -309,6 +309,7 @@ mod tests {
                 vec![CommandBatch {
                     command_id: format!("cmd-{version}"),
                     instance_ids: hosts.iter().map(|s| s.to_string()).collect(),
+                    purpose: Default::default(),
                 }]
             },
             attempts: 1,

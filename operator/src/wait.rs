@@ -222,6 +222,7 @@ mod tests {
             commands: vec![CommandBatch {
                 command_id: "c-1".into(),
                 instance_ids: hosts.iter().map(|s| s.to_string()).collect(),
+                purpose: Default::default(),
             }],
             attempts: 1,
             ..DeployRecord::new(
@@ -244,6 +245,7 @@ mod tests {
             response_code: code,
             standard_output_content: String::new(),
             standard_error_content: String::new(),
+            comment: String::new(),
         })
     }
 

@@ -160,6 +160,7 @@ fn record(
             .map(|(c, ids)| CommandBatch {
                 command_id: c.to_string(),
                 instance_ids: ids.clone(),
+                purpose: Default::default(),
             })
             .collect(),
         updated_at: "2026-11-23T09:00:02Z".into(),

@@ -1,0 +1,445 @@
+//! The closed loop after dispatch: a host finished a command → store its result → let the
+//! fleet's state machine ([`dropship_contract::fleet::decide`]) say what comes next → do it
+//! (the next wave with a freshly presigned URL, the fleet rollback, or settling the fleet's
+//! outcome and putting the one `Dropship Deployment Finished` event on the bus).
+//!
+//! Race-free by construction, with no state in the Lambda: each (instance, command) result is
+//! its own S3 object, created once (`If-None-Match: *`), so duplicate events store nothing new;
+//! every step is claimed on the deploy record with `If-Match` before it is acted on, so two
+//! invocations that see the same last result cannot both send the next wave or both notify;
+//! out-of-order events only change when the last result arrives, never what is decided. A
+//! step whose sender died is taken over after its lease, and the whole decision is re-derived
+//! from S3 by any later event for the version, so a crash between storing a result and
+//! settling the fleet is recovered by the next event (or by Lambda's retry of this one).
+
+use std::collections::BTreeSet;
+
+use dropship_contract::events::{DEPLOY_FINISHED, SOURCE};
+use dropship_contract::fleet::{
+    self, host_status, CommandIndex, Fleet, Purpose, Sending, Step, StoredResult,
+};
+use dropship_contract::key::{command_index_key, ReleaseKey};
+use dropship_contract::record::{DeployRecord, Outcome, RECORD_FORMAT};
+use serde_json::json;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use crate::edges::{Condition, Edges, Written};
+use crate::event::HostFinished;
+use crate::handler::{Deployer, HandlerError, Invocation, Response};
+use crate::plan::{self, HostInputs};
+use crate::store::Records;
+
+/// How many times a step is re-decided after losing a conditional write to a concurrent
+/// invocation before giving up (Lambda's retry then runs it again).
+const MAX_DECISIONS: usize = 8;
+
+impl<E: Edges> Deployer<E> {
+    /// One host finished a command: store the result, then move the fleet on.
+    pub(crate) async fn host_finished(
+        &self,
+        done: &HostFinished,
+        inv: &Invocation,
+    ) -> Result<Response, HandlerError> {
+        let edges = self.edges();
+        let observed = edges
+            .invocation(&done.command_id, &done.instance_id)
+            .await?;
+        let Some((bucket, index)) = self.command_index(&done.command_id).await? else {
+            let ours = matches!(&observed, fleet::Observed::Found(i) if i.comment.starts_with("dropship "));
+            if ours {
+                // SendCommand returned, but its sender has not indexed it yet: retry.
+                return Err(HandlerError::Busy(format!(
+                    "command {} is dropship's but not in the command index yet; Lambda retries",
+                    done.command_id
+                )));
+            }
+            return Ok(Response::ignored(format!(
+                "command {} is not a dropship command (no index entry)",
+                done.command_id
+            )));
+        };
+        let host = host_status(&done.command_id, &done.instance_id, &observed);
+        if !host.state.is_final() {
+            // The event said terminal; SSM's API can lag behind its events: retry.
+            return Err(HandlerError::Busy(format!(
+                "SSM still reports command {} on {} as {}; Lambda retries",
+                done.command_id, done.instance_id, host.state
+            )));
+        }
+        let release = ReleaseKey::new(&index.app, &index.env).map_err(|e| {
+            HandlerError::Busy(format!(
+                "command index of {} is invalid: {e}",
+                done.command_id
+            ))
+        })?;
+        let stored = StoredResult {
+            format: RECORD_FORMAT,
+            app: index.app.clone(),
+            env: index.env.clone(),
+            version_id: index.version_id.clone(),
+            purpose: index.purpose,
+            host,
+            stored_at: plan::format_time(OffsetDateTime::now_utc()),
+        };
+        let key = release.result_key(&index.version_id, &done.instance_id, &done.command_id);
+        match edges
+            .put(&bucket, &key, stored.to_bytes(), Condition::Absent)
+            .await?
+        {
+            Written::Ok(_) => {
+                info!(instance_id = %done.instance_id, command_id = %done.command_id,
+                    state = %stored.host.state, purpose = index.purpose.as_str(), "host result stored")
+            }
+            Written::Conflict => {
+                info!(key = %key, "host result already stored (a repeated event)")
+            }
+        }
+        self.advance(&bucket, &release, &index.version_id, inv)
+            .await
+    }
+
+    /// The index entry of `command_id`, searched in every allowed bucket.
+    async fn command_index(
+        &self,
+        command_id: &str,
+    ) -> Result<Option<(String, CommandIndex)>, HandlerError> {
+        let key = command_index_key(command_id);
+        for bucket in &self.config().allowed_buckets {
+            if let Some((bytes, _)) = self.edges().get(bucket, &key).await? {
+                let index = CommandIndex::from_bytes(&bytes).map_err(|e| {
+                    HandlerError::Busy(format!("s3://{bucket}/{key} is unreadable: {e}"))
+                })?;
+                return Ok(Some((bucket.clone(), index)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every stored result of one version.
+    async fn results(
+        &self,
+        bucket: &str,
+        release: &ReleaseKey,
+        version_id: &str,
+    ) -> Result<Vec<StoredResult>, HandlerError> {
+        let mut out = Vec::new();
+        for key in self
+            .edges()
+            .list(bucket, &release.results_prefix(version_id))
+            .await?
+        {
+            if let Some((bytes, _)) = self.edges().get(bucket, &key).await? {
+                match StoredResult::from_bytes(&bytes) {
+                    Ok(r) => out.push(r),
+                    Err(e) => warn!(key = %key, error = %e, "unreadable host result skipped"),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-derive the fleet's next step from S3 and take it, until there is nothing to do.
+    pub(crate) async fn advance(
+        &self,
+        bucket: &str,
+        release: &ReleaseKey,
+        version_id: &str,
+        inv: &Invocation,
+    ) -> Result<Response, HandlerError> {
+        let store = Records::new(self.edges(), bucket);
+        let record_key = release.record_key(version_id);
+        for _ in 0..MAX_DECISIONS {
+            let Some(stored) = store.record(release, version_id).await? else {
+                return Err(HandlerError::Busy(format!(
+                    "deploy record {record_key} does not exist yet; Lambda retries"
+                )));
+            };
+            let (mut record, etag) = (stored.doc, stored.etag);
+            let Some(mut rollout) = record.fleet.clone() else {
+                return Ok(Response::from_record(
+                    &record,
+                    Outcome::Recorded,
+                    Some("the record has no rollout (written by an older deployer)".into()),
+                    record_key,
+                ));
+            };
+            let now = OffsetDateTime::now_utc();
+            if let Some(s) = &rollout.sending {
+                let expired = plan::parse_time(&s.lease_until).is_none_or(|t| t < now);
+                if !expired {
+                    return Ok(Response::from_record(
+                        &record,
+                        Outcome::Recorded,
+                        Some("another invocation is sending the next step".into()),
+                        record_key,
+                    ));
+                }
+                warn!(record = %record_key, "a step's sender died; taking the step over (a resend is answered noop/superseded)");
+                rollout.sending = None;
+            }
+            if rollout.outcome.is_some() && !rollout.notified {
+                self.notify(&store, &mut record, &etag).await?;
+                continue;
+            }
+            let results = self.results(bucket, release, version_id).await?;
+            let step = fleet::decide(
+                &rollout,
+                &results,
+                &record.command_ids_for(Purpose::Deploy),
+                &record.command_ids_for(Purpose::Rollback),
+            );
+            info!(record = %record_key, step = ?step, "fleet step");
+            match step {
+                Step::Wait | Step::Done => {
+                    return Ok(Response::from_record(
+                        &record,
+                        Outcome::Recorded,
+                        rollout.outcome.map(|o| o.as_str().to_owned()),
+                        record_key,
+                    ))
+                }
+                Step::Settle { outcome, reason } => {
+                    rollout.outcome = Some(outcome);
+                    rollout.reason = Some(reason.clone());
+                    rollout.settled_at = Some(plan::format_time(now));
+                    record.fleet = Some(rollout);
+                    record.updated_at = plan::format_time(now);
+                    match store.write_record(&record, Some(&etag)).await? {
+                        Written::Ok(new_etag) => {
+                            info!(outcome = %outcome, reason = %reason, record = %record_key, "fleet settled");
+                            self.notify(&store, &mut record, &new_etag).await?;
+                        }
+                        Written::Conflict => continue,
+                    }
+                }
+                Step::SendWave(wave) => {
+                    let hosts = rollout.waves[wave as usize].clone();
+                    self.send_step(
+                        &store,
+                        record,
+                        rollout,
+                        &etag,
+                        Purpose::Deploy,
+                        wave,
+                        hosts,
+                        inv,
+                    )
+                    .await?;
+                }
+                Step::RollBack(targets) => {
+                    let hosts = targets.into_iter().map(|t| t.instance_id).collect();
+                    self.send_step(
+                        &store,
+                        record,
+                        rollout,
+                        &etag,
+                        Purpose::Rollback,
+                        0,
+                        hosts,
+                        inv,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Err(HandlerError::Busy(format!(
+            "deploy record {record_key} kept changing under concurrent invocations; Lambda retries"
+        )))
+    }
+
+    /// Claims a step on the record, sends it, records the command. A lost claim is not an
+    /// error (someone else took the step); the caller re-decides.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_step(
+        &self,
+        store: &Records<'_, E>,
+        mut record: DeployRecord,
+        mut rollout: Fleet,
+        etag: &str,
+        purpose: Purpose,
+        wave: u32,
+        hosts: Vec<String>,
+        inv: &Invocation,
+    ) -> Result<(), HandlerError> {
+        let now = OffsetDateTime::now_utc();
+        rollout.sending = Some(Sending {
+            purpose,
+            wave,
+            lease_until: plan::format_time(plan::lease_end(inv.deadline, now)),
+        });
+        record.fleet = Some(rollout.clone());
+        record.updated_at = plan::format_time(now);
+        let mut etag = match store.write_record(&record, Some(etag)).await? {
+            Written::Ok(e) => e,
+            Written::Conflict => return Ok(()),
+        };
+        let Some((request, metadata, verified)) = plan::resumed_inputs(&record) else {
+            return Err(HandlerError::Busy(format!(
+                "deploy record of {} version {} lacks the verified bundle facts a next step needs",
+                record.key, record.version_id
+            )));
+        };
+        let c = self.config();
+        let url = match purpose {
+            Purpose::Deploy => {
+                self.edges()
+                    .presign_version(
+                        &request.bucket,
+                        &request.key,
+                        &request.version_id,
+                        c.presign_ttl_secs,
+                    )
+                    .await?
+            }
+            Purpose::Rollback => String::new(),
+        };
+        let inputs = HostInputs {
+            config: c,
+            request: &request,
+            metadata: &metadata,
+            verified: &verified,
+            bundle_url: &url,
+            purpose,
+        };
+        let step_plan = plan::plan_command(&inputs, &hosts).map_err(|r| {
+            HandlerError::Busy(format!("the next step's command cannot be rendered: {r}"))
+        })?;
+        for batch in &step_plan.batches {
+            let sent = self.edges().send_command(&step_plan, batch).await?;
+            info!(command_id = %sent.command_id, instances = ?sent.instance_ids, purpose = purpose.as_str(), wave, "step sent");
+            self.index_command(&request.bucket, &record, &sent.command_id, purpose)
+                .await?;
+            record.commands.push(sent);
+        }
+        match purpose {
+            Purpose::Deploy => rollout.sent = wave + 1,
+            Purpose::Rollback => rollout.rollback = Some(hosts),
+        }
+        rollout.sending = None;
+        record.fleet = Some(rollout);
+        record.updated_at = plan::format_time(OffsetDateTime::now_utc());
+        match store.write_record(&record, Some(&etag)).await? {
+            Written::Ok(e) => etag = e,
+            Written::Conflict => {
+                return Err(HandlerError::LostClaim {
+                    record_key: record.s3_key().unwrap_or_default(),
+                })
+            }
+        }
+        let _ = etag;
+        Ok(())
+    }
+
+    /// Writes the command index entry that lets a status-change event find its record.
+    pub(crate) async fn index_command(
+        &self,
+        bucket: &str,
+        record: &DeployRecord,
+        command_id: &str,
+        purpose: Purpose,
+    ) -> Result<(), HandlerError> {
+        let index = CommandIndex {
+            format: RECORD_FORMAT,
+            bucket: bucket.to_owned(),
+            app: record.app.clone(),
+            env: record.env.clone(),
+            version_id: record.version_id.clone(),
+            purpose,
+        };
+        // Absent: a retry that indexes the same command again finds it there: fine.
+        self.edges()
+            .put(
+                bucket,
+                &command_index_key(command_id),
+                index.to_bytes(),
+                Condition::Absent,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Puts the one `Dropship Deployment Finished` event on the bus, then marks the record.
+    async fn notify(
+        &self,
+        store: &Records<'_, E>,
+        record: &mut DeployRecord,
+        etag: &str,
+    ) -> Result<(), HandlerError> {
+        let results = self
+            .results(
+                &record.bucket,
+                &ReleaseKey::new(&record.app, &record.env).map_err(|e| {
+                    HandlerError::Busy(format!("record names an invalid app/env: {e}"))
+                })?,
+                &record.version_id,
+            )
+            .await?;
+        let detail = finished_detail(record, &results);
+        self.edges()
+            .put_event(DEPLOY_FINISHED, detail.to_string())
+            .await?;
+        info!(source = SOURCE, detail_type = DEPLOY_FINISHED, record = %record.s3_key().unwrap_or_default(), "deploy-finished event sent");
+        if let Some(f) = record.fleet.as_mut() {
+            f.notified = true;
+        }
+        record.updated_at = plan::format_time(OffsetDateTime::now_utc());
+        if store.write_record(record, Some(etag)).await? == Written::Conflict {
+            warn!("record changed after the event was sent; a later invocation may send it again");
+        }
+        Ok(())
+    }
+}
+
+/// The `detail` of the deploy-finished event ([`dropship_contract::events`] lists its keys).
+pub fn finished_detail(record: &DeployRecord, results: &[StoredResult]) -> serde_json::Value {
+    let rollout = record.fleet.as_ref();
+    let deployed = fleet::results_by_host(
+        results,
+        Purpose::Deploy,
+        &record.command_ids_for(Purpose::Deploy),
+    );
+    let back = fleet::results_by_host(
+        results,
+        Purpose::Rollback,
+        &record.command_ids_for(Purpose::Rollback),
+    );
+    let pending: BTreeSet<&String> = rollout
+        .map(|f| f.pending.iter().collect())
+        .unwrap_or_default();
+    let mut hosts = Vec::new();
+    for id in rollout
+        .map(|f| f.targets().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        let h = deployed.get(id.as_str());
+        hosts.push(json!({
+            "instance_id": id,
+            "outcome": h.map(|h| h.state.as_str()).unwrap_or("not_sent"),
+            "exit_code": h.and_then(|h| h.exit_code),
+            "rollback": back.get(id.as_str()).map(|b| b.state.as_str()),
+        }));
+    }
+    for id in pending {
+        hosts.push(
+            json!({"instance_id": id, "outcome": "pending", "exit_code": null, "rollback": null}),
+        );
+    }
+    let outcome = rollout.and_then(|f| f.outcome);
+    let meta = record.metadata.as_ref();
+    json!({
+        "app": record.app,
+        "env": record.env,
+        "bucket": record.bucket,
+        "key": record.key,
+        "version_id": record.version_id,
+        "commit": meta.map(|m| m.commit.as_str()),
+        "branch": meta.map(|m| m.branch.as_str()),
+        "uploader": meta.map(|m| m.uploader.as_str()),
+        "outcome": outcome.map(|o| o.as_str()),
+        "succeeded": outcome.is_some_and(|o| o.succeeded()),
+        "reason": rollout.and_then(|f| f.reason.as_deref()),
+        "hosts": hosts,
+        "record_key": record.s3_key().unwrap_or_default(),
+    })
+}
