@@ -241,6 +241,21 @@ run() { # command...: its status
     reap "$!"
 }
 
+# run_to OUT ERR command...: run with the command's stdout to file OUT, or its stderr to file
+# ERR (the other ""). The redirection sits on the child alone: on the call of `run` it would
+# hold while the script waits, and a signal's trap would print the result line into the file.
+run_to() {
+    local out=$1 err=$2
+    shift 2
+    if [[ -n $out ]]; then
+        "${DIE_WITH_ME[@]}" "$@" <&0 9>&- >"$out" &
+    else
+        "${DIE_WITH_ME[@]}" "$@" <&0 9>&- 2>"$err" &
+    fi
+    CHILDREN+=("$!")
+    reap "$!"
+}
+
 dk() { # docker args...: its status; output redacted
     { "${DIE_WITH_ME[@]}" docker "$@" 2>&1 </dev/null | redact; exit "${PIPESTATUS[0]}"; } 9>&- &
     CHILDREN+=("$!")
@@ -857,6 +872,7 @@ preflight() {
 download() {
     local attempt code rc delay=1 size left u
     TMP_DOWNLOAD="$APP_ROOT/.download.$$"
+    log download "$BUNDLE_BYTES bytes expected (the presigned URL is never shown)"
     u=${URL//\\/\\\\}
     u=${u//\"/\\\"}
     for attempt in 1 2 3 4; do
@@ -864,9 +880,10 @@ download() {
         left=$((REPLY - SWITCH_NEED - 30 - (BUNDLE_BYTES + UNPACKED_BYTES) / 20000000))
         ((left >= 5)) || finish 5 failed "download: no time left before SSM's execution timeout (attempt $attempt)"
         rm -f -- "$TMP_DOWNLOAD"
-        run curl --config - --globoff --fail --silent --show-error --location --proto =http,https --proto-redir =http,https \
-            --connect-timeout 15 --max-time "$left" --speed-limit 1024 --speed-time "$((left < 30 ? left : 30))" \
-            -o "$TMP_DOWNLOAD" -w '%{http_code}' <<<"url = \"$u\"" >"$TMP_DOWNLOAD.code"
+        run_to "$TMP_DOWNLOAD.code" "" curl --config - --globoff --fail --silent --show-error --location \
+            --proto =http,https --proto-redir =http,https --connect-timeout 15 --max-time "$left" \
+            --speed-limit 1024 --speed-time "$((left < 30 ? left : 30))" \
+            -o "$TMP_DOWNLOAD" -w '%{http_code}' <<<"url = \"$u\""
         rc=$?
         code=$(<"$TMP_DOWNLOAD.code") 2>/dev/null || code=000
         ((rc == 0)) && break
@@ -1008,8 +1025,8 @@ unpack() {
     mkdir -- "$PARTIAL_DIR" || finish 6 failed "cannot create $PARTIAL_DIR"
     log unpack "into releases/$NEW.partial"
     # Clock skew: entry times a few seconds ahead are not an error.
-    run tar "${ZPROG[@]}" -x --numeric-owner -f "$TMP_DOWNLOAD" -C "$PARTIAL_DIR" --warning=no-timestamp \
-        --no-same-owner --no-same-permissions --no-overwrite-dir 2>"$TMP_DOWNLOAD.err" </dev/null
+    run_to "" "$TMP_DOWNLOAD.err" tar "${ZPROG[@]}" -x --numeric-owner -f "$TMP_DOWNLOAD" -C "$PARTIAL_DIR" \
+        --warning=no-timestamp --no-same-owner --no-same-permissions --no-overwrite-dir </dev/null
     n=$?
     [[ -s $TMP_DOWNLOAD.err ]] && { IFS= read -r err <"$TMP_DOWNLOAD.err" || true; }
     ((n == 0)) || finish 6 failed "tar could not unpack the bundle (status $n): $(q "$err")"
@@ -1173,7 +1190,9 @@ check_compose() {
     fi
     images=$(dk "${COMPOSE[@]}" config --images) || finish 7 failed "docker compose cannot list the images"
     for img in $images; do
-        dk image inspect --format '{{.Id}}' "$img" >/dev/null && continue
+        # Piped, not redirected: a redirection on the call would also catch the result line
+        # that a signal's trap prints meanwhile.
+        dk image inspect --format present "$img" | grep -qx present && continue
         log images "pulling $img"
         dk pull "$img" || finish 5 failed "image $(q "$img") is not on this host and could not be pulled"
     done

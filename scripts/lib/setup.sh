@@ -65,7 +65,7 @@ PY
 # Every shell script of the project (by shebang or extension), for shellcheck.
 dropship_shell_scripts() {
   local f
-  for f in "$root"/scripts/* "$root"/scripts/lib/*.sh "$root"/tests/shim/* "$root"/tests/sim-host/* "$root"/.ci/run "$root"/examples/*/*.sh "$root"/examples/*/bin/*; do
+  for f in "$root"/scripts/* "$root"/scripts/lib/*.sh "$root"/tests/probe/* "$root"/tests/sim-host/* "$root"/.ci/run "$root"/examples/*/*.sh "$root"/examples/*/bin/*; do
     [[ -f "$f" ]] || continue
     [[ "$f" == *.sh ]] || head -n1 "$f" | grep -qE '^#!.*\b(ba)?sh\b' || continue
     [[ -f "$f" ]] && printf '%s\n' "${f#"$root"/}"

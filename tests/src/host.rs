@@ -549,7 +549,7 @@ impl Host {
     }
 }
 
-/// `tests/shim/step-probe` installed in a host, first on the script's PATH under the names of
+/// `tests/probe/step-probe` installed in a host, first on the script's PATH under the names of
 /// the commands it runs: stops a run at an exact call (see the probe's header).
 pub struct Probe {
     /// The probe directory as the host sees it (goes first on PATH).
@@ -588,7 +588,7 @@ impl Probe {
         let host_dir = "/opt/step-probe".to_owned();
         let dir = host.sim.path(&host_dir);
         fs::create_dir_all(&dir).unwrap();
-        let probe = bins::workspace_root().join("tests/shim/step-probe");
+        let probe = bins::workspace_root().join("tests/probe/step-probe");
         for name in PROBED {
             let link = dir.join(name);
             let _ = fs::remove_file(&link);
@@ -708,6 +708,25 @@ pub fn group_members(pgid: u32, comm: Option<&str>) -> Vec<u32> {
         .collect();
     v.sort();
     v
+}
+
+/// The script's own process in the group `pgid`: the `_script.sh` process whose parent is not
+/// one (its subshells, forked for background jobs, have the same name until they exec).
+pub fn script_pid(pgid: u32) -> Option<u32> {
+    let named = group_members(pgid, Some("_script.sh"));
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    named
+        .iter()
+        .copied()
+        .find(|&pid| parent(pid).is_none_or(|p| !named.contains(&p)))
 }
 
 /// Sends `signal` (e.g. "TERM") to the process group a spawned command leads.

@@ -19,7 +19,7 @@ use deployer_lambda::plan::{render_command, MAX_COMMAND_BYTES};
 use dropship_contract::host::{required_env_value, ExitCode, HostResult, HostVar};
 use dropship_contract::manifest::{bounds, DeploySettings, EnvRule};
 use dropship_tests::host::{
-    group_members, kill_agent_script, make_bundle, sha256_hex, signal, signal_group, wait_until,
+    kill_agent_script, make_bundle, script_pid, sha256_hex, signal, signal_group, wait_until,
     AppFiles, Bundle, Host, Probe, Run, Vars,
 };
 use dropship_tests::http::Reply;
@@ -1163,9 +1163,8 @@ fn the_lock_never_outlives_the_script_and_sigterm_stops_a_download_at_once() {
         .server
         .hits("/stalled.tar.gz")
         > 0));
-    let script = group_members(child.id(), Some("_script.sh"));
-    assert!(!script.is_empty(), "the script runs");
-    signal(script[0], "KILL");
+    let script = script_pid(child.id()).expect("the script runs");
+    signal(script, "KILL");
     let _ = child.wait();
     // Before the fix: the orphaned curl kept fd 9 and with it the lock.
     assert!(
@@ -1186,7 +1185,7 @@ fn the_lock_never_outlives_the_script_and_sigterm_stops_a_download_at_once() {
         .hits("/stalled.tar.gz")
         > hits));
     let t0 = Instant::now();
-    signal(group_members(child.id(), Some("_script.sh"))[0], "TERM");
+    signal(script_pid(child.id()).expect("the script runs"), "TERM");
     let run = w.finish(child, &dir);
     assert!(
         t0.elapsed() < Duration::from_secs(5),
@@ -1651,21 +1650,16 @@ fn ssm_timeout_sigkill_to_the_group_after_the_switch_is_recorded_said_and_recove
 /// the same command and first argument (a loop of identical calls is one step), each named
 /// by that key and its occurrence (`/^[0-9]+ tar -t( |$)/2`), so a run that retries a health
 /// check one more time still stops at the same step.
-/// The steps of a deploy where a kill or a full disk leaves a different state behind, as
-/// probe patterns (`/ERE/k`: the k-th call matching): the lock, recovery's look at the
-/// containers, download, checksum, unpack, the release's rename into place, a shared link,
-/// compose config, the image check, the `pending` write, the switch, the removal of the
-/// unswitched mark, compose up, the health check, the commit and the prune.
-const DEPLOY_STEPS: [&str; 16] = [
-    "/^[0-9]+ flock /",
+/// The steps of a deploy between which a kill leaves a different state behind, as probe
+/// patterns (`/ERE/k`: the k-th call matching): the lock held while recovery looks at the
+/// containers; a partial download; an unpacked release not yet renamed into place; a release
+/// with half its shared links; the `pending` write; the switch; the unswitched mark still on
+/// the live release; compose up; the health check; the commit; the prune.
+const DEPLOY_STEPS: [&str; 11] = [
     "/^[0-9]+ docker ps /",
     "/^[0-9]+ curl --config /",
-    "/^[0-9]+ sha256sum /",
-    "/^[0-9]+ tar .* -x /",
     "/^[0-9]+ mv -T -- .*[.]partial /",
     "/^[0-9]+ ln -s -- ([.][.]/)+shared//",
-    "/^[0-9]+ docker compose .* config -q/",
-    "/^[0-9]+ docker image inspect /",
     "/^[0-9]+ mv -f -- .*state[.]json[.]tmp/1",
     "/^[0-9]+ mv -T -f -- /",
     "/^[0-9]+ rm -f -- .*unswitched/",
@@ -1675,9 +1669,23 @@ const DEPLOY_STEPS: [&str; 16] = [
     "/^[0-9]+ mv -T -- .*[.]trash/",
 ];
 
+/// Where a full disk makes a difference to a deploy: the disk fills right before these calls,
+/// so they and every write after them find it full: the download, the unpack, `release.json`
+/// (after its `rm`), the shared links, the `pending` write (after the image check), the
+/// switch's temporary link, the commit (after the health check) and the prune.
+const DISK_STEPS: [&str; 8] = [
+    "/^[0-9]+ curl --config /",
+    "/^[0-9]+ tar .* -x /",
+    "/^[0-9]+ rm -f -- .*release[.]json/",
+    "/^[0-9]+ ln -s -- ([.][.]/)+shared//",
+    "/^[0-9]+ docker image inspect /",
+    "/^[0-9]+ ln -s -- releases//",
+    "/^[0-9]+ curl --globoff --fail/",
+    "/^[0-9]+ mv -T -- .*[.]trash/",
+];
+
 /// The steps of a rollback, as [`DEPLOY_STEPS`].
-const ROLLBACK_STEPS: [&str; 7] = [
-    "/^[0-9]+ flock /",
+const ROLLBACK_STEPS: [&str; 6] = [
     "/^[0-9]+ docker ps /",
     "/^[0-9]+ mv -f -- .*state[.]json[.]tmp/1",
     "/^[0-9]+ mv -T -f -- /",
@@ -1796,7 +1804,7 @@ fn kill_9_at_every_step_of_a_rollback_then_a_rerun_leaves_a_checked_release() {
     w.deployed("b", "02");
     // Iteration i rolls back from b to a (even i) or from a to b; the expected version makes
     // a rerun after a kill past the commit `superseded` instead of a second rollback.
-    let from = |i: usize| if i % 2 == 0 { "b" } else { "a" };
+    let from = |i: usize| if i.is_multiple_of(2) { "b" } else { "a" };
     kill_at_every_step(
         &w,
         &|i| {
@@ -1838,7 +1846,7 @@ fn a_full_disk_at_every_step_leaves_the_running_release_serving() {
     let (child, dir) = w.spawn(&vars(0), Some(&probe));
     assert_code(&w.finish(child, &dir), 0, "deployed");
     let mut serving = "f0".to_string();
-    for (i, (n, line)) in step_points(&probe, &DEPLOY_STEPS).iter().enumerate() {
+    for (i, (n, line)) in step_points(&probe, &DISK_STEPS).iter().enumerate() {
         let i = i + 1;
         probe.pause_at(n);
         let (mut child, dir) = w.spawn(&vars(i), Some(&probe));
