@@ -1001,11 +1001,11 @@ mod tests {
             "{} bytes",
             plan.script.len()
         );
-        let header = plan.script.len() - HOST_SCRIPT.len();
+        let sent_script = compact_script(HOST_SCRIPT).len();
+        let header = plan.script.len() - sent_script;
         eprintln!(
-            "largest command: {} bytes (header {header}, host script {}), limit {MAX_COMMAND_BYTES}",
+            "largest command: {} bytes (header {header}, host script {sent_script} as sent), limit {MAX_COMMAND_BYTES}",
             plan.script.len(),
-            HOST_SCRIPT.len()
         );
     }
 
