@@ -28,6 +28,6 @@ pub const DEPLOY_FINISHED_DETAIL_KEYS: &[&str] = &[
 
 /// The keys of each entry of `detail.hosts`.
 /// `outcome` is the host's state for the deploy (`not_sent` when the rollout stopped before
-/// its wave, `pending` when SSM did not report it online); `rollback` the fleet rollback's
+/// its wave, `offline` when SSM did not report it online); `rollback` the fleet rollback's
 /// state on it (`null` when it was not sent back).
 pub const DEPLOY_FINISHED_HOST_KEYS: &[&str] = &["instance_id", "outcome", "exit_code", "rollback"];

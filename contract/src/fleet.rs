@@ -84,12 +84,21 @@ pub enum HostState {
     Failed,
     /// The rollback failed too (exit 10): the host needs an operator.
     RollbackFailed,
+    /// In a later wave of the rollout, not sent yet.
+    Queued,
+    /// The rollout stopped before this host's wave: it never received the version.
+    NotSent,
+    /// Tagged and running, but SSM did not report it online at dispatch: not sent to.
+    Offline,
 }
 
 impl HostState {
     /// Whether the host will not change state any more for this command.
     pub fn is_final(self) -> bool {
-        !matches!(self, HostState::Dispatched | HostState::InProgress)
+        !matches!(
+            self,
+            HostState::Dispatched | HostState::InProgress | HostState::Queued
+        )
     }
 
     /// The table / JSON spelling.
@@ -105,14 +114,17 @@ impl HostState {
             HostState::TimedOut => "timed_out",
             HostState::Failed => "failed",
             HostState::RollbackFailed => "rollback_failed",
+            HostState::Queued => "queued",
+            HostState::NotSent => "not_sent",
+            HostState::Offline => "offline",
         }
     }
 
     /// Severity for aggregation: higher is worse.
     fn severity(self) -> u8 {
         match self {
-            HostState::Success => 0,
-            HostState::Dispatched => 1,
+            HostState::Success | HostState::NotSent | HostState::Offline => 0,
+            HostState::Dispatched | HostState::Queued => 1,
             HostState::InProgress => 2,
             HostState::RolledBack => 3,
             HostState::Cancelled => 4,
@@ -488,6 +500,9 @@ pub struct Fleet {
     /// Whether the `Dropship Deployment Finished` event was put on the bus.
     #[serde(default)]
     pub notified: bool,
+    /// Every host's end, written when the outcome is settled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostSummary>,
 }
 
 impl Fleet {
@@ -512,6 +527,7 @@ impl Fleet {
             reason: None,
             settled_at: None,
             notified: false,
+            hosts: Vec::new(),
         }
     }
 
@@ -612,6 +628,85 @@ impl CommandIndex {
         }
         Ok(r)
     }
+}
+
+/// One host's end of a rollout, as the record and the deploy-finished event keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSummary {
+    /// Instance id.
+    pub instance_id: String,
+    /// Its state for the deploy ([`HostState`] spelling: `success`, `rolled_back`,
+    /// `not_sent`, `offline`, …).
+    pub outcome: HostState,
+    /// The host script's exit code for the deploy, when it ran to the end.
+    pub exit_code: Option<i32>,
+    /// The fleet rollback's state on it, when it was sent back.
+    pub rollback: Option<HostState>,
+}
+
+/// Every target's (and pending instance's) end of the rollout, in rollout order.
+pub fn host_summaries(
+    fleet: &Fleet,
+    results: &[StoredResult],
+    deploy_commands: &BTreeSet<String>,
+    rollback_commands: &BTreeSet<String>,
+) -> Vec<HostSummary> {
+    let deployed = results_by_host(results, Purpose::Deploy, deploy_commands);
+    let back = results_by_host(results, Purpose::Rollback, rollback_commands);
+    let sent: BTreeSet<&String> = fleet.sent_hosts().collect();
+    let mut out: Vec<HostSummary> = fleet
+        .targets()
+        .map(|id| {
+            let h = deployed.get(id.as_str());
+            let outcome = match h {
+                Some(h) => h.state,
+                None if sent.contains(id) => HostState::Dispatched,
+                None if fleet.outcome.is_some() => HostState::NotSent,
+                None => HostState::Queued,
+            };
+            HostSummary {
+                instance_id: id.clone(),
+                outcome,
+                exit_code: h.and_then(|h| h.exit_code),
+                rollback: back.get(id.as_str()).map(|b| b.state),
+            }
+        })
+        .collect();
+    out.extend(fleet.pending.iter().map(|id| HostSummary {
+        instance_id: id.clone(),
+        outcome: HostState::Offline,
+        exit_code: None,
+        rollback: None,
+    }));
+    out
+}
+
+/// `2 success, 1 rolled_back, 1 not_sent; 2 sent back` — the counts `versions` shows.
+pub fn summary_counts(hosts: &[HostSummary]) -> String {
+    let mut by_state: BTreeMap<HostState, usize> = BTreeMap::new();
+    for h in hosts {
+        *by_state.entry(h.outcome).or_default() += 1;
+    }
+    let mut text = by_state
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let back = hosts
+        .iter()
+        .filter(|h| h.rollback == Some(HostState::Success))
+        .count();
+    let stuck = hosts
+        .iter()
+        .filter(|h| h.rollback.is_some_and(|r| r != HostState::Success))
+        .count();
+    if back > 0 {
+        text.push_str(&format!("; {back} sent back"));
+    }
+    if stuck > 0 {
+        text.push_str(&format!("; {stuck} could not be sent back"));
+    }
+    text
 }
 
 /// A host to send back, and where to.

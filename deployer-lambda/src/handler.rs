@@ -1111,7 +1111,7 @@ mod tests {
             .reason
             .unwrap()
             .contains("not online in SSM were not sent to: i-2"));
-        assert_eq!(events(&d)[0]["hosts"][1]["outcome"], "pending");
+        assert_eq!(events(&d)[0]["hosts"][1]["outcome"], "offline");
 
         let mut none = FakeAws::with_instances(&["i-1"]);
         none.offline = vec!["i-1".into()];

@@ -12,8 +12,6 @@
 //! from S3 by any later event for the version, so a crash between storing a result and
 //! settling the fleet is recovered by the next event (or by Lambda's retry of this one).
 
-use std::collections::BTreeSet;
-
 use dropship_contract::events::{DEPLOY_FINISHED, SOURCE};
 use dropship_contract::fleet::{
     self, host_status, CommandIndex, Fleet, Purpose, Sending, Step, StoredResult,
@@ -201,6 +199,12 @@ impl<E: Edges> Deployer<E> {
                 }
                 Step::Settle { outcome, reason } => {
                     rollout.outcome = Some(outcome);
+                    rollout.hosts = fleet::host_summaries(
+                        &rollout,
+                        &results,
+                        &record.command_ids_for(Purpose::Deploy),
+                        &record.command_ids_for(Purpose::Rollback),
+                    );
                     rollout.reason = Some(reason.clone());
                     rollout.settled_at = Some(plan::format_time(now));
                     record.fleet = Some(rollout);
@@ -366,16 +370,7 @@ impl<E: Edges> Deployer<E> {
         record: &mut DeployRecord,
         etag: &str,
     ) -> Result<(), HandlerError> {
-        let results = self
-            .results(
-                &record.bucket,
-                &ReleaseKey::new(&record.app, &record.env).map_err(|e| {
-                    HandlerError::Busy(format!("record names an invalid app/env: {e}"))
-                })?,
-                &record.version_id,
-            )
-            .await?;
-        let detail = finished_detail(record, &results);
+        let detail = finished_detail(record);
         self.edges()
             .put_event(DEPLOY_FINISHED, detail.to_string())
             .await?;
@@ -392,39 +387,8 @@ impl<E: Edges> Deployer<E> {
 }
 
 /// The `detail` of the deploy-finished event ([`dropship_contract::events`] lists its keys).
-pub fn finished_detail(record: &DeployRecord, results: &[StoredResult]) -> serde_json::Value {
+pub fn finished_detail(record: &DeployRecord) -> serde_json::Value {
     let rollout = record.fleet.as_ref();
-    let deployed = fleet::results_by_host(
-        results,
-        Purpose::Deploy,
-        &record.command_ids_for(Purpose::Deploy),
-    );
-    let back = fleet::results_by_host(
-        results,
-        Purpose::Rollback,
-        &record.command_ids_for(Purpose::Rollback),
-    );
-    let pending: BTreeSet<&String> = rollout
-        .map(|f| f.pending.iter().collect())
-        .unwrap_or_default();
-    let mut hosts = Vec::new();
-    for id in rollout
-        .map(|f| f.targets().collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        let h = deployed.get(id.as_str());
-        hosts.push(json!({
-            "instance_id": id,
-            "outcome": h.map(|h| h.state.as_str()).unwrap_or("not_sent"),
-            "exit_code": h.and_then(|h| h.exit_code),
-            "rollback": back.get(id.as_str()).map(|b| b.state.as_str()),
-        }));
-    }
-    for id in pending {
-        hosts.push(
-            json!({"instance_id": id, "outcome": "pending", "exit_code": null, "rollback": null}),
-        );
-    }
     let outcome = rollout.and_then(|f| f.outcome);
     let meta = record.metadata.as_ref();
     json!({
@@ -439,7 +403,7 @@ pub fn finished_detail(record: &DeployRecord, results: &[StoredResult]) -> serde
         "outcome": outcome.map(|o| o.as_str()),
         "succeeded": outcome.is_some_and(|o| o.succeeded()),
         "reason": rollout.and_then(|f| f.reason.as_deref()),
-        "hosts": hosts,
+        "hosts": rollout.map(|f| f.hosts.clone()).unwrap_or_default(),
         "record_key": record.s3_key().unwrap_or_default(),
     })
 }
