@@ -34,6 +34,8 @@
 #   DROPSHIP_REQUIRED_ENV     comma-separated variable names that must be set in shared/.env
 #   DROPSHIP_PRE_SWITCH_HOOK  path inside the release run before the switch ()
 #   DROPSHIP_ROLLBACK_TO      release name for the rollback action (the previous release)
+#   DROPSHIP_EXPECT_VERSION_ID rollback only while this version is the committed one, else
+#                             outcome superseded, exit 0 (the fleet rollback's guard)
 #   DROPSHIP_LOCK_TIMEOUT     seconds to wait for the host lock (300)
 #
 # Exit codes (contract::host::ExitCode):
@@ -266,6 +268,7 @@ KEEP_RELEASES=${DROPSHIP_KEEP_RELEASES:-5}
 REQUIRED_ENV=${DROPSHIP_REQUIRED_ENV:-}
 HOOK=${DROPSHIP_PRE_SWITCH_HOOK:-}
 ROLLBACK_TO=${DROPSHIP_ROLLBACK_TO:-}
+EXPECT_VERSION_ID=${DROPSHIP_EXPECT_VERSION_ID:-}
 LOCK_TIMEOUT=${DROPSHIP_LOCK_TIMEOUT:-300}
 
 has_ctrl() { [[ $1 == *[$'\001'-$'\037'$'\177']* ]]; }
@@ -363,6 +366,8 @@ validate_rollback() {
     if [[ -n $ROLLBACK_TO ]]; then
         [[ $ROLLBACK_TO =~ $RELEASE_RE ]] || bad_input "DROPSHIP_ROLLBACK_TO is not a release name, got $(q "$ROLLBACK_TO")"
     fi
+    { [[ ${#EXPECT_VERSION_ID} -le 1024 && $EXPECT_VERSION_ID != */* ]] && ! has_ctrl "$EXPECT_VERSION_ID"; } ||
+        bad_input "DROPSHIP_EXPECT_VERSION_ID must be at most 1024 printable characters without '/', got $(q "$EXPECT_VERSION_ID")"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -946,6 +951,9 @@ do_rollback() {
     load_state
     OUT_RELEASE=$ST_CURRENT OUT_PREVIOUS=$ST_PREVIOUS
     recover
+    if [[ -n $EXPECT_VERSION_ID && $EXPECT_VERSION_ID != "$ST_VERSION_ID" ]]; then
+        finish 0 superseded "the committed version is $(q "$ST_VERSION_ID"), not $(q "$EXPECT_VERSION_ID"): nothing done"
+    fi
     local target=${ROLLBACK_TO:-$ST_PREVIOUS} old=$ST_CURRENT
     [[ -n $target ]] || finish 2 failed "bad input: no previous release to roll back to"
     [[ -d $APP_ROOT/releases/$target ]] || finish 2 failed "bad input: release $target does not exist"

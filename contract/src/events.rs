@@ -31,3 +31,20 @@ pub const DEPLOY_FINISHED_DETAIL_KEYS: &[&str] = &[
 /// its wave, `offline` when SSM did not report it online); `rollback` the fleet rollback's
 /// state on it (`null` when it was not sent back).
 pub const DEPLOY_FINISHED_HOST_KEYS: &[&str] = &["instance_id", "outcome", "exit_code", "rollback"];
+
+/// `source` of SSM's events (the deployer's second rule listens to it).
+pub const SSM_SOURCE: &str = "aws.ssm";
+/// `detail-type` of one host's command status change.
+pub const INVOCATION_STATUS_CHANGE: &str = "EC2 Command Invocation Status-change Notification";
+/// The invocation statuses after which a host's command never changes: what the rule
+/// matches and what the deployer stores (`detail.status` spellings of the SSM events).
+pub const TERMINAL_STATUSES: &[&str] = &[
+    "Success",
+    "Failed",
+    "TimedOut",
+    "Cancelled",
+    "DeliveryTimedOut",
+    "ExecutionTimedOut",
+    "Undeliverable",
+    "Terminated",
+];

@@ -30,21 +30,7 @@ pub enum Request {
     Ignore(String),
 }
 
-/// The `source` and `detail-type` of SSM's per-host status events.
-pub const SSM_SOURCE: &str = "aws.ssm";
-/// `detail-type` of one invocation's status change.
-pub const INVOCATION_STATUS_CHANGE: &str = "EC2 Command Invocation Status-change Notification";
-/// The statuses after which an invocation never changes (what the rule in `infra/` matches).
-pub const TERMINAL_STATUSES: &[&str] = &[
-    "Success",
-    "Failed",
-    "TimedOut",
-    "Cancelled",
-    "DeliveryTimedOut",
-    "ExecutionTimedOut",
-    "Undeliverable",
-    "Terminated",
-];
+pub use dropship_contract::events::{INVOCATION_STATUS_CHANGE, SSM_SOURCE, TERMINAL_STATUSES};
 
 /// One (command, instance) pair that reached a terminal status.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -47,6 +47,7 @@ fn run() -> Result<()> {
         bucket: "dropship-artifacts".into(),
         hosts: 2,
         lambda_log: Some(log.clone()),
+        max_concurrency: None,
     };
     let mut p = Pipeline::start(&opts)?;
     say(&format!(
