@@ -48,3 +48,12 @@ pub const TERMINAL_STATUSES: &[&str] = &[
     "Undeliverable",
     "Terminated",
 ];
+
+/// `source` of EC2's events.
+pub const EC2_SOURCE: &str = "aws.ec2";
+/// `detail-type` of an instance's state change (`detail.state` `running` starts catch-up).
+pub const INSTANCE_STATE_CHANGE: &str = "EC2 Instance State-change Notification";
+/// `source` of an EventBridge schedule's events (the periodic reconcile).
+pub const SCHEDULE_SOURCE: &str = "aws.events";
+/// `detail-type` of an EventBridge schedule's events.
+pub const SCHEDULED_EVENT: &str = "Scheduled Event";

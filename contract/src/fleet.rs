@@ -709,6 +709,87 @@ pub fn summary_counts(hosts: &[HostSummary]) -> String {
     text
 }
 
+/// The version an app/env's whole fleet last converged on (`deploy-records/_fleets/…`):
+/// moved forward when a rollout settles `deployed`, never by a rollback or a failure, so a
+/// host that starts later gets what the others run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetPointer {
+    /// [`RECORD_FORMAT`].
+    pub format: u32,
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub env: String,
+    /// The version.
+    pub version_id: String,
+    /// Its S3 sequencer, when it came from an event (orders two settling versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequencer: Option<String>,
+    /// When its rollout settled (RFC 3339 UTC).
+    pub settled_at: String,
+}
+
+impl FleetPointer {
+    /// Serialise for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("pointer serialises");
+        out.push(b'\n');
+        out
+    }
+
+    /// Parse a stored pointer, refusing newer formats.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::record::RecordError> {
+        let r: Self = serde_json::from_slice(bytes)?;
+        if r.format > RECORD_FORMAT {
+            return Err(crate::record::RecordError::NewerFormat(r.format));
+        }
+        Ok(r)
+    }
+
+    /// Whether a settled version with `sequencer` replaces this pointer: an older event's
+    /// version never moves it back; versions without a sequencer (an operator's direct
+    /// redeploy) always do.
+    pub fn replaced_by(&self, sequencer: Option<&str>) -> bool {
+        use crate::sequencer::Sequencer;
+        match (self.sequencer.as_deref(), sequencer) {
+            (Some(old), Some(new)) => match (Sequencer::parse(old), Sequencer::parse(new)) {
+                (Ok(old), Ok(new)) => new >= old,
+                _ => true,
+            },
+            _ => true,
+        }
+    }
+}
+
+/// Instances a settled, deployed fleet must still send its version to: running, tagged,
+/// online, and not yet sent it by this rollout (started later, replaced, offline at dispatch,
+/// or re-tagged into this app/env). Empty unless the fleet settled `deployed`.
+pub fn catch_up_targets(
+    fleet: &Fleet,
+    running: &[String],
+    online: &BTreeSet<String>,
+) -> Vec<String> {
+    if fleet.outcome != Some(FleetOutcome::Deployed) || fleet.sending.is_some() {
+        return Vec::new();
+    }
+    let sent: BTreeSet<&String> = fleet.sent_hosts().collect();
+    running
+        .iter()
+        .filter(|i| online.contains(*i) && !sent.contains(i))
+        .cloned()
+        .collect()
+}
+
+/// The fleet with a catch-up wave of `hosts` planned (an unsent wave of a dead attempt is
+/// dropped first); they leave `pending`.
+pub fn plan_catch_up(fleet: &Fleet, hosts: &[String]) -> Fleet {
+    let mut f = fleet.clone();
+    f.waves.truncate(f.sent as usize);
+    f.waves.push(hosts.to_vec());
+    f.pending.retain(|p| !hosts.contains(p));
+    f
+}
+
 /// A host to send back, and where to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollbackTarget {
@@ -1270,6 +1351,81 @@ mod tests {
         assert_eq!(
             serde_json::to_value(FleetOutcome::PartiallyDeployed).unwrap(),
             "partially_deployed"
+        );
+    }
+
+    #[test]
+    fn catch_up_sends_a_deployed_fleets_version_once_to_online_hosts_it_never_reached() {
+        let mut f = Fleet {
+            sent: 1,
+            outcome: Some(FleetOutcome::Deployed),
+            ..Fleet::new(OnFailure::RollbackFleet, &ids(2)[..1], &["i-2".into()], 1)
+        };
+        let running: Vec<String> = vec!["i-1".into(), "i-2".into(), "i-3".into()];
+        let online = set(&["i-1", "i-2"]);
+        assert_eq!(
+            catch_up_targets(&f, &running, &online),
+            ["i-2"],
+            "i-3 is not online yet"
+        );
+        let planned = plan_catch_up(&f, &["i-2".into()]);
+        assert_eq!(
+            planned.waves,
+            [vec!["i-1".to_string()], vec!["i-2".to_string()]]
+        );
+        assert!(planned.pending.is_empty());
+        // Once sent, the host is no candidate again (a second event changes nothing).
+        f = Fleet { sent: 2, ..planned };
+        assert!(catch_up_targets(&f, &running, &online).is_empty());
+        // A dead attempt's unsent wave is replaced, not stacked.
+        let stale = Fleet {
+            sent: 1,
+            ..plan_catch_up(&f, &["i-3".into()])
+        };
+        let again = plan_catch_up(&stale, &["i-3".into()]);
+        assert_eq!(again.waves.len(), 2);
+        // Only a fleet that converged on the version catches up; not while sending.
+        for outcome in [
+            None,
+            Some(FleetOutcome::RolledBack),
+            Some(FleetOutcome::PartiallyDeployed),
+        ] {
+            let g = Fleet {
+                outcome,
+                ..f.clone()
+            };
+            assert!(catch_up_targets(&g, &["i-9".into()], &set(&["i-9"])).is_empty());
+        }
+    }
+
+    #[test]
+    fn the_fleet_pointer_only_moves_forward() {
+        let p = FleetPointer {
+            format: RECORD_FORMAT,
+            app: "shop".into(),
+            env: "prod".into(),
+            version_id: "v2".into(),
+            sequencer: Some("0062E99A88DC4074A0".into()),
+            settled_at: "2026-11-29T00:00:00Z".into(),
+        };
+        assert!(
+            !p.replaced_by(Some("0062E99A88DC407460")),
+            "an older event's version"
+        );
+        assert!(p.replaced_by(Some("0062E99A88DC4074B0")));
+        assert!(p.replaced_by(None), "an operator's direct redeploy");
+        assert_eq!(FleetPointer::from_bytes(&p.to_bytes()).unwrap(), p);
+        let key = crate::key::ReleaseKey::new("shop", "prod")
+            .unwrap()
+            .fleet_key();
+        assert_eq!(key, "deploy-records/_fleets/shop/prod.json");
+        assert_eq!(
+            crate::key::release_of_fleet_key(&key),
+            Some(crate::key::ReleaseKey::new("shop", "prod").unwrap())
+        );
+        assert_eq!(
+            crate::key::release_of_fleet_key("deploy-records/_fleets/Shop/prod.json"),
+            None
         );
     }
 }

@@ -40,7 +40,9 @@ use crate::local_ssm::{LocalSsm, LocalSsmConfig};
 use crate::repo::{self, Finished, GitRepo};
 use crate::simhost::{Container, SimAgent, SimHost};
 use crate::{bins, moto};
-use dropship_contract::events::{INVOCATION_STATUS_CHANGE, SSM_SOURCE, TERMINAL_STATUSES};
+use dropship_contract::events::{
+    EC2_SOURCE, INSTANCE_STATE_CHANGE, INVOCATION_STATUS_CHANGE, SSM_SOURCE, TERMINAL_STATUSES,
+};
 
 /// Environment of the sample app's releases in the pipeline.
 pub const ENV: &str = "staging";
@@ -353,6 +355,18 @@ impl Pipeline {
             put_rule_to(&events, &ssm_rule, &ssm_pattern, &arn).await
         })
         .with_context(|| format!("creating rule {ssm_rule}"))?;
+        // infra/events.tf's third rule: an instance entering `running` (catch-up).
+        let started_rule = format!("{}-instance-running", opts.bucket);
+        let started_pattern = json!({
+            "source": [EC2_SOURCE],
+            "detail-type": [INSTANCE_STATE_CHANGE],
+            "detail": {"state": ["running"], "instance-id": instance_ids}
+        });
+        rt.block_on(async {
+            let arn = queue_arn(&sqs, &queue_url).await?;
+            put_rule_to(&events, &started_rule, &started_pattern, &arn).await
+        })
+        .with_context(|| format!("creating rule {started_rule}"))?;
         let names: Vec<String> = (0..instance_ids.len())
             .map(|i| format!("host-{}", (b'a' + i as u8) as char))
             .collect();
@@ -403,7 +417,7 @@ impl Pipeline {
             bucket: opts.bucket.clone(),
             queue_url,
             notify_queue_url,
-            rules: vec![rule.clone(), ssm_rule, notify_rule],
+            rules: vec![rule.clone(), ssm_rule, started_rule, notify_rule],
             rule,
             repo,
             hosts,
@@ -718,6 +732,52 @@ impl Pipeline {
             }
         }
         Ok(events.len())
+    }
+
+    /// Puts on the bus what EC2 emits when `host`'s instance enters `running` (moto's EC2
+    /// emits no events; the shape is the documented one), as after a start or a reboot into
+    /// service.
+    pub fn instance_started(&self, host: &Host) -> Result<()> {
+        use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+        let out = self.rt.block_on(
+            self.events
+                .put_events()
+                .entries(
+                    PutEventsRequestEntry::builder()
+                        .source(EC2_SOURCE)
+                        .detail_type(INSTANCE_STATE_CHANGE)
+                        .resources(format!(
+                            "arn:aws:ec2:{}:123456789012:instance/{}",
+                            crate::simhost::region(),
+                            host.instance_id
+                        ))
+                        .detail(
+                            json!({"instance-id": host.instance_id, "state": "running"})
+                                .to_string(),
+                        )
+                        .build(),
+                )
+                .send(),
+        )?;
+        if out.failed_entry_count() > 0 {
+            bail!("PutEvents refused the instance event: {:?}", out.entries());
+        }
+        Ok(())
+    }
+
+    /// Delivers events until `done` holds (or the wait timeout passes).
+    pub fn deliver_until(&mut self, what: &str, mut done: impl FnMut(&Self) -> bool) -> Result<()> {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            self.deliver_pending()?;
+            if done(self) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{what}: not within {WAIT_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The `Dropship Deployment Finished` events that reached the bus so far (read once).

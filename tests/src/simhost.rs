@@ -624,7 +624,7 @@ impl ManagedInstance for SimAgent {
 }
 
 /// The region the harness runs in (`AWS_REGION`, as `scripts/test` exports it).
-fn region() -> String {
+pub fn region() -> String {
     std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
 }
 

@@ -342,7 +342,7 @@ fn a_rollback_that_fails_too_exits_10_and_status_says_so() {
 }
 
 #[test]
-fn an_offline_agent_is_recorded_pending_and_the_online_host_deploys() {
+fn an_offline_agent_is_recorded_pending_then_catches_up_once_when_it_comes_online() {
     let mut p = start();
     let c1 = p.commit_release("v1");
     let offline = &p.hosts[1];
@@ -384,6 +384,45 @@ fn an_offline_agent_is_recorded_pending_and_the_online_host_deploys() {
     let finished = p.notifications().unwrap();
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0]["detail"]["outcome"], "deployed");
+
+    // Its agent comes back and EC2 reports the instance running — twice (events are at least
+    // once): it receives v1 by itself, exactly once.
+    p.hosts[1].agent.set_online(true);
+    let back = p
+        .hosts
+        .iter()
+        .find(|h| h.instance_id == offline_id)
+        .unwrap();
+    p.instance_started(back).unwrap();
+    p.instance_started(back).unwrap();
+    let version_owned = version.to_owned();
+    p.deliver_until("the offline host catches up", |p| {
+        p.record(&version_owned)
+            .unwrap()
+            .and_then(|r| r.fleet)
+            .is_some_and(|f| {
+                f.hosts
+                    .iter()
+                    .all(|h| h.outcome == dropship_contract::fleet::HostState::Success)
+            })
+    })
+    .unwrap();
+    p.deliver_pending().unwrap(); // the duplicate, if it was still queued
+    let record = p.record(version).unwrap().unwrap();
+    let to_offline: Vec<_> = record
+        .commands
+        .iter()
+        .filter(|c| c.instance_ids.contains(&offline_id))
+        .collect();
+    assert_eq!(to_offline.len(), 1, "caught up once: {:?}", record.commands);
+    let views = p.wait_serving(&c1, SETTLE);
+    assert!(views.iter().all(|v| v.health == Some(200)), "{}", table(&p));
+    let text = p.dropship(&["releases"]).success().stdout;
+    assert!(text.contains("deployed on 2/2"), "{text}");
+    assert!(
+        p.notifications().unwrap().is_empty(),
+        "catch-up is not a new deploy"
+    );
 }
 
 /// The version's deploy-finished notifications that reached the bus (through the rule).
