@@ -107,6 +107,28 @@ data "aws_iam_policy_document" "lambda" {
     resources = ["*"] # ListCommands supports no resource-level restriction.
   }
 
+  # The fleet loop: which targets are online, and each host's result once SSM reports it
+  # finished. Neither action supports resource-level restrictions.
+  statement {
+    sid       = "OnlineTargetsAndHostResults"
+    actions   = ["ssm:DescribeInstanceInformation", "ssm:GetCommandInvocation"]
+    resources = ["*"]
+  }
+
+  # The one "Dropship Deployment Finished" event per deploy, on the default bus, with
+  # dropship's own source only.
+  statement {
+    sid       = "DeployFinishedEvents"
+    actions   = ["events:PutEvents"]
+    resources = ["arn:${local.partition}:events:${local.region}:${local.account_id}:event-bus/default"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "events:source"
+      values   = [local.deploy_finished_source]
+    }
+  }
+
   statement {
     sid       = "OwnLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]

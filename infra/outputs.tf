@@ -97,3 +97,8 @@ output "logs_kms_key_arn" {
   description = "KMS key encrypting both log groups."
   value       = aws_kms_key.logs.arn
 }
+
+output "fleet_rule_names" {
+  description = "EventBridge rules of the fleet loop: host results, instances starting, the reconcile schedule."
+  value       = { for k, r in local.fleet_rules : k => r.name }
+}

@@ -333,3 +333,14 @@ variable "failure_notification_targets" {
     error_message = "Every failure_notification_targets entry needs an arn (arn:...)."
   }
 }
+
+variable "reconcile_minutes" {
+  description = "Minutes between reconciles: the bound within which a tagged instance that was offline, late to register, or re-tagged gets its fleet's version."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.reconcile_minutes >= 1 && var.reconcile_minutes <= 60
+    error_message = "reconcile_minutes must be 1-60."
+  }
+}

@@ -84,12 +84,21 @@ pub enum HostState {
     Failed,
     /// The rollback failed too (exit 10): the host needs an operator.
     RollbackFailed,
+    /// In a later wave of the rollout, not sent yet.
+    Queued,
+    /// The rollout stopped before this host's wave: it never received the version.
+    NotSent,
+    /// Tagged and running, but SSM did not report it online at dispatch: not sent to.
+    Offline,
 }
 
 impl HostState {
     /// Whether the host will not change state any more for this command.
     pub fn is_final(self) -> bool {
-        !matches!(self, HostState::Dispatched | HostState::InProgress)
+        !matches!(
+            self,
+            HostState::Dispatched | HostState::InProgress | HostState::Queued
+        )
     }
 
     /// The table / JSON spelling.
@@ -105,14 +114,17 @@ impl HostState {
             HostState::TimedOut => "timed_out",
             HostState::Failed => "failed",
             HostState::RollbackFailed => "rollback_failed",
+            HostState::Queued => "queued",
+            HostState::NotSent => "not_sent",
+            HostState::Offline => "offline",
         }
     }
 
     /// Severity for aggregation: higher is worse.
     fn severity(self) -> u8 {
         match self {
-            HostState::Success => 0,
-            HostState::Dispatched => 1,
+            HostState::Success | HostState::NotSent | HostState::Offline => 0,
+            HostState::Dispatched | HostState::Queued => 1,
             HostState::InProgress => 2,
             HostState::RolledBack => 3,
             HostState::Cancelled => 4,
@@ -488,6 +500,9 @@ pub struct Fleet {
     /// Whether the `Dropship Deployment Finished` event was put on the bus.
     #[serde(default)]
     pub notified: bool,
+    /// Every host's end, written when the outcome is settled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostSummary>,
 }
 
 impl Fleet {
@@ -512,6 +527,7 @@ impl Fleet {
             reason: None,
             settled_at: None,
             notified: false,
+            hosts: Vec::new(),
         }
     }
 
@@ -612,6 +628,166 @@ impl CommandIndex {
         }
         Ok(r)
     }
+}
+
+/// One host's end of a rollout, as the record and the deploy-finished event keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSummary {
+    /// Instance id.
+    pub instance_id: String,
+    /// Its state for the deploy ([`HostState`] spelling: `success`, `rolled_back`,
+    /// `not_sent`, `offline`, …).
+    pub outcome: HostState,
+    /// The host script's exit code for the deploy, when it ran to the end.
+    pub exit_code: Option<i32>,
+    /// The fleet rollback's state on it, when it was sent back.
+    pub rollback: Option<HostState>,
+}
+
+/// Every target's (and pending instance's) end of the rollout, in rollout order.
+pub fn host_summaries(
+    fleet: &Fleet,
+    results: &[StoredResult],
+    deploy_commands: &BTreeSet<String>,
+    rollback_commands: &BTreeSet<String>,
+) -> Vec<HostSummary> {
+    let deployed = results_by_host(results, Purpose::Deploy, deploy_commands);
+    let back = results_by_host(results, Purpose::Rollback, rollback_commands);
+    let sent: BTreeSet<&String> = fleet.sent_hosts().collect();
+    let mut out: Vec<HostSummary> = fleet
+        .targets()
+        .map(|id| {
+            let h = deployed.get(id.as_str());
+            let outcome = match h {
+                Some(h) => h.state,
+                None if sent.contains(id) => HostState::Dispatched,
+                None if fleet.outcome.is_some() => HostState::NotSent,
+                None => HostState::Queued,
+            };
+            HostSummary {
+                instance_id: id.clone(),
+                outcome,
+                exit_code: h.and_then(|h| h.exit_code),
+                rollback: back.get(id.as_str()).map(|b| b.state),
+            }
+        })
+        .collect();
+    out.extend(fleet.pending.iter().map(|id| HostSummary {
+        instance_id: id.clone(),
+        outcome: HostState::Offline,
+        exit_code: None,
+        rollback: None,
+    }));
+    out
+}
+
+/// `2 success, 1 rolled_back, 1 not_sent; 2 sent back` — the counts `versions` shows.
+pub fn summary_counts(hosts: &[HostSummary]) -> String {
+    let mut by_state: BTreeMap<HostState, usize> = BTreeMap::new();
+    for h in hosts {
+        *by_state.entry(h.outcome).or_default() += 1;
+    }
+    let mut text = by_state
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let back = hosts
+        .iter()
+        .filter(|h| h.rollback == Some(HostState::Success))
+        .count();
+    let stuck = hosts
+        .iter()
+        .filter(|h| h.rollback.is_some_and(|r| r != HostState::Success))
+        .count();
+    if back > 0 {
+        text.push_str(&format!("; {back} sent back"));
+    }
+    if stuck > 0 {
+        text.push_str(&format!("; {stuck} could not be sent back"));
+    }
+    text
+}
+
+/// The version an app/env's whole fleet last converged on (`deploy-records/_fleets/…`):
+/// moved forward when a rollout settles `deployed`, never by a rollback or a failure, so a
+/// host that starts later gets what the others run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetPointer {
+    /// [`RECORD_FORMAT`].
+    pub format: u32,
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub env: String,
+    /// The version.
+    pub version_id: String,
+    /// Its S3 sequencer, when it came from an event (orders two settling versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequencer: Option<String>,
+    /// When its rollout settled (RFC 3339 UTC).
+    pub settled_at: String,
+}
+
+impl FleetPointer {
+    /// Serialise for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("pointer serialises");
+        out.push(b'\n');
+        out
+    }
+
+    /// Parse a stored pointer, refusing newer formats.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::record::RecordError> {
+        let r: Self = serde_json::from_slice(bytes)?;
+        if r.format > RECORD_FORMAT {
+            return Err(crate::record::RecordError::NewerFormat(r.format));
+        }
+        Ok(r)
+    }
+
+    /// Whether a settled version with `sequencer` replaces this pointer: an older event's
+    /// version never moves it back; versions without a sequencer (an operator's direct
+    /// redeploy) always do.
+    pub fn replaced_by(&self, sequencer: Option<&str>) -> bool {
+        use crate::sequencer::Sequencer;
+        match (self.sequencer.as_deref(), sequencer) {
+            (Some(old), Some(new)) => match (Sequencer::parse(old), Sequencer::parse(new)) {
+                (Ok(old), Ok(new)) => new >= old,
+                _ => true,
+            },
+            _ => true,
+        }
+    }
+}
+
+/// Instances a settled, deployed fleet must still send its version to: running, tagged,
+/// online, and not yet sent it by this rollout (started later, replaced, offline at dispatch,
+/// or re-tagged into this app/env). Empty unless the fleet settled `deployed`.
+pub fn catch_up_targets(
+    fleet: &Fleet,
+    running: &[String],
+    online: &BTreeSet<String>,
+) -> Vec<String> {
+    if fleet.outcome != Some(FleetOutcome::Deployed) || fleet.sending.is_some() {
+        return Vec::new();
+    }
+    let sent: BTreeSet<&String> = fleet.sent_hosts().collect();
+    running
+        .iter()
+        .filter(|i| online.contains(*i) && !sent.contains(i))
+        .cloned()
+        .collect()
+}
+
+/// The fleet with a catch-up wave of `hosts` planned (an unsent wave of a dead attempt is
+/// dropped first); they leave `pending`.
+pub fn plan_catch_up(fleet: &Fleet, hosts: &[String]) -> Fleet {
+    let mut f = fleet.clone();
+    f.waves.truncate(f.sent as usize);
+    f.waves.push(hosts.to_vec());
+    f.pending.retain(|p| !hosts.contains(p));
+    f
 }
 
 /// A host to send back, and where to.
@@ -1175,6 +1351,81 @@ mod tests {
         assert_eq!(
             serde_json::to_value(FleetOutcome::PartiallyDeployed).unwrap(),
             "partially_deployed"
+        );
+    }
+
+    #[test]
+    fn catch_up_sends_a_deployed_fleets_version_once_to_online_hosts_it_never_reached() {
+        let mut f = Fleet {
+            sent: 1,
+            outcome: Some(FleetOutcome::Deployed),
+            ..Fleet::new(OnFailure::RollbackFleet, &ids(2)[..1], &["i-2".into()], 1)
+        };
+        let running: Vec<String> = vec!["i-1".into(), "i-2".into(), "i-3".into()];
+        let online = set(&["i-1", "i-2"]);
+        assert_eq!(
+            catch_up_targets(&f, &running, &online),
+            ["i-2"],
+            "i-3 is not online yet"
+        );
+        let planned = plan_catch_up(&f, &["i-2".into()]);
+        assert_eq!(
+            planned.waves,
+            [vec!["i-1".to_string()], vec!["i-2".to_string()]]
+        );
+        assert!(planned.pending.is_empty());
+        // Once sent, the host is no candidate again (a second event changes nothing).
+        f = Fleet { sent: 2, ..planned };
+        assert!(catch_up_targets(&f, &running, &online).is_empty());
+        // A dead attempt's unsent wave is replaced, not stacked.
+        let stale = Fleet {
+            sent: 1,
+            ..plan_catch_up(&f, &["i-3".into()])
+        };
+        let again = plan_catch_up(&stale, &["i-3".into()]);
+        assert_eq!(again.waves.len(), 2);
+        // Only a fleet that converged on the version catches up; not while sending.
+        for outcome in [
+            None,
+            Some(FleetOutcome::RolledBack),
+            Some(FleetOutcome::PartiallyDeployed),
+        ] {
+            let g = Fleet {
+                outcome,
+                ..f.clone()
+            };
+            assert!(catch_up_targets(&g, &["i-9".into()], &set(&["i-9"])).is_empty());
+        }
+    }
+
+    #[test]
+    fn the_fleet_pointer_only_moves_forward() {
+        let p = FleetPointer {
+            format: RECORD_FORMAT,
+            app: "shop".into(),
+            env: "prod".into(),
+            version_id: "v2".into(),
+            sequencer: Some("0062E99A88DC4074A0".into()),
+            settled_at: "2026-11-29T00:00:00Z".into(),
+        };
+        assert!(
+            !p.replaced_by(Some("0062E99A88DC407460")),
+            "an older event's version"
+        );
+        assert!(p.replaced_by(Some("0062E99A88DC4074B0")));
+        assert!(p.replaced_by(None), "an operator's direct redeploy");
+        assert_eq!(FleetPointer::from_bytes(&p.to_bytes()).unwrap(), p);
+        let key = crate::key::ReleaseKey::new("shop", "prod")
+            .unwrap()
+            .fleet_key();
+        assert_eq!(key, "deploy-records/_fleets/shop/prod.json");
+        assert_eq!(
+            crate::key::release_of_fleet_key(&key),
+            Some(crate::key::ReleaseKey::new("shop", "prod").unwrap())
+        );
+        assert_eq!(
+            crate::key::release_of_fleet_key("deploy-records/_fleets/Shop/prod.json"),
+            None
         );
     }
 }

@@ -128,10 +128,26 @@ impl ReleaseKey {
         )
     }
 
+    /// Key of the fleet pointer: the version the whole fleet of this app/env last converged
+    /// on, what instances that start later catch up to.
+    pub fn fleet_key(&self) -> String {
+        format!("{FLEETS_PREFIX}{}/{}.json", self.app, self.env)
+    }
+
     /// Key of the pointer to the newest dispatched version (used for ordering).
     pub fn latest_pointer_key(&self) -> String {
         format!("{}latest.json", self.records_prefix())
     }
+}
+
+/// Prefix of the fleet pointers ([`crate::fleet::FleetPointer`]), one per app/env.
+pub const FLEETS_PREFIX: &str = "deploy-records/_fleets/";
+
+/// The app/env a fleet pointer key names (`deploy-records/_fleets/<app>/<env>.json`).
+pub fn release_of_fleet_key(key: &str) -> Option<ReleaseKey> {
+    let rest = key.strip_prefix(FLEETS_PREFIX)?.strip_suffix(".json")?;
+    let (app, env) = rest.split_once('/')?;
+    ReleaseKey::new(app, env).ok()
 }
 
 /// Key of the index entry of one SSM command id.

@@ -208,6 +208,46 @@ impl InstanceFinder for Clients {
         Ok(ids)
     }
 
+    async fn instance_tags(
+        &self,
+        instance_id: &str,
+        app_tag_key: &str,
+        env_tag_key: &str,
+    ) -> Result<Option<(String, String)>, AwsError> {
+        let object = format!("instance {instance_id}");
+        let out = match self
+            .ec2
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            // InvalidInstanceID.NotFound / .Malformed: nothing to catch up.
+            Err(e) if http_status(&e) == Some(400) => return Ok(None),
+            Err(e) => return Err(classify(&DESCRIBE_INSTANCES, object, &e)),
+        };
+        for reservation in out.reservations() {
+            for instance in reservation.instances() {
+                let running =
+                    instance.state().and_then(|s| s.name()).map(|n| n.as_str()) == Some("running");
+                let tag = |k: &str| {
+                    instance
+                        .tags()
+                        .iter()
+                        .find(|t| t.key() == Some(k))
+                        .and_then(|t| t.value())
+                        .map(str::to_owned)
+                };
+                if let (true, Some(app), Some(env)) = (running, tag(app_tag_key), tag(env_tag_key))
+                {
+                    return Ok(Some((app, env)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     async fn online_instances(
         &self,
         instance_ids: &[String],

@@ -112,6 +112,14 @@ pub trait InstanceFinder {
         &self,
         instance_ids: &[String],
     ) -> impl Future<Output = Result<BTreeSet<String>, AwsError>> + Send;
+    /// The values of `app_tag_key` and `env_tag_key` of one running instance (`None` when it
+    /// is not running or lacks either tag).
+    fn instance_tags(
+        &self,
+        instance_id: &str,
+        app_tag_key: &str,
+        env_tag_key: &str,
+    ) -> impl Future<Output = Result<Option<(String, String)>, AwsError>> + Send;
 }
 
 /// The SSM commands.

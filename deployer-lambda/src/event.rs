@@ -26,25 +26,20 @@ pub enum Request {
     /// One host finished a command (SSM's `EC2 Command Invocation Status-change
     /// Notification` with a terminal status): store its result and move the fleet on.
     HostFinished(HostFinished),
+    /// An instance entered `running` (EC2's `EC2 Instance State-change Notification`): if it
+    /// carries an app/env's tags, it catches up to that fleet's version.
+    InstanceRunning(String),
+    /// The periodic reconcile (an EventBridge schedule's `Scheduled Event`): every fleet
+    /// sends its version to tagged, online instances it never reached.
+    Reconcile,
     /// Not for dropship; the reason is logged and returned.
     Ignore(String),
 }
 
-/// The `source` and `detail-type` of SSM's per-host status events.
-pub const SSM_SOURCE: &str = "aws.ssm";
-/// `detail-type` of one invocation's status change.
-pub const INVOCATION_STATUS_CHANGE: &str = "EC2 Command Invocation Status-change Notification";
-/// The statuses after which an invocation never changes (what the rule in `infra/` matches).
-pub const TERMINAL_STATUSES: &[&str] = &[
-    "Success",
-    "Failed",
-    "TimedOut",
-    "Cancelled",
-    "DeliveryTimedOut",
-    "ExecutionTimedOut",
-    "Undeliverable",
-    "Terminated",
-];
+pub use dropship_contract::events::{
+    EC2_SOURCE, INSTANCE_STATE_CHANGE, INVOCATION_STATUS_CHANGE, SCHEDULED_EVENT, SCHEDULE_SOURCE,
+    SSM_SOURCE, TERMINAL_STATUSES,
+};
 
 /// One (command, instance) pair that reached a terminal status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +173,19 @@ fn parse_eventbridge(payload: &Value, config: &Config) -> Result<Request, EventE
         serde_json::from_value(envelope_json).map_err(|e| EventError::Envelope(e.to_string()))?;
     if envelope.source == SSM_SOURCE {
         return parse_ssm(&envelope.detail_type, &envelope.detail);
+    }
+    if envelope.source == EC2_SOURCE && envelope.detail_type == INSTANCE_STATE_CHANGE {
+        let state = required(&envelope.detail, &["state"], "detail.state")?;
+        if state != "running" {
+            return Ok(Request::Ignore(format!(
+                "instance state {state:?} is not running"
+            )));
+        }
+        let id = required(&envelope.detail, &["instance-id"], "detail.instance-id")?;
+        return Ok(Request::InstanceRunning(id.to_owned()));
+    }
+    if envelope.source == SCHEDULE_SOURCE && envelope.detail_type == SCHEDULED_EVENT {
+        return Ok(Request::Reconcile);
     }
     if envelope.source != "aws.s3" {
         return Ok(Request::Ignore(format!(

@@ -42,13 +42,13 @@ pub struct FakeAws {
     /// The release version's metadata headers.
     pub metadata: HashMap<String, String>,
     /// Running tagged instances.
-    pub instances: Vec<String>,
+    pub instances: Mutex<Vec<String>>,
     /// Commands an earlier attempt sent: (batch, script, comment).
     pub earlier: Vec<(CommandBatch, String, String)>,
     /// Commands sent by the handler: (batch, script).
     pub sent: Mutex<Vec<(CommandBatch, String)>>,
     /// Tagged instances SSM does not report online.
-    pub offline: Vec<String>,
+    pub offline: Mutex<Vec<String>>,
     /// What `GetCommandInvocation` answers per (command id, instance id).
     pub invocations: Mutex<HashMap<(String, String), Invocation>>,
     /// Events put on the bus: (detail-type, detail).
@@ -86,7 +86,7 @@ impl FakeAws {
                 .expect("valid metadata")
                 .into_iter()
                 .collect(),
-            instances: instances.iter().map(|s| s.to_string()).collect(),
+            instances: Mutex::new(instances.iter().map(|s| s.to_string()).collect()),
             ..Self::default()
         }
     }
@@ -246,7 +246,22 @@ impl InstanceFinder for FakeAws {
         _app_tag: (&str, &str),
         _env_tag: (&str, &str),
     ) -> Result<Vec<String>, AwsError> {
-        Ok(self.instances.clone())
+        Ok(self.instances.lock().unwrap().clone())
+    }
+
+    async fn instance_tags(
+        &self,
+        instance_id: &str,
+        _app_tag_key: &str,
+        _env_tag_key: &str,
+    ) -> Result<Option<(String, String)>, AwsError> {
+        Ok(self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|i| i == instance_id)
+            .then(|| ("shop".to_owned(), "prod".to_owned())))
     }
 
     async fn online_instances(
@@ -255,7 +270,7 @@ impl InstanceFinder for FakeAws {
     ) -> Result<BTreeSet<String>, AwsError> {
         Ok(instance_ids
             .iter()
-            .filter(|i| !self.offline.contains(i))
+            .filter(|i| !self.offline.lock().unwrap().contains(i))
             .cloned()
             .collect())
     }

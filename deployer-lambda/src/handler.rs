@@ -187,6 +187,8 @@ impl<E: Edges> Deployer<E> {
         let request = match event::parse(payload, &self.config) {
             Ok(Request::Deploy(r)) => r,
             Ok(Request::HostFinished(done)) => return self.host_finished(&done, inv).await,
+            Ok(Request::InstanceRunning(id)) => return self.instance_running(&id, inv).await,
+            Ok(Request::Reconcile) => return self.reconcile(inv).await,
             Ok(Request::Ignore(reason)) => {
                 info!(outcome = "ignored", reason = %reason, "event ignored");
                 return Ok(Response::ignored(reason));
@@ -1094,8 +1096,8 @@ mod tests {
 
     #[tokio::test]
     async fn offline_instances_are_recorded_pending_and_never_sent_to() {
-        let mut fake = FakeAws::with_instances(&["i-1", "i-2"]);
-        fake.offline = vec!["i-2".into()];
+        let fake = FakeAws::with_instances(&["i-1", "i-2"]);
+        *fake.offline.lock().unwrap() = vec!["i-2".into()];
         let (result, d) = handle_with(config_with("100%"), fake).await;
         assert_eq!(result.unwrap().outcome, Outcome::Dispatched);
         assert_eq!(d.edges.sent_to(), ["i-1"]);
@@ -1111,10 +1113,10 @@ mod tests {
             .reason
             .unwrap()
             .contains("not online in SSM were not sent to: i-2"));
-        assert_eq!(events(&d)[0]["hosts"][1]["outcome"], "pending");
+        assert_eq!(events(&d)[0]["hosts"][1]["outcome"], "offline");
 
-        let mut none = FakeAws::with_instances(&["i-1"]);
-        none.offline = vec!["i-1".into()];
+        let none = FakeAws::with_instances(&["i-1"]);
+        *none.offline.lock().unwrap() = vec!["i-1".into()];
         let (result, d) = handle(none).await;
         let r = result.unwrap();
         assert_eq!(r.outcome, Outcome::NoTargets);
@@ -1137,5 +1139,135 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.outcome, Outcome::Ignored, "only terminal statuses matter");
+    }
+
+    /// EC2's `EC2 Instance State-change Notification`, as AWS documents it.
+    fn instance_event(instance_id: &str, state: &str) -> Value {
+        json!({
+            "version": "0", "id": format!("ec2-{instance_id}-{state}"),
+            "detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
+            "account": "123456789012", "time": "2026-11-23T09:05:00Z", "region": "us-east-1",
+            "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}")],
+            "detail": {"instance-id": instance_id, "state": state}
+        })
+    }
+
+    /// An EventBridge schedule's event, as AWS documents it.
+    fn scheduled_event() -> Value {
+        json!({
+            "version": "0", "id": "sched-1", "detail-type": "Scheduled Event",
+            "source": "aws.events", "account": "123456789012", "time": "2026-11-23T09:10:00Z",
+            "region": "us-east-1",
+            "resources": ["arn:aws:events:us-east-1:123456789012:rule/dropship-reconcile"],
+            "detail": {}
+        })
+    }
+
+    #[tokio::test]
+    async fn a_host_offline_at_dispatch_catches_up_once_when_it_comes_online() {
+        let fake = FakeAws::with_instances(&["i-1", "i-2"]);
+        *fake.offline.lock().unwrap() = vec!["i-2".into()];
+        let (result, d) = handle_with(config_with("100%"), fake).await;
+        result.unwrap();
+        host_answers(&d, "cmd-1", "i-1", 0, "deployed");
+        finished(&d, "cmd-1", "i-1", "Success").await;
+        let pointer = dropship_contract::fleet::FleetPointer::from_bytes(
+            &d.edges
+                .object(&release().fleet_key())
+                .expect("fleet pointer written"),
+        )
+        .unwrap();
+        assert_eq!(pointer.version_id, VERSION);
+
+        // It starts, but its agent has not registered: retried, nothing sent.
+        let inv = Invocation::default();
+        let early = d.handle(&instance_event("i-2", "running"), &inv).await;
+        assert!(matches!(early, Err(HandlerError::Busy(r)) if r.contains("not online in SSM yet")));
+        assert_eq!(d.edges.sent_to(), ["i-1"]);
+
+        // Online now; the event arrives twice: one command.
+        d.edges.offline.lock().unwrap().clear();
+        let first = d
+            .handle(&instance_event("i-2", "running"), &inv)
+            .await
+            .unwrap();
+        assert_eq!(first.targets, ["i-2"]);
+        let second = d
+            .handle(&instance_event("i-2", "running"), &inv)
+            .await
+            .unwrap();
+        assert!(second.targets.is_empty(), "{second:?}");
+        assert_eq!(d.edges.sent_to(), ["i-1", "i-2"]);
+        let (_, script) = d.edges.sent.lock().unwrap()[1].clone();
+        assert!(script.contains("export DROPSHIP_ACTION='deploy'"));
+        assert!(script.contains("&sig=x"), "a freshly presigned URL");
+
+        // Its result completes the picture: deployed on both, nobody pending.
+        host_answers(&d, "cmd-2", "i-2", 0, "deployed");
+        finished(&d, "cmd-2", "i-2", "Success").await;
+        let f = rollout(&d);
+        assert!(f.pending.is_empty());
+        let summary: Vec<(String, dropship_contract::fleet::HostState)> = f
+            .hosts
+            .iter()
+            .map(|h| (h.instance_id.clone(), h.outcome))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("i-1".into(), dropship_contract::fleet::HostState::Success),
+                ("i-2".into(), dropship_contract::fleet::HostState::Success)
+            ]
+        );
+        assert_eq!(
+            events(&d).len(),
+            1,
+            "catch-up is not a second deploy notification"
+        );
+        // A stopped instance's event and a foreign one change nothing.
+        let r = d
+            .handle(&instance_event("i-2", "stopped"), &inv)
+            .await
+            .unwrap();
+        assert_eq!(r.outcome, Outcome::Ignored);
+        let r = d
+            .handle(&instance_event("i-9", "running"), &inv)
+            .await
+            .unwrap();
+        assert!(r.reason.unwrap().contains("not running with both"));
+    }
+
+    #[tokio::test]
+    async fn the_periodic_reconcile_sends_the_fleets_version_to_a_newly_tagged_instance_once() {
+        let fake = FakeAws::with_instances(&["i-1"]);
+        let (result, d) = handle_with(config_with("100%"), fake).await;
+        result.unwrap();
+        host_answers(&d, "cmd-1", "i-1", 0, "deployed");
+        finished(&d, "cmd-1", "i-1", "Success").await;
+        // An Auto Scaling replacement (or a re-tagged instance) appears with the fleet's tags.
+        d.edges.instances.lock().unwrap().push("i-3".into());
+        let inv = Invocation::default();
+        let r = d.handle(&scheduled_event(), &inv).await.unwrap();
+        assert_eq!(r.targets, ["i-3"]);
+        let r = d.handle(&scheduled_event(), &inv).await.unwrap();
+        assert!(r.targets.is_empty());
+        assert_eq!(d.edges.sent_to(), ["i-1", "i-3"]);
+    }
+
+    #[tokio::test]
+    async fn a_fleet_that_rolled_back_is_never_the_version_new_hosts_get() {
+        let fake = FakeAws::with_instances(&["i-1"]);
+        let (result, d) = handle_with(config_with("100%"), fake).await;
+        result.unwrap();
+        host_answers(&d, "cmd-1", "i-1", 9, "rolled_back");
+        finished(&d, "cmd-1", "i-1", "Failed").await;
+        assert!(d.edges.object(&release().fleet_key()).is_none());
+        d.edges.instances.lock().unwrap().push("i-3".into());
+        let r = d
+            .handle(&scheduled_event(), &Invocation::default())
+            .await
+            .unwrap();
+        assert!(r.targets.is_empty());
+        assert_eq!(d.edges.sent_to(), ["i-1"]);
     }
 }

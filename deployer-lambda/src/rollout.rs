@@ -12,13 +12,12 @@
 //! from S3 by any later event for the version, so a crash between storing a result and
 //! settling the fleet is recovered by the next event (or by Lambda's retry of this one).
 
-use std::collections::BTreeSet;
-
 use dropship_contract::events::{DEPLOY_FINISHED, SOURCE};
 use dropship_contract::fleet::{
-    self, host_status, CommandIndex, Fleet, Purpose, Sending, Step, StoredResult,
+    self, host_status, CommandIndex, Fleet, FleetOutcome, FleetPointer, Purpose, Sending, Step,
+    StoredResult,
 };
-use dropship_contract::key::{command_index_key, ReleaseKey};
+use dropship_contract::key::{command_index_key, release_of_fleet_key, ReleaseKey, FLEETS_PREFIX};
 use dropship_contract::record::{DeployRecord, Outcome, RECORD_FORMAT};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -190,6 +189,23 @@ impl<E: Edges> Deployer<E> {
                 &record.command_ids_for(Purpose::Rollback),
             );
             info!(record = %record_key, step = ?step, "fleet step");
+            if step == Step::Done {
+                // Catch-up waves land after the outcome: keep the per-host summary current.
+                let hosts = fleet::host_summaries(
+                    &rollout,
+                    &results,
+                    &record.command_ids_for(Purpose::Deploy),
+                    &record.command_ids_for(Purpose::Rollback),
+                );
+                if hosts != rollout.hosts {
+                    rollout.hosts = hosts;
+                    record.fleet = Some(rollout.clone());
+                    record.updated_at = plan::format_time(now);
+                    if store.write_record(&record, Some(&etag)).await? == Written::Conflict {
+                        continue;
+                    }
+                }
+            }
             match step {
                 Step::Wait | Step::Done => {
                     return Ok(Response::from_record(
@@ -201,6 +217,12 @@ impl<E: Edges> Deployer<E> {
                 }
                 Step::Settle { outcome, reason } => {
                     rollout.outcome = Some(outcome);
+                    rollout.hosts = fleet::host_summaries(
+                        &rollout,
+                        &results,
+                        &record.command_ids_for(Purpose::Deploy),
+                        &record.command_ids_for(Purpose::Rollback),
+                    );
                     rollout.reason = Some(reason.clone());
                     rollout.settled_at = Some(plan::format_time(now));
                     record.fleet = Some(rollout);
@@ -208,6 +230,9 @@ impl<E: Edges> Deployer<E> {
                     match store.write_record(&record, Some(&etag)).await? {
                         Written::Ok(new_etag) => {
                             info!(outcome = %outcome, reason = %reason, record = %record_key, "fleet settled");
+                            if outcome == FleetOutcome::Deployed {
+                                self.move_fleet_pointer(bucket, &record).await?;
+                            }
                             self.notify(&store, &mut record, &new_etag).await?;
                         }
                         Written::Conflict => continue,
@@ -359,6 +384,190 @@ impl<E: Edges> Deployer<E> {
         Ok(())
     }
 
+    /// Names this settled, deployed version as the one its fleet runs (forward only).
+    async fn move_fleet_pointer(
+        &self,
+        bucket: &str,
+        record: &DeployRecord,
+    ) -> Result<(), HandlerError> {
+        let release = ReleaseKey::new(&record.app, &record.env)
+            .map_err(|e| HandlerError::Busy(format!("record names an invalid app/env: {e}")))?;
+        let key = release.fleet_key();
+        let pointer = FleetPointer {
+            format: RECORD_FORMAT,
+            app: record.app.clone(),
+            env: record.env.clone(),
+            version_id: record.version_id.clone(),
+            sequencer: record.event.sequencer.clone(),
+            settled_at: plan::format_time(OffsetDateTime::now_utc()),
+        };
+        for _ in 0..MAX_DECISIONS {
+            let current = self.edges().get(bucket, &key).await?;
+            let condition = match &current {
+                None => Condition::Absent,
+                Some((bytes, etag)) => {
+                    if let Ok(old) = FleetPointer::from_bytes(bytes) {
+                        if !old.replaced_by(pointer.sequencer.as_deref()) {
+                            info!(fleet = %key, kept = %old.version_id, "an older version settled; the fleet pointer stays");
+                            return Ok(());
+                        }
+                    }
+                    Condition::Matches(etag)
+                }
+            };
+            if let Written::Ok(_) = self
+                .edges()
+                .put(bucket, &key, pointer.to_bytes(), condition)
+                .await?
+            {
+                info!(fleet = %key, version_id = %pointer.version_id, "fleet pointer moved");
+                return Ok(());
+            }
+        }
+        Err(HandlerError::Busy(format!(
+            "fleet pointer {key} kept changing; Lambda retries"
+        )))
+    }
+
+    /// An instance started: if its tags name an app/env with a converged fleet, it catches up.
+    pub(crate) async fn instance_running(
+        &self,
+        instance_id: &str,
+        inv: &Invocation,
+    ) -> Result<Response, HandlerError> {
+        let c = self.config();
+        let Some((app, env)) = self
+            .edges()
+            .instance_tags(instance_id, &c.app_tag_key, &c.env_tag_key)
+            .await?
+        else {
+            return Ok(Response::ignored(format!(
+                "instance {instance_id} is not running with both {} and {} tags",
+                c.app_tag_key, c.env_tag_key
+            )));
+        };
+        let Ok(release) = ReleaseKey::new(&app, &env) else {
+            return Ok(Response::ignored(format!(
+                "instance {instance_id} is tagged {app:?}/{env:?}, not a valid app/env"
+            )));
+        };
+        let mut sent = Vec::new();
+        for bucket in &c.allowed_buckets {
+            sent.extend(
+                self.catch_up(bucket, &release, Some(instance_id), inv)
+                    .await?,
+            );
+        }
+        Ok(Response {
+            targets: sent,
+            ..Response::ignored(format!(
+                "instance {instance_id} of {release} checked for catch-up"
+            ))
+        })
+    }
+
+    /// The periodic reconcile: every fleet of every allowed bucket catches up.
+    pub(crate) async fn reconcile(&self, inv: &Invocation) -> Result<Response, HandlerError> {
+        let mut sent = Vec::new();
+        for bucket in &self.config().allowed_buckets {
+            for key in self.edges().list(bucket, FLEETS_PREFIX).await? {
+                if let Some(release) = release_of_fleet_key(&key) {
+                    sent.extend(self.catch_up(bucket, &release, None, inv).await?);
+                }
+            }
+        }
+        Ok(Response {
+            targets: sent,
+            ..Response::ignored("reconciled every fleet".into())
+        })
+    }
+
+    /// Sends the fleet's version to the tagged, online instances its rollout never reached
+    /// (only `only`, when given); once per instance: the claim on the record (a catch-up wave
+    /// with a lease) is what deduplicates repeated events. Returns the instances sent to.
+    async fn catch_up(
+        &self,
+        bucket: &str,
+        release: &ReleaseKey,
+        only: Option<&str>,
+        inv: &Invocation,
+    ) -> Result<Vec<String>, HandlerError> {
+        let Some((bytes, _)) = self.edges().get(bucket, &release.fleet_key()).await? else {
+            return Ok(Vec::new());
+        };
+        let pointer = FleetPointer::from_bytes(&bytes).map_err(|e| {
+            HandlerError::Busy(format!(
+                "s3://{bucket}/{} is unreadable: {e}",
+                release.fleet_key()
+            ))
+        })?;
+        let store = Records::new(self.edges(), bucket);
+        let c = self.config();
+        for _ in 0..MAX_DECISIONS {
+            let Some(stored) = store.record(release, &pointer.version_id).await? else {
+                return Ok(Vec::new());
+            };
+            let Some(rollout) = stored.doc.fleet.clone() else {
+                return Ok(Vec::new());
+            };
+            let mut running = self
+                .edges()
+                .running_instances(
+                    (&c.app_tag_key, release.app()),
+                    (&c.env_tag_key, release.env()),
+                )
+                .await?;
+            if let Some(id) = only {
+                running.retain(|r| r == id);
+            }
+            let sent_hosts: std::collections::BTreeSet<&String> = rollout.sent_hosts().collect();
+            running.retain(|r| !sent_hosts.contains(r));
+            if running.is_empty() {
+                return Ok(Vec::new());
+            }
+            let online = self.edges().online_instances(&running).await?;
+            let ready = fleet::catch_up_targets(&rollout, &running, &online);
+            if ready.is_empty() {
+                if only.is_some() && rollout.sending.is_none() {
+                    // Started but its agent has not registered yet: Lambda's retries (and the
+                    // periodic reconcile) come back for it.
+                    return Err(HandlerError::Busy(format!(
+                        "instance {} of {release} is not online in SSM yet; retried",
+                        running.join(", ")
+                    )));
+                }
+                return Ok(Vec::new());
+            }
+            let planned = fleet::plan_catch_up(&rollout, &ready);
+            let wave = planned.waves.len() as u32 - 1;
+            info!(fleet = %release, version_id = %pointer.version_id, instances = ?ready, "catching up");
+            let before = stored.doc.commands.len();
+            self.send_step(
+                &store,
+                stored.doc,
+                planned,
+                &stored.etag,
+                Purpose::Deploy,
+                wave,
+                ready.clone(),
+                inv,
+            )
+            .await?;
+            // A lost claim means another invocation took this step: decide again.
+            let after = store
+                .record(release, &pointer.version_id)
+                .await?
+                .map(|r| r.doc.commands.len())
+                .unwrap_or(before);
+            if after > before {
+                return Ok(ready);
+            }
+        }
+        Err(HandlerError::Busy(format!(
+            "fleet of {release} kept changing; Lambda retries"
+        )))
+    }
+
     /// Puts the one `Dropship Deployment Finished` event on the bus, then marks the record.
     async fn notify(
         &self,
@@ -366,16 +575,7 @@ impl<E: Edges> Deployer<E> {
         record: &mut DeployRecord,
         etag: &str,
     ) -> Result<(), HandlerError> {
-        let results = self
-            .results(
-                &record.bucket,
-                &ReleaseKey::new(&record.app, &record.env).map_err(|e| {
-                    HandlerError::Busy(format!("record names an invalid app/env: {e}"))
-                })?,
-                &record.version_id,
-            )
-            .await?;
-        let detail = finished_detail(record, &results);
+        let detail = finished_detail(record);
         self.edges()
             .put_event(DEPLOY_FINISHED, detail.to_string())
             .await?;
@@ -392,39 +592,8 @@ impl<E: Edges> Deployer<E> {
 }
 
 /// The `detail` of the deploy-finished event ([`dropship_contract::events`] lists its keys).
-pub fn finished_detail(record: &DeployRecord, results: &[StoredResult]) -> serde_json::Value {
+pub fn finished_detail(record: &DeployRecord) -> serde_json::Value {
     let rollout = record.fleet.as_ref();
-    let deployed = fleet::results_by_host(
-        results,
-        Purpose::Deploy,
-        &record.command_ids_for(Purpose::Deploy),
-    );
-    let back = fleet::results_by_host(
-        results,
-        Purpose::Rollback,
-        &record.command_ids_for(Purpose::Rollback),
-    );
-    let pending: BTreeSet<&String> = rollout
-        .map(|f| f.pending.iter().collect())
-        .unwrap_or_default();
-    let mut hosts = Vec::new();
-    for id in rollout
-        .map(|f| f.targets().collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        let h = deployed.get(id.as_str());
-        hosts.push(json!({
-            "instance_id": id,
-            "outcome": h.map(|h| h.state.as_str()).unwrap_or("not_sent"),
-            "exit_code": h.and_then(|h| h.exit_code),
-            "rollback": back.get(id.as_str()).map(|b| b.state.as_str()),
-        }));
-    }
-    for id in pending {
-        hosts.push(
-            json!({"instance_id": id, "outcome": "pending", "exit_code": null, "rollback": null}),
-        );
-    }
     let outcome = rollout.and_then(|f| f.outcome);
     let meta = record.metadata.as_ref();
     json!({
@@ -439,7 +608,7 @@ pub fn finished_detail(record: &DeployRecord, results: &[StoredResult]) -> serde
         "outcome": outcome.map(|o| o.as_str()),
         "succeeded": outcome.is_some_and(|o| o.succeeded()),
         "reason": rollout.and_then(|f| f.reason.as_deref()),
-        "hosts": hosts,
+        "hosts": rollout.map(|f| f.hosts.clone()).unwrap_or_default(),
         "record_key": record.s3_key().unwrap_or_default(),
     })
 }

@@ -21,6 +21,7 @@ use crate::history::{merge_history, VersionEntry};
 use crate::status::{Invocation, Observed};
 use crate::wait::DeployFacts;
 use crate::{OpsError, Target};
+use dropship_contract::fleet::StoredResult;
 
 /// What `HeadObject` of one version says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +267,28 @@ impl Clients {
         self.read_record(&key).await
     }
 
+    /// The per-host results the deployer stored for `version_id` (unreadable ones are errors
+    /// naming the object).
+    pub async fn results(&self, version_id: &str) -> Result<Vec<StoredResult>, OpsError> {
+        let prefix = self.target.release.results_prefix(version_id);
+        let mut keys: Vec<String> = self.record_keys(&prefix).await?.into_iter().collect();
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(bytes) = self.get_bytes(&key).await? else {
+                continue;
+            };
+            out.push(
+                StoredResult::from_bytes(&bytes).map_err(|cause| OpsError::BadRecord {
+                    bucket: self.bucket().to_string(),
+                    key,
+                    cause,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
     /// The newest-dispatched pointer, if any version was dispatched.
     pub async fn pointer(
         &self,
@@ -387,5 +410,9 @@ impl DeployFacts for Clients {
 
     async fn invocation(&self, command_id: &str, instance_id: &str) -> Result<Observed, OpsError> {
         Clients::invocation(self, command_id, instance_id).await
+    }
+
+    async fn results(&self, version_id: &str) -> Result<Vec<StoredResult>, OpsError> {
+        Clients::results(self, version_id).await
     }
 }

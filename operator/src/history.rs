@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use dropship_contract::fleet::{summary_counts, FleetOutcome, HostState, HostSummary};
 use dropship_contract::metadata::ObjectMetadata;
 use dropship_contract::record::{DeployRecord, LatestPointer, Outcome};
 use serde::Serialize;
@@ -70,19 +71,62 @@ pub struct DeploySummary {
     pub command_ids: Vec<String>,
     /// This is the version the newest-dispatched pointer names.
     pub newest_dispatched: bool,
+    /// How the fleet ended (records with a rollout), once settled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetOutcome>,
+    /// Every host's end of the rollout (from the record, written when the fleet settled).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fleet_hosts: Vec<HostSummary>,
+    /// The record has a rollout that is not settled yet.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rolling_out: bool,
 }
 
 impl DeploySummary {
     /// The table cell.
     pub fn cell(&self) -> String {
-        let mut text = match self.outcome {
-            None => "no record".to_string(),
-            Some(Outcome::Dispatched) => format!("dispatched to {} host(s)", self.hosts),
-            Some(Outcome::Rejected) => "rejected".to_string(),
-            Some(Outcome::NoTargets) => "no targets".to_string(),
-            Some(Outcome::SkippedStale) => "skipped (stale)".to_string(),
-            Some(o) => o.as_str().replace('_', " "),
+        let targets = self
+            .fleet_hosts
+            .iter()
+            .filter(|h| h.outcome != HostState::Offline)
+            .count();
+        let deployed = self
+            .fleet_hosts
+            .iter()
+            .filter(|h| h.outcome == HostState::Success && h.rollback.is_none())
+            .count();
+        let mut text = match (self.outcome, self.fleet) {
+            (Some(Outcome::Dispatched), Some(FleetOutcome::Deployed)) => {
+                format!("deployed on {deployed}/{targets}")
+            }
+            (Some(Outcome::Dispatched), Some(FleetOutcome::RolledBack)) => {
+                format!("rolled back (fleet): {}", summary_counts(&self.fleet_hosts))
+            }
+            (Some(Outcome::Dispatched), Some(FleetOutcome::PartiallyDeployed)) => format!(
+                "partially deployed: {deployed}/{targets} run it; {}",
+                summary_counts(&self.fleet_hosts)
+            ),
+            (Some(Outcome::Dispatched), Some(o)) => {
+                format!(
+                    "{}: {}",
+                    o.as_str().replace('_', " "),
+                    summary_counts(&self.fleet_hosts)
+                )
+            }
+            (Some(Outcome::Dispatched), None) if self.rolling_out => {
+                format!("rolling out to {} host(s)", self.hosts)
+            }
+            (None, _) => "no record".to_string(),
+            (Some(Outcome::Dispatched), None) => format!("dispatched to {} host(s)", self.hosts),
+            (Some(Outcome::Rejected), _) => "rejected".to_string(),
+            (Some(Outcome::NoTargets), _) => "no targets".to_string(),
+            (Some(Outcome::SkippedStale), _) => "skipped (stale)".to_string(),
+            (Some(o), _) => o.as_str().replace('_', " "),
         };
+        let offline = self.fleet_hosts.len() - targets;
+        if offline > 0 {
+            text.push_str(&format!(", {offline} offline (not sent)"));
+        }
         if let Some(r) = self.reason.as_deref().filter(|r| !r.is_empty()) {
             text.push_str(&format!(": {}", short(r, 60)));
         }
@@ -161,6 +205,16 @@ pub fn rows(history: &[VersionEntry], facts: &Facts) -> Vec<VersionRow> {
                     .pointer
                     .as_ref()
                     .is_some_and(|p| p.version_id == entry.version_id),
+                fleet: record
+                    .and_then(|r| r.fleet.as_ref())
+                    .and_then(|f| f.outcome),
+                fleet_hosts: record
+                    .and_then(|r| r.fleet.as_ref())
+                    .map(|f| f.hosts.clone())
+                    .unwrap_or_default(),
+                rolling_out: record
+                    .and_then(|r| r.fleet.as_ref())
+                    .is_some_and(|f| f.outcome.is_none()),
             };
             VersionRow {
                 entry: entry.clone(),
@@ -409,5 +463,64 @@ mod tests {
         assert_eq!(v1["deploy"]["outcome"], "dispatched");
         assert_eq!(json["versions"][1]["delete_marker"], true);
         assert_eq!(json["versions"][0]["metadata"]["restored_from"], "v1");
+    }
+
+    #[test]
+    fn the_deploy_cell_tells_the_fleet_outcome_with_per_host_counts() {
+        let host = |id: &str, outcome: HostState, rollback: Option<HostState>| HostSummary {
+            instance_id: id.into(),
+            outcome,
+            exit_code: None,
+            rollback,
+        };
+        let summary = |fleet, hosts: Vec<HostSummary>| DeploySummary {
+            outcome: Some(Outcome::Dispatched),
+            reason: None,
+            hosts: 4,
+            command_ids: vec![],
+            newest_dispatched: false,
+            fleet,
+            fleet_hosts: hosts,
+            rolling_out: false,
+        };
+        let rolled = summary(
+            Some(FleetOutcome::RolledBack),
+            vec![
+                host("i-1", HostState::Success, Some(HostState::Success)),
+                host("i-2", HostState::Success, Some(HostState::Success)),
+                host("i-3", HostState::RolledBack, None),
+                host("i-4", HostState::NotSent, None),
+            ],
+        );
+        assert_eq!(
+            rolled.cell(),
+            "rolled back (fleet): 2 success, 1 rolled_back, 1 not_sent; 2 sent back"
+        );
+        let deployed = summary(
+            Some(FleetOutcome::Deployed),
+            vec![
+                host("i-1", HostState::Success, None),
+                host("i-2", HostState::Offline, None),
+            ],
+        );
+        assert_eq!(deployed.cell(), "deployed on 1/1, 1 offline (not sent)");
+        let mixed = summary(
+            Some(FleetOutcome::PartiallyDeployed),
+            vec![
+                host("i-1", HostState::Success, None),
+                host("i-2", HostState::Failed, None),
+                host("i-3", HostState::NotSent, None),
+            ],
+        );
+        assert!(
+            mixed.cell().starts_with("partially deployed: 1/3 run it;"),
+            "{}",
+            mixed.cell()
+        );
+        let rolling = DeploySummary {
+            rolling_out: true,
+            ..summary(None, vec![])
+        };
+        assert_eq!(rolling.cell(), "rolling out to 4 host(s)");
     }
 }

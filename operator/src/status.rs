@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use dropship_contract::fleet::{self, FleetOutcome, OnFailure, Purpose, StoredResult};
 pub use dropship_contract::fleet::{host_status, HostState, HostStatus, Invocation, Observed};
 use dropship_contract::host::HostOutcome;
 use dropship_contract::record::{DeployRecord, Outcome};
@@ -56,8 +57,30 @@ pub struct DeployStatus {
     pub phase: Phase,
     /// One line per targeted host, in record order.
     pub hosts: Vec<HostStatus>,
+    /// The rollout (records written by a deployer with the fleet loop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetView>,
     /// The overall verdict.
     pub verdict: Verdict,
+}
+
+/// The rollout as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FleetView {
+    /// What a failure does.
+    pub on_failure: OnFailure,
+    /// Waves planned and sent.
+    pub waves: usize,
+    /// Waves sent so far.
+    pub sent: u32,
+    /// How the fleet ended, once settled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<FleetOutcome>,
+    /// Why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The hosts sent back to their previous release, and what they did.
+    pub rollback: Vec<HostStatus>,
 }
 
 /// Every (command, instance) pair a record sent, in order, without duplicates.
@@ -89,6 +112,17 @@ pub fn phase_of(record: Option<&DeployRecord>) -> Phase {
     }
 }
 
+/// The verdict of a settled fleet.
+pub fn verdict_of_fleet(outcome: FleetOutcome) -> Verdict {
+    match outcome {
+        FleetOutcome::Deployed => Verdict::Succeeded,
+        FleetOutcome::RolledBack => Verdict::RolledBack,
+        FleetOutcome::Failed => Verdict::Failed,
+        FleetOutcome::PartiallyDeployed => Verdict::PartiallyDeployed,
+        FleetOutcome::RollbackFailed => Verdict::RollbackFailed,
+    }
+}
+
 /// The one-word answer to "did it deploy?", and the `--wait` exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,6 +139,8 @@ pub enum Verdict {
     Failed,
     /// At least one host could not roll back: it needs an operator.
     RollbackFailed,
+    /// `on_failure = "leave"` stopped the rollout: some hosts run the version, some do not.
+    PartiallyDeployed,
 }
 
 impl Verdict {
@@ -116,6 +152,7 @@ impl Verdict {
             Verdict::RolledBack => Exit::RolledBack,
             Verdict::Failed => Exit::HostFailed,
             Verdict::RollbackFailed => Exit::RollbackFailed,
+            Verdict::PartiallyDeployed => Exit::HostFailed,
             Verdict::Pending => Exit::WaitTimeout,
         }
     }
@@ -129,6 +166,7 @@ impl Verdict {
             Verdict::RolledBack => "rolled_back",
             Verdict::Failed => "failed",
             Verdict::RollbackFailed => "rollback_failed",
+            Verdict::PartiallyDeployed => "partially_deployed",
         }
     }
 }
@@ -156,31 +194,103 @@ pub fn verdict(phase: &Phase, hosts: &[HostStatus]) -> Verdict {
     }
 }
 
-/// Assembles the report from the record and what SSM said per pair (pairs SSM was not asked
-/// about yet count as not registered).
+/// Assembles the report from the record, the per-host results the deployer stored, and
+/// what SSM said per pair (pairs SSM was not asked about yet count as not registered).
+/// Stored results win: they outlive SSM's 30-day history.
 pub fn build(
     app: &str,
     env: &str,
     version_id: &str,
     record: Option<&DeployRecord>,
     observed: &BTreeMap<(String, String), Observed>,
+    results: &[StoredResult],
 ) -> DeployStatus {
     let phase = phase_of(record);
-    let hosts: Vec<HostStatus> = record
-        .map(invocation_pairs)
-        .unwrap_or_default()
-        .iter()
-        .map(|(command, instance)| {
-            let obs = observed
-                .get(&(command.clone(), instance.clone()))
-                .cloned()
-                .unwrap_or(Observed::NotYet {
-                    code: "not asked yet".into(),
-                });
-            host_status(command, instance, &obs)
-        })
-        .collect();
-    let verdict = verdict(&phase, &hosts);
+    let from_ssm = |command: &str, instance: &str| {
+        let obs = observed
+            .get(&(command.to_string(), instance.to_string()))
+            .cloned()
+            .unwrap_or(Observed::NotYet {
+                code: "not asked yet".into(),
+            });
+        host_status(command, instance, &obs)
+    };
+    let (hosts, fleet_view): (Vec<HostStatus>, Option<FleetView>) = match record
+        .and_then(|r| r.fleet.as_ref().map(|f| (r, f)))
+    {
+        Some((r, f)) => {
+            let deploy_cmds = r.command_ids_for(Purpose::Deploy);
+            let rollback_cmds = r.command_ids_for(Purpose::Rollback);
+            let stored = fleet::results_by_host(results, Purpose::Deploy, &deploy_cmds);
+            let stored_back = fleet::results_by_host(results, Purpose::Rollback, &rollback_cmds);
+            let command_of = |instance: &str, purpose: Purpose| {
+                r.commands
+                    .iter()
+                    .rev()
+                    .find(|c| c.purpose == purpose && c.instance_ids.iter().any(|i| i == instance))
+                    .map(|c| c.command_id.clone())
+            };
+            let hosts: Vec<HostStatus> = fleet::host_summaries(f, results, &deploy_cmds, &rollback_cmds)
+                .into_iter()
+                .map(|h| match stored.get(h.instance_id.as_str()) {
+                    Some(s) => (*s).clone(),
+                    None => match (h.outcome, command_of(&h.instance_id, Purpose::Deploy)) {
+                        (HostState::Dispatched, Some(c)) => from_ssm(&c, &h.instance_id),
+                        (state, _) => HostStatus {
+                            instance_id: h.instance_id.clone(),
+                            command_id: String::new(),
+                            state,
+                            ssm_status: String::new(),
+                            exit_code: None,
+                            result: None,
+                            detail: match state {
+                                HostState::Queued => "waiting for its wave".into(),
+                                HostState::NotSent => "never sent: the rollout stopped before its wave; the host is unchanged".into(),
+                                HostState::Offline => "not online in SSM at dispatch: not sent; check its SSM agent".into(),
+                                other => other.as_str().into(),
+                            },
+                        },
+                    },
+                })
+                .collect();
+            let rollback: Vec<HostStatus> = f
+                .rollback
+                .iter()
+                .flatten()
+                .map(|id| match stored_back.get(id.as_str()) {
+                    Some(s) => (*s).clone(),
+                    None => match command_of(id, Purpose::Rollback) {
+                        Some(c) => from_ssm(&c, id),
+                        None => from_ssm("", id),
+                    },
+                })
+                .collect();
+            (
+                hosts,
+                Some(FleetView {
+                    on_failure: f.on_failure,
+                    waves: f.waves.len(),
+                    sent: f.sent,
+                    outcome: f.outcome,
+                    reason: f.reason.clone(),
+                    rollback,
+                }),
+            )
+        }
+        None => (
+            record
+                .map(invocation_pairs)
+                .unwrap_or_default()
+                .iter()
+                .map(|(command, instance)| from_ssm(command, instance))
+                .collect(),
+            None,
+        ),
+    };
+    let verdict = match (&phase, fleet_view.as_ref()) {
+        (Phase::Dispatched, Some(f)) => f.outcome.map(verdict_of_fleet).unwrap_or(Verdict::Pending),
+        _ => verdict(&phase, &hosts),
+    };
     DeployStatus {
         app: app.to_string(),
         env: env.to_string(),
@@ -188,6 +298,7 @@ pub fn build(
         commit: record.and_then(|r| r.metadata.as_ref().map(|m| m.commit.clone())),
         phase,
         hosts,
+        fleet: fleet_view,
         verdict,
     }
 }
@@ -248,6 +359,19 @@ impl DeployStatus {
                 ));
             }
         }
+        if let Some(f) = &self.fleet {
+            out.push_str(&format!(
+                "  rollout: {} of {} wave(s) sent, on_failure = {}\n",
+                f.sent,
+                f.waves,
+                f.on_failure.as_str()
+            ));
+            match (&f.outcome, &f.reason) {
+                (Some(o), Some(r)) => out.push_str(&format!("  fleet: {o} — {r}\n")),
+                (Some(o), None) => out.push_str(&format!("  fleet: {o}\n")),
+                _ => out.push_str("  fleet: not settled yet\n"),
+            }
+        }
         out.push_str(&format!("  verdict: {}\n", self.verdict.as_str()));
         for (outcome, said) in [
             (HostOutcome::Noop, "already ran this version (no-op)"),
@@ -264,6 +388,22 @@ impl DeployStatus {
         if !self.hosts.is_empty() {
             let mut t = Table::new(["HOST", "STATE", "EXIT", "COMMAND", "DETAIL"]);
             for h in &self.hosts {
+                t.row([
+                    h.instance_id.clone(),
+                    h.state.to_string(),
+                    h.exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    short(&h.command_id, 13),
+                    short(&h.detail, 120),
+                ]);
+            }
+            out.push('\n');
+            out.push_str(&t.render());
+        }
+        if let Some(f) = self.fleet.as_ref().filter(|f| !f.rollback.is_empty()) {
+            let mut t = Table::new(["SENT BACK", "STATE", "EXIT", "COMMAND", "DETAIL"]);
+            for h in &f.rollback {
                 t.row([
                     h.instance_id.clone(),
                     h.state.to_string(),
@@ -346,7 +486,7 @@ mod tests {
         // Exit 0 that was a no-op or a stale skip is named, not passed off as a deploy.
         let rec = record(Outcome::Dispatched, &[("c-1", &["i-0abc"])]);
         let seen = obs(&[("c-1", "i-0abc", noop.clone())]);
-        let text = build("shop", "prod", "v2", Some(&rec), &seen).render();
+        let text = build("shop", "prod", "v2", Some(&rec), &seen, &[]).render();
         assert!(
             text.contains("verdict: succeeded")
                 && text.contains("note: i-0abc already ran this version (no-op)"),
@@ -551,7 +691,7 @@ mod tests {
             ("c-1", "i-2", ok.clone()),
             ("c-2", "i-3", ok.clone()),
         ]);
-        let s = build("shop", "prod", "v2", Some(&rec), &all_ok);
+        let s = build("shop", "prod", "v2", Some(&rec), &all_ok, &[]);
         assert_eq!(s.hosts.len(), 3);
         assert_eq!(s.verdict, Verdict::Succeeded);
         assert_eq!(s.verdict.exit_code(), Exit::Success);
@@ -563,7 +703,7 @@ mod tests {
             ("c-1", "i-2", ok.clone()),
             ("c-2", "i-3", rolled),
         ]);
-        let s = build("shop", "prod", "v2", Some(&rec), &one_rolled);
+        let s = build("shop", "prod", "v2", Some(&rec), &one_rolled, &[]);
         assert_eq!(s.verdict, Verdict::RolledBack);
         assert_eq!(s.verdict.exit_code(), Exit::RolledBack);
         assert_eq!(s.hosts[2].instance_id, "i-3");
@@ -571,7 +711,7 @@ mod tests {
 
         // A host not registered yet keeps the whole deploy pending.
         let partial = obs(&[("c-1", "i-1", ok.clone()), ("c-1", "i-2", ok.clone())]);
-        let s = build("shop", "prod", "v2", Some(&rec), &partial);
+        let s = build("shop", "prod", "v2", Some(&rec), &partial, &[]);
         assert_eq!(s.verdict, Verdict::Pending);
         assert_eq!(s.hosts[2].state, HostState::Dispatched);
 
@@ -583,7 +723,7 @@ mod tests {
             ("c-2", "i-3", ok.clone()),
         ]);
         assert_eq!(
-            build("shop", "prod", "v2", Some(&rec), &mixed).verdict,
+            build("shop", "prod", "v2", Some(&rec), &mixed, &[]).verdict,
             Verdict::Failed
         );
         let worst = obs(&[
@@ -591,7 +731,7 @@ mod tests {
             ("c-1", "i-2", finished_fixture("Failed", "Failed", 9, "")),
             ("c-2", "i-3", ok),
         ]);
-        let s = build("shop", "prod", "v2", Some(&rec), &worst);
+        let s = build("shop", "prod", "v2", Some(&rec), &worst, &[]);
         assert_eq!(s.verdict, Verdict::RollbackFailed);
         assert_eq!(s.verdict.exit_code(), Exit::RollbackFailed);
         assert!(s.render().contains("rollback_failed"));
@@ -599,17 +739,17 @@ mod tests {
 
     #[test]
     fn records_without_dispatch_settle_or_wait_without_hosts() {
-        let none = build("shop", "prod", "v2", None, &BTreeMap::new());
+        let none = build("shop", "prod", "v2", None, &BTreeMap::new(), &[]);
         assert_eq!(none.phase, Phase::NoRecord);
         assert_eq!(none.verdict, Verdict::Pending);
         assert!(none.render().contains("no deploy record yet"));
         let claiming = record(Outcome::Dispatching, &[]);
         assert_eq!(
-            build("shop", "prod", "v2", Some(&claiming), &BTreeMap::new()).verdict,
+            build("shop", "prod", "v2", Some(&claiming), &BTreeMap::new(), &[]).verdict,
             Verdict::Pending
         );
         let rejected = record(Outcome::Rejected, &[]);
-        let s = build("shop", "prod", "v2", Some(&rejected), &BTreeMap::new());
+        let s = build("shop", "prod", "v2", Some(&rejected), &BTreeMap::new(), &[]);
         assert_eq!(s.verdict, Verdict::Refused);
         assert_eq!(s.verdict.exit_code(), Exit::DeployRefused);
         assert!(s.render().contains("sha256 mismatch"), "{}", s.render());
@@ -623,7 +763,8 @@ mod tests {
                 "prod",
                 "v2",
                 Some(&record(Outcome::NoTargets, &[])),
-                &BTreeMap::new()
+                &BTreeMap::new(),
+                &[]
             )
             .verdict,
             Verdict::Refused

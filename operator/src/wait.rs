@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use dropship_contract::fleet::StoredResult;
 use dropship_contract::record::DeployRecord;
 use serde::Serialize;
 
@@ -27,6 +28,11 @@ pub trait DeployFacts {
         command_id: &str,
         instance_id: &str,
     ) -> impl Future<Output = Result<Observed, OpsError>> + Send;
+    /// The per-host results the deployer stored for `version_id`.
+    fn results(
+        &self,
+        version_id: &str,
+    ) -> impl Future<Output = Result<Vec<StoredResult>, OpsError>> + Send;
 }
 
 /// Polling settings.
@@ -81,11 +87,18 @@ pub async fn observe<F: DeployFacts>(
     facts: &F,
     record: &DeployRecord,
     known: &mut BTreeMap<(String, String), Observed>,
+    stored: &[StoredResult],
     not_yet_retries: u32,
     retry_pause: Duration,
 ) -> Result<(), OpsError> {
     for (command, instance) in status::invocation_pairs(record) {
         let pair = (command.clone(), instance.clone());
+        if stored
+            .iter()
+            .any(|r| r.host.command_id == command && r.host.instance_id == instance)
+        {
+            continue; // the deployer stored it: SSM need not be asked (and may have forgotten)
+        }
         if let Some(obs) = known.get(&pair) {
             if status::host_status(&command, &instance, obs)
                 .state
@@ -117,10 +130,21 @@ pub async fn status_once<F: DeployFacts>(
 ) -> Result<DeployStatus, OpsError> {
     let record = facts.record(version_id).await?;
     let mut known = BTreeMap::new();
+    let mut results = Vec::new();
     if let Some(r) = &record {
-        observe(facts, r, &mut known, 3, retry_pause).await?;
+        if r.fleet.is_some() {
+            results = facts.results(version_id).await?;
+        }
+        observe(facts, r, &mut known, &results, 3, retry_pause).await?;
     }
-    Ok(status::build(app, env, version_id, record.as_ref(), &known))
+    Ok(status::build(
+        app,
+        env,
+        version_id,
+        record.as_ref(),
+        &known,
+        &results,
+    ))
 }
 
 /// Follows the deploy of `version_id` until it settles or `options.timeout` passes.
@@ -137,13 +161,21 @@ pub async fn follow<F: DeployFacts>(
     let deadline = started + options.timeout;
     let mut known = BTreeMap::new();
     let mut record: Option<DeployRecord> = None;
+    let mut results: Vec<StoredResult> = Vec::new();
     loop {
         let step = async {
-            if record.as_ref().is_none_or(|r| !r.outcome.is_final()) {
+            // A record with a rollout changes until its fleet is settled (waves, rollback).
+            let unsettled = |r: &DeployRecord| {
+                !r.outcome.is_final() || r.fleet.as_ref().is_some_and(|f| f.outcome.is_none())
+            };
+            if record.as_ref().is_none_or(unsettled) {
                 record = facts.record(version_id).await?;
+                if record.as_ref().is_some_and(|r| r.fleet.is_some()) {
+                    results = facts.results(version_id).await?;
+                }
             }
             if let Some(r) = record.as_ref().filter(|r| r.outcome.is_final()) {
-                observe(facts, r, &mut known, 0, Duration::ZERO).await?;
+                observe(facts, r, &mut known, &results, 0, Duration::ZERO).await?;
             }
             Ok::<_, OpsError>(())
         };
@@ -155,7 +187,7 @@ pub async fn follow<F: DeployFacts>(
             Err(e) => return Err(e),
         }
         let settled_record = record.as_ref().filter(|r| r.outcome.is_final());
-        let current = status::build(app, env, version_id, settled_record, &known);
+        let current = status::build(app, env, version_id, settled_record, &known, &results);
         match settled_record {
             None => on_progress(Progress::WaitingForRecord {
                 elapsed: started.elapsed(),
@@ -212,7 +244,9 @@ mod tests {
     use crate::aws_calls::GET_COMMAND_INVOCATION;
     use crate::status::{HostState, Invocation};
     use dropship_aws::{AwsError, Failure};
+    use dropship_contract::fleet::{Fleet, FleetOutcome, OnFailure, Purpose};
     use dropship_contract::key::ReleaseKey;
+    use dropship_contract::record::RECORD_FORMAT;
     use dropship_contract::record::{CommandBatch, EventFacts, Outcome, Trigger};
     use std::sync::Mutex;
 
@@ -255,6 +289,8 @@ mod tests {
         /// `Err(text)` is a transient network failure.
         hosts: Mutex<BTreeMap<String, Vec<Result<Observed, &'static str>>>>,
         calls: Mutex<Vec<String>>,
+        /// Stored results per read (last repeats).
+        stored: Mutex<Vec<Vec<StoredResult>>>,
     }
 
     impl Script {
@@ -266,6 +302,7 @@ mod tests {
                 records: Mutex::new(records),
                 hosts: Mutex::new(hosts.into_iter().map(|(h, v)| (h.to_string(), v)).collect()),
                 calls: Mutex::new(Vec::new()),
+                stored: Mutex::new(vec![Vec::new()]),
             }
         }
     }
@@ -279,6 +316,11 @@ mod tests {
     }
 
     impl DeployFacts for Script {
+        async fn results(&self, _version_id: &str) -> Result<Vec<StoredResult>, OpsError> {
+            self.calls.lock().unwrap().push("results".into());
+            Ok(pop(&mut self.stored.lock().unwrap()))
+        }
+
         async fn record(&self, _version_id: &str) -> Result<Option<DeployRecord>, OpsError> {
             self.calls.lock().unwrap().push("record".into());
             Ok(pop(&mut self.records.lock().unwrap()))
@@ -359,6 +401,155 @@ mod tests {
         let calls = facts.calls.lock().unwrap();
         assert_eq!(calls.iter().filter(|c| *c == "i-2").count(), 2, "{calls:?}");
         assert_eq!(calls.iter().filter(|c| *c == "i-1").count(), 3, "{calls:?}");
+    }
+
+    /// A stored result, as the deployer writes it.
+    fn stored(
+        instance: &str,
+        command: &str,
+        purpose: Purpose,
+        details: &str,
+        code: i32,
+    ) -> StoredResult {
+        let mut i = match inv(if code == 0 { "Success" } else { "Failed" }, details, code) {
+            Observed::Found(i) => i,
+            _ => unreachable!(),
+        };
+        i.command_id = command.into();
+        i.instance_id = instance.into();
+        StoredResult {
+            format: RECORD_FORMAT,
+            app: "shop".into(),
+            env: "prod".into(),
+            version_id: "v9".into(),
+            purpose,
+            host: status::host_status(command, instance, &Observed::Found(i)),
+            stored_at: "2026-11-23T09:01:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rollout_is_followed_through_stored_results_to_the_fleet_outcome() {
+        // Two hosts in two waves: the record changes as waves go out and the fleet settles;
+        // SSM has forgotten every command (the stored results are the only truth).
+        let mut wave1 = record(Outcome::Dispatched, &["i-1"]);
+        wave1.fleet = Some(Fleet {
+            sent: 1,
+            ..Fleet::new(
+                OnFailure::RollbackFleet,
+                &["i-1".into(), "i-2".into()],
+                &[],
+                1,
+            )
+        });
+        let mut wave2 = wave1.clone();
+        wave2.commands.push(CommandBatch {
+            command_id: "c-2".into(),
+            instance_ids: vec!["i-2".into()],
+            purpose: Purpose::Deploy,
+        });
+        wave2.fleet.as_mut().unwrap().sent = 2;
+        let mut settled = wave2.clone();
+        settled.fleet.as_mut().unwrap().outcome = Some(FleetOutcome::Deployed);
+        let facts = Script::new(
+            vec![Some(wave1), Some(wave2), Some(settled)],
+            vec![
+                (
+                    "i-1",
+                    vec![Ok(Observed::Gone {
+                        code: "InvalidCommandId".into(),
+                    })],
+                ),
+                (
+                    "i-2",
+                    vec![Ok(Observed::Gone {
+                        code: "InvalidCommandId".into(),
+                    })],
+                ),
+            ],
+        );
+        *facts.stored.lock().unwrap() = vec![
+            vec![],
+            vec![stored("i-1", "c-1", Purpose::Deploy, "Success", 0)],
+            vec![
+                stored("i-1", "c-1", Purpose::Deploy, "Success", 0),
+                stored("i-2", "c-2", Purpose::Deploy, "Success", 0),
+            ],
+        ];
+        let report = follow(&facts, "shop", "prod", "v9", fast(5_000), &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.status.verdict, Verdict::Succeeded, "{report:?}");
+        assert_eq!(report.exit_code(), Exit::Success);
+        let states: Vec<HostState> = report.status.hosts.iter().map(|h| h.state).collect();
+        assert_eq!(states, [HostState::Success, HostState::Success]);
+        assert_eq!(
+            report.status.fleet.as_ref().unwrap().outcome,
+            Some(FleetOutcome::Deployed)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fleet_rolled_back_waits_to_exit_8_and_shows_hosts_sent_back_and_never_sent() {
+        let mut r = record(Outcome::Dispatched, &["i-1"]);
+        r.commands.push(CommandBatch {
+            command_id: "c-2".into(),
+            instance_ids: vec!["i-2".into()],
+            purpose: Purpose::Deploy,
+        });
+        r.commands.push(CommandBatch {
+            command_id: "c-3".into(),
+            instance_ids: vec!["i-1".into()],
+            purpose: Purpose::Rollback,
+        });
+        r.fleet = Some(Fleet {
+            sent: 2,
+            rollback: Some(vec!["i-1".into()]),
+            outcome: Some(FleetOutcome::RolledBack),
+            reason: Some("i-2 rolled_back".into()),
+            ..Fleet::new(
+                OnFailure::RollbackFleet,
+                &["i-1".into(), "i-2".into(), "i-3".into()],
+                &[],
+                1,
+            )
+        });
+        let facts = Script::new(vec![Some(r)], vec![]);
+        *facts.stored.lock().unwrap() = vec![vec![
+            stored("i-1", "c-1", Purpose::Deploy, "Success", 0),
+            stored("i-2", "c-2", Purpose::Deploy, "Failed", 9),
+            stored("i-1", "c-3", Purpose::Rollback, "Success", 0),
+        ]];
+        let report = follow(&facts, "shop", "prod", "v9", fast(5_000), &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.exit_code(), Exit::RolledBack);
+        let states: Vec<HostState> = report.status.hosts.iter().map(|h| h.state).collect();
+        assert_eq!(
+            states,
+            [
+                HostState::Success,
+                HostState::RolledBack,
+                HostState::NotSent
+            ]
+        );
+        let f = report.status.fleet.as_ref().unwrap();
+        assert_eq!(f.rollback.len(), 1);
+        assert_eq!(f.rollback[0].state, HostState::Success);
+        let text = report.status.render();
+        assert!(
+            text.contains("fleet: rolled_back — i-2 rolled_back"),
+            "{text}"
+        );
+        assert!(text.contains("SENT BACK"), "{text}");
+        assert!(text.contains("never sent"), "{text}");
+        // Everything came from the stored results: SSM was never asked.
+        assert!(!facts
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.starts_with("i-")));
     }
 
     #[tokio::test]

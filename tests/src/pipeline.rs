@@ -40,6 +40,9 @@ use crate::local_ssm::{LocalSsm, LocalSsmConfig};
 use crate::repo::{self, Finished, GitRepo};
 use crate::simhost::{Container, SimAgent, SimHost};
 use crate::{bins, moto};
+use dropship_contract::events::{
+    EC2_SOURCE, INSTANCE_STATE_CHANGE, INVOCATION_STATUS_CHANGE, SSM_SOURCE, TERMINAL_STATUSES,
+};
 
 /// Environment of the sample app's releases in the pipeline.
 pub const ENV: &str = "staging";
@@ -53,6 +56,8 @@ pub const DELIVERY_SECOND: Duration = Duration::from_millis(10);
 const INVOCATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a CLI `--wait` may run in the pipeline.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Retries of a failed asynchronous Lambda invocation (Lambda's default).
+const LAMBDA_RETRIES: u32 = 2;
 
 /// The CloudWatch Logs group the Lambda names for command output (`DROPSHIP_LOG_GROUP`).
 pub fn log_group(app: &str) -> String {
@@ -80,6 +85,8 @@ pub struct Options {
     /// Where the Lambda's JSON logs go (`None`: a file in the pipeline's work directory,
     /// removed with the pipeline).
     pub lambda_log: Option<PathBuf>,
+    /// The Lambda's `DROPSHIP_MAX_CONCURRENCY` (hosts per wave); `None`: its default.
+    pub max_concurrency: Option<String>,
 }
 
 impl Options {
@@ -90,6 +97,7 @@ impl Options {
             bucket: moto::unique("e2e"),
             hosts: 2,
             lambda_log: None,
+            max_concurrency: None,
         }
     }
 }
@@ -195,6 +203,10 @@ pub struct Pipeline {
     pub app: String,
     pub bucket: String,
     pub queue_url: String,
+    /// Queue of the rule that captures `Dropship Deployment Finished` events.
+    pub notify_queue_url: String,
+    /// Every rule this pipeline created (removed with it).
+    rules: Vec<String>,
     pub rule: String,
     pub repo: GitRepo,
     pub hosts: Vec<Host>,
@@ -206,6 +218,9 @@ pub struct Pipeline {
     own_log: bool,
     /// Events received from SQS and not yet handed out.
     inbox: Mutex<Vec<Value>>,
+    /// Deliveries the Lambda failed, retried as Lambda retries async invocations: (payload,
+    /// attempts so far, not before).
+    retries: Mutex<Vec<(Value, u32, Instant)>>,
     /// (command id, instance id) invocations already reported by [`Self::wait_dispatched`].
     reported: Mutex<HashSet<(String, String)>>,
 }
@@ -245,6 +260,9 @@ impl Pipeline {
             // Full command output to CloudWatch Logs (SSM keeps only 24,000 characters).
             ("DROPSHIP_LOG_GROUP".into(), log_group(&opts.app)),
         ];
+        if let Some(m) = &opts.max_concurrency {
+            env.push(("DROPSHIP_MAX_CONCURRENCY".into(), m.clone()));
+        }
         env.extend(moto::aws_env());
         env.extend(local_ssm.aws_env());
         let borrowed: Vec<(&str, &str)> =
@@ -297,46 +315,58 @@ impl Pipeline {
                 "object": {"key": [{"wildcard": "releases/*.tar.gz"}]}
             }
         });
-        let queue_url = rt
-            .block_on(async {
-                let queue_url = sqs
-                    .create_queue()
-                    .queue_name(&queue)
-                    .send()
-                    .await?
-                    .queue_url
-                    .ok_or_else(|| anyhow!("CreateQueue answered without a QueueUrl"))?;
-                let queue_arn = sqs
-                    .get_queue_attributes()
-                    .queue_url(&queue_url)
-                    .attribute_names(QueueAttributeName::QueueArn)
-                    .send()
-                    .await?
-                    .attributes
-                    .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-                    .ok_or_else(|| anyhow!("GetQueueAttributes answered without a QueueArn"))?;
-                events
-                    .put_rule()
-                    .name(&rule)
-                    .event_pattern(pattern.to_string())
-                    .state(RuleState::Enabled)
-                    .send()
-                    .await?;
-                let put = events
-                    .put_targets()
-                    .rule(&rule)
-                    .targets(Target::builder().id("capture").arn(queue_arn).build()?)
-                    .send()
-                    .await?;
-                if put.failed_entry_count != 0 {
-                    bail!("PutTargets failed: {:?}", put.failed_entries);
-                }
-                anyhow::Ok(queue_url)
-            })
-            .with_context(|| format!("creating rule {rule} and queue {queue}"))?;
+        let queue_url = rt.block_on(capture(&events, &sqs, &queue, &rule, &pattern))?;
+        // What infra/notifications.tf routes to SNS: every deploy-finished event of this
+        // bucket, captured on its own queue so tests count what really reached the bus.
+        let notify_queue = format!("{}-finished", opts.bucket);
+        let notify_rule = format!("{}-deploy-finished", opts.bucket);
+        let notify_pattern = json!({
+            "source": [dropship_contract::events::SOURCE],
+            "detail-type": [dropship_contract::events::DEPLOY_FINISHED],
+            "detail": {"bucket": [opts.bucket]}
+        });
+        let notify_queue_url = rt.block_on(capture(
+            &events,
+            &sqs,
+            &notify_queue,
+            &notify_rule,
+            &notify_pattern,
+        ))?;
 
         // Instances tagged for the app/env, one simulated host each (engines start in parallel).
         let instance_ids = rt.block_on(run_instances(&ec2, &opts.app, opts.hosts))?;
+
+        // infra/events.tf's second rule: every host's terminal command status, to the same
+        // Lambda (here: the same queue, delivered in arrival order). Narrowed to this
+        // pipeline's instances: suites run pipelines side by side on one moto, whose
+        // PutEvents fails as a whole when any matching rule's queue is gone.
+        let ssm_rule = format!("{}-host-finished", opts.bucket);
+        let ssm_pattern = json!({
+            "source": [SSM_SOURCE],
+            "detail-type": [INVOCATION_STATUS_CHANGE],
+            "detail": {
+                "document-name": ["AWS-RunShellScript"],
+                "status": TERMINAL_STATUSES,
+                "instance-id": instance_ids,
+            }
+        });
+        rt.block_on(async {
+            let arn = queue_arn(&sqs, &queue_url).await?;
+            put_rule_to(&events, &ssm_rule, &ssm_pattern, &arn).await
+        })
+        .with_context(|| format!("creating rule {ssm_rule}"))?;
+        // infra/events.tf's third rule: an instance entering `running` (catch-up).
+        let started_rule = format!("{}-instance-running", opts.bucket);
+        let started_pattern = json!({
+            "source": [EC2_SOURCE],
+            "detail-type": [INSTANCE_STATE_CHANGE],
+            "detail": {"state": ["running"], "instance-id": instance_ids}
+        });
+        rt.block_on(async {
+            let arn = queue_arn(&sqs, &queue_url).await?;
+            put_rule_to(&events, &started_rule, &started_pattern, &arn).await
+        })
+        .with_context(|| format!("creating rule {started_rule}"))?;
         let names: Vec<String> = (0..instance_ids.len())
             .map(|i| format!("host-{}", (b'a' + i as u8) as char))
             .collect();
@@ -386,6 +416,8 @@ impl Pipeline {
             app: opts.app.clone(),
             bucket: opts.bucket.clone(),
             queue_url,
+            notify_queue_url,
+            rules: vec![rule.clone(), ssm_rule, started_rule, notify_rule],
             rule,
             repo,
             hosts,
@@ -394,6 +426,7 @@ impl Pipeline {
             lambda_log,
             work,
             inbox: Mutex::new(Vec::new()),
+            retries: Mutex::new(Vec::new()),
             reported: Mutex::new(HashSet::new()),
         })
     }
@@ -670,16 +703,140 @@ impl Pipeline {
     }
 
     /// Delivers every event captured so far to the Lambda (what EventBridge does with the
-    /// rule's target); returns how many.
+    /// rule's target); a delivery the Lambda fails is retried twice, a second apart, as
+    /// Lambda retries asynchronous invocations. Returns how many were delivered.
     pub fn deliver_pending(&mut self) -> Result<usize> {
         self.poll_queue()?;
-        let events: Vec<Value> = self.inbox.lock().unwrap().drain(..).collect();
-        for e in &events {
-            // The Lambda's answer is in its log and the record; an error here is retried by
-            // Lambda in AWS and is asserted by the suites that care.
-            let _ = self.deliver(e);
+        let mut events: Vec<(Value, u32)> = self
+            .inbox
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|e| (e, 0))
+            .collect();
+        let now = Instant::now();
+        let due: Vec<(Value, u32, Instant)> = {
+            let mut retries = self.retries.lock().unwrap();
+            let (due, later) = retries.drain(..).partition(|(_, _, at)| *at <= now);
+            *retries = later;
+            due
+        };
+        events.extend(due.into_iter().map(|(e, n, _)| (e, n)));
+        for (e, attempts) in &events {
+            if self.deliver(e).is_err() && *attempts < LAMBDA_RETRIES {
+                self.retries.lock().unwrap().push((
+                    e.clone(),
+                    attempts + 1,
+                    Instant::now() + Duration::from_secs(1),
+                ));
+            }
         }
         Ok(events.len())
+    }
+
+    /// Puts on the bus what EC2 emits when `host`'s instance enters `running` (moto's EC2
+    /// emits no events; the shape is the documented one), as after a start or a reboot into
+    /// service.
+    pub fn instance_started(&self, host: &Host) -> Result<()> {
+        use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+        let out = self.rt.block_on(
+            self.events
+                .put_events()
+                .entries(
+                    PutEventsRequestEntry::builder()
+                        .source(EC2_SOURCE)
+                        .detail_type(INSTANCE_STATE_CHANGE)
+                        .resources(format!(
+                            "arn:aws:ec2:{}:123456789012:instance/{}",
+                            crate::simhost::region(),
+                            host.instance_id
+                        ))
+                        .detail(
+                            json!({"instance-id": host.instance_id, "state": "running"})
+                                .to_string(),
+                        )
+                        .build(),
+                )
+                .send(),
+        )?;
+        if out.failed_entry_count() > 0 {
+            bail!("PutEvents refused the instance event: {:?}", out.entries());
+        }
+        Ok(())
+    }
+
+    /// Delivers events until `done` holds (or the wait timeout passes).
+    pub fn deliver_until(&mut self, what: &str, mut done: impl FnMut(&Self) -> bool) -> Result<()> {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            self.deliver_pending()?;
+            if done(self) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{what}: not within {WAIT_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The `Dropship Deployment Finished` events that reached the bus so far (read once).
+    pub fn notifications(&self) -> Result<Vec<Value>> {
+        self.rt.block_on(async {
+            let mut all = Vec::new();
+            loop {
+                let out = self
+                    .sqs
+                    .receive_message()
+                    .queue_url(&self.notify_queue_url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(0)
+                    .send()
+                    .await?;
+                let messages = out.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    break;
+                }
+                for m in &messages {
+                    let body = m.body.as_deref().unwrap_or_default();
+                    all.push(serde_json::from_str::<Value>(body)?);
+                    if let Some(handle) = &m.receipt_handle {
+                        self.sqs
+                            .delete_message()
+                            .queue_url(&self.notify_queue_url)
+                            .receipt_handle(handle)
+                            .send()
+                            .await?;
+                    }
+                }
+            }
+            anyhow::Ok(all)
+        })
+    }
+
+    /// Delivers events until the rollout of `version_id` is settled (every wave, the fleet
+    /// rollback, the outcome): what EventBridge and Lambda do by themselves in AWS.
+    pub fn settle(&mut self, version_id: &str) -> Result<DeployRecord> {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            self.deliver_pending()?;
+            if let Some(r) = self.record(version_id)? {
+                let settled = match &r.fleet {
+                    Some(f) => f.outcome.is_some() && f.notified,
+                    None => r.outcome.is_final(),
+                };
+                if settled {
+                    return Ok(r);
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the rollout of {version_id} did not settle within {WAIT_TIMEOUT:?}; local SSM emission errors: {:?}",
+                    self.local_ssm.emission_errors()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Runs `bundle-and-upload ARGS --wait --json` (or `dropship ARGS` when `operator`) while
@@ -740,6 +897,7 @@ impl Pipeline {
     pub fn deploy(&mut self, version_id: &str) -> Result<Deploy> {
         let events = self.events_for(version_id, Duration::from_secs(30))?;
         let lambda = events.iter().map(|e| self.deliver(e)).collect();
+        self.settle(version_id)?;
         let runs = self.wait_dispatched(version_id)?;
         Ok(Deploy {
             events,
@@ -818,25 +976,83 @@ impl Pipeline {
 impl Drop for Pipeline {
     fn drop(&mut self) {
         self.rt.block_on(async {
-            let _ = self
-                .events
-                .remove_targets()
-                .rule(&self.rule)
-                .ids("capture")
-                .send()
-                .await;
-            let _ = self.events.delete_rule().name(&self.rule).send().await;
-            let _ = self
-                .sqs
-                .delete_queue()
-                .queue_url(&self.queue_url)
-                .send()
-                .await;
+            // Rules first: an event matching a rule whose queue is gone fails on moto.
+            for rule in &self.rules {
+                let _ = self
+                    .events
+                    .remove_targets()
+                    .rule(rule)
+                    .ids("capture")
+                    .send()
+                    .await;
+                let _ = self.events.delete_rule().name(rule).send().await;
+            }
+            for queue in [&self.queue_url, &self.notify_queue_url] {
+                let _ = self.sqs.delete_queue().queue_url(queue).send().await;
+            }
         });
         // The LambdaProcess and each SimHost (its dockerd, by PID) stop when dropped; the
         // work directory with the Lambda's log goes with the pipeline.
         let _ = (&self.own_log, &self.work);
     }
+}
+
+/// An SQS queue and a rule that sends matching events to it; returns the queue URL.
+async fn capture(
+    events: &aws_sdk_eventbridge::Client,
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    rule: &str,
+    pattern: &Value,
+) -> Result<String> {
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(queue)
+        .send()
+        .await?
+        .queue_url
+        .ok_or_else(|| anyhow!("CreateQueue answered without a QueueUrl"))?;
+    let arn = queue_arn(sqs, &queue_url).await?;
+    put_rule_to(events, rule, pattern, &arn)
+        .await
+        .with_context(|| format!("creating rule {rule} and queue {queue}"))?;
+    Ok(queue_url)
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<String> {
+    sqs.get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .ok_or_else(|| anyhow!("GetQueueAttributes answered without a QueueArn"))
+}
+
+async fn put_rule_to(
+    events: &aws_sdk_eventbridge::Client,
+    rule: &str,
+    pattern: &Value,
+    target_arn: &str,
+) -> Result<()> {
+    events
+        .put_rule()
+        .name(rule)
+        .event_pattern(pattern.to_string())
+        .state(RuleState::Enabled)
+        .send()
+        .await?;
+    let put = events
+        .put_targets()
+        .rule(rule)
+        .targets(Target::builder().id("capture").arn(target_arn).build()?)
+        .send()
+        .await?;
+    if put.failed_entry_count != 0 {
+        bail!("PutTargets failed: {:?}", put.failed_entries);
+    }
+    Ok(())
 }
 
 /// `http://127.0.0.1:8080/public/health`: the sample's health URL, on each host's loopback.

@@ -340,9 +340,8 @@ impl SimHost {
         let dir = self.path(&rel);
         fs::create_dir_all(&dir)?;
         let file = dir.join("_script.sh");
-        fs::write(&file, script)?;
         // `sh -c <path>` executes the file itself, so the agent makes it executable.
-        fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        write_executable(&file, script)?;
         let mut cmd = self.command("sh");
         cmd.arg("-c")
             .arg(format!("{rel}/_script.sh"))
@@ -623,8 +622,33 @@ impl ManagedInstance for SimAgent {
     }
 }
 
+/// Writes an executable file from a child process. Written by this multi-threaded process,
+/// the file's write descriptor can be inherited by a child another thread forks at that
+/// moment (until that child execs), and executing the file then fails with ETXTBSY ("Text
+/// file busy", exit 126). The SSM agent is one process per host and never meets this.
+fn write_executable(file: &Path, contents: &str) -> io::Result<()> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("umask 077 && cat >\"$1\" && chmod 700 \"$1\"")
+        .arg("sh")
+        .arg(file)
+        .stdin(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    io::Write::write_all(&mut stdin, contents.as_bytes())?;
+    drop(stdin);
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "writing {} failed: {status}",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The region the harness runs in (`AWS_REGION`, as `scripts/test` exports it).
-fn region() -> String {
+pub fn region() -> String {
     std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
 }
 

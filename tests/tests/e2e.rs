@@ -156,8 +156,9 @@ fn v1_v2_broken_v3_rolls_back_rollback_to_v1_and_the_operator_commands_tell_it()
         assert!(!run.result["previous"].as_str().unwrap_or("").is_empty());
     }
 
-    // Broken v3 (no health endpoint) through --wait: both hosts switch, the container's own
-    // healthcheck fails, `compose up --wait` fails, both roll back to v2: exit 8.
+    // Broken v3 (no health endpoint) through --wait, one host per wave: the first host
+    // switches, the container's own healthcheck fails, `compose up --wait` fails, it rolls
+    // back to v2; the rollout stops, so the second host never receives v3: exit 8.
     let c3 = p.commit_broken().unwrap();
     let (code, json, runs) = upload_waiting(&mut p);
     assert_eq!(
@@ -166,11 +167,17 @@ fn v1_v2_broken_v3_rolls_back_rollback_to_v1_and_the_operator_commands_tell_it()
     );
     assert_eq!(json["commit"], c3.as_str());
     let v3 = json["version_id"].as_str().unwrap().to_owned();
+    let (first, second) = (instance_ids(&p)[0].clone(), instance_ids(&p)[1].clone());
+    let v3_hosts = vec![
+        (first.clone(), "rolled_back".to_string(), Some(9)),
+        (second.clone(), "not_sent".to_string(), None),
+    ];
+    assert_eq!(waited_hosts(&json), v3_hosts, "{json:#}");
     assert_eq!(
-        waited_hosts(&json),
-        all_hosts(&p, "rolled_back", Some(9)),
+        json["deploy"]["status"]["fleet"]["outcome"], "rolled_back",
         "{json:#}"
     );
+    assert_eq!(runs.len(), 1, "the second host never got v3");
     for r in &runs {
         assert_eq!(
             (r.status.as_str(), r.code, r.outcome()),
@@ -202,17 +209,22 @@ fn v1_v2_broken_v3_rolls_back_rollback_to_v1_and_the_operator_commands_tell_it()
     let status = out.json();
     assert_eq!(status["version_id"], v3.as_str(), "{status:#}");
     assert_eq!(status["commit"], c3.as_str(), "{status:#}");
-    assert_eq!(
-        hosts_of(&status),
-        all_hosts(&p, "rolled_back", Some(9)),
-        "{status:#}"
-    );
+    assert_eq!(hosts_of(&status), v3_hosts, "{status:#}");
     let record = p.record(&v3).unwrap().unwrap();
     assert_eq!(record.outcome, Outcome::Dispatched);
-    for h in status["hosts"].as_array().unwrap() {
-        assert_eq!(h["command_id"], record.commands[0].command_id.as_str());
-        assert_eq!(h["result"]["outcome"], "rolled_back", "{h:#}");
-    }
+    let rolled = status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["instance_id"] == first.as_str())
+        .unwrap();
+    assert_eq!(rolled["command_id"], record.commands[0].command_id.as_str());
+    assert_eq!(rolled["result"]["outcome"], "rolled_back", "{rolled:#}");
+    assert_eq!(
+        record.commands.len(),
+        1,
+        "no second wave, nothing to send back"
+    );
 
     // `dropship rollback v1`: a new version with v1's bytes and metadata, deployed like any upload.
     let out = p.dropship(&["rollback", &v1, "--yes", "--json"]).success();
@@ -248,8 +260,22 @@ fn v1_v2_broken_v3_rolls_back_rollback_to_v1_and_the_operator_commands_tell_it()
     assert_eq!(commits, [&c1, &c3, &c2, &c1]);
     for row in rows {
         assert_eq!(row["deploy"]["outcome"], "dispatched", "{row:#}");
-        assert_eq!(row["deploy"]["hosts"], 2, "{row:#}");
     }
+    let fleets: Vec<&str> = rows
+        .iter()
+        .map(|r| r["deploy"]["fleet"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        fleets,
+        ["deployed", "rolled_back", "deployed", "deployed"],
+        "{report:#}"
+    );
+    let text = p.dropship(&["releases"]).success().stdout;
+    assert!(text.contains("deployed on 2/2"), "{text}");
+    assert!(
+        text.contains("rolled back (fleet): 1 rolled_back, 1 not_sent"),
+        "{text}"
+    );
     assert_eq!(rows[0]["is_latest"], true);
     assert_eq!(rows[0]["metadata"]["restored_from"], v1.as_str());
     assert!(rows[1..]
@@ -290,11 +316,17 @@ fn a_rollback_that_fails_too_exits_10_and_status_says_so() {
         code, 10,
         "--wait exit code when the rollback failed too: {json:#}"
     );
+    let ids = instance_ids(&p);
+    let expected = vec![
+        (ids[0].clone(), "rollback_failed".to_string(), Some(10)),
+        (ids[1].clone(), "not_sent".to_string(), None),
+    ];
+    assert_eq!(waited_hosts(&json), expected, "{json:#}");
     assert_eq!(
-        waited_hosts(&json),
-        all_hosts(&p, "rollback_failed", Some(10)),
-        "{json:#}"
+        json["deploy"]["status"]["fleet"]["outcome"],
+        "rollback_failed"
     );
+    assert_eq!(runs.len(), 1, "the rollout stopped after the first host");
     for r in &runs {
         assert_eq!(
             (r.status.as_str(), r.code, r.outcome()),
@@ -303,19 +335,14 @@ fn a_rollback_that_fails_too_exits_10_and_status_says_so() {
     }
     let version = json["version_id"].as_str().unwrap();
     let status = p.dropship(&["status", version, "--json"]).success().json();
-    assert_eq!(
-        hosts_of(&status),
-        all_hosts(&p, "rollback_failed", Some(10)),
-        "{status:#}"
-    );
-    // Nothing healthy serves: the container is unhealthy on each host, and status said so.
-    for v in p.views() {
-        assert_ne!(v.health, Some(200), "{}", table(&p));
-    }
+    assert_eq!(hosts_of(&status), expected, "{status:#}");
+    // Nothing healthy serves on the first host, and status said so.
+    let first = p.hosts.iter().find(|h| h.instance_id == ids[0]).unwrap();
+    assert_ne!(p.view(first).health, Some(200), "{}", table(&p));
 }
 
 #[test]
-fn an_offline_agent_times_out_undelivered_and_the_other_host_deploys() {
+fn an_offline_agent_is_recorded_pending_then_catches_up_once_when_it_comes_online() {
     let mut p = start();
     let c1 = p.commit_release("v1");
     let offline = &p.hosts[1];
@@ -323,8 +350,8 @@ fn an_offline_agent_times_out_undelivered_and_the_other_host_deploys() {
     let (offline_id, online_id) = (offline.instance_id.clone(), p.hosts[0].instance_id.clone());
     let (code, json, runs) = upload_waiting(&mut p);
     assert_eq!(
-        code, 9,
-        "--wait exit code when a host was never reached: {json:#}"
+        code, 0,
+        "an instance SSM does not report online never fails the deploy: {json:#}"
     );
     let hosts = waited_hosts(&json);
     assert!(
@@ -332,15 +359,15 @@ fn an_offline_agent_times_out_undelivered_and_the_other_host_deploys() {
         "{json:#}"
     );
     assert!(
-        hosts.contains(&(offline_id.clone(), "timed_out".into(), None)),
+        hosts.contains(&(offline_id.clone(), "offline".into(), None)),
         "{json:#}"
     );
-    let never = runs.iter().find(|r| r.instance_id == offline_id).unwrap();
-    assert_eq!(
-        (never.status.as_str(), never.details.as_str()),
-        ("TimedOut", "DeliveryTimedOut")
-    );
+    assert_eq!(runs.len(), 1, "nothing was sent to the offline instance");
     let version = json["version_id"].as_str().unwrap();
+    let record = p.record(version).unwrap().unwrap();
+    let rollout = record.fleet.expect("rollout");
+    assert_eq!(rollout.pending, std::slice::from_ref(&offline_id));
+    assert!(rollout.reason.unwrap().contains("not online in SSM"));
     let status = p.dropship(&["status", version, "--json"]).success().json();
     let detail = status["hosts"]
         .as_array()
@@ -349,11 +376,220 @@ fn an_offline_agent_times_out_undelivered_and_the_other_host_deploys() {
         .find(|h| h["instance_id"] == offline_id.as_str())
         .map(|h| h["detail"].as_str().unwrap_or("").to_owned())
         .unwrap();
-    assert!(detail.contains("never delivered"), "{status:#}");
+    assert!(detail.contains("not online in SSM"), "{status:#}");
     // The reached host serves v1; the offline one was never touched.
     let views = p.views();
     assert_eq!(views[0].commit.as_deref(), Some(c1.as_str()));
     assert_eq!(views[1].release, None, "{}", table(&p));
+    let finished = p.notifications().unwrap();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["detail"]["outcome"], "deployed");
+
+    // Its agent comes back and EC2 reports the instance running — twice (events are at least
+    // once): it receives v1 by itself, exactly once.
+    p.hosts[1].agent.set_online(true);
+    let back = p
+        .hosts
+        .iter()
+        .find(|h| h.instance_id == offline_id)
+        .unwrap();
+    p.instance_started(back).unwrap();
+    p.instance_started(back).unwrap();
+    let version_owned = version.to_owned();
+    p.deliver_until("the offline host catches up", |p| {
+        p.record(&version_owned)
+            .unwrap()
+            .and_then(|r| r.fleet)
+            .is_some_and(|f| {
+                f.hosts
+                    .iter()
+                    .all(|h| h.outcome == dropship_contract::fleet::HostState::Success)
+            })
+    })
+    .unwrap();
+    p.deliver_pending().unwrap(); // the duplicate, if it was still queued
+    let record = p.record(version).unwrap().unwrap();
+    let to_offline: Vec<_> = record
+        .commands
+        .iter()
+        .filter(|c| c.instance_ids.contains(&offline_id))
+        .collect();
+    assert_eq!(to_offline.len(), 1, "caught up once: {:?}", record.commands);
+    let views = p.wait_serving(&c1, SETTLE);
+    assert!(views.iter().all(|v| v.health == Some(200)), "{}", table(&p));
+    let text = p.dropship(&["releases"]).success().stdout;
+    assert!(text.contains("deployed on 2/2"), "{text}");
+    assert!(
+        p.notifications().unwrap().is_empty(),
+        "catch-up is not a new deploy"
+    );
+}
+
+/// The version's deploy-finished notifications that reached the bus (through the rule).
+fn finished_for(seen: &[Value], version: &str) -> Vec<Value> {
+    seen.iter()
+        .filter(|e| e["detail"]["version_id"] == version)
+        .cloned()
+        .collect()
+}
+
+/// Hosts of `p` in rollout order (waves go by sorted instance id).
+fn in_rollout_order(p: &Pipeline) -> Vec<&dropship_tests::pipeline::Host> {
+    let mut hosts: Vec<&dropship_tests::pipeline::Host> = p.hosts.iter().collect();
+    hosts.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    hosts
+}
+
+#[test]
+fn four_hosts_one_at_a_time_a_failure_on_host_3_rolls_the_fleet_back_and_leave_keeps_it_mixed() {
+    let mut p = Pipeline::start(&Options {
+        hosts: 4,
+        max_concurrency: Some("1".into()),
+        ..Options::unique()
+    })
+    .expect("pipeline starts");
+    let c1 = p.commit_release("v1");
+    let (code, json, _) = upload_waiting(&mut p);
+    assert_eq!(code, 0, "{json:#}");
+    assert_eq!(waited_hosts(&json), all_hosts(&p, "success", Some(0)));
+    let v1 = json["version_id"].as_str().unwrap().to_owned();
+    p.wait_serving(&c1, SETTLE);
+
+    // v2 needs a marker in the shared data that host 3 lacks: its container never becomes
+    // healthy there (a real compose healthcheck), the others pass.
+    let order: Vec<String> = in_rollout_order(&p)
+        .iter()
+        .map(|h| h.instance_id.clone())
+        .collect();
+    for (i, h) in in_rollout_order(&p).into_iter().enumerate() {
+        if i != 2 {
+            std::fs::write(p.app_root(h).join("shared/data/ready"), "yes\n").unwrap();
+        }
+    }
+    let compose = std::fs::read_to_string(p.repo.path().join("compose.yaml")).unwrap();
+    let needs_ready = compose.replace(
+        r#"test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/public/health"]"#,
+        r#"test: ["CMD", "test", "-f", "/srv/data/ready"]"#,
+    );
+    assert_ne!(
+        compose, needs_ready,
+        "the sample's healthcheck line changed"
+    );
+    p.repo.write("compose.yaml", needs_ready);
+    let c2 = p.commit_release("v2");
+    let (code, json, _) = upload_waiting(&mut p);
+    assert_eq!(code, 8, "--wait: the fleet rolled back: {json:#}");
+    let v2 = json["version_id"].as_str().unwrap().to_owned();
+    let expected = vec![
+        (order[0].clone(), "success".to_string(), Some(0)),
+        (order[1].clone(), "success".to_string(), Some(0)),
+        (order[2].clone(), "rolled_back".to_string(), Some(9)),
+        (order[3].clone(), "not_sent".to_string(), None),
+    ];
+    assert_eq!(waited_hosts(&json), expected, "{json:#}");
+    let fleet = &json["deploy"]["status"]["fleet"];
+    assert_eq!(fleet["outcome"], "rolled_back", "{json:#}");
+    let sent_back: Vec<(String, String)> = fleet["rollback"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["instance_id"].as_str().unwrap().into(),
+                h["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent_back,
+        vec![
+            (order[0].clone(), "success".into()),
+            (order[1].clone(), "success".into())
+        ],
+        "hosts 1 and 2 were sent back: {json:#}"
+    );
+    // Every host serves v1 again; host 4 never ran v2 at all.
+    let views = p.wait_serving(&c1, SETTLE);
+    assert!(views.iter().all(|v| v.health == Some(200)), "{}", table(&p));
+    let fourth = in_rollout_order(&p)[3];
+    assert!(
+        p.audit(fourth)
+            .iter()
+            .all(|e| e["version_id"] != v2.as_str()),
+        "host 4 never ran v2"
+    );
+    // The SSM side agrees: three deploy commands, one rollback command for two hosts.
+    let record = p.record(&v2).unwrap().unwrap();
+    let purposes: Vec<(String, usize)> = record
+        .commands
+        .iter()
+        .map(|c| (c.purpose.as_str().to_owned(), c.instance_ids.len()))
+        .collect();
+    assert_eq!(
+        purposes,
+        [
+            ("deploy".into(), 1),
+            ("deploy".into(), 1),
+            ("deploy".into(), 1),
+            ("rollback".into(), 2)
+        ]
+    );
+    // status, releases and the bus say the same.
+    let status = p.dropship(&["status", &v2, "--json"]).success().json();
+    assert_eq!(hosts_of(&status), expected, "{status:#}");
+    assert_eq!(status["verdict"], "rolled_back");
+    let text = p.dropship(&["releases"]).success().stdout;
+    assert!(
+        text.contains("rolled back (fleet): 2 success, 1 rolled_back, 1 not_sent; 2 sent back"),
+        "{text}"
+    );
+    let seen = p.notifications().unwrap();
+    let finished = finished_for(&seen, &v2);
+    assert_eq!(finished.len(), 1, "exactly one notification: {seen:#?}");
+    assert_eq!(finished[0]["source"], "dropship");
+    assert_eq!(finished[0]["detail-type"], "Dropship Deployment Finished");
+    assert_eq!(finished[0]["detail"]["outcome"], "rolled_back");
+    assert_eq!(finished[0]["detail"]["succeeded"], false);
+    assert_eq!(finished[0]["detail"]["commit"], c2.as_str());
+    assert_eq!(finished_for(&seen, &v1)[0]["detail"]["outcome"], "deployed");
+
+    // The same failure with on_failure = "leave": hosts 1 and 2 keep v3, host 3 rolled itself
+    // back, host 4 never got it — a mixed fleet, and every report says so.
+    let toml = std::fs::read_to_string(p.repo.path().join("dropship.toml")).unwrap();
+    p.repo
+        .write("dropship.toml", format!("{toml}on_failure = \"leave\"\n"));
+    let c3 = p.commit_release("v3");
+    let (code, json, _) = upload_waiting(&mut p);
+    assert_eq!(code, 9, "--wait: partially deployed: {json:#}");
+    let v3 = json["version_id"].as_str().unwrap().to_owned();
+    assert_eq!(waited_hosts(&json), expected, "{json:#}");
+    assert_eq!(
+        json["deploy"]["status"]["fleet"]["outcome"],
+        "partially_deployed"
+    );
+    assert_eq!(json["deploy"]["status"]["verdict"], "partially_deployed");
+    let serving: Vec<Option<String>> = in_rollout_order(&p)
+        .into_iter()
+        .map(|h| p.view(h).commit)
+        .collect();
+    assert_eq!(
+        serving,
+        [
+            Some(c3.clone()),
+            Some(c3.clone()),
+            Some(c1.clone()),
+            Some(c1.clone())
+        ],
+        "{}",
+        table(&p)
+    );
+    let finished = finished_for(&p.notifications().unwrap(), &v3);
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["detail"]["outcome"], "partially_deployed");
+    assert!(finished[0]["detail"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("on_failure = leave"));
 }
 
 /// Command ids in a version's record.
@@ -374,6 +610,7 @@ fn the_same_event_delivered_twice_deploys_once_per_host() {
 
     let first = p.deliver(&event).unwrap();
     assert_eq!(first["outcome"], "dispatched", "{first}");
+    p.settle(&v1.version_id).unwrap();
     let runs = p.wait_dispatched(&v1.version_id).unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs
@@ -388,7 +625,16 @@ fn the_same_event_delivered_twice_deploys_once_per_host() {
         0,
         "no second command"
     );
-    assert_eq!(d_commands(&p, &v1.version_id).len(), 1);
+    assert_eq!(
+        d_commands(&p, &v1.version_id).len(),
+        2,
+        "one command per wave"
+    );
+    assert_eq!(
+        p.notifications().unwrap().len(),
+        1,
+        "one deploy, one notification"
+    );
 
     for h in &p.hosts {
         let deployed: Vec<Value> = p
@@ -431,6 +677,7 @@ fn events_delivered_out_of_order_leave_the_newest_release() {
     // The newer event arrives first and is deployed.
     let a = p.deliver(&e2).unwrap();
     assert_eq!(a["outcome"], "dispatched", "{a}");
+    p.settle(&v2.version_id).unwrap();
     let runs = p.wait_dispatched(&v2.version_id).unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|r| r.code == 0), "{runs:?}");

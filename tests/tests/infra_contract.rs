@@ -341,6 +341,95 @@ fn rule_matches_release_keys_of_the_artifact_bucket_only() {
     }
 }
 
+/// A rule's event pattern, parsed.
+fn rule_pattern(f: &Fixture, name: &str) -> Value {
+    let rule = f.module.resource("aws_cloudwatch_event_rule", name);
+    let text = f
+        .eval
+        .text(attr(rule, "event_pattern").expect("event_pattern"));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{name}: event_pattern is not JSON ({e}): {text}"))
+}
+
+#[test]
+fn fleet_rules_match_the_events_the_lambda_acts_on_and_reach_it() {
+    use dropship_contract::events::{
+        EC2_SOURCE, INSTANCE_STATE_CHANGE, INVOCATION_STATUS_CHANGE, SSM_SOURCE, TERMINAL_STATUSES,
+    };
+    let f = fixture();
+    // Host results: every terminal status of the contract, nothing else, AWS-RunShellScript.
+    let pattern = rule_pattern(&f, "host_finished");
+    let ssm_event = |status: &str, document: &str| {
+        json!({
+            "source": SSM_SOURCE, "detail-type": INVOCATION_STATUS_CHANGE,
+            "detail": {"command-id": "c", "instance-id": "i-1", "document-name": document,
+                       "requested-date-time": "2026-11-29T00:00:00.000Z", "status": status}
+        })
+    };
+    for status in TERMINAL_STATUSES {
+        assert!(
+            pattern_matches(&pattern, &ssm_event(status, "AWS-RunShellScript")),
+            "host_finished must match status {status}"
+        );
+    }
+    for status in ["Pending", "InProgress", "Delayed", "Cancelling"] {
+        assert!(
+            !pattern_matches(&pattern, &ssm_event(status, "AWS-RunShellScript")),
+            "host_finished must not match {status}"
+        );
+    }
+    assert!(!pattern_matches(
+        &pattern,
+        &ssm_event("Success", "AWS-RunPowerShellScript")
+    ));
+
+    // Instances starting: running only.
+    let pattern = rule_pattern(&f, "instance_running");
+    let ec2_event = |state: &str| {
+        json!({"source": EC2_SOURCE, "detail-type": INSTANCE_STATE_CHANGE,
+               "detail": {"instance-id": "i-1", "state": state}})
+    };
+    assert!(pattern_matches(&pattern, &ec2_event("running")));
+    for state in [
+        "pending",
+        "stopping",
+        "stopped",
+        "shutting-down",
+        "terminated",
+    ] {
+        assert!(!pattern_matches(&pattern, &ec2_event(state)), "{state}");
+    }
+
+    // The reconcile: a schedule within the documented bound.
+    let reconcile = f.module.resource("aws_cloudwatch_event_rule", "reconcile");
+    let schedule = f
+        .eval
+        .text(attr(reconcile, "schedule_expression").expect("schedule_expression"));
+    assert_eq!(schedule, "rate(5 minutes)", "default reconcile period");
+
+    // Each rule reaches the Lambda, which lets exactly that rule invoke it.
+    let (function, _) = f.module.single("aws_lambda_function");
+    let target = f.module.resource("aws_cloudwatch_event_target", "fleet");
+    let arn = f.eval.text(attr(target, "arn").expect("target arn"));
+    assert_eq!(
+        referenced("aws_lambda_function", &arn).as_deref(),
+        Some(function)
+    );
+    let permission = f.module.resource("aws_lambda_permission", "fleet");
+    assert_eq!(
+        f.eval
+            .text(attr(permission, "principal").expect("principal")),
+        "events.amazonaws.com"
+    );
+    let fleet_rules = as_text(&f.eval.local("fleet_rules"));
+    for rule in ["host_finished", "instance_running", "reconcile"] {
+        assert!(
+            fleet_rules.contains(&format!("aws_cloudwatch_event_rule.{rule}")),
+            "local.fleet_rules must hold {rule}: {fleet_rules}"
+        );
+    }
+}
+
 #[test]
 fn rule_targets_and_async_invocations_lose_no_event() {
     let f = fixture();

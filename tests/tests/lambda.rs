@@ -1,12 +1,12 @@
-//! The deployer Lambda against moto server: real bundles from `bundle-and-upload`, real S3
-//! versions and metadata, real EC2 instances and SSM commands (recorded by moto, never run).
-//! The in-process handler and the built `deployer-lambda` binary (through a local Lambda
-//! Runtime API) are both exercised.
+//! The deployer Lambda against moto server (S3, EC2) and the local SSM endpoint: real bundles
+//! from `bundle-and-upload`, real S3 versions and metadata, real EC2 instances, and SSM
+//! commands sent to agents registered for those instances. The agents are
+//! `BashInstance::without_engine`: the command really runs, on a "host" with no container
+//! engine, and stops at its preflight; this suite's subject is what the Lambda sends (hosts
+//! are the simulated hosts' suites). The in-process handler and the built `deployer-lambda`
+//! binary (through a local Lambda Runtime API) are both exercised.
 //!
-//! moto quirks are never relied on: its SendCommand lists every instance of the region as a
-//! command's targets, so which instances a command was meant for is read from the Lambda's
-//! own deploy record and result, and commands are attributed to a test by its unique bucket
-//! name inside the rendered script.
+//! Commands are attributed to a test by its unique bucket name inside the rendered script.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,6 +23,8 @@ use dropship_contract::metadata::{ObjectMetadata, Source};
 use dropship_contract::record::{DeployRecord, Outcome};
 use dropship_tests::host::{make_bundle, sha256_hex, AppFiles};
 use dropship_tests::lambda_rt::LambdaProcess;
+use dropship_tests::local_ssm::bash_instance::BashInstance;
+use dropship_tests::local_ssm::{LocalSsm, LocalSsmConfig};
 use dropship_tests::moto;
 use serde_json::{json, Value};
 
@@ -32,6 +34,7 @@ struct Fixture {
     s3: aws_sdk_s3::Client,
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
+    local_ssm: LocalSsm,
     bucket: String,
     app: String,
 }
@@ -40,10 +43,12 @@ impl Fixture {
     async fn new() -> Self {
         let s3 = moto::s3().await;
         let bucket = moto::create_bucket(&s3, "lambda", true).await;
+        let local_ssm = LocalSsm::start(LocalSsmConfig::from_env());
         Self {
             s3,
             ec2: moto::ec2().await,
-            ssm: moto::ssm().await,
+            ssm: local_ssm.client().await,
+            local_ssm,
             bucket,
             app: moto::unique("app"),
         }
@@ -67,7 +72,11 @@ impl Fixture {
     }
 
     async fn deployer(&self) -> Deployer<Clients> {
-        Deployer::new(self.config(), Clients::new(&moto::sdk_config().await))
+        let clients = Clients {
+            ssm: self.ssm.clone(),
+            ..Clients::new(&moto::sdk_config().await)
+        };
+        Deployer::new(self.config(), clients)
     }
 
     /// Runs `n` instances tagged with `app`/`env`; returns their ids.
@@ -94,6 +103,12 @@ impl Fixture {
             .filter_map(|i| i.instance_id().map(str::to_owned))
             .collect();
         ids.sort();
+        for id in &ids {
+            self.local_ssm.add_instance(BashInstance::without_engine(
+                id,
+                &[("dropship:app", app), ("dropship:env", env)],
+            ));
+        }
         ids
     }
 
@@ -808,6 +823,7 @@ fn process_env(f: &Fixture) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
     env.extend(moto::aws_env());
+    env.extend(f.local_ssm.aws_env());
     env
 }
 

@@ -2,11 +2,14 @@
 //! `scripts/local-pipeline`, which installs the tools, builds the binaries and starts moto).
 //!
 //! Each step runs the CLI as CI and operators run it, with `--wait`, while the harness delivers
-//! the events it causes to the Lambda as EventBridge does: v1 and v2 deploy on two simulated
-//! hosts with real Docker engines, a broken v3 (its container turns unhealthy) rolls back by
-//! itself on both (v2 keeps serving, `--wait` exits 8), and `dropship rollback` to v1
-//! redeploys it. Host results are what SSM (the local SSM endpoint) reports. Exits non-zero
-//! when any step does not end as expected. `DROPSHIP_PIPELINE_KEEP=1` keeps the Lambda's log;
+//! the events it causes to the Lambda as EventBridge does (S3 uploads, SSM's per-host status
+//! changes). Three simulated hosts with real Docker engines, rolled two at a time: v1 and v2
+//! deploy everywhere; v3 needs a marker the last host of the rollout lacks, so its container
+//! turns unhealthy, it rolls back by itself and the fleet loop sends the first two hosts back
+//! to v2 (`--wait` exits 8, v2 serves everywhere); a broken v4 fails on the first host and the
+//! rollout stops there; `dropship rollback` to v1 redeploys it everywhere. Host results are what SSM (the
+//! local SSM endpoint) reports and the Lambda stored. Exits non-zero when any step does not
+//! end as expected. `DROPSHIP_PIPELINE_KEEP=1` keeps the Lambda's log;
 //! `DROPSHIP_PIPELINE_VERBOSE=1` prints every host's output.
 
 use std::time::{Duration, Instant};
@@ -45,8 +48,9 @@ fn run() -> Result<()> {
     let opts = Options {
         app: "sample-app".into(),
         bucket: "dropship-artifacts".into(),
-        hosts: 2,
+        hosts: 3,
         lambda_log: Some(log.clone()),
+        max_concurrency: Some("2".into()),
     };
     let mut p = Pipeline::start(&opts)?;
     say(&format!(
@@ -83,10 +87,39 @@ fn run() -> Result<()> {
     let c2 = p.commit_release("v2");
     step(&mut p, &mut rows, "upload v2", 0, &c2, Cli::Upload)?;
 
-    // broken v3: its container's healthcheck fails after the switch, `compose up --wait`
-    // reports it unhealthy, each host rolls back to v2, and --wait exits 8
+    // v3's healthcheck needs data/ready in the host's shared data; the last host of the
+    // rollout (waves of two, by instance id) has none: the first wave switches, the last
+    // host's container turns unhealthy and it rolls back, and the fleet loop sends the first
+    // two back to v2.
+    let mut order: Vec<&pipeline::Host> = p.hosts.iter().collect();
+    order.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    let last = order.last().map(|h| h.name.clone()).unwrap_or_default();
+    for h in &order[..order.len() - 1] {
+        std::fs::write(p.app_root(h).join("shared/data/ready"), "yes\n")?;
+    }
+    say(&format!("v3 needs shared/data/ready, which {last} lacks"));
+    let compose = std::fs::read_to_string(p.repo.path().join("compose.yaml"))?;
+    let healthcheck =
+        r#"test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/public/health"]"#;
+    if !compose.contains(healthcheck) {
+        bail!("the sample's compose healthcheck changed; update the v3 step");
+    }
+    p.repo.write(
+        "compose.yaml",
+        compose.replace(
+            healthcheck,
+            r#"test: ["CMD", "test", "-f", "/srv/data/ready"]"#,
+        ),
+    );
+    p.commit_release("v3");
+    step(&mut p, &mut rows, "v3 (last host bad)", 8, &c2, Cli::Upload)?;
+    p.repo.write("compose.yaml", compose);
+    p.repo.commit("sample app: v3's healthcheck reverted");
+
+    // broken v4: no health endpoint at all; the first wave rolls back, the third host never
+    // gets it.
     p.commit_broken()?;
-    step(&mut p, &mut rows, "upload broken v3", 8, &c2, Cli::Upload)?;
+    step(&mut p, &mut rows, "upload broken v4", 8, &c2, Cli::Upload)?;
 
     step(
         &mut p,
@@ -100,21 +133,20 @@ fn run() -> Result<()> {
     let elapsed = started.elapsed();
     println!();
     println!(
-        "{:<17} {:<36} {:<8} {:<5} {:<11} {:<22} {:<8} {:<40} {:>5}",
+        "{:<18} {:<36} {:<8} {:<5} {:<12} {:<62} {:<11} {:>5}",
         "STEP",
         "S3 VERSION",
         "COMMIT",
         "WAIT",
-        "LAMBDA",
-        "HOSTS (exit code)",
+        "FLEET",
+        "HOSTS (state exit; sent back)",
         "SERVING",
-        "CONTAINERS (docker health)",
         "SECS"
     );
     for r in &rows {
         println!(
-            "{:<17} {:<36} {:<8} {:<5} {:<11} {:<22} {:<8} {:<40} {:>5.1}",
-            r.step, r.version, r.commit, r.wait, r.lambda, r.hosts, r.serving, r.containers, r.secs
+            "{:<18} {:<36} {:<8} {:<5} {:<12} {:<62} {:<11} {:>5.1}",
+            r.step, r.version, r.commit, r.wait, r.lambda, r.hosts, r.serving, r.secs
         );
     }
     println!();
@@ -122,7 +154,7 @@ fn run() -> Result<()> {
     println!("{}", pipeline::table(&p));
     println!();
     println!(
-        "pipeline time: {:.1} s (setup, 3 uploads and a rollback with --wait, events, Lambda, 8 host runs)",
+        "pipeline time: {:.1} s (setup, 4 uploads and a rollback with --wait, events, Lambda, 13 host runs)",
         elapsed.as_secs_f64()
     );
     drop(p);
@@ -196,18 +228,41 @@ fn step(
             }
         }
     }
-    let lambda = p
-        .record(&version)?
-        .map_or("no record".into(), |r| r.outcome.as_str().to_owned());
-    let hosts = runs
-        .iter()
-        .map(|r| format!("{} ({})", r.outcome(), r.code))
-        .collect::<Vec<_>>();
-    let hosts = if !hosts.is_empty() && hosts.iter().all(|h| h == &hosts[0]) {
-        format!("{}x {}", hosts.len(), hosts[0])
-    } else {
-        hosts.join(", ")
+    let record = p.record(&version)?;
+    let lambda = record.as_ref().map_or("no record".into(), |r| {
+        r.fleet
+            .as_ref()
+            .and_then(|f| f.outcome)
+            .map_or(r.outcome.as_str().to_owned(), |o| o.as_str().to_owned())
+    });
+    let name_of = |id: &str| {
+        p.hosts
+            .iter()
+            .find(|h| h.instance_id == id)
+            .map_or(id.to_owned(), |h| {
+                h.name.trim_start_matches("host-").to_owned()
+            })
     };
+    let hosts = record
+        .as_ref()
+        .and_then(|r| r.fleet.as_ref())
+        .map(|f| {
+            f.hosts
+                .iter()
+                .map(|h| {
+                    let mut cell = format!("{} {}", name_of(&h.instance_id), h.outcome);
+                    if let Some(code) = h.exit_code {
+                        cell.push_str(&format!(" {code}"));
+                    }
+                    if let Some(back) = h.rollback {
+                        cell.push_str(&format!("; back {back}"));
+                    }
+                    cell
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
     let containers = views
         .iter()
         .map(|v| match &v.container {

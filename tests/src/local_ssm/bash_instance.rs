@@ -24,6 +24,9 @@ pub struct BashInstance {
     region: String,
     /// Process group of every run, in order (the group id is the script's pid).
     groups: Mutex<Vec<u32>>,
+    /// Run scripts as on a host without a container engine, in a private mount namespace
+    /// with empty `/opt` and `/tmp` (see [`BashInstance::without_engine`]).
+    sealed: bool,
 }
 
 impl BashInstance {
@@ -39,7 +42,20 @@ impl BashInstance {
             dir: tempfile::tempdir().expect("temporary directory for a local instance"),
             region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
             groups: Mutex::new(Vec::new()),
+            sealed: false,
         })
+    }
+
+    /// An online instance whose scripts run as on a host without a container engine: in a
+    /// private mount namespace whose `/opt` and `/tmp` are fresh tmpfs (nothing a script
+    /// writes there reaches this machine), with `PATH` only and no Docker engine or Compose
+    /// plugin reachable. The deploy script really runs there and stops at its preflight
+    /// (exit 4): what the Lambda suite's instances are, since its subject is what the Lambda
+    /// sends, not what a host does with it (the simulated hosts are for that).
+    pub fn without_engine(id: &str, tags: &[(&str, &str)]) -> Arc<Self> {
+        let mut instance = Arc::into_inner(Self::new(id, tags)).expect("a fresh instance");
+        instance.sealed = true;
+        Arc::new(instance)
     }
 
     /// Connects or disconnects the agent.
@@ -185,10 +201,35 @@ impl ManagedInstance for BashInstance {
     }
 
     fn run_shell_script(&self, _command_id: &str, script: &str, stop: &StopSignal) -> ScriptRun {
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c")
+        let mut cmd = if self.sealed {
+            let mut c = Command::new("unshare");
+            c.args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--fork",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(
+                "mount -t tmpfs -o size=64m tmpfs /opt && mount -t tmpfs -o size=64m tmpfs /tmp \
+                     && exec bash -c \"$1\"",
+            )
+            .arg("sh")
             .arg(script)
-            .current_dir(self.dir())
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+            c
+        } else {
+            let mut c = Command::new("bash");
+            c.arg("-c").arg(script);
+            c
+        };
+        cmd.current_dir(self.dir())
             .env("AWS_SSM_INSTANCE_ID", &self.id)
             .env("AWS_SSM_REGION_NAME", &self.region);
         run_as_agent(cmd, stop, |pgid| self.groups.lock().unwrap().push(pgid))
