@@ -25,9 +25,9 @@ pub enum Exit {
     Transient,
     /// `--wait`: the deployer refused the version.
     DeployRefused,
-    /// `--wait`: rolled back on at least one host.
+    /// `--wait`: rolled back (the fleet is back on one version).
     RolledBack,
-    /// `--wait`: failed before switching, undeliverable, timed out or cancelled somewhere.
+    /// `--wait`: failed before any host switched, or partially deployed.
     HostFailed,
     /// `--wait`: the rollback failed on at least one host.
     RollbackFailed,
@@ -73,7 +73,7 @@ impl Exit {
     /// What the code means, as the README's table and `--help` say it.
     pub fn meaning(self) -> &'static str {
         match self {
-            Exit::Success => "success; with `--wait`: every host ran it (the report names hosts where that was a no-op or a stale skip)",
+            Exit::Success => "success; with `--wait`: the fleet settled `deployed`: every online host ran it (the report names hosts where that was a no-op or a stale skip, and `offline` hosts that catch up later)",
             Exit::Internal => "unexpected internal error",
             Exit::Usage => "usage or `dropship.toml` invalid; unknown version id or delete marker; rollback not confirmed",
             Exit::GitState => "git state: not a repository, no commits, or uncommitted changes",
@@ -81,9 +81,9 @@ impl Exit {
             Exit::AwsRefused => "AWS refused: bucket missing, versioning off, access denied, no credentials",
             Exit::Transient => "transient AWS failure (throttling, a 5xx answer, network): retry; a failed upload or rollback wrote nothing (multipart uploads are aborted)",
             Exit::DeployRefused => "`--wait`: the deployer refused the version (rejected, no targets, stale): no host was touched",
-            Exit::RolledBack => "`--wait`: rolled back on at least one host: its previous release serves again",
-            Exit::HostFailed => "`--wait`: failed before switching, undeliverable, timed out or cancelled on at least one host",
-            Exit::RollbackFailed => "`--wait`: rollback failed on at least one host: it needs an operator",
+            Exit::RolledBack => "`--wait`: rolled back: a host failed and every host that had switched is back on its previous release (the fleet runs one version)",
+            Exit::HostFailed => "`--wait`: failed before any host switched (undeliverable, timed out, failed before switching), or `partially_deployed` (`on_failure = \"leave\"`)",
+            Exit::RollbackFailed => "`--wait`: rollback failed on at least one host (its own or the fleet's): it needs an operator",
             Exit::WaitTimeout => "`--wait`: `--wait-timeout` passed first; follow with `dropship status <version>`",
         }
     }
@@ -183,7 +183,7 @@ mod tests {
         let help = Exit::help();
         assert_eq!(help.lines().count(), 13);
         assert!(
-            help.contains("  8  --wait: rolled back on at least one host"),
+            help.contains("  8  --wait: rolled back: a host failed"),
             "{help}"
         );
         assert!(
