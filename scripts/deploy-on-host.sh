@@ -312,7 +312,12 @@ TMP_DOWNLOAD="" PARTIAL_DIR="" NEW=""
 
 cleanup() {
     local p
-    for p in "${CHILDREN[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    # Reaped at once with stderr closed: bash would otherwise print a "Killed" job notice,
+    # possibly after the result line, which must stay the last one.
+    for p in "${CHILDREN[@]}"; do
+        kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
     CHILDREN=()
     [[ -n $TMP_DOWNLOAD ]] && rm -f -- "$TMP_DOWNLOAD" "$TMP_DOWNLOAD".*
     [[ -n $PARTIAL_DIR && -d $PARTIAL_DIR ]] && rm -rf -- "$PARTIAL_DIR"

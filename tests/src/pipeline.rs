@@ -921,7 +921,9 @@ impl Pipeline {
             v["commit"].as_str().map(str::to_owned)
         });
         let health = host.sim().http_get(&health_url()).map(|(status, _)| status);
-        let container = host.sim().containers(&self.app).into_iter().next();
+        // The host script runs a fresh app root as compose project `<app>-<env>`.
+        let project = format!("{}-{ENV}", self.app);
+        let container = host.sim().containers(&project).into_iter().next();
         HostView {
             release,
             commit,
