@@ -42,7 +42,7 @@ pub const DEFAULT_DELIVERY_TIMEOUT_SECS: u32 = 600;
 /// Default `executionTimeout` of the host script.
 pub const DEFAULT_EXECUTION_TIMEOUT_SECS: u32 = 1800;
 /// Default lifetime of the presigned bundle URL.
-pub const DEFAULT_PRESIGN_TTL_SECS: u32 = 900;
+pub const DEFAULT_PRESIGN_TTL_SECS: u32 = 600;
 /// Default largest object verified (2 GiB).
 pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 2 << 30;
 /// Default host lock wait passed to the script.
@@ -414,7 +414,7 @@ mod tests {
         assert_eq!(c.delivery_timeout_secs, 600);
         assert_eq!(c.execution_timeout_secs, 1800);
         assert_eq!(c.log_group, None);
-        assert_eq!(c.presign_ttl_secs, 900);
+        assert_eq!(c.presign_ttl_secs, 600);
         assert_eq!(c.max_bundle_bytes, 2_147_483_648);
         assert_eq!(c.lock_timeout_secs, 300);
         assert_eq!(c.instance_profile_arn_for("shop", "prod"), None);
