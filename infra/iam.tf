@@ -286,12 +286,8 @@ data "aws_iam_policy_document" "uploader" {
     actions   = ["s3:GetBucketVersioning"]
     resources = [local.bucket_arn]
   }
-
-  statement {
-    sid       = "FollowDeployCommands"
-    actions   = ["ssm:GetCommandInvocation"]
-    resources = ["*"] # GetCommandInvocation supports no resource-level restriction.
-  }
+  # No ssm:GetCommandInvocation: it cannot be limited to one app's commands, and `status` /
+  # `--wait` read each host's result from this pair's deploy records (the Lambda stores them).
 }
 
 resource "aws_iam_policy" "uploader" {

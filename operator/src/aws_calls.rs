@@ -50,13 +50,15 @@ pub const COPY_SOURCE: AwsCall = AwsCall {
     iam_action: "s3:GetObjectVersion",
     why: "rollback: read the version copied",
 };
-/// `GetCommandInvocation`: one per host of each command in a deploy record.
-/// `ListCommandInvocations` is not used: its output is cut at 2,500 characters, which can
-/// lose the host script's last-line result.
+/// `GetCommandInvocation`: for a host whose result the deployer has not stored yet (live
+/// progress). Optional: the uploader policy does not grant it (it cannot be limited to one
+/// app's commands), and without it such a host shows as dispatched until its stored result
+/// arrives. `ListCommandInvocations` is not used: its output is cut at 2,500 characters,
+/// which can lose the host script's last-line result.
 pub const GET_COMMAND_INVOCATION: AwsCall = AwsCall {
     operation: "ssm:GetCommandInvocation",
     iam_action: "ssm:GetCommandInvocation",
-    why: "each host's result of a deploy (status, --wait)",
+    why: "live progress of hosts without a stored result yet (optional)",
 };
 
 /// Every SDK call of this crate.
@@ -68,8 +70,10 @@ pub const CALLS: &[AwsCall] = &[
     GET_RECORD,
     COPY_OBJECT,
     COPY_SOURCE,
-    GET_COMMAND_INVOCATION,
 ];
+
+/// Calls made when allowed, and skipped (not failed) when access is denied.
+pub const OPTIONAL_CALLS: &[AwsCall] = &[GET_COMMAND_INVOCATION];
 
 /// The IAM actions behind [`CALLS`], each once.
 pub const IAM_ACTIONS: &[&str] = &[
@@ -78,7 +82,6 @@ pub const IAM_ACTIONS: &[&str] = &[
     "s3:GetObject",
     "s3:ListBucket",
     "s3:PutObject",
-    "ssm:GetCommandInvocation",
 ];
 
 #[cfg(test)]
