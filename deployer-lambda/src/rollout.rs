@@ -399,7 +399,8 @@ impl<E: Edges> Deployer<E> {
             app: record.app.clone(),
             env: record.env.clone(),
             version_id: record.version_id.clone(),
-            sequencer: record.event.sequencer.clone(),
+            // S3's own stamp of the version, never an event payload's sequencer.
+            sequencer: record.stamp.clone(),
             settled_at: plan::format_time(OffsetDateTime::now_utc()),
         };
         for _ in 0..MAX_DECISIONS {
