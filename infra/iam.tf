@@ -230,7 +230,7 @@ resource "aws_iam_instance_profile" "host" {
 
 # ---------------------------------------------------------------------------------------
 # Uploader, one policy per (app, env). Actions = dropship_bundler::aws_calls::IAM_ACTIONS
-# (contract test). Every object right is on the exact release key of that pair and its
+# + dropship_operator::aws_calls::IAM_ACTIONS (contract test). Every object right is on the exact release key of that pair and its
 # deploy records, so a staging credential cannot upload or restore to production, nor write
 # any other key. Restore is CopyObject of an old version of the same key onto it:
 # GetObjectVersion on the source + PutObject on the destination, both on that key.
@@ -291,6 +291,39 @@ data "aws_iam_policy_document" "uploader" {
     sid       = "FollowDeployCommands"
     actions   = ["ssm:GetCommandInvocation"]
     resources = ["*"] # GetCommandInvocation supports no resource-level restriction.
+  }
+
+  # dropship logs: every host's output of a deploy, from the command-output group only.
+  statement {
+    sid       = "FindCommandOutputGroup"
+    actions   = ["logs:DescribeLogGroups"]
+    resources = ["${local.log_group_arn_prefix}:*"]
+  }
+
+  statement {
+    sid       = "ReadCommandOutput"
+    actions   = ["logs:GetLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.command_output.arn}:log-stream:*"]
+  }
+
+  # dropship doctor: read-only checks of the wiring a deploy depends on.
+  statement {
+    sid       = "CheckBucketNotifications"
+    actions   = ["s3:GetBucketNotification"]
+    resources = [local.bucket_arn]
+  }
+
+  statement {
+    sid       = "CheckReleaseRule"
+    actions   = ["events:ListRules", "events:ListTargetsByRule"]
+    resources = ["arn:${local.partition}:events:${local.region}:${local.account_id}:rule/*"]
+  }
+
+  statement {
+    sid = "CheckHosts"
+    # Neither supports resource-level restrictions.
+    actions   = ["ec2:DescribeInstances", "ssm:DescribeInstanceInformation"]
+    resources = ["*"]
   }
 }
 

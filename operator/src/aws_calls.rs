@@ -59,6 +59,62 @@ pub const GET_COMMAND_INVOCATION: AwsCall = AwsCall {
     why: "each host's result of a deploy (status, --wait)",
 };
 
+/// `DescribeLogGroups` with the group as the prefix: does the command-output group exist.
+pub const DESCRIBE_LOG_GROUPS: AwsCall = AwsCall {
+    operation: "logs:DescribeLogGroups",
+    iam_action: "logs:DescribeLogGroups",
+    why: "logs: tell a missing log group from a stream not written yet",
+};
+/// `GetLogEvents` of one host's output stream of one command.
+pub const GET_LOG_EVENTS: AwsCall = AwsCall {
+    operation: "logs:GetLogEvents",
+    iam_action: "logs:GetLogEvents",
+    why: "logs: each host's full output of each command",
+};
+/// `GetCallerIdentity`: who the credentials are. AWS authorises it for every principal, so
+/// no policy grants it (it is not in [`CALLS`]).
+pub const GET_CALLER_IDENTITY: AwsCall = AwsCall {
+    operation: "sts:GetCallerIdentity",
+    iam_action: "sts:GetCallerIdentity",
+    why: "doctor: the credentials work, and whose they are",
+};
+/// `GetBucketVersioning` of the artifact bucket.
+pub const GET_BUCKET_VERSIONING: AwsCall = AwsCall {
+    operation: "s3:GetBucketVersioning",
+    iam_action: "s3:GetBucketVersioning",
+    why: "doctor: the bucket exists and is versioned",
+};
+/// `GetBucketNotificationConfiguration` of the artifact bucket.
+pub const GET_BUCKET_NOTIFICATION: AwsCall = AwsCall {
+    operation: "s3:GetBucketNotificationConfiguration",
+    iam_action: "s3:GetBucketNotification",
+    why: "doctor: the bucket sends its events to EventBridge",
+};
+/// `ListRules` on the default bus.
+pub const LIST_RULES: AwsCall = AwsCall {
+    operation: "events:ListRules",
+    iam_action: "events:ListRules",
+    why: "doctor: the release rule exists, is enabled and matches the bucket",
+};
+/// `ListTargetsByRule` of the release rule.
+pub const LIST_TARGETS_BY_RULE: AwsCall = AwsCall {
+    operation: "events:ListTargetsByRule",
+    iam_action: "events:ListTargetsByRule",
+    why: "doctor: the release rule has a target",
+};
+/// `DescribeInstances` filtered by the app/env tags.
+pub const DESCRIBE_INSTANCES: AwsCall = AwsCall {
+    operation: "ec2:DescribeInstances",
+    iam_action: "ec2:DescribeInstances",
+    why: "doctor: instances carry the tags and are running",
+};
+/// `DescribeInstanceInformation` of the running tagged instances.
+pub const DESCRIBE_INSTANCE_INFORMATION: AwsCall = AwsCall {
+    operation: "ssm:DescribeInstanceInformation",
+    iam_action: "ssm:DescribeInstanceInformation",
+    why: "doctor: the running instances are online in SSM",
+};
+
 /// Every SDK call of this crate.
 pub const CALLS: &[AwsCall] = &[
     LIST_OBJECT_VERSIONS,
@@ -69,6 +125,14 @@ pub const CALLS: &[AwsCall] = &[
     COPY_OBJECT,
     COPY_SOURCE,
     GET_COMMAND_INVOCATION,
+    DESCRIBE_LOG_GROUPS,
+    GET_LOG_EVENTS,
+    GET_BUCKET_VERSIONING,
+    GET_BUCKET_NOTIFICATION,
+    LIST_RULES,
+    LIST_TARGETS_BY_RULE,
+    DESCRIBE_INSTANCES,
+    DESCRIBE_INSTANCE_INFORMATION,
 ];
 
 /// The IAM actions behind [`CALLS`], each once.
@@ -79,6 +143,14 @@ pub const IAM_ACTIONS: &[&str] = &[
     "s3:ListBucket",
     "s3:PutObject",
     "ssm:GetCommandInvocation",
+    "logs:DescribeLogGroups",
+    "logs:GetLogEvents",
+    "s3:GetBucketVersioning",
+    "s3:GetBucketNotification",
+    "events:ListRules",
+    "events:ListTargetsByRule",
+    "ec2:DescribeInstances",
+    "ssm:DescribeInstanceInformation",
 ];
 
 #[cfg(test)]
