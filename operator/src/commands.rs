@@ -97,20 +97,25 @@ pub async fn run_releases(args: ReleasesArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// One `status` pass over `version` of the clients' target.
+async fn status_now(c: &Clients, version: &str) -> Result<crate::status::DeployStatus, OpsError> {
+    let release = &c.target.release;
+    wait::status_once(
+        c,
+        release.app(),
+        release.env(),
+        version,
+        Duration::from_millis(400),
+    )
+    .await
+}
+
 /// `status [VERSION]`: exits 0 whenever it could read the facts.
 pub async fn run_status(args: StatusArgs) -> anyhow::Result<Exit> {
     let (target, region) = target::resolve(&args.target, false)?.single();
     let c = clients(args.target.profile.as_deref(), region, target).await;
     let (version, head) = version_or_current(&c, args.version_id.clone()).await?;
-    let release = &c.target.release;
-    let mut status = wait::status_once(
-        &c,
-        release.app(),
-        release.env(),
-        &version,
-        Duration::from_millis(400),
-    )
-    .await?;
+    let mut status = status_now(&c, &version).await?;
     if status.commit.is_none() {
         status.commit = ObjectMetadata::from_headers(&head.metadata)
             .ok()
@@ -366,14 +371,7 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<Exit> {
     let mut follow_state = logs::FollowState::default();
     let mut printed = None;
     let (sections, settled, timed_out) = loop {
-        let status = wait::status_once(
-            &c,
-            release.app(),
-            release.env(),
-            &version,
-            Duration::from_millis(400),
-        )
-        .await?;
+        let status = status_now(&c, &version).await?;
         let record = c.record(&version).await?;
         let settled = status.verdict != crate::status::Verdict::Pending;
         let sections = match &record {

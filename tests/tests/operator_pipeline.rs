@@ -2,13 +2,18 @@
 //! a real deploy on two simulated hosts whose command output the local SSM endpoint writes to
 //! moto's CloudWatch Logs as the agent does, and the wiring `doctor` checks (moto's S3,
 //! EventBridge and EC2, the local SSM endpoint's `DescribeInstanceInformation`), healthy and
-//! then deliberately broken.
+//! then deliberately broken (`S3NotificationEndpoint` answers the one S3 read moto gets
+//! wrong).
 
 use std::process::{Command, Stdio};
 
-use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+use aws_sdk_s3::types::{
+    BucketVersioningStatus, EventBridgeConfiguration, NotificationConfiguration,
+    VersioningConfiguration,
+};
 use dropship_tests::pipeline::{explain, log_group, Options, Pipeline, ENV};
 use dropship_tests::repo::Finished;
+use dropship_tests::s3_notifications::S3NotificationEndpoint;
 use serde_json::Value;
 
 fn start() -> Pipeline {
@@ -28,7 +33,14 @@ fn dropship_command(p: &Pipeline, args: &[&str]) -> Command {
 }
 
 fn dropship(p: &Pipeline, args: &[&str]) -> Finished {
-    let out = dropship_command(p, args).output().expect("dropship runs");
+    dropship_with(p, args, &[])
+}
+
+fn dropship_with(p: &Pipeline, args: &[&str], env: &[(String, String)]) -> Finished {
+    let out = dropship_command(p, args)
+        .envs(env.iter().cloned())
+        .output()
+        .expect("dropship runs");
     Finished {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -230,8 +242,34 @@ fn logs_prints_every_hosts_full_output_of_a_real_deploy_and_follows_it_live() {
 #[test]
 fn doctor_passes_the_healthy_pipeline_and_names_each_fault_of_a_miswired_one() {
     let p = start();
+    // moto never returns the EventBridgeConfiguration it stores: doctor's S3 calls go through
+    // an endpoint that answers as S3 does, from the configuration put through it (the
+    // pipeline's own, put again).
+    let s3_fix = S3NotificationEndpoint::start();
+    let notifications = |on: bool| {
+        p.block_on(async {
+            let config = if on {
+                NotificationConfiguration::builder()
+                    .event_bridge_configuration(EventBridgeConfiguration::builder().build())
+                    .build()
+            } else {
+                NotificationConfiguration::builder().build()
+            };
+            s3_fix
+                .client()
+                .await
+                .put_bucket_notification_configuration()
+                .bucket(&p.bucket)
+                .notification_configuration(config)
+                .send()
+                .await
+                .expect("notification configuration put");
+        })
+    };
+    notifications(true);
+    let doctor = |args: &[&str]| dropship_with(&p, args, &s3_fix.aws_env());
 
-    let healthy = dropship(&p, &["doctor"]);
+    let healthy = doctor(&["doctor"]);
     assert_eq!(healthy.code, 0, "{}{}", healthy.stdout, healthy.stderr);
     for needle in [
         "calling as arn:",
@@ -285,12 +323,17 @@ fn doctor_passes_the_healthy_pipeline_and_names_each_fault_of_a_miswired_one() {
     });
     let offline = &p.hosts[1];
     offline.agent.set_online(false);
+    notifications(false);
 
-    let broken = dropship(&p, &["doctor"]);
+    let broken = doctor(&["doctor"]);
     assert_eq!(broken.code, 12, "{}{}", broken.stdout, broken.stderr);
     let text = &broken.stdout;
     for (fault, fix) in [
         ("versioning Suspended", "put-bucket-versioning"),
+        (
+            "does not send its events to EventBridge",
+            "EventBridgeConfiguration",
+        ),
         (
             &*format!(
                 "no EventBridge rule on the default bus sends bucket {}'s",
@@ -315,7 +358,7 @@ fn doctor_passes_the_healthy_pipeline_and_names_each_fault_of_a_miswired_one() {
             "fix {fix:?} under {fault:?}:\n{text}"
         );
     }
-    assert!(text.contains("not ready: 3 fault(s)"), "{text}");
+    assert!(text.contains("not ready: 4 fault(s)"), "{text}");
     assert!(
         !text.contains(&format!(
             "{} is running but not online",
@@ -324,8 +367,8 @@ fn doctor_passes_the_healthy_pipeline_and_names_each_fault_of_a_miswired_one() {
         "{text}"
     );
 
-    // --json: exactly those three checks fail; a named rule that is gone is named.
-    let json = dropship(&p, &["doctor", "--json"]);
+    // --json: exactly those four checks fail; a named rule that is gone is named.
+    let json = doctor(&["doctor", "--json"]);
     assert_eq!(json.code, 12);
     let report = json.json();
     assert_eq!(report["ready"], false);
@@ -336,8 +379,12 @@ fn doctor_passes_the_healthy_pipeline_and_names_each_fault_of_a_miswired_one() {
         .filter(|f| f["level"] == "fail")
         .map(|f| f["check"].as_str().unwrap())
         .collect();
-    assert_eq!(failed, ["versioning", "rule", "ssm"], "{report:#}");
-    let named = dropship(&p, &["doctor", "--rule", &p.rule]);
+    assert_eq!(
+        failed,
+        ["versioning", "notifications", "rule", "ssm"],
+        "{report:#}"
+    );
+    let named = doctor(&["doctor", "--rule", &p.rule]);
     assert_eq!(named.code, 12);
     assert!(
         named.stdout.contains(&format!(
@@ -347,6 +394,6 @@ fn doctor_passes_the_healthy_pipeline_and_names_each_fault_of_a_miswired_one() {
         "{}",
         named.stdout
     );
-    let bad_name = dropship(&p, &["doctor", "--rule", "no/slashes"]);
+    let bad_name = doctor(&["doctor", "--rule", "no/slashes"]);
     assert_eq!(bad_name.code, 2, "{}", bad_name.stderr);
 }
