@@ -286,44 +286,16 @@ data "aws_iam_policy_document" "uploader" {
     actions   = ["s3:GetBucketVersioning"]
     resources = [local.bucket_arn]
   }
+  # No ssm:GetCommandInvocation: it cannot be limited to one app's commands, and `status` /
+  # `--wait` read each host's result from this pair's deploy records (the Lambda stores them).
 
-  statement {
-    sid       = "FollowDeployCommands"
-    actions   = ["ssm:GetCommandInvocation"]
-    resources = ["*"] # GetCommandInvocation supports no resource-level restriction.
-  }
-
-  # dropship logs: every host's output of a deploy, from the command-output group only.
-  statement {
-    sid       = "FindCommandOutputGroup"
-    actions   = ["logs:DescribeLogGroups"]
-    resources = ["${local.log_group_arn_prefix}:*"]
-  }
-
-  statement {
-    sid       = "ReadCommandOutput"
-    actions   = ["logs:GetLogEvents"]
-    resources = ["${aws_cloudwatch_log_group.command_output.arn}:log-stream:*"]
-  }
-
-  # dropship doctor: read-only checks of the wiring a deploy depends on.
+  # dropship doctor: is the bucket sending its events to EventBridge. Its account-wide checks
+  # (rules, instances, SSM registration) and `dropship logs` (one output group for every app)
+  # cannot be limited to this pair: they need an operator role (docs/operations-cli.md).
   statement {
     sid       = "CheckBucketNotifications"
     actions   = ["s3:GetBucketNotification"]
     resources = [local.bucket_arn]
-  }
-
-  statement {
-    sid       = "CheckReleaseRule"
-    actions   = ["events:ListRules", "events:ListTargetsByRule"]
-    resources = ["arn:${local.partition}:events:${local.region}:${local.account_id}:rule/*"]
-  }
-
-  statement {
-    sid = "CheckHosts"
-    # Neither supports resource-level restrictions.
-    actions   = ["ec2:DescribeInstances", "ssm:DescribeInstanceInformation"]
-    resources = ["*"]
   }
 }
 

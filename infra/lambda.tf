@@ -39,6 +39,8 @@ resource "aws_lambda_function" "deployer" {
       DROPSHIP_MAX_BUNDLE_BYTES       = tostring(var.max_bundle_bytes)
       DROPSHIP_LOCK_TIMEOUT_SECS      = tostring(var.lock_timeout_secs)
       DROPSHIP_INSTANCE_PROFILE_ARN   = local.host_profile_arn_template
+      DROPSHIP_ALLOWED_APPS           = join(",", var.apps)
+      DROPSHIP_ALLOWED_ENVIRONMENTS   = join(",", var.environments)
     }
   }
 

@@ -218,9 +218,9 @@ variable "execution_timeout_secs" {
 }
 
 variable "presign_ttl_secs" {
-  description = "DROPSHIP_PRESIGN_TTL_SECS: lifetime of the presigned GET handed to hosts."
+  description = "DROPSHIP_PRESIGN_TTL_SECS: lifetime of the presigned GET handed to hosts (each wave is signed when sent, so it covers one wave's lock wait and download)."
   type        = number
-  default     = 900
+  default     = 600
 
   validation {
     condition     = var.presign_ttl_secs >= 60 && var.presign_ttl_secs <= 604800

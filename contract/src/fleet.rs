@@ -722,7 +722,8 @@ pub struct FleetPointer {
     pub env: String,
     /// The version.
     pub version_id: String,
-    /// Its S3 sequencer, when it came from an event (orders two settling versions).
+    /// The version's ordering stamp from S3 ([`crate::sequencer::order_stamp`]): orders two
+    /// versions settling out of order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequencer: Option<String>,
     /// When its rollout settled (RFC 3339 UTC).
@@ -746,9 +747,8 @@ impl FleetPointer {
         Ok(r)
     }
 
-    /// Whether a settled version with `sequencer` replaces this pointer: an older event's
-    /// version never moves it back; versions without a sequencer (an operator's direct
-    /// redeploy) always do.
+    /// Whether a settled version with stamp `sequencer` replaces this pointer: an older
+    /// version never moves it back; a version without a stamp always does.
     pub fn replaced_by(&self, sequencer: Option<&str>) -> bool {
         use crate::sequencer::Sequencer;
         match (self.sequencer.as_deref(), sequencer) {

@@ -107,6 +107,13 @@ pub struct EventFacts {
     /// Object ETag the event reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// The account or principal S3 says made the request (`detail.requester`): unlike the
+    /// object's `uploader` metadata, not self-declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
+    /// The request's source IP address (`detail.source-ip-address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<String>,
 }
 
 impl EventFacts {
@@ -122,6 +129,8 @@ impl EventFacts {
             request_id: None,
             size: None,
             etag: None,
+            requester: None,
+            source_ip: None,
         }
     }
 }
@@ -220,6 +229,23 @@ pub struct DeployRecord {
     /// The rollout (waves, fleet rollback, settled outcome), once the command was planned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<Fleet>,
+    /// The version's ordering stamp from S3 itself ([`crate::sequencer::order_stamp`] of its
+    /// `LastModified`), what hosts compare (`DROPSHIP_SEQUENCER`); never a payload value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<String>,
+    /// Instances that carried the tags but were refused as targets, and why (e.g. not the
+    /// (app, env)'s instance profile: tags alone can be set by anyone allowed to tag).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_targets: Vec<RefusedTarget>,
+}
+
+/// A tagged instance the deployer refused to send to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedTarget {
+    /// Instance id.
+    pub instance_id: String,
+    /// Why, in words.
+    pub reason: String,
 }
 
 impl DeployRecord {
@@ -255,6 +281,8 @@ impl DeployRecord {
             last_error: None,
             lambda_request_id: None,
             fleet: None,
+            stamp: None,
+            refused_targets: Vec::new(),
         }
     }
 

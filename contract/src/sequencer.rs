@@ -220,3 +220,28 @@ mod tests {
         }
     }
 }
+
+/// The ordering stamp hosts compare (`DROPSHIP_SEQUENCER`) for an object version whose S3
+/// `LastModified` is `last_modified_secs` (Unix seconds): upper-case hex, 8 digits until
+/// 2106. It comes from S3 itself, never from an event payload (anyone allowed to invoke the
+/// Lambda could forge a sequencer), and it is newer than any S3 event sequencer a host may
+/// have recorded before (those start with `00`), so upgraded hosts keep deploying.
+pub fn order_stamp(last_modified_secs: i64) -> String {
+    format!("{:08X}", last_modified_secs.max(0))
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+
+    #[test]
+    fn stamps_order_by_time_and_after_event_sequencers() {
+        let a = order_stamp(1_764_400_000);
+        let b = order_stamp(1_764_400_001);
+        assert_eq!(a.len(), 8);
+        assert!(Sequencer::parse(&a).unwrap() < Sequencer::parse(&b).unwrap());
+        let event = Sequencer::parse("0062E99A88DC4074A0").unwrap();
+        assert!(Sequencer::parse(&a).unwrap() > event);
+        assert_eq!(order_stamp(-5), "00000000");
+    }
+}

@@ -20,9 +20,10 @@ use time::OffsetDateTime;
 
 use crate::aws_calls::{
     DESCRIBE_INSTANCES, DESCRIBE_INSTANCE_INFORMATION, GET_COMMAND_INVOCATION, GET_RECORD,
-    GET_VERSION, HEAD_VERSION, LIST_COMMANDS, LIST_RESULTS, PRESIGN_VERSION, PUT_EVENTS,
-    PUT_RECORD, SEND_COMMAND,
+    GET_VERSION, HEAD_CURRENT, HEAD_VERSION, LIST_COMMANDS, LIST_RESULTS, PRESIGN_VERSION,
+    PUT_EVENTS, PUT_RECORD, SEND_COMMAND,
 };
+use crate::edges::TaggedInstance;
 use crate::edges::{
     CommandSender, Condition, Head, InstanceFinder, Notifier, ObjectReader, RecordStore, Written,
 };
@@ -82,6 +83,7 @@ impl ObjectReader for Clients {
                 Ok(Head::Found {
                     metadata: out.metadata().cloned().unwrap_or_default(),
                     size: out.content_length().unwrap_or(0).max(0) as u64,
+                    last_modified: out.last_modified().map(|t| t.secs()).unwrap_or(0),
                 })
             }
             Err(err) => match http_status(&err) {
@@ -93,6 +95,20 @@ impl ObjectReader for Clients {
                     &err,
                 )),
             },
+        }
+    }
+
+    async fn current_version(&self, bucket: &str, key: &str) -> Result<Option<String>, AwsError> {
+        match self.s3.head_object().bucket(bucket).key(key).send().await {
+            Ok(out) if out.delete_marker() == Some(true) => Ok(None),
+            Ok(out) => Ok(out.version_id().map(str::to_owned)),
+            // No such key, or a delete marker on top (404 with x-amz-delete-marker).
+            Err(err) if matches!(http_status(&err), Some(404 | 405)) => Ok(None),
+            Err(err) => Err(classify(
+                &HEAD_CURRENT,
+                format!("s3://{bucket}/{key}"),
+                &err,
+            )),
         }
     }
 
@@ -152,7 +168,7 @@ impl InstanceFinder for Clients {
         &self,
         app_tag: (&str, &str),
         env_tag: (&str, &str),
-    ) -> Result<Vec<String>, AwsError> {
+    ) -> Result<Vec<TaggedInstance>, AwsError> {
         use aws_sdk_ec2::types::Filter;
         let object = format!(
             "instances tagged {}={} and {}={}",
@@ -197,14 +213,20 @@ impl InstanceFinder for Clients {
                     };
                     if running && tagged(app_tag.0, app_tag.1) && tagged(env_tag.0, env_tag.1) {
                         if let Some(id) = instance.instance_id() {
-                            ids.push(id.to_owned());
+                            ids.push(TaggedInstance {
+                                id: id.to_owned(),
+                                profile_arn: instance
+                                    .iam_instance_profile()
+                                    .and_then(|p| p.arn())
+                                    .map(str::to_owned),
+                            });
                         }
                     }
                 }
             }
         }
-        ids.sort();
-        ids.dedup();
+        ids.sort_by(|a, b| a.id.cmp(&b.id));
+        ids.dedup_by(|a, b| a.id == b.id);
         Ok(ids)
     }
 

@@ -61,6 +61,12 @@ pub const LIST_COMMANDS: AwsCall = AwsCall {
     iam_action: "ssm:ListCommands",
     why: "after a crashed attempt, find commands it already sent so none is sent twice",
 };
+/// `HeadObject` without a version: the key's current version.
+pub const HEAD_CURRENT: AwsCall = AwsCall {
+    operation: "s3:HeadObject",
+    iam_action: "s3:GetObject",
+    why: "only the key's current version deploys: order comes from S3, not from the event",
+};
 /// `ListObjectsV2` of one version's per-host results.
 pub const LIST_RESULTS: AwsCall = AwsCall {
     operation: "s3:ListObjectsV2",
@@ -99,6 +105,7 @@ pub const CALLS: &[AwsCall] = &[
     DESCRIBE_INSTANCES,
     SEND_COMMAND,
     LIST_COMMANDS,
+    HEAD_CURRENT,
     LIST_RESULTS,
     DESCRIBE_INSTANCE_INFORMATION,
     GET_COMMAND_INVOCATION,

@@ -23,6 +23,8 @@ pub const ENV_VARS: &[&str] = &[
     "DROPSHIP_MAX_BUNDLE_BYTES",
     "DROPSHIP_LOCK_TIMEOUT_SECS",
     "DROPSHIP_INSTANCE_PROFILE_ARN",
+    "DROPSHIP_ALLOWED_APPS",
+    "DROPSHIP_ALLOWED_ENVIRONMENTS",
 ];
 
 /// Default instance tag naming the app a host runs.
@@ -40,7 +42,7 @@ pub const DEFAULT_DELIVERY_TIMEOUT_SECS: u32 = 600;
 /// Default `executionTimeout` of the host script.
 pub const DEFAULT_EXECUTION_TIMEOUT_SECS: u32 = 1800;
 /// Default lifetime of the presigned bundle URL.
-pub const DEFAULT_PRESIGN_TTL_SECS: u32 = 900;
+pub const DEFAULT_PRESIGN_TTL_SECS: u32 = 600;
 /// Default largest object verified (2 GiB).
 pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 2 << 30;
 /// Default host lock wait passed to the script.
@@ -101,6 +103,11 @@ pub struct Config {
     /// profile needs `iam:PassRole`. `infra/` always sets it; `None` (unset) only in local
     /// test setups. See [`Config::instance_profile_arn_for`].
     pub instance_profile_arn: Option<String>,
+    /// Apps whose events are acted on (`DROPSHIP_ALLOWED_APPS`, comma-separated); empty: any
+    /// (local setups; `infra/` always sets it from `apps`).
+    pub allowed_apps: Vec<String>,
+    /// Environments whose events are acted on (`DROPSHIP_ALLOWED_ENVIRONMENTS`); empty: any.
+    pub allowed_environments: Vec<String>,
 }
 
 impl Config {
@@ -270,6 +277,32 @@ impl Config {
             }
         }
 
+        // App and environment allow-lists: names as the key module validates them.
+        let names = |var: &'static str| -> Result<Vec<String>, ConfigError> {
+            let Some(raw) = get(var) else {
+                return Ok(Vec::new());
+            };
+            let list: Vec<String> = raw
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if let Some(bad) = list
+                .iter()
+                .find(|n| dropship_contract::key::validate_name("name", n).is_err())
+            {
+                return Err(invalid(
+                    var,
+                    bad,
+                    "comma-separated names of 1-63 characters of a-z, 0-9 and '-'",
+                ));
+            }
+            Ok(list)
+        };
+        let allowed_apps = names("DROPSHIP_ALLOWED_APPS")?;
+        let allowed_environments = names("DROPSHIP_ALLOWED_ENVIRONMENTS")?;
+
         Ok(Self {
             allowed_buckets,
             app_root,
@@ -284,7 +317,19 @@ impl Config {
             max_bundle_bytes,
             lock_timeout_secs,
             instance_profile_arn,
+            allowed_apps,
+            allowed_environments,
         })
+    }
+
+    /// Whether events for `app` are acted on.
+    pub fn app_allowed(&self, app: &str) -> bool {
+        self.allowed_apps.is_empty() || self.allowed_apps.iter().any(|a| a == app)
+    }
+
+    /// Whether events for `env` are acted on.
+    pub fn env_allowed(&self, env: &str) -> bool {
+        self.allowed_environments.is_empty() || self.allowed_environments.iter().any(|e| e == env)
     }
 
     /// Whether events from `bucket` are acted on.
@@ -369,7 +414,7 @@ mod tests {
         assert_eq!(c.delivery_timeout_secs, 600);
         assert_eq!(c.execution_timeout_secs, 1800);
         assert_eq!(c.log_group, None);
-        assert_eq!(c.presign_ttl_secs, 900);
+        assert_eq!(c.presign_ttl_secs, 600);
         assert_eq!(c.max_bundle_bytes, 2_147_483_648);
         assert_eq!(c.lock_timeout_secs, 300);
         assert_eq!(c.instance_profile_arn_for("shop", "prod"), None);

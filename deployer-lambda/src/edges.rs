@@ -41,9 +41,20 @@ pub enum Head {
         metadata: HashMap<String, String>,
         /// Size in bytes.
         size: u64,
+        /// `LastModified` in Unix seconds (the version's ordering stamp).
+        last_modified: i64,
     },
     /// No such version (or a delete marker): fail closed.
     Missing(String),
+}
+
+/// A running instance carrying an app/env's tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedInstance {
+    /// Instance id.
+    pub id: String,
+    /// `IamInstanceProfile.Arn`, when a profile is attached.
+    pub profile_arn: Option<String>,
 }
 
 /// Small JSON documents with conditional writes: deploy records and the latest pointer.
@@ -79,6 +90,13 @@ pub trait ObjectReader {
         key: &str,
         version_id: &str,
     ) -> impl Future<Output = Result<Head, AwsError>> + Send;
+    /// The key's current version id (`HeadObject` without a version); `None` when the key
+    /// has none (never written, or a delete marker on top).
+    fn current_version(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
     /// Streams exactly `version_id` once through the contract's verifier.
     fn verify_version(
         &self,
@@ -100,12 +118,13 @@ pub trait ObjectReader {
 
 /// The deploy targets.
 pub trait InstanceFinder {
-    /// Running instances carrying both tags (`(key, value)`), sorted, without duplicates.
+    /// Running instances carrying both tags (`(key, value)`), sorted by id, without
+    /// duplicates, each with the ARN of its instance profile (if any).
     fn running_instances(
         &self,
         app_tag: (&str, &str),
         env_tag: (&str, &str),
-    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<TaggedInstance>, AwsError>> + Send;
     /// Which of `instance_ids` SSM reports online (`DescribeInstanceInformation`, ping status
     /// `Online`): only those can receive a command now.
     fn online_instances(

@@ -32,6 +32,8 @@ pub enum Request {
     /// The periodic reconcile (an EventBridge schedule's `Scheduled Event`): every fleet
     /// sends its version to tagged, online instances it never reached.
     Reconcile,
+    /// A release event refused before any S3 read (app/env not allowed, too large); why.
+    Refuse(String),
     /// Not for dropship; the reason is logged and returned.
     Ignore(String),
 }
@@ -242,7 +244,12 @@ fn parse_eventbridge(payload: &Value, config: &Config) -> Result<Request, EventE
         request_id: str_at(detail, &["request-id"]).map(str::to_owned),
         size,
         etag,
+        requester: str_at(detail, &["requester"]).map(str::to_owned),
+        source_ip: str_at(detail, &["source-ip-address"]).map(str::to_owned),
     };
+    if let Some(refusal) = refuse_before_reading(config, &release, size) {
+        return Ok(Request::Refuse(refusal));
+    }
     Ok(Request::Deploy(DeployRequest {
         bucket: bucket.to_owned(),
         key,
@@ -271,6 +278,9 @@ fn parse_direct(payload: &Value, config: &Config) -> Result<Request, EventError>
             "key {key:?} is not a release key ({RELEASES_PREFIX}<app>/<env>{BUNDLE_SUFFIX})"
         )));
     };
+    if let Some(refusal) = refuse_before_reading(config, &release, None) {
+        return Ok(Request::Refuse(refusal));
+    }
     Ok(Request::Deploy(DeployRequest {
         bucket: bucket.to_owned(),
         key: key.to_owned(),
@@ -279,6 +289,35 @@ fn parse_direct(payload: &Value, config: &Config) -> Result<Request, EventError>
         sequencer: None,
         facts: EventFacts::new(Trigger::Direct),
     }))
+}
+
+/// What is refused before any S3 read (so a flood of foreign or oversized events costs no
+/// reads and no record writes): an app or environment outside the configured allow-lists,
+/// and an object the event says is larger than the bundle limit.
+fn refuse_before_reading(
+    config: &Config,
+    release: &ReleaseKey,
+    size: Option<u64>,
+) -> Option<String> {
+    if !config.app_allowed(release.app()) {
+        return Some(format!(
+            "app {:?} is not in DROPSHIP_ALLOWED_APPS; nothing was read or sent",
+            release.app()
+        ));
+    }
+    if !config.env_allowed(release.env()) {
+        return Some(format!(
+            "environment {:?} is not in DROPSHIP_ALLOWED_ENVIRONMENTS; nothing was read or sent",
+            release.env()
+        ));
+    }
+    match size {
+        Some(size) if size > config.max_bundle_bytes => Some(format!(
+            "the event reports {size} bytes, over the {}-byte limit (DROPSHIP_MAX_BUNDLE_BYTES); nothing was read or sent",
+            config.max_bundle_bytes
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use dropship_contract::record::CommandBatch;
 use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyError, VerifyLimits};
 use time::OffsetDateTime;
 
+use crate::edges::TaggedInstance;
 use crate::edges::{
     CommandSender, Condition, Head, InstanceFinder, Notifier, ObjectReader, RecordStore, Written,
 };
@@ -55,6 +56,10 @@ pub struct FakeAws {
     pub events: Mutex<Vec<(String, String)>>,
     /// The bundle manifest's `on_failure`.
     pub on_failure: OnFailure,
+    /// The key's current version (`with_instances` makes it the handler tests' `v2`).
+    pub current: Mutex<Option<String>>,
+    /// Instance profile ARN per instance (none: no profile).
+    pub profiles: Mutex<HashMap<String, String>>,
 }
 
 /// The commit of the fake release.
@@ -87,6 +92,7 @@ impl FakeAws {
                 .into_iter()
                 .collect(),
             instances: Mutex::new(instances.iter().map(|s| s.to_string()).collect()),
+            current: Mutex::new(Some("v2".into())),
             ..Self::default()
         }
     }
@@ -191,7 +197,12 @@ impl ObjectReader for FakeAws {
         Ok(Head::Found {
             metadata: self.metadata.clone(),
             size: 1234,
+            last_modified: 1_764_400_000,
         })
+    }
+
+    async fn current_version(&self, _bucket: &str, _key: &str) -> Result<Option<String>, AwsError> {
+        Ok(self.current.lock().unwrap().clone())
     }
 
     async fn verify_version(
@@ -245,8 +256,18 @@ impl InstanceFinder for FakeAws {
         &self,
         _app_tag: (&str, &str),
         _env_tag: (&str, &str),
-    ) -> Result<Vec<String>, AwsError> {
-        Ok(self.instances.lock().unwrap().clone())
+    ) -> Result<Vec<TaggedInstance>, AwsError> {
+        let profiles = self.profiles.lock().unwrap();
+        Ok(self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|id| TaggedInstance {
+                id: id.clone(),
+                profile_arn: profiles.get(id).cloned(),
+            })
+            .collect())
     }
 
     async fn instance_tags(

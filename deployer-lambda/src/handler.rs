@@ -12,6 +12,7 @@
 use dropship_aws::AwsError;
 use dropship_contract::fleet::{self, Fleet, Purpose};
 use dropship_contract::record::{DeployRecord, Outcome};
+use dropship_contract::sequencer::{order_stamp, Sequencer};
 use dropship_contract::tar_rules::Limits;
 use dropship_contract::verify::{VerifyError, VerifyLimits};
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::edges::{Edges, Head, Written};
 use crate::event::{self, DeployRequest, EventError, Request};
-use crate::plan::{self, Claim, Gate, HostInputs, Rejection};
+use crate::plan::{self, Claim, Gate, HostInputs, Rejection, DEADLINE_MARGIN_SECS};
 use crate::store::Records;
 
 /// What the invocation answers (also the JSON result Lambda records for it).
@@ -122,6 +123,17 @@ pub enum HandlerError {
         #[source]
         source: VerifyError,
     },
+    /// Dispatching ran into the Lambda's deadline (a stalled read, a slow SendCommand): it
+    /// stopped before it and released the claim with this reason.
+    #[error(
+        "dispatching {record_key} stopped {DEADLINE_MARGIN_SECS} s before the Lambda's deadline; \
+         the claim was released with this reason, and Lambda's retry continues where it stopped \
+         (raise the function timeout if this repeats)"
+    )]
+    Deadline {
+        /// The record's key.
+        record_key: String,
+    },
     /// The record changed under a claim this invocation held (its lease ran out).
     #[error(
         "deploy record {record_key} was rewritten by another invocation while this one held \
@@ -142,6 +154,7 @@ impl HandlerError {
             HandlerError::Busy(_) => "VersionBusy",
             HandlerError::Read { .. } => "BundleReadFailed",
             HandlerError::LostClaim { .. } => "LostClaim",
+            HandlerError::Deadline { .. } => "DeadlineNear",
         }
     }
 }
@@ -189,6 +202,13 @@ impl<E: Edges> Deployer<E> {
             Ok(Request::HostFinished(done)) => return self.host_finished(&done, inv).await,
             Ok(Request::InstanceRunning(id)) => return self.instance_running(&id, inv).await,
             Ok(Request::Reconcile) => return self.reconcile(inv).await,
+            Ok(Request::Refuse(reason)) => {
+                warn!(outcome = "rejected", reason = %reason, "event refused before any S3 read");
+                return Ok(Response {
+                    outcome: Outcome::Rejected,
+                    ..Response::ignored(reason)
+                });
+            }
             Ok(Request::Ignore(reason)) => {
                 info!(outcome = "ignored", reason = %reason, "event ignored");
                 return Ok(Response::ignored(reason));
@@ -202,14 +222,15 @@ impl<E: Edges> Deployer<E> {
         let record_key = request.release.record_key(&request.version_id);
         let now = OffsetDateTime::now_utc();
         let existing = store.record(&request.release, &request.version_id).await?;
-        let pointer = match request.sequencer {
-            Some(_) => store.pointer(&request.release).await?,
-            None => None,
-        };
+        // Order comes from S3 itself: only the key's current version deploys.
+        let current = self
+            .edges
+            .current_version(&request.bucket, &request.key)
+            .await?;
         let gate = plan::gate(
             &request,
             existing.as_ref().map(|s| &s.doc),
-            pointer.as_ref().map(|s| &s.doc),
+            current.as_deref(),
             now,
         );
         let request_id = inv.request_id.as_deref();
@@ -219,8 +240,17 @@ impl<E: Edges> Deployer<E> {
                 let record = existing.expect("a duplicate has a record").doc;
                 info!(outcome = "skipped_duplicate", key = %request.key, version_id = %request.version_id, reason = %reason, "repeated event: no second command");
                 if record.outcome == Outcome::Dispatched {
-                    // A previous attempt may have dispatched and failed before moving the pointer.
-                    self.advance_pointer(&store, &request, &record).await?;
+                    // A previous attempt may have dispatched and failed before moving the
+                    // pointer: with the sequencer that attempt recorded, never the payload's.
+                    let recorded = record
+                        .event
+                        .sequencer
+                        .as_deref()
+                        .and_then(|s| s.parse::<Sequencer>().ok());
+                    if let Some(seq) = recorded {
+                        self.advance_pointer(&store, &request, &record, &seq)
+                            .await?;
+                    }
                 }
                 return Ok(Response::from_record(
                     &record,
@@ -279,15 +309,17 @@ impl<E: Edges> Deployer<E> {
         };
         info!(key = %request.key, version_id = %request.version_id, claim = ?claim, attempt = record.attempts, "version claimed");
 
-        let result = self
-            .dispatch(
-                &request,
-                &store,
-                &mut record,
-                &mut etag,
-                claim == Claim::TakeOver,
-            )
-            .await;
+        let takeover = claim == Claim::TakeOver;
+        let work = self.dispatch(&request, &store, &mut record, &mut etag, takeover);
+        let result = match plan::dispatch_budget(inv.deadline, now) {
+            Some(budget) => match tokio::time::timeout(budget, work).await {
+                Ok(r) => r,
+                Err(_) => Err(HandlerError::Deadline {
+                    record_key: record_key.clone(),
+                }),
+            },
+            None => work.await,
+        };
         match result {
             Ok((outcome, reason)) => {
                 plan::settle(
@@ -300,8 +332,8 @@ impl<E: Edges> Deployer<E> {
                     Written::Ok(_) => {}
                     Written::Conflict => return Err(HandlerError::LostClaim { record_key }),
                 }
-                if outcome == Outcome::Dispatched {
-                    self.advance_pointer(&store, &request, &record).await?;
+                if let (Outcome::Dispatched, Some(seq)) = (outcome, request.sequencer.as_ref()) {
+                    self.advance_pointer(&store, &request, &record, seq).await?;
                     info!(outcome = "dispatched", key = %request.key, version_id = %request.version_id,
                         commit = record.metadata.as_ref().map(|m| m.commit.as_str()).unwrap_or_default(),
                         targets = ?record.targets, command_ids = ?record.command_ids(), "deploy command sent");
@@ -338,7 +370,14 @@ impl<E: Edges> Deployer<E> {
 
         // 1. Metadata of exactly this version; a missing version fails closed.
         let (headers, size) = match self.edges.head_version(bucket, key, version).await? {
-            Head::Found { metadata, size } => (metadata, size),
+            Head::Found {
+                metadata,
+                size,
+                last_modified,
+            } => {
+                record.stamp = Some(order_stamp(last_modified));
+                (metadata, size)
+            }
             Head::Missing(detail) => {
                 return rejected(Rejection::VersionMissing {
                     bucket: bucket.clone(),
@@ -405,20 +444,35 @@ impl<E: Edges> Deployer<E> {
         info!(key = %key, version_id = %version, bytes = verified.object_bytes, entries = verified.entries,
             millis = verified.millis, "bundle verified");
 
-        // 3. Targets.
+        // 3. Targets: tagged, running, and carrying the (app, env)'s instance profile.
         let c = &self.config;
-        let targets = self
+        let tagged = self
             .edges
             .running_instances(
                 (&c.app_tag_key, request.release.app()),
                 (&c.env_tag_key, request.release.env()),
             )
             .await?;
+        let expected_profile =
+            c.instance_profile_arn_for(request.release.app(), request.release.env());
+        let (targets, refused) = plan::qualify_targets(tagged, expected_profile.as_deref());
+        for r in &refused {
+            warn!(instance_id = %r.instance_id, reason = %r.reason, "tagged instance refused as a target");
+        }
+        record.refused_targets = refused;
         if targets.is_empty() {
+            let refused_note = if record.refused_targets.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} tagged instance(s) refused: not the app/env's instance profile)",
+                    record.refused_targets.len()
+                )
+            };
             return Ok((
                 Outcome::NoTargets,
                 Some(format!(
-                    "no running instance is tagged {}={} and {}={}; nothing was sent. Tag the hosts, then redeploy version {} with a direct invocation",
+                    "no running instance is tagged {}={} and {}={}{refused_note}; nothing was sent. Tag the hosts, then redeploy version {} with a direct invocation",
                     c.app_tag_key,
                     request.release.app(),
                     c.env_tag_key,
@@ -477,6 +531,7 @@ impl<E: Edges> Deployer<E> {
             verified: &verified,
             bundle_url: &url,
             purpose: Purpose::Deploy,
+            order_stamp: record.stamp.as_deref().unwrap_or_default(),
         };
         let full_plan = match plan::plan_command(&inputs, &wave0) {
             Ok(p) => p,
@@ -533,10 +588,8 @@ impl<E: Edges> Deployer<E> {
         store: &Records<'_, E>,
         request: &DeployRequest,
         record: &DeployRecord,
+        seq: &Sequencer,
     ) -> Result<(), HandlerError> {
-        let Some(seq) = &request.sequencer else {
-            return Ok(());
-        };
         for _ in 0..5 {
             let current = store.pointer(&request.release).await?;
             if !plan::pointer_needs_update(current.as_ref().map(|s| &s.doc), seq) {

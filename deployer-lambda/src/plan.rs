@@ -10,7 +10,9 @@ use dropship_contract::fleet::Purpose;
 use dropship_contract::host::{HostVar, LIST_SEPARATOR};
 use dropship_contract::key::ReleaseKey;
 use dropship_contract::metadata::{MetadataError, ObjectMetadata};
-use dropship_contract::record::{DeployRecord, LatestPointer, Outcome, Verification};
+use dropship_contract::record::{
+    DeployRecord, LatestPointer, Outcome, RefusedTarget, Verification,
+};
 use dropship_contract::sequencer::Sequencer;
 use dropship_contract::shell::{self, ShellValueError};
 use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyError};
@@ -18,6 +20,7 @@ use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
 use crate::config::Config;
+use crate::edges::TaggedInstance;
 use crate::event::DeployRequest;
 
 /// The host script, embedded so the command always carries the script this build was tested with.
@@ -39,6 +42,15 @@ pub const DEFAULT_LEASE_SECS: i64 = 900;
 /// Why a version is refused for good; recorded as `rejected` and never retried.
 #[derive(Debug, Error)]
 pub enum Rejection {
+    /// A value would reach an SSM parameter with `{{`, which Run Command may resolve as a
+    /// parameter reference.
+    #[error(
+        "{name} contains \"{{{{\", which SSM Run Command may resolve as a parameter reference; nothing was sent. Remove it from the branch, settings or key"
+    )]
+    ParameterReference {
+        /// The host variable.
+        name: &'static str,
+    },
     /// The event names a version S3 does not have (or a delete marker).
     #[error(
         "object s3://{bucket}/{key} version {version_id:?} does not exist ({detail}); \
@@ -200,27 +212,26 @@ pub fn format_time(t: OffsetDateTime) -> String {
 /// Decide between dispatch, duplicate, busy and stale. Events are at-least-once and
 /// unordered, so this is the only place that knows the rules:
 /// a settled record makes an event a duplicate (a direct invocation redeploys it); a live
-/// `dispatching` claim makes it busy; an event whose sequencer is older than the newest
-/// dispatched one for the key is stale (equal sequencers are not: S3 never gives two events
-/// of one key the same one, so equality means the same event, caught by the record).
+/// `dispatching` claim makes it busy; a version that is not the key's current version
+/// (`current`, read from S3 itself) is stale, whatever sequencer the payload carries: order
+/// never comes from a value anyone allowed to invoke the Lambda could forge. A direct
+/// invocation is held to the same rule (operators redeploy the current version; going back is
+/// `dropship rollback`, which makes the old bytes current).
 pub fn gate(
     request: &DeployRequest,
     existing: Option<&DeployRecord>,
-    latest: Option<&LatestPointer>,
+    current: Option<&str>,
     now: OffsetDateTime,
 ) -> Gate {
     if let Some(record) = existing {
-        if record.outcome.is_final() {
-            return match request.sequencer {
-                None => Gate::Proceed(Claim::Redeploy),
-                Some(_) => Gate::Duplicate(format!(
-                    "version {} of {} was already handled ({} at {}); a repeated event sends no second command",
-                    request.version_id, request.key, record.outcome, record.updated_at
-                )),
-            };
+        if record.outcome.is_final() && request.sequencer.is_some() {
+            return Gate::Duplicate(format!(
+                "version {} of {} was already handled ({} at {}); a repeated event sends no second command",
+                request.version_id, request.key, record.outcome, record.updated_at
+            ));
         }
         let live_until = record.lease_until.as_deref().and_then(parse_time);
-        if let Some(until) = live_until.filter(|u| *u > now) {
+        if let Some(until) = live_until.filter(|u| *u > now && !record.outcome.is_final()) {
             return Gate::Busy(format!(
                 "version {} of {} is being dispatched by another invocation (claim valid until {}); retry after it",
                 request.version_id,
@@ -229,20 +240,61 @@ pub fn gate(
             ));
         }
     }
-    if let (Some(seq), Some(pointer)) = (&request.sequencer, latest) {
-        if let Ok(newest) = Sequencer::parse(&pointer.sequencer) {
-            if newest > *seq && pointer.version_id != request.version_id {
-                return Gate::Stale(format!(
-                    "event sequencer {seq} for version {} is older than {newest} of version {}, already dispatched for {}",
-                    request.version_id, pointer.version_id, request.key
-                ));
-            }
-        }
+    if current != Some(request.version_id.as_str()) {
+        return Gate::Stale(format!(
+            "version {} is not the current version of {} ({}); only the current version deploys: to go back to it, `dropship rollback {}` makes those bytes current",
+            request.version_id,
+            request.key,
+            current.map_or("the key has no current version".to_owned(), |c| format!("current: {c}")),
+            request.version_id
+        ));
     }
     match existing {
         None => Gate::Proceed(Claim::New),
+        Some(r) if r.outcome.is_final() => Gate::Proceed(Claim::Redeploy),
         Some(_) => Gate::Proceed(Claim::TakeOver),
     }
+}
+
+/// Splits tagged instances into targets and refused ones. With an instance-profile template
+/// configured, only instances carrying exactly the (app, env)'s profile qualify: tags can be
+/// set by anyone allowed `ec2:CreateTags`, attaching a profile needs `iam:PassRole`.
+pub fn qualify_targets(
+    instances: Vec<TaggedInstance>,
+    expected_profile: Option<&str>,
+) -> (Vec<String>, Vec<RefusedTarget>) {
+    let mut targets = Vec::new();
+    let mut refused = Vec::new();
+    for i in instances {
+        match (expected_profile, i.profile_arn.as_deref()) {
+            (None, _) => targets.push(i.id),
+            (Some(want), Some(have)) if want == have => targets.push(i.id),
+            (Some(want), have) => refused.push(RefusedTarget {
+                reason: format!(
+                    "carries the tags but {} instead of the instance profile {want}; not sent to (attach the module's profile for this app/env)",
+                    have.map_or("no instance profile".to_owned(), |h| format!("instance profile {h}"))
+                ),
+                instance_id: i.id,
+            }),
+        }
+    }
+    (targets, refused)
+}
+
+/// How long before the Lambda's deadline dispatching stops, so the claim can still be released
+/// with the reason recorded (Lambda kills the process at the deadline itself).
+pub const DEADLINE_MARGIN_SECS: i64 = 10;
+
+/// The time dispatching may take: until the deadline minus [`DEADLINE_MARGIN_SECS`] (at least
+/// one second); `None` when the deadline is unknown.
+pub fn dispatch_budget(
+    deadline: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Option<std::time::Duration> {
+    let left = deadline? - now - Duration::seconds(DEADLINE_MARGIN_SECS);
+    Some(std::time::Duration::from_secs_f64(
+        left.as_seconds_f64().max(1.0),
+    ))
 }
 
 /// Whether `pointer` must be replaced by one for `sequencer` (strictly newer, or none yet).
@@ -324,6 +376,9 @@ pub struct HostInputs<'a> {
     /// Deploy this version, or send the host back to the release it had before it (the
     /// fleet rollback, guarded by the version: a host that moved on answers `superseded`).
     pub purpose: Purpose,
+    /// The version's ordering stamp from S3 (`DROPSHIP_SEQUENCER`), see
+    /// [`dropship_contract::sequencer::order_stamp`].
+    pub order_stamp: &'a str,
 }
 
 fn join_list(var: HostVar, items: &[String]) -> Result<String, Rejection> {
@@ -353,11 +408,7 @@ pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Reje
             HostVar::Bucket => r.bucket.clone(),
             HostVar::Key => r.key.clone(),
             HostVar::VersionId => r.version_id.clone(),
-            HostVar::Sequencer => r
-                .sequencer
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
+            HostVar::Sequencer => inputs.order_stamp.to_owned(),
             HostVar::Sha256 => inputs.verified.sha256.clone(),
             HostVar::BundleUrl => inputs.bundle_url.to_owned(),
             HostVar::BundleBytes => inputs.verified.object_bytes.to_string(),
@@ -379,6 +430,10 @@ pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Reje
             },
             HostVar::LockTimeout => inputs.config.lock_timeout_secs.to_string(),
         };
+        // Run Command resolves `{{ … }}` parameter references in what it is sent.
+        if value.contains("{{") {
+            return Err(Rejection::ParameterReference { name: var.name() });
+        }
         out.push((var, value));
     }
     Ok(out)
@@ -437,7 +492,7 @@ pub fn rollback_comment(request: &DeployRequest, commit: &str) -> String {
 /// `None` when the record never got that far (it has no fleet then either).
 pub fn resumed_inputs(
     record: &DeployRecord,
-) -> Option<(DeployRequest, ObjectMetadata, VerifiedBundle)> {
+) -> Option<(DeployRequest, ObjectMetadata, VerifiedBundle, String)> {
     let metadata = record.metadata.clone()?;
     let manifest = record.manifest.clone()?;
     let v = record.verification.as_ref().filter(|v| v.ok)?;
@@ -462,7 +517,12 @@ pub fn resumed_inputs(
         unpacked_bytes: v.unpacked_bytes,
         millis: v.millis,
     };
-    Some((request, metadata, verified))
+    Some((
+        request,
+        metadata,
+        verified,
+        record.stamp.clone().unwrap_or_default(),
+    ))
 }
 
 /// Split instance ids into SendCommand calls of at most 50.
@@ -724,77 +784,114 @@ mod tests {
     #[test]
     fn gate_new_duplicate_busy_takeover_and_redeploy() {
         let ev = request("v2", Some("0055AED6DCD90281E6"));
-        assert_eq!(gate(&ev, None, None, now()), Gate::Proceed(Claim::New));
+        let cur = Some("v2");
+        assert_eq!(gate(&ev, None, cur, now()), Gate::Proceed(Claim::New));
         let done = record("v2", Outcome::Dispatched, None);
         assert!(
-            matches!(gate(&ev, Some(&done), None, now()), Gate::Duplicate(r) if r.contains("already handled"))
+            matches!(gate(&ev, Some(&done), cur, now()), Gate::Duplicate(r) if r.contains("already handled"))
         );
         for final_outcome in [Outcome::Rejected, Outcome::NoTargets, Outcome::SkippedStale] {
             let r = record("v2", final_outcome, None);
             assert!(matches!(
-                gate(&ev, Some(&r), None, now()),
+                gate(&ev, Some(&r), cur, now()),
                 Gate::Duplicate(_)
             ));
         }
         let live = record("v2", Outcome::Dispatching, Some("2026-11-23T10:05:00Z"));
         assert!(
-            matches!(gate(&ev, Some(&live), None, now()), Gate::Busy(r) if r.contains("10:05:00"))
+            matches!(gate(&ev, Some(&live), cur, now()), Gate::Busy(r) if r.contains("10:05:00"))
         );
         let expired = record("v2", Outcome::Dispatching, Some("2026-11-23T09:59:59Z"));
         assert_eq!(
-            gate(&ev, Some(&expired), None, now()),
+            gate(&ev, Some(&expired), cur, now()),
             Gate::Proceed(Claim::TakeOver)
         );
         let direct = request("v2", None);
         assert_eq!(
-            gate(&direct, Some(&done), None, now()),
+            gate(&direct, Some(&done), cur, now()),
             Gate::Proceed(Claim::Redeploy)
         );
-        // A direct redeploy never waits on ordering.
-        let newer = pointer("v9", "FF");
+        assert_eq!(gate(&direct, None, cur, now()), Gate::Proceed(Claim::New));
+    }
+
+    #[test]
+    fn only_the_keys_current_version_deploys_whatever_the_payload_says() {
+        // A forged event with a maximal sequencer for an old version: stale.
+        let forged = request("v1", Some(&"F".repeat(128)));
+        assert!(matches!(
+            gate(&forged, None, Some("v2"), now()),
+            Gate::Stale(r) if r.contains("not the current version") && r.contains("current: v2")
+        ));
+        // An operator's direct invocation of an old version: refused the same way, with
+        // what to do instead.
+        let direct_old = request("v1", None);
+        assert!(matches!(
+            gate(&direct_old, None, Some("v2"), now()),
+            Gate::Stale(r) if r.contains("dropship rollback v1")
+        ));
+        // A key whose current version is gone (delete marker): nothing deploys.
+        assert!(matches!(
+            gate(&request("v2", Some("01")), None, None, now()),
+            Gate::Stale(r) if r.contains("no current version")
+        ));
+        // A stale takeover is skipped too.
+        let expired = record("v1", Outcome::Dispatching, Some("2026-11-23T09:00:00Z"));
+        assert!(matches!(
+            gate(&forged, Some(&expired), Some("v2"), now()),
+            Gate::Stale(_)
+        ));
+        // The order stamp sent to hosts comes from S3, not from the payload.
         assert_eq!(
-            gate(&direct, None, Some(&newer), now()),
-            Gate::Proceed(Claim::New)
+            dropship_contract::sequencer::order_stamp(1_764_400_000).len(),
+            8
         );
     }
 
     #[test]
-    fn gate_skips_older_sequencers_across_lengths() {
+    fn only_instances_with_the_app_envs_profile_are_targets() {
+        let inst = |id: &str, profile: Option<&str>| TaggedInstance {
+            id: id.into(),
+            profile_arn: profile.map(str::to_owned),
+        };
+        let want = "arn:aws:iam::111122223333:instance-profile/dropship-host-shop.prod";
+        let (targets, refused) = qualify_targets(
+            vec![
+                inst("i-1", Some(want)),
+                inst("i-2", None),
+                inst(
+                    "i-3",
+                    Some("arn:aws:iam::111122223333:instance-profile/dropship-host-shop.staging"),
+                ),
+            ],
+            Some(want),
+        );
+        assert_eq!(targets, ["i-1"]);
+        let ids: Vec<&str> = refused.iter().map(|r| r.instance_id.as_str()).collect();
+        assert_eq!(ids, ["i-2", "i-3"]);
+        assert!(refused[0].reason.contains("no instance profile"));
+        assert!(refused[1].reason.contains("shop.staging"));
+        // Without a configured template (local setups) the tags decide.
+        let (targets, refused) = qualify_targets(vec![inst("i-2", None)], None);
+        assert_eq!((targets.len(), refused.len()), (1, 0));
+    }
+
+    #[test]
+    fn dispatch_stops_before_the_deadline() {
+        let t = now();
+        let d = dispatch_budget(Some(t + Duration::seconds(60)), t).unwrap();
+        assert_eq!(d.as_secs(), 50);
+        assert_eq!(
+            dispatch_budget(Some(t + Duration::seconds(3)), t)
+                .unwrap()
+                .as_secs(),
+            1
+        );
+        assert_eq!(dispatch_budget(None, t), None);
+    }
+
+    #[test]
+    fn the_pointer_moves_only_forward() {
         let newest = pointer("v2", "0055AED6DCD90281E6");
-        let older = request("v1", Some("0055AED6DCD90281E5"));
-        assert!(
-            matches!(gate(&older, None, Some(&newest), now()), Gate::Stale(r) if r.contains("v2"))
-        );
-        // Shorter but later once right-padded: "0056" > "0055AED6DCD90281E6".
-        let later_short = request("v3", Some("0056"));
-        assert_eq!(
-            gate(&later_short, None, Some(&newest), now()),
-            Gate::Proceed(Claim::New)
-        );
-        // Longer sharing the prefix with extra non-zero digits: later.
-        let later_long = request("v4", Some("0055AED6DCD90281E601"));
-        assert_eq!(
-            gate(&later_long, None, Some(&newest), now()),
-            Gate::Proceed(Claim::New)
-        );
-        // Longer but smaller prefix: older.
-        let older_long = request("v5", Some("0055AED6DCD90281E5FFFF"));
-        assert!(matches!(
-            gate(&older_long, None, Some(&newest), now()),
-            Gate::Stale(_)
-        ));
-        // Equal sequencer (same event) is not stale.
-        let same = request("v6", Some("0055aed6dcd90281e6"));
-        assert_eq!(
-            gate(&same, None, Some(&newest), now()),
-            Gate::Proceed(Claim::New)
-        );
-        // A stale takeover is skipped too.
-        let expired = record("v1", Outcome::Dispatching, Some("2026-11-23T09:00:00Z"));
-        assert!(matches!(
-            gate(&older, Some(&expired), Some(&newest), now()),
-            Gate::Stale(_)
-        ));
         assert!(pointer_needs_update(
             Some(&newest),
             &Sequencer::parse("0055AED6DCD90281E7").unwrap()
@@ -894,6 +991,7 @@ mod tests {
             verified: &v,
             bundle_url: "https://u/?a=1&b=2",
             purpose: Purpose::Deploy,
+            order_stamp: "6923A0B0",
         };
         let vars = host_vars(&inputs).unwrap();
         assert_eq!(
@@ -903,7 +1001,8 @@ mod tests {
         let get = |h: HostVar| vars.iter().find(|(v, _)| *v == h).unwrap().1.clone();
         assert_eq!(get(HostVar::AppRoot), "/opt/dropship/shop");
         assert_eq!(get(HostVar::VersionId), "v.1");
-        assert_eq!(get(HostVar::Sequencer), "0A");
+        // The S3-derived stamp, not the event's sequencer ("0A" in this request).
+        assert_eq!(get(HostVar::Sequencer), "6923A0B0");
         assert_eq!(get(HostVar::Profiles), "web,worker");
         assert_eq!(get(HostVar::SharedPaths), ".env");
         assert_eq!(get(HostVar::BundleBytes), "1234");
@@ -911,20 +1010,36 @@ mod tests {
         assert_eq!(get(HostVar::Commit), m.commit);
         assert_eq!(get(HostVar::LockTimeout), "300");
         assert_eq!(get(HostVar::BundleUrl), "https://u/?a=1&b=2");
+        // A direct invocation carries no sequencer; the host still gets the S3 stamp.
         let direct = request("v.1", None);
         let inputs = HostInputs {
             request: &direct,
             ..inputs
         };
         let vars = host_vars(&inputs).unwrap();
-        assert_eq!(
-            vars.iter()
-                .find(|(v, _)| *v == HostVar::Sequencer)
-                .unwrap()
-                .1,
-            ""
-        );
-
+        let stamp = vars.iter().find(|(v, _)| *v == HostVar::Sequencer).unwrap();
+        assert_eq!(stamp.1, "6923A0B0");
+        // A value with a parameter reference never reaches SSM.
+        let hostile = DeploySettings {
+            health_url: Some("http://127.0.0.1/{{ssm:secret}}".into()),
+            ..DeploySettings::default()
+        };
+        let v2 = verified(hostile);
+        let inputs = HostInputs {
+            verified: &v2,
+            ..inputs
+        };
+        assert!(matches!(
+            host_vars(&inputs),
+            Err(Rejection::ParameterReference {
+                name: "DROPSHIP_HEALTH_URL"
+            })
+        ));
+        let inputs = HostInputs {
+            request: &direct,
+            verified: &v,
+            ..inputs
+        };
         let plan = plan_command(
             &inputs,
             &(0..120).map(|i| format!("i-{i:017x}")).collect::<Vec<_>>(),
@@ -1008,6 +1123,7 @@ mod tests {
             verified: &v,
             bundle_url: &url,
             purpose: Purpose::Deploy,
+            order_stamp: "6923A0B0",
         };
         let plan = plan_command(&inputs, &["i-1".into()]).expect("the largest inputs render");
         assert!(
@@ -1037,6 +1153,7 @@ mod tests {
             verified: &v,
             bundle_url: &huge_url,
             purpose: Purpose::Deploy,
+            order_stamp: "6923A0B0",
         };
         let err = plan_command(&inputs, &["i-1".into()]).unwrap_err();
         assert!(matches!(err, Rejection::CommandTooLarge { .. }), "{err}");

@@ -299,7 +299,7 @@ impl<E: Edges> Deployer<E> {
             Written::Ok(e) => e,
             Written::Conflict => return Ok(()),
         };
-        let Some((request, metadata, verified)) = plan::resumed_inputs(&record) else {
+        let Some((request, metadata, verified, stamp)) = plan::resumed_inputs(&record) else {
             return Err(HandlerError::Busy(format!(
                 "deploy record of {} version {} lacks the verified bundle facts a next step needs",
                 record.key, record.version_id
@@ -326,6 +326,7 @@ impl<E: Edges> Deployer<E> {
             verified: &verified,
             bundle_url: &url,
             purpose,
+            order_stamp: &stamp,
         };
         let step_plan = plan::plan_command(&inputs, &hosts).map_err(|r| {
             HandlerError::Busy(format!("the next step's command cannot be rendered: {r}"))
@@ -398,7 +399,8 @@ impl<E: Edges> Deployer<E> {
             app: record.app.clone(),
             env: record.env.clone(),
             version_id: record.version_id.clone(),
-            sequencer: record.event.sequencer.clone(),
+            // S3's own stamp of the version, never an event payload's sequencer.
+            sequencer: record.stamp.clone(),
             settled_at: plan::format_time(OffsetDateTime::now_utc()),
         };
         for _ in 0..MAX_DECISIONS {
@@ -510,13 +512,16 @@ impl<E: Edges> Deployer<E> {
             let Some(rollout) = stored.doc.fleet.clone() else {
                 return Ok(Vec::new());
             };
-            let mut running = self
+            let tagged = self
                 .edges()
                 .running_instances(
                     (&c.app_tag_key, release.app()),
                     (&c.env_tag_key, release.env()),
                 )
                 .await?;
+            // The same qualification as at dispatch: only the (app, env)'s instance profile.
+            let expected = c.instance_profile_arn_for(release.app(), release.env());
+            let (mut running, _refused) = plan::qualify_targets(tagged, expected.as_deref());
             if let Some(id) = only {
                 running.retain(|r| r == id);
             }

@@ -50,13 +50,15 @@ pub const COPY_SOURCE: AwsCall = AwsCall {
     iam_action: "s3:GetObjectVersion",
     why: "rollback: read the version copied",
 };
-/// `GetCommandInvocation`: one per host of each command in a deploy record.
-/// `ListCommandInvocations` is not used: its output is cut at 2,500 characters, which can
-/// lose the host script's last-line result.
+/// `GetCommandInvocation`: for a host whose result the deployer has not stored yet (live
+/// progress). Optional: the uploader policy does not grant it (it cannot be limited to one
+/// app's commands), and without it such a host shows as dispatched until its stored result
+/// arrives. `ListCommandInvocations` is not used: its output is cut at 2,500 characters,
+/// which can lose the host script's last-line result.
 pub const GET_COMMAND_INVOCATION: AwsCall = AwsCall {
     operation: "ssm:GetCommandInvocation",
     iam_action: "ssm:GetCommandInvocation",
-    why: "each host's result of a deploy (status, --wait)",
+    why: "live progress of hosts without a stored result yet (optional)",
 };
 
 /// `DescribeLogGroups` with the group as the prefix: does the command-output group exist.
@@ -124,11 +126,17 @@ pub const CALLS: &[AwsCall] = &[
     GET_RECORD,
     COPY_OBJECT,
     COPY_SOURCE,
+    GET_BUCKET_VERSIONING,
+    GET_BUCKET_NOTIFICATION,
+];
+
+/// Calls the uploader policy does not grant, because they cannot be limited to one app/env:
+/// `status` makes its one when allowed and skips it when denied; `logs` and `doctor`'s
+/// account-wide checks need an operator role and say so when denied.
+pub const OPTIONAL_CALLS: &[AwsCall] = &[
     GET_COMMAND_INVOCATION,
     DESCRIBE_LOG_GROUPS,
     GET_LOG_EVENTS,
-    GET_BUCKET_VERSIONING,
-    GET_BUCKET_NOTIFICATION,
     LIST_RULES,
     LIST_TARGETS_BY_RULE,
     DESCRIBE_INSTANCES,
@@ -142,15 +150,8 @@ pub const IAM_ACTIONS: &[&str] = &[
     "s3:GetObject",
     "s3:ListBucket",
     "s3:PutObject",
-    "ssm:GetCommandInvocation",
-    "logs:DescribeLogGroups",
-    "logs:GetLogEvents",
     "s3:GetBucketVersioning",
     "s3:GetBucketNotification",
-    "events:ListRules",
-    "events:ListTargetsByRule",
-    "ec2:DescribeInstances",
-    "ssm:DescribeInstanceInformation",
 ];
 
 #[cfg(test)]

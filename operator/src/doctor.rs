@@ -158,6 +158,10 @@ pub struct Finding {
     pub fix: Option<String>,
 }
 
+/// The account-wide reads an operator role needs for `doctor` (the uploader policy does not
+/// grant them: they cannot be limited to one app).
+const OPERATOR_ROLE: &str = "events:ListRules, events:ListTargetsByRule, ec2:DescribeInstances and ssm:DescribeInstanceInformation (an operator role: the uploader policy does not grant them, they cannot be limited to one app)";
+
 fn finding(check: Check, level: Level, message: String, fix: Option<String>) -> Finding {
     Finding {
         check,
@@ -300,7 +304,7 @@ fn rule(f: &DoctorFacts) -> Vec<Finding> {
                 fail(
                     Check::Rule,
                     format!("cannot list EventBridge rules: {e}"),
-                    "grant events:ListRules and events:ListTargetsByRule (the uploader policy in infra/ does)".into(),
+                    format!("run doctor with a role that may {OPERATOR_ROLE}"),
                 ),
                 skipped(Check::RuleTarget, "the rules could not be read"),
             ]
@@ -401,7 +405,7 @@ fn hosts(f: &DoctorFacts) -> Vec<Finding> {
                 fail(
                     Check::Instances,
                     format!("cannot list instances tagged {tags}: {e}"),
-                    "grant ec2:DescribeInstances (the uploader policy in infra/ does)".into(),
+                    format!("run doctor with a role that may {OPERATOR_ROLE}"),
                 ),
                 skipped(Check::Running, "instances could not be listed"),
                 skipped(Check::Ssm, "instances could not be listed"),
@@ -452,7 +456,7 @@ fn hosts(f: &DoctorFacts) -> Vec<Finding> {
             out.push(fail(
                 Check::Ssm,
                 format!("cannot read SSM's managed instances: {e}"),
-                "grant ssm:DescribeInstanceInformation (the uploader policy in infra/ does)".into(),
+                format!("run doctor with a role that may {OPERATOR_ROLE}"),
             ));
             return out;
         }

@@ -394,6 +394,13 @@ impl Clients {
                 let code = error_code(&e).unwrap_or_default();
                 match code.as_str() {
                     "InvocationDoesNotExist" => Ok(Observed::NotYet { code }),
+                    // An optional call (the uploader policy does not grant it): the host's
+                    // stored result, once the deployer has it, is what counts.
+                    "AccessDeniedException" | "AccessDenied" => Ok(Observed::NotYet {
+                        code: format!(
+                            "{code}: no ssm:GetCommandInvocation; waiting for the stored result"
+                        ),
+                    }),
                     "InvalidCommandId" | "InvalidInstanceId" => Ok(Observed::Gone { code }),
                     _ => Err(classify(
                         &GET_COMMAND_INVOCATION,

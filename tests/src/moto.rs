@@ -148,3 +148,36 @@ pub fn port() -> u16 {
         .and_then(|p| p.trim_end_matches('/').parse().ok())
         .unwrap_or_else(|| panic!("AWS_ENDPOINT_URL {url} has no port"))
 }
+
+/// Creates an IAM instance profile named `name` in moto and returns its ARN, through IAM's
+/// Query API as AWS documents it (`Action=CreateInstanceProfile`, form-encoded POST) with
+/// curl: the only IAM call the suites make, not worth compiling the IAM SDK for.
+pub fn create_instance_profile(name: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "-X", "POST", &format!("{}/", endpoint())])
+        .args([
+            "-H",
+            "Authorization: AWS4-HMAC-SHA256 Credential=test/20261129/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+        ])
+        .args([
+            "--data-urlencode",
+            "Action=CreateInstanceProfile",
+            "--data-urlencode",
+            &format!("InstanceProfileName={name}"),
+            "--data-urlencode",
+            "Version=2010-05-08",
+        ])
+        .output()
+        .expect("run curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "CreateInstanceProfile {name}: {body}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    body.split("<Arn>")
+        .nth(1)
+        .and_then(|rest| rest.split("</Arn>").next())
+        .unwrap_or_else(|| panic!("CreateInstanceProfile answered without an Arn: {body}"))
+        .to_owned()
+}

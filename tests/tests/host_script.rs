@@ -841,6 +841,14 @@ fn hostile_values_are_data_bad_ones_exit_2_touching_nothing() {
     }
     // Values that are legitimately data for an input (a version id may hold quotes, `$()`,
     // backticks and a leading dash) pass through verbatim; everything else was refused.
+    // The rollback guard holds a version id too; a deploy does not read it.
+    let (guard, accepted): (Vec<_>, Vec<_>) = accepted
+        .into_iter()
+        .partition(|(name, _, _)| *name == "DROPSHIP_EXPECT_VERSION_ID");
+    for (_, _, run) in &guard {
+        assert_code(run, 0, "deployed");
+        assert_eq!(run.field("version_id"), "ver-1");
+    }
     for (name, p, run) in &accepted {
         assert!(
             *name == "DROPSHIP_VERSION_ID",

@@ -573,6 +573,33 @@ fn lambda_environment_is_exactly_what_the_lambda_reads() {
         referenced("aws_cloudwatch_log_group", &value("DROPSHIP_LOG_GROUP")).is_some(),
         "DROPSHIP_LOG_GROUP must name the module's command-output log group"
     );
+    // The allow-lists are exactly the module's apps and environments, and the Lambda's own
+    // parser reads them so (events for anything else are refused before any S3 read).
+    let apps = value("DROPSHIP_ALLOWED_APPS");
+    let envs = value("DROPSHIP_ALLOWED_ENVIRONMENTS");
+    let config = deployer_lambda::config::Config::from_lookup(|k| match k {
+        "DROPSHIP_ALLOWED_BUCKETS" => Some("artifacts".into()),
+        "DROPSHIP_ALLOWED_APPS" => Some(apps.clone()),
+        "DROPSHIP_ALLOWED_ENVIRONMENTS" => Some(envs.clone()),
+        _ => None,
+    })
+    .unwrap_or_else(|e| panic!("the Lambda refuses infra/'s allow-lists {apps:?} / {envs:?}: {e}"));
+    let pairs = pairs(&f);
+    assert!(!pairs.is_empty());
+    for (_, release) in &pairs {
+        assert!(
+            config.app_allowed(release.app()),
+            "{apps:?} lacks {}",
+            release.app()
+        );
+        assert!(
+            config.env_allowed(release.env()),
+            "{envs:?} lacks {}",
+            release.env()
+        );
+    }
+    assert!(!config.app_allowed("not-in-the-module"));
+    assert!(!config.env_allowed("not-in-the-module"));
 }
 
 #[test]

@@ -66,21 +66,36 @@ impl Fixture {
         ]
     }
 
-    fn config(&self) -> Config {
-        let vars: HashMap<&str, String> = self.env_vars().into_iter().collect();
-        Config::from_lookup(|k| vars.get(k).cloned()).expect("test configuration is valid")
+    async fn deployer(&self) -> Deployer<Clients> {
+        self.deployer_with(&[]).await
     }
 
-    async fn deployer(&self) -> Deployer<Clients> {
+    /// A deployer whose configuration adds `extra` variables to the suite's.
+    async fn deployer_with(&self, extra: &[(&'static str, String)]) -> Deployer<Clients> {
+        let mut vars: HashMap<&str, String> = self.env_vars().into_iter().collect();
+        vars.extend(extra.iter().cloned());
+        let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid configuration");
         let clients = Clients {
             ssm: self.ssm.clone(),
             ..Clients::new(&moto::sdk_config().await)
         };
-        Deployer::new(self.config(), clients)
+        Deployer::new(config, clients)
     }
 
     /// Runs `n` instances tagged with `app`/`env`; returns their ids.
     async fn instances(&self, app: &str, env: &str, n: i32) -> Vec<String> {
+        self.instances_with_profile(app, env, n, None).await
+    }
+
+    /// Runs `n` instances tagged with `app`/`env`, with the instance profile `profile_arn`
+    /// attached when given; each gets an online SSM agent; returns their ids.
+    async fn instances_with_profile(
+        &self,
+        app: &str,
+        env: &str,
+        n: i32,
+        profile_arn: Option<&str>,
+    ) -> Vec<String> {
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .tags(Tag::builder().key("dropship:app").value(app).build())
@@ -94,6 +109,11 @@ impl Fixture {
             .min_count(n)
             .max_count(n)
             .tag_specifications(tags)
+            .set_iam_instance_profile(profile_arn.map(|arn| {
+                aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                    .arn(arn)
+                    .build()
+            }))
             .send()
             .await
             .expect("run instances");
@@ -207,6 +227,21 @@ impl Fixture {
             .ok()?;
         let bytes = out.body.collect().await.unwrap().into_bytes();
         Some(DeployRecord::from_bytes(&bytes).expect("record parses"))
+    }
+
+    /// The newest-dispatched pointer.
+    async fn pointer(&self) -> Option<dropship_contract::record::LatestPointer> {
+        let release = ReleaseKey::new(&self.app, ENV).unwrap();
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(release.latest_pointer_key())
+            .send()
+            .await
+            .ok()?;
+        let bytes = out.body.collect().await.unwrap().into_bytes();
+        Some(dropship_contract::record::LatestPointer::from_bytes(&bytes).expect("pointer parses"))
     }
 
     /// Keys under the records prefix (to prove nothing was written).
@@ -399,13 +434,13 @@ async fn a_repeated_event_sends_one_command() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_older_than_the_newest_dispatched_is_skipped() {
+async fn an_event_for_a_version_that_is_no_longer_current_is_skipped() {
     let f = Fixture::new().await;
     f.instances(&f.app, ENV, 1).await;
     let (v1, _) = f.upload_real_bundle("v1").await;
     let (v2, _) = f.upload_real_bundle("v2").await;
     let d = f.deployer().await;
-    // v2's event arrives first; v1's (older sequencer, different length) after it.
+    // v2's event arrives first; v1's after it (whatever its sequencer says).
     assert_eq!(
         handle(&d, &f.event(&v2, "0055AED6DCD90281E6"))
             .await
@@ -424,16 +459,105 @@ async fn an_event_older_than_the_newest_dispatched_is_skipped() {
         .1
         .contains(&format!("DROPSHIP_VERSION_ID='{v2}'")));
     assert_eq!(f.record(&v1).await.unwrap().outcome, Outcome::SkippedStale);
-    // An operator can still redeploy the old version on purpose.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_events_borrowed_instances_and_foreign_environments_are_refused_and_real_uploads_still_deploy(
+) {
+    let f = Fixture::new().await;
+    let profile = moto::create_instance_profile(&format!("dropship-host-{}.{ENV}", f.app));
+    let good = f
+        .instances_with_profile(&f.app, ENV, 1, Some(&profile))
+        .await;
+    // Tagged by someone allowed ec2:CreateTags, but not given the module's profile.
+    let borrowed = f.instances(&f.app, ENV, 1).await;
+    let d = f
+        .deployer_with(&[
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                "arn:aws:iam::123456789012:instance-profile/dropship-host-{app}.{env}".into(),
+            ),
+            ("DROPSHIP_ALLOWED_APPS", f.app.clone()),
+            ("DROPSHIP_ALLOWED_ENVIRONMENTS", ENV.into()),
+        ])
+        .await;
+    let (v1, _) = f.upload_real_bundle("v1").await;
+    let (v2, _) = f.upload_real_bundle("v2").await;
+
+    // A forged event for the old version with a maximal sequencer: refused and recorded.
+    let forged = handle(&d, &f.event(&v1, &"F".repeat(128))).await.unwrap();
+    assert_eq!(forged.outcome, Outcome::SkippedStale, "{forged:?}");
+    assert!(forged.reason.unwrap().contains("not the current version"));
+    assert_eq!(f.record(&v1).await.unwrap().outcome, Outcome::SkippedStale);
+    // A direct invocation of the old version: refused the same way (operators redeploy the
+    // current version; `dropship rollback` goes back).
     let direct = json!({"bucket": f.bucket, "key": f.key(), "version_id": v1});
     let res = handle(&d, &direct).await.unwrap();
+    assert_eq!(res.outcome, Outcome::SkippedStale, "{res:?}");
+    assert!(res
+        .reason
+        .unwrap()
+        .contains(&format!("dropship rollback {v1}")));
+    // An environment outside the allow-list: refused before any S3 read, nothing written.
+    let before = f.record_keys().await;
+    let foreign = event_for(
+        &f.bucket,
+        &format!("releases/{}/prod.tar.gz", f.app),
+        &v2,
+        "01",
+        "PutObject",
+    );
+    let res = handle(&d, &foreign).await.unwrap();
+    assert_eq!(res.outcome, Outcome::Rejected, "{res:?}");
+    assert!(res
+        .reason
+        .unwrap()
+        .contains("DROPSHIP_ALLOWED_ENVIRONMENTS"));
+    assert_eq!(f.record_keys().await, before, "nothing recorded for it");
+    assert!(f.commands().await.is_empty(), "nothing sent so far");
+
+    // The real upload deploys, to the instance with the profile only; the other is recorded.
+    let res = handle(&d, &f.event(&v2, "0055AED6DCD90281E6"))
+        .await
+        .unwrap();
     assert_eq!(res.outcome, Outcome::Dispatched, "{res:?}");
+    assert_eq!(res.targets, good);
+    let record = f.record(&v2).await.unwrap();
+    assert_eq!(record.refused_targets.len(), 1);
+    assert_eq!(record.refused_targets[0].instance_id, borrowed[0]);
+    assert!(
+        record.refused_targets[0]
+            .reason
+            .contains("no instance profile"),
+        "{:?}",
+        record.refused_targets
+    );
+    event_facts_recorded(&record);
+    // Hosts order by S3's own stamp, never by a payload's sequencer.
     let commands = f.commands().await;
-    assert_eq!(commands.len(), 2);
-    assert!(commands
-        .iter()
-        .any(|(_, s)| s.contains(&format!("DROPSHIP_VERSION_ID='{v1}'"))
-            && s.contains("DROPSHIP_SEQUENCER=''")));
+    assert_eq!(commands.len(), 1);
+    let stamp = record.stamp.clone().expect("stamp recorded");
+    assert_eq!(stamp.len(), 8);
+    assert!(commands[0]
+        .1
+        .contains(&format!("export DROPSHIP_SEQUENCER='{stamp}'")));
+    assert!(!commands[0].1.contains("FFFFFFFF"));
+    // The duplicate of the real event never moves the pointer to its own payload's value.
+    let mut dup = f.event(&v2, &"F".repeat(128));
+    dup["id"] = json!("replayed");
+    assert_eq!(
+        handle(&d, &dup).await.unwrap().outcome,
+        Outcome::SkippedDuplicate
+    );
+    let pointer = f.pointer().await.expect("pointer");
+    assert_eq!(pointer.sequencer, "0055AED6DCD90281E6");
+}
+
+/// The event's requester and source address are kept (the uploader metadata is
+/// self-declared; these come from S3).
+fn event_facts_recorded(record: &DeployRecord) {
+    assert_eq!(record.event.requester.as_deref(), Some("123456789012"));
+    assert_eq!(record.event.source_ip.as_deref(), Some("1.2.3.4"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,13 +861,18 @@ async fn every_hostile_bundle_is_rejected_with_its_reason_and_nothing_is_sent() 
 async fn a_missing_version_fails_closed() {
     let f = Fixture::new().await;
     f.instances(&f.app, ENV, 1).await;
-    let (_real, _) = f.upload_real_bundle("x").await;
+    let (real, _) = f.upload_real_bundle("x").await;
     let d = f.deployer().await;
+    // S3 says which version is current: a version it does not have never is.
     let res = handle(&d, &f.event("no-such-version-id", "05"))
         .await
         .unwrap();
-    assert_eq!(res.outcome, Outcome::Rejected);
-    assert!(res.reason.unwrap().contains("does not exist"));
+    assert_eq!(res.outcome, Outcome::SkippedStale);
+    let reason = res.reason.unwrap();
+    assert!(
+        reason.contains("not the current version") && reason.contains(&real),
+        "{reason}"
+    );
     assert!(f.commands().await.is_empty());
 }
 

@@ -787,7 +787,7 @@ fn bundle_and_upload_help_shows_the_upload_wait_and_every_exit_code() {
         "--dry-run",
         "Examples:",
         "dropship rollback",
-        "  8  --wait: rolled back on at least one host",
+        "  8  --wait: rolled back: a host failed",
         "  11 --wait: --wait-timeout passed first",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");

@@ -564,6 +564,7 @@ fn declare_functions(ctx: &mut Context) {
     ctx.declare_func("toset", fixed(vec![any()], tf_distinct));
     ctx.declare_func("distinct", fixed(vec![any()], tf_distinct));
     ctx.declare_func("concat", variadic(vec![], tf_concat));
+    ctx.declare_func("join", fixed(vec![string(), any()], tf_join));
     ctx.declare_func("coalescelist", variadic(vec![], tf_coalescelist));
     ctx.declare_func("flatten", fixed(vec![any()], tf_flatten));
     ctx.declare_func("keys", fixed(vec![any()], tf_keys));
@@ -623,6 +624,19 @@ fn tf_concat(args: FuncArgs) -> Result<HclValue, String> {
         out.extend(arg_list(a)?);
     }
     Ok(HclValue::Array(out))
+}
+
+fn tf_join(args: FuncArgs) -> Result<HclValue, String> {
+    let sep = args[0].as_str().unwrap_or_default().to_owned();
+    let items: Vec<String> = arg_list(&args[1])?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("join: {v} is not a string"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(HclValue::String(items.join(&sep)))
 }
 
 fn tf_coalescelist(args: FuncArgs) -> Result<HclValue, String> {
