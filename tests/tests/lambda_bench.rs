@@ -1,6 +1,7 @@
 //! Cold start and memory of the Rust Lambda next to an equivalent Python 3.11 + boto3
 //! handler (`benches/python_handler/`), both run as custom runtimes through the same local
-//! Runtime API against the same moto server, each on a fresh version of a real bundle.
+//! Runtime API against the same moto server and local SSM endpoint, each on a fresh version
+//! of a real bundle.
 //!
 //! In the normal suite this checks both handlers dispatch and that the Rust one stays within
 //! its budget; `scripts/bench-lambda` runs it in release mode with `DROPSHIP_BENCH_RUNS` and
@@ -17,6 +18,8 @@ use dropship_contract::metadata::{ObjectMetadata, Source};
 use dropship_tests::bins;
 use dropship_tests::host::{make_bundle, AppFiles, Bundle};
 use dropship_tests::lambda_rt::LambdaProcess;
+use dropship_tests::local_ssm::bash_instance::BashInstance;
+use dropship_tests::local_ssm::{LocalSsm, LocalSsmConfig};
 use dropship_tests::moto;
 use serde_json::{json, Value};
 
@@ -41,6 +44,8 @@ struct Setup {
     bucket: String,
     app: String,
     bundle: Bundle,
+    /// SSM for both runtimes: the local endpoint, whose agents run on hosts without an engine.
+    ssm: LocalSsm,
 }
 
 async fn setup() -> Setup {
@@ -53,7 +58,8 @@ async fn setup() -> Setup {
         .tags(Tag::builder().key("dropship:app").value(&app).build())
         .tags(Tag::builder().key("dropship:env").value(ENV).build())
         .build();
-    ec2.run_instances()
+    let out = ec2
+        .run_instances()
         .image_id("ami-12c6146b")
         .instance_type(InstanceType::T3Micro)
         .min_count(2)
@@ -62,12 +68,20 @@ async fn setup() -> Setup {
         .send()
         .await
         .expect("run instances");
+    let ssm = LocalSsm::start(LocalSsmConfig::from_env());
+    for id in out.instances().iter().filter_map(|i| i.instance_id()) {
+        ssm.add_instance(BashInstance::without_engine(
+            id,
+            &[("dropship:app", app.as_str()), ("dropship:env", ENV)],
+        ));
+    }
     let bundle = make_bundle(&app, &AppFiles::healthy(8080, "bench"));
     Setup {
         s3,
         bucket,
         app,
         bundle,
+        ssm,
     }
 }
 
@@ -128,9 +142,10 @@ fn python() -> PathBuf {
 }
 
 /// Start one runtime, wait for its first poll, invoke it once, read its peak RSS.
-fn sample(runtime: Runtime, bucket: &str, event: &Value) -> Sample {
+fn sample(runtime: Runtime, bucket: &str, ssm_env: &[(String, String)], event: &Value) -> Sample {
     let mut env: Vec<(String, String)> = vec![("DROPSHIP_ALLOWED_BUCKETS".into(), bucket.into())];
     env.extend(moto::aws_env());
+    env.extend(ssm_env.iter().cloned());
     env.push((
         "DROPSHIP_HOST_SCRIPT".into(),
         bins::script("deploy-on-host.sh").display().to_string(),
@@ -191,9 +206,11 @@ async fn rust_and_python_handlers_dispatch_and_rust_stays_within_budget() {
         for (i, runtime) in [Runtime::Rust, Runtime::Python].into_iter().enumerate() {
             let event = s.fresh_event(run * 2 + i).await;
             let bucket = s.bucket.clone();
-            let sample = tokio::task::spawn_blocking(move || sample(runtime, &bucket, &event))
-                .await
-                .unwrap();
+            let ssm_env = s.ssm.aws_env();
+            let sample =
+                tokio::task::spawn_blocking(move || sample(runtime, &bucket, &ssm_env, &event))
+                    .await
+                    .unwrap();
             assert_eq!(
                 sample.result["outcome"], "dispatched",
                 "{runtime:?}: {}",
