@@ -64,7 +64,7 @@ pub enum Command {
     /// from CloudWatch Logs: each command the deploy sent (waves, fleet rollback, catch-up),
     /// host by host.
     #[command(after_help = after_help(
-        "Examples:\n  dropship logs                                  the current version, every host\n  dropship logs 3HL4kqtJlcpXroDT --host i-0a1b2c3d4e5f67890\n  dropship logs --follow                         until the fleet settled and the output stopped\n  dropship logs --log-group /dropship/shop/commands --json\n\nThe log group is the deployer Lambda's DROPSHIP_LOG_GROUP: pass --log-group, set\nDROPSHIP_LOG_GROUP, or `log_group` in dropship.toml."
+        "Examples:\n  dropship logs                                  the current version, every host\n  dropship logs 3HL4kqtJlcpXroDT --host i-0a1b2c3d4e5f67890\n  dropship logs --follow                         until the fleet settled and the output stopped\n  dropship logs --log-group /dropship/ssm-command-output --json\n\nThe log group is the deployer Lambda's DROPSHIP_LOG_GROUP: pass --log-group, set\nDROPSHIP_LOG_GROUP, or `log_group` in dropship.toml."
     ))]
     Logs(LogsArgs),
     /// Check that the AWS side is wired so an upload reaches every host: credentials and
