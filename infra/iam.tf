@@ -230,7 +230,7 @@ resource "aws_iam_instance_profile" "host" {
 
 # ---------------------------------------------------------------------------------------
 # Uploader, one policy per (app, env). Actions = dropship_bundler::aws_calls::IAM_ACTIONS
-# (contract test). Every object right is on the exact release key of that pair and its
+# + dropship_operator::aws_calls::IAM_ACTIONS (contract test). Every object right is on the exact release key of that pair and its
 # deploy records, so a staging credential cannot upload or restore to production, nor write
 # any other key. Restore is CopyObject of an old version of the same key onto it:
 # GetObjectVersion on the source + PutObject on the destination, both on that key.
@@ -288,6 +288,15 @@ data "aws_iam_policy_document" "uploader" {
   }
   # No ssm:GetCommandInvocation: it cannot be limited to one app's commands, and `status` /
   # `--wait` read each host's result from this pair's deploy records (the Lambda stores them).
+
+  # dropship doctor: is the bucket sending its events to EventBridge. Its account-wide checks
+  # (rules, instances, SSM registration) and `dropship logs` (one output group for every app)
+  # cannot be limited to this pair: they need an operator role (docs/operations-cli.md).
+  statement {
+    sid       = "CheckBucketNotifications"
+    actions   = ["s3:GetBucketNotification"]
+    resources = [local.bucket_arn]
+  }
 }
 
 resource "aws_iam_policy" "uploader" {

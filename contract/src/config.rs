@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::key::{validate_name, ReleaseKey};
 use crate::manifest::DeploySettings;
+use crate::wiring::{is_log_group_name, is_rule_name};
 use serde::Deserialize;
 
 /// Name of the config file at the repository root.
@@ -55,6 +56,12 @@ pub struct ConfigFile {
     pub max_file_bytes: Option<u64>,
     #[serde(default)]
     pub deploy: DeploySettings,
+    /// CloudWatch Logs group of the hosts' command output (the deployer's
+    /// `DROPSHIP_LOG_GROUP`), read by `dropship logs`.
+    pub log_group: Option<String>,
+    /// Name of the EventBridge rule that sends this bucket's uploads to the deployer, checked
+    /// by `dropship doctor` (default: found by its event pattern).
+    pub rule: Option<String>,
 }
 
 /// Values from flags or `DROPSHIP_*` variables that win over the file.
@@ -78,6 +85,10 @@ pub struct Config {
     pub excludes: Vec<String>,
     pub max_file_bytes: u64,
     pub deploy: DeploySettings,
+    /// `log_group`, validated.
+    pub log_group: Option<String>,
+    /// `rule`, validated.
+    pub rule: Option<String>,
 }
 
 impl ConfigFile {
@@ -189,6 +200,18 @@ impl Config {
         file.deploy
             .validate()
             .map_err(|e| invalid("deploy", e.to_string()))?;
+        if let Some(group) = file.log_group.as_deref().filter(|g| !is_log_group_name(g)) {
+            return Err(invalid(
+                "log_group",
+                format!("{group:?} is not a CloudWatch Logs group name: use 1 to 512 letters, digits and _ - / . # (the deployer's DROPSHIP_LOG_GROUP)"),
+            ));
+        }
+        if let Some(rule) = file.rule.as_deref().filter(|r| !is_rule_name(r)) {
+            return Err(invalid(
+                "rule",
+                format!("{rule:?} is not an EventBridge rule name: use 1 to 64 letters, digits and . - _"),
+            ));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             key,
@@ -197,6 +220,8 @@ impl Config {
             excludes: file.excludes,
             max_file_bytes,
             deploy: file.deploy,
+            log_group: file.log_group,
+            rule: file.rule,
         })
     }
 }
@@ -341,5 +366,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(single.key.env(), "only");
+    }
+
+    #[test]
+    fn log_group_and_rule_are_read_and_checked() {
+        let c = resolve(
+            "app = \"shop\"\ndefault_env = \"prod\"\nlog_group = \"/dropship/shop/commands\"\nrule = \"dropship-release-uploaded\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.log_group.as_deref(), Some("/dropship/shop/commands"));
+        assert_eq!(c.rule.as_deref(), Some("dropship-release-uploaded"));
+        for (text, key) in [
+            ("log_group = \"has space\"\n", "log_group"),
+            ("rule = \"a/b\"\n", "rule"),
+        ] {
+            let text = format!("app = \"shop\"\ndefault_env = \"prod\"\n{text}");
+            let msg = resolve(&text, Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(&format!("key `{key}`")) && msg.contains("dropship.toml"),
+                "{msg}"
+            );
+        }
     }
 }

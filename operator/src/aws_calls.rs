@@ -61,6 +61,62 @@ pub const GET_COMMAND_INVOCATION: AwsCall = AwsCall {
     why: "live progress of hosts without a stored result yet (optional)",
 };
 
+/// `DescribeLogGroups` with the group as the prefix: does the command-output group exist.
+pub const DESCRIBE_LOG_GROUPS: AwsCall = AwsCall {
+    operation: "logs:DescribeLogGroups",
+    iam_action: "logs:DescribeLogGroups",
+    why: "logs: tell a missing log group from a stream not written yet",
+};
+/// `GetLogEvents` of one host's output stream of one command.
+pub const GET_LOG_EVENTS: AwsCall = AwsCall {
+    operation: "logs:GetLogEvents",
+    iam_action: "logs:GetLogEvents",
+    why: "logs: each host's full output of each command",
+};
+/// `GetCallerIdentity`: who the credentials are. AWS authorises it for every principal, so
+/// no policy grants it (it is not in [`CALLS`]).
+pub const GET_CALLER_IDENTITY: AwsCall = AwsCall {
+    operation: "sts:GetCallerIdentity",
+    iam_action: "sts:GetCallerIdentity",
+    why: "doctor: the credentials work, and whose they are",
+};
+/// `GetBucketVersioning` of the artifact bucket.
+pub const GET_BUCKET_VERSIONING: AwsCall = AwsCall {
+    operation: "s3:GetBucketVersioning",
+    iam_action: "s3:GetBucketVersioning",
+    why: "doctor: the bucket exists and is versioned",
+};
+/// `GetBucketNotificationConfiguration` of the artifact bucket.
+pub const GET_BUCKET_NOTIFICATION: AwsCall = AwsCall {
+    operation: "s3:GetBucketNotificationConfiguration",
+    iam_action: "s3:GetBucketNotification",
+    why: "doctor: the bucket sends its events to EventBridge",
+};
+/// `ListRules` on the default bus.
+pub const LIST_RULES: AwsCall = AwsCall {
+    operation: "events:ListRules",
+    iam_action: "events:ListRules",
+    why: "doctor: the release rule exists, is enabled and matches the bucket",
+};
+/// `ListTargetsByRule` of the release rule.
+pub const LIST_TARGETS_BY_RULE: AwsCall = AwsCall {
+    operation: "events:ListTargetsByRule",
+    iam_action: "events:ListTargetsByRule",
+    why: "doctor: the release rule has a target",
+};
+/// `DescribeInstances` filtered by the app/env tags.
+pub const DESCRIBE_INSTANCES: AwsCall = AwsCall {
+    operation: "ec2:DescribeInstances",
+    iam_action: "ec2:DescribeInstances",
+    why: "doctor: instances carry the tags and are running",
+};
+/// `DescribeInstanceInformation` of the running tagged instances.
+pub const DESCRIBE_INSTANCE_INFORMATION: AwsCall = AwsCall {
+    operation: "ssm:DescribeInstanceInformation",
+    iam_action: "ssm:DescribeInstanceInformation",
+    why: "doctor: the running instances are online in SSM",
+};
+
 /// Every SDK call of this crate.
 pub const CALLS: &[AwsCall] = &[
     LIST_OBJECT_VERSIONS,
@@ -70,10 +126,22 @@ pub const CALLS: &[AwsCall] = &[
     GET_RECORD,
     COPY_OBJECT,
     COPY_SOURCE,
+    GET_BUCKET_VERSIONING,
+    GET_BUCKET_NOTIFICATION,
 ];
 
-/// Calls made when allowed, and skipped (not failed) when access is denied.
-pub const OPTIONAL_CALLS: &[AwsCall] = &[GET_COMMAND_INVOCATION];
+/// Calls the uploader policy does not grant, because they cannot be limited to one app/env:
+/// `status` makes its one when allowed and skips it when denied; `logs` and `doctor`'s
+/// account-wide checks need an operator role and say so when denied.
+pub const OPTIONAL_CALLS: &[AwsCall] = &[
+    GET_COMMAND_INVOCATION,
+    DESCRIBE_LOG_GROUPS,
+    GET_LOG_EVENTS,
+    LIST_RULES,
+    LIST_TARGETS_BY_RULE,
+    DESCRIBE_INSTANCES,
+    DESCRIBE_INSTANCE_INFORMATION,
+];
 
 /// The IAM actions behind [`CALLS`], each once.
 pub const IAM_ACTIONS: &[&str] = &[
@@ -82,6 +150,8 @@ pub const IAM_ACTIONS: &[&str] = &[
     "s3:GetObject",
     "s3:ListBucket",
     "s3:PutObject",
+    "s3:GetBucketVersioning",
+    "s3:GetBucketNotification",
 ];
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use dropship_contract::wiring;
 
 use crate::wait::{self, WaitOptions};
 
@@ -20,6 +21,8 @@ Examples:
   dropship status 3HL4kqtJlcpXroDT --env production
   dropship rollback 3HL4kqtJlcpXroDT --wait
                                          put that version back and follow it to every host
+  dropship logs --follow                 every host's output of the current version, live
+  dropship doctor --env production       is the AWS side wired so a deploy reaches every host?
   dropship completions bash > ~/.local/share/bash-completion/completions/dropship";
 
 /// The operator's command: deploy history, per-host results and rollback for the apps
@@ -57,6 +60,20 @@ pub enum Command {
         "Examples:\n  dropship rollback 3HL4kqtJlcpXroDT          asks for confirmation on a terminal\n  dropship rollback 3HL4kqtJlcpXroDT --yes --wait --json"
     ))]
     Rollback(RollbackArgs),
+    /// Print every host's full output of one deploy (default: the key's current version)
+    /// from CloudWatch Logs: each command the deploy sent (waves, fleet rollback, catch-up),
+    /// host by host.
+    #[command(after_help = after_help(
+        "Examples:\n  dropship logs                                  the current version, every host\n  dropship logs 3HL4kqtJlcpXroDT --host i-0a1b2c3d4e5f67890\n  dropship logs --follow                         until the fleet settled and the output stopped\n  dropship logs --log-group /dropship/ssm-command-output --json\n\nThe log group is the deployer Lambda's DROPSHIP_LOG_GROUP: pass --log-group, set\nDROPSHIP_LOG_GROUP, or `log_group` in dropship.toml."
+    ))]
+    Logs(LogsArgs),
+    /// Check that the AWS side is wired so an upload reaches every host: credentials and
+    /// region, bucket (versioning, EventBridge notifications), the release rule and its
+    /// target, tagged instances running and online in SSM. Each fault comes with its fix.
+    #[command(after_help = after_help(
+        "Examples:\n  dropship doctor\n  dropship doctor --env production --rule dropship-release-uploaded\n  dropship doctor --json\n\nExit 0: an upload now would reach every running tagged host; 12: it would not."
+    ))]
+    Doctor(DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Examples:\n  dropship completions bash > ~/.local/share/bash-completion/completions/dropship\n  dropship completions zsh > \"${fpath[1]}/_dropship\""
@@ -167,6 +184,70 @@ pub struct RollbackArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `logs`.
+#[derive(Args, Debug, Clone)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Version id whose deploy to show (default: the key's current version).
+    #[arg(value_name = "VERSION")]
+    pub version_id: Option<String>,
+    /// Only this instance's output.
+    #[arg(long, value_name = "INSTANCE_ID")]
+    pub host: Option<String>,
+    /// Keep printing new output until the fleet settled and every stream stopped growing.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// How long --follow runs before giving up (seconds, or with s, m, h).
+    #[arg(long, default_value = "15m", value_parser = wait::parse_duration)]
+    pub timeout: Duration,
+    /// Pause between polls with --follow, in milliseconds.
+    #[arg(long, default_value_t = 2000, env = "DROPSHIP_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: u64,
+    /// CloudWatch Logs group of the hosts' command output (overrides `log_group`).
+    #[arg(long, env = "DROPSHIP_LOG_GROUP", value_parser = log_group_name)]
+    pub log_group: Option<String>,
+    /// Print JSON (with --follow: once, at the end) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `doctor`.
+#[derive(Args, Debug, Clone)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The release rule's name (overrides `rule`; default: the rule whose event pattern
+    /// matches the bucket's "Object Created" events).
+    #[arg(long, env = "DROPSHIP_RULE", value_parser = rule_name)]
+    pub rule: Option<String>,
+    /// Tag key naming an instance's app (the deployer's DROPSHIP_APP_TAG_KEY).
+    #[arg(long, default_value = wiring::DEFAULT_APP_TAG_KEY, env = "DROPSHIP_APP_TAG_KEY")]
+    pub app_tag_key: String,
+    /// Tag key naming an instance's environment (the deployer's DROPSHIP_ENV_TAG_KEY).
+    #[arg(long, default_value = wiring::DEFAULT_ENV_TAG_KEY, env = "DROPSHIP_ENV_TAG_KEY")]
+    pub env_tag_key: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn log_group_name(text: &str) -> Result<String, String> {
+    if wiring::is_log_group_name(text) {
+        Ok(text.to_string())
+    } else {
+        Err("not a CloudWatch Logs group name: use 1 to 512 letters, digits and _ - / . #".into())
+    }
+}
+
+fn rule_name(text: &str) -> Result<String, String> {
+    if wiring::is_rule_name(text) {
+        Ok(text.to_string())
+    } else {
+        Err("not an EventBridge rule name: use 1 to 64 letters, digits and . - _".into())
+    }
 }
 
 /// Whether colour may be used on stderr: a terminal, and `NO_COLOR` unset or empty.

@@ -2,7 +2,7 @@
 //! through [`Clients`], decide with the pure modules, print text or JSON, and answer the
 //! exit code.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, IsTerminal};
 use std::time::Duration;
 
@@ -10,10 +10,16 @@ use anyhow::Context;
 use dropship_contract::metadata::ObjectMetadata;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{ReleasesArgs, RollbackArgs, StatusArgs, WaitArgs};
+use dropship_contract::config::ConfigError;
+use dropship_contract::wiring::OutputStream;
+
+use crate::cli::{DoctorArgs, LogsArgs, ReleasesArgs, RollbackArgs, StatusArgs, WaitArgs};
+use crate::doctor::DoctorReport;
+use crate::doctor_facts::{DoctorClients, DoctorTarget};
 use crate::exit::Exit;
-use crate::facts::Clients;
+use crate::facts::{Clients, HeadFacts};
 use crate::history::{self, Facts, VersionEntry, VersionsReport};
+use crate::logs::{self, HostLog, LogsReport, StreamRead};
 use crate::rollback::{self, Lookup, Restored, RollbackPlan};
 use crate::target::{self, Target};
 use crate::wait::{self, WaitReport};
@@ -91,35 +97,25 @@ pub async fn run_releases(args: ReleasesArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// One `status` pass over `version` of the clients' target.
+async fn status_now(c: &Clients, version: &str) -> Result<crate::status::DeployStatus, OpsError> {
+    let release = &c.target.release;
+    wait::status_once(
+        c,
+        release.app(),
+        release.env(),
+        version,
+        Duration::from_millis(400),
+    )
+    .await
+}
+
 /// `status [VERSION]`: exits 0 whenever it could read the facts.
 pub async fn run_status(args: StatusArgs) -> anyhow::Result<Exit> {
     let (target, region) = target::resolve(&args.target, false)?.single();
     let c = clients(args.target.profile.as_deref(), region, target).await;
-    let version = match args.version_id.clone() {
-        Some(v) => v,
-        None => c
-            .current_version()
-            .await?
-            .ok_or_else(|| OpsError::NoVersions {
-                url: c.target.url(),
-            })?,
-    };
-    let Some(head) = c.head_if_exists(&version).await? else {
-        return Err(OpsError::UnknownVersion {
-            url: c.target.url(),
-            version_id: version,
-        }
-        .into());
-    };
-    let release = &c.target.release;
-    let mut status = wait::status_once(
-        &c,
-        release.app(),
-        release.env(),
-        &version,
-        Duration::from_millis(400),
-    )
-    .await?;
+    let (version, head) = version_or_current(&c, args.version_id.clone()).await?;
+    let mut status = status_now(&c, &version).await?;
     if status.commit.is_none() {
         status.commit = ObjectMetadata::from_headers(&head.metadata)
             .ok()
@@ -310,4 +306,241 @@ pub async fn follow(
         }
     }
     Ok(report)
+}
+
+/// The version a read command is about (the one given, or the key's current version) and
+/// its `HeadObject`; an id the key does not have is [`OpsError::UnknownVersion`].
+async fn version_or_current(
+    c: &Clients,
+    given: Option<String>,
+) -> Result<(String, HeadFacts), OpsError> {
+    let version = match given {
+        Some(v) => v,
+        None => c
+            .current_version()
+            .await?
+            .ok_or_else(|| OpsError::NoVersions {
+                url: c.target.url(),
+            })?,
+    };
+    let head = c.head_version(&version).await?;
+    Ok((version, head))
+}
+
+/// Where one stream of one section stands between polls.
+#[derive(Default)]
+struct StreamCursor {
+    /// CloudWatch's forward token after the last read.
+    next: Option<String>,
+    /// Lines read so far.
+    lines: Vec<String>,
+    /// The stream did not exist at the last read.
+    missing: bool,
+}
+
+/// `logs [VERSION]`: reads every stream the deploy record implies, host by host; with
+/// `--follow`, keeps reading until the fleet settled and the output stopped growing.
+pub async fn run_logs(args: LogsArgs) -> anyhow::Result<Exit> {
+    let resolved = target::resolve(&args.target, false)?;
+    let log_group = match args.log_group.clone().or(resolved.log_group.clone()) {
+        Some(g) => g,
+        None => {
+            return Err(ConfigError::MissingValue {
+                what: "log group (the deployer Lambda's DROPSHIP_LOG_GROUP)",
+                key: "log_group",
+                env_var: "DROPSHIP_LOG_GROUP",
+                flag: "--log-group",
+                path: resolved.config_path.clone(),
+            }
+            .into())
+        }
+    };
+    let (target, region) = resolved.single();
+    let c = clients(args.target.profile.as_deref(), region, target).await;
+    let (version, _) = version_or_current(&c, args.version_id.clone()).await?;
+    // With --follow the group may appear with the first output (an agent creates it when it
+    // may); it is checked once the deploy settled without any output instead.
+    if !args.follow && !c.log_group_exists(&log_group).await? {
+        return Err(OpsError::LogGroupMissing { group: log_group }.into());
+    }
+    let release = c.target.release.clone();
+    let started = std::time::Instant::now();
+    let poll = Duration::from_millis(args.poll_interval_ms.max(10));
+    let stream_text = args.follow && !args.json;
+    let mut cursors: BTreeMap<(String, String, OutputStream), StreamCursor> = BTreeMap::new();
+    let mut follow_state = logs::FollowState::default();
+    let mut printed = None;
+    let (sections, settled, timed_out) = loop {
+        let status = status_now(&c, &version).await?;
+        let record = c.record(&version).await?;
+        let settled = status.verdict != crate::status::Verdict::Pending;
+        let sections = match &record {
+            Some(r) => {
+                let mut known = status.hosts.clone();
+                if let Some(f) = &status.fleet {
+                    known.extend(f.rollback.iter().cloned());
+                }
+                logs::sections(r, &known, args.host.as_deref())
+            }
+            None if !args.follow => {
+                return Err(OpsError::NoRecord {
+                    url: c.target.url(),
+                    version_id: version,
+                }
+                .into())
+            }
+            None => Vec::new(),
+        };
+        if let (Some(host), true) = (&args.host, settled || !args.follow) {
+            if sections.is_empty() {
+                let sent_to: Vec<String> = record
+                    .iter()
+                    .flat_map(crate::status::invocation_pairs)
+                    .map(|(_, i)| i)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                return Err(OpsError::HostNotInDeploy {
+                    version_id: version,
+                    host: host.clone(),
+                    hosts: sent_to,
+                }
+                .into());
+            }
+        }
+        let mut grew = false;
+        for section in &sections {
+            for which in OutputStream::BOTH {
+                let cursor = cursors
+                    .entry((
+                        section.command_id.clone(),
+                        section.instance_id.clone(),
+                        which,
+                    ))
+                    .or_default();
+                match c
+                    .read_stream(&log_group, &section.stream(which), cursor.next.as_deref())
+                    .await?
+                {
+                    StreamRead::Missing => cursor.missing = true,
+                    StreamRead::Lines { lines, next } => {
+                        cursor.missing = false;
+                        cursor.next = next;
+                        if !lines.is_empty() {
+                            grew = true;
+                            if stream_text {
+                                print!(
+                                    "{}",
+                                    logs::render_chunk(&mut printed, section, which, &lines)
+                                );
+                            }
+                            cursor.lines.extend(lines);
+                        }
+                    }
+                }
+            }
+        }
+        if !args.follow || follow_state.after_poll(settled, grew) {
+            break (sections, settled, false);
+        }
+        if started.elapsed() >= args.timeout {
+            break (sections, settled, true);
+        }
+        tokio::time::sleep(poll).await;
+    };
+    let hosts: Vec<HostLog> = sections
+        .into_iter()
+        .map(|section| {
+            let mut take = |which| {
+                cursors
+                    .remove(&(
+                        section.command_id.clone(),
+                        section.instance_id.clone(),
+                        which,
+                    ))
+                    .unwrap_or_default()
+            };
+            let (out, err) = (take(OutputStream::Stdout), take(OutputStream::Stderr));
+            let missing = [
+                (OutputStream::Stdout, out.missing),
+                (OutputStream::Stderr, err.missing),
+            ]
+            .into_iter()
+            .filter(|(_, m)| *m)
+            .map(|(w, _)| section.stream(w))
+            .collect();
+            HostLog {
+                section,
+                stdout: out.lines,
+                stderr: err.lines,
+                missing,
+            }
+        })
+        .collect();
+    let nothing_read = hosts
+        .iter()
+        .all(|h| h.stdout.is_empty() && h.stderr.is_empty());
+    if args.follow && nothing_read && !c.log_group_exists(&log_group).await? {
+        return Err(OpsError::LogGroupMissing { group: log_group }.into());
+    }
+    let report = LogsReport {
+        app: release.app().to_string(),
+        env: release.env().to_string(),
+        version_id: version.clone(),
+        notes: logs::missing_notes(&log_group, &hosts),
+        log_group,
+        settled,
+        hosts,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if stream_text {
+        for note in &report.notes {
+            println!("note: {note}");
+        }
+        println!(
+            "== {} (see `dropship status {version}`)",
+            if settled {
+                "settled"
+            } else {
+                "not settled yet"
+            }
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    if timed_out {
+        eprintln!(
+            "the deploy of {version} had not settled after {:.0}s (--timeout): run `dropship logs {version} --follow` again",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(Exit::WaitTimeout);
+    }
+    Ok(Exit::Success)
+}
+
+/// `doctor`: reads the facts, checks them, prints the findings; exits 0 only when a deploy
+/// would reach every host.
+pub async fn run_doctor(args: DoctorArgs) -> anyhow::Result<Exit> {
+    let resolved = target::resolve(&args.target, false)?;
+    let rule = args.rule.clone().or(resolved.rule.clone());
+    let (target, region) = resolved.single();
+    let sdk = dropship_aws::sdk::load(args.target.profile.as_deref(), region).await;
+    let asked = DoctorTarget {
+        app: target.release.app().to_string(),
+        env: target.release.env().to_string(),
+        bucket: target.bucket.clone(),
+        rule,
+        tag_keys: (args.app_tag_key.clone(), args.env_tag_key.clone()),
+    };
+    let facts = DoctorClients::new(&sdk)
+        .read(&asked, sdk.region().map(|r| r.to_string()))
+        .await;
+    let report = DoctorReport::of(&facts);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(report.exit_code())
 }

@@ -33,11 +33,13 @@ pub enum Exit {
     RollbackFailed,
     /// `--wait`: `--wait-timeout` passed first.
     WaitTimeout,
+    /// `doctor`: a deploy would not reach every host.
+    NotReady,
 }
 
 impl Exit {
     /// Every code, in order.
-    pub const ALL: [Exit; 12] = [
+    pub const ALL: [Exit; 13] = [
         Exit::Success,
         Exit::Internal,
         Exit::Usage,
@@ -50,6 +52,7 @@ impl Exit {
         Exit::HostFailed,
         Exit::RollbackFailed,
         Exit::WaitTimeout,
+        Exit::NotReady,
     ];
 
     /// The process exit code.
@@ -67,6 +70,7 @@ impl Exit {
             Exit::HostFailed => 9,
             Exit::RollbackFailed => 10,
             Exit::WaitTimeout => 11,
+            Exit::NotReady => 12,
         }
     }
 
@@ -84,7 +88,8 @@ impl Exit {
             Exit::RolledBack => "`--wait`: rolled back: a host failed and every host that had switched is back on its previous release (the fleet runs one version)",
             Exit::HostFailed => "`--wait`: failed before any host switched (undeliverable, timed out, failed before switching), or `partially_deployed` (`on_failure = \"leave\"`)",
             Exit::RollbackFailed => "`--wait`: rollback failed on at least one host (its own or the fleet's): it needs an operator",
-            Exit::WaitTimeout => "`--wait`: `--wait-timeout` passed first; follow with `dropship status <version>`",
+            Exit::WaitTimeout => "`--wait`: `--wait-timeout` passed first; follow with `dropship status <version>`; `logs --follow`: `--timeout` passed first",
+            Exit::NotReady => "`doctor`: a deploy would not reach every host; each fault is named with its fix",
         }
     }
 
@@ -181,7 +186,7 @@ mod tests {
     #[test]
     fn help_lists_every_code_without_markdown() {
         let help = Exit::help();
-        assert_eq!(help.lines().count(), 13);
+        assert_eq!(help.lines().count(), 14);
         assert!(
             help.contains("  8  --wait: rolled back: a host failed"),
             "{help}"

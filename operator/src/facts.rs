@@ -14,10 +14,11 @@ use dropship_contract::percent::{self, URI_COMPONENT, URI_PATH};
 use dropship_contract::record::{DeployRecord, LatestPointer};
 
 use crate::aws_calls::{
-    COPY_OBJECT, GET_COMMAND_INVOCATION, GET_RECORD, HEAD_CURRENT, HEAD_VERSION,
-    LIST_OBJECT_VERSIONS, LIST_RECORDS,
+    COPY_OBJECT, DESCRIBE_LOG_GROUPS, GET_COMMAND_INVOCATION, GET_LOG_EVENTS, GET_RECORD,
+    HEAD_CURRENT, HEAD_VERSION, LIST_OBJECT_VERSIONS, LIST_RECORDS,
 };
 use crate::history::{merge_history, VersionEntry};
+use crate::logs::StreamRead;
 use crate::status::{Invocation, Observed};
 use crate::wait::DeployFacts;
 use crate::{OpsError, Target};
@@ -41,6 +42,8 @@ pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     /// SSM client.
     pub ssm: aws_sdk_ssm::Client,
+    /// CloudWatch Logs client (`logs`).
+    pub logs: aws_sdk_cloudwatchlogs::Client,
     /// Bucket and app/env.
     pub target: Target,
 }
@@ -69,6 +72,7 @@ impl Clients {
         Self {
             s3: dropship_aws::sdk::s3_client(sdk),
             ssm: aws_sdk_ssm::Client::new(sdk),
+            logs: aws_sdk_cloudwatchlogs::Client::new(sdk),
             target,
         }
     }
@@ -405,6 +409,89 @@ impl Clients {
                     )
                     .into()),
                 }
+            }
+        }
+    }
+}
+
+impl Clients {
+    /// Whether the CloudWatch Logs group `group` exists.
+    pub async fn log_group_exists(&self, group: &str) -> Result<bool, OpsError> {
+        let mut token = None::<String>;
+        loop {
+            let out = self
+                .logs
+                .describe_log_groups()
+                .log_group_name_prefix(group)
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| classify(&DESCRIBE_LOG_GROUPS, format!("log group {group}"), &e))?;
+            if out
+                .log_groups()
+                .iter()
+                .any(|g| g.log_group_name() == Some(group))
+            {
+                return Ok(true);
+            }
+            token = out.next_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Every line of `stream` after `from` (a forward token of an earlier read; `None`:
+    /// from the start), up to the end CloudWatch has now.
+    pub async fn read_stream(
+        &self,
+        group: &str,
+        stream: &str,
+        from: Option<&str>,
+    ) -> Result<StreamRead, OpsError> {
+        let mut lines = Vec::new();
+        let mut token = from.map(str::to_string);
+        loop {
+            let out = match self
+                .logs
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .start_from_head(true)
+                .set_next_token(token.clone())
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_resource_not_found_exception()) =>
+                {
+                    return Ok(StreamRead::Missing)
+                }
+                Err(e) => {
+                    return Err(classify(
+                        &GET_LOG_EVENTS,
+                        format!("log stream {stream} of group {group}"),
+                        &e,
+                    )
+                    .into())
+                }
+            };
+            let next = out.next_forward_token().map(str::to_string);
+            let events = out.events();
+            // The agent uploads output in chunks of many lines: one entry per line.
+            lines.extend(
+                events
+                    .iter()
+                    .flat_map(|e| e.message().unwrap_or_default().lines())
+                    .map(str::to_string),
+            );
+            // The end: no events, or the same token back (CloudWatch's end-of-stream answer).
+            let at_end = events.is_empty() || next.is_none() || next == token;
+            token = next.or(token);
+            if at_end {
+                return Ok(StreamRead::Lines { lines, next: token });
             }
         }
     }

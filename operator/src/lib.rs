@@ -1,20 +1,25 @@
 //! `dropship`, the operator's command: what was deployed where (`releases`), what happened
-//! on every host (`status`), putting an older release back (`rollback`), and following a
-//! deploy to its per-host result (used by `bundle-and-upload --wait` too).
+//! on every host (`status`), each host's full output (`logs`), putting an older release back
+//! (`rollback`), whether the AWS side is wired (`doctor`), and following a deploy to its
+//! per-host result (used by `bundle-and-upload --wait` too).
 //!
-//! Functional core, thin shell: [`history`], [`status`], [`rollback`] and [`wait`] turn facts
-//! (object versions, metadata, deploy records, SSM invocations) into tables, outcomes and
-//! decisions; [`facts`] is the AWS edge that fetches those facts and makes the one write
-//! (`CopyObject` for a rollback); [`commands`] puts the two together for the binaries and
+//! Functional core, thin shell: [`history`], [`status`], [`logs`], [`rollback`], [`doctor`]
+//! and [`wait`] turn facts (object versions, metadata, deploy records, SSM invocations, log
+//! streams, the bucket/rule/instance wiring) into tables, outcomes and decisions; [`facts`]
+//! and [`doctor_facts`] are the AWS edges that fetch those facts, and [`facts`] makes the one
+//! write (`CopyObject` for a rollback); [`commands`] puts the two together for the binaries and
 //! [`cli`] holds their arguments. [`exit`] is the one exit-code table of both binaries,
 //! [`table`] renders aligned text.
 
 pub mod aws_calls;
 pub mod cli;
 pub mod commands;
+pub mod doctor;
+pub mod doctor_facts;
 pub mod exit;
 pub mod facts;
 pub mod history;
+pub mod logs;
 pub mod rollback;
 pub mod status;
 pub mod table;
@@ -95,6 +100,30 @@ pub enum OpsError {
         /// Why (not a terminal, or answered no).
         why: String,
     },
+    /// The deployer has not written a record for the version: nothing was sent yet.
+    #[error("version {version_id:?} of {url} has no deploy record yet: the deployer has not processed it (see `dropship status {version_id}`); wait, or follow it with `dropship logs {version_id} --follow`")]
+    NoRecord {
+        /// `s3://bucket/key`.
+        url: String,
+        /// The version asked for.
+        version_id: String,
+    },
+    /// The command-output log group does not exist.
+    #[error("CloudWatch Logs group {group} does not exist: the Lambda's DROPSHIP_LOG_GROUP is not set or the hosts' profile cannot write logs; check the group name (--log-group, DROPSHIP_LOG_GROUP, `log_group` in dropship.toml) against the Lambda's DROPSHIP_LOG_GROUP (infra/ output command_output_log_group)")]
+    LogGroupMissing {
+        /// The group asked for.
+        group: String,
+    },
+    /// `--host` names an instance the deploy sent nothing to.
+    #[error("the deploy of version {version_id:?} sent nothing to {host}: it went to {}; pass one of those to --host", if hosts.is_empty() { "no host".to_string() } else { hosts.join(", ") })]
+    HostNotInDeploy {
+        /// The version.
+        version_id: String,
+        /// The instance asked for.
+        host: String,
+        /// The instances it was sent to.
+        hosts: Vec<String>,
+    },
 }
 
 impl OpsError {
@@ -116,6 +145,8 @@ impl OpsError {
                 | OpsError::DeleteMarker { .. }
                 | OpsError::InvalidMetadata { .. }
                 | OpsError::NotConfirmed { .. }
+                | OpsError::NoRecord { .. }
+                | OpsError::HostNotInDeploy { .. }
         )
     }
 }

@@ -38,6 +38,12 @@ pub struct Resolved {
     pub targets: Vec<Target>,
     /// `region` from the file or the flag; `None` leaves it to the SDK.
     pub region: Option<String>,
+    /// The config file read (or that would have been), for messages.
+    pub config_path: PathBuf,
+    /// `log_group` from the file (`logs` lets its flag and variable win).
+    pub log_group: Option<String>,
+    /// `rule` from the file (`doctor` lets its flag and variable win).
+    pub rule: Option<String>,
 }
 
 impl Resolved {
@@ -109,5 +115,8 @@ pub fn resolve(args: &TargetArgs, all_envs: bool) -> anyhow::Result<Resolved> {
     Ok(Resolved {
         targets,
         region: config.region.clone(),
+        config_path: config.path.clone(),
+        log_group: config.log_group.clone(),
+        rule: config.rule.clone(),
     })
 }

@@ -10,4 +10,5 @@ pub mod local_ssm;
 pub mod moto;
 pub mod pipeline;
 pub mod repo;
+pub mod s3_notifications;
 pub mod simhost;

@@ -1,0 +1,834 @@
+//! `doctor`: is the AWS side wired so that an upload reaches every host? Checks, in the order
+//! a deploy depends on them, each with the fix to apply: credentials and region; the bucket
+//! exists, is versioned and sends its events to EventBridge; the release rule exists, is
+//! enabled, matches the bucket and has a target (a Lambda function); instances carry the
+//! app/env tags, are running and are online in SSM.
+//!
+//! Pure: [`DoctorFacts`] (what the AWS edge, [`crate::doctor_facts`], read) in, findings
+//! out. A fact the edge did not read because an earlier one failed is `None`, and its checks
+//! say so instead of guessing.
+
+use serde::Serialize;
+
+use crate::exit::Exit;
+
+/// What one read found: the value, or why the read failed (the AWS error's message, which
+/// names the object, the cause and the fix).
+pub type Read<T> = Result<T, String>;
+
+/// The bucket as S3 describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketFacts {
+    /// `NoSuchBucket`.
+    Missing,
+    /// It exists.
+    Present {
+        /// `GetBucketVersioning`'s status (`Enabled`, `Suspended`; `None` = never enabled).
+        versioning: Option<String>,
+        /// Whether the notification configuration has an `EventBridgeConfiguration`.
+        eventbridge: bool,
+    },
+}
+
+/// One EventBridge rule on the default bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleFacts {
+    /// Rule name.
+    pub name: String,
+    /// `ENABLED`, `DISABLED`, …
+    pub state: String,
+    /// The event pattern (JSON), if the rule has one.
+    pub event_pattern: Option<String>,
+    /// Target ARNs.
+    pub targets: Vec<String>,
+}
+
+/// One EC2 instance carrying the app/env tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceFacts {
+    /// Instance id.
+    pub id: String,
+    /// `running`, `stopped`, `pending`, …
+    pub state: String,
+}
+
+/// One managed instance as SSM describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFacts {
+    /// Instance id.
+    pub id: String,
+    /// `Online`, `ConnectionLost`, `Inactive`.
+    pub ping_status: String,
+}
+
+/// Everything `doctor` read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoctorFacts {
+    /// App name.
+    pub app: String,
+    /// Environment.
+    pub env: String,
+    /// Artifact bucket.
+    pub bucket: String,
+    /// The region the SDK will use.
+    pub region: Option<String>,
+    /// The caller's ARN (`sts:GetCallerIdentity`).
+    pub identity: Read<String>,
+    /// The bucket.
+    pub bucket_facts: Option<Read<BucketFacts>>,
+    /// The rule name asked for (`--rule`, `DROPSHIP_RULE`, `rule`); `None`: find it by its
+    /// event pattern.
+    pub rule_asked: Option<String>,
+    /// The rules read: the one asked for (empty if it does not exist), or every rule.
+    pub rules: Option<Read<Vec<RuleFacts>>>,
+    /// Tag keys naming the app and the environment on instances.
+    pub tag_keys: (String, String),
+    /// Instances with both tags, in any state.
+    pub instances: Option<Read<Vec<InstanceFacts>>>,
+    /// SSM's view of the running ones.
+    pub agents: Option<Read<Vec<AgentFacts>>>,
+}
+
+/// Which check a finding belongs to, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Credentials and region.
+    Credentials,
+    /// The bucket exists.
+    Bucket,
+    /// Versioning is on.
+    Versioning,
+    /// EventBridge notifications are on.
+    Notifications,
+    /// The release rule exists, is enabled and matches the bucket.
+    Rule,
+    /// The rule's target.
+    RuleTarget,
+    /// Instances carry the tags.
+    Instances,
+    /// They are running.
+    Running,
+    /// They are online in SSM.
+    Ssm,
+}
+
+impl Check {
+    /// The name shown in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Credentials => "credentials",
+            Check::Bucket => "bucket",
+            Check::Versioning => "versioning",
+            Check::Notifications => "notifications",
+            Check::Rule => "rule",
+            Check::RuleTarget => "rule target",
+            Check::Instances => "instances",
+            Check::Running => "running",
+            Check::Ssm => "ssm",
+        }
+    }
+}
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Worth knowing; a deploy still reaches every host.
+    Warn,
+    /// A deploy would not reach every host (or not happen at all).
+    Fail,
+    /// Not checked: an earlier check failed.
+    Skipped,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Which check.
+    pub check: Check,
+    /// How it came out.
+    pub level: Level,
+    /// What was found, naming the object.
+    pub message: String,
+    /// What to do about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// The account-wide reads an operator role needs for `doctor` (the uploader policy does not
+/// grant them: they cannot be limited to one app).
+const OPERATOR_ROLE: &str = "events:ListRules, events:ListTargetsByRule, ec2:DescribeInstances and ssm:DescribeInstanceInformation (an operator role: the uploader policy does not grant them, they cannot be limited to one app)";
+
+fn finding(check: Check, level: Level, message: String, fix: Option<String>) -> Finding {
+    Finding {
+        check,
+        level,
+        message,
+        fix,
+    }
+}
+
+fn ok(check: Check, message: String) -> Finding {
+    finding(check, Level::Ok, message, None)
+}
+
+fn fail(check: Check, message: String, fix: String) -> Finding {
+    finding(check, Level::Fail, message, Some(fix))
+}
+
+fn skipped(check: Check, why: &str) -> Finding {
+    finding(check, Level::Skipped, format!("not checked: {why}"), None)
+}
+
+/// Whether a rule's event pattern sends this bucket's "Object Created" events: source
+/// `aws.s3`, and the bucket named in `detail.bucket.name` (a pattern without a
+/// `detail-type` matches every S3 event, "Object Created" included).
+pub fn routes_bucket(event_pattern: &str, bucket: &str) -> bool {
+    let Ok(p) = serde_json::from_str::<serde_json::Value>(event_pattern) else {
+        return false;
+    };
+    let lists = |v: &serde_json::Value, s: &str| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(s)))
+    };
+    let detail_type_ok = p
+        .get("detail-type")
+        .is_none_or(|d| lists(d, "Object Created"));
+    lists(&p["source"], "aws.s3") && detail_type_ok && lists(&p["detail"]["bucket"]["name"], bucket)
+}
+
+fn is_lambda_function(arn: &str) -> bool {
+    arn.starts_with("arn:") && arn.contains(":lambda:") && arn.contains(":function:")
+}
+
+fn credentials(f: &DoctorFacts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    match &f.identity {
+        Ok(arn) => out.push(ok(Check::Credentials, format!("calling as {arn}"))),
+        Err(e) => out.push(fail(
+            Check::Credentials,
+            format!("no usable AWS credentials: {e}"),
+            "configure credentials (AWS_PROFILE or --profile, `aws sso login`, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and run doctor again".into(),
+        )),
+    }
+    match &f.region {
+        Some(r) => out.push(ok(Check::Credentials, format!("region {r}"))),
+        None => out.push(fail(
+            Check::Credentials,
+            "no AWS region".into(),
+            "set `region` in dropship.toml, AWS_REGION, or pass --region (the bucket's region)"
+                .into(),
+        )),
+    }
+    out
+}
+
+fn bucket(f: &DoctorFacts) -> Vec<Finding> {
+    let b = &f.bucket;
+    let checks = [Check::Bucket, Check::Versioning, Check::Notifications];
+    let facts = match &f.bucket_facts {
+        None => return checks.map(|c| skipped(c, "no credentials")).to_vec(),
+        Some(Err(e)) => {
+            let mut out = vec![fail(
+                Check::Bucket,
+                format!("cannot read bucket {b}: {e}"),
+                format!("check that bucket {b} exists in this account and region and that the uploader policy (infra/) grants s3:GetBucketVersioning and s3:GetBucketNotification on it"),
+            )];
+            out.extend(
+                checks[1..]
+                    .iter()
+                    .map(|c| skipped(*c, "the bucket could not be read")),
+            );
+            return out;
+        }
+        Some(Ok(facts)) => facts,
+    };
+    match facts {
+        BucketFacts::Missing => {
+            let mut out = vec![fail(
+                Check::Bucket,
+                format!("bucket {b} does not exist"),
+                format!("create it with infra/ (terraform apply), or fix `bucket` in dropship.toml / --bucket (now {b})"),
+            )];
+            out.extend(checks[1..].iter().map(|c| skipped(*c, "no bucket")));
+            out
+        }
+        BucketFacts::Present {
+            versioning,
+            eventbridge,
+        } => {
+            let mut out = vec![ok(Check::Bucket, format!("bucket {b} exists"))];
+            if versioning.as_deref() == Some("Enabled") {
+                out.push(ok(Check::Versioning, "versioning is Enabled".into()));
+            } else {
+                out.push(fail(
+                    Check::Versioning,
+                    format!(
+                        "bucket {b} has versioning {}: uploads overwrite each other, the deployer refuses unversioned objects and rollback has nothing to restore",
+                        versioning.as_deref().unwrap_or("never enabled")
+                    ),
+                    format!("aws s3api put-bucket-versioning --bucket {b} --versioning-configuration Status=Enabled (infra/ sets it)"),
+                ));
+            }
+            if *eventbridge {
+                out.push(ok(
+                    Check::Notifications,
+                    "object events go to EventBridge".into(),
+                ));
+            } else {
+                out.push(fail(
+                    Check::Notifications,
+                    format!("bucket {b} does not send its events to EventBridge: an upload triggers nothing"),
+                    format!("aws s3api put-bucket-notification-configuration --bucket {b} --notification-configuration '{{\"EventBridgeConfiguration\":{{}}}}' (infra/ sets it)"),
+                ));
+            }
+            out
+        }
+    }
+}
+
+fn rule(f: &DoctorFacts) -> Vec<Finding> {
+    let b = &f.bucket;
+    let rules = match &f.rules {
+        None => {
+            return vec![
+                skipped(Check::Rule, "no credentials"),
+                skipped(Check::RuleTarget, "no credentials"),
+            ]
+        }
+        Some(Err(e)) => {
+            return vec![
+                fail(
+                    Check::Rule,
+                    format!("cannot list EventBridge rules: {e}"),
+                    format!("run doctor with a role that may {OPERATOR_ROLE}"),
+                ),
+                skipped(Check::RuleTarget, "the rules could not be read"),
+            ]
+        }
+        Some(Ok(rules)) => rules,
+    };
+    let found: Vec<&RuleFacts> = match &f.rule_asked {
+        Some(name) => rules.iter().filter(|r| &r.name == name).collect(),
+        None => rules
+            .iter()
+            .filter(|r| {
+                r.event_pattern
+                    .as_deref()
+                    .is_some_and(|p| routes_bucket(p, b))
+            })
+            .collect(),
+    };
+    let Some(first) = found.first() else {
+        let message = match &f.rule_asked {
+            Some(name) => format!("EventBridge rule {name} does not exist on the default bus"),
+            None => format!("no EventBridge rule on the default bus sends bucket {b}'s \"Object Created\" events anywhere: an upload reaches no deployer"),
+        };
+        return vec![
+            fail(
+                Check::Rule,
+                message,
+                "create it with infra/ (events.tf, `<name_prefix>-release-uploaded`), or name the existing rule with --rule / DROPSHIP_RULE / `rule` in dropship.toml".into(),
+            ),
+            skipped(Check::RuleTarget, "no rule"),
+        ];
+    };
+    // With several candidates, the best one speaks: enabled and matching first.
+    let rule = found.iter().find(|r| r.state == "ENABLED").unwrap_or(first);
+    let how = if f.rule_asked.is_some() {
+        "named"
+    } else {
+        "found by its pattern"
+    };
+    let mut out = Vec::new();
+    let matches = rule
+        .event_pattern
+        .as_deref()
+        .is_some_and(|p| routes_bucket(p, b));
+    if rule.state != "ENABLED" {
+        out.push(fail(
+            Check::Rule,
+            format!(
+                "rule {} ({how}) is {}: uploads trigger nothing",
+                rule.name, rule.state
+            ),
+            format!("aws events enable-rule --name {}", rule.name),
+        ));
+    } else if !matches {
+        out.push(fail(
+            Check::Rule,
+            format!("rule {} ({how}) does not match bucket {b}'s \"Object Created\" events (source aws.s3, detail.bucket.name {b})", rule.name),
+            format!("fix its event pattern (infra/events.tf), or name the rule of bucket {b} with --rule"),
+        ));
+    } else {
+        out.push(ok(
+            Check::Rule,
+            format!(
+                "rule {} ({how}) is ENABLED and matches bucket {b}",
+                rule.name
+            ),
+        ));
+    }
+    if rule.targets.is_empty() {
+        out.push(fail(
+            Check::RuleTarget,
+            format!("rule {} has no target: events go nowhere", rule.name),
+            "point it at the deployer Lambda (infra/events.tf does)".into(),
+        ));
+    } else if let Some(arn) = rule.targets.iter().find(|t| is_lambda_function(t)) {
+        out.push(ok(Check::RuleTarget, format!("target {arn}")));
+    } else {
+        out.push(finding(
+            Check::RuleTarget,
+            Level::Warn,
+            format!("rule {} targets {}, not a Lambda function", rule.name, rule.targets.join(", ")),
+            Some("fine if that target forwards the events to the deployer; otherwise point the rule at the deployer Lambda (infra/events.tf)".into()),
+        ));
+    }
+    out
+}
+
+fn hosts(f: &DoctorFacts) -> Vec<Finding> {
+    let (app_key, env_key) = &f.tag_keys;
+    let tags = format!("{app_key}={} and {env_key}={}", f.app, f.env);
+    let instances = match &f.instances {
+        None => {
+            return [Check::Instances, Check::Running, Check::Ssm]
+                .map(|c| skipped(c, "no credentials"))
+                .to_vec()
+        }
+        Some(Err(e)) => {
+            return vec![
+                fail(
+                    Check::Instances,
+                    format!("cannot list instances tagged {tags}: {e}"),
+                    format!("run doctor with a role that may {OPERATOR_ROLE}"),
+                ),
+                skipped(Check::Running, "instances could not be listed"),
+                skipped(Check::Ssm, "instances could not be listed"),
+            ]
+        }
+        Some(Ok(list)) => list,
+    };
+    if instances.is_empty() {
+        return vec![
+            fail(
+                Check::Instances,
+                format!("no instance is tagged {tags}: a deploy has no target"),
+                format!("tag the app's instances: aws ec2 create-tags --resources <instance-id> --tags Key={app_key},Value={} Key={env_key},Value={}", f.app, f.env),
+            ),
+            skipped(Check::Running, "no instances"),
+            skipped(Check::Ssm, "no instances"),
+        ];
+    }
+    let mut out = vec![ok(
+        Check::Instances,
+        format!("{} instance(s) tagged {tags}", instances.len()),
+    )];
+    let running: Vec<&InstanceFacts> = instances.iter().filter(|i| i.state == "running").collect();
+    for i in instances.iter().filter(|i| i.state != "running") {
+        out.push(finding(
+            Check::Running,
+            Level::Warn,
+            format!("{} is {}: not deployed to now; it gets the fleet's version when it starts (catch-up)", i.id, i.state),
+            Some(format!("start it if it should serve: aws ec2 start-instances --instance-ids {}", i.id)),
+        ));
+    }
+    if running.is_empty() {
+        out.push(fail(
+            Check::Running,
+            format!("none of the instances tagged {tags} is running: a deploy has no target"),
+            "start them (aws ec2 start-instances) or tag the running ones".into(),
+        ));
+        out.push(skipped(Check::Ssm, "no running instance"));
+        return out;
+    }
+    out.push(ok(Check::Running, format!("{} running", running.len())));
+    let agents = match &f.agents {
+        None => {
+            out.push(skipped(Check::Ssm, "no running instance"));
+            return out;
+        }
+        Some(Err(e)) => {
+            out.push(fail(
+                Check::Ssm,
+                format!("cannot read SSM's managed instances: {e}"),
+                format!("run doctor with a role that may {OPERATOR_ROLE}"),
+            ));
+            return out;
+        }
+        Some(Ok(a)) => a,
+    };
+    let mut online = 0;
+    for i in &running {
+        match agents.iter().find(|a| a.id == i.id) {
+            Some(a) if a.ping_status == "Online" => online += 1,
+            seen => {
+                let status = seen.map_or("not registered".to_string(), |a| a.ping_status.clone());
+                out.push(fail(
+                    Check::Ssm,
+                    format!("{} is running but not online in SSM ({status}): a deploy skips it until it comes online", i.id),
+                    "check that the SSM agent runs on it, its instance profile has AmazonSSMManagedInstanceCore (infra/ attaches it), and it reaches the SSM endpoints (NAT or VPC endpoints)".into(),
+                ));
+            }
+        }
+    }
+    if online == running.len() {
+        out.push(ok(Check::Ssm, format!("all {online} online in SSM")));
+    }
+    out
+}
+
+/// Every check's findings, in order.
+pub fn findings(f: &DoctorFacts) -> Vec<Finding> {
+    let mut out = credentials(f);
+    out.extend(bucket(f));
+    out.extend(rule(f));
+    out.extend(hosts(f));
+    out
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DoctorReport {
+    /// App name.
+    pub app: String,
+    /// Environment.
+    pub env: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Whether an upload now would reach every running tagged host.
+    pub ready: bool,
+    /// In check order.
+    pub findings: Vec<Finding>,
+}
+
+impl DoctorReport {
+    /// Checks `facts`.
+    pub fn of(facts: &DoctorFacts) -> Self {
+        let findings = findings(facts);
+        Self {
+            app: facts.app.clone(),
+            env: facts.env.clone(),
+            bucket: facts.bucket.clone(),
+            ready: !findings.iter().any(|f| f.level == Level::Fail),
+            findings,
+        }
+    }
+
+    /// `Success` when a deploy would reach every host, else `NotReady`.
+    pub fn exit_code(&self) -> Exit {
+        if self.ready {
+            Exit::Success
+        } else {
+            Exit::NotReady
+        }
+    }
+
+    /// The text form: one line per finding, the fix under each fault, then the verdict.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "doctor: {}/{} in bucket {}\n",
+            self.app, self.env, self.bucket
+        );
+        for f in &self.findings {
+            let level = match f.level {
+                Level::Ok => "ok",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+                Level::Skipped => "skip",
+            };
+            out.push_str(&format!(
+                "  {level:<5} {:<14}{}\n",
+                f.check.as_str(),
+                f.message
+            ));
+            if let Some(fix) = &f.fix {
+                out.push_str(&format!("  {:<20}fix: {fix}\n", ""));
+            }
+        }
+        let faults = self
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Fail)
+            .count();
+        if self.ready {
+            out.push_str("ready: an upload now would reach every running tagged host\n");
+        } else {
+            out.push_str(&format!(
+                "not ready: {faults} fault(s); an upload now would not reach every host\n"
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATTERN: &str = r#"{"source":["aws.s3"],"detail-type":["Object Created"],"detail":{"bucket":{"name":["art"]},"object":{"key":[{"wildcard":"releases/*.tar.gz"}]}}}"#;
+
+    fn healthy() -> DoctorFacts {
+        DoctorFacts {
+            app: "shop".into(),
+            env: "prod".into(),
+            bucket: "art".into(),
+            region: Some("eu-west-1".into()),
+            identity: Ok("arn:aws:iam::1:user/alice".into()),
+            bucket_facts: Some(Ok(BucketFacts::Present {
+                versioning: Some("Enabled".into()),
+                eventbridge: true,
+            })),
+            rule_asked: None,
+            rules: Some(Ok(vec![
+                RuleFacts {
+                    name: "other".into(),
+                    state: "ENABLED".into(),
+                    event_pattern: Some(r#"{"source":["aws.ec2"]}"#.into()),
+                    targets: vec![],
+                },
+                RuleFacts {
+                    name: "dropship-release-uploaded".into(),
+                    state: "ENABLED".into(),
+                    event_pattern: Some(PATTERN.into()),
+                    targets: vec!["arn:aws:lambda:eu-west-1:1:function:dropship-deployer".into()],
+                },
+            ])),
+            tag_keys: ("dropship:app".into(), "dropship:env".into()),
+            instances: Some(Ok(vec![
+                InstanceFacts {
+                    id: "i-1".into(),
+                    state: "running".into(),
+                },
+                InstanceFacts {
+                    id: "i-2".into(),
+                    state: "running".into(),
+                },
+            ])),
+            agents: Some(Ok(vec![
+                AgentFacts {
+                    id: "i-1".into(),
+                    ping_status: "Online".into(),
+                },
+                AgentFacts {
+                    id: "i-2".into(),
+                    ping_status: "Online".into(),
+                },
+            ])),
+        }
+    }
+
+    fn faults(r: &DoctorReport) -> Vec<(Check, &str)> {
+        r.findings
+            .iter()
+            .filter(|f| f.level == Level::Fail)
+            .map(|f| (f.check, f.message.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_healthy_setup_is_ready_and_says_why() {
+        let r = DoctorReport::of(&healthy());
+        assert!(r.ready, "{}", r.render());
+        assert_eq!(r.exit_code(), Exit::Success);
+        assert!(r.findings.iter().all(|f| f.level == Level::Ok), "{r:?}");
+        let text = r.render();
+        assert!(
+            text.contains("dropship-release-uploaded (found by its pattern)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("all 2 online in SSM") && text.contains("ready:"),
+            "{text}"
+        );
+        // The checks come in the documented order.
+        let order: Vec<Check> = r.findings.iter().map(|f| f.check).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted);
+    }
+
+    #[test]
+    fn each_fault_is_named_with_its_fix() {
+        let mut f = healthy();
+        f.bucket_facts = Some(Ok(BucketFacts::Present {
+            versioning: Some("Suspended".into()),
+            eventbridge: false,
+        }));
+        f.rules = Some(Ok(vec![]));
+        f.agents = Some(Ok(vec![
+            AgentFacts {
+                id: "i-1".into(),
+                ping_status: "Online".into(),
+            },
+            AgentFacts {
+                id: "i-2".into(),
+                ping_status: "ConnectionLost".into(),
+            },
+        ]));
+        let r = DoctorReport::of(&f);
+        assert!(!r.ready);
+        assert_eq!(r.exit_code(), Exit::NotReady);
+        let checks: Vec<Check> = faults(&r).iter().map(|(c, _)| *c).collect();
+        assert_eq!(
+            checks,
+            [
+                Check::Versioning,
+                Check::Notifications,
+                Check::Rule,
+                Check::Ssm
+            ]
+        );
+        let text = r.render();
+        for needle in [
+            "versioning Suspended",
+            "put-bucket-versioning --bucket art --versioning-configuration Status=Enabled",
+            "EventBridgeConfiguration",
+            "no EventBridge rule",
+            "--rule",
+            "i-2 is running but not online in SSM (ConnectionLost)",
+            "AmazonSSMManagedInstanceCore",
+            "not ready: 4 fault(s)",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(!text.contains("i-1 is running but not online"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_bucket_skips_what_depends_on_it() {
+        let mut f = healthy();
+        f.bucket_facts = Some(Ok(BucketFacts::Missing));
+        let r = DoctorReport::of(&f);
+        assert_eq!(faults(&r), [(Check::Bucket, "bucket art does not exist")]);
+        let skipped: Vec<Check> = r
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Skipped)
+            .map(|f| f.check)
+            .collect();
+        assert_eq!(skipped, [Check::Versioning, Check::Notifications]);
+    }
+
+    #[test]
+    fn no_credentials_fails_first_and_skips_the_rest() {
+        let f = DoctorFacts {
+            identity: Err("no credentials in the environment".into()),
+            region: None,
+            bucket_facts: None,
+            rules: None,
+            instances: None,
+            agents: None,
+            ..healthy()
+        };
+        let r = DoctorReport::of(&f);
+        assert_eq!(
+            faults(&r).iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            [Check::Credentials, Check::Credentials]
+        );
+        assert!(r.render().contains("AWS_PROFILE"));
+        assert!(r.render().contains("--region"));
+        assert!(r.findings.iter().skip(2).all(|f| f.level == Level::Skipped));
+    }
+
+    #[test]
+    fn a_named_rule_must_exist_be_enabled_and_match_the_bucket() {
+        let mut f = healthy();
+        f.rule_asked = Some("mine".into());
+        let r = DoctorReport::of(&f);
+        assert_eq!(
+            faults(&r),
+            [(
+                Check::Rule,
+                "EventBridge rule mine does not exist on the default bus"
+            )]
+        );
+
+        f.rule_asked = Some("other".into());
+        let r = DoctorReport::of(&f);
+        let msgs: Vec<&str> = faults(&r).iter().map(|(_, m)| *m).collect();
+        assert!(msgs[0].contains("does not match bucket art"), "{msgs:?}");
+        assert!(msgs[1].contains("has no target"), "{msgs:?}");
+
+        let mut f = healthy();
+        if let Some(Ok(rules)) = &mut f.rules {
+            rules[1].state = "DISABLED".into();
+        }
+        let r = DoctorReport::of(&f);
+        assert!(r
+            .render()
+            .contains("aws events enable-rule --name dropship-release-uploaded"));
+        assert!(!r.ready);
+    }
+
+    #[test]
+    fn a_target_that_is_not_a_lambda_is_a_warning() {
+        let mut f = healthy();
+        if let Some(Ok(rules)) = &mut f.rules {
+            rules[1].targets = vec!["arn:aws:sqs:eu-west-1:1:queue".into()];
+        }
+        let r = DoctorReport::of(&f);
+        assert!(r.ready);
+        assert!(r
+            .findings
+            .iter()
+            .any(|x| x.check == Check::RuleTarget && x.level == Level::Warn));
+    }
+
+    #[test]
+    fn stopped_instances_warn_and_none_running_fails() {
+        let mut f = healthy();
+        f.instances = Some(Ok(vec![
+            InstanceFacts {
+                id: "i-1".into(),
+                state: "running".into(),
+            },
+            InstanceFacts {
+                id: "i-3".into(),
+                state: "stopped".into(),
+            },
+        ]));
+        let r = DoctorReport::of(&f);
+        assert!(r.ready, "{}", r.render());
+        assert!(r.render().contains("i-3 is stopped"));
+
+        f.instances = Some(Ok(vec![InstanceFacts {
+            id: "i-3".into(),
+            state: "stopped".into(),
+        }]));
+        let r = DoctorReport::of(&f);
+        assert_eq!(faults(&r)[0].0, Check::Running);
+
+        f.instances = Some(Ok(vec![]));
+        let r = DoctorReport::of(&f);
+        assert!(faults(&r)[0]
+            .1
+            .contains("no instance is tagged dropship:app=shop and dropship:env=prod"));
+        assert!(r.render().contains("aws ec2 create-tags"));
+
+        let mut f = healthy();
+        f.agents = Some(Ok(vec![]));
+        let r = DoctorReport::of(&f);
+        assert_eq!(faults(&r).len(), 2, "both unregistered: {}", r.render());
+        assert!(r.render().contains("(not registered)"));
+    }
+
+    #[test]
+    fn patterns_route_a_bucket_only_when_they_name_it() {
+        assert!(routes_bucket(PATTERN, "art"));
+        assert!(!routes_bucket(PATTERN, "other"));
+        assert!(routes_bucket(
+            r#"{"source":["aws.s3"],"detail":{"bucket":{"name":["art"]}}}"#,
+            "art"
+        ));
+        assert!(!routes_bucket(
+            r#"{"source":["aws.s3"],"detail-type":["Object Deleted"],"detail":{"bucket":{"name":["art"]}}}"#,
+            "art"
+        ));
+        assert!(!routes_bucket("not json", "art"));
+    }
+}

@@ -1,0 +1,256 @@
+//! `doctor`'s AWS edge: reads the facts [`crate::doctor`] checks, in the same order, and
+//! nothing else. Each read that fails is kept as its error message (a fact too); when the
+//! credentials do not work, nothing else is read.
+
+use aws_sdk_s3::types::BucketVersioningStatus;
+use dropship_aws::{classify, http_status};
+
+use crate::aws_calls::{
+    DESCRIBE_INSTANCES, DESCRIBE_INSTANCE_INFORMATION, GET_BUCKET_NOTIFICATION,
+    GET_BUCKET_VERSIONING, GET_CALLER_IDENTITY, LIST_RULES, LIST_TARGETS_BY_RULE,
+};
+use crate::doctor::{AgentFacts, BucketFacts, DoctorFacts, InstanceFacts, Read, RuleFacts};
+
+/// The clients `doctor` reads with.
+#[derive(Debug, Clone)]
+pub struct DoctorClients {
+    sts: aws_sdk_sts::Client,
+    s3: aws_sdk_s3::Client,
+    events: aws_sdk_eventbridge::Client,
+    ec2: aws_sdk_ec2::Client,
+    ssm: aws_sdk_ssm::Client,
+}
+
+/// What `doctor` is asked to check.
+#[derive(Debug, Clone)]
+pub struct DoctorTarget {
+    /// App name.
+    pub app: String,
+    /// Environment.
+    pub env: String,
+    /// Artifact bucket.
+    pub bucket: String,
+    /// Rule name, when given.
+    pub rule: Option<String>,
+    /// Tag keys (app, env).
+    pub tag_keys: (String, String),
+}
+
+impl DoctorClients {
+    /// Clients from one SDK configuration.
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        Self {
+            sts: aws_sdk_sts::Client::new(sdk),
+            s3: dropship_aws::sdk::s3_client(sdk),
+            events: aws_sdk_eventbridge::Client::new(sdk),
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            ssm: aws_sdk_ssm::Client::new(sdk),
+        }
+    }
+
+    /// Reads every fact, in check order.
+    pub async fn read(&self, t: &DoctorTarget, region: Option<String>) -> DoctorFacts {
+        let identity = self.identity().await;
+        let reachable = identity.is_ok();
+        let mut facts = DoctorFacts {
+            app: t.app.clone(),
+            env: t.env.clone(),
+            bucket: t.bucket.clone(),
+            region,
+            identity,
+            bucket_facts: None,
+            rule_asked: t.rule.clone(),
+            rules: None,
+            tag_keys: t.tag_keys.clone(),
+            instances: None,
+            agents: None,
+        };
+        if !reachable {
+            return facts;
+        }
+        facts.bucket_facts = Some(self.bucket(&t.bucket).await);
+        facts.rules = Some(self.rules(t.rule.as_deref()).await);
+        let instances = self.instances(t).await;
+        let running: Vec<String> = instances
+            .iter()
+            .flatten()
+            .filter(|i| i.state == "running")
+            .map(|i| i.id.clone())
+            .collect();
+        if !running.is_empty() {
+            facts.agents = Some(self.agents(&running).await);
+        }
+        facts.instances = Some(instances);
+        facts
+    }
+
+    async fn identity(&self) -> Read<String> {
+        let out = self
+            .sts
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| classify(&GET_CALLER_IDENTITY, "the caller", &e).to_string())?;
+        Ok(out.arn().unwrap_or("an unnamed principal").to_string())
+    }
+
+    async fn bucket(&self, bucket: &str) -> Read<BucketFacts> {
+        let url = format!("s3://{bucket}");
+        let versioning = match self.s3.get_bucket_versioning().bucket(bucket).send().await {
+            Ok(out) => out
+                .status()
+                .map(|s: &BucketVersioningStatus| s.as_str().to_string()),
+            Err(e) if http_status(&e) == Some(404) => return Ok(BucketFacts::Missing),
+            Err(e) => return Err(classify(&GET_BUCKET_VERSIONING, url, &e).to_string()),
+        };
+        let notification = self
+            .s3
+            .get_bucket_notification_configuration()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| classify(&GET_BUCKET_NOTIFICATION, url, &e).to_string())?;
+        Ok(BucketFacts::Present {
+            versioning,
+            eventbridge: notification.event_bridge_configuration().is_some(),
+        })
+    }
+
+    /// The rule named `asked` (none if it does not exist), or every rule of the default bus,
+    /// with the targets of each that could be the release rule.
+    async fn rules(&self, asked: Option<&str>) -> Read<Vec<RuleFacts>> {
+        let mut rules = Vec::new();
+        let mut token = None::<String>;
+        loop {
+            let out = self
+                .events
+                .list_rules()
+                .set_name_prefix(asked.map(str::to_string))
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| classify(&LIST_RULES, "the default event bus", &e).to_string())?;
+            for r in out.rules() {
+                let name = r.name().unwrap_or_default().to_string();
+                if asked.is_some_and(|a| a != name) {
+                    continue;
+                }
+                rules.push(RuleFacts {
+                    name,
+                    state: r
+                        .state()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    event_pattern: r.event_pattern().map(str::to_string),
+                    targets: Vec::new(),
+                });
+            }
+            token = out.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        for rule in &mut rules {
+            let routes_s3 = rule
+                .event_pattern
+                .as_deref()
+                .is_some_and(|p| p.contains("aws.s3"));
+            if asked.is_none() && !routes_s3 {
+                continue; // cannot be the release rule: its targets do not matter
+            }
+            let out = self
+                .events
+                .list_targets_by_rule()
+                .rule(&rule.name)
+                .send()
+                .await
+                .map_err(|e| {
+                    classify(&LIST_TARGETS_BY_RULE, format!("rule {}", rule.name), &e).to_string()
+                })?;
+            rule.targets = out.targets().iter().map(|t| t.arn().to_string()).collect();
+        }
+        Ok(rules)
+    }
+
+    async fn instances(&self, t: &DoctorTarget) -> Read<Vec<InstanceFacts>> {
+        use aws_sdk_ec2::types::Filter;
+        let (app_key, env_key) = &t.tag_keys;
+        let object = format!(
+            "instances tagged {app_key}={} and {env_key}={}",
+            t.app, t.env
+        );
+        let mut out = Vec::new();
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{app_key}"))
+                    .values(&t.app)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{env_key}"))
+                    .values(&t.env)
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| classify(&DESCRIBE_INSTANCES, object.clone(), &e).to_string())?;
+            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                let state = instance.state().and_then(|s| s.name()).map(|n| n.as_str());
+                if state == Some("terminated") {
+                    continue; // gone for good: not a host of the app any more
+                }
+                if let Some(id) = instance.instance_id() {
+                    out.push(InstanceFacts {
+                        id: id.to_string(),
+                        state: state.unwrap_or("unknown").to_string(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn agents(&self, instance_ids: &[String]) -> Read<Vec<AgentFacts>> {
+        use aws_sdk_ssm::types::InstanceInformationStringFilter;
+        let mut out = Vec::new();
+        // The InstanceIds filter takes at most 50 values per call.
+        for chunk in instance_ids.chunks(50) {
+            let object = format!("SSM registration of {}", chunk.join(","));
+            let filter = InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .set_values(Some(chunk.to_vec()))
+                .build()
+                .map_err(|e| format!("{object}: {e}"))?;
+            let mut pages = self
+                .ssm
+                .describe_instance_information()
+                .filters(filter)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| {
+                    classify(&DESCRIBE_INSTANCE_INFORMATION, object.clone(), &e).to_string()
+                })?;
+                for info in page.instance_information_list() {
+                    if let Some(id) = info.instance_id() {
+                        out.push(AgentFacts {
+                            id: id.to_string(),
+                            ping_status: info
+                                .ping_status()
+                                .map(|p| p.as_str().to_string())
+                                .unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
