@@ -27,10 +27,9 @@ pub const ENV_VARS: &[&str] = &[
     "DROPSHIP_ALLOWED_ENVIRONMENTS",
 ];
 
-/// Default instance tag naming the app a host runs.
-pub const DEFAULT_APP_TAG_KEY: &str = "dropship:app";
-/// Default instance tag naming the environment a host belongs to.
-pub const DEFAULT_ENV_TAG_KEY: &str = "dropship:env";
+/// Default instance tags naming the app and the environment a host belongs to (the contract's,
+/// shared with the operator's `doctor`).
+pub use dropship_contract::wiring::{DEFAULT_APP_TAG_KEY, DEFAULT_ENV_TAG_KEY};
 /// Default app root on hosts; `{app}` and `{env}` are substituted.
 pub const DEFAULT_APP_ROOT: &str = "/opt/dropship/{app}";
 /// Default SSM `MaxConcurrency`: half the fleet at a time.
@@ -254,10 +253,7 @@ impl Config {
 
         let log_group = get("DROPSHIP_LOG_GROUP");
         if let Some(g) = &log_group {
-            let ok = g.len() <= 512
-                && g.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-/.#".contains(&b));
-            if !ok {
+            if !dropship_contract::wiring::is_log_group_name(g) {
                 return Err(invalid(
                     "DROPSHIP_LOG_GROUP",
                     g,

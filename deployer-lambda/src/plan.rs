@@ -26,7 +26,7 @@ use crate::event::DeployRequest;
 /// The host script, embedded so the command always carries the script this build was tested with.
 pub const HOST_SCRIPT: &str = include_str!("../../scripts/deploy-on-host.sh");
 /// The SSM document the command runs.
-pub const DOCUMENT_NAME: &str = "AWS-RunShellScript";
+pub const DOCUMENT_NAME: &str = dropship_contract::wiring::COMMAND_DOCUMENT;
 /// SendCommand accepts at most 50 instance ids per call.
 pub const MAX_INSTANCES_PER_COMMAND: usize = 50;
 /// SSM limits a command's `Comment` to 100 characters.
