@@ -303,6 +303,23 @@ pub fn build(
     }
 }
 
+/// One row per host under a blank line: the deploy's hosts, or the hosts sent back.
+fn host_table(first_column: &str, hosts: &[HostStatus]) -> String {
+    let mut t = Table::new([first_column, "STATE", "EXIT", "COMMAND", "DETAIL"]);
+    for h in hosts {
+        t.row([
+            h.instance_id.clone(),
+            h.state.to_string(),
+            h.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            short(&h.command_id, 13),
+            short(&h.detail, 120),
+        ]);
+    }
+    format!("\n{}", t.render())
+}
+
 /// Counts of hosts per state, for progress lines.
 pub fn counts(hosts: &[HostStatus]) -> BTreeMap<HostState, usize> {
     let mut out = BTreeMap::new();
@@ -386,36 +403,10 @@ impl DeployStatus {
             }
         }
         if !self.hosts.is_empty() {
-            let mut t = Table::new(["HOST", "STATE", "EXIT", "COMMAND", "DETAIL"]);
-            for h in &self.hosts {
-                t.row([
-                    h.instance_id.clone(),
-                    h.state.to_string(),
-                    h.exit_code
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    short(&h.command_id, 13),
-                    short(&h.detail, 120),
-                ]);
-            }
-            out.push('\n');
-            out.push_str(&t.render());
+            out.push_str(&host_table("HOST", &self.hosts));
         }
         if let Some(f) = self.fleet.as_ref().filter(|f| !f.rollback.is_empty()) {
-            let mut t = Table::new(["SENT BACK", "STATE", "EXIT", "COMMAND", "DETAIL"]);
-            for h in &f.rollback {
-                t.row([
-                    h.instance_id.clone(),
-                    h.state.to_string(),
-                    h.exit_code
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    short(&h.command_id, 13),
-                    short(&h.detail, 120),
-                ]);
-            }
-            out.push('\n');
-            out.push_str(&t.render());
+            out.push_str(&host_table("SENT BACK", &f.rollback));
         }
         out
     }
