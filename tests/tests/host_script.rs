@@ -1397,11 +1397,31 @@ fn a_killed_seed_copy_is_never_taken_for_a_seeded_path_and_its_release_is_remove
         })
         .collect();
     assert_eq!(unswitched.len(), 1, "the killed run's release is on disk");
+    // Release names have a one-second clock in them: a rerun within the same second may
+    // reuse the name, so the killed run's directory is recognised by a mark of its own.
+    let killed_mark = w
+        .root()
+        .join("releases")
+        .join(&unswitched[0])
+        .join(".dropship/killed-run");
+    fs::write(&killed_mark, "").unwrap();
     // The rerun: nothing half-copied is kept, the killed run's release is gone, the seed is
     // complete.
     let run = w.run(&vars);
     assert_code(&run, 0, "deployed");
-    assert!(!w.root().join("releases").join(&unswitched[0]).exists());
+    let survivors: Vec<String> = w
+        .host
+        .releases()
+        .into_iter()
+        .filter(|r| {
+            w.root()
+                .join("releases")
+                .join(r)
+                .join(".dropship/killed-run")
+                .exists()
+        })
+        .collect();
+    assert!(survivors.is_empty(), "kept the killed run's release: {survivors:?}");
     let seeded = fs::read_dir(w.root().join("shared/assets"))
         .unwrap()
         .count();
