@@ -157,9 +157,10 @@ resource "aws_iam_role_policy" "lambda_async_destination" {
 }
 
 # ---------------------------------------------------------------------------------------
-# Target hosts, one role + instance profile per (app, env): the SSM agent and writing Run
-# Command output to the output log group. Hosts download bundles through presigned URLs, so
-# they get no S3 permission at all. The profile is what the Lambda requires of a target
+# Target hosts, one role + instance profile per (app, env): the SSM agent, writing Run
+# Command output to the output log group, and reading versions of exactly their pair's release
+# key (dropship_contract::host::HOST_IAM_ACTIONS): the host script downloads the version the
+# command names with this role, so the command carries no credential. The profile is what the Lambda requires of a target
 # besides its tags (DROPSHIP_INSTANCE_PROFILE_ARN): tags can be set by anyone with
 # ec2:CreateTags, attaching a profile needs iam:PassRole on its role.
 # ---------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ resource "aws_iam_role" "host" {
   for_each = local.app_envs
 
   name               = local.host_names[each.key]
-  description        = "dropship target hosts of ${each.value.app}/${each.value.env}: SSM managed instance + Run Command output logs"
+  description        = "dropship target hosts of ${each.value.app}/${each.value.env}: SSM managed instance, Run Command output logs, download of its release key"
   assume_role_policy = data.aws_iam_policy_document.host_assume.json
   tags               = var.tags
 
@@ -218,6 +219,24 @@ resource "aws_iam_role_policy" "host_command_output" {
   name   = "ssm-command-output"
   role   = aws_iam_role.host[each.key].id
   policy = data.aws_iam_policy_document.host_command_output.json
+}
+
+data "aws_iam_policy_document" "host_release" {
+  for_each = local.app_envs
+
+  statement {
+    sid       = "ReadVersionsOfTheReleaseKey"
+    actions   = ["s3:GetObjectVersion"]
+    resources = [local.release_object_arns[each.key]]
+  }
+}
+
+resource "aws_iam_role_policy" "host_release" {
+  for_each = local.app_envs
+
+  name   = "dropship-release-download"
+  role   = aws_iam_role.host[each.key].id
+  policy = data.aws_iam_policy_document.host_release[each.key].json
 }
 
 resource "aws_iam_instance_profile" "host" {

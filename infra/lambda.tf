@@ -35,7 +35,6 @@ resource "aws_lambda_function" "deployer" {
       DROPSHIP_DELIVERY_TIMEOUT_SECS  = tostring(var.delivery_timeout_secs)
       DROPSHIP_EXECUTION_TIMEOUT_SECS = tostring(var.execution_timeout_secs)
       DROPSHIP_LOG_GROUP              = aws_cloudwatch_log_group.command_output.name
-      DROPSHIP_PRESIGN_TTL_SECS       = tostring(var.presign_ttl_secs)
       DROPSHIP_MAX_BUNDLE_BYTES       = tostring(var.max_bundle_bytes)
       DROPSHIP_LOCK_TIMEOUT_SECS      = tostring(var.lock_timeout_secs)
       DROPSHIP_INSTANCE_PROFILE_ARN   = local.host_profile_arn_template

@@ -1,6 +1,6 @@
 resource "aws_s3_bucket" "artifacts" {
   #checkov:skip=CKV_AWS_144:Cross-region replication is a disaster-recovery choice for the account; the deploy history (object versions) and the deployment targets live in one region, and the module cannot pick a replica region or its key.
-  #checkov:skip=CKV_AWS_145:SSE-S3 (AES-256) on purpose: hosts download through presigned GETs and operators restore with CopyObject, so SSE-KMS would add kms:Decrypt/GenerateDataKey to every presigning and uploading principal; bundles hold application code only (the bundler refuses secret files, which live in shared/.env on hosts).
+  #checkov:skip=CKV_AWS_145:SSE-S3 (AES-256) on purpose: hosts download with their own roles and operators restore with CopyObject, so SSE-KMS would add kms:Decrypt/GenerateDataKey to every reading and uploading principal; bundles hold application code only (the bundler refuses secret files, which live in shared/.env on hosts).
   bucket = var.bucket_name
   tags   = var.tags
 }

@@ -217,17 +217,6 @@ variable "execution_timeout_secs" {
   }
 }
 
-variable "presign_ttl_secs" {
-  description = "DROPSHIP_PRESIGN_TTL_SECS: lifetime of the presigned GET handed to hosts (each wave is signed when sent, so it covers one wave's lock wait and download)."
-  type        = number
-  default     = 600
-
-  validation {
-    condition     = var.presign_ttl_secs >= 60 && var.presign_ttl_secs <= 604800
-    error_message = "presign_ttl_secs must be between 60 and 604800 (the Lambda refuses other values)."
-  }
-}
-
 variable "max_bundle_bytes" {
   description = "DROPSHIP_MAX_BUNDLE_BYTES: largest object the Lambda verifies."
   type        = number

@@ -5,13 +5,19 @@
 # gates on health, and rolls back by itself when the new release does not come up healthy.
 #
 # Runs on Amazon Linux 2023 and Ubuntu 22.04/24.04 and assumes only bash (>= 5), coreutils,
-# util-linux (flock, setpriv), awk, curl, tar (GNU), gzip and docker with Compose v2. pigz is
-# used for unpacking when it happens to be installed.
+# util-linux (flock, setpriv), awk, curl (>= 7.75, for --aws-sigv4), tar (GNU), gzip and
+# docker with Compose v2. pigz is used for unpacking when it happens to be installed.
+#
+# The bundle is downloaded with the instance's own role: credentials from the instance
+# metadata service (IMDSv2 at 169.254.169.254, a fixed address, never an input), the request
+# signed by curl (SigV4). The inputs hold no credential, so whoever reads the command's
+# parameters (ssm:ListCommands) cannot fetch the bundle with them.
 #
 # Inputs: environment variables only (the Lambda exports them with strict single-quoting;
 # nothing here ever evaluates them as code). Empty and unset are the same. The script takes
 # them into its own variables and un-exports every DROPSHIP_* at once, so no child (curl,
-# docker compose, hooks, containers) sees the presigned URL or any other input.
+# docker compose, hooks, containers) sees any input. The role's credentials live only in
+# unexported variables and reach curl on its standard input (a config file).
 #
 #   variable                    meaning (default)
 #   DROPSHIP_ACTION             deploy (default) | rollback | status
@@ -23,7 +29,8 @@
 #   DROPSHIP_VERSION_ID         S3 version id deployed (printable ASCII, no '/')
 #   DROPSHIP_SEQUENCER          S3 event sequencer, hex; empty for an operator's direct redeploy
 #   DROPSHIP_SHA256             expected SHA-256 (64 hex) of the downloaded object
-#   DROPSHIP_BUNDLE_URL         presigned http(s) GET for that version (never on a command line)
+#   DROPSHIP_REGION             region of the bucket, e.g. eu-west-1 (the download is signed for it)
+#   DROPSHIP_S3_ENDPOINT        https://HOST[:PORT] of S3, no path (http:// only for localhost/127.x.x.x)
 #   DROPSHIP_BUNDLE_BYTES       object size in bytes (0: unknown; checked when given)
 #   DROPSHIP_UNPACKED_BYTES     unpacked size in bytes, for the first disk preflight (0)
 #   DROPSHIP_COMMIT             full commit hash (40 or 64 lower-case hex)
@@ -86,7 +93,8 @@ KEY=${DROPSHIP_KEY:-}
 IN_VERSION_ID=${DROPSHIP_VERSION_ID:-}
 IN_SEQUENCER=${DROPSHIP_SEQUENCER:-}
 IN_SHA256=${DROPSHIP_SHA256:-}
-URL=${DROPSHIP_BUNDLE_URL:-}
+REGION=${DROPSHIP_REGION:-}
+S3_ENDPOINT=${DROPSHIP_S3_ENDPOINT:-}
 BUNDLE_BYTES=${DROPSHIP_BUNDLE_BYTES:-0}
 UNPACKED_BYTES=${DROPSHIP_UNPACKED_BYTES:-0}
 IN_COMMIT=${DROPSHIP_COMMIT:-}
@@ -371,6 +379,26 @@ valid_relpath() {
 # Whether $1 is $2 or lies beneath it.
 within() { [[ $1 == "$2" || $1 == "$2"/* ]]; }
 
+# DROPSHIP_S3_ENDPOINT's rule, the contract's (dropship_contract::host::check_s3_endpoint):
+# https://HOST[:PORT], or http:// only for localhost or 127.x.x.x; no path, query or user;
+# at most 255 bytes; a port 1-65535 without leading zeros.
+valid_s3_endpoint() {
+    local e=$1 port o
+    ((${#e} <= 255)) || return 1
+    if [[ $e =~ ^https://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:([1-9][0-9]{0,4}))?$ ]]; then
+        port=${BASH_REMATCH[4]}
+        [[ ${BASH_REMATCH[1]} != *..* ]] || return 1
+    elif [[ $e =~ ^http://(localhost|127\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3}))(:([1-9][0-9]{0,4}))?$ ]]; then
+        port=${BASH_REMATCH[6]}
+        for o in "${BASH_REMATCH[@]:2:3}"; do
+            [[ -z $o ]] || ((10#$o <= 255)) || return 1
+        done
+    else
+        return 1
+    fi
+    [[ -z $port ]] || ((10#$port <= 65535))
+}
+
 valid_number() { # value min max
     [[ $1 =~ ^[0-9]{1,18}$ ]] && ((10#$1 >= $2 && 10#$1 <= $3))
 }
@@ -410,8 +438,10 @@ validate_deploy() {
     [[ $BUCKET =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ ]] || bad_input "DROPSHIP_BUCKET is not a bucket name, got $(q "$BUCKET")"
     { [[ ($KEY == "$APP/$ENV_NAME.tar.gz" || $KEY == */"$APP/$ENV_NAME.tar.gz") && ${#KEY} -le 1024 ]] && ! has_ctrl "$KEY"; } ||
         bad_input "DROPSHIP_KEY must end in $APP/$ENV_NAME.tar.gz, got $(q "$KEY")"
-    { [[ $URL =~ ^https?://[^[:space:]]+$ ]] && ! has_ctrl "$URL"; } ||
-        bad_input "DROPSHIP_BUNDLE_URL must be an http(s) URL without spaces (value not shown)"
+    [[ ${#REGION} -le 32 && $REGION =~ ^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$ ]] ||
+        bad_input "DROPSHIP_REGION must be an AWS region name such as eu-west-1, got $(q "$REGION")"
+    valid_s3_endpoint "$S3_ENDPOINT" ||
+        bad_input "DROPSHIP_S3_ENDPOINT must be https://HOST[:PORT] without a path (http:// only for localhost or 127.x.x.x), at most 255 bytes, got $(q "$S3_ENDPOINT")"
     valid_number "$BUNDLE_BYTES" 0 999999999999999 || bad_input "DROPSHIP_BUNDLE_BYTES must be a number, got $(q "$BUNDLE_BYTES")"
     valid_number "$UNPACKED_BYTES" 0 999999999999999 || bad_input "DROPSHIP_UNPACKED_BYTES must be a number, got $(q "$UNPACKED_BYTES")"
     BUNDLE_BYTES=$((10#$BUNDLE_BYTES)) UNPACKED_BYTES=$((10#$UNPACKED_BYTES))
@@ -868,38 +898,128 @@ preflight() {
     log preflight "disk: $((REPLY / 1048576)) MiB free, $((need / 1048576)) MiB needed for download and release"
     v=$(dk compose version) || finish 4 failed "docker compose v2 is not available"
     log preflight "${v%%$'\n'*}"
+    v=$(run curl --version </dev/null) || v=""
+    v=${v%%$'\n'*}
+    { [[ $v =~ ^curl\ ([0-9]+)\.([0-9]+) ]] && ((BASH_REMATCH[1] > 7 || (BASH_REMATCH[1] == 7 && BASH_REMATCH[2] >= 75))); } ||
+        finish 4 failed "curl >= 7.75 is needed to sign the download with the instance role (--aws-sigv4), found $(q "${v:-no curl}"): upgrade curl"
     check_time_for_switch "$HEALTH_TIMEOUT" "$ST_CURRENT"
 }
 
-# The presigned URL goes to curl on its standard input (a config file), never on a command
-# line. Each attempt gets the time left before the switch budget; a transfer slower than
-# 1 KiB/s for 30 s fails (and is retried while time is left).
+# The instance role's credentials (IMDSv2: a session token first, then the role's keys) into
+# CRED_ID, CRED_SECRET and CRED_TOKEN: never exported, never printed, never on a command line;
+# curl gets them on its standard input. The metadata address is fixed, not an input: whoever
+# can set inputs must not be able to send the host's credentials elsewhere.
+readonly IMDS=http://169.254.169.254
+CRED_ID="" CRED_SECRET="" CRED_TOKEN="" IMDS_STATUS=""
+
+imds() { # method path [session-token] -> REPLY: the body of a 200 answer; else IMDS_STATUS says
+    local cfg out rc
+    cfg="url = \"$IMDS$2\""$'\n'"request = \"$1\""$'\n'
+    if [[ $1 == PUT ]]; then
+        cfg+='header = "X-aws-ec2-metadata-token-ttl-seconds: 300"'
+    else
+        cfg+="header = \"X-aws-ec2-metadata-token: $3\""
+    fi
+    out=$(run curl --config - --silent --noproxy '*' --proto =http --connect-timeout 2 \
+        --max-time 5 -w '\n%{http_code}' <<<"$cfg")
+    rc=$?
+    ((rc == 0)) || {
+        IMDS_STATUS="no answer, curl exit $rc"
+        return 1
+    }
+    IMDS_STATUS="HTTP ${out##*$'\n'}"
+    REPLY=${out%$'\n'*}
+    [[ ${out##*$'\n'} == 200 ]]
+}
+
+role_credentials() {
+    local token role body field re
+    local fix="attach the instance profile the dropship module creates for $APP/$ENV_NAME (the host downloads the bundle with its own role) and keep the metadata service on (IMDSv2)"
+    { imds PUT /latest/api/token && [[ $REPLY =~ ^[A-Za-z0-9+/=_-]{1,1024}$ ]]; } ||
+        finish 5 failed "no instance credentials: the instance metadata service gave no IMDSv2 session token ($IMDS_STATUS); $fix"
+    token=$REPLY
+    imds GET /latest/meta-data/iam/security-credentials/ "$token" ||
+        finish 5 failed "no instance credentials: the instance has no IAM role ($IMDS_STATUS from the instance metadata service); $fix"
+    role=${REPLY%%$'\n'*}
+    [[ $role =~ ^[A-Za-z0-9+=,.@_-]{1,64}$ ]] ||
+        finish 5 failed "no instance credentials: the instance metadata service named no usable role; $fix"
+    imds GET "/latest/meta-data/iam/security-credentials/$role" "$token" ||
+        finish 5 failed "no instance credentials for role $role ($IMDS_STATUS from the instance metadata service); $fix"
+    body=$REPLY
+    for field in Code:Success AccessKeyId:'[A-Z0-9]{16,128}' SecretAccessKey:'[A-Za-z0-9/+=]{16,128}' Token:'[A-Za-z0-9/+=]{16,8192}'; do
+        re='"'${field%%:*}'"[[:space:]]*:[[:space:]]*"('${field#*:}')"'
+        [[ $body =~ $re ]] ||
+            finish 5 failed "no instance credentials: the credentials of role $role lack a valid ${field%%:*} (values not shown); $fix"
+        case ${field%%:*} in
+        AccessKeyId) CRED_ID=${BASH_REMATCH[1]} ;;
+        SecretAccessKey) CRED_SECRET=${BASH_REMATCH[1]} ;;
+        Token) CRED_TOKEN=${BASH_REMATCH[1]} ;;
+        esac
+    done
+    CRED_ROLE=$role
+}
+CRED_ROLE=""
+
+# Percent-encodes $1 into REPLY: bytes outside [A-Za-z0-9._~-] (and besides '/' when $2 is
+# "/") become %XX, as the contract's object_request_target does (LC_ALL=C: one byte at a time).
+uri_encode() { # value [/]
+    local s=$1 out="" c i
+    for ((i = 0; i < ${#s}; i++)); do
+        c=${s:i:1}
+        if [[ $c == [A-Za-z0-9._~-] || ($c == / && ${2:-} == /) ]]; then
+            out+=$c
+        else
+            printf -v c '%%%02X' "'$c"
+            out+=$c
+        fi
+    done
+    REPLY=$out
+}
+
+# GET <endpoint>/<bucket>/<key>?versionId=<version> (path style), signed with the instance
+# role. The URL, the keys and the token go to curl on its standard input (a config file),
+# never on a command line. Redirects are not followed (a signature is for one host). Each
+# attempt gets fresh credentials and the time left before the switch budget; a transfer
+# slower than 1 KiB/s for 30 s fails (and is retried while time is left).
 download() {
-    local attempt code rc delay=1 size left u
+    local attempt code rc delay=1 size left url
     TMP_DOWNLOAD="$APP_ROOT/.download.$$"
-    log download "$BUNDLE_BYTES bytes expected (the presigned URL is never shown)"
-    u=${URL//\\/\\\\}
-    u=${u//\"/\\\"}
+    uri_encode "$KEY" /
+    url="$S3_ENDPOINT/$BUCKET/$REPLY"
+    uri_encode "$VERSION_ID"
+    url+="?versionId=$REPLY"
+    log download "$BUNDLE_BYTES bytes expected from s3://$BUCKET/$(q "$KEY") version $(q "$VERSION_ID") via $S3_ENDPOINT ($REGION)"
     for attempt in 1 2 3 4; do
         time_left
         left=$((REPLY - SWITCH_NEED - 30 - (BUNDLE_BYTES + UNPACKED_BYTES) / 20000000))
         ((left >= 5)) || finish 5 failed "download: no time left before SSM's execution timeout (attempt $attempt)"
+        role_credentials
+        ((attempt > 1)) || log download "signing with the instance role $CRED_ROLE"
         rm -f -- "$TMP_DOWNLOAD"
-        run_to "$TMP_DOWNLOAD.code" "" curl --config - --globoff --fail --silent --show-error --location \
-            --proto =http,https --proto-redir =http,https --connect-timeout 15 --max-time "$left" \
-            --speed-limit 1024 --speed-time "$((left < 30 ? left : 30))" \
-            -o "$TMP_DOWNLOAD" -w '%{http_code}' <<<"url = \"$u\""
+        # x-amz-content-sha256 is the SHA-256 of the empty body of a GET: what S3 requires,
+        # and what every curl since 7.75 signs whether or not it reads the header itself.
+        run_to "$TMP_DOWNLOAD.code" "" curl --config - --globoff --fail --silent --show-error \
+            --aws-sigv4 "aws:amz:$REGION:s3" --proto =http,https --connect-timeout 15 \
+            --max-time "$left" --speed-limit 1024 --speed-time "$((left < 30 ? left : 30))" \
+            -o "$TMP_DOWNLOAD" -w '%{http_code}' <<<"url = \"$url\"
+user = \"$CRED_ID:$CRED_SECRET\"
+header = \"x-amz-security-token: $CRED_TOKEN\"
+header = \"x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\""
         rc=$?
         code=$(<"$TMP_DOWNLOAD.code") 2>/dev/null || code=000
-        ((rc == 0)) && break
+        if ((rc == 0)); then
+            [[ $code == 200 ]] || finish 5 failed "S3 answered HTTP $code instead of the object (a redirect: DROPSHIP_S3_ENDPOINT $S3_ENDPOINT is not the bucket's region?)"
+            break
+        fi
         log download "attempt $attempt failed (curl exit $rc, HTTP $code)"
         case $code in
-        4??) [[ $code == 408 || $code == 429 ]] || finish 5 failed "download refused with HTTP $code" ;;
+        4??) [[ $code == 408 || $code == 429 ]] || finish 5 failed "download refused with HTTP $code (403: the instance role $CRED_ROLE may not read this release key; attach the module's instance profile for $APP/$ENV_NAME)" ;;
         esac
         ((attempt < 4)) || finish 5 failed "download failed after $attempt attempts (curl exit $rc, HTTP $code)"
         sleep "$delay"
         delay=$((delay * 2))
     done
+    CRED_ID="" CRED_SECRET="" CRED_TOKEN=""
     size=$(stat -c %s -- "$TMP_DOWNLOAD") || finish 5 failed "downloaded file missing"
     if ((BUNDLE_BYTES > 0 && size != BUNDLE_BYTES)); then
         finish 5 failed "downloaded $size bytes, expected $BUNDLE_BYTES"

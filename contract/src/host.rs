@@ -1,10 +1,16 @@
 //! The host script's interface: the variables the Lambda exports for it, the exit codes it
 //! returns, and the result line it prints last. `scripts/deploy-on-host.sh` documents the same
 //! table; the host-script suite checks the two agree.
+//!
+//! The inputs carry no credential: the host downloads the bundle with its own instance role
+//! (credentials from the instance metadata service, [`IMDS_ADDRESS`]), so a reader of the
+//! command's parameters (`ssm:ListCommands`) learns only where the bundle is, which gives
+//! nobody access to it.
 
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::EnvRule;
+use crate::percent::{self, URI_COMPONENT, URI_PATH};
 
 /// Every input of `deploy-on-host.sh`, in the order the Lambda renders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,7 +24,8 @@ pub enum HostVar {
     VersionId,
     Sequencer,
     Sha256,
-    BundleUrl,
+    Region,
+    S3Endpoint,
     BundleBytes,
     UnpackedBytes,
     Commit,
@@ -38,7 +45,7 @@ pub enum HostVar {
 
 impl HostVar {
     /// All inputs, for rendering and for checking the script's documented table.
-    pub const ALL: [HostVar; 25] = [
+    pub const ALL: [HostVar; 26] = [
         HostVar::Action,
         HostVar::App,
         HostVar::Env,
@@ -48,7 +55,8 @@ impl HostVar {
         HostVar::VersionId,
         HostVar::Sequencer,
         HostVar::Sha256,
-        HostVar::BundleUrl,
+        HostVar::Region,
+        HostVar::S3Endpoint,
         HostVar::BundleBytes,
         HostVar::UnpackedBytes,
         HostVar::Commit,
@@ -78,7 +86,8 @@ impl HostVar {
             HostVar::VersionId => "DROPSHIP_VERSION_ID",
             HostVar::Sequencer => "DROPSHIP_SEQUENCER",
             HostVar::Sha256 => "DROPSHIP_SHA256",
-            HostVar::BundleUrl => "DROPSHIP_BUNDLE_URL",
+            HostVar::Region => "DROPSHIP_REGION",
+            HostVar::S3Endpoint => "DROPSHIP_S3_ENDPOINT",
             HostVar::BundleBytes => "DROPSHIP_BUNDLE_BYTES",
             HostVar::UnpackedBytes => "DROPSHIP_UNPACKED_BYTES",
             HostVar::Commit => "DROPSHIP_COMMIT",
@@ -100,6 +109,125 @@ impl HostVar {
 
 /// Separator of list-valued inputs (profiles, shared paths).
 pub const LIST_SEPARATOR: char = ',';
+
+/// Where the host script reads its instance role's credentials (IMDSv2). Fixed in the script,
+/// never an input: whoever may set inputs must not be able to point the host's credential
+/// lookup anywhere else.
+pub const IMDS_ADDRESS: &str = "169.254.169.254";
+
+/// The IAM actions the host's own role needs, and `infra/` grants it on exactly its pair's
+/// release key: `GetObject` with a `versionId` (the host never reads without one).
+pub const HOST_IAM_ACTIONS: &[&str] = &["s3:GetObjectVersion"];
+
+/// Longest `DROPSHIP_S3_ENDPOINT`.
+pub const MAX_S3_ENDPOINT_LEN: usize = 255;
+/// Longest `DROPSHIP_REGION`.
+pub const MAX_REGION_LEN: usize = 32;
+
+/// `DROPSHIP_REGION`: an AWS region name such as `eu-west-1` or `us-gov-west-1`
+/// (`[a-z]{2}(-[a-z]+)+-[0-9]{1,2}`, at most [`MAX_REGION_LEN`] bytes). The host signs its
+/// download for it. The script checks the same rule.
+pub fn check_region(region: &str) -> Result<(), String> {
+    let parts: Vec<&str> = region.split('-').collect();
+    let letters = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    let ok = region.len() <= MAX_REGION_LEN
+        && parts.len() >= 3
+        && parts[0].len() == 2
+        && letters(parts[0])
+        && parts[1..parts.len() - 1].iter().all(|p| letters(p))
+        && (1..=2).contains(&parts[parts.len() - 1].len())
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "an AWS region name such as eu-west-1 (at most {MAX_REGION_LEN} bytes)"
+        ))
+    }
+}
+
+/// `DROPSHIP_S3_ENDPOINT`: `https://HOST[:PORT]`, or `http://` only for a test endpoint on
+/// the host's own loopback (`localhost` or `127.x.x.x`, such as moto's); no path, query,
+/// user or trailing `/`; at most [`MAX_S3_ENDPOINT_LEN`] bytes; a port is 1-65535 without
+/// leading zeros. Plain http anywhere else would send the signed request, session token
+/// included, in the clear. The script checks the same rule.
+pub fn check_s3_endpoint(endpoint: &str) -> Result<(), String> {
+    let expected = || {
+        format!(
+            "https://HOST[:PORT] without a path (http:// only for localhost or 127.x.x.x), at most {MAX_S3_ENDPOINT_LEN} bytes"
+        )
+    };
+    if endpoint.len() > MAX_S3_ENDPOINT_LEN {
+        return Err(expected());
+    }
+    let (host, secure) = if let Some(rest) = endpoint.strip_prefix("https://") {
+        (rest, true)
+    } else if let Some(rest) = endpoint.strip_prefix("http://") {
+        (rest, false)
+    } else {
+        return Err(expected());
+    };
+    let (host, port) = match host.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (host, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && !p.starts_with('0')
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| n <= 65_535)
+    });
+    let host_ok = if secure {
+        let b = host.as_bytes();
+        !b.is_empty()
+            && b.first().is_some_and(u8::is_ascii_alphanumeric)
+            && b.last().is_some_and(u8::is_ascii_alphanumeric)
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'-')
+            && !host.contains("..")
+    } else {
+        host == "localhost" || is_loopback_ipv4(host)
+    };
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        Err(expected())
+    }
+}
+
+/// `127.a.b.c`, each part 1-3 digits and at most 255.
+fn is_loopback_ipv4(host: &str) -> bool {
+    let parts: Vec<&str> = host.split('.').collect();
+    parts.len() == 4
+        && parts[0] == "127"
+        && parts.iter().all(|p| {
+            (1..=3).contains(&p.len())
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u16>().is_ok_and(|n| n <= 255)
+        })
+}
+
+/// S3's regional endpoint, what the Lambda hands hosts when it talks to AWS's own S3.
+pub fn regional_s3_endpoint(region: &str) -> String {
+    let suffix = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("https://s3.{region}.{suffix}")
+}
+
+/// The request target the host GETs under `DROPSHIP_S3_ENDPOINT` (path style): the bucket,
+/// the key percent-encoded as a URI path, and the version as a query value. The script
+/// encodes the same way (the host-script suite serves the object only at this target).
+pub fn object_request_target(bucket: &str, key: &str, version_id: &str) -> String {
+    format!(
+        "/{bucket}/{}?versionId={}",
+        percent::encode(key, &URI_PATH),
+        percent::encode(version_id, &URI_COMPONENT)
+    )
+}
 
 /// `DROPSHIP_REQUIRED_ENV`: one rule per line, `NAME`, `NAME MIN` or `NAME MIN PATTERN`
 /// (single spaces; the pattern is the rest of the line and may hold spaces and commas, never
@@ -274,6 +402,95 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), HostVar::ALL.len());
+    }
+
+    #[test]
+    fn region_names_follow_aws_and_nothing_else_passes() {
+        for ok in [
+            "eu-west-1",
+            "us-gov-west-1",
+            "cn-north-1",
+            "ap-southeast-10",
+        ] {
+            assert_eq!(check_region(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "eu-west",
+            "EU-west-1",
+            "eu-west-100",
+            "e-west-1",
+            "eu--1",
+            "eu-west-1 ",
+            "eu-west-1\n",
+            &format!("eu-{}-1", "w".repeat(MAX_REGION_LEN)),
+        ] {
+            assert!(check_region(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn s3_endpoints_are_https_or_loopback_http_without_a_path() {
+        let long_host = format!("https://{}.com", "a".repeat(MAX_S3_ENDPOINT_LEN - 12));
+        assert_eq!(long_host.len(), MAX_S3_ENDPOINT_LEN);
+        for ok in [
+            "https://s3.eu-west-1.amazonaws.com",
+            "https://bucket.vpce-1a2b.s3.eu-west-1.vpce.amazonaws.com:443",
+            "https://10.0.0.5:65535",
+            "http://127.0.0.1:5000",
+            "http://127.255.0.1",
+            "http://localhost:1",
+            long_host.as_str(),
+        ] {
+            assert_eq!(check_s3_endpoint(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "s3.amazonaws.com",
+            "ftp://s3.amazonaws.com",
+            "https://",
+            "https://s3.amazonaws.com/",
+            "https://s3.amazonaws.com/bucket",
+            "https://s3.amazonaws.com?x=1",
+            "https://user@s3.amazonaws.com",
+            "https://s3..amazonaws.com",
+            "https://-s3.amazonaws.com",
+            "https://s3.amazonaws.com:0",
+            "https://s3.amazonaws.com:065",
+            "https://s3.amazonaws.com:65536",
+            "https://s3.amazonaws.com:",
+            "http://10.0.0.5",
+            "http://128.0.0.1",
+            "http://127.0.0.256",
+            "http://127.0.0.1.evil.example",
+            "http://localhost.evil.example",
+            "http://[::1]:5000",
+            "https://s3.amazonaws.com\n",
+            &format!("{long_host}a"),
+        ] {
+            assert!(check_s3_endpoint(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            regional_s3_endpoint("eu-west-1"),
+            "https://s3.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            regional_s3_endpoint("cn-north-1"),
+            "https://s3.cn-north-1.amazonaws.com.cn"
+        );
+        check_s3_endpoint(&regional_s3_endpoint("us-gov-west-1")).unwrap();
+    }
+
+    #[test]
+    fn the_object_target_encodes_the_key_as_a_path_and_the_version_as_a_value() {
+        assert_eq!(
+            object_request_target("rel", "releases/shop/prod.tar.gz", "3HL4kq.x_y"),
+            "/rel/releases/shop/prod.tar.gz?versionId=3HL4kq.x_y"
+        );
+        assert_eq!(
+            object_request_target("rel", "releases/a b/é.tar.gz", "v+1=&x"),
+            "/rel/releases/a%20b/%C3%A9.tar.gz?versionId=v%2B1%3D%26x"
+        );
     }
 
     #[test]

@@ -5,9 +5,7 @@
 //! wrote first").
 
 use std::io::{self, Read};
-use std::time::Duration;
 
-use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_ssm::types::{CloudWatchOutputConfig, CommandFilter, CommandFilterKey};
 use bytes::Bytes;
@@ -20,8 +18,8 @@ use time::OffsetDateTime;
 
 use crate::aws_calls::{
     DESCRIBE_INSTANCES, DESCRIBE_INSTANCE_INFORMATION, GET_COMMAND_INVOCATION, GET_RECORD,
-    GET_VERSION, HEAD_CURRENT, HEAD_VERSION, LIST_COMMANDS, LIST_RESULTS, PRESIGN_VERSION,
-    PUT_EVENTS, PUT_RECORD, SEND_COMMAND,
+    GET_VERSION, HEAD_CURRENT, HEAD_VERSION, LIST_COMMANDS, LIST_RESULTS, PUT_EVENTS, PUT_RECORD,
+    SEND_COMMAND,
 };
 use crate::edges::TaggedInstance;
 use crate::edges::{
@@ -131,35 +129,6 @@ impl ObjectReader for Clients {
             .await
             .map_err(|e| classify(&GET_VERSION, object_url(bucket, key, version_id), &e))?;
         Ok(verify_stream(out.body, expected, limits).await)
-    }
-
-    async fn presign_version(
-        &self,
-        bucket: &str,
-        key: &str,
-        version_id: &str,
-        ttl_secs: u32,
-    ) -> Result<String, AwsError> {
-        let object = object_url(bucket, key, version_id);
-        let conf =
-            PresigningConfig::expires_in(Duration::from_secs(ttl_secs.into())).map_err(|e| {
-                AwsError::new(
-                    &PRESIGN_VERSION,
-                    object.clone(),
-                    Failure::Refused,
-                    e.to_string(),
-                )
-            })?;
-        let req = self
-            .s3
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .version_id(version_id)
-            .presigned(conf)
-            .await
-            .map_err(|e| classify(&PRESIGN_VERSION, object, &e))?;
-        Ok(req.uri().to_owned())
     }
 }
 

@@ -19,12 +19,6 @@ pub const GET_VERSION: AwsCall = AwsCall {
     iam_action: "s3:GetObjectVersion",
     why: "stream the exact version through the verifier",
 };
-/// The presigned GET the host downloads with.
-pub const PRESIGN_VERSION: AwsCall = AwsCall {
-    operation: "s3:GetObject (presigned, versionId)",
-    iam_action: "s3:GetObjectVersion",
-    why: "the host downloads exactly that version with a URL signed by this role",
-};
 /// `GetObject` of a deploy record or the latest pointer.
 pub const GET_RECORD: AwsCall = AwsCall {
     operation: "s3:GetObject",
@@ -92,13 +86,12 @@ pub const PUT_EVENTS: AwsCall = AwsCall {
     why: "the one Dropship Deployment Finished event that ends every deploy",
 };
 
-/// Every SDK call of this crate. `HeadObject`/`GetObject` with a `versionId` (and the
-/// presigned GET the host uses, signed with this role) are authorised by
-/// `s3:GetObjectVersion`, not `s3:GetObject`.
+/// Every SDK call of this crate. `HeadObject`/`GetObject` with a `versionId` are authorised
+/// by `s3:GetObjectVersion`, not `s3:GetObject`. Nothing is presigned: hosts download with
+/// their own instance role (`dropship_contract::host::HOST_IAM_ACTIONS`).
 pub const CALLS: &[AwsCall] = &[
     HEAD_VERSION,
     GET_VERSION,
-    PRESIGN_VERSION,
     GET_RECORD,
     RECORD_NOT_WRITTEN_YET,
     PUT_RECORD,

@@ -19,12 +19,22 @@ pub const ENV_VARS: &[&str] = &[
     "DROPSHIP_DELIVERY_TIMEOUT_SECS",
     "DROPSHIP_EXECUTION_TIMEOUT_SECS",
     "DROPSHIP_LOG_GROUP",
-    "DROPSHIP_PRESIGN_TTL_SECS",
     "DROPSHIP_MAX_BUNDLE_BYTES",
     "DROPSHIP_LOCK_TIMEOUT_SECS",
     "DROPSHIP_INSTANCE_PROFILE_ARN",
     "DROPSHIP_ALLOWED_APPS",
     "DROPSHIP_ALLOWED_ENVIRONMENTS",
+];
+
+/// Variables the Lambda also reads that `infra/` never sets: the runtime sets `AWS_REGION`,
+/// and the SDK's own endpoint variables (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`)
+/// point a local run at an S3 emulator. Read here so hosts are told the S3 endpoint this
+/// Lambda itself uses.
+pub const RUNTIME_VARS: &[&str] = &[
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
 ];
 
 /// Default instance tags naming the app and the environment a host belongs to (the contract's,
@@ -40,8 +50,6 @@ pub const DEFAULT_MAX_ERRORS: &str = "0";
 pub const DEFAULT_DELIVERY_TIMEOUT_SECS: u32 = 600;
 /// Default `executionTimeout` of the host script.
 pub const DEFAULT_EXECUTION_TIMEOUT_SECS: u32 = 1800;
-/// Default lifetime of the presigned bundle URL.
-pub const DEFAULT_PRESIGN_TTL_SECS: u32 = 600;
 /// Default largest object verified (2 GiB).
 pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 2 << 30;
 /// Default host lock wait passed to the script.
@@ -91,8 +99,12 @@ pub struct Config {
     pub execution_timeout_secs: u32,
     /// CloudWatch log group for command output (none: output stays in SSM only).
     pub log_group: Option<String>,
-    /// Presigned URL lifetime.
-    pub presign_ttl_secs: u32,
+    /// The region of the bucket and of this Lambda (`AWS_REGION`): hosts sign their
+    /// download for it (`DROPSHIP_REGION`).
+    pub region: String,
+    /// The S3 endpoint this Lambda uses, handed to hosts as `DROPSHIP_S3_ENDPOINT`: the
+    /// SDK's endpoint variable when set (a local emulator), else S3's regional endpoint.
+    pub s3_endpoint: String,
     /// Largest object verified.
     pub max_bundle_bytes: u64,
     /// Host lock wait.
@@ -218,8 +230,7 @@ impl Config {
                     },
                 }
             };
-        // Ranges: SSM TimeoutSeconds 30..2592000; executionTimeout up to 172800 (48 h);
-        // presigned URLs at most 7 days.
+        // Ranges: SSM TimeoutSeconds 30..2592000; executionTimeout up to 172800 (48 h).
         let delivery_timeout_secs = number(
             "DROPSHIP_DELIVERY_TIMEOUT_SECS",
             DEFAULT_DELIVERY_TIMEOUT_SECS.into(),
@@ -231,12 +242,6 @@ impl Config {
             DEFAULT_EXECUTION_TIMEOUT_SECS.into(),
             60,
             172_800,
-        )? as u32;
-        let presign_ttl_secs = number(
-            "DROPSHIP_PRESIGN_TTL_SECS",
-            DEFAULT_PRESIGN_TTL_SECS.into(),
-            60,
-            604_800,
         )? as u32;
         let max_bundle_bytes = number(
             "DROPSHIP_MAX_BUNDLE_BYTES",
@@ -272,6 +277,35 @@ impl Config {
                 ));
             }
         }
+
+        // Where hosts download from: this Lambda's own region and S3 endpoint, checked by the
+        // contract's rules (the host script checks the same ones).
+        let region = get("AWS_REGION")
+            .or_else(|| get("AWS_DEFAULT_REGION"))
+            .ok_or(ConfigError::Missing {
+                name: "AWS_REGION",
+                hint: "the Lambda runtime sets it; for a local run set it to the bucket's region",
+            })?;
+        dropship_contract::host::check_region(&region)
+            .map_err(|expected| invalid("AWS_REGION", &region, &expected))?;
+        let (endpoint_var, s3_endpoint) = match get("AWS_ENDPOINT_URL_S3") {
+            Some(e) => ("AWS_ENDPOINT_URL_S3", e),
+            None => match get("AWS_ENDPOINT_URL") {
+                Some(e) => ("AWS_ENDPOINT_URL", e),
+                None => (
+                    "AWS_REGION",
+                    dropship_contract::host::regional_s3_endpoint(&region),
+                ),
+            },
+        };
+        let s3_endpoint = s3_endpoint.trim_end_matches('/').to_owned();
+        dropship_contract::host::check_s3_endpoint(&s3_endpoint).map_err(|expected| {
+            invalid(
+                endpoint_var,
+                &s3_endpoint,
+                &format!("an S3 endpoint hosts can download from: {expected}"),
+            )
+        })?;
 
         // App and environment allow-lists: names as the key module validates them.
         let names = |var: &'static str| -> Result<Vec<String>, ConfigError> {
@@ -309,7 +343,8 @@ impl Config {
             delivery_timeout_secs,
             execution_timeout_secs,
             log_group,
-            presign_ttl_secs,
+            region,
+            s3_endpoint,
             max_bundle_bytes,
             lock_timeout_secs,
             instance_profile_arn,
@@ -391,10 +426,12 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
+        let mut map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        map.entry("AWS_REGION".into())
+            .or_insert_with(|| "eu-west-1".into());
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -410,7 +447,8 @@ mod tests {
         assert_eq!(c.delivery_timeout_secs, 600);
         assert_eq!(c.execution_timeout_secs, 1800);
         assert_eq!(c.log_group, None);
-        assert_eq!(c.presign_ttl_secs, 600);
+        assert_eq!(c.region, "eu-west-1");
+        assert_eq!(c.s3_endpoint, "https://s3.eu-west-1.amazonaws.com");
         assert_eq!(c.max_bundle_bytes, 2_147_483_648);
         assert_eq!(c.lock_timeout_secs, 300);
         assert_eq!(c.instance_profile_arn_for("shop", "prod"), None);
@@ -423,13 +461,21 @@ mod tests {
         let asked = std::cell::RefCell::new(Vec::new());
         let _ = Config::from_lookup(|k| {
             asked.borrow_mut().push(k.to_owned());
-            (k == "DROPSHIP_ALLOWED_BUCKETS").then(|| "b-1".to_owned())
+            match k {
+                "DROPSHIP_ALLOWED_BUCKETS" => Some("b-1".to_owned()),
+                "AWS_DEFAULT_REGION" => Some("eu-west-1".to_owned()),
+                _ => None,
+            }
         })
         .unwrap();
         let mut asked = asked.into_inner();
         asked.sort();
         asked.dedup();
-        let mut listed: Vec<String> = ENV_VARS.iter().map(|s| s.to_string()).collect();
+        let mut listed: Vec<String> = ENV_VARS
+            .iter()
+            .chain(RUNTIME_VARS)
+            .map(|s| s.to_string())
+            .collect();
         listed.sort();
         assert_eq!(asked, listed);
     }
@@ -455,7 +501,9 @@ mod tests {
             ("DROPSHIP_MAX_ERRORS", "-1"),
             ("DROPSHIP_DELIVERY_TIMEOUT_SECS", "5"),
             ("DROPSHIP_EXECUTION_TIMEOUT_SECS", "soon"),
-            ("DROPSHIP_PRESIGN_TTL_SECS", "9999999"),
+            ("AWS_REGION", "Europe"),
+            ("AWS_ENDPOINT_URL", "http://moto:5000"),
+            ("AWS_ENDPOINT_URL_S3", "https://s3.example/path"),
             ("DROPSHIP_MAX_BUNDLE_BYTES", "1"),
             ("DROPSHIP_LOCK_TIMEOUT_SECS", "0"),
             ("DROPSHIP_LOG_GROUP", "bad group"),
@@ -488,6 +536,38 @@ mod tests {
             let err = cfg(&pairs).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn hosts_get_the_s3_endpoint_this_lambda_uses() {
+        let c = cfg(&[
+            ("DROPSHIP_ALLOWED_BUCKETS", "rel"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000/"),
+        ])
+        .unwrap();
+        assert_eq!(c.s3_endpoint, "http://127.0.0.1:5000");
+        let c = cfg(&[
+            ("DROPSHIP_ALLOWED_BUCKETS", "rel"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+            ("AWS_ENDPOINT_URL_S3", "http://localhost:9000"),
+        ])
+        .unwrap();
+        assert_eq!(c.s3_endpoint, "http://localhost:9000");
+        let c = cfg(&[
+            ("DROPSHIP_ALLOWED_BUCKETS", "rel"),
+            ("AWS_REGION", "cn-north-1"),
+        ])
+        .unwrap();
+        assert_eq!(c.s3_endpoint, "https://s3.cn-north-1.amazonaws.com.cn");
+        let missing =
+            Config::from_lookup(|k| (k == "DROPSHIP_ALLOWED_BUCKETS").then(|| "rel".into()));
+        assert!(matches!(
+            missing,
+            Err(ConfigError::Missing {
+                name: "AWS_REGION",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -106,14 +106,6 @@ pub trait ObjectReader {
         expected: ExpectedBundle,
         limits: VerifyLimits,
     ) -> impl Future<Output = Result<Result<VerifiedBundle, VerifyError>, AwsError>> + Send;
-    /// A presigned GET for exactly `version_id`, valid `ttl_secs`.
-    fn presign_version(
-        &self,
-        bucket: &str,
-        key: &str,
-        version_id: &str,
-        ttl_secs: u32,
-    ) -> impl Future<Output = Result<String, AwsError>> + Send;
 }
 
 /// The deploy targets.

@@ -326,8 +326,12 @@ mod tests {
     use serde_json::json;
 
     fn config() -> Config {
-        Config::from_lookup(|k| (k == "DROPSHIP_ALLOWED_BUCKETS").then(|| "rel-bucket".to_owned()))
-            .unwrap()
+        Config::from_lookup(|k| match k {
+            "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "AWS_REGION" => Some("eu-west-1".to_owned()),
+            _ => None,
+        })
+        .unwrap()
     }
 
     /// The sample from the Amazon S3 user guide ("Amazon EventBridge event message structure").

@@ -237,18 +237,6 @@ impl ObjectReader for FakeAws {
             millis: 1,
         }))
     }
-
-    async fn presign_version(
-        &self,
-        bucket: &str,
-        key: &str,
-        version_id: &str,
-        _ttl_secs: u32,
-    ) -> Result<String, AwsError> {
-        Ok(format!(
-            "https://{bucket}.example/{key}?versionId={version_id}&sig=x"
-        ))
-    }
 }
 
 impl InstanceFinder for FakeAws {

@@ -520,16 +520,11 @@ impl<E: Edges> Deployer<E> {
             .unwrap_or_default();
 
         // 5. The command for the first wave; later waves follow its results (rollout.rs).
-        let url = self
-            .edges
-            .presign_version(bucket, key, version, c.presign_ttl_secs)
-            .await?;
         let inputs = HostInputs {
             config: c,
             request,
             metadata: &metadata,
             verified: &verified,
-            bundle_url: &url,
             purpose: Purpose::Deploy,
             order_stamp: record.stamp.as_deref().unwrap_or_default(),
         };
@@ -638,6 +633,7 @@ mod tests {
         Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
             "DROPSHIP_MAX_CONCURRENCY" => Some(max_concurrency.to_owned()),
+            "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
         })
         .unwrap()
@@ -1026,10 +1022,6 @@ mod tests {
             script.contains(&format!("export DROPSHIP_EXPECT_VERSION_ID='{VERSION}'")),
             "guarded by the version"
         );
-        assert!(
-            script.contains("export DROPSHIP_BUNDLE_URL=''"),
-            "no URL for a rollback"
-        );
         assert_eq!(
             rollout(&d).rollback.as_deref(),
             Some(&["i-1".to_string(), "i-2".to_string()][..])
@@ -1253,7 +1245,13 @@ mod tests {
         assert_eq!(d.edges.sent_to(), ["i-1", "i-2"]);
         let (_, script) = d.edges.sent.lock().unwrap()[1].clone();
         assert!(script.contains("export DROPSHIP_ACTION='deploy'"));
-        assert!(script.contains("&sig=x"), "a freshly presigned URL");
+        assert!(
+            script.contains(&format!("export DROPSHIP_VERSION_ID='{VERSION}'"))
+                && script
+                    .contains("export DROPSHIP_S3_ENDPOINT='https://s3.eu-west-1.amazonaws.com'")
+                && !script.contains("X-Amz-Signature"),
+            "where to download, never a credential"
+        );
 
         // Its result completes the picture: deployed on both, nobody pending.
         host_answers(&d, "cmd-2", "i-2", 0, "deployed");

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 use dropship_contract::fleet::Purpose;
 use dropship_contract::host::{compact_script, required_env_value, HostVar, LIST_SEPARATOR};
+#[cfg(test)]
+use dropship_contract::host::{MAX_REGION_LEN, MAX_S3_ENDPOINT_LEN};
 use dropship_contract::key::ReleaseKey;
 use dropship_contract::metadata::{MetadataError, ObjectMetadata};
 use dropship_contract::record::{
@@ -370,9 +372,6 @@ pub struct HostInputs<'a> {
     pub metadata: &'a ObjectMetadata,
     /// What verification established (manifest, sizes, digest).
     pub verified: &'a VerifiedBundle,
-    /// Presigned GET for exactly this version (empty for a fleet rollback: nothing is
-    /// downloaded).
-    pub bundle_url: &'a str,
     /// Deploy this version, or send the host back to the release it had before it (the
     /// fleet rollback, guarded by the version: a host that moved on answers `superseded`).
     pub purpose: Purpose,
@@ -410,7 +409,8 @@ pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Reje
             HostVar::VersionId => r.version_id.clone(),
             HostVar::Sequencer => inputs.order_stamp.to_owned(),
             HostVar::Sha256 => inputs.verified.sha256.clone(),
-            HostVar::BundleUrl => inputs.bundle_url.to_owned(),
+            HostVar::Region => inputs.config.region.clone(),
+            HostVar::S3Endpoint => inputs.config.s3_endpoint.clone(),
             HostVar::BundleBytes => inputs.verified.object_bytes.to_string(),
             HostVar::UnpackedBytes => inputs.verified.unpacked_bytes.to_string(),
             HostVar::Commit => inputs.metadata.commit.clone(),
@@ -728,8 +728,12 @@ mod tests {
     use std::process::Command;
 
     fn config() -> Config {
-        Config::from_lookup(|k| (k == "DROPSHIP_ALLOWED_BUCKETS").then(|| "rel-bucket".to_owned()))
-            .unwrap()
+        Config::from_lookup(|k| match k {
+            "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "AWS_REGION" => Some("eu-west-1".to_owned()),
+            _ => None,
+        })
+        .unwrap()
     }
 
     fn request(version: &str, sequencer: Option<&str>) -> DeployRequest {
@@ -990,7 +994,6 @@ mod tests {
             request: &r,
             metadata: &m,
             verified: &v,
-            bundle_url: "https://u/?a=1&b=2",
             purpose: Purpose::Deploy,
             order_stamp: "6923A0B0",
         };
@@ -1010,7 +1013,11 @@ mod tests {
         assert_eq!(get(HostVar::UnpackedBytes), "10");
         assert_eq!(get(HostVar::Commit), m.commit);
         assert_eq!(get(HostVar::LockTimeout), "300");
-        assert_eq!(get(HostVar::BundleUrl), "https://u/?a=1&b=2");
+        assert_eq!(get(HostVar::Region), "eu-west-1");
+        assert_eq!(
+            get(HostVar::S3Endpoint),
+            "https://s3.eu-west-1.amazonaws.com"
+        );
         // A direct invocation carries no sequencer; the host still gets the S3 stamp.
         let direct = request("v.1", None);
         let inputs = HostInputs {
@@ -1054,7 +1061,15 @@ mod tests {
         assert!(plan.script.ends_with(&compact_script(HOST_SCRIPT)));
         assert!(plan
             .script
-            .contains("export DROPSHIP_BUNDLE_URL='https://u/?a=1&b=2'\n"));
+            .contains("export DROPSHIP_S3_ENDPOINT='https://s3.eu-west-1.amazonaws.com'\n"));
+        // Nothing in the command grants access: no signature, credential or token.
+        for secret in [
+            "X-Amz-Signature",
+            "X-Amz-Credential",
+            "X-Amz-Security-Token",
+        ] {
+            assert!(!plan.script.contains(secret), "{secret}");
+        }
         assert!(script_is_for_version(&plan.script, "v.1"));
         assert!(!script_is_for_version(&plan.script, "v.2"));
         assert_eq!(plan.document_name, "AWS-RunShellScript");
@@ -1070,8 +1085,8 @@ mod tests {
 
     /// The command rendered from the largest inputs the contract allows fits SSM's limit, with
     /// the host script as it is today. Bounded by the contract: names (63), commit (64 hex),
-    /// S3 version ids (1,024), paths (255), the health URL (2,048); the presigned URL is given
-    /// 4,096 bytes (a 1,024-byte version id plus a session token). The list settings have no
+    /// S3 version ids (1,024), paths (255), the health URL (2,048), the S3 endpoint (255) and
+    /// the region (32). The list settings have no
     /// bound in the contract: 20 entries of 64 characters each are reserved for each of them;
     /// beyond what fits, the Lambda refuses with `CommandTooLarge` (tested below).
     #[test]
@@ -1079,6 +1094,11 @@ mod tests {
         let c = Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
             "DROPSHIP_APP_ROOT" => Some(format!("/{}/{{app}}/{{env}}", "r".repeat(120))),
+            "AWS_REGION" => Some(format!("us-{}-1", "w".repeat(MAX_REGION_LEN - 5))),
+            "AWS_ENDPOINT_URL_S3" => Some(format!(
+                "https://{}.com",
+                "e".repeat(MAX_S3_ENDPOINT_LEN - 12)
+            )),
             _ => None,
         })
         .unwrap();
@@ -1098,16 +1118,13 @@ mod tests {
         let deploy = DeploySettings::largest_allowed();
         deploy.validate().expect("these settings are allowed");
         let v = verified(deploy);
-        let url = format!(
-            "https://rel-bucket.s3.amazonaws.com/?{}",
-            "u".repeat(4096 - 37)
-        );
+        assert_eq!(c.region.len(), MAX_REGION_LEN);
+        assert_eq!(c.s3_endpoint.len(), MAX_S3_ENDPOINT_LEN);
         let inputs = HostInputs {
             config: &c,
             request: &r,
             metadata: &m,
             verified: &v,
-            bundle_url: &url,
             purpose: Purpose::Deploy,
             order_stamp: "6923A0B0",
         };
@@ -1130,31 +1147,34 @@ mod tests {
         let c = config();
         let r = request("v1", Some("0A"));
         let m = meta();
-        let v = verified(DeploySettings::default());
-        let huge_url = "https://x/".to_owned() + &"a".repeat(MAX_COMMAND_BYTES);
+        let with_health_url = |url: String| {
+            verified(DeploySettings {
+                health_url: Some(url),
+                ..DeploySettings::default()
+            })
+        };
+        let v = with_health_url("https://x/".to_owned() + &"a".repeat(MAX_COMMAND_BYTES));
         let inputs = HostInputs {
             config: &c,
             request: &r,
             metadata: &m,
             verified: &v,
-            bundle_url: &huge_url,
             purpose: Purpose::Deploy,
             order_stamp: "6923A0B0",
         };
         let err = plan_command(&inputs, &["i-1".into()]).unwrap_err();
         assert!(matches!(err, Rejection::CommandTooLarge { .. }), "{err}");
         assert!(err.to_string().contains("SSM limit"));
-        let nul = "https://x/\0";
+        let v = with_health_url("https://x/\0".to_owned());
         let inputs = HostInputs {
-            bundle_url: nul,
-            purpose: Purpose::Deploy,
+            verified: &v,
             ..inputs
         };
         let err = plan_command(&inputs, &["i-1".into()])
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("NUL") && err.contains("DROPSHIP_BUNDLE_URL"),
+            err.contains("NUL") && err.contains("DROPSHIP_HEALTH_URL"),
             "{err}"
         );
     }

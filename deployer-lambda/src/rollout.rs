@@ -1,6 +1,6 @@
 //! The closed loop after dispatch: a host finished a command → store its result → let the
 //! fleet's state machine ([`dropship_contract::fleet::decide`]) say what comes next → do it
-//! (the next wave with a freshly presigned URL, the fleet rollback, or settling the fleet's
+//! (the next wave, the fleet rollback, or settling the fleet's
 //! outcome and putting the one `Dropship Deployment Finished` event on the bus).
 //!
 //! Race-free by construction, with no state in the Lambda: each (instance, command) result is
@@ -306,25 +306,11 @@ impl<E: Edges> Deployer<E> {
             )));
         };
         let c = self.config();
-        let url = match purpose {
-            Purpose::Deploy => {
-                self.edges()
-                    .presign_version(
-                        &request.bucket,
-                        &request.key,
-                        &request.version_id,
-                        c.presign_ttl_secs,
-                    )
-                    .await?
-            }
-            Purpose::Rollback => String::new(),
-        };
         let inputs = HostInputs {
             config: c,
             request: &request,
             metadata: &metadata,
             verified: &verified,
-            bundle_url: &url,
             purpose,
             order_stamp: &stamp,
         };

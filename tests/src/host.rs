@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::bins;
 use crate::http::{FileServer, Reply};
-use crate::simhost::SimHost;
+use crate::imds::FAKE_ROLE;
+use crate::simhost::{region, SimHost};
+use dropship_contract::host::object_request_target;
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -243,8 +245,14 @@ impl Run {
     }
 }
 
+/// The bucket the harness's deploy inputs name.
+pub const BUCKET: &str = "test-bucket";
+
 /// One simulated EC2 host with one app on it: the engine, the app root, and a bundle server
-/// on this machine's loopback that the host reaches at the same URL.
+/// on this machine's loopback that the host reaches at the same URL. The server stands in
+/// for S3 (`DROPSHIP_S3_ENDPOINT`): it serves each version at the target the contract says
+/// the host asks for, and refuses (403) any request not signed with the host's instance role
+/// (the role of its metadata service, [`crate::imds::FAKE_ROLE`]).
 pub struct Host {
     pub sim: SimHost,
     pub app: String,
@@ -274,6 +282,7 @@ impl Host {
     pub fn start_at(app: &str, root: &str) -> Host {
         let sim = SimHost::start(app);
         let server = FileServer::start();
+        server.require_sigv4(FAKE_ROLE.sigv4(&region()));
         sim.forward_port(server.port());
         Host {
             sim,
@@ -299,32 +308,44 @@ impl Host {
         format!("{}-staging", self.app)
     }
 
-    /// Serves `bundle` at `/<name>.tar.gz`; returns its URL (the same inside the host).
-    pub fn serve(&self, bundle: &Bundle, name: &str) -> String {
-        let path = format!("/{name}.tar.gz");
-        self.server.set(&path, Reply::Body(bundle.bytes.clone()));
-        self.server.url(&path)
+    /// The release key the deploy inputs name.
+    pub fn key(&self) -> String {
+        format!("releases/{}/staging.tar.gz", self.app)
+    }
+
+    /// The request target of `version_id` of [`Self::key`] under the S3 endpoint (the
+    /// contract's, which the script must agree with to get the object at all).
+    pub fn object_target(&self, version_id: &str) -> String {
+        object_request_target(BUCKET, &self.key(), version_id)
+    }
+
+    /// Serves `bundle` as `version_id`; returns its request target.
+    pub fn serve(&self, bundle: &Bundle, version_id: &str) -> String {
+        let target = self.object_target(version_id);
+        self.server.set(&target, Reply::Body(bundle.bytes.clone()));
+        target
     }
 
     /// Deploy inputs for `bundle` (served under `version_id`), as the Lambda sets them; the
     /// app publishes 127.0.0.1:8080 and the health URL is its `/app/health`.
     pub fn deploy_vars(&self, bundle: &Bundle, version_id: &str, sequencer: &str) -> Vars {
-        let url = self.serve(bundle, version_id);
+        self.serve(bundle, version_id);
+        let endpoint = self.server.url("");
+        let region = region();
+        let key = self.key();
         let mut v = Vars::new();
         for (k, val) in [
             ("DROPSHIP_ACTION", "deploy"),
             ("DROPSHIP_APP", &self.app),
             ("DROPSHIP_ENV", "staging"),
             ("DROPSHIP_APP_ROOT", &self.root),
-            ("DROPSHIP_BUCKET", "test-bucket"),
-            (
-                "DROPSHIP_KEY",
-                &format!("releases/{}/staging.tar.gz", self.app),
-            ),
+            ("DROPSHIP_BUCKET", BUCKET),
+            ("DROPSHIP_KEY", &key),
             ("DROPSHIP_VERSION_ID", version_id),
             ("DROPSHIP_SEQUENCER", sequencer),
             ("DROPSHIP_SHA256", &bundle.sha256),
-            ("DROPSHIP_BUNDLE_URL", &url),
+            ("DROPSHIP_REGION", &region),
+            ("DROPSHIP_S3_ENDPOINT", &endpoint),
             ("DROPSHIP_BUNDLE_BYTES", &bundle.bytes.len().to_string()),
             ("DROPSHIP_UNPACKED_BYTES", "0"),
             ("DROPSHIP_COMMIT", &bundle.commit),

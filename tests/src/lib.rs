@@ -5,6 +5,7 @@ pub mod bins;
 pub mod faults;
 pub mod host;
 pub mod http;
+pub mod imds;
 pub mod lambda_rt;
 pub mod local_ssm;
 pub mod moto;

@@ -139,8 +139,8 @@ pub async fn open_multipart_uploads(s3: &aws_sdk_s3::Client, bucket: &str) -> Ve
         .collect()
 }
 
-/// The port of the moto endpoint on loopback (forwarded into simulated hosts, so presigned
-/// URLs naming it work there).
+/// The port of the moto endpoint on loopback (forwarded into simulated hosts, so the S3
+/// endpoint the Lambda hands them works there).
 pub fn port() -> u16 {
     let url = endpoint();
     url.rsplit(':')

@@ -10,7 +10,8 @@
 //! Lambda's default app root (`/opt/dropship/{app}`), the sample's published port
 //! (`127.0.0.1:8080`) and its health URL mean on each host what they mean on a real instance,
 //! with nothing changed in the command or the script. moto's port is forwarded into each host
-//! so the presigned URL works there unchanged. The image the sample uses is pre-loaded into
+//! so the S3 endpoint the Lambda hands hosts works there unchanged; each host reads its
+//! role's (fake) credentials from its own metadata service (`crate::imds`). The image the sample uses is pre-loaded into
 //! each engine (standing in for the registry pull).
 //!
 //! moto quirks are not relied on (see docs/testing.md): which instances a command is for is
@@ -374,7 +375,7 @@ impl Pipeline {
         let moto_port = moto::port();
         let mut hosts = Vec::new();
         for ((name, instance_id), sim) in names.into_iter().zip(instance_ids).zip(sims) {
-            // The network path from the instance to S3 (presigned URLs name moto's address).
+            // The network path from the instance to S3 (the endpoint hosts get is moto's).
             sim.forward_port(moto_port);
             // What an operator puts on each host once: the shared .env (see .env.example).
             let shared = sim.path(&format!("/opt/dropship/{}/shared", opts.app));

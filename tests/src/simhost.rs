@@ -21,6 +21,9 @@
 //! the local SSM endpoint (`crate::local_ssm`). A port of the machine's loopback (moto's
 //! S3, a bundle server) is made reachable at the same address inside the host with
 //! [`SimHost::forward_port`], standing in for the network path from an instance to S3.
+//! Every host also has an instance metadata service at `169.254.169.254:80` in its own
+//! network namespace ([`crate::imds`], IMDSv2 with a fake role, [`SimHost::imds`]), standing in
+//! for EC2's: the host script reads its instance role's credentials there.
 //!
 //! Stopping ([`SimHost::stop`], also on drop) sends SIGTERM to the host's init, which stops
 //! dockerd by PID (dockerd stops the containers); when the init exits, the kernel kills
@@ -42,8 +45,10 @@ use std::time::{Duration, Instant};
 
 use crate::bins;
 use crate::host::{compose_bin, wait_until};
+use crate::imds::Imds;
 use crate::local_ssm::bash_instance::run_as_agent;
 use crate::local_ssm::{ManagedInstance, ScriptRun, StopSignal};
+use dropship_contract::host::IMDS_ADDRESS;
 
 /// The image every simulated host has, under the name a real host pulls from Docker Hub
 /// (`docker.io/library/busybox:1.35`); here its root file system is Debian's busybox 1.35.
@@ -166,6 +171,8 @@ pub struct SimHost {
     /// The host's PID 1 (`docker-init`) as the machine sees it.
     init_pid: u32,
     forwards: Mutex<Vec<Forward>>,
+    /// The instance metadata service inside the host (started once the host is ready).
+    imds: Option<Imds>,
     stopped: bool,
 }
 
@@ -238,6 +245,7 @@ impl SimHost {
             init_pid: 0,
             unshare,
             forwards: Mutex::new(Vec::new()),
+            imds: None,
             stopped: false,
         }
     }
@@ -264,6 +272,20 @@ impl SimHost {
         }
         self.init_pid = child_of(self.unshare.id()).expect("the host's init process");
         self.load_image();
+        let listener = listen_in_netns(self.init_pid, IMDS_ADDRESS, 80).unwrap_or_else(|e| {
+            panic!(
+                "the instance metadata service of {} at {IMDS_ADDRESS}:80: {e}",
+                self.name
+            )
+        });
+        self.imds = Some(Imds::serve(listener));
+    }
+
+    /// The host's instance metadata service (its role can be taken away).
+    pub fn imds(&self) -> &Imds {
+        self.imds
+            .as_ref()
+            .expect("a started host has its metadata service")
     }
 
     /// The name given at start.
@@ -431,14 +453,14 @@ impl SimHost {
     }
 
     /// Makes `127.0.0.1:port` of the machine reachable as `127.0.0.1:port` inside this host
-    /// (the same URL works on both sides, so presigned URLs stay valid). Idempotent.
+    /// (the same URL works on both sides, so the S3 endpoint hosts are given stays valid). Idempotent.
     pub fn forward_port(&self, port: u16) {
         let mut forwards = self.forwards.lock().unwrap();
         if forwards.iter().any(|f| f.port == port) {
             return;
         }
         let listener = Arc::new(
-            listen_in_netns(self.init_pid, port)
+            listen_in_netns(self.init_pid, "127.0.0.1", port)
                 .unwrap_or_else(|e| panic!("forwarding port {port} into {}: {e}", self.name)),
         );
         let stop = Arc::new(AtomicBool::new(false));
@@ -511,6 +533,9 @@ impl SimHost {
         self.stopped = true;
         for f in self.forwards.lock().unwrap().iter_mut() {
             f.close();
+        }
+        if let Some(mut imds) = self.imds.take() {
+            imds.close();
         }
         self.forwards.lock().unwrap().clear();
         if !self.exited() {
@@ -663,17 +688,17 @@ pub struct Container {
     pub health: String,
 }
 
-/// Opens a listening socket on `127.0.0.1:port` inside the network namespace of `pid`. The
+/// Opens a listening socket on `address:port` inside the network namespace of `pid`. The
 /// thread that enters the namespace does only this and exits; the socket stays in that
 /// namespace while connections made from other threads come from the machine's.
-fn listen_in_netns(pid: u32, port: u16) -> io::Result<TcpListener> {
+fn listen_in_netns(pid: u32, address: &'static str, port: u16) -> io::Result<TcpListener> {
     thread::spawn(move || {
         let ns = fs::File::open(format!("/proc/{pid}/ns/net"))?;
         // SAFETY: setns on a valid namespace fd affects only this short-lived thread.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        TcpListener::bind(("127.0.0.1", port))
+        TcpListener::bind((address, port))
     })
     .join()
     .map_err(|_| io::Error::other("namespace thread panicked"))?

@@ -154,8 +154,13 @@ fn inline_statements(f: &Fixture, role: &str, key: Option<&str>) -> Vec<Statemen
             let doc = referenced("aws_iam_policy_document", &policy).unwrap_or_else(|| {
                 panic!("aws_iam_role_policy.{name}: policy must come from a data.aws_iam_policy_document, got {policy}")
             });
+            // A per-pair document (`[each.key]`) is that pair's instance.
             let doc_body = f.module.data("aws_iam_policy_document", &doc);
-            let doc_instance = f.eval.instances(doc_body).remove(0);
+            let mut doc_instances = f.eval.instances(doc_body);
+            let doc_instance = match doc_instances.iter().position(|i| i.key() == inst.key()) {
+                Some(i) => doc_instances.remove(i),
+                None => doc_instances.remove(0),
+            };
             out.extend(iam::document(&f.module, &f.eval, &doc, &doc_instance));
         }
     }
@@ -581,6 +586,7 @@ fn lambda_environment_is_exactly_what_the_lambda_reads() {
         "DROPSHIP_ALLOWED_BUCKETS" => Some("artifacts".into()),
         "DROPSHIP_ALLOWED_APPS" => Some(apps.clone()),
         "DROPSHIP_ALLOWED_ENVIRONMENTS" => Some(envs.clone()),
+        "AWS_REGION" => Some("eu-west-1".into()),
         _ => None,
     })
     .unwrap_or_else(|e| panic!("the Lambda refuses infra/'s allow-lists {apps:?} / {envs:?}: {e}"));
@@ -616,6 +622,7 @@ fn lambda_requires_each_app_and_envs_own_instance_profile_which_the_module_creat
     let config = deployer_lambda::config::Config::from_lookup(|name| match name {
         "DROPSHIP_ALLOWED_BUCKETS" => Some("acme-artifacts".to_string()),
         "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(template.clone()),
+        "AWS_REGION" => Some("eu-west-1".into()),
         _ => None,
     })
     .unwrap_or_else(|e| panic!("the Lambda refuses the rendered template {template}: {e}"));
@@ -1130,28 +1137,62 @@ fn ci_and_host_roles_carry_only_what_they_are_for() {
         }
     }
 
-    // Host roles: SSM core + writing command output, nothing that reads the bucket.
-    for (k, key) in pairs(&f) {
-        let attached = attached_policy_arns(&f, &host_role, Some(&k));
+    // Host roles: SSM core, writing command output, and reading versions of exactly their own
+    // pair's release key (the host downloads with its role: the command carries no
+    // credential); nothing else in the bucket. The bucket policy does not deny that read.
+    let all = pairs(&f);
+    let bucket = bucket_policy(&f);
+    for (k, key) in &all {
+        let attached = attached_policy_arns(&f, &host_role, Some(k));
         assert_eq!(attached.len(), 1, "host role {k} attachments: {attached:?}");
         assert!(attached[0].ends_with(":iam::aws:policy/AmazonSSMManagedInstanceCore"));
-        let statements = inline_statements(&f, &host_role, Some(&k));
-        for st in &statements {
+        let statements = inline_statements(&f, &host_role, Some(k));
+        let s3_actions: BTreeSet<String> = granted_actions(&statements)
+            .into_iter()
+            .filter(|a| !a.starts_with("logs:"))
+            .collect();
+        assert_same_actions(
+            &format!("host role {k} actions besides logs"),
+            &s3_actions,
+            &owned(dropship_contract::host::HOST_IAM_ACTIONS),
+        );
+        let me = symbol(&format!("aws_iam_role.host[\"{k}\"]"), "arn");
+        let may = |action: &str, resource: &str| {
+            allows(&statements, &Request::new(&me, action, resource))
+        };
+        let own = object_arn(&key.object_key());
+        assert!(
+            may("s3:GetObjectVersion", &own),
+            "{k}: download its release"
+        );
+        assert!(
+            !denies(&bucket, &Request::new(&me, "s3:GetObjectVersion", &own)),
+            "{k}: the bucket policy denies the host its download"
+        );
+        for (other_k, other) in all.iter().filter(|(o, _)| o != k) {
             assert!(
-                st.actions.iter().all(|a| a.starts_with("logs:")),
-                "host role statement {:?} grants {:?}",
-                st.sid,
-                st.actions
+                !may("s3:GetObjectVersion", &object_arn(&other.object_key())),
+                "{k}'s hosts may read {other_k}'s releases"
             );
         }
-        assert!(!allows(
-            &statements,
-            &Request::new(
-                "host",
+        for (action, resource) in [
+            ("s3:GetObject", own.clone()),
+            ("s3:PutObject", own.clone()),
+            ("s3:DeleteObjectVersion", own.clone()),
+            ("s3:GetObjectVersion", object_arn(&key.record_key("v1"))),
+            ("s3:GetObject", object_arn(&key.latest_pointer_key())),
+            (
                 "s3:GetObjectVersion",
-                &object_arn(&key.object_key())
-            )
-        ));
+                object_arn(&format!("{RELEASES_PREFIX}{}/other.tar.gz", key.app())),
+            ),
+            ("s3:ListBucketVersions", BUCKET_ARN.to_string()),
+            ("s3:ListBucket", BUCKET_ARN.to_string()),
+        ] {
+            assert!(
+                !may(action, &resource),
+                "{k}'s hosts may {action} {resource}"
+            );
+        }
     }
 }
 

@@ -74,7 +74,16 @@ impl Fixture {
     async fn deployer_with(&self, extra: &[(&'static str, String)]) -> Deployer<Clients> {
         let mut vars: HashMap<&str, String> = self.env_vars().into_iter().collect();
         vars.extend(extra.iter().cloned());
-        let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid configuration");
+        // The runtime's variables (region, moto's endpoint) as scripts/test exported them.
+        let config = Config::from_lookup(|k| {
+            vars.get(k).cloned().or_else(|| {
+                deployer_lambda::config::RUNTIME_VARS
+                    .contains(&k)
+                    .then(|| std::env::var(k).ok())
+                    .flatten()
+            })
+        })
+        .expect("valid configuration");
         let clients = Clients {
             ssm: self.ssm.clone(),
             ..Clients::new(&moto::sdk_config().await)
@@ -387,25 +396,71 @@ async fn verifies_a_real_bundle_and_dispatches_to_only_the_tagged_running_instan
         assert!(cmd.instance_ids().contains(t));
     }
 
-    // The presigned URL in the header downloads exactly this version's bytes.
-    let url_line = script
-        .lines()
-        .find(|l| l.starts_with("export DROPSHIP_BUNDLE_URL="))
+    // What any reader of ListCommands sees grants nothing: no presigned URL (signature,
+    // credential, token), none of the Lambda's own credentials.
+    let parameters = cmd.parameters().unwrap();
+    let listed: String = parameters.values().flatten().cloned().collect();
+    assert!(listed.contains(&version), "the parameters hold the command");
+    for secret in [
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "X-Amz-Security-Token",
+        "Signature=",
+    ] {
+        assert!(
+            !listed.contains(secret),
+            "{secret} in the command's parameters"
+        );
+    }
+    for var in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        let value = std::env::var(var).unwrap_or_default();
+        assert!(
+            value.is_empty() || !listed.contains(&format!("'{value}'")),
+            "{var} in the command's parameters"
+        );
+    }
+
+    // Only where the bundle is: the S3 endpoint the Lambda uses, its region, the exact version.
+    let exported = |name: &str| {
+        let prefix = format!("export {name}='");
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.strip_suffix('\''))
+            .unwrap_or_else(|| panic!("{name} not exported plainly"))
+            .to_owned()
+    };
+    let endpoint = exported("DROPSHIP_S3_ENDPOINT");
+    assert_eq!(endpoint, moto::endpoint().trim_end_matches('/'));
+    let region = exported("DROPSHIP_REGION");
+    assert_eq!(region, std::env::var("AWS_REGION").unwrap());
+    assert_eq!(exported("DROPSHIP_BUCKET"), f.bucket);
+    assert_eq!(exported("DROPSHIP_KEY"), f.key());
+    // The host's request (path style, signed like the host script signs it, with a role's
+    // credentials, here moto's test ones) gets exactly this version's bytes from moto.
+    let target = dropship_contract::host::object_request_target(&f.bucket, &f.key(), &version);
+    let config = format!(
+        "url = \"{endpoint}{target}\"\nuser = \"{}:{}\"\nheader = \"x-amz-security-token: {}\"\nheader = \"x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\n",
+        std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
+        std::env::var("AWS_SECRET_ACCESS_KEY").unwrap(),
+        std::env::var("AWS_SESSION_TOKEN").unwrap_or_default(),
+    );
+    let mut curl = std::process::Command::new("curl")
+        .args(["--config", "-", "-fsS", "--aws-sigv4"])
+        .arg(format!("aws:amz:{region}:s3"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let url = url_line
-        .trim_start_matches("export DROPSHIP_BUNDLE_URL='")
-        .trim_end_matches('\'');
-    assert!(url.contains("versionId="), "{url}");
-    let sha_line = script
-        .lines()
-        .find(|l| l.starts_with("export DROPSHIP_SHA256="))
-        .unwrap();
-    let out = std::process::Command::new("curl")
-        .args(["-fsS", url])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(sha_line.contains(&sha256_hex(&out.stdout)));
+    std::io::Write::write_all(&mut curl.stdin.take().unwrap(), config.as_bytes()).unwrap();
+    let out = curl.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(exported("DROPSHIP_SHA256"), sha256_hex(&out.stdout));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
