@@ -933,9 +933,11 @@ imds() { # method path [session-token] -> REPLY: the body of a 200 answer; else 
 }
 
 role_credentials() {
-    local token role body field re
+    local token role body field re value
     local fix="attach the instance profile the dropship module creates for $APP/$ENV_NAME (the host downloads the bundle with its own role) and keep the metadata service on (IMDSv2)"
-    { imds PUT /latest/api/token && [[ $REPLY =~ ^[A-Za-z0-9+/=_-]{1,1024}$ ]]; } ||
+    # (Lengths are checked apart from the patterns: a bounded repetition like {16,8192} costs
+    # glibc's regcomp seconds.)
+    { imds PUT /latest/api/token && [[ $REPLY =~ ^[A-Za-z0-9+/=_-]+$ && ${#REPLY} -le 1024 ]]; } ||
         finish 5 failed "no instance credentials: the instance metadata service gave no IMDSv2 session token ($IMDS_STATUS); $fix"
     token=$REPLY
     imds GET /latest/meta-data/iam/security-credentials/ "$token" ||
@@ -946,15 +948,16 @@ role_credentials() {
     imds GET "/latest/meta-data/iam/security-credentials/$role" "$token" ||
         finish 5 failed "no instance credentials for role $role ($IMDS_STATUS from the instance metadata service); $fix"
     body=$REPLY
-    for field in Code:Success AccessKeyId:'[A-Z0-9]{16,128}' SecretAccessKey:'[A-Za-z0-9/+=]{16,128}' Token:'[A-Za-z0-9/+=]{16,8192}'; do
-        re='"'${field%%:*}'"[[:space:]]*:[[:space:]]*"('${field#*:}')"'
-        [[ $body =~ $re ]] ||
-            finish 5 failed "no instance credentials: the credentials of role $role lack a valid ${field%%:*} (values not shown); $fix"
-        case ${field%%:*} in
-        AccessKeyId) CRED_ID=${BASH_REMATCH[1]} ;;
-        SecretAccessKey) CRED_SECRET=${BASH_REMATCH[1]} ;;
-        Token) CRED_TOKEN=${BASH_REMATCH[1]} ;;
-        esac
+    for field in Code AccessKeyId SecretAccessKey Token; do
+        re='"'$field'"[[:space:]]*:[[:space:]]*"([^"]*)"'
+        value=""
+        [[ $body =~ $re ]] && value=${BASH_REMATCH[1]}
+        case $field in
+        Code) [[ $value == Success ]] ;;
+        AccessKeyId) [[ $value =~ ^[A-Z0-9]+$ && ${#value} -ge 16 && ${#value} -le 128 ]] && CRED_ID=$value ;;
+        SecretAccessKey) [[ $value =~ ^[A-Za-z0-9/+=]+$ && ${#value} -ge 16 && ${#value} -le 128 ]] && CRED_SECRET=$value ;;
+        Token) [[ $value =~ ^[A-Za-z0-9/+=]+$ && ${#value} -ge 16 && ${#value} -le 8192 ]] && CRED_TOKEN=$value ;;
+        esac || finish 5 failed "no instance credentials: the credentials of role $role lack a valid $field (values not shown); $fix"
     done
     CRED_ROLE=$role
 }
