@@ -2,7 +2,8 @@
 
 Same calls, same order as the Rust handler: read the deploy record, HeadObject(versionId),
 check metadata, stream GetObject(versionId) once through SHA-256 + gunzip + tar checks,
-DescribeInstances by tags, presign, SendCommand with the rendered header + host script,
+DescribeInstances by tags, SendCommand with the rendered header + host script (where the
+version is, no presigned URL: hosts download with their own role),
 write the deploy record with a conditional PutObject. Clients are created at import time,
 as a production Python Lambda would.
 """
@@ -98,10 +99,12 @@ def handler(event, _context):
     targets = sorted(i["InstanceId"] for r in reservations for i in r["Instances"])
     if not targets:
         return {"outcome": "no_targets"}
-    url = S3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key, "VersionId": version}, ExpiresIn=900)
+    region = os.environ["AWS_REGION"]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or f"https://s3.{region}.amazonaws.com"
     inputs = {"DROPSHIP_ACTION": "deploy", "DROPSHIP_APP": app, "DROPSHIP_ENV": env, "DROPSHIP_BUCKET": bucket,
               "DROPSHIP_KEY": key, "DROPSHIP_VERSION_ID": version, "DROPSHIP_SHA256": meta["sha256"],
-              "DROPSHIP_BUNDLE_URL": url, "DROPSHIP_COMMIT": meta["commit"]}
+              "DROPSHIP_REGION": region, "DROPSHIP_S3_ENDPOINT": endpoint.rstrip("/"),
+              "DROPSHIP_COMMIT": meta["commit"]}
     header = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in inputs.items())
     command_ids = []
     for i in range(0, len(targets), 50):
