@@ -1027,7 +1027,9 @@ header = \"x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934
         fi
         log download "attempt $attempt failed (curl exit $rc, HTTP $code)"
         case $code in
-        4??) [[ $code == 408 || $code == 429 ]] || finish 5 failed "download refused with HTTP $code (403: the instance role $CRED_ROLE may not read this release key; attach the module's instance profile for $APP/$ENV_NAME)" ;;
+        403) finish 5 failed "download refused with HTTP 403: the instance role $CRED_ROLE may not read s3://$BUCKET/$(q "$KEY") (attach the instance profile the dropship module creates for $APP/$ENV_NAME)" ;;
+        408 | 429) ;;
+        4??) finish 5 failed "download refused with HTTP $code" ;;
         esac
         ((attempt < 4)) || finish 5 failed "download failed after $attempt attempts (curl exit $rc, HTTP $code)"
         sleep "$delay"

@@ -1715,6 +1715,11 @@ fn two_environments_on_one_host_are_safe_by_construction() {
         "DROPSHIP_HEALTH_URL".into(),
         "http://127.0.0.1:8081/app/health".into(),
     );
+    // Served under production's key, where the host asks S3 for it.
+    w.host.server.set(
+        &object_request_target(BUCKET, &prod["DROPSHIP_KEY"], "ver-p1"),
+        Reply::Body(prod_bundle.bytes.clone()),
+    );
     assert_code(&w.run(&prod2), 0, "deployed");
     let staging = w.host.containers(&format!("{}-staging", w.host.app));
     let production = w.host.containers(&format!("{}-production", w.host.app));
