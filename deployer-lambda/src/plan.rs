@@ -1214,8 +1214,13 @@ mod tests {
             script.push_str(&format!(" \"${}\"", v.name()));
         }
         script.push('\n');
+        // From a file: one argument of `bash -c` may hold 128 KiB only, and 26 hostile values
+        // of up to 8 KiB, quoted, can exceed that.
+        let file = dir.join("header.sh");
+        std::fs::write(&file, &script).expect("write the header");
         let out = Command::new("bash")
-            .args(["--noprofile", "--norc", "-c", &script])
+            .args(["--noprofile", "--norc"])
+            .arg(&file)
             .current_dir(dir)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
