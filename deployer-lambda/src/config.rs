@@ -6,11 +6,14 @@
 //! bucket is not configuration: the contract fixes both prefixes (`dropship_contract::key`)
 //! for every component (both CLIs, the Lambda, the Terraform policies and rule).
 
+use dropship_contract::wiring::{
+    list_value, ALLOWED_APPS_VAR, ALLOWED_BUCKETS_VAR, ALLOWED_ENVIRONMENTS_VAR, LOG_GROUP_VAR,
+};
 use thiserror::Error;
 
 /// Every environment variable the Lambda reads; `infra/` sets exactly these (contract test).
 pub const ENV_VARS: &[&str] = &[
-    "DROPSHIP_ALLOWED_BUCKETS",
+    ALLOWED_BUCKETS_VAR,
     "DROPSHIP_APP_ROOT",
     "DROPSHIP_APP_TAG_KEY",
     "DROPSHIP_ENV_TAG_KEY",
@@ -18,12 +21,12 @@ pub const ENV_VARS: &[&str] = &[
     "DROPSHIP_MAX_ERRORS",
     "DROPSHIP_DELIVERY_TIMEOUT_SECS",
     "DROPSHIP_EXECUTION_TIMEOUT_SECS",
-    "DROPSHIP_LOG_GROUP",
+    LOG_GROUP_VAR,
     "DROPSHIP_MAX_BUNDLE_BYTES",
     "DROPSHIP_LOCK_TIMEOUT_SECS",
     "DROPSHIP_INSTANCE_PROFILE_ARN",
-    "DROPSHIP_ALLOWED_APPS",
-    "DROPSHIP_ALLOWED_ENVIRONMENTS",
+    ALLOWED_APPS_VAR,
+    ALLOWED_ENVIRONMENTS_VAR,
 ];
 
 /// Variables the Lambda also reads that `infra/` never sets: the runtime sets `AWS_REGION`,
@@ -140,26 +143,21 @@ impl Config {
             expected: expected.to_owned(),
         };
 
-        let buckets_raw = get("DROPSHIP_ALLOWED_BUCKETS").ok_or(ConfigError::Missing {
-            name: "DROPSHIP_ALLOWED_BUCKETS",
+        let buckets_raw = get(ALLOWED_BUCKETS_VAR).ok_or(ConfigError::Missing {
+            name: ALLOWED_BUCKETS_VAR,
             hint: "set it to the comma-separated release bucket names",
         })?;
-        let allowed_buckets: Vec<String> = buckets_raw
-            .split(',')
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let allowed_buckets = list_value(&buckets_raw);
         if allowed_buckets.is_empty() {
             return Err(invalid(
-                "DROPSHIP_ALLOWED_BUCKETS",
+                ALLOWED_BUCKETS_VAR,
                 &buckets_raw,
                 "at least one bucket name",
             ));
         }
         if let Some(bad) = allowed_buckets.iter().find(|b| !is_bucket_name(b)) {
             return Err(invalid(
-                "DROPSHIP_ALLOWED_BUCKETS",
+                ALLOWED_BUCKETS_VAR,
                 bad,
                 "S3 bucket names (3-63 characters of a-z, 0-9, '.', '-')",
             ));
@@ -256,11 +254,11 @@ impl Config {
             86_400,
         )? as u32;
 
-        let log_group = get("DROPSHIP_LOG_GROUP");
+        let log_group = get(LOG_GROUP_VAR);
         if let Some(g) = &log_group {
             if !dropship_contract::wiring::is_log_group_name(g) {
                 return Err(invalid(
-                    "DROPSHIP_LOG_GROUP",
+                    LOG_GROUP_VAR,
                     g,
                     "a CloudWatch log group name (letters, digits, _ - / . #)",
                 ));
@@ -312,12 +310,7 @@ impl Config {
             let Some(raw) = get(var) else {
                 return Ok(Vec::new());
             };
-            let list: Vec<String> = raw
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned)
-                .collect();
+            let list = list_value(&raw);
             if let Some(bad) = list
                 .iter()
                 .find(|n| dropship_contract::key::validate_name("name", n).is_err())
@@ -330,8 +323,8 @@ impl Config {
             }
             Ok(list)
         };
-        let allowed_apps = names("DROPSHIP_ALLOWED_APPS")?;
-        let allowed_environments = names("DROPSHIP_ALLOWED_ENVIRONMENTS")?;
+        let allowed_apps = names(ALLOWED_APPS_VAR)?;
+        let allowed_environments = names(ALLOWED_ENVIRONMENTS_VAR)?;
 
         Ok(Self {
             allowed_buckets,
