@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use crate::key::{validate_name, KeyError};
 use crate::percent::{self, Plus};
 
-/// Version of the metadata/manifest contract; bumped on incompatible changes.
+/// Version of the object metadata contract (`dropship-format`); bumped on incompatible
+/// changes to the metadata keys. The manifest has its own
+/// ([`crate::manifest::MANIFEST_FORMAT`]).
 pub const FORMAT_VERSION: &str = "1";
 /// S3 allows 2 KB of user metadata; stay under it with margin for key names.
 pub const MAX_METADATA_BYTES: usize = 2000;

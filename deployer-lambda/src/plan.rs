@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use dropship_contract::fleet::Purpose;
 use dropship_contract::host::{compact_script, required_env_value, HostVar, LIST_SEPARATOR};
 use dropship_contract::key::ReleaseKey;
+use dropship_contract::manifest::DeploySettings;
 use dropship_contract::metadata::{MetadataError, ObjectMetadata};
 use dropship_contract::record::{
     DeployRecord, LatestPointer, Outcome, RefusedTarget, Verification,
@@ -391,10 +392,28 @@ fn join_list(var: HostVar, items: &[String]) -> Result<String, Rejection> {
     Ok(items.join(&LIST_SEPARATOR.to_string()))
 }
 
+/// The deploy settings of the request's environment (the key's, never the bundle's): the
+/// manifest's base with that environment's override applied. The verifier already checked
+/// them; a failure here is the same rejection.
+pub fn deploy_settings(
+    request: &DeployRequest,
+    verified: &VerifiedBundle,
+) -> Result<DeploySettings, Rejection> {
+    verified
+        .manifest
+        .settings_for(request.release.env())
+        .map_err(|e| Rejection::Bundle {
+            bucket: request.bucket.clone(),
+            key: request.key.clone(),
+            version_id: request.version_id.clone(),
+            source: VerifyError::ManifestSettings(e),
+        })
+}
+
 /// The value of every host-script input, in [`HostVar::ALL`] order.
 pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Rejection> {
     let r = inputs.request;
-    let deploy = &inputs.verified.manifest.deploy;
+    let deploy = &deploy_settings(r, inputs.verified)?;
     let mut out = Vec::with_capacity(HostVar::ALL.len());
     for var in HostVar::ALL {
         let value = match var {
@@ -721,7 +740,7 @@ mod tests {
     use super::*;
     use crate::event::{parse, Request};
     use dropship_contract::key::ReleaseKey;
-    use dropship_contract::manifest::{DeploySettings, Manifest};
+    use dropship_contract::manifest::{DeploySettings, Manifest, MANIFEST_FORMAT};
     use dropship_contract::record::{CommandBatch, EventFacts, Trigger};
     use proptest::prelude::*;
     use serde_json::json;
@@ -950,12 +969,75 @@ mod tests {
             .contains("commit"));
     }
 
+    /// One bundle, two environments: each host command carries its own environment's
+    /// settings (the base, or the base with that environment's override), whatever the
+    /// bundle's bytes (which name no environment).
+    #[test]
+    fn each_environment_renders_its_own_profile_from_one_bundle() {
+        let c = config();
+        let m = meta();
+        let mut v = verified(DeploySettings {
+            profiles: vec!["web".into()],
+            ..DeploySettings::default()
+        });
+        v.manifest.overrides.insert(
+            "prod".into(),
+            dropship_contract::manifest::DeployOverrides {
+                profiles: Some(vec!["web".into(), "prod-extras".into()]),
+                on_failure: Some(dropship_contract::fleet::OnFailure::Leave),
+                ..Default::default()
+            },
+        );
+        let prod = request("v.1", Some("0A"));
+        let mut staging = prod.clone();
+        staging.release = ReleaseKey::new("shop", "staging").unwrap();
+        staging.key = staging.release.object_key();
+        let profiles_of = |r: &DeployRequest| {
+            let inputs = HostInputs {
+                config: &c,
+                request: r,
+                metadata: &m,
+                verified: &v,
+                bundle_url: "https://u/",
+                purpose: Purpose::Deploy,
+                order_stamp: "6923A0B0",
+            };
+            let vars = host_vars(&inputs).unwrap();
+            let script = render_command(&vars).unwrap();
+            let profiles = vars
+                .iter()
+                .find(|(h, _)| *h == HostVar::Profiles)
+                .unwrap()
+                .1
+                .clone();
+            assert!(
+                script.contains(&profiles),
+                "the rendered command carries {profiles}"
+            );
+            profiles
+        };
+        assert_eq!(profiles_of(&prod), "web,prod-extras");
+        assert_eq!(profiles_of(&staging), "web");
+        assert_eq!(
+            deploy_settings(&prod, &v).unwrap().on_failure,
+            dropship_contract::fleet::OnFailure::Leave
+        );
+        assert_eq!(
+            deploy_settings(&staging, &v).unwrap().on_failure,
+            dropship_contract::fleet::OnFailure::RollbackFleet
+        );
+        // An override that makes the key's environment invalid is a rejection of the bundle.
+        v.manifest.overrides.get_mut("prod").unwrap().keep_releases = Some(0);
+        let err = deploy_settings(&prod, &v).unwrap_err();
+        assert!(err.to_string().contains("keep_releases"), "{err}");
+        deploy_settings(&staging, &v).unwrap();
+    }
+
     fn verified(deploy: DeploySettings) -> VerifiedBundle {
         VerifiedBundle {
             manifest: Manifest {
-                format: 1,
+                format: MANIFEST_FORMAT,
                 app: "shop".into(),
-                env: "prod".into(),
                 branch: "main".into(),
                 commit: meta().commit,
                 commit_time: 1,
@@ -964,6 +1046,8 @@ mod tests {
                 files: 2,
                 bytes: 10,
                 deploy,
+                overrides: Default::default(),
+                legacy_env: None,
             },
             sha256: "a".repeat(64),
             object_bytes: 1234,
@@ -1194,8 +1278,13 @@ mod tests {
             script.push_str(&format!(" \"${}\"", v.name()));
         }
         script.push('\n');
+        // From a file: one `-c` argument is capped at 128 KiB (MAX_ARG_STRLEN), which long
+        // generated values exceed.
+        let file = dir.join("_header.sh");
+        std::fs::write(&file, &script).expect("write the header script");
         let out = Command::new("bash")
-            .args(["--noprofile", "--norc", "-c", &script])
+            .args(["--noprofile", "--norc"])
+            .arg(&file)
             .current_dir(dir)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -1421,7 +1421,10 @@ fn a_killed_seed_copy_is_never_taken_for_a_seeded_path_and_its_release_is_remove
                 .exists()
         })
         .collect();
-    assert!(survivors.is_empty(), "kept the killed run's release: {survivors:?}");
+    assert!(
+        survivors.is_empty(),
+        "kept the killed run's release: {survivors:?}"
+    );
     let seeded = fs::read_dir(w.root().join("shared/assets"))
         .unwrap()
         .count();

@@ -18,7 +18,7 @@ use deployer_lambda::config::Config;
 use deployer_lambda::handler::{Deployer, HandlerError, Invocation, Response};
 use dropship_contract::host::HostVar;
 use dropship_contract::key::ReleaseKey;
-use dropship_contract::manifest::{DeploySettings, Manifest};
+use dropship_contract::manifest::{DeploySettings, Manifest, MANIFEST_FORMAT};
 use dropship_contract::metadata::{ObjectMetadata, Source};
 use dropship_contract::record::{DeployRecord, Outcome};
 use dropship_tests::host::{make_bundle, sha256_hex, AppFiles};
@@ -661,11 +661,10 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn manifest_bytes(app: &str, env: &str, rest: &[Entry]) -> Vec<u8> {
+fn manifest_bytes(app: &str, rest: &[Entry]) -> Vec<u8> {
     Manifest {
-        format: 1,
+        format: MANIFEST_FORMAT,
         app: app.into(),
-        env: env.into(),
         branch: "main".into(),
         commit: COMMIT.into(),
         commit_time: 1_700_000_000,
@@ -678,6 +677,8 @@ fn manifest_bytes(app: &str, env: &str, rest: &[Entry]) -> Vec<u8> {
             .map(|e| e.data.len() as u64)
             .sum(),
         deploy: DeploySettings::default(),
+        overrides: Default::default(),
+        legacy_env: None,
     }
     .to_bytes()
 }
@@ -688,7 +689,7 @@ fn hostile_bundle(app: &str, rest: Vec<Entry>) -> Vec<u8> {
         path: ".dropship/manifest.json",
         kind: b'0',
         mode: 0o644,
-        data: manifest_bytes(app, ENV, &rest),
+        data: manifest_bytes(app, &rest),
         link: "",
     }];
     all.extend(rest);
@@ -806,21 +807,24 @@ async fn every_hostile_bundle_is_rejected_with_its_reason_and_nothing_is_sent() 
             "metadata env",
         ),
         (
-            "manifest env differs from metadata",
+            "format-1 manifest naming its environment",
             {
                 let rest = vec![compose()];
+                let mut old: Value = serde_json::from_slice(&manifest_bytes(&app, &rest)).unwrap();
+                old["format"] = 1.into();
+                old["env"] = ENV.into();
                 let mut all = vec![Entry {
                     path: ".dropship/manifest.json",
                     kind: b'0',
                     mode: 0o644,
-                    data: manifest_bytes(&app, "prod", &rest),
+                    data: old.to_string().into_bytes(),
                     link: "",
                 }];
                 all.extend(rest);
                 gzip(&ustar(&all))
             },
             keep(),
-            "manifest field env",
+            "manifest format 1 was written by an older bundle-and-upload",
         ),
     ];
     for (i, (name, bytes, tweak, reason)) in cases.into_iter().enumerate() {
