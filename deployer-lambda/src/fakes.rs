@@ -79,6 +79,7 @@ pub fn metadata() -> ObjectMetadata {
         source: Source::Ci,
         message: "m".into(),
         restored_from: None,
+        promoted_from: None,
     }
 }
 

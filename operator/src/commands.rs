@@ -13,13 +13,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use dropship_contract::config::ConfigError;
 use dropship_contract::wiring::OutputStream;
 
-use crate::cli::{DoctorArgs, LogsArgs, ReleasesArgs, RollbackArgs, StatusArgs, WaitArgs};
+use crate::cli::{
+    DoctorArgs, LogsArgs, PromoteArgs, ReleasesArgs, RollbackArgs, StatusArgs, WaitArgs,
+};
 use crate::doctor::DoctorReport;
 use crate::doctor_facts::{DoctorClients, DoctorTarget};
 use crate::exit::Exit;
 use crate::facts::{Clients, HeadFacts};
 use crate::history::{self, Facts, VersionEntry, VersionsReport};
 use crate::logs::{self, HostLog, LogsReport, StreamRead};
+use crate::promote::{self, PromotePlan, Promoted};
 use crate::rollback::{self, Lookup, Restored, RollbackPlan};
 use crate::target::{self, Target};
 use crate::wait::{self, WaitReport};
@@ -161,7 +164,12 @@ pub async fn execute_rollback(
             cause: e.to_string(),
         })?;
     let new_version = clients
-        .copy_version(&plan.source.version_id, plan.etag.as_deref(), &headers)
+        .copy_version(
+            &plan.target.key(),
+            &plan.source.version_id,
+            plan.etag.as_deref(),
+            &headers,
+        )
         .await?;
     Ok(plan.restored(new_version))
 }
@@ -230,6 +238,92 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
         println!(
             "{}",
             serde_json::to_string_pretty(&RollbackOutput { restored, deploy })?
+        );
+    }
+    Ok(code)
+}
+
+/// Reads the facts a promotion needs (the source version, its metadata and how its deploy
+/// ended in the source environment) and plans it; nothing is written.
+pub async fn prepare_promote(
+    source: &Clients,
+    to: &Target,
+    asked: Option<&str>,
+    force: bool,
+) -> Result<PromotePlan, OpsError> {
+    let history = source.history().await?;
+    let entry = promote::source_version(&source.target, &history, asked)?;
+    let head = source.head_version(&entry.version_id).await?;
+    let meta = ObjectMetadata::from_headers(&head.metadata).map_err(|e| e.to_string());
+    let verdict = status_now(source, &entry.version_id).await?.verdict;
+    promote::plan(&source.target, to, entry, meta, head.etag, verdict, force)
+}
+
+/// Output of `promote`, with the deploy when `--wait` was given.
+#[derive(serde::Serialize)]
+struct PromoteOutput {
+    #[serde(flatten)]
+    promoted: Promoted,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy: Option<WaitReport>,
+}
+
+/// `promote FROM TO`: checks the source version's deploy, copies it onto the target key
+/// (the one write), and with `--wait` follows the new version to every target host.
+pub async fn run_promote(args: PromoteArgs) -> anyhow::Result<Exit> {
+    promote::check_pair(&args.from_env, &args.to_env)?;
+    let resolve_env = |env: &str| {
+        let mut t = args.target.clone();
+        t.env = Some(env.to_string());
+        target::resolve(&t, false)
+    };
+    let (from, region) = resolve_env(&args.from_env)?.single();
+    let (to, _) = resolve_env(&args.to_env)?.single();
+    let sdk = dropship_aws::sdk::load(args.target.profile.as_deref(), region).await;
+    let source = Clients::new(&sdk, from);
+    let dest = Clients::new(&sdk, to);
+    let plan = prepare_promote(&source, &dest.target, args.version.as_deref(), args.force).await?;
+    if let Some(warning) = plan.warning() {
+        eprintln!("{warning}");
+    }
+    let headers = plan
+        .metadata
+        .to_headers()
+        .map_err(|e| OpsError::InvalidMetadata {
+            url: plan.from.url(),
+            version_id: plan.source.version_id.clone(),
+            cause: e.to_string(),
+        })?;
+    let new_version = dest
+        .copy_version(
+            &plan.from.key(),
+            &plan.source.version_id,
+            plan.etag.as_deref(),
+            &headers,
+        )
+        .await?;
+    let promoted = plan.promoted(new_version);
+    if !args.json {
+        print!("{}", promoted.render());
+    }
+    let deploy = if args.wait.wait {
+        let version = promoted.version_id.clone();
+        Some(
+            follow(&dest, &version, &promoted.commit, &args.wait, args.json)
+                .await
+                .with_context(|| format!("version {version} was created by the promotion, but following its deploy failed"))?,
+        )
+    } else {
+        None
+    };
+    let code = deploy
+        .as_ref()
+        .map(WaitReport::exit_code)
+        .unwrap_or(Exit::Success);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&PromoteOutput { promoted, deploy })?
         );
     }
     Ok(code)

@@ -245,6 +245,7 @@ mod tests {
             source: Source::Local,
             message: "v1".into(),
             restored_from: Some("older".into()),
+            promoted_from: None,
         }
     }
 

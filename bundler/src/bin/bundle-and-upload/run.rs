@@ -82,6 +82,7 @@ pub async fn run_upload(args: UploadArgs) -> anyhow::Result<Exit> {
             source,
             message: prepared.head.subject.clone(),
             restored_from: None,
+            promoted_from: None,
         };
         let outcome =
             upload::upload(&bucket, &prepared, tuning, &metadata_for, &mut on_progress).await?;
