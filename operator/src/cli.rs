@@ -22,6 +22,7 @@ Examples:
   dropship rollback 3HL4kqtJlcpXroDT --wait
                                          put that version back and follow it to every host
   dropship promote staging production    staging's current version, if it deployed everywhere
+  dropship init                          a first dropship.toml from the compose file and .env.example
   dropship logs --follow                 every host's output of the current version, live
   dropship doctor --env production       is the AWS side wired so a deploy reaches every host?
   dropship completions bash > ~/.local/share/bash-completion/completions/dropship";
@@ -84,6 +85,13 @@ pub enum Command {
         "Examples:\n  dropship doctor\n  dropship doctor --env production --rule dropship-release-uploaded\n  dropship doctor --json\n\nExit 0: an upload now would reach every running tagged host; 12: it would not."
     ))]
     Doctor(DoctorArgs),
+    /// Write a first, commented dropship.toml at the repository root from what the repository
+    /// holds (compose file, services with healthchecks, .env.example names), and print the
+    /// next steps. Never overwrites an existing file.
+    #[command(after_help = after_help(
+        "Examples:\n  dropship init\n  dropship init --repo ../shop"
+    ))]
+    Init(InitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Examples:\n  dropship completions bash > ~/.local/share/bash-completion/completions/dropship\n  dropship completions zsh > \"${fpath[1]}/_dropship\""
@@ -218,6 +226,15 @@ pub struct PromoteArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `init`.
+#[derive(Args, Debug, Clone)]
+pub struct InitArgs {
+    /// Repository to write dropship.toml for (any directory inside it; outside a git
+    /// repository, that directory).
+    #[arg(long, default_value = ".", env = "DROPSHIP_REPO")]
+    pub repo: PathBuf,
 }
 
 /// `logs`.

@@ -14,13 +14,14 @@ use dropship_contract::config::ConfigError;
 use dropship_contract::wiring::OutputStream;
 
 use crate::cli::{
-    DoctorArgs, LogsArgs, PromoteArgs, ReleasesArgs, RollbackArgs, StatusArgs, WaitArgs,
+    DoctorArgs, InitArgs, LogsArgs, PromoteArgs, ReleasesArgs, RollbackArgs, StatusArgs, WaitArgs,
 };
 use crate::doctor::DoctorReport;
 use crate::doctor_facts::{DoctorClients, DoctorTarget};
 use crate::exit::Exit;
 use crate::facts::{Clients, HeadFacts};
 use crate::history::{self, Facts, VersionEntry, VersionsReport};
+use crate::init;
 use crate::logs::{self, HostLog, LogsReport, StreamRead};
 use crate::promote::{self, PromotePlan, Promoted};
 use crate::rollback::{self, Lookup, Restored, RollbackPlan};
@@ -327,6 +328,19 @@ pub async fn run_promote(args: PromoteArgs) -> anyhow::Result<Exit> {
         );
     }
     Ok(code)
+}
+
+/// `init`: reads the repository, writes dropship.toml only if there is none, prints the
+/// next steps.
+pub fn run_init(args: InitArgs) -> anyhow::Result<Exit> {
+    let root = target::repository_root(&args.repo).unwrap_or_else(|| args.repo.clone());
+    // Absolute, so the app name comes from the directory's name even for `--repo .`.
+    let root = std::fs::canonicalize(&root).unwrap_or(root);
+    let facts = init::RepoFacts::read(&root);
+    let path = init::config_path(&root);
+    init::write_new(&path, &init::render(&facts))?;
+    print!("{}", init::next_steps(&facts, &path));
+    Ok(Exit::Success)
 }
 
 /// Follows a deploy with progress on a terminal (state changes on stderr otherwise) and

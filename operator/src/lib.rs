@@ -6,8 +6,8 @@
 //! --wait` too).
 //!
 //! Functional core, thin shell: [`history`], [`status`], [`logs`], [`rollback`], [`promote`],
-//! [`doctor`] and [`wait`] turn facts (object versions, metadata, deploy records,
-//! SSM invocations, log streams, the bucket/rule/instance wiring)
+//! [`init`], [`doctor`] and [`wait`] turn facts (object versions, metadata, deploy records,
+//! SSM invocations, log streams, the bucket/rule/instance wiring, the repository's files)
 //! into tables, outcomes and decisions; [`facts`] and [`doctor_facts`] are the AWS edges that
 //! fetch those facts, and [`facts`] makes the one write (`CopyObject` for a rollback or a
 //! promotion); [`commands`] puts the two together for the binaries and [`cli`] holds their
@@ -22,6 +22,7 @@ pub mod doctor_facts;
 pub mod exit;
 pub mod facts;
 pub mod history;
+pub mod init;
 pub mod logs;
 pub mod promote;
 pub mod rollback;
@@ -122,6 +123,12 @@ pub enum OpsError {
         /// The environment named twice.
         env: String,
     },
+    /// `init` found a `dropship.toml` already.
+    #[error("{} already exists: nothing was changed; edit it (README, `dropship.toml` reference), or move it away and run `dropship init` again", path.display())]
+    ConfigExists {
+        /// The existing file.
+        path: std::path::PathBuf,
+    },
     /// The deployer has not written a record for the version: nothing was sent yet.
     #[error("version {version_id:?} of {url} has no deploy record yet: the deployer has not processed it (see `dropship status {version_id}`); wait, or follow it with `dropship logs {version_id} --follow`")]
     NoRecord {
@@ -171,6 +178,7 @@ impl OpsError {
                 | OpsError::HostNotInDeploy { .. }
                 | OpsError::NotPromotable { .. }
                 | OpsError::SameEnvironment { .. }
+                | OpsError::ConfigExists { .. }
         )
     }
 }
