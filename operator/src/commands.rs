@@ -151,37 +151,41 @@ pub async fn prepare_rollback(
     rollback::plan(&clients.target, &history, version_id, meta, etag)
 }
 
+/// The one write of a rollback or a promotion: `version_id` of `source`'s key copied onto
+/// `dest`'s key with `metadata`, only while the source still has `etag`. Returns the new
+/// version id.
+async fn copy_checked(
+    dest: &Clients,
+    source: &Target,
+    version_id: &str,
+    etag: Option<&str>,
+    metadata: &ObjectMetadata,
+) -> Result<String, OpsError> {
+    let headers = metadata
+        .to_headers()
+        .map_err(|e| OpsError::InvalidMetadata {
+            url: source.url(),
+            version_id: version_id.to_string(),
+            cause: e.to_string(),
+        })?;
+    dest.copy_version(&source.key(), version_id, etag, &headers)
+        .await
+}
+
 /// The one write of a rollback: the conditional copy.
 pub async fn execute_rollback(
     clients: &Clients,
     plan: &RollbackPlan,
 ) -> Result<Restored, OpsError> {
-    let headers = plan
-        .metadata
-        .to_headers()
-        .map_err(|e| OpsError::InvalidMetadata {
-            url: plan.target.url(),
-            version_id: plan.source.version_id.clone(),
-            cause: e.to_string(),
-        })?;
-    let new_version = clients
-        .copy_version(
-            &plan.target.key(),
-            &plan.source.version_id,
-            plan.etag.as_deref(),
-            &headers,
-        )
-        .await?;
+    let new_version = copy_checked(
+        clients,
+        &plan.target,
+        &plan.source.version_id,
+        plan.etag.as_deref(),
+        &plan.metadata,
+    )
+    .await?;
     Ok(plan.restored(new_version))
-}
-
-/// Output of `rollback`, with the deploy when `--wait` was given.
-#[derive(serde::Serialize)]
-struct RollbackOutput {
-    #[serde(flatten)]
-    restored: Restored,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deploy: Option<WaitReport>,
 }
 
 /// `rollback VERSION`: checks, asks, copies, and with `--wait` follows the new version.
@@ -218,16 +222,68 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
         }
     }
     let restored = execute_rollback(&c, &plan).await?;
-    if !args.json {
-        print!("{}", restored.render());
+    report_created(&c, restored, "rollback", &args.wait, args.json).await
+}
+
+/// What a command that created a version by a copy (rollback, promote) reports.
+trait CreatedVersion: serde::Serialize {
+    /// The human summary.
+    fn text(&self) -> String;
+    /// The new version id.
+    fn version_id(&self) -> &str;
+    /// Its commit.
+    fn commit(&self) -> &str;
+}
+
+/// Both results carry `version_id`, `commit` and a `render()`.
+macro_rules! created_version {
+    ($($t:ty),*) => {$(
+        impl CreatedVersion for $t {
+            fn text(&self) -> String {
+                self.render()
+            }
+            fn version_id(&self) -> &str {
+                &self.version_id
+            }
+            fn commit(&self) -> &str {
+                &self.commit
+            }
+        }
+    )*};
+}
+created_version!(Restored, Promoted);
+
+/// Output of a command that created a version (rollback, promote), with the deploy when
+/// `--wait` was given.
+#[derive(serde::Serialize)]
+struct CreatedOutput<T: serde::Serialize> {
+    #[serde(flatten)]
+    created: T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy: Option<WaitReport>,
+}
+
+/// The end of a command (`what`) whose copy created a version on the clients' key: prints
+/// its summary (unless JSON), follows the deploy with `--wait`, prints the JSON, and answers
+/// the exit code (the deploy's with `--wait`).
+async fn report_created<T: CreatedVersion>(
+    c: &Clients,
+    created: T,
+    what: &str,
+    wait: &WaitArgs,
+    json: bool,
+) -> anyhow::Result<Exit> {
+    if !json {
+        print!("{}", created.text());
     }
-    let deploy = if args.wait.wait {
-        let version = restored.version_id.clone();
-        Some(
-            follow(&c, &version, &restored.commit, &args.wait, args.json)
-                .await
-                .with_context(|| format!("version {version} was created by the rollback, but following its deploy failed"))?,
-        )
+    let (version, commit) = (
+        created.version_id().to_string(),
+        created.commit().to_string(),
+    );
+    let deploy = if wait.wait {
+        Some(follow(c, &version, &commit, wait, json).await.with_context(|| {
+            format!("version {version} was created by the {what}, but following its deploy failed")
+        })?)
     } else {
         None
     };
@@ -235,10 +291,10 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
         .as_ref()
         .map(WaitReport::exit_code)
         .unwrap_or(Exit::Success);
-    if args.json {
+    if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&RollbackOutput { restored, deploy })?
+            serde_json::to_string_pretty(&CreatedOutput { created, deploy })?
         );
     }
     Ok(code)
@@ -260,15 +316,6 @@ pub async fn prepare_promote(
     promote::plan(&source.target, to, entry, meta, head.etag, verdict, force)
 }
 
-/// Output of `promote`, with the deploy when `--wait` was given.
-#[derive(serde::Serialize)]
-struct PromoteOutput {
-    #[serde(flatten)]
-    promoted: Promoted,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deploy: Option<WaitReport>,
-}
-
 /// `promote FROM TO`: checks the source version's deploy, copies it onto the target key
 /// (the one write), and with `--wait` follows the new version to every target host.
 pub async fn run_promote(args: PromoteArgs) -> anyhow::Result<Exit> {
@@ -287,47 +334,16 @@ pub async fn run_promote(args: PromoteArgs) -> anyhow::Result<Exit> {
     if let Some(warning) = plan.warning() {
         eprintln!("{warning}");
     }
-    let headers = plan
-        .metadata
-        .to_headers()
-        .map_err(|e| OpsError::InvalidMetadata {
-            url: plan.from.url(),
-            version_id: plan.source.version_id.clone(),
-            cause: e.to_string(),
-        })?;
-    let new_version = dest
-        .copy_version(
-            &plan.from.key(),
-            &plan.source.version_id,
-            plan.etag.as_deref(),
-            &headers,
-        )
-        .await?;
+    let new_version = copy_checked(
+        &dest,
+        &plan.from,
+        &plan.source.version_id,
+        plan.etag.as_deref(),
+        &plan.metadata,
+    )
+    .await?;
     let promoted = plan.promoted(new_version);
-    if !args.json {
-        print!("{}", promoted.render());
-    }
-    let deploy = if args.wait.wait {
-        let version = promoted.version_id.clone();
-        Some(
-            follow(&dest, &version, &promoted.commit, &args.wait, args.json)
-                .await
-                .with_context(|| format!("version {version} was created by the promotion, but following its deploy failed"))?,
-        )
-    } else {
-        None
-    };
-    let code = deploy
-        .as_ref()
-        .map(WaitReport::exit_code)
-        .unwrap_or(Exit::Success);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&PromoteOutput { promoted, deploy })?
-        );
-    }
-    Ok(code)
+    report_created(&dest, promoted, "promotion", &args.wait, args.json).await
 }
 
 /// `init`: reads the repository, writes dropship.toml only if there is none, prints the

@@ -214,6 +214,7 @@ impl Promoted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollback::tests::entry;
     use dropship_contract::key::ReleaseKey;
     use dropship_contract::metadata::{PromotedFrom, Source};
 
@@ -221,17 +222,6 @@ mod tests {
         Target {
             bucket: "b".into(),
             release: ReleaseKey::new("shop", env).unwrap(),
-        }
-    }
-
-    fn entry(id: &str, latest: bool, marker: bool) -> VersionEntry {
-        VersionEntry {
-            version_id: id.into(),
-            modified: "2026-11-23T09:00:00Z".into(),
-            modified_ms: 0,
-            is_latest: latest,
-            delete_marker: marker,
-            size: None,
         }
     }
 
@@ -331,32 +321,25 @@ mod tests {
             Verdict::Refused,
             Verdict::RollbackFailed,
         ] {
-            let err = plan(
-                &from,
-                &to,
-                entry("v3", true, false),
-                Ok(meta("staging")),
-                None,
-                verdict,
-                false,
-            )
-            .unwrap_err();
+            let staged = |force| {
+                plan(
+                    &from,
+                    &to,
+                    entry("v3", true, false),
+                    Ok(meta("staging")),
+                    None,
+                    verdict,
+                    force,
+                )
+            };
+            let err = staged(false).unwrap_err();
             let msg = err.to_string();
             assert!(err.is_usage(), "{msg}");
             assert!(
                 msg.contains(verdict.as_str()) && msg.contains("--force") && msg.contains("v3"),
                 "{msg}"
             );
-            let forced = plan(
-                &from,
-                &to,
-                entry("v3", true, false),
-                Ok(meta("staging")),
-                None,
-                verdict,
-                true,
-            )
-            .unwrap();
+            let forced = staged(true).unwrap();
             let warning = forced.warning().unwrap();
             assert!(forced.forced && forced.promoted("p".into()).forced);
             assert!(

@@ -197,6 +197,26 @@ fn uploader_statements(f: &Fixture, key: &str) -> Vec<Statement> {
     iam::document(&f.module, &f.eval, "uploader", &instance(f, body, key))
 }
 
+/// Whether an uploader holding `policy` may do an action on a resource, and an action on the
+/// bucket with an `s3:prefix`.
+fn uploader_may(
+    policy: &[Statement],
+) -> (
+    impl Fn(&str, &str) -> bool + '_,
+    impl Fn(&str, &str) -> bool + '_,
+) {
+    const ME: &str = "arn:aws:iam::111122223333:role/uploader";
+    (
+        move |action: &str, resource: &str| allows(policy, &Request::new(ME, action, resource)),
+        move |action: &str, prefix: &str| {
+            allows(
+                policy,
+                &Request::new(ME, action, BUCKET_ARN).with("s3:prefix", &[prefix]),
+            )
+        },
+    )
+}
+
 fn bucket_policy(f: &Fixture) -> Vec<Statement> {
     iam::single_document(&f.module, &f.eval, "artifacts_bucket")
 }
@@ -927,15 +947,7 @@ fn uploader_rights_are_the_exact_release_key_of_one_app_and_env() {
     let all = pairs(&f);
     for (k, own) in &all {
         let policy = uploader_statements(&f, k);
-        let me = "arn:aws:iam::111122223333:role/uploader";
-        let may =
-            |action: &str, resource: &str| allows(&policy, &Request::new(me, action, resource));
-        let may_list = |action: &str, prefix: &str| {
-            allows(
-                &policy,
-                &Request::new(me, action, BUCKET_ARN).with("s3:prefix", &[prefix]),
-            )
-        };
+        let (may, may_list) = uploader_may(&policy);
 
         // Upload, restore (CopyObject = GetObjectVersion on the source version + PutObject
         // on the key), versions, status and --wait.
@@ -1049,15 +1061,7 @@ fn promote_reads_only_the_source_pair_and_writes_only_its_own_key() {
         let all = pairs(f);
         for (k, own) in &all {
             let policy = uploader_statements(f, k);
-            let me = "arn:aws:iam::111122223333:role/uploader";
-            let may =
-                |action: &str, resource: &str| allows(&policy, &Request::new(me, action, resource));
-            let may_list = |action: &str, prefix: &str| {
-                allows(
-                    &policy,
-                    &Request::new(me, action, BUCKET_ARN).with("s3:prefix", &[prefix]),
-                )
-            };
+            let (may, may_list) = uploader_may(&policy);
             let source = sources(own);
             for (other_k, other) in all.iter().filter(|(o, _)| o != k) {
                 let is_source = source.as_ref() == Some(other);

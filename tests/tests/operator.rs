@@ -216,27 +216,6 @@ async fn history(s3: &aws_sdk_s3::Client, bucket: &str) -> (Vec<String>, Vec<Str
     (versions, markers)
 }
 
-async fn object(s3: &aws_sdk_s3::Client, bucket: &str, version: &str) -> (Vec<u8>, ObjectMetadata) {
-    let out = s3
-        .get_object()
-        .bucket(bucket)
-        .key(release().object_key())
-        .version_id(version)
-        .send()
-        .await
-        .expect("get version");
-    let meta = ObjectMetadata::from_headers(&out.metadata().cloned().unwrap_or_default())
-        .expect("valid metadata");
-    let bytes = out
-        .body
-        .collect()
-        .await
-        .expect("read body")
-        .into_bytes()
-        .to_vec();
-    (bytes, meta)
-}
-
 /// Two running instances and an SSM command sent to them; returns (command id, instance ids).
 async fn sent_command() -> (String, Vec<String>) {
     let ec2 = moto::ec2().await;
@@ -477,8 +456,8 @@ async fn restore_copies_a_version_with_identical_bytes_and_restored_from() {
         [v3.clone(), v2.clone(), v1.clone()],
         "one new version on top"
     );
-    let (old_bytes, old_meta) = object(&s3, &bucket, &v1).await;
-    let (new_bytes, new_meta) = object(&s3, &bucket, &v3).await;
+    let (old_bytes, old_meta) = get_version(&s3, &bucket, &release(), &v1).await;
+    let (new_bytes, new_meta) = get_version(&s3, &bucket, &release(), &v3).await;
     assert_eq!(new_bytes, old_bytes, "identical bytes");
     assert_eq!(new_meta.restored_from.as_deref(), Some(v1.as_str()));
     assert_eq!(
