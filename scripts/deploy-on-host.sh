@@ -636,8 +636,11 @@ compose_up() { # release-name -> uses its recorded settings
     return 1
 }
 
+# Healthy means a 2xx answer from the URL itself. curl --fail alone takes a 3xx for success;
+# --location with --max-redirs 0 turns a redirect into a failure (exit 47) without following
+# it, and nothing is written to disk (a full disk must not make a healthy release unhealthy).
 health_check() { # url timeout
-    local url=$1 timeout=$2 deadline attempt=0
+    local url=$1 timeout=$2 deadline attempt=0 rc=0 why
     if [[ -z $url ]]; then
         log health "no health URL; compose --wait was the gate"
         return 0
@@ -645,12 +648,20 @@ health_check() { # url timeout
     deadline=$((SECONDS + timeout))
     while :; do
         attempt=$((attempt + 1))
-        if run curl --globoff --fail --silent --show-error --proto =http,https --max-time 5 -o /dev/null "$url" </dev/null; then
+        run curl --globoff --fail --silent --show-error --proto =http,https --max-time 5 \
+            --location --max-redirs 0 -o /dev/null "$url" </dev/null
+        rc=$?
+        if ((rc == 0)); then
             log health "healthy after $attempt attempt(s)"
             return 0
         fi
         if ((SECONDS >= deadline)); then
-            log health "not healthy after $attempt attempt(s) in ${timeout}s: $(q "$url")"
+            case $rc in
+            22) why="answered 4xx/5xx" ;;
+            47) why="answered a redirect (healthy is 2xx; redirects are not followed)" ;;
+            *) why="curl exit $rc" ;;
+            esac
+            log health "not healthy after $attempt attempt(s) in ${timeout}s: $(q "$url") $why"
             return 1
         fi
         sleep 1

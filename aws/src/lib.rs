@@ -7,11 +7,13 @@
 //!   invocation.
 //! - [`sdk`]: loading the SDK configuration and building the S3 client the same way
 //!   everywhere (path-style addressing when an endpoint override points at an emulator).
+//! - [`ssm`]: the paginated, chunked read of which agents SSM reports online.
 //! - [`AwsCall`]: one SDK operation and the IAM action that authorises it; each component
 //!   lists its calls next to its code, and `infra/` grants exactly their actions.
 
 pub mod error;
 pub mod sdk;
+pub mod ssm;
 
 pub use error::{classify, error_code, http_status, AwsError, Failure};
 

@@ -65,6 +65,9 @@ pub struct ConfigFile {
     /// CloudWatch Logs group of the hosts' command output (the deployer's
     /// `DROPSHIP_LOG_GROUP`), read by `dropship logs`.
     pub log_group: Option<String>,
+    /// CloudWatch Logs group of the deployer Lambda itself (infra output `lambda_log_group`),
+    /// from which `dropship logs` adds the Lambda's lines about the deploy.
+    pub lambda_log_group: Option<String>,
     /// Name of the EventBridge rule that sends this bucket's uploads to the deployer, checked
     /// by `dropship doctor` (default: found by its event pattern).
     pub rule: Option<String>,
@@ -106,6 +109,8 @@ pub struct Config {
     pub deploy_overrides: BTreeMap<String, DeployOverrides>,
     /// `log_group`, validated.
     pub log_group: Option<String>,
+    /// `lambda_log_group`, validated.
+    pub lambda_log_group: Option<String>,
     /// `rule`, validated.
     pub rule: Option<String>,
 }
@@ -226,6 +231,16 @@ impl Config {
                 format!("{group:?} is not a CloudWatch Logs group name: use 1 to 512 letters, digits and _ - / . # (the deployer's DROPSHIP_LOG_GROUP)"),
             ));
         }
+        if let Some(group) = file
+            .lambda_log_group
+            .as_deref()
+            .filter(|g| !is_log_group_name(g))
+        {
+            return Err(invalid(
+                "lambda_log_group",
+                format!("{group:?} is not a CloudWatch Logs group name: use 1 to 512 letters, digits and _ - / . # (infra output lambda_log_group, e.g. /aws/lambda/dropship-deployer)"),
+            ));
+        }
         if let Some(rule) = file.rule.as_deref().filter(|r| !is_rule_name(r)) {
             return Err(invalid(
                 "rule",
@@ -242,6 +257,7 @@ impl Config {
             deploy: file.deploy,
             deploy_overrides,
             log_group: file.log_group,
+            lambda_log_group: file.lambda_log_group,
             rule: file.rule,
         })
     }
@@ -424,14 +440,19 @@ mod tests {
     #[test]
     fn log_group_and_rule_are_read_and_checked() {
         let c = resolve(
-            "app = \"shop\"\ndefault_env = \"prod\"\nlog_group = \"/dropship/shop/commands\"\nrule = \"dropship-release-uploaded\"\n",
+            "app = \"shop\"\ndefault_env = \"prod\"\nlog_group = \"/dropship/shop/commands\"\nlambda_log_group = \"/aws/lambda/dropship-deployer\"\nrule = \"dropship-release-uploaded\"\n",
             Overrides::default(),
         )
         .unwrap();
         assert_eq!(c.log_group.as_deref(), Some("/dropship/shop/commands"));
         assert_eq!(c.rule.as_deref(), Some("dropship-release-uploaded"));
+        assert_eq!(
+            c.lambda_log_group.as_deref(),
+            Some("/aws/lambda/dropship-deployer")
+        );
         for (text, key) in [
             ("log_group = \"has space\"\n", "log_group"),
+            ("lambda_log_group = \"\"\n", "lambda_log_group"),
             ("rule = \"a/b\"\n", "rule"),
         ] {
             let text = format!("app = \"shop\"\ndefault_env = \"prod\"\n{text}");

@@ -274,41 +274,14 @@ impl InstanceFinder for Clients {
         &self,
         instance_ids: &[String],
     ) -> Result<BTreeSet<String>, AwsError> {
-        use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
-        let mut online = BTreeSet::new();
-        // The InstanceIds filter takes at most 50 values per call.
-        for chunk in instance_ids.chunks(50) {
-            let object = format!("SSM registration of {}", chunk.join(","));
-            let filter = InstanceInformationStringFilter::builder()
-                .key("InstanceIds")
-                .set_values(Some(chunk.to_vec()))
-                .build()
-                .map_err(|e| {
-                    AwsError::new(
-                        &DESCRIBE_INSTANCE_INFORMATION,
-                        object.clone(),
-                        Failure::Refused,
-                        e.to_string(),
-                    )
-                })?;
-            let mut pages = self
-                .ssm
-                .describe_instance_information()
-                .filters(filter)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page =
-                    page.map_err(|e| classify(&DESCRIBE_INSTANCE_INFORMATION, object.clone(), &e))?;
-                for info in page.instance_information_list() {
-                    if info.ping_status() == Some(&PingStatus::Online) {
-                        if let Some(id) = info.instance_id() {
-                            online.insert(id.to_owned());
-                        }
-                    }
-                }
-            }
-        }
+        let pings =
+            dropship_aws::ssm::agent_pings(&self.ssm, &DESCRIBE_INSTANCE_INFORMATION, instance_ids)
+                .await?;
+        let online = pings
+            .into_iter()
+            .filter(|p| p.is_online())
+            .map(|p| p.instance_id)
+            .collect();
         Ok(online)
     }
 }

@@ -73,6 +73,12 @@ pub const GET_LOG_EVENTS: AwsCall = AwsCall {
     iam_action: "logs:GetLogEvents",
     why: "logs: each host's full output of each command",
 };
+/// `FilterLogEvents` on the deployer Lambda's own group: its lines about one deploy.
+pub const FILTER_LOG_EVENTS: AwsCall = AwsCall {
+    operation: "logs:FilterLogEvents",
+    iam_action: "logs:FilterLogEvents",
+    why: "logs: the deployer Lambda's own lines about the deploy",
+};
 /// `GetCallerIdentity`: who the credentials are. AWS authorises it for every principal, so
 /// no policy grants it (it is not in [`CALLS`]).
 pub const GET_CALLER_IDENTITY: AwsCall = AwsCall {
@@ -137,6 +143,7 @@ pub const OPTIONAL_CALLS: &[AwsCall] = &[
     GET_COMMAND_INVOCATION,
     DESCRIBE_LOG_GROUPS,
     GET_LOG_EVENTS,
+    FILTER_LOG_EVENTS,
     LIST_RULES,
     LIST_TARGETS_BY_RULE,
     DESCRIBE_INSTANCES,

@@ -75,7 +75,7 @@ pub enum Command {
     /// from CloudWatch Logs: each command the deploy sent (waves, fleet rollback, catch-up),
     /// host by host.
     #[command(after_help = after_help(
-        "Examples:\n  dropship logs                                  the current version, every host\n  dropship logs 3HL4kqtJlcpXroDT --host i-0a1b2c3d4e5f67890\n  dropship logs --follow                         until the fleet settled and the output stopped\n  dropship logs --log-group /dropship/ssm-command-output --json\n\nThe log group is the deployer Lambda's DROPSHIP_LOG_GROUP: pass --log-group, set\nDROPSHIP_LOG_GROUP, or `log_group` in dropship.toml."
+        "Examples:\n  dropship logs                                  the current version, every host\n  dropship logs 3HL4kqtJlcpXroDT --host i-0a1b2c3d4e5f67890\n  dropship logs --follow                         until the fleet settled and the output stopped\n  dropship logs --log-group /dropship/ssm-command-output --json\n\nThe log group is the deployer Lambda's DROPSHIP_LOG_GROUP: pass --log-group, set\nDROPSHIP_LOG_GROUP, or `log_group` in dropship.toml. The Lambda's own lines about the\ndeploy are added from its group (infra output lambda_log_group): --lambda-log-group,\nDROPSHIP_LAMBDA_LOG_GROUP or `lambda_log_group`."
     ))]
     Logs(LogsArgs),
     /// Check that the AWS side is wired so an upload reaches every host: credentials and
@@ -260,6 +260,10 @@ pub struct LogsArgs {
     /// CloudWatch Logs group of the hosts' command output (overrides `log_group`).
     #[arg(long, env = "DROPSHIP_LOG_GROUP", value_parser = log_group_name)]
     pub log_group: Option<String>,
+    /// CloudWatch Logs group of the deployer Lambda (infra output `lambda_log_group`;
+    /// overrides `lambda_log_group`): adds the Lambda's own lines about the deploy.
+    #[arg(long, env = "DROPSHIP_LAMBDA_LOG_GROUP", value_parser = log_group_name)]
+    pub lambda_log_group: Option<String>,
     /// Print JSON (with --follow: once, at the end) instead of text.
     #[arg(long)]
     pub json: bool,

@@ -479,6 +479,10 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<Exit> {
             .into())
         }
     };
+    let lambda_group = args
+        .lambda_log_group
+        .clone()
+        .or(resolved.lambda_log_group.clone());
     let (target, region) = resolved.single();
     let c = clients(args.target.profile.as_deref(), region, target).await;
     let (version, _) = version_or_current(&c, args.version_id.clone()).await?;
@@ -607,11 +611,41 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<Exit> {
     if args.follow && nothing_read && !c.log_group_exists(&log_group).await? {
         return Err(OpsError::LogGroupMissing { group: log_group }.into());
     }
+    let mut notes = logs::missing_notes(&log_group, &hosts);
+    let lambda = match lambda_group {
+        Some(group) => {
+            let record = c.record(&version).await?;
+            let terms = logs::lambda_terms(&version, record.as_ref());
+            match c
+                .filter_lines(&group, &logs::lambda_filter_pattern(&terms))
+                .await?
+            {
+                Some(lines) => Some(logs::LambdaLines {
+                    log_group: group,
+                    lines: logs::select_lambda_lines(lines, &terms),
+                }),
+                None => {
+                    notes.push(format!(
+                        "the deployer Lambda's log group {group} does not exist: check `lambda_log_group` against the infra output lambda_log_group"
+                    ));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if let (Some(l), true) = (&lambda, stream_text) {
+        println!("== deployer Lambda (log group {})", l.log_group);
+        for line in &l.lines {
+            println!("{line}");
+        }
+    }
     let report = LogsReport {
         app: release.app().to_string(),
         env: release.env().to_string(),
         version_id: version.clone(),
-        notes: logs::missing_notes(&log_group, &hosts),
+        lambda,
+        notes,
         log_group,
         settled,
         hosts,

@@ -218,39 +218,17 @@ impl DoctorClients {
     }
 
     async fn agents(&self, instance_ids: &[String]) -> Read<Vec<AgentFacts>> {
-        use aws_sdk_ssm::types::InstanceInformationStringFilter;
-        let mut out = Vec::new();
-        // The InstanceIds filter takes at most 50 values per call.
-        for chunk in instance_ids.chunks(50) {
-            let object = format!("SSM registration of {}", chunk.join(","));
-            let filter = InstanceInformationStringFilter::builder()
-                .key("InstanceIds")
-                .set_values(Some(chunk.to_vec()))
-                .build()
-                .map_err(|e| format!("{object}: {e}"))?;
-            let mut pages = self
-                .ssm
-                .describe_instance_information()
-                .filters(filter)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| {
-                    classify(&DESCRIBE_INSTANCE_INFORMATION, object.clone(), &e).to_string()
-                })?;
-                for info in page.instance_information_list() {
-                    if let Some(id) = info.instance_id() {
-                        out.push(AgentFacts {
-                            id: id.to_string(),
-                            ping_status: info
-                                .ping_status()
-                                .map(|p| p.as_str().to_string())
-                                .unwrap_or_default(),
-                        });
-                    }
-                }
-            }
-        }
+        let pings =
+            dropship_aws::ssm::agent_pings(&self.ssm, &DESCRIBE_INSTANCE_INFORMATION, instance_ids)
+                .await
+                .map_err(|e| e.to_string())?;
+        let out = pings
+            .into_iter()
+            .map(|p| AgentFacts {
+                id: p.instance_id,
+                ping_status: p.ping_status,
+            })
+            .collect();
         Ok(out)
     }
 }

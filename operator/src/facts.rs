@@ -14,8 +14,8 @@ use dropship_contract::percent::{self, URI_COMPONENT, URI_PATH};
 use dropship_contract::record::{DeployRecord, LatestPointer};
 
 use crate::aws_calls::{
-    COPY_OBJECT, DESCRIBE_LOG_GROUPS, GET_COMMAND_INVOCATION, GET_LOG_EVENTS, GET_RECORD,
-    HEAD_CURRENT, HEAD_VERSION, LIST_OBJECT_VERSIONS, LIST_RECORDS,
+    COPY_OBJECT, DESCRIBE_LOG_GROUPS, FILTER_LOG_EVENTS, GET_COMMAND_INVOCATION, GET_LOG_EVENTS,
+    GET_RECORD, HEAD_CURRENT, HEAD_VERSION, LIST_OBJECT_VERSIONS, LIST_RECORDS,
 };
 use crate::history::{merge_history, VersionEntry};
 use crate::logs::StreamRead;
@@ -439,6 +439,51 @@ impl Clients {
             token = out.next_token().map(str::to_string);
             if token.is_none() {
                 return Ok(false);
+            }
+        }
+    }
+
+    /// Every line of `group` (all its streams, oldest first) that CloudWatch's filter
+    /// `pattern` matches; `None` when the group does not exist.
+    pub async fn filter_lines(
+        &self,
+        group: &str,
+        pattern: &str,
+    ) -> Result<Option<Vec<String>>, OpsError> {
+        let mut lines = Vec::new();
+        let mut token = None::<String>;
+        loop {
+            let out = match self
+                .logs
+                .filter_log_events()
+                .log_group_name(group)
+                .filter_pattern(pattern)
+                .set_next_token(token.clone())
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_resource_not_found_exception()) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => {
+                    return Err(
+                        classify(&FILTER_LOG_EVENTS, format!("log group {group}"), &e).into(),
+                    )
+                }
+            };
+            lines.extend(
+                out.events()
+                    .iter()
+                    .flat_map(|e| e.message().unwrap_or_default().lines())
+                    .map(str::to_string),
+            );
+            token = out.next_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(Some(lines));
             }
         }
     }

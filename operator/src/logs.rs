@@ -164,6 +164,9 @@ pub struct LogsReport {
     pub settled: bool,
     /// Host by host.
     pub hosts: Vec<HostLog>,
+    /// The deployer Lambda's own lines about this deploy (its log group, when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<LambdaLines>,
     /// Things the operator should know (missing streams and why).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -217,11 +220,71 @@ impl LogsReport {
         if self.hosts.is_empty() {
             out.push_str("no command was sent for this version (see `dropship status`)\n");
         }
+        if let Some(lambda) = &self.lambda {
+            out.push_str(&format!(
+                "\n== deployer Lambda (log group {})\n",
+                lambda.log_group
+            ));
+            for line in &lambda.lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+            if lambda.lines.is_empty() {
+                out.push_str("(no line names this version or its commands)\n");
+            }
+        }
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
         }
         out
     }
+}
+
+/// The deployer Lambda's lines about one deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LambdaLines {
+    /// The Lambda's CloudWatch Logs group.
+    pub log_group: String,
+    /// Its lines naming the version or one of the deploy's commands, oldest first.
+    pub lines: Vec<String>,
+}
+
+/// CloudWatch's longest filter pattern.
+pub const MAX_FILTER_PATTERN: usize = 1024;
+
+/// What identifies the Lambda's lines about a deploy: the version id (claim, verification,
+/// dispatch, settling) and each command id the record names (results, steps sent). A line
+/// belongs to the deploy when it contains one of them.
+pub fn lambda_terms(version_id: &str, record: Option<&DeployRecord>) -> Vec<String> {
+    let mut terms = vec![version_id.to_string()];
+    for batch in record.map(|r| r.commands.as_slice()).unwrap_or_default() {
+        if !terms.contains(&batch.command_id) {
+            terms.push(batch.command_id.clone());
+        }
+    }
+    terms
+}
+
+/// The CloudWatch filter pattern matching any of `terms` (`?"a" ?"b"`), or, when that would
+/// exceed [`MAX_FILTER_PATTERN`], the first term alone (the caller's [`select_lambda_lines`]
+/// is the exact filter either way; the pattern only narrows what CloudWatch sends).
+pub fn lambda_filter_pattern(terms: &[String]) -> String {
+    let quoted = |t: &String| format!("\"{}\"", t.replace('"', ""));
+    let all: Vec<String> = terms.iter().map(|t| format!("?{}", quoted(t))).collect();
+    let joined = all.join(" ");
+    if joined.len() <= MAX_FILTER_PATTERN || terms.len() < 2 {
+        joined
+    } else {
+        quoted(&terms[0])
+    }
+}
+
+/// The lines that contain one of `terms`, in their order.
+pub fn select_lambda_lines(lines: Vec<String>, terms: &[String]) -> Vec<String> {
+    lines
+        .into_iter()
+        .filter(|l| terms.iter().any(|t| l.contains(t.as_str())))
+        .collect()
 }
 
 /// Notes for streams a finished host should have written and did not: stdout always has the
@@ -420,5 +483,40 @@ mod tests {
         assert!(!f.after_poll(true, true), "growth resets the count");
         assert!(!f.after_poll(true, false));
         assert!(f.after_poll(true, false));
+    }
+
+    #[test]
+    fn the_lambda_lines_of_a_deploy_are_those_naming_its_version_or_commands() {
+        let r = record(&[
+            ("cmd-1", &["i-1", "i-2"], Purpose::Deploy),
+            ("cmd-2", &["i-1"], Purpose::Rollback),
+        ]);
+        let terms = lambda_terms("ver-9", Some(&r));
+        assert_eq!(terms, ["ver-9", "cmd-1", "cmd-2"]);
+        assert_eq!(
+            lambda_filter_pattern(&terms),
+            r#"?"ver-9" ?"cmd-1" ?"cmd-2""#
+        );
+        let lines = vec![
+            r#"{"fields":{"message":"version claimed","version_id":"ver-9"}}"#.to_string(),
+            r#"{"fields":{"message":"version claimed","version_id":"ver-8"}}"#.to_string(),
+            r#"{"fields":{"message":"step sent","command_id":"cmd-2"}}"#.to_string(),
+            r#"{"fields":{"message":"deployer ready"}}"#.to_string(),
+        ];
+        let kept = select_lambda_lines(lines.clone(), &terms);
+        assert_eq!(kept, [lines[0].clone(), lines[2].clone()]);
+        // Without a record only the version identifies the deploy.
+        assert_eq!(lambda_terms("ver-9", None), ["ver-9"]);
+    }
+
+    #[test]
+    fn a_filter_pattern_too_long_for_cloudwatch_narrows_by_the_version_alone() {
+        let mut terms = vec!["ver-9".to_string()];
+        terms.extend((0..40).map(|i| format!("{i:036}")));
+        let pattern = lambda_filter_pattern(&terms);
+        assert_eq!(pattern, r#""ver-9""#);
+        assert!(lambda_filter_pattern(&terms[..20]).len() <= MAX_FILTER_PATTERN);
+        // A quote inside a term cannot end the quoted phrase early.
+        assert_eq!(lambda_filter_pattern(&["a\"b".to_string()]), r#"?"ab""#);
     }
 }

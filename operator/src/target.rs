@@ -42,6 +42,8 @@ pub struct Resolved {
     pub config_path: PathBuf,
     /// `log_group` from the file (`logs` lets its flag and variable win).
     pub log_group: Option<String>,
+    /// `lambda_log_group` from the file (`logs` lets its flag and variable win).
+    pub lambda_log_group: Option<String>,
     /// `rule` from the file (`doctor` lets its flag and variable win).
     pub rule: Option<String>,
 }
@@ -117,6 +119,7 @@ pub fn resolve(args: &TargetArgs, all_envs: bool) -> anyhow::Result<Resolved> {
         region: config.region.clone(),
         config_path: config.path.clone(),
         log_group: config.log_group.clone(),
+        lambda_log_group: config.lambda_log_group.clone(),
         rule: config.rule.clone(),
     })
 }

@@ -69,6 +69,11 @@ pub async fn events() -> aws_sdk_eventbridge::Client {
     aws_sdk_eventbridge::Client::new(&sdk_config().await)
 }
 
+/// A CloudWatch Logs client for the shared moto server.
+pub async fn logs() -> aws_sdk_cloudwatchlogs::Client {
+    aws_sdk_cloudwatchlogs::Client::new(&sdk_config().await)
+}
+
 /// An SQS client for the shared moto server (the queue that captures the rule's events).
 pub async fn sqs() -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&sdk_config().await)

@@ -64,6 +64,10 @@ pub fn log_group(app: &str) -> String {
     format!("/dropship/{app}/commands")
 }
 
+/// The deployer Lambda's own log group (`/aws/lambda/<function>`), where the harness ships
+/// the Lambda's stdout as Lambda's runtime does.
+pub const LAMBDA_LOG_GROUP: &str = "/aws/lambda/dropship-deployer";
+
 /// Path of the sample app's health endpoint.
 pub const HEALTH_PATH: &str = "/public/health";
 
@@ -215,6 +219,9 @@ pub struct Pipeline {
     work: tempfile::TempDir,
     /// The Lambda's JSON log lines.
     pub lambda_log: PathBuf,
+    /// Bytes of `lambda_log` already shipped to [`LAMBDA_LOG_GROUP`].
+    lambda_log_shipped: Mutex<u64>,
+    logs: aws_sdk_cloudwatchlogs::Client,
     own_log: bool,
     /// Events received from SQS and not yet handed out.
     inbox: Mutex<Vec<Value>>,
@@ -248,6 +255,7 @@ impl Pipeline {
                 moto::sqs().await,
             )
         });
+        let logs = rt.block_on(moto::logs());
         ReleaseKey::new(&opts.app, ENV).map_err(|e| anyhow!("app name: {e}"))?;
 
         // The Lambda, as a Lambda (started first: its cold start overlaps the setup).
@@ -424,6 +432,8 @@ impl Pipeline {
             lambda,
             own_log: opts.lambda_log.is_none(),
             lambda_log,
+            lambda_log_shipped: Mutex::new(0),
+            logs,
             work,
             inbox: Mutex::new(Vec::new()),
             retries: Mutex::new(Vec::new()),
@@ -731,7 +741,86 @@ impl Pipeline {
                 ));
             }
         }
+        if !events.is_empty() {
+            self.ship_lambda_log()?;
+        }
         Ok(events.len())
+    }
+
+    /// Sends the Lambda's new complete lines to [`LAMBDA_LOG_GROUP`], one event per line, as
+    /// Lambda's runtime sends a function's stdout to its group (one stream per process).
+    pub fn ship_lambda_log(&self) -> Result<()> {
+        use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+        let mut shipped = self.lambda_log_shipped.lock().unwrap();
+        let text = std::fs::read(&self.lambda_log)?;
+        let start = (*shipped as usize).min(text.len());
+        let Some(end) = text[start..].iter().rposition(|b| *b == b'\n') else {
+            return Ok(());
+        };
+        let end = start + end + 1;
+        let lines: Vec<String> = String::from_utf8_lossy(&text[start..end])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        let stream = format!("local/[$LATEST]{}", self.lambda_pid());
+        self.rt.block_on(async {
+            let group = self
+                .logs
+                .create_log_group()
+                .log_group_name(LAMBDA_LOG_GROUP)
+                .send()
+                .await;
+            if let Err(e) = group {
+                if !e
+                    .as_service_error()
+                    .is_some_and(|s| s.is_resource_already_exists_exception())
+                {
+                    bail!("CreateLogGroup {LAMBDA_LOG_GROUP}: {e:?}");
+                }
+            }
+            let created = self
+                .logs
+                .create_log_stream()
+                .log_group_name(LAMBDA_LOG_GROUP)
+                .log_stream_name(&stream)
+                .send()
+                .await;
+            if let Err(e) = created {
+                if !e
+                    .as_service_error()
+                    .is_some_and(|s| s.is_resource_already_exists_exception())
+                {
+                    bail!("CreateLogStream {stream}: {e:?}");
+                }
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64;
+            for batch in lines.chunks(500) {
+                let events = batch
+                    .iter()
+                    .map(|m| {
+                        InputLogEvent::builder()
+                            .timestamp(now)
+                            .message(m)
+                            .build()
+                            .expect("timestamp and message are set")
+                    })
+                    .collect();
+                self.logs
+                    .put_log_events()
+                    .log_group_name(LAMBDA_LOG_GROUP)
+                    .log_stream_name(&stream)
+                    .set_log_events(Some(events))
+                    .send()
+                    .await
+                    .map_err(|e| anyhow!("PutLogEvents {stream}: {e:?}"))?;
+            }
+            anyhow::Ok(())
+        })?;
+        *shipped = end as u64;
+        Ok(())
     }
 
     /// Puts on the bus what EC2 emits when `host`'s instance enters `running` (moto's EC2

@@ -271,6 +271,15 @@ impl SimHost {
         &self.name
     }
 
+    /// The machine directory that holds this host's file system and engine (in every one
+    /// of its processes' command lines); empty once the host stopped.
+    pub fn machine_dir(&self) -> PathBuf {
+        self.dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default()
+    }
+
     fn dir(&self) -> &Path {
         self.dir.as_ref().expect("host directory").path()
     }

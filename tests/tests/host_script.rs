@@ -345,22 +345,40 @@ fn compose_healthcheck_is_the_gate_without_a_health_url() {
     assert_eq!(w.host.state()["last_outcome"], "rolled_back");
 }
 
-#[test]
-fn health_url_is_the_gate_when_compose_says_healthy() {
-    let w = World::new("urlgate");
+/// A v2 whose containers are healthy but whose `url` is not: rolled back to v1, saying why.
+fn assert_unhealthy_url_rolls_back(name: &str, url: &str, says: &str) {
+    let w = World::new(name);
     w.deployed("v1", "01");
-    // The container is healthy (its healthcheck fetches /app/health), the URL is not.
     let mut vars = w.vars(&w.healthy("v2"), "ver-2", "02");
-    vars.insert(
-        "DROPSHIP_HEALTH_URL".into(),
-        "http://127.0.0.1:8080/app/ready".into(),
-    );
+    vars.insert("DROPSHIP_HEALTH_URL".into(), url.into());
     vars.insert("DROPSHIP_HEALTH_TIMEOUT".into(), "3".into());
     let run = w.run(&vars);
     assert_code(&run, 9, "rolled_back");
     assert_logged_steps(&run, &["switch", "health", "rollback"]);
-    assert!(run.output.contains("not healthy after"), "{}", run.output);
+    assert!(run.output.contains(says), "{}", run.output);
     assert_settled(&w, "v1");
+    assert!(w.host.leftovers().is_empty(), "{:?}", w.host.leftovers());
+}
+
+#[test]
+fn health_url_is_the_gate_when_compose_says_healthy() {
+    // The container is healthy (its healthcheck fetches /app/health), the URL answers 404.
+    assert_unhealthy_url_rolls_back(
+        "urlgate",
+        "http://127.0.0.1:8080/app/ready",
+        "answered 4xx/5xx",
+    );
+}
+
+#[test]
+fn a_health_url_answering_a_redirect_is_not_healthy() {
+    // busybox httpd answers a directory without its trailing slash with a redirect. Before the
+    // fix, curl --fail took the 3xx for healthy and v2 stayed deployed, unchecked.
+    assert_unhealthy_url_rolls_back(
+        "redirect",
+        "http://127.0.0.1:8080/app",
+        "answered a redirect",
+    );
 }
 
 #[test]

@@ -155,10 +155,68 @@ fn logs_prints_every_hosts_full_output_of_a_real_deploy_and_follows_it_live() {
         out.stdout
     );
 
-    // --json: the same, structured.
-    let json = dropship(&p, &["logs", &v1, "--log-group", &group, "--json"]);
+    // --json: the same, structured, with the deployer Lambda's own lines about v1 from its
+    // group (the harness ships the Lambda's stdout there, as Lambda's runtime does).
+    let json = dropship(
+        &p,
+        &[
+            "logs",
+            &v1,
+            "--log-group",
+            &group,
+            "--lambda-log-group",
+            dropship_tests::pipeline::LAMBDA_LOG_GROUP,
+            "--json",
+        ],
+    );
     assert_eq!(json.code, 0, "{}", json.stderr);
     let report: Value = json.json();
+    assert_eq!(
+        report["lambda"]["log_group"],
+        dropship_tests::pipeline::LAMBDA_LOG_GROUP
+    );
+    let lambda_lines: Vec<&str> = report["lambda"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        lambda_lines
+            .iter()
+            .any(|l| l.contains("version claimed") && l.contains(v1.as_str())),
+        "{lambda_lines:#?}"
+    );
+    assert!(
+        lambda_lines
+            .iter()
+            .any(|l| l.contains(&d.runs[0].command_id) && l.contains("host result")),
+        "the Lambda's lines about the deploy's command: {lambda_lines:#?}"
+    );
+    assert!(
+        lambda_lines.iter().all(|l| l.contains(v1.as_str())
+            || record.commands.iter().any(|c| l.contains(&c.command_id))),
+        "only lines about this deploy: {lambda_lines:#?}"
+    );
+    // A Lambda group that does not exist is a note naming the setting, not a failure.
+    let nogroup = dropship(
+        &p,
+        &[
+            "logs",
+            &v1,
+            "--log-group",
+            &group,
+            "--lambda-log-group",
+            "/aws/lambda/nope",
+        ],
+    );
+    assert_eq!(nogroup.code, 0, "{}", nogroup.stderr);
+    assert!(
+        nogroup.stdout.contains("/aws/lambda/nope does not exist")
+            && nogroup.stdout.contains("lambda_log_group"),
+        "{}",
+        nogroup.stdout
+    );
     assert_eq!(report["version_id"], v1.as_str());
     assert_eq!(report["log_group"], group.as_str());
     assert_eq!(report["settled"], true);

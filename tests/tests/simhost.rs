@@ -86,6 +86,11 @@ fn two_hosts_publish_the_same_port_each_on_its_own_loopback_and_leave_nothing_be
     // forwarding live in the hosts' namespaces).
     assert_eq!(machine_network(), before);
 
+    // Other tests run their own hosts meanwhile: only these two hosts' processes count.
+    let dirs: Vec<String> = hosts
+        .iter()
+        .map(|h| h.machine_dir().display().to_string())
+        .collect();
     for h in &mut hosts {
         h.stop();
     }
@@ -96,7 +101,7 @@ fn two_hosts_publish_the_same_port_each_on_its_own_loopback_and_leave_nothing_be
         );
     }
     let leftover = Command::new("pgrep")
-        .args(["-f", "dropship-simhost-"])
+        .args(["-f", &dirs.join("|")])
         .output()
         .unwrap();
     assert!(

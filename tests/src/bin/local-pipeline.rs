@@ -9,13 +9,17 @@
 //! to v2 (`--wait` exits 8, v2 serves everywhere); a broken v4 fails on the first host and the
 //! rollout stops there; `dropship rollback` to v1 redeploys it everywhere. Host results are what SSM (the
 //! local SSM endpoint) reports and the Lambda stored. Exits non-zero when any step does not
-//! end as expected. `DROPSHIP_PIPELINE_KEEP=1` keeps the Lambda's log;
+//! end as expected. Then the operator's walkthrough: `dropship releases`, `status` of the
+//! rolled-back v3, `logs` of v1 on one host (with the Lambda's own lines) and `doctor`, each
+//! printed with its exit code. `DROPSHIP_PIPELINE_KEEP=1` keeps the Lambda's log;
 //! `DROPSHIP_PIPELINE_VERBOSE=1` prints every host's output.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
+use aws_sdk_s3::types::{EventBridgeConfiguration, NotificationConfiguration};
 use dropship_tests::pipeline::{self, HostRun, Options, Pipeline};
+use dropship_tests::s3_notifications::S3NotificationEndpoint;
 use serde_json::Value;
 
 fn main() {
@@ -112,7 +116,7 @@ fn run() -> Result<()> {
         ),
     );
     p.commit_release("v3");
-    step(&mut p, &mut rows, "v3 (last host bad)", 8, &c2, Cli::Upload)?;
+    let v3 = step(&mut p, &mut rows, "v3 (last host bad)", 8, &c2, Cli::Upload)?;
     p.repo.write("compose.yaml", compose);
     p.repo.commit("sample app: v3's healthcheck reverted");
 
@@ -127,7 +131,7 @@ fn run() -> Result<()> {
         "rollback to v1",
         0,
         &c1,
-        Cli::Rollback(v1),
+        Cli::Rollback(v1.clone()),
     )?;
 
     let elapsed = started.elapsed();
@@ -157,10 +161,83 @@ fn run() -> Result<()> {
         "pipeline time: {:.1} s (setup, 4 uploads and a rollback with --wait, events, Lambda, 13 host runs)",
         elapsed.as_secs_f64()
     );
+
+    // The operator's side of the same pipeline: what they would run next.
+    p.ship_lambda_log()?;
+    let first = p
+        .hosts
+        .iter()
+        .map(|h| h.instance_id.clone())
+        .min()
+        .unwrap_or_default();
+    let log_group = pipeline::log_group(&p.app);
+    // moto never returns the EventBridgeConfiguration it stores: doctor's S3 reads go through
+    // the pass-through endpoint that answers as S3 does (the pipeline's setting, put again).
+    let s3_fix = S3NotificationEndpoint::start();
+    p.block_on(async {
+        s3_fix
+            .client()
+            .await
+            .put_bucket_notification_configuration()
+            .bucket(&p.bucket)
+            .notification_configuration(
+                NotificationConfiguration::builder()
+                    .event_bridge_configuration(EventBridgeConfiguration::builder().build())
+                    .build(),
+            )
+            .send()
+            .await
+    })?;
+    println!();
+    println!("operator walkthrough (the `dropship` CLI against this pipeline):");
+    for args in [
+        vec!["releases"],
+        vec!["status", v3.as_str()],
+        vec![
+            "logs",
+            v1.as_str(),
+            "--host",
+            first.as_str(),
+            "--log-group",
+            log_group.as_str(),
+            "--lambda-log-group",
+            pipeline::LAMBDA_LOG_GROUP,
+        ],
+    ] {
+        operator(&p, &args, &[])?;
+    }
+    operator(&p, &["doctor"], &s3_fix.aws_env())?;
     drop(p);
     if std::env::var("DROPSHIP_PIPELINE_KEEP").as_deref() == Ok("1") {
         println!("logs kept in {}", work.keep().display());
     }
+    Ok(())
+}
+
+/// Runs `dropship ARGS` as an operator would (this pipeline's app, environment and bucket;
+/// SSM at the local endpoint) and prints the command, its output and its exit code.
+fn operator(p: &Pipeline, args: &[&str], env: &[(String, String)]) -> Result<()> {
+    let out = p
+        .repo
+        .dropship()
+        .args(args)
+        .args([
+            "--app",
+            &p.app,
+            "--env",
+            pipeline::ENV,
+            "--bucket",
+            &p.bucket,
+        ])
+        .envs(p.local_ssm.aws_env())
+        .envs(env.iter().cloned())
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    println!();
+    println!("$ dropship {}", args.join(" "));
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("(exit {})", out.status.code().unwrap_or(-1));
     Ok(())
 }
 
