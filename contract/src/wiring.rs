@@ -12,6 +12,26 @@ pub const COMMAND_DOCUMENT: &str = "AWS-RunShellScript";
 /// Suffix of the release rule's name in `infra/` (`<name_prefix>-release-uploaded`).
 pub const RELEASE_RULE_SUFFIX: &str = "-release-uploaded";
 
+/// The deployer's variable listing the buckets whose uploads it acts on.
+pub const ALLOWED_BUCKETS_VAR: &str = "DROPSHIP_ALLOWED_BUCKETS";
+/// The deployer's variable listing the apps it acts on (empty: any).
+pub const ALLOWED_APPS_VAR: &str = "DROPSHIP_ALLOWED_APPS";
+/// The deployer's variable listing the environments it acts on (empty: any).
+pub const ALLOWED_ENVIRONMENTS_VAR: &str = "DROPSHIP_ALLOWED_ENVIRONMENTS";
+/// The deployer's variable naming the hosts' command-output log group.
+pub const LOG_GROUP_VAR: &str = "DROPSHIP_LOG_GROUP";
+
+/// The entries of one of the deployer's comma-separated list variables, trimmed, empty ones
+/// dropped: how the deployer reads them and how `doctor` checks them.
+pub fn list_value(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Which of a command's two output streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

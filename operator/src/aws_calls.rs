@@ -79,6 +79,12 @@ pub const FILTER_LOG_EVENTS: AwsCall = AwsCall {
     iam_action: "logs:FilterLogEvents",
     why: "logs: the deployer Lambda's own lines about the deploy",
 };
+/// `GetFunctionConfiguration` of the release rule's Lambda target.
+pub const GET_FUNCTION_CONFIGURATION: AwsCall = AwsCall {
+    operation: "lambda:GetFunctionConfiguration",
+    iam_action: "lambda:GetFunctionConfiguration",
+    why: "doctor: the deployer is active and its allow-lists name the bucket, app and environment",
+};
 /// `GetCallerIdentity`: who the credentials are. AWS authorises it for every principal, so
 /// no policy grants it (it is not in [`CALLS`]).
 pub const GET_CALLER_IDENTITY: AwsCall = AwsCall {
@@ -148,6 +154,7 @@ pub const OPTIONAL_CALLS: &[AwsCall] = &[
     LIST_TARGETS_BY_RULE,
     DESCRIBE_INSTANCES,
     DESCRIBE_INSTANCE_INFORMATION,
+    GET_FUNCTION_CONFIGURATION,
 ];
 
 /// The IAM actions behind [`CALLS`], each once.

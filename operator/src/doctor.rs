@@ -1,13 +1,17 @@
 //! `doctor`: is the AWS side wired so that an upload reaches every host? Checks, in the order
 //! a deploy depends on them, each with the fix to apply: credentials and region; the bucket
 //! exists, is versioned and sends its events to EventBridge; the release rule exists, is
-//! enabled, matches the bucket and has a target (a Lambda function); instances carry the
-//! app/env tags, are running and are online in SSM.
+//! enabled, matches the bucket and has a target (a Lambda function); that Lambda is active
+//! and its allow-lists name the bucket, app and environment; instances carry the app/env
+//! tags, are running and are online in SSM.
 //!
 //! Pure: [`DoctorFacts`] (what the AWS edge, [`crate::doctor_facts`], read) in, findings
 //! out. A fact the edge did not read because an earlier one failed is `None`, and its checks
 //! say so instead of guessing.
 
+use dropship_contract::wiring::{
+    list_value, ALLOWED_APPS_VAR, ALLOWED_BUCKETS_VAR, ALLOWED_ENVIRONMENTS_VAR, LOG_GROUP_VAR,
+};
 use serde::Serialize;
 
 use crate::exit::Exit;
@@ -41,6 +45,19 @@ pub struct RuleFacts {
     pub event_pattern: Option<String>,
     /// Target ARNs.
     pub targets: Vec<String>,
+}
+
+/// The deployer Lambda the release rule targets, as `GetFunctionConfiguration` tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LambdaFacts {
+    /// Function ARN (the rule's target).
+    pub arn: String,
+    /// `Active`, `Pending`, `Inactive`, `Failed`.
+    pub state: String,
+    /// `Successful`, `InProgress`, `Failed` (of the last configuration or code update).
+    pub last_update_status: String,
+    /// Its environment variables (the deployer's configuration; no secrets live there).
+    pub environment: std::collections::BTreeMap<String, String>,
 }
 
 /// One EC2 instance carrying the app/env tags.
@@ -81,6 +98,8 @@ pub struct DoctorFacts {
     pub rule_asked: Option<String>,
     /// The rules read: the one asked for (empty if it does not exist), or every rule.
     pub rules: Option<Read<Vec<RuleFacts>>>,
+    /// The deployer Lambda the release rule targets (`None`: no Lambda target to read).
+    pub lambda: Option<Read<LambdaFacts>>,
     /// Tag keys naming the app and the environment on instances.
     pub tag_keys: (String, String),
     /// Instances with both tags, in any state.
@@ -105,6 +124,8 @@ pub enum Check {
     Rule,
     /// The rule's target.
     RuleTarget,
+    /// The deployer Lambda is active and acts on this bucket, app and environment.
+    Deployer,
     /// Instances carry the tags.
     Instances,
     /// They are running.
@@ -123,6 +144,7 @@ impl Check {
             Check::Notifications => "notifications",
             Check::Rule => "rule",
             Check::RuleTarget => "rule target",
+            Check::Deployer => "deployer",
             Check::Instances => "instances",
             Check::Running => "running",
             Check::Ssm => "ssm",
@@ -160,7 +182,7 @@ pub struct Finding {
 
 /// The account-wide reads an operator role needs for `doctor` (the uploader policy does not
 /// grant them: they cannot be limited to one app).
-const OPERATOR_ROLE: &str = "events:ListRules, events:ListTargetsByRule, ec2:DescribeInstances and ssm:DescribeInstanceInformation (an operator role: the uploader policy does not grant them, they cannot be limited to one app)";
+const OPERATOR_ROLE: &str = "events:ListRules, events:ListTargetsByRule, lambda:GetFunctionConfiguration, ec2:DescribeInstances and ssm:DescribeInstanceInformation (an operator role: the uploader policy does not grant them, they cannot be limited to one app)";
 
 fn finding(check: Check, level: Level, message: String, fix: Option<String>) -> Finding {
     Finding {
@@ -311,18 +333,7 @@ fn rule(f: &DoctorFacts) -> Vec<Finding> {
         }
         Some(Ok(rules)) => rules,
     };
-    let found: Vec<&RuleFacts> = match &f.rule_asked {
-        Some(name) => rules.iter().filter(|r| &r.name == name).collect(),
-        None => rules
-            .iter()
-            .filter(|r| {
-                r.event_pattern
-                    .as_deref()
-                    .is_some_and(|p| routes_bucket(p, b))
-            })
-            .collect(),
-    };
-    let Some(first) = found.first() else {
+    let Some(rule) = release_rule(rules, f.rule_asked.as_deref(), b) else {
         let message = match &f.rule_asked {
             Some(name) => format!("EventBridge rule {name} does not exist on the default bus"),
             None => format!("no EventBridge rule on the default bus sends bucket {b}'s \"Object Created\" events anywhere: an upload reaches no deployer"),
@@ -336,8 +347,6 @@ fn rule(f: &DoctorFacts) -> Vec<Finding> {
             skipped(Check::RuleTarget, "no rule"),
         ];
     };
-    // With several candidates, the best one speaks: enabled and matching first.
-    let rule = found.iter().find(|r| r.state == "ENABLED").unwrap_or(first);
     let how = if f.rule_asked.is_some() {
         "named"
     } else {
@@ -386,6 +395,129 @@ fn rule(f: &DoctorFacts) -> Vec<Finding> {
             Level::Warn,
             format!("rule {} targets {}, not a Lambda function", rule.name, rule.targets.join(", ")),
             Some("fine if that target forwards the events to the deployer; otherwise point the rule at the deployer Lambda (infra/events.tf)".into()),
+        ));
+    }
+    out
+}
+
+/// The release rule: the one named (`--rule`), else the rules whose pattern routes the
+/// bucket's uploads; with several candidates, the best one speaks (enabled first).
+pub fn release_rule<'a>(
+    rules: &'a [RuleFacts],
+    asked: Option<&str>,
+    bucket: &str,
+) -> Option<&'a RuleFacts> {
+    let found: Vec<&RuleFacts> = match asked {
+        Some(name) => rules.iter().filter(|r| r.name == name).collect(),
+        None => rules
+            .iter()
+            .filter(|r| {
+                r.event_pattern
+                    .as_deref()
+                    .is_some_and(|p| routes_bucket(p, bucket))
+            })
+            .collect(),
+    };
+    found
+        .iter()
+        .find(|r| r.state == "ENABLED")
+        .or(found.first())
+        .copied()
+}
+
+/// The release rule's Lambda target, if it has one: the function the deployer check reads.
+pub fn lambda_target(rules: &[RuleFacts], asked: Option<&str>, bucket: &str) -> Option<String> {
+    release_rule(rules, asked, bucket)?
+        .targets
+        .iter()
+        .find(|t| is_lambda_function(t))
+        .cloned()
+}
+
+/// The deployer acts on an upload only when it is active and its allow-lists name the
+/// bucket, the app and the environment; anything else is an upload that silently does
+/// nothing (the event is refused before any read).
+fn deployer(f: &DoctorFacts) -> Vec<Finding> {
+    let facts = match &f.lambda {
+        None => {
+            let why = match &f.rules {
+                None => "no credentials",
+                Some(Err(_)) => "the rules could not be read",
+                Some(Ok(_)) => "the release rule has no Lambda target to read",
+            };
+            return vec![skipped(Check::Deployer, why)];
+        }
+        Some(Err(e)) => return vec![fail(
+            Check::Deployer,
+            format!("the deployer Lambda's configuration could not be read: {e}"),
+            "grant lambda:GetFunctionConfiguration on the deployer function to this operator role"
+                .into(),
+        )],
+        Some(Ok(l)) => l,
+    };
+    let name = facts.arn.rsplit(':').next().unwrap_or(&facts.arn);
+    let mut out = Vec::new();
+    if facts.state != "Active" || facts.last_update_status == "Failed" {
+        out.push(fail(
+            Check::Deployer,
+            format!(
+                "deployer {name} is {} (last update {}): it runs no deploy",
+                facts.state, facts.last_update_status
+            ),
+            format!("aws lambda get-function-configuration --function-name {name} shows StateReason; re-apply infra/ (terraform apply)"),
+        ));
+    }
+    let var = |k: &str| facts.environment.get(k).map(String::as_str).unwrap_or("");
+    let buckets = list_value(var(ALLOWED_BUCKETS_VAR));
+    if !buckets.iter().any(|b| b == &f.bucket) {
+        out.push(fail(
+            Check::Deployer,
+            format!(
+                "deployer {name} ignores uploads to bucket {}: {ALLOWED_BUCKETS_VAR} is {:?}",
+                f.bucket,
+                var(ALLOWED_BUCKETS_VAR)
+            ),
+            format!("add {} to {ALLOWED_BUCKETS_VAR} (infra/ sets it from the bucket it creates), or upload to a listed bucket", f.bucket),
+        ));
+    }
+    for (list_var, value, what, infra) in [
+        (ALLOWED_APPS_VAR, &f.app, "app", "apps"),
+        (
+            ALLOWED_ENVIRONMENTS_VAR,
+            &f.env,
+            "environment",
+            "environments",
+        ),
+    ] {
+        let listed = list_value(var(list_var));
+        if !listed.is_empty() && !listed.contains(value) {
+            out.push(fail(
+                Check::Deployer,
+                format!(
+                    "deployer {name} refuses {what} {value}: {list_var} is {:?}",
+                    var(list_var)
+                ),
+                format!(
+                    "add {value} to the module's `{infra}` variable (it sets {list_var}) and apply"
+                ),
+            ));
+        }
+    }
+    if out.is_empty() {
+        out.push(ok(
+            Check::Deployer,
+            format!(
+                "deployer {name} is Active and acts on bucket {}, app {}, environment {}",
+                f.bucket, f.app, f.env
+            ),
+        ));
+    }
+    if var(LOG_GROUP_VAR).is_empty() {
+        out.push(finding(
+            Check::Deployer,
+            Level::Warn,
+            format!("deployer {name} has no {LOG_GROUP_VAR}: SSM keeps only 24,000 characters of each host's output and `dropship logs` has nothing to read"),
+            Some(format!("set {LOG_GROUP_VAR} (infra/ sets it to its command_output_log_group)")),
         ));
     }
     out
@@ -487,6 +619,7 @@ pub fn findings(f: &DoctorFacts) -> Vec<Finding> {
     let mut out = credentials(f);
     out.extend(bucket(f));
     out.extend(rule(f));
+    out.extend(deployer(f));
     out.extend(hosts(f));
     out
 }
@@ -598,6 +731,20 @@ mod tests {
                     targets: vec!["arn:aws:lambda:eu-west-1:1:function:dropship-deployer".into()],
                 },
             ])),
+            lambda: Some(Ok(LambdaFacts {
+                arn: "arn:aws:lambda:eu-west-1:1:function:dropship-deployer".into(),
+                state: "Active".into(),
+                last_update_status: "Successful".into(),
+                environment: [
+                    ("DROPSHIP_ALLOWED_BUCKETS", "other, art"),
+                    ("DROPSHIP_ALLOWED_APPS", "shop"),
+                    ("DROPSHIP_ALLOWED_ENVIRONMENTS", ""),
+                    ("DROPSHIP_LOG_GROUP", "/dropship/ssm-command-output"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            })),
             tag_keys: ("dropship:app".into(), "dropship:env".into()),
             instances: Some(Ok(vec![
                 InstanceFacts {
@@ -721,6 +868,7 @@ mod tests {
             region: None,
             bucket_facts: None,
             rules: None,
+            lambda: None,
             instances: None,
             agents: None,
             ..healthy()
@@ -830,5 +978,92 @@ mod tests {
             "art"
         ));
         assert!(!routes_bucket("not json", "art"));
+    }
+
+    #[test]
+    fn a_deployer_that_would_ignore_the_upload_is_a_fault_naming_the_variable_and_fix() {
+        let with = |change: &dyn Fn(&mut LambdaFacts)| {
+            let mut f = healthy();
+            if let Some(Ok(l)) = &mut f.lambda {
+                change(l);
+            }
+            DoctorReport::of(&f)
+        };
+        let set = |k: &str, v: &str| {
+            let (k, v) = (k.to_string(), v.to_string());
+            move |l: &mut LambdaFacts| {
+                l.environment.insert(k.clone(), v.clone());
+            }
+        };
+        for (change, needle, fix) in [
+            (
+                Box::new(set("DROPSHIP_ALLOWED_BUCKETS", "other")) as Box<dyn Fn(&mut LambdaFacts)>,
+                "ignores uploads to bucket art: DROPSHIP_ALLOWED_BUCKETS is \"other\"",
+                "add art to DROPSHIP_ALLOWED_BUCKETS",
+            ),
+            (
+                Box::new(set("DROPSHIP_ALLOWED_APPS", "blog, wiki")),
+                "refuses app shop: DROPSHIP_ALLOWED_APPS is \"blog, wiki\"",
+                "`apps` variable",
+            ),
+            (
+                Box::new(set("DROPSHIP_ALLOWED_ENVIRONMENTS", "staging")),
+                "refuses environment prod: DROPSHIP_ALLOWED_ENVIRONMENTS is \"staging\"",
+                "`environments` variable",
+            ),
+            (
+                Box::new(|l: &mut LambdaFacts| l.state = "Failed".into()),
+                "deployer dropship-deployer is Failed",
+                "terraform apply",
+            ),
+        ] {
+            let r = with(&*change);
+            assert!(!r.ready, "{}", r.render());
+            assert_eq!(r.exit_code(), Exit::NotReady);
+            let fault = r
+                .findings
+                .iter()
+                .find(|f| f.check == Check::Deployer && f.level == Level::Fail)
+                .unwrap_or_else(|| panic!("no deployer fault in {}", r.render()));
+            assert!(fault.message.contains(needle), "{}", fault.message);
+            assert!(fault.fix.as_deref().unwrap().contains(fix), "{fault:?}");
+        }
+        // No log group: a warning, the deploy still reaches every host.
+        let r = with(&|l: &mut LambdaFacts| {
+            l.environment.remove("DROPSHIP_LOG_GROUP");
+        });
+        assert!(r.ready, "{}", r.render());
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.check == Check::Deployer && f.level == Level::Warn));
+        // Unreadable: a fault naming the permission; no Lambda target: skipped.
+        let mut f = healthy();
+        f.lambda = Some(Err("AccessDenied".into()));
+        let r = DoctorReport::of(&f);
+        assert!(
+            r.render().contains("lambda:GetFunctionConfiguration"),
+            "{}",
+            r.render()
+        );
+        assert!(!r.ready);
+        f.lambda = None;
+        let r = DoctorReport::of(&f);
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.check == Check::Deployer && f.level == Level::Skipped));
+    }
+
+    #[test]
+    fn the_lambda_read_is_the_release_rules_target() {
+        let f = healthy();
+        let Some(Ok(rules)) = &f.rules else { panic!() };
+        assert_eq!(
+            lambda_target(rules, None, "art").as_deref(),
+            Some("arn:aws:lambda:eu-west-1:1:function:dropship-deployer")
+        );
+        assert_eq!(lambda_target(rules, Some("other"), "art"), None);
+        assert_eq!(lambda_target(rules, None, "elsewhere"), None);
     }
 }

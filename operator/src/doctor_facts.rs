@@ -7,14 +7,19 @@ use dropship_aws::{classify, http_status};
 
 use crate::aws_calls::{
     DESCRIBE_INSTANCES, DESCRIBE_INSTANCE_INFORMATION, GET_BUCKET_NOTIFICATION,
-    GET_BUCKET_VERSIONING, GET_CALLER_IDENTITY, LIST_RULES, LIST_TARGETS_BY_RULE,
+    GET_BUCKET_VERSIONING, GET_CALLER_IDENTITY, GET_FUNCTION_CONFIGURATION, LIST_RULES,
+    LIST_TARGETS_BY_RULE,
 };
-use crate::doctor::{AgentFacts, BucketFacts, DoctorFacts, InstanceFacts, Read, RuleFacts};
+use crate::doctor::{
+    lambda_target, AgentFacts, BucketFacts, DoctorFacts, InstanceFacts, LambdaFacts, Read,
+    RuleFacts,
+};
 
 /// The clients `doctor` reads with.
 #[derive(Debug, Clone)]
 pub struct DoctorClients {
     sts: aws_sdk_sts::Client,
+    lambda: aws_sdk_lambda::Client,
     s3: aws_sdk_s3::Client,
     events: aws_sdk_eventbridge::Client,
     ec2: aws_sdk_ec2::Client,
@@ -41,6 +46,7 @@ impl DoctorClients {
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
         Self {
             sts: aws_sdk_sts::Client::new(sdk),
+            lambda: aws_sdk_lambda::Client::new(sdk),
             s3: dropship_aws::sdk::s3_client(sdk),
             events: aws_sdk_eventbridge::Client::new(sdk),
             ec2: aws_sdk_ec2::Client::new(sdk),
@@ -61,6 +67,7 @@ impl DoctorClients {
             bucket_facts: None,
             rule_asked: t.rule.clone(),
             rules: None,
+            lambda: None,
             tag_keys: t.tag_keys.clone(),
             instances: None,
             agents: None,
@@ -69,7 +76,13 @@ impl DoctorClients {
             return facts;
         }
         facts.bucket_facts = Some(self.bucket(&t.bucket).await);
-        facts.rules = Some(self.rules(t.rule.as_deref()).await);
+        let rules = self.rules(t.rule.as_deref()).await;
+        if let Ok(rules) = &rules {
+            if let Some(arn) = lambda_target(rules, t.rule.as_deref(), &t.bucket) {
+                facts.lambda = Some(self.lambda(&arn).await);
+            }
+        }
+        facts.rules = Some(rules);
         let instances = self.instances(t).await;
         let running: Vec<String> = instances
             .iter()
@@ -82,6 +95,32 @@ impl DoctorClients {
         }
         facts.instances = Some(instances);
         facts
+    }
+
+    async fn lambda(&self, arn: &str) -> Read<LambdaFacts> {
+        let out = self
+            .lambda
+            .get_function_configuration()
+            .function_name(arn)
+            .send()
+            .await
+            .map_err(|e| {
+                classify(&GET_FUNCTION_CONFIGURATION, format!("function {arn}"), &e).to_string()
+            })?;
+        Ok(LambdaFacts {
+            arn: arn.to_string(),
+            state: out
+                .state()
+                .map_or("unknown".into(), |s| s.as_str().to_string()),
+            last_update_status: out
+                .last_update_status()
+                .map_or("unknown".into(), |s| s.as_str().to_string()),
+            environment: out
+                .environment()
+                .and_then(|e| e.variables())
+                .map(|v| v.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        })
     }
 
     async fn identity(&self) -> Read<String> {

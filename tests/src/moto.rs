@@ -154,35 +154,57 @@ pub fn port() -> u16 {
         .unwrap_or_else(|| panic!("AWS_ENDPOINT_URL {url} has no port"))
 }
 
-/// Creates an IAM instance profile named `name` in moto and returns its ARN, through IAM's
-/// Query API as AWS documents it (`Action=CreateInstanceProfile`, form-encoded POST) with
-/// curl: the only IAM call the suites make, not worth compiling the IAM SDK for.
-pub fn create_instance_profile(name: &str) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--fail", "-X", "POST", &format!("{}/", endpoint())])
+/// One IAM Query API call to moto (`Action` and its parameters); returns the `<Arn>` of the
+/// answer. The Rust SDK for IAM is not a dependency of the project: this is the only IAM the
+/// suites need.
+fn iam_query(action: &str, params: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--fail", "-X", "POST", &format!("{}/", endpoint())])
         .args([
             "-H",
             "Authorization: AWS4-HMAC-SHA256 Credential=test/20261129/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
         ])
-        .args([
-            "--data-urlencode",
-            "Action=CreateInstanceProfile",
-            "--data-urlencode",
-            &format!("InstanceProfileName={name}"),
-            "--data-urlencode",
-            "Version=2010-05-08",
-        ])
-        .output()
-        .expect("run curl");
+        .args(["--data-urlencode", &format!("Action={action}")])
+        .args(["--data-urlencode", "Version=2010-05-08"]);
+    for (k, v) in params {
+        cmd.args(["--data-urlencode", &format!("{k}={v}")]);
+    }
+    let out = cmd.output().expect("run curl");
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "CreateInstanceProfile {name}: {body}{}",
+        "{action} {params:?}: {body}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     body.split("<Arn>")
         .nth(1)
         .and_then(|rest| rest.split("</Arn>").next())
-        .unwrap_or_else(|| panic!("CreateInstanceProfile answered without an Arn: {body}"))
+        .unwrap_or_else(|| panic!("{action} answered without an Arn: {body}"))
         .to_owned()
+}
+
+/// Creates the instance profile `name` in moto's IAM (RunInstances refuses a profile IAM does
+/// not know); returns its ARN.
+pub fn create_instance_profile(name: &str) -> String {
+    iam_query("CreateInstanceProfile", &[("InstanceProfileName", name)])
+}
+
+/// Creates a role Lambda may assume in moto's IAM (CreateFunction refuses a role IAM does not
+/// know); returns its ARN.
+pub fn create_lambda_role(name: &str) -> String {
+    iam_query(
+        "CreateRole",
+        &[
+            ("RoleName", name),
+            (
+                "AssumeRolePolicyDocument",
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+            ),
+        ],
+    )
+}
+
+/// A Lambda client for the shared moto server.
+pub async fn lambda() -> aws_sdk_lambda::Client {
+    aws_sdk_lambda::Client::new(&sdk_config().await)
 }

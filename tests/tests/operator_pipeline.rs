@@ -352,6 +352,126 @@ fn doctor_passes_the_healthy_pipeline_and_names_each_fault_of_a_miswired_one() {
         healthy.stdout
     );
 
+    // A release rule that targets a deployer Lambda: doctor reads the function's
+    // configuration. One whose allow-list leaves this environment out refuses every upload
+    // silently; doctor names the variable and the fix, then passes once it is listed.
+    let function = format!("{}-deployer", p.bucket);
+    let lambda_rule = format!("{}-to-lambda", p.bucket);
+    let role = dropship_tests::moto::create_lambda_role(&function);
+    let lambda = p.block_on(dropship_tests::moto::lambda());
+    let configure = |environments: &str| {
+        aws_sdk_lambda::types::Environment::builder()
+            .variables("DROPSHIP_ALLOWED_BUCKETS", p.bucket.as_str())
+            .variables("DROPSHIP_ALLOWED_ENVIRONMENTS", environments)
+            .variables("DROPSHIP_LOG_GROUP", log_group(&p.app))
+            .build()
+    };
+    p.block_on(async {
+        // An empty zip (its end-of-central-directory record alone): moto stores the code.
+        let mut empty_zip = b"PK\x05\x06".to_vec();
+        empty_zip.resize(22, 0);
+        let arn = lambda
+            .create_function()
+            .function_name(&function)
+            .runtime(aws_sdk_lambda::types::Runtime::Providedal2023)
+            .handler("bootstrap")
+            .role(&role)
+            .code(
+                aws_sdk_lambda::types::FunctionCode::builder()
+                    .zip_file(aws_sdk_lambda::primitives::Blob::new(empty_zip))
+                    .build(),
+            )
+            .environment(configure("production"))
+            .send()
+            .await
+            .expect("function created")
+            .function_arn()
+            .expect("an arn")
+            .to_string();
+        let events = dropship_tests::moto::events().await;
+        let pattern = serde_json::json!({
+            "source": ["aws.s3"],
+            "detail-type": ["Object Created"],
+            "detail": {"bucket": {"name": [p.bucket]}, "object": {"key": [{"prefix": "releases/"}]}}
+        });
+        events
+            .put_rule()
+            .name(&lambda_rule)
+            .event_pattern(pattern.to_string())
+            .send()
+            .await
+            .expect("rule created");
+        events
+            .put_targets()
+            .rule(&lambda_rule)
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("deployer")
+                    .arn(arn)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("target set");
+    });
+    let refused = doctor(&["doctor", "--rule", &lambda_rule]);
+    assert_eq!(refused.code, 12, "{}{}", refused.stdout, refused.stderr);
+    let fault = format!(
+        "deployer {function} refuses environment {ENV}: DROPSHIP_ALLOWED_ENVIRONMENTS is \"production\""
+    );
+    let at = refused
+        .stdout
+        .find(&fault)
+        .unwrap_or_else(|| panic!("{fault:?} in:\n{}", refused.stdout));
+    let next = refused.stdout[at..].lines().nth(1).unwrap_or_default();
+    assert!(
+        next.contains("fix:") && next.contains("`environments` variable"),
+        "{}",
+        refused.stdout
+    );
+    p.block_on(async {
+        lambda
+            .update_function_configuration()
+            .function_name(&function)
+            .environment(configure(&format!("production, {ENV}")))
+            .send()
+            .await
+            .expect("configuration updated");
+    });
+    let listed = doctor(&["doctor", "--rule", &lambda_rule]);
+    assert_eq!(listed.code, 0, "{}{}", listed.stdout, listed.stderr);
+    assert!(
+        listed.stdout.contains(&format!(
+            "deployer {function} is Active and acts on bucket {}, app {}, environment {ENV}",
+            p.bucket, p.app
+        )),
+        "{}",
+        listed.stdout
+    );
+    p.block_on(async {
+        let events = dropship_tests::moto::events().await;
+        events
+            .remove_targets()
+            .rule(&lambda_rule)
+            .ids("deployer")
+            .send()
+            .await
+            .expect("target removed");
+        events
+            .delete_rule()
+            .name(&lambda_rule)
+            .send()
+            .await
+            .expect("rule deleted");
+        lambda
+            .delete_function()
+            .function_name(&function)
+            .send()
+            .await
+            .expect("function deleted");
+    });
+
     // Mis-wire it three ways: versioning suspended, the release rule gone, one agent offline.
     p.block_on(async {
         p.s3.put_bucket_versioning()
