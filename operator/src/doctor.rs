@@ -447,12 +447,14 @@ fn deployer(f: &DoctorFacts) -> Vec<Finding> {
             };
             return vec![skipped(Check::Deployer, why)];
         }
-        Some(Err(e)) => return vec![fail(
+        Some(Err(e)) => {
+            return vec![fail(
             Check::Deployer,
             format!("the deployer Lambda's configuration could not be read: {e}"),
             "grant lambda:GetFunctionConfiguration on the deployer function to this operator role"
                 .into(),
-        )],
+        )]
+        }
         Some(Ok(l)) => l,
     };
     let name = facts.arn.rsplit(':').next().unwrap_or(&facts.arn);
