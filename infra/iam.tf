@@ -14,6 +14,17 @@ locals {
   release_object_arns = {
     for k, v in local.app_envs : k => "${local.bucket_arn}/${local.releases_prefix}${v.app}/${v.env}${local.bundle_suffix}"
   }
+
+  # Promotion: { <to env> = <from env> } (var.promotions; default each environment from the
+  # one listed before it), then per target pair "app/to" the source pair "app/from" of the
+  # same app, for environments this installation deploys.
+  promotions = var.promotions != null ? var.promotions : {
+    for i, env in var.environments : env => var.environments[i - 1] if i > 0
+  }
+  promotion_sources = {
+    for k, v in local.app_envs : k => "${v.app}/${local.promotions[v.env]}"
+    if contains(keys(local.promotions), v.env) && contains(var.environments, lookup(local.promotions, v.env, ""))
+  }
 }
 
 # ---------------------------------------------------------------------------------------
@@ -252,7 +263,10 @@ resource "aws_iam_instance_profile" "host" {
 # + dropship_operator::aws_calls::IAM_ACTIONS (contract test). Every object right is on the exact release key of that pair and its
 # deploy records, so a staging credential cannot upload or restore to production, nor write
 # any other key. Restore is CopyObject of an old version of the same key onto it:
-# GetObjectVersion on the source + PutObject on the destination, both on that key.
+# GetObjectVersion on the source + PutObject on the destination, both on that key. Promote
+# (to this pair, from local.promotion_sources) is CopyObject from the source pair's key: the
+# same PutObject on this key, plus reads of the source key, its history and its deploy records
+# (to check the version deployed everywhere there); never a write outside this pair.
 # ---------------------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "uploader" {
@@ -297,6 +311,49 @@ data "aws_iam_policy_document" "uploader" {
       test     = "StringLike"
       variable = "s3:prefix"
       values   = ["${local.records_prefix}${each.value.app}/${each.value.env}/*"]
+    }
+  }
+
+  # promote <from> <this env>: read the source pair's key, history and deploy records.
+  dynamic "statement" {
+    for_each = contains(keys(local.promotion_sources), each.key) ? [local.promotion_sources[each.key]] : []
+    content {
+      sid     = "ReadThePromotionSource"
+      actions = ["s3:GetObject", "s3:GetObjectVersion"]
+      resources = [
+        local.release_object_arns[statement.value],
+        "${local.bucket_arn}/${local.records_prefix}${statement.value}/*",
+      ]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = contains(keys(local.promotion_sources), each.key) ? [local.promotion_sources[each.key]] : []
+    content {
+      sid       = "ListThePromotionSourceHistory"
+      actions   = ["s3:ListBucketVersions"]
+      resources = [local.bucket_arn]
+
+      condition {
+        test     = "StringEquals"
+        variable = "s3:prefix"
+        values   = ["${local.releases_prefix}${statement.value}${local.bundle_suffix}"]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = contains(keys(local.promotion_sources), each.key) ? [local.promotion_sources[each.key]] : []
+    content {
+      sid       = "ListThePromotionSourceRecords"
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arn]
+
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["${local.records_prefix}${statement.value}/*"]
+      }
     }
   }
 

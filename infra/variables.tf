@@ -35,6 +35,17 @@ variable "environments" {
   }
 }
 
+variable "promotions" {
+  description = "Which environment each environment's releases are promoted from (`dropship promote <from> <to>`), as { <to> = \"<from>\" }. The uploader policy of every <app>/<to> may then read <app>/<from>'s release key, its history and its deploy records, so it can copy a version that deployed everywhere there; nothing else crosses environments. Null: each environment from the one listed before it in environments (staging -> production). {} turns promotion off."
+  type        = map(string)
+  default     = null
+
+  validation {
+    condition     = alltrue([for to, from in(var.promotions == null ? {} : var.promotions) : can(regex("^[a-z0-9][a-z0-9-]{0,62}$", to)) && can(regex("^[a-z0-9][a-z0-9-]{0,62}$", from)) && to != from])
+    error_message = "promotions must map an environment name to another environment name (both matching [a-z0-9][a-z0-9-]{0,62})."
+  }
+}
+
 variable "noncurrent_version_expiration_days" {
   description = "Rollback window: every version of a release key stays restorable for this many days after it was replaced, whatever is uploaded after it (30-3650). Only then does the lifecycle rule expire it; current versions never expire."
   type        = number

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use dropship_contract::manifest::Manifest;
+use dropship_contract::manifest::{Manifest, MANIFEST_FORMAT};
 use sha2::{Digest, Sha256};
 
 use crate::archive::{self, BundlePlan, PlanOptions, Refused};
@@ -94,9 +94,8 @@ pub fn prepare(request: &BundleRequest) -> Result<PreparedBundle, BundleError> {
     let env = |name: &str| std::env::var(name).ok();
     let branch = git::resolve_branch(request.branch.as_deref(), &head, &env);
     let manifest = Manifest {
-        format: 1,
+        format: MANIFEST_FORMAT,
         app: config.key.app().to_string(),
-        env: config.key.env().to_string(),
         branch: branch.clone(),
         commit: head.commit.clone(),
         commit_time: head.commit_time,
@@ -105,6 +104,8 @@ pub fn prepare(request: &BundleRequest) -> Result<PreparedBundle, BundleError> {
         files: plan.entries.len() as u64,
         bytes: plan.file_bytes,
         deploy: config.deploy.clone(),
+        overrides: config.deploy_overrides.clone(),
+        legacy_env: None,
     };
     Ok(PreparedBundle {
         root: repo.root().to_path_buf(),

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::key::{validate_name, ReleaseKey};
-use crate::manifest::DeploySettings;
+use std::collections::BTreeMap;
+
+use crate::manifest::{settings_for, DeployOverrides, DeploySettings};
 use crate::wiring::{is_log_group_name, is_rule_name};
 use serde::Deserialize;
 
@@ -56,6 +58,10 @@ pub struct ConfigFile {
     pub max_file_bytes: Option<u64>,
     #[serde(default)]
     pub deploy: DeploySettings,
+    /// Per-environment sections, `[env.<name>]`; each environment must be listed in
+    /// `environments`.
+    #[serde(default)]
+    pub env: BTreeMap<String, EnvSection>,
     /// CloudWatch Logs group of the hosts' command output (the deployer's
     /// `DROPSHIP_LOG_GROUP`), read by `dropship logs`.
     pub log_group: Option<String>,
@@ -65,6 +71,15 @@ pub struct ConfigFile {
     /// Name of the EventBridge rule that sends this bucket's uploads to the deployer, checked
     /// by `dropship doctor` (default: found by its event pattern).
     pub rule: Option<String>,
+}
+
+/// `[env.<name>]`: what one environment changes. Only deploy settings so far
+/// (`[env.<name>.deploy]`, any `[deploy]` key); the section leaves room for more.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSection {
+    #[serde(default)]
+    pub deploy: DeployOverrides,
 }
 
 /// Values from flags or `DROPSHIP_*` variables that win over the file.
@@ -87,7 +102,11 @@ pub struct Config {
     pub region: Option<String>,
     pub excludes: Vec<String>,
     pub max_file_bytes: u64,
+    /// The base deploy settings (`[deploy]`).
     pub deploy: DeploySettings,
+    /// Each environment's changes to `deploy` (`[env.<name>.deploy]`), non-empty ones only;
+    /// every environment's result was validated.
+    pub deploy_overrides: BTreeMap<String, DeployOverrides>,
     /// `log_group`, validated.
     pub log_group: Option<String>,
     /// `lambda_log_group`, validated.
@@ -137,6 +156,7 @@ impl Config {
             key,
             message,
         };
+        let deploy_overrides = environment_overrides(&file, &invalid)?;
         let app = over
             .app
             .or(file.app)
@@ -235,11 +255,44 @@ impl Config {
             excludes: file.excludes,
             max_file_bytes,
             deploy: file.deploy,
+            deploy_overrides,
             log_group: file.log_group,
             lambda_log_group: file.lambda_log_group,
             rule: file.rule,
         })
     }
+}
+
+/// The `[env.<name>.deploy]` overrides of `file`, checked: each names an environment
+/// `environments` lists, and each environment's effective settings are valid.
+fn environment_overrides(
+    file: &ConfigFile,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<BTreeMap<String, DeployOverrides>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (name, section) in &file.env {
+        if !file.environments.contains(name) {
+            let listed = if file.environments.is_empty() {
+                "`environments` is not set".to_string()
+            } else {
+                format!("`environments` lists {}", file.environments.join(", "))
+            };
+            return Err(invalid(
+                "env",
+                format!("[env.{name}] names environment {name:?}, but {listed}: fix the section's name or add {name:?} to `environments`"),
+            ));
+        }
+        settings_for(
+            &file.deploy,
+            &BTreeMap::from([(name.clone(), section.deploy.clone())]),
+            name,
+        )
+        .map_err(|e| invalid("env", format!("[env.{name}.deploy]: {e}")))?;
+        if section.deploy != DeployOverrides::default() {
+            out.insert(name.clone(), section.deploy.clone());
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -410,6 +463,61 @@ mod tests {
                 msg.contains(&format!("key `{key}`")) && msg.contains("dropship.toml"),
                 "{msg}"
             );
+        }
+    }
+
+    #[test]
+    fn environment_overrides_are_read_checked_and_kept_per_environment() {
+        let text = "app = \"shop\"\nenvironments = [\"staging\", \"production\"]\ndefault_env = \"staging\"\n[deploy]\nprofiles = [\"web\"]\n[env.production.deploy]\nprofiles = [\"web\", \"prod\"]\nkeep_releases = 10\n[env.staging.deploy]\n";
+        let c = resolve(text, Overrides::default()).unwrap();
+        assert_eq!(c.deploy.profiles, ["web"]);
+        // The empty staging section is no override at all.
+        assert_eq!(
+            c.deploy_overrides.keys().collect::<Vec<_>>(),
+            ["production"]
+        );
+        let prod = settings_for(&c.deploy, &c.deploy_overrides, "production").unwrap();
+        assert_eq!((prod.profiles.len(), prod.keep_releases), (2, 10));
+        // The same overrides whichever environment is being bundled.
+        let p = resolve(
+            text,
+            Overrides {
+                env: Some("production".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(p.deploy_overrides, c.deploy_overrides);
+    }
+
+    #[test]
+    fn overrides_of_unlisted_environments_or_with_bad_values_are_refused() {
+        for (text, needles) in [
+            (
+                "app = \"shop\"\nenvironments = [\"staging\", \"production\"]\ndefault_env = \"staging\"\n[env.prod.deploy]\nprofiles = [\"p\"]\n",
+                &["[env.prod]", "\"prod\"", "staging, production", "add \"prod\" to `environments`"][..],
+            ),
+            (
+                "app = \"shop\"\ndefault_env = \"staging\"\n[env.staging.deploy]\nprofiles = [\"p\"]\n",
+                &["`environments` is not set"][..],
+            ),
+            (
+                "app = \"shop\"\nenvironments = [\"staging\"]\n[env.staging.deploy]\nkeep_releases = 1\n",
+                &["[env.staging.deploy]", "keep_releases"][..],
+            ),
+            (
+                "app = \"shop\"\nenvironments = [\"staging\"]\n[env.staging.deploy]\nprofile = [\"x\"]\n",
+                &["profile"][..],
+            ),
+            (
+                "app = \"shop\"\nenvironments = [\"staging\"]\n[env.staging]\nbucket = \"x\"\n",
+                &["bucket"][..],
+            ),
+        ] {
+            let msg = resolve(text, Overrides::default()).unwrap_err().to_string();
+            for needle in needles {
+                assert!(msg.contains(needle) && msg.contains("dropship.toml"), "{msg} lacks {needle}");
+            }
         }
     }
 }

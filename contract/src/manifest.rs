@@ -1,6 +1,8 @@
 //! The manifest (first entry of every bundle) and the deploy settings it carries from
 //! `dropship.toml` to the host.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::OnFailure;
@@ -548,15 +550,91 @@ impl DeploySettings {
     }
 }
 
+/// The manifest shape this version writes and the deployer accepts. Format 1 carried the
+/// environment inside the bytes (`env`), so one commit gave different bundles per environment;
+/// format 2 carries no environment: the S3 key and metadata name it, and every environment's
+/// settings travel together ([`Manifest::overrides`]).
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// One environment's changes to the base `[deploy]` settings (`[env.<name>.deploy]` in
+/// `dropship.toml`): every field optional; a field left out keeps the base value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout_secs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_paths: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_releases: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_env: Option<Vec<EnvRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_switch_hook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+}
+
+impl DeployOverrides {
+    /// `base` with every field this override sets replaced (not validated).
+    pub fn apply(&self, base: &DeploySettings) -> DeploySettings {
+        let b = base.clone();
+        DeploySettings {
+            compose_file: self.compose_file.clone().unwrap_or(b.compose_file),
+            profiles: self.profiles.clone().unwrap_or(b.profiles),
+            health_url: self.health_url.clone().or(b.health_url),
+            health_timeout_secs: self.health_timeout_secs.unwrap_or(b.health_timeout_secs),
+            shared_paths: self.shared_paths.clone().unwrap_or(b.shared_paths),
+            keep_releases: self.keep_releases.unwrap_or(b.keep_releases),
+            required_env: self.required_env.clone().unwrap_or(b.required_env),
+            pre_switch_hook: self.pre_switch_hook.clone().or(b.pre_switch_hook),
+            on_failure: self.on_failure.unwrap_or(b.on_failure),
+        }
+    }
+}
+
+/// The effective deploy settings of `env`: `base` with `env`'s override applied (an
+/// environment without one gets `base`), validated. What the deployer renders the host
+/// command from, and what the bundler checks for every environment before writing a byte.
+pub fn settings_for(
+    base: &DeploySettings,
+    overrides: &BTreeMap<String, DeployOverrides>,
+    env: &str,
+) -> Result<DeploySettings, SettingsError> {
+    let settings = match overrides.get(env) {
+        Some(o) => o.apply(base),
+        None => base.clone(),
+    };
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// Why manifest bytes cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest format {0} was written by an older bundle-and-upload (it carries the environment inside the bundle); this deployer reads format {MANIFEST_FORMAT}: rebuild the commit with the current bundle-and-upload and upload it again")]
+    OlderFormat(u32),
+    #[error("manifest format {0} is newer than this deployer reads (format {MANIFEST_FORMAT}): upgrade the deployer")]
+    NewerFormat(u32),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
 /// The first entry of every bundle: what it is and how to run it. Only facts that are the same
-/// for the same commit and config, so bundles stay byte-reproducible.
+/// for the same commit and config, whatever environment it is uploaded to, so bundles stay
+/// byte-reproducible and a bundle can be promoted from one environment to the next unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Contract version (`1`).
+    /// Contract version ([`MANIFEST_FORMAT`]).
     pub format: u32,
     pub app: String,
-    pub env: String,
     pub branch: String,
     pub commit: String,
     /// Commit time, seconds since the epoch (also every entry's mtime).
@@ -568,7 +646,16 @@ pub struct Manifest {
     pub files: u64,
     /// Sum of regular file sizes after the manifest.
     pub bytes: u64,
+    /// The base deploy settings (`[deploy]`).
     pub deploy: DeploySettings,
+    /// Per environment (sorted by name), what differs from `deploy` (`[env.<name>.deploy]`);
+    /// left out when no environment overrides anything.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, DeployOverrides>,
+    /// `env` of a format-1 manifest, read only so deploy records written before format 2
+    /// stay readable; never written, and refused in a bundle (format 1 is refused anyway).
+    #[serde(rename = "env", default, skip_serializing)]
+    pub legacy_env: Option<String>,
 }
 
 impl Manifest {
@@ -579,9 +666,32 @@ impl Manifest {
         out
     }
 
-    /// Parses manifest bytes read from a bundle.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    /// Parses manifest bytes read from a bundle: only [`MANIFEST_FORMAT`], with a message
+    /// that says what to do for any other format.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ManifestError> {
+        #[derive(Deserialize)]
+        struct FormatOnly {
+            format: u32,
+        }
+        let FormatOnly { format } = serde_json::from_slice(bytes)?;
+        match format {
+            f if f < MANIFEST_FORMAT => Err(ManifestError::OlderFormat(f)),
+            f if f > MANIFEST_FORMAT => Err(ManifestError::NewerFormat(f)),
+            _ => {
+                let m: Self = serde_json::from_slice(bytes)?;
+                if m.legacy_env.is_some() {
+                    return Err(ManifestError::Json(serde::de::Error::custom(format!(
+                        "unknown field `env`: format {MANIFEST_FORMAT} manifests carry no environment"
+                    ))));
+                }
+                Ok(m)
+            }
+        }
+    }
+
+    /// The effective deploy settings for `env` ([`settings_for`]).
+    pub fn settings_for(&self, env: &str) -> Result<DeploySettings, SettingsError> {
+        settings_for(&self.deploy, &self.overrides, env)
     }
 }
 
@@ -952,12 +1062,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn manifest_round_trips_and_refuses_unknown_fields() {
-        let m = Manifest {
-            format: 1,
+    fn manifest() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
             app: "shop".into(),
-            env: "prod".into(),
             branch: "main".into(),
             commit: "f".repeat(40),
             commit_time: 1_700_000_000,
@@ -966,10 +1074,104 @@ mod tests {
             files: 3,
             bytes: 42,
             deploy: DeploySettings::default(),
-        };
+            overrides: BTreeMap::new(),
+            legacy_env: None,
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_refuses_unknown_fields() {
+        let mut m = manifest();
+        assert_eq!(Manifest::from_bytes(&m.to_bytes()).unwrap(), m);
+        // No environment in the bytes, and no empty overrides table.
+        let text = String::from_utf8(m.to_bytes()).unwrap();
+        assert!(
+            !text.contains("\"env\"") && !text.contains("overrides"),
+            "{text}"
+        );
+        m.overrides.insert(
+            "production".into(),
+            DeployOverrides {
+                profiles: Some(vec!["prod".into()]),
+                ..Default::default()
+            },
+        );
         assert_eq!(Manifest::from_bytes(&m.to_bytes()).unwrap(), m);
         let mut v: serde_json::Value = serde_json::from_slice(&m.to_bytes()).unwrap();
         v["surprise"] = serde_json::json!(1);
         assert!(Manifest::from_bytes(v.to_string().as_bytes()).is_err());
+        let mut v: serde_json::Value = serde_json::from_slice(&m.to_bytes()).unwrap();
+        v["overrides"]["production"]["profile"] = serde_json::json!(["x"]);
+        let err = Manifest::from_bytes(v.to_string().as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("profile"), "{err}");
+        // A format-2 manifest naming an environment is not a format-2 manifest.
+        let mut v: serde_json::Value = serde_json::from_slice(&m.to_bytes()).unwrap();
+        v["env"] = serde_json::json!("prod");
+        let err = Manifest::from_bytes(v.to_string().as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("env"), "{err}");
+    }
+
+    #[test]
+    fn older_and_newer_formats_are_refused_saying_what_to_do() {
+        let mut v: serde_json::Value = serde_json::from_slice(&manifest().to_bytes()).unwrap();
+        v["format"] = serde_json::json!(1);
+        v["env"] = serde_json::json!("prod");
+        let err = Manifest::from_bytes(v.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(err, ManifestError::OlderFormat(1)), "{err}");
+        assert!(err.to_string().contains("rebuild"), "{err}");
+        v["format"] = serde_json::json!(3);
+        let err = Manifest::from_bytes(v.to_string().as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("upgrade the deployer"), "{err}");
+    }
+
+    /// Deploy records written before format 2 hold format-1 manifests; they still parse
+    /// through serde (records are read with `serde_json`, not [`Manifest::from_bytes`]).
+    #[test]
+    fn format_one_manifests_in_old_records_still_parse() {
+        let mut v: serde_json::Value = serde_json::from_slice(&manifest().to_bytes()).unwrap();
+        v["format"] = serde_json::json!(1);
+        v["env"] = serde_json::json!("prod");
+        let m: Manifest = serde_json::from_value(v).unwrap();
+        assert_eq!(m.legacy_env.as_deref(), Some("prod"));
+        assert_eq!(m.settings_for("prod").unwrap(), DeploySettings::default());
+    }
+
+    #[test]
+    fn each_environment_gets_the_base_with_its_own_override_applied() {
+        let base = DeploySettings {
+            profiles: vec!["web".into()],
+            health_url: Some("http://127.0.0.1:8080/health".into()),
+            ..Default::default()
+        };
+        let overrides = BTreeMap::from([(
+            "production".to_string(),
+            DeployOverrides {
+                profiles: Some(vec!["web".into(), "prod".into()]),
+                keep_releases: Some(10),
+                on_failure: Some(OnFailure::Leave),
+                ..Default::default()
+            },
+        )]);
+        assert_eq!(settings_for(&base, &overrides, "staging").unwrap(), base);
+        let prod = settings_for(&base, &overrides, "production").unwrap();
+        assert_eq!(prod.profiles, ["web", "prod"]);
+        assert_eq!(prod.keep_releases, 10);
+        assert_eq!(prod.on_failure, OnFailure::Leave);
+        // Untouched fields keep the base.
+        assert_eq!(prod.health_url, base.health_url);
+        assert_eq!(prod.compose_file, base.compose_file);
+        // The result is validated: an override cannot smuggle in what the base may not hold.
+        let bad = BTreeMap::from([(
+            "production".to_string(),
+            DeployOverrides {
+                compose_file: Some("../x.yaml".into()),
+                ..Default::default()
+            },
+        )]);
+        assert_eq!(
+            settings_for(&base, &bad, "production").unwrap_err().field,
+            "compose_file"
+        );
+        settings_for(&base, &bad, "staging").unwrap();
     }
 }

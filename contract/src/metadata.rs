@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use crate::key::{validate_name, KeyError};
 use crate::percent::{self, Plus};
 
-/// Version of the metadata/manifest contract; bumped on incompatible changes.
+/// Version of the object metadata contract (`dropship-format`); bumped on incompatible
+/// changes to the metadata keys. The manifest has its own
+/// ([`crate::manifest::MANIFEST_FORMAT`]).
 pub const FORMAT_VERSION: &str = "1";
 /// S3 allows 2 KB of user metadata; stay under it with margin for key names.
 pub const MAX_METADATA_BYTES: usize = 2000;
@@ -27,6 +29,8 @@ pub mod names {
     pub const SOURCE: &str = "source";
     pub const MESSAGE: &str = "message";
     pub const RESTORED_FROM: &str = "restored-from";
+    pub const PROMOTED_FROM_ENV: &str = "promoted-from-env";
+    pub const PROMOTED_FROM_VERSION: &str = "promoted-from-version";
 }
 
 /// Where an upload came from; lets operators tell hand deploys from pipeline ones.
@@ -65,6 +69,18 @@ pub struct ObjectMetadata {
     /// Set by `restore`: the version id this object was copied from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
+    /// Set by `promote`: the environment and version this object was copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<PromotedFrom>,
+}
+
+/// Where a promoted object came from (`promoted-from-env`, `promoted-from-version`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PromotedFrom {
+    /// The source environment.
+    pub env: String,
+    /// The source key's version id that was copied.
+    pub version_id: String,
 }
 
 /// Why an object's metadata breaks the contract; the Lambda refuses such objects.
@@ -123,6 +139,10 @@ impl ObjectMetadata {
         if let Some(from) = &self.restored_from {
             put(names::RESTORED_FROM, from);
         }
+        if let Some(from) = &self.promoted_from {
+            put(names::PROMOTED_FROM_ENV, &from.env);
+            put(names::PROMOTED_FROM_VERSION, &from.version_id);
+        }
         let message = truncate_encoded(&self.message, MAX_MESSAGE_BYTES);
         out.insert(names::MESSAGE.to_string(), message);
         let size: usize = out.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -138,6 +158,22 @@ impl ObjectMetadata {
     pub fn restored(&self, from_version_id: &str) -> Self {
         Self {
             restored_from: Some(from_version_id.to_string()),
+            promoted_from: None,
+            ..self.clone()
+        }
+    }
+
+    /// The metadata of a promotion to `to_env`: the same upload facts (branch, commit, sha256,
+    /// uploader, created, …) under the target environment, with where it came from. A
+    /// restore mark of the source environment does not travel.
+    pub fn promoted(&self, to_env: &str, from_version_id: &str) -> Self {
+        Self {
+            env: to_env.to_string(),
+            restored_from: None,
+            promoted_from: Some(PromotedFrom {
+                env: self.env.clone(),
+                version_id: from_version_id.to_string(),
+            }),
             ..self.clone()
         }
     }
@@ -186,6 +222,18 @@ impl ObjectMetadata {
             Some(_) => Some(get(names::RESTORED_FROM)?),
             None => None,
         };
+        let promoted_from = match (
+            headers.contains_key(names::PROMOTED_FROM_ENV),
+            headers.contains_key(names::PROMOTED_FROM_VERSION),
+        ) {
+            (false, false) => None,
+            (true, true) => Some(PromotedFrom {
+                env: get(names::PROMOTED_FROM_ENV)?,
+                version_id: get(names::PROMOTED_FROM_VERSION)?,
+            }),
+            (true, false) => return Err(MetadataError::Missing(names::PROMOTED_FROM_VERSION)),
+            (false, true) => return Err(MetadataError::Missing(names::PROMOTED_FROM_ENV)),
+        };
         let meta = Self {
             app: get(names::APP)?,
             env: get(names::ENV)?,
@@ -201,6 +249,7 @@ impl ObjectMetadata {
                 .map(|m| percent_decode_lossy(m))
                 .unwrap_or_default(),
             restored_from,
+            promoted_from,
         };
         meta.validate()?;
         Ok(meta)
@@ -209,6 +258,9 @@ impl ObjectMetadata {
     fn validate(&self) -> Result<(), MetadataError> {
         validate_name("app", &self.app)?;
         validate_name("environment", &self.env)?;
+        if let Some(from) = &self.promoted_from {
+            validate_name("environment", &from.env)?;
+        }
         if !is_full_commit(&self.commit) {
             return Err(MetadataError::Invalid {
                 field: names::COMMIT,
@@ -273,6 +325,7 @@ mod tests {
             source: Source::Ci,
             message: "Fix: it's done | a&b — ünïcode".into(),
             restored_from: None,
+            promoted_from: None,
         }
     }
 
@@ -319,6 +372,7 @@ mod tests {
         assert_eq!(
             ObjectMetadata {
                 restored_from: None,
+                promoted_from: None,
                 ..back
             },
             sample()
@@ -340,6 +394,55 @@ mod tests {
                 field: names::RESTORED_FROM,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn promotions_record_their_source_and_round_trip() {
+        let restored = ObjectMetadata {
+            env: "staging".into(),
+            ..sample().restored("older")
+        };
+        let promoted = restored.promoted("production", "3HL4kqtJlcpXroDT");
+        assert_eq!(promoted.env, "production");
+        assert_eq!(promoted.restored_from, None);
+        assert_eq!(
+            promoted.promoted_from,
+            Some(PromotedFrom {
+                env: "staging".into(),
+                version_id: "3HL4kqtJlcpXroDT".into()
+            })
+        );
+        assert_eq!(
+            (&promoted.commit, &promoted.sha256, &promoted.uploader),
+            (&restored.commit, &restored.sha256, &restored.uploader)
+        );
+        let headers = promoted.to_headers().unwrap();
+        assert_eq!(headers[names::PROMOTED_FROM_ENV], "staging");
+        assert_eq!(headers[names::PROMOTED_FROM_VERSION], "3HL4kqtJlcpXroDT");
+        assert_eq!(round_trip(&promoted), promoted);
+        assert!(!sample()
+            .to_headers()
+            .unwrap()
+            .contains_key(names::PROMOTED_FROM_ENV));
+        // Half a promotion mark, or a forged environment name, is refused.
+        let full: HashMap<String, String> = headers.into_iter().collect();
+        for (drop, missing) in [
+            (names::PROMOTED_FROM_ENV, names::PROMOTED_FROM_ENV),
+            (names::PROMOTED_FROM_VERSION, names::PROMOTED_FROM_VERSION),
+        ] {
+            let mut half = full.clone();
+            half.remove(drop);
+            assert_eq!(
+                ObjectMetadata::from_headers(&half),
+                Err(MetadataError::Missing(missing))
+            );
+        }
+        let mut forged = full;
+        forged.insert(names::PROMOTED_FROM_ENV.into(), "../prod".into());
+        assert!(matches!(
+            ObjectMetadata::from_headers(&forged),
+            Err(MetadataError::Name(_))
         ));
     }
 

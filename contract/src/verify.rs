@@ -504,11 +504,6 @@ fn scan_archive<R: Read>(
 }
 
 fn check_manifest(m: &Manifest, expected: &ExpectedBundle) -> Result<(), VerifyError> {
-    if m.format != 1 {
-        return Err(VerifyError::ManifestInvalid {
-            detail: format!("format {} is not supported (expected 1)", m.format),
-        });
-    }
     let mismatch = |field, manifest: &str, metadata: &str| VerifyError::ManifestMismatch {
         field,
         manifest: manifest.to_owned(),
@@ -516,9 +511,6 @@ fn check_manifest(m: &Manifest, expected: &ExpectedBundle) -> Result<(), VerifyE
     };
     if m.app != expected.app {
         return Err(mismatch("app", &m.app, &expected.app));
-    }
-    if m.env != expected.env {
-        return Err(mismatch("env", &m.env, &expected.env));
     }
     if m.commit != expected.commit {
         return Err(mismatch("commit", &m.commit, &expected.commit));
@@ -533,7 +525,8 @@ fn check_manifest(m: &Manifest, expected: &ExpectedBundle) -> Result<(), VerifyE
     if m.branch != expected.branch {
         return Err(mismatch("branch", &m.branch, &expected.branch));
     }
-    m.deploy.validate()?;
+    // The environment is the key's (the bytes name none): its effective settings must hold.
+    m.settings_for(&expected.env)?;
     Ok(())
 }
 
@@ -581,7 +574,7 @@ fn count_to_end<R: BufRead>(r: &mut R) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::DeploySettings;
+    use crate::manifest::{DeployOverrides, DeploySettings, MANIFEST_FORMAT};
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::io::Write;
@@ -590,9 +583,8 @@ mod tests {
 
     fn manifest(files: u64, bytes: u64) -> Manifest {
         Manifest {
-            format: 1,
+            format: MANIFEST_FORMAT,
             app: "shop".into(),
-            env: "prod".into(),
             branch: "main".into(),
             commit: COMMIT.into(),
             commit_time: 1_700_000_000,
@@ -601,6 +593,8 @@ mod tests {
             files,
             bytes,
             deploy: DeploySettings::default(),
+            overrides: Default::default(),
+            legacy_env: None,
         }
     }
 
@@ -868,7 +862,6 @@ mod tests {
                 "app",
                 Box::new(|m: &mut Manifest| m.app = "other".into()) as Box<dyn Fn(&mut Manifest)>,
             ),
-            ("env", Box::new(|m: &mut Manifest| m.env = "staging".into())),
             (
                 "commit",
                 Box::new(|m: &mut Manifest| m.commit = "f".repeat(40)),
@@ -892,6 +885,34 @@ mod tests {
         m.deploy.compose_file = "../x.yaml".into();
         let err = verify(&gzip(&tar_bytes(&[manifest_entry(&m)]))).unwrap_err();
         assert!(err.to_string().contains("compose_file"), "{err}");
+        // The settings that count are the key's environment's (the metadata's `env`).
+        let mut m = manifest(0, 0);
+        m.overrides.insert(
+            "prod".into(),
+            DeployOverrides {
+                keep_releases: Some(1),
+                ..Default::default()
+            },
+        );
+        let err = verify(&gzip(&tar_bytes(&[manifest_entry(&m)]))).unwrap_err();
+        assert!(err.to_string().contains("keep_releases"), "{err}");
+        let staging_only = m.overrides.remove("prod").unwrap();
+        m.overrides.insert("staging".into(), staging_only);
+        verify(&gzip(&tar_bytes(&[manifest_entry(&m)]))).unwrap();
+        // A bundle of the format that named its environment is refused, saying what to do.
+        let mut old: serde_json::Value =
+            serde_json::from_slice(&manifest(0, 0).to_bytes()).unwrap();
+        old["format"] = 1.into();
+        old["env"] = "prod".into();
+        let object = gzip(&tar_bytes(&[file(
+            MANIFEST_PATH,
+            old.to_string().as_bytes(),
+        )]));
+        let err = verify(&object).unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::ManifestInvalid { detail } if detail.contains("rebuild")),
+            "{err}"
+        );
         let bad_json = gzip(&tar_bytes(&[file(MANIFEST_PATH, b"{not json")]));
         assert!(matches!(
             verify(&bad_json),

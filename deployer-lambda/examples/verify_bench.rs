@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use aws_sdk_s3::primitives::ByteStream;
 use deployer_lambda::aws::verify_stream;
-use dropship_contract::manifest::{DeploySettings, Manifest};
+use dropship_contract::manifest::{DeploySettings, Manifest, MANIFEST_FORMAT};
 use dropship_contract::verify::{ExpectedBundle, VerifyLimits};
 
 const APP: &str = "bench";
@@ -84,9 +84,8 @@ fn generate(dir: &Path, mib: u64) -> std::io::Result<()> {
         names.push(name);
     }
     let manifest = Manifest {
-        format: 1,
+        format: MANIFEST_FORMAT,
         app: APP.into(),
-        env: ENV.into(),
         branch: "main".into(),
         commit: COMMIT.into(),
         commit_time: 1_700_000_000,
@@ -95,6 +94,8 @@ fn generate(dir: &Path, mib: u64) -> std::io::Result<()> {
         files: names.len() as u64,
         bytes,
         deploy: DeploySettings::default(),
+        overrides: Default::default(),
+        legacy_env: None,
     };
     fs::write(dir.join(".dropship/manifest.json"), manifest.to_bytes())?;
     println!(".dropship/manifest.json");

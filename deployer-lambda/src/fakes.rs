@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use dropship_aws::AwsError;
 use dropship_contract::fleet::{Invocation, Observed, OnFailure};
-use dropship_contract::manifest::{DeploySettings, Manifest};
+use dropship_contract::manifest::{DeploySettings, Manifest, MANIFEST_FORMAT};
 use dropship_contract::metadata::{ObjectMetadata, Source};
 use dropship_contract::record::CommandBatch;
 use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyError, VerifyLimits};
@@ -79,6 +79,7 @@ pub fn metadata() -> ObjectMetadata {
         source: Source::Ci,
         message: "m".into(),
         restored_from: None,
+        promoted_from: None,
     }
 }
 
@@ -215,9 +216,8 @@ impl ObjectReader for FakeAws {
     ) -> Result<Result<VerifiedBundle, VerifyError>, AwsError> {
         Ok(Ok(VerifiedBundle {
             manifest: Manifest {
-                format: 1,
+                format: MANIFEST_FORMAT,
                 app: expected.app,
-                env: expected.env,
                 branch: expected.branch,
                 commit: expected.commit,
                 commit_time: 1,
@@ -229,6 +229,8 @@ impl ObjectReader for FakeAws {
                     on_failure: self.on_failure,
                     ..DeploySettings::default()
                 },
+                overrides: Default::default(),
+                legacy_env: None,
             },
             sha256: expected.sha256,
             object_bytes: 1234,

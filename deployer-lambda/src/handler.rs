@@ -441,6 +441,11 @@ impl<E: Edges> Deployer<E> {
         };
         record.verification = Some(plan::verification_summary(&verified));
         record.manifest = Some(verified.manifest.clone());
+        // The key's environment picks its settings from the manifest (base + override).
+        let settings = match plan::deploy_settings(request, &verified) {
+            Ok(s) => s,
+            Err(r) => return rejected(r),
+        };
         info!(key = %key, version_id = %version, bytes = verified.object_bytes, entries = verified.entries,
             millis = verified.millis, "bundle verified");
 
@@ -508,7 +513,7 @@ impl<E: Edges> Deployer<E> {
             .fleet
             .get_or_insert_with(|| {
                 Fleet::new(
-                    verified.manifest.deploy.on_failure,
+                    settings.on_failure,
                     &ready,
                     &pending,
                     fleet::wave_size(&c.max_concurrency, ready.len()),

@@ -11,6 +11,7 @@ use dropship_contract::host::{compact_script, required_env_value, HostVar, LIST_
 #[cfg(test)]
 use dropship_contract::host::{MAX_REGION_LEN, MAX_S3_ENDPOINT_LEN};
 use dropship_contract::key::ReleaseKey;
+use dropship_contract::manifest::DeploySettings;
 use dropship_contract::metadata::{MetadataError, ObjectMetadata};
 use dropship_contract::record::{
     DeployRecord, LatestPointer, Outcome, RefusedTarget, Verification,
@@ -390,10 +391,28 @@ fn join_list(var: HostVar, items: &[String]) -> Result<String, Rejection> {
     Ok(items.join(&LIST_SEPARATOR.to_string()))
 }
 
+/// The deploy settings of the request's environment (the key's, never the bundle's): the
+/// manifest's base with that environment's override applied. The verifier already checked
+/// them; a failure here is the same rejection.
+pub fn deploy_settings(
+    request: &DeployRequest,
+    verified: &VerifiedBundle,
+) -> Result<DeploySettings, Rejection> {
+    verified
+        .manifest
+        .settings_for(request.release.env())
+        .map_err(|e| Rejection::Bundle {
+            bucket: request.bucket.clone(),
+            key: request.key.clone(),
+            version_id: request.version_id.clone(),
+            source: VerifyError::ManifestSettings(e),
+        })
+}
+
 /// The value of every host-script input, in [`HostVar::ALL`] order.
 pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Rejection> {
     let r = inputs.request;
-    let deploy = &inputs.verified.manifest.deploy;
+    let deploy = &deploy_settings(r, inputs.verified)?;
     let mut out = Vec::with_capacity(HostVar::ALL.len());
     for var in HostVar::ALL {
         let value = match var {
@@ -721,7 +740,7 @@ mod tests {
     use super::*;
     use crate::event::{parse, Request};
     use dropship_contract::key::ReleaseKey;
-    use dropship_contract::manifest::{DeploySettings, Manifest};
+    use dropship_contract::manifest::{DeploySettings, Manifest, MANIFEST_FORMAT};
     use dropship_contract::record::{CommandBatch, EventFacts, Trigger};
     use proptest::prelude::*;
     use serde_json::json;
@@ -954,12 +973,74 @@ mod tests {
             .contains("commit"));
     }
 
+    /// One bundle, two environments: each host command carries its own environment's
+    /// settings (the base, or the base with that environment's override), whatever the
+    /// bundle's bytes (which name no environment).
+    #[test]
+    fn each_environment_renders_its_own_profile_from_one_bundle() {
+        let c = config();
+        let m = meta();
+        let mut v = verified(DeploySettings {
+            profiles: vec!["web".into()],
+            ..DeploySettings::default()
+        });
+        v.manifest.overrides.insert(
+            "prod".into(),
+            dropship_contract::manifest::DeployOverrides {
+                profiles: Some(vec!["web".into(), "prod-extras".into()]),
+                on_failure: Some(dropship_contract::fleet::OnFailure::Leave),
+                ..Default::default()
+            },
+        );
+        let prod = request("v.1", Some("0A"));
+        let mut staging = prod.clone();
+        staging.release = ReleaseKey::new("shop", "staging").unwrap();
+        staging.key = staging.release.object_key();
+        let profiles_of = |r: &DeployRequest| {
+            let inputs = HostInputs {
+                config: &c,
+                request: r,
+                metadata: &m,
+                verified: &v,
+                purpose: Purpose::Deploy,
+                order_stamp: "6923A0B0",
+            };
+            let vars = host_vars(&inputs).unwrap();
+            let script = render_command(&vars).unwrap();
+            let profiles = vars
+                .iter()
+                .find(|(h, _)| *h == HostVar::Profiles)
+                .unwrap()
+                .1
+                .clone();
+            assert!(
+                script.contains(&profiles),
+                "the rendered command carries {profiles}"
+            );
+            profiles
+        };
+        assert_eq!(profiles_of(&prod), "web,prod-extras");
+        assert_eq!(profiles_of(&staging), "web");
+        assert_eq!(
+            deploy_settings(&prod, &v).unwrap().on_failure,
+            dropship_contract::fleet::OnFailure::Leave
+        );
+        assert_eq!(
+            deploy_settings(&staging, &v).unwrap().on_failure,
+            dropship_contract::fleet::OnFailure::RollbackFleet
+        );
+        // An override that makes the key's environment invalid is a rejection of the bundle.
+        v.manifest.overrides.get_mut("prod").unwrap().keep_releases = Some(0);
+        let err = deploy_settings(&prod, &v).unwrap_err();
+        assert!(err.to_string().contains("keep_releases"), "{err}");
+        deploy_settings(&staging, &v).unwrap();
+    }
+
     fn verified(deploy: DeploySettings) -> VerifiedBundle {
         VerifiedBundle {
             manifest: Manifest {
-                format: 1,
+                format: MANIFEST_FORMAT,
                 app: "shop".into(),
-                env: "prod".into(),
                 branch: "main".into(),
                 commit: meta().commit,
                 commit_time: 1,
@@ -968,6 +1049,8 @@ mod tests {
                 files: 2,
                 bytes: 10,
                 deploy,
+                overrides: Default::default(),
+                legacy_env: None,
             },
             sha256: "a".repeat(64),
             object_bytes: 1234,
@@ -1153,6 +1236,8 @@ mod tests {
                 ..DeploySettings::default()
             })
         };
+        // Values past their bounds never get this far (the settings are validated first); the
+        // size guard still stands behind them.
         let v = with_health_url("https://x/".to_owned() + &"a".repeat(MAX_COMMAND_BYTES));
         let inputs = HostInputs {
             config: &c,
@@ -1162,7 +1247,12 @@ mod tests {
             purpose: Purpose::Deploy,
             order_stamp: "6923A0B0",
         };
-        let err = plan_command(&inputs, &["i-1".into()]).unwrap_err();
+        let err = plan_command(&inputs, &["i-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health_url"), "{err}");
+        let err =
+            render_command(&[(HostVar::HealthUrl, "a".repeat(MAX_COMMAND_BYTES))]).unwrap_err();
         assert!(matches!(err, Rejection::CommandTooLarge { .. }), "{err}");
         assert!(err.to_string().contains("SSM limit"));
         let v = with_health_url("https://x/\0".to_owned());
@@ -1171,6 +1261,14 @@ mod tests {
             ..inputs
         };
         let err = plan_command(&inputs, &["i-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("health_url") && err.contains("control characters"),
+            "{err}"
+        );
+        // And the encoder behind it refuses a NUL by the variable's name.
+        let err = render_command(&[(HostVar::HealthUrl, "https://x/\0".into())])
             .unwrap_err()
             .to_string();
         assert!(

@@ -12,13 +12,13 @@ use dropship_aws::AwsCall;
 pub const LIST_OBJECT_VERSIONS: AwsCall = AwsCall {
     operation: "s3:ListObjectVersions",
     iam_action: "s3:ListBucketVersions",
-    why: "the deploy history (releases, rollback)",
+    why: "the deploy history (releases, rollback, promote: of the source key)",
 };
 /// `HeadObject` with a version id: one version's metadata.
 pub const HEAD_VERSION: AwsCall = AwsCall {
     operation: "s3:HeadObject (versionId)",
     iam_action: "s3:GetObjectVersion",
-    why: "a version's metadata (releases, status, rollback)",
+    why: "a version's metadata (releases, status, rollback, promote: of the source version)",
 };
 /// `HeadObject` without a version id: which version is current.
 pub const HEAD_CURRENT: AwsCall = AwsCall {
@@ -30,7 +30,7 @@ pub const HEAD_CURRENT: AwsCall = AwsCall {
 pub const LIST_RECORDS: AwsCall = AwsCall {
     operation: "s3:ListObjectsV2",
     iam_action: "s3:ListBucket",
-    why: "which deploy records exist, before reading them",
+    why: "which deploy records exist, before reading them (promote: the source's)",
 };
 /// `GetObject` of a deploy record or the latest pointer.
 pub const GET_RECORD: AwsCall = AwsCall {
@@ -42,13 +42,13 @@ pub const GET_RECORD: AwsCall = AwsCall {
 pub const COPY_OBJECT: AwsCall = AwsCall {
     operation: "s3:CopyObject",
     iam_action: "s3:PutObject",
-    why: "rollback: the old version copied on top of the key",
+    why: "rollback: the old version copied on top of the key; promote: the source version copied onto the target key",
 };
 /// `CopyObject` from a version id (the source).
 pub const COPY_SOURCE: AwsCall = AwsCall {
     operation: "s3:CopyObject (source versionId)",
     iam_action: "s3:GetObjectVersion",
-    why: "rollback: read the version copied",
+    why: "rollback, promote: read the version copied (promote: on the source key)",
 };
 /// `GetCommandInvocation`: for a host whose result the deployer has not stored yet (live
 /// progress). Optional: the uploader policy does not grant it (it cannot be limited to one

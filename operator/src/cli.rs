@@ -21,6 +21,8 @@ Examples:
   dropship status 3HL4kqtJlcpXroDT --env production
   dropship rollback 3HL4kqtJlcpXroDT --wait
                                          put that version back and follow it to every host
+  dropship promote staging production    staging's current version, if it deployed everywhere
+  dropship init                          a first dropship.toml from the compose file and .env.example
   dropship logs --follow                 every host's output of the current version, live
   dropship doctor --env production       is the AWS side wired so a deploy reaches every host?
   dropship completions bash > ~/.local/share/bash-completion/completions/dropship";
@@ -60,6 +62,15 @@ pub enum Command {
         "Examples:\n  dropship rollback 3HL4kqtJlcpXroDT          asks for confirmation on a terminal\n  dropship rollback 3HL4kqtJlcpXroDT --yes --wait --json"
     ))]
     Rollback(RollbackArgs),
+    /// Promote a release from one environment to the next: copy the exact source version
+    /// onto the target environment's key (server side, same bytes; metadata records where it
+    /// came from), so the deployer verifies and deploys it there. Only a version that deployed
+    /// on every host of the source environment, unless --force.
+    // `--version` names the source version here, not dropship's own version.
+    #[command(disable_version_flag = true, after_help = after_help(
+        "Examples:\n  dropship promote staging production              staging's current version\n  dropship promote staging production --version 3HL4kqtJlcpXroDT --wait\n  dropship promote staging production --force --json   even if it did not succeed in staging\n\n--env and DROPSHIP_ENV do not apply: the two environments are the arguments."
+    ))]
+    Promote(PromoteArgs),
     /// Print every host's full output of one deploy (default: the key's current version)
     /// from CloudWatch Logs: each command the deploy sent (waves, fleet rollback, catch-up),
     /// host by host.
@@ -74,6 +85,13 @@ pub enum Command {
         "Examples:\n  dropship doctor\n  dropship doctor --env production --rule dropship-release-uploaded\n  dropship doctor --json\n\nExit 0: an upload now would reach every running tagged host; 12: it would not."
     ))]
     Doctor(DoctorArgs),
+    /// Write a first, commented dropship.toml at the repository root from what the repository
+    /// holds (compose file, services with healthchecks, .env.example names), and print the
+    /// next steps. Never overwrites an existing file.
+    #[command(after_help = after_help(
+        "Examples:\n  dropship init\n  dropship init --repo ../shop"
+    ))]
+    Init(InitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Examples:\n  dropship completions bash > ~/.local/share/bash-completion/completions/dropship\n  dropship completions zsh > \"${fpath[1]}/_dropship\""
@@ -184,6 +202,39 @@ pub struct RollbackArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `promote`.
+#[derive(Args, Debug, Clone)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Environment to promote from (its key's version is copied).
+    #[arg(value_name = "FROM_ENV")]
+    pub from_env: String,
+    /// Environment to promote to (its key gets the copy).
+    #[arg(value_name = "TO_ENV")]
+    pub to_env: String,
+    /// Source version id (default: the source key's current version).
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
+    /// Promote even if the version did not deploy on every host of the source environment.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `init`.
+#[derive(Args, Debug, Clone)]
+pub struct InitArgs {
+    /// Repository to write dropship.toml for (any directory inside it; outside a git
+    /// repository, that directory).
+    #[arg(long, default_value = ".", env = "DROPSHIP_REPO")]
+    pub repo: PathBuf,
 }
 
 /// `logs`.

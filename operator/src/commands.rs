@@ -13,13 +13,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use dropship_contract::config::ConfigError;
 use dropship_contract::wiring::OutputStream;
 
-use crate::cli::{DoctorArgs, LogsArgs, ReleasesArgs, RollbackArgs, StatusArgs, WaitArgs};
+use crate::cli::{
+    DoctorArgs, InitArgs, LogsArgs, PromoteArgs, ReleasesArgs, RollbackArgs, StatusArgs, WaitArgs,
+};
 use crate::doctor::DoctorReport;
 use crate::doctor_facts::{DoctorClients, DoctorTarget};
 use crate::exit::Exit;
 use crate::facts::{Clients, HeadFacts};
 use crate::history::{self, Facts, VersionEntry, VersionsReport};
+use crate::init;
 use crate::logs::{self, HostLog, LogsReport, StreamRead};
+use crate::promote::{self, PromotePlan, Promoted};
 use crate::rollback::{self, Lookup, Restored, RollbackPlan};
 use crate::target::{self, Target};
 use crate::wait::{self, WaitReport};
@@ -147,32 +151,41 @@ pub async fn prepare_rollback(
     rollback::plan(&clients.target, &history, version_id, meta, etag)
 }
 
+/// The one write of a rollback or a promotion: `version_id` of `source`'s key copied onto
+/// `dest`'s key with `metadata`, only while the source still has `etag`. Returns the new
+/// version id.
+async fn copy_checked(
+    dest: &Clients,
+    source: &Target,
+    version_id: &str,
+    etag: Option<&str>,
+    metadata: &ObjectMetadata,
+) -> Result<String, OpsError> {
+    let headers = metadata
+        .to_headers()
+        .map_err(|e| OpsError::InvalidMetadata {
+            url: source.url(),
+            version_id: version_id.to_string(),
+            cause: e.to_string(),
+        })?;
+    dest.copy_version(&source.key(), version_id, etag, &headers)
+        .await
+}
+
 /// The one write of a rollback: the conditional copy.
 pub async fn execute_rollback(
     clients: &Clients,
     plan: &RollbackPlan,
 ) -> Result<Restored, OpsError> {
-    let headers = plan
-        .metadata
-        .to_headers()
-        .map_err(|e| OpsError::InvalidMetadata {
-            url: plan.target.url(),
-            version_id: plan.source.version_id.clone(),
-            cause: e.to_string(),
-        })?;
-    let new_version = clients
-        .copy_version(&plan.source.version_id, plan.etag.as_deref(), &headers)
-        .await?;
+    let new_version = copy_checked(
+        clients,
+        &plan.target,
+        &plan.source.version_id,
+        plan.etag.as_deref(),
+        &plan.metadata,
+    )
+    .await?;
     Ok(plan.restored(new_version))
-}
-
-/// Output of `rollback`, with the deploy when `--wait` was given.
-#[derive(serde::Serialize)]
-struct RollbackOutput {
-    #[serde(flatten)]
-    restored: Restored,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deploy: Option<WaitReport>,
 }
 
 /// `rollback VERSION`: checks, asks, copies, and with `--wait` follows the new version.
@@ -209,16 +222,68 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
         }
     }
     let restored = execute_rollback(&c, &plan).await?;
-    if !args.json {
-        print!("{}", restored.render());
+    report_created(&c, restored, "rollback", &args.wait, args.json).await
+}
+
+/// What a command that created a version by a copy (rollback, promote) reports.
+trait CreatedVersion: serde::Serialize {
+    /// The human summary.
+    fn text(&self) -> String;
+    /// The new version id.
+    fn version_id(&self) -> &str;
+    /// Its commit.
+    fn commit(&self) -> &str;
+}
+
+/// Both results carry `version_id`, `commit` and a `render()`.
+macro_rules! created_version {
+    ($($t:ty),*) => {$(
+        impl CreatedVersion for $t {
+            fn text(&self) -> String {
+                self.render()
+            }
+            fn version_id(&self) -> &str {
+                &self.version_id
+            }
+            fn commit(&self) -> &str {
+                &self.commit
+            }
+        }
+    )*};
+}
+created_version!(Restored, Promoted);
+
+/// Output of a command that created a version (rollback, promote), with the deploy when
+/// `--wait` was given.
+#[derive(serde::Serialize)]
+struct CreatedOutput<T: serde::Serialize> {
+    #[serde(flatten)]
+    created: T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy: Option<WaitReport>,
+}
+
+/// The end of a command (`what`) whose copy created a version on the clients' key: prints
+/// its summary (unless JSON), follows the deploy with `--wait`, prints the JSON, and answers
+/// the exit code (the deploy's with `--wait`).
+async fn report_created<T: CreatedVersion>(
+    c: &Clients,
+    created: T,
+    what: &str,
+    wait: &WaitArgs,
+    json: bool,
+) -> anyhow::Result<Exit> {
+    if !json {
+        print!("{}", created.text());
     }
-    let deploy = if args.wait.wait {
-        let version = restored.version_id.clone();
-        Some(
-            follow(&c, &version, &restored.commit, &args.wait, args.json)
-                .await
-                .with_context(|| format!("version {version} was created by the rollback, but following its deploy failed"))?,
-        )
+    let (version, commit) = (
+        created.version_id().to_string(),
+        created.commit().to_string(),
+    );
+    let deploy = if wait.wait {
+        Some(follow(c, &version, &commit, wait, json).await.with_context(|| {
+            format!("version {version} was created by the {what}, but following its deploy failed")
+        })?)
     } else {
         None
     };
@@ -226,13 +291,72 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
         .as_ref()
         .map(WaitReport::exit_code)
         .unwrap_or(Exit::Success);
-    if args.json {
+    if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&RollbackOutput { restored, deploy })?
+            serde_json::to_string_pretty(&CreatedOutput { created, deploy })?
         );
     }
     Ok(code)
+}
+
+/// Reads the facts a promotion needs (the source version, its metadata and how its deploy
+/// ended in the source environment) and plans it; nothing is written.
+pub async fn prepare_promote(
+    source: &Clients,
+    to: &Target,
+    asked: Option<&str>,
+    force: bool,
+) -> Result<PromotePlan, OpsError> {
+    let history = source.history().await?;
+    let entry = promote::source_version(&source.target, &history, asked)?;
+    let head = source.head_version(&entry.version_id).await?;
+    let meta = ObjectMetadata::from_headers(&head.metadata).map_err(|e| e.to_string());
+    let verdict = status_now(source, &entry.version_id).await?.verdict;
+    promote::plan(&source.target, to, entry, meta, head.etag, verdict, force)
+}
+
+/// `promote FROM TO`: checks the source version's deploy, copies it onto the target key
+/// (the one write), and with `--wait` follows the new version to every target host.
+pub async fn run_promote(args: PromoteArgs) -> anyhow::Result<Exit> {
+    promote::check_pair(&args.from_env, &args.to_env)?;
+    let resolve_env = |env: &str| {
+        let mut t = args.target.clone();
+        t.env = Some(env.to_string());
+        target::resolve(&t, false)
+    };
+    let (from, region) = resolve_env(&args.from_env)?.single();
+    let (to, _) = resolve_env(&args.to_env)?.single();
+    let sdk = dropship_aws::sdk::load(args.target.profile.as_deref(), region).await;
+    let source = Clients::new(&sdk, from);
+    let dest = Clients::new(&sdk, to);
+    let plan = prepare_promote(&source, &dest.target, args.version.as_deref(), args.force).await?;
+    if let Some(warning) = plan.warning() {
+        eprintln!("{warning}");
+    }
+    let new_version = copy_checked(
+        &dest,
+        &plan.from,
+        &plan.source.version_id,
+        plan.etag.as_deref(),
+        &plan.metadata,
+    )
+    .await?;
+    let promoted = plan.promoted(new_version);
+    report_created(&dest, promoted, "promotion", &args.wait, args.json).await
+}
+
+/// `init`: reads the repository, writes dropship.toml only if there is none, prints the
+/// next steps.
+pub fn run_init(args: InitArgs) -> anyhow::Result<Exit> {
+    let root = target::repository_root(&args.repo).unwrap_or_else(|| args.repo.clone());
+    // Absolute, so the app name comes from the directory's name even for `--repo .`.
+    let root = std::fs::canonicalize(&root).unwrap_or(root);
+    let facts = init::RepoFacts::read(&root);
+    let path = init::config_path(&root);
+    init::write_new(&path, &init::render(&facts))?;
+    print!("{}", init::next_steps(&facts, &path));
+    Ok(Exit::Success)
 }
 
 /// Follows a deploy with progress on a terminal (state changes on stderr otherwise) and

@@ -314,10 +314,12 @@ impl Clients {
             })
     }
 
-    /// Copies `version_id` on top of the key with `metadata` (REPLACE), only if the source
-    /// still has `etag`. Returns the new version id.
+    /// Copies `version_id` of `source_key` (this key for a rollback, another environment's
+    /// for a promotion) on top of the key with `metadata` (REPLACE), server side, only if the
+    /// source still has `etag`. Returns the new version id.
     pub async fn copy_version(
         &self,
+        source_key: &str,
         version_id: &str,
         etag: Option<&str>,
         metadata: &BTreeMap<String, String>,
@@ -326,7 +328,7 @@ impl Clients {
         let source = format!(
             "{}/{}?versionId={}",
             self.bucket(),
-            percent::encode(&key, &URI_PATH),
+            percent::encode(source_key, &URI_PATH),
             percent::encode(version_id, &URI_COMPONENT)
         );
         let out = self

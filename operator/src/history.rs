@@ -264,6 +264,13 @@ impl VersionsReport {
                     if let Some(from) = &m.restored_from {
                         branch.push_str(&format!(" (restored from {})", short(from, 16)));
                     }
+                    if let Some(from) = &m.promoted_from {
+                        branch.push_str(&format!(
+                            " (promoted from {} {})",
+                            from.env,
+                            short(&from.version_id, 16)
+                        ));
+                    }
                     (branch, commit, short(&m.uploader, 24))
                 }
                 (None, Some(e)) => (
@@ -350,6 +357,7 @@ mod tests {
             source: Source::Local,
             message: "m".into(),
             restored_from: None,
+            promoted_from: None,
         }
     }
 
@@ -391,9 +399,12 @@ mod tests {
         restored.restored_from = Some("v1".into());
         let mut facts = Facts::default();
         facts.metadata.insert("v4".into(), Ok(restored));
-        facts
-            .metadata
-            .insert("v3".into(), Ok(meta('c', "feature/x")));
+        let mut promoted = meta('c', "feature/x");
+        promoted.promoted_from = Some(dropship_contract::metadata::PromotedFrom {
+            env: "staging".into(),
+            version_id: "s7".into(),
+        });
+        facts.metadata.insert("v3".into(), Ok(promoted));
         facts.metadata.insert(
             "v2".into(),
             Err("metadata field \"sha256\" is missing".into()),
@@ -444,7 +455,7 @@ mod tests {
         );
         assert!(lines[3].contains("(delete marker)"), "{text}");
         assert!(
-            lines[4].contains("feature/x")
+            lines[4].contains("feature/x (promoted from staging s7)")
                 && lines[4].contains(&"c".repeat(12))
                 && lines[4].contains("rejected"),
             "{text}"

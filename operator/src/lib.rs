@@ -1,15 +1,18 @@
 //! `dropship`, the operator's command: what was deployed where (`releases`), what happened
 //! on every host (`status`), each host's full output (`logs`), putting an older release back
-//! (`rollback`), whether the AWS side is wired (`doctor`), and following a deploy to its
-//! per-host result (used by `bundle-and-upload --wait` too).
+//! (`rollback`), copying a release that deployed everywhere to the next environment
+//! (`promote`), writing a first `dropship.toml` (`init`), whether the AWS side is wired
+//! (`doctor`), and following a deploy to its per-host result (used by `bundle-and-upload
+//! --wait` too).
 //!
-//! Functional core, thin shell: [`history`], [`status`], [`logs`], [`rollback`], [`doctor`]
-//! and [`wait`] turn facts (object versions, metadata, deploy records, SSM invocations, log
-//! streams, the bucket/rule/instance wiring) into tables, outcomes and decisions; [`facts`]
-//! and [`doctor_facts`] are the AWS edges that fetch those facts, and [`facts`] makes the one
-//! write (`CopyObject` for a rollback); [`commands`] puts the two together for the binaries and
-//! [`cli`] holds their arguments. [`exit`] is the one exit-code table of both binaries,
-//! [`table`] renders aligned text.
+//! Functional core, thin shell: [`history`], [`status`], [`logs`], [`rollback`], [`promote`],
+//! [`init`], [`doctor`] and [`wait`] turn facts (object versions, metadata, deploy records,
+//! SSM invocations, log streams, the bucket/rule/instance wiring, the repository's files)
+//! into tables, outcomes and decisions; [`facts`] and [`doctor_facts`] are the AWS edges that
+//! fetch those facts, and [`facts`] makes the one write (`CopyObject` for a rollback or a
+//! promotion); [`commands`] puts the two together for the binaries and [`cli`] holds their
+//! arguments. [`exit`] is the one exit-code table of both binaries, [`table`] renders
+//! aligned text.
 
 pub mod aws_calls;
 pub mod cli;
@@ -19,7 +22,9 @@ pub mod doctor_facts;
 pub mod exit;
 pub mod facts;
 pub mod history;
+pub mod init;
 pub mod logs;
+pub mod promote;
 pub mod rollback;
 pub mod status;
 pub mod table;
@@ -100,6 +105,30 @@ pub enum OpsError {
         /// Why (not a terminal, or answered no).
         why: String,
     },
+    /// `promote`: the source version did not deploy on every host of its environment.
+    #[error("version {version_id:?} of {url} is `{verdict}` in its environment, not `succeeded` (deployed on every host), so it is not promoted to {to_env}; see `dropship status {version_id}`, promote a version that succeeded (--version), or pass --force to promote it anyway; nothing was written")]
+    NotPromotable {
+        /// `s3://bucket/key` of the source.
+        url: String,
+        /// The source version.
+        version_id: String,
+        /// Its verdict.
+        verdict: &'static str,
+        /// The target environment.
+        to_env: String,
+    },
+    /// `promote` was given one environment twice.
+    #[error("cannot promote environment {env:?} to itself: name two different environments (`dropship promote <from-env> <to-env>`); to redeploy a version of one environment use `dropship rollback`; nothing was written")]
+    SameEnvironment {
+        /// The environment named twice.
+        env: String,
+    },
+    /// `init` found a `dropship.toml` already.
+    #[error("{} already exists: nothing was changed; edit it (README, `dropship.toml` reference), or move it away and run `dropship init` again", path.display())]
+    ConfigExists {
+        /// The existing file.
+        path: std::path::PathBuf,
+    },
     /// The deployer has not written a record for the version: nothing was sent yet.
     #[error("version {version_id:?} of {url} has no deploy record yet: the deployer has not processed it (see `dropship status {version_id}`); wait, or follow it with `dropship logs {version_id} --follow`")]
     NoRecord {
@@ -147,6 +176,9 @@ impl OpsError {
                 | OpsError::NotConfirmed { .. }
                 | OpsError::NoRecord { .. }
                 | OpsError::HostNotInDeploy { .. }
+                | OpsError::NotPromotable { .. }
+                | OpsError::SameEnvironment { .. }
+                | OpsError::ConfigExists { .. }
         )
     }
 }

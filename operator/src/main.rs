@@ -33,6 +33,8 @@ fn main() -> ExitCode {
             Command::Releases(a) => commands::run_releases(a).await,
             Command::Status(a) => commands::run_status(a).await,
             Command::Rollback(a) => commands::run_rollback(a).await,
+            Command::Promote(a) => commands::run_promote(a).await,
+            Command::Init(a) => commands::run_init(a),
             Command::Logs(a) => commands::run_logs(a).await,
             Command::Doctor(a) => commands::run_doctor(a).await,
             Command::Completions { .. } => unreachable!("handled before the runtime starts"),

@@ -209,7 +209,7 @@ impl Restored {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use dropship_contract::key::ReleaseKey;
     use dropship_contract::metadata::Source;
@@ -221,7 +221,8 @@ mod tests {
         }
     }
 
-    fn entry(id: &str, latest: bool, marker: bool) -> VersionEntry {
+    /// A history entry of the key (an upload, or a delete marker).
+    pub(crate) fn entry(id: &str, latest: bool, marker: bool) -> VersionEntry {
         VersionEntry {
             version_id: id.into(),
             modified: "2026-11-23T09:00:00Z".into(),
@@ -245,6 +246,7 @@ mod tests {
             source: Source::Local,
             message: "v1".into(),
             restored_from: Some("older".into()),
+            promoted_from: None,
         }
     }
 

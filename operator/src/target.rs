@@ -62,7 +62,7 @@ impl Resolved {
 }
 
 /// The top of the git repository containing `start`, when there is one.
-fn repository_root(start: &Path) -> Option<PathBuf> {
+pub fn repository_root(start: &Path) -> Option<PathBuf> {
     let out = Command::new("git")
         .arg("-C")
         .arg(start)

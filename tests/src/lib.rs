@@ -10,6 +10,7 @@ pub mod lambda_rt;
 pub mod local_ssm;
 pub mod moto;
 pub mod pipeline;
+pub mod records;
 pub mod repo;
 pub mod s3_notifications;
 pub mod simhost;

@@ -145,7 +145,9 @@ fn bundle_extracts_to_exactly_what_git_archive_holds() {
     assert_eq!(manifest["branch"], "main");
     assert_eq!(manifest["dirty"], false);
     assert_eq!(manifest["app"], "shop");
-    assert_eq!(manifest["env"], "staging");
+    // The environment is the key's: the bytes name none (the summary does).
+    assert!(manifest.get("env").is_none(), "{manifest}");
+    assert_eq!(summary["env"], "staging");
     // `files` counts every entry after the manifest: files, directories and symlinks.
     assert_eq!(manifest["files"], theirs_tree.len() as u64);
     let bytes = fs::read(&bundle).unwrap();
@@ -253,6 +255,49 @@ fn same_commit_gives_the_same_bytes_across_runs_clones_and_thread_counts() {
 
     // A different level is a different (valid) stream.
     assert_ne!(first, sha(repo.path(), &["--level", "1"]));
+}
+
+/// The environment is the S3 key's, not the bundle's: one commit and config give the same
+/// bytes for every environment, and the manifest carries every environment's overrides.
+#[test]
+fn same_commit_gives_the_same_bytes_for_every_environment() {
+    let repo = GitRepo::new();
+    repo.write_config(
+        "shop",
+        "shop-artifacts",
+        "[deploy]\nprofiles = [\"web\"]\n[env.production.deploy]\nprofiles = [\"web\", \"prod\"]\n",
+    )
+    .write("compose.yaml", "services:\n  web:\n    image: nginx:1.27\n");
+    repo.commit("two environments");
+    let bundle = |env: &str| {
+        let (keep, out) = temp_file("b.tar.gz");
+        let mut cmd = repo.bundler();
+        cmd.env("DROPSHIP_UPLOADER", "x")
+            .args(["--env", env, "--output"])
+            .arg(&out);
+        run(&mut cmd).success();
+        (keep, fs::read(&out).unwrap())
+    };
+    let (_a, staging) = bundle("staging");
+    let (_b, production) = bundle("production");
+    assert_eq!(
+        hex::encode(Sha256::digest(&staging)),
+        hex::encode(Sha256::digest(&production)),
+        "staging and production bundles of one commit differ"
+    );
+    let (_c, path) = temp_file("b.tar.gz");
+    fs::write(&path, &staging).unwrap();
+    let dir = gnu_extract(&path);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join(".dropship/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["format"], 2);
+    assert!(manifest.get("env").is_none(), "{manifest}");
+    assert_eq!(manifest["deploy"]["profiles"], serde_json::json!(["web"]));
+    assert_eq!(
+        manifest["overrides"]["production"]["profiles"],
+        serde_json::json!(["web", "prod"])
+    );
 }
 
 /// Runs the bundler expecting a refusal; checks the exit code, that the message names every

@@ -16,7 +16,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use dropship_contract::metadata::ObjectMetadata;
 use dropship_contract::record::Outcome;
-use dropship_tests::pipeline::{explain, table, Deploy, HostRun, Options, Pipeline, Upload};
+use dropship_tests::pipeline::{explain, table, Deploy, HostRun, Options, Pipeline, Upload, ENV};
 use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -842,4 +842,37 @@ fn a_hostile_bundle_never_reaches_a_host() {
     assert_eq!(status["phase"], "refused", "{status:#}");
     assert_eq!(status["verdict"], "refused", "{status:#}");
     assert_eq!(status["hosts"].as_array().map(Vec::len), Some(0));
+}
+
+/// A `[env.staging.deploy]` override reaches the staging hosts through a bundle that names no
+/// environment: the override's compose profile starts its service there, beside the base
+/// settings' one.
+#[test]
+fn an_environment_override_runs_on_that_environments_hosts() {
+    let mut p = start();
+    let config = std::fs::read_to_string(p.repo.path().join("dropship.toml")).unwrap();
+    p.repo.write(
+        "dropship.toml",
+        format!("{config}\n[env.{ENV}.deploy]\nprofiles = [\"extra\"]\n"),
+    );
+    let compose = std::fs::read_to_string(p.repo.path().join("compose.yaml")).unwrap();
+    p.repo.write(
+        "compose.yaml",
+        format!("{compose}  extra:\n    image: busybox:1.35\n    init: true\n    command: [\"sleep\", \"3600\"]\n    profiles: [\"extra\"]\n"),
+    );
+    let commit = p.commit_release("override");
+    let up = p.upload().unwrap();
+    let d = p.deploy(&up.version_id).unwrap();
+    assert_deploy(&p, &d, 0, "deployed", &commit);
+    let project = format!("{}-{ENV}", p.app);
+    for h in &p.hosts {
+        let mut services: Vec<String> = h
+            .sim()
+            .containers(&project)
+            .into_iter()
+            .map(|c| c.service)
+            .collect();
+        services.sort();
+        assert_eq!(services, ["extra", "web"], "{}", table(&p));
+    }
 }

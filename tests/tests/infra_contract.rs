@@ -202,6 +202,26 @@ fn uploader_statements(f: &Fixture, key: &str) -> Vec<Statement> {
     iam::document(&f.module, &f.eval, "uploader", &instance(f, body, key))
 }
 
+/// Whether an uploader holding `policy` may do an action on a resource, and an action on the
+/// bucket with an `s3:prefix`.
+fn uploader_may(
+    policy: &[Statement],
+) -> (
+    impl Fn(&str, &str) -> bool + '_,
+    impl Fn(&str, &str) -> bool + '_,
+) {
+    const ME: &str = "arn:aws:iam::111122223333:role/uploader";
+    (
+        move |action: &str, resource: &str| allows(policy, &Request::new(ME, action, resource)),
+        move |action: &str, prefix: &str| {
+            allows(
+                policy,
+                &Request::new(ME, action, BUCKET_ARN).with("s3:prefix", &[prefix]),
+            )
+        },
+    )
+}
+
 fn bucket_policy(f: &Fixture) -> Vec<Statement> {
     iam::single_document(&f.module, &f.eval, "artifacts_bucket")
 }
@@ -934,15 +954,7 @@ fn uploader_rights_are_the_exact_release_key_of_one_app_and_env() {
     let all = pairs(&f);
     for (k, own) in &all {
         let policy = uploader_statements(&f, k);
-        let me = "arn:aws:iam::111122223333:role/uploader";
-        let may =
-            |action: &str, resource: &str| allows(&policy, &Request::new(me, action, resource));
-        let may_list = |action: &str, prefix: &str| {
-            allows(
-                &policy,
-                &Request::new(me, action, BUCKET_ARN).with("s3:prefix", &[prefix]),
-            )
-        };
+        let (may, may_list) = uploader_may(&policy);
 
         // Upload, restore (CopyObject = GetObjectVersion on the source version + PutObject
         // on the key), versions, status and --wait.
@@ -977,9 +989,18 @@ fn uploader_rights_are_the_exact_release_key_of_one_app_and_env() {
         );
         assert!(may("s3:GetBucketVersioning", BUCKET_ARN));
 
-        // Nothing of any other pair, no other key under its own app, no records writes.
+        // Nothing of any other pair (reads of its promotion source apart: see
+        // `promote_reads_only_the_source_pair_and_writes_only_its_own_key`), no other key
+        // under its own app, no records writes.
         for (other_k, other) in all.iter().filter(|(o, _)| o != k) {
-            for action in ["s3:PutObject", "s3:GetObjectVersion", "s3:GetObject"] {
+            assert!(
+                !may("s3:PutObject", &object_arn(&other.object_key())),
+                "{k}'s uploader may write {other_k}'s release key"
+            );
+            if promotion_source(own).as_ref() == Some(other) {
+                continue;
+            }
+            for action in ["s3:GetObjectVersion", "s3:GetObject"] {
                 assert!(
                     !may(action, &object_arn(&other.object_key())),
                     "{k}'s uploader may {action} {other_k}'s release key"
@@ -1028,6 +1049,86 @@ fn uploader_rights_are_the_exact_release_key_of_one_app_and_env() {
             );
         }
     }
+}
+
+/// The default promotion path: each environment from the one listed before it
+/// (`staging` -> `production`).
+fn promotion_source(to: &ReleaseKey) -> Option<ReleaseKey> {
+    (to.env() == "production").then(|| ReleaseKey::new(to.app(), "staging").expect("valid"))
+}
+
+/// `dropship promote <from> <to>` is CopyObject of a version of the source key onto the target
+/// key, after reading the source's history and deploy records: the target pair's uploader may
+/// do exactly that (GetObjectVersion on the source, PutObject on its own key) and nothing more
+/// across environments; the source pair gets nothing of the target; `promotions = {}` turns
+/// every cross-environment right off, and a custom map moves it.
+#[test]
+fn promote_reads_only_the_source_pair_and_writes_only_its_own_key() {
+    let check = |f: &Fixture, sources: &dyn Fn(&ReleaseKey) -> Option<ReleaseKey>| {
+        let all = pairs(f);
+        for (k, own) in &all {
+            let policy = uploader_statements(f, k);
+            let (may, may_list) = uploader_may(&policy);
+            let source = sources(own);
+            for (other_k, other) in all.iter().filter(|(o, _)| o != k) {
+                let is_source = source.as_ref() == Some(other);
+                let reads = [
+                    may("s3:GetObjectVersion", &object_arn(&other.object_key())),
+                    may("s3:GetObject", &object_arn(&other.object_key())),
+                    may("s3:GetObject", &object_arn(&other.record_key("v1"))),
+                    may("s3:GetObject", &object_arn(&other.latest_pointer_key())),
+                    may_list("s3:ListBucketVersions", &other.object_key()),
+                    may_list("s3:ListBucket", &other.records_prefix()),
+                ];
+                assert_eq!(
+                    reads, [is_source; 6],
+                    "{k}'s uploader reading {other_k} (promotion source: {is_source})"
+                );
+                for action in ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"] {
+                    assert!(
+                        !may(action, &object_arn(&other.object_key())),
+                        "{k} may {action} {other_k}'s key"
+                    );
+                    assert!(!may(action, &object_arn(&other.record_key("v1"))));
+                }
+                // Only the source key's own history, not the app's keys at large.
+                assert!(!may_list(
+                    "s3:ListBucketVersions",
+                    &format!("{RELEASES_PREFIX}{}/", other.app())
+                ));
+            }
+            // The copy's destination: its own key.
+            assert!(may("s3:PutObject", &object_arn(&own.object_key())));
+        }
+    };
+    check(&fixture(), &promotion_source);
+
+    let module = Module::load();
+    let mut off = scenario();
+    off.push(("promotions", json!({})));
+    check(
+        &Fixture {
+            eval: module.evaluator(&off),
+            module,
+        },
+        &|_| None,
+    );
+
+    let module = Module::load();
+    let mut reversed = scenario();
+    reversed.push((
+        "promotions",
+        json!({ "staging": "production", "qa": "staging" }),
+    ));
+    check(
+        &Fixture {
+            eval: module.evaluator(&reversed),
+            module,
+        },
+        &|to: &ReleaseKey| {
+            (to.env() == "staging").then(|| ReleaseKey::new(to.app(), "production").unwrap())
+        },
+    );
 }
 
 #[test]

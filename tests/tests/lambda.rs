@@ -16,16 +16,18 @@ use aws_sdk_s3::primitives::ByteStream;
 use deployer_lambda::aws::Clients;
 use deployer_lambda::config::Config;
 use deployer_lambda::handler::{Deployer, HandlerError, Invocation, Response};
+use dropship_contract::fleet::FleetOutcome;
 use dropship_contract::host::HostVar;
 use dropship_contract::key::ReleaseKey;
-use dropship_contract::manifest::{DeploySettings, Manifest};
+use dropship_contract::manifest::{DeploySettings, Manifest, MANIFEST_FORMAT};
 use dropship_contract::metadata::{ObjectMetadata, Source};
 use dropship_contract::record::{DeployRecord, Outcome};
 use dropship_tests::host::{make_bundle, sha256_hex, AppFiles};
 use dropship_tests::lambda_rt::LambdaProcess;
 use dropship_tests::local_ssm::bash_instance::BashInstance;
 use dropship_tests::local_ssm::{LocalSsm, LocalSsmConfig};
-use dropship_tests::moto;
+use dropship_tests::repo::{run, GitRepo};
+use dropship_tests::{moto, records};
 use serde_json::{json, Value};
 
 const ENV: &str = "staging";
@@ -174,6 +176,7 @@ impl Fixture {
             source: Source::Local,
             message: "test release".into(),
             restored_from: None,
+            promoted_from: None,
         }
     }
 
@@ -463,6 +466,112 @@ async fn verifies_a_real_bundle_and_dispatches_to_only_the_tagged_running_instan
     assert_eq!(exported("DROPSHIP_SHA256"), sha256_hex(&out.stdout));
 }
 
+/// The value the header exports for `var`.
+fn exported<'a>(script: &'a str, var: &str) -> &'a str {
+    let prefix = format!("export {var}=");
+    script
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{var} not exported"))
+        .trim_matches('\'')
+}
+
+/// One real bundle (from `bundle-and-upload`, with a production override of the compose
+/// profiles) deploys to staging with staging's settings; once staging deployed it on every
+/// host, `dropship promote` copies the exact version to production, whose bytes are the same,
+/// and the deployer verifies it and dispatches it to the production hosts with production's
+/// settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_version_is_verified_and_dispatched_with_its_environments_settings() {
+    let f = Fixture::new().await;
+    let staging_hosts = f.instances(&f.app, "staging", 1).await;
+    let production_hosts = f.instances(&f.app, "production", 2).await;
+    let repo = GitRepo::new();
+    repo.write_config(
+        &f.app,
+        &f.bucket,
+        "[deploy]\nprofiles = [\"web\"]\n[env.production.deploy]\nprofiles = [\"web\", \"prod\"]\n",
+    )
+    .write(
+        "compose.yaml",
+        "services:\n  web:\n    image: nginx:alpine\n",
+    );
+    repo.commit("two environments");
+    let staged = run(repo.bundler().arg("--json")).success().json()["version_id"]
+        .as_str()
+        .expect("version id")
+        .to_owned();
+
+    let d = f.deployer().await;
+    let res = handle(&d, &f.event(&staged, "00A1"))
+        .await
+        .expect("staging");
+    assert_eq!(res.outcome, Outcome::Dispatched, "{res:?}");
+    assert_eq!(res.targets, staging_hosts);
+    let commands = f.commands().await;
+    assert_eq!(commands.len(), 1);
+    assert_eq!(exported(&commands[0].1, "DROPSHIP_PROFILES"), "web");
+    let staging_sha = exported(&commands[0].1, "DROPSHIP_SHA256").to_owned();
+    // The hosts' results stand in here (the suite's hosts have no engine): the fleet settled
+    // `deployed`, as the deployer records it.
+    let staging = ReleaseKey::new(&f.app, "staging").unwrap();
+    records::put(
+        &f.s3,
+        &f.bucket,
+        &records::settled(
+            &f.bucket,
+            &staging,
+            &staged,
+            &staging_hosts,
+            FleetOutcome::Deployed,
+        ),
+    )
+    .await;
+
+    let promoted = run(repo
+        .dropship()
+        .args(["promote", "staging", "production", "--json"]))
+    .success()
+    .json();
+    assert_eq!(promoted["source_version_id"], staged.as_str());
+    assert_eq!(promoted["sha256"], staging_sha.as_str());
+    let version = promoted["version_id"].as_str().unwrap().to_owned();
+    let production = ReleaseKey::new(&f.app, "production").unwrap();
+    let res = handle(
+        &d,
+        &event_for(
+            &f.bucket,
+            &production.object_key(),
+            &version,
+            "00A2",
+            "CopyObject",
+        ),
+    )
+    .await
+    .expect("production");
+    assert_eq!(res.outcome, Outcome::Dispatched, "{res:?}");
+    assert_eq!(res.targets, production_hosts);
+    let commands = f.commands().await;
+    let (_, script) = commands
+        .iter()
+        .find(|(id, _)| id == &res.command_ids[0])
+        .expect("the production command");
+    assert_eq!(exported(script, "DROPSHIP_PROFILES"), "web,prod");
+    assert_eq!(exported(script, "DROPSHIP_SHA256"), staging_sha);
+    assert_eq!(exported(script, "DROPSHIP_ENV"), "production");
+    assert_eq!(exported(script, "DROPSHIP_VERSION_ID"), version);
+    let out =
+        f.s3.get_object()
+            .bucket(&f.bucket)
+            .key(production.object_key())
+            .version_id(&version)
+            .send()
+            .await
+            .unwrap();
+    let bytes = out.body.collect().await.unwrap().into_bytes();
+    assert_eq!(sha256_hex(&bytes), staging_sha, "the bytes staging ran");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_event_sends_one_command() {
     let f = Fixture::new().await;
@@ -716,11 +825,10 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn manifest_bytes(app: &str, env: &str, rest: &[Entry]) -> Vec<u8> {
+fn manifest_bytes(app: &str, rest: &[Entry]) -> Vec<u8> {
     Manifest {
-        format: 1,
+        format: MANIFEST_FORMAT,
         app: app.into(),
-        env: env.into(),
         branch: "main".into(),
         commit: COMMIT.into(),
         commit_time: 1_700_000_000,
@@ -733,6 +841,8 @@ fn manifest_bytes(app: &str, env: &str, rest: &[Entry]) -> Vec<u8> {
             .map(|e| e.data.len() as u64)
             .sum(),
         deploy: DeploySettings::default(),
+        overrides: Default::default(),
+        legacy_env: None,
     }
     .to_bytes()
 }
@@ -743,7 +853,7 @@ fn hostile_bundle(app: &str, rest: Vec<Entry>) -> Vec<u8> {
         path: ".dropship/manifest.json",
         kind: b'0',
         mode: 0o644,
-        data: manifest_bytes(app, ENV, &rest),
+        data: manifest_bytes(app, &rest),
         link: "",
     }];
     all.extend(rest);
@@ -861,21 +971,24 @@ async fn every_hostile_bundle_is_rejected_with_its_reason_and_nothing_is_sent() 
             "metadata env",
         ),
         (
-            "manifest env differs from metadata",
+            "format-1 manifest naming its environment",
             {
                 let rest = vec![compose()];
+                let mut old: Value = serde_json::from_slice(&manifest_bytes(&app, &rest)).unwrap();
+                old["format"] = 1.into();
+                old["env"] = ENV.into();
                 let mut all = vec![Entry {
                     path: ".dropship/manifest.json",
                     kind: b'0',
                     mode: 0o644,
-                    data: manifest_bytes(&app, "prod", &rest),
+                    data: old.to_string().into_bytes(),
                     link: "",
                 }];
                 all.extend(rest);
                 gzip(&ustar(&all))
             },
             keep(),
-            "manifest field env",
+            "manifest format 1 was written by an older bundle-and-upload",
         ),
     ];
     for (i, (name, bytes, tweak, reason)) in cases.into_iter().enumerate() {

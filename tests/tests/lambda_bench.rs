@@ -104,6 +104,7 @@ impl Setup {
             source: Source::Local,
             message: "test release".into(),
             restored_from: None,
+            promoted_from: None,
         };
         let mut req = self
             .s3

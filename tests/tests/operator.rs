@@ -17,14 +17,17 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceType;
 use aws_sdk_s3::primitives::ByteStream;
+use dropship_contract::fleet::FleetOutcome;
 use dropship_contract::key::ReleaseKey;
 use dropship_contract::metadata::ObjectMetadata;
+use dropship_contract::metadata::PromotedFrom;
 use dropship_contract::record::{
     CommandBatch, DeployRecord, EventFacts, LatestPointer, Outcome, Trigger,
 };
 use dropship_tests::repo::GitRepo;
-use dropship_tests::{bins, moto};
+use dropship_tests::{bins, moto, records};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 const APP: &str = "shop";
 const ENV: &str = "prod";
@@ -176,16 +179,6 @@ fn record(
     }
 }
 
-async fn put_record(s3: &aws_sdk_s3::Client, bucket: &str, rec: &DeployRecord) {
-    s3.put_object()
-        .bucket(bucket)
-        .key(rec.s3_key().expect("record key"))
-        .body(ByteStream::from(rec.to_bytes()))
-        .send()
-        .await
-        .expect("write deploy record");
-}
-
 async fn put_pointer(s3: &aws_sdk_s3::Client, bucket: &str, version: &str) {
     let pointer = LatestPointer::new(
         &release(),
@@ -221,27 +214,6 @@ async fn history(s3: &aws_sdk_s3::Client, bucket: &str) -> (Vec<String>, Vec<Str
         .filter_map(|m| m.version_id().map(str::to_string))
         .collect();
     (versions, markers)
-}
-
-async fn object(s3: &aws_sdk_s3::Client, bucket: &str, version: &str) -> (Vec<u8>, ObjectMetadata) {
-    let out = s3
-        .get_object()
-        .bucket(bucket)
-        .key(release().object_key())
-        .version_id(version)
-        .send()
-        .await
-        .expect("get version");
-    let meta = ObjectMetadata::from_headers(&out.metadata().cloned().unwrap_or_default())
-        .expect("valid metadata");
-    let bytes = out
-        .body
-        .collect()
-        .await
-        .expect("read body")
-        .into_bytes()
-        .to_vec();
-    (bytes, meta)
 }
 
 /// Two running instances and an SSM command sent to them; returns (command id, instance ids).
@@ -331,7 +303,7 @@ async fn versions_lists_uploads_with_branch_commit_uploader_and_deploy_outcome()
     let v2 = repo.upload();
     let c3 = repo.commit("three");
     let v3 = repo.upload();
-    put_record(
+    records::put(
         &s3,
         &bucket,
         &record(
@@ -342,7 +314,7 @@ async fn versions_lists_uploads_with_branch_commit_uploader_and_deploy_outcome()
         ),
     )
     .await;
-    put_record(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
+    records::put(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
     put_pointer(&s3, &bucket, &v1).await;
 
     let out = repo.dropship(&["releases", "--json"]);
@@ -484,13 +456,14 @@ async fn restore_copies_a_version_with_identical_bytes_and_restored_from() {
         [v3.clone(), v2.clone(), v1.clone()],
         "one new version on top"
     );
-    let (old_bytes, old_meta) = object(&s3, &bucket, &v1).await;
-    let (new_bytes, new_meta) = object(&s3, &bucket, &v3).await;
+    let (old_bytes, old_meta) = get_version(&s3, &bucket, &release(), &v1).await;
+    let (new_bytes, new_meta) = get_version(&s3, &bucket, &release(), &v3).await;
     assert_eq!(new_bytes, old_bytes, "identical bytes");
     assert_eq!(new_meta.restored_from.as_deref(), Some(v1.as_str()));
     assert_eq!(
         ObjectMetadata {
             restored_from: None,
+            promoted_from: None,
             ..new_meta.clone()
         },
         old_meta
@@ -570,6 +543,240 @@ async fn restore_refuses_unknown_versions_delete_markers_and_missing_consent_wri
     assert_eq!(history(&s3, &bucket).await.0.len(), 2);
 }
 
+/// A repository deploying `APP` to staging and production (staging by default).
+fn two_env_repo(bucket: &str) -> GitRepo {
+    let repo = GitRepo::new();
+    repo.write_config(APP, bucket, "")
+        .write(
+            "compose.yaml",
+            "services:\n  web:\n    image: nginx:alpine\n",
+        )
+        .write("app.txt", "one");
+    repo.commit("release one");
+    repo
+}
+
+/// `dropship ARGS` in `repo`: stdin closed, fast polling.
+fn dropship_in(repo: &GitRepo, args: &[&str]) -> Output {
+    AppRepo::prepared(repo.dropship(), args)
+        .output()
+        .expect("run dropship")
+}
+
+fn staging() -> ReleaseKey {
+    ReleaseKey::new(APP, "staging").expect("valid names")
+}
+
+fn production() -> ReleaseKey {
+    ReleaseKey::new(APP, "production").expect("valid names")
+}
+
+/// Every version id of `release`'s key, newest first.
+async fn versions(s3: &aws_sdk_s3::Client, bucket: &str, release: &ReleaseKey) -> Vec<String> {
+    moto::versions_of(s3, bucket, &release.object_key()).await
+}
+
+async fn get_version(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    release: &ReleaseKey,
+    version: &str,
+) -> (Vec<u8>, ObjectMetadata) {
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(release.object_key())
+        .version_id(version)
+        .send()
+        .await
+        .expect("get version");
+    let meta = ObjectMetadata::from_headers(&out.metadata().cloned().unwrap_or_default())
+        .expect("valid metadata");
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .expect("body")
+        .into_bytes()
+        .to_vec();
+    (bytes, meta)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_copies_a_version_deployed_on_every_staging_host_to_production_byte_for_byte() {
+    let s3 = moto::s3().await;
+    let bucket = moto::create_bucket(&s3, "ops-promote", true).await;
+    let repo = two_env_repo(&bucket);
+    let up = AppRepo::prepared(repo.bundler(), &["--json"])
+        .output()
+        .unwrap();
+    assert_success(&up);
+    let staged = json(&up)["version_id"].as_str().unwrap().to_string();
+    let hosts = vec!["i-0staging1".to_string(), "i-0staging2".to_string()];
+    records::put(
+        &s3,
+        &bucket,
+        &records::settled(&bucket, &staging(), &staged, &hosts, FleetOutcome::Deployed),
+    )
+    .await;
+
+    let out = dropship_in(&repo, &["promote", "staging", "production", "--json"]);
+    assert_success(&out);
+    assert!(
+        !text(&out.stderr).contains("WARNING"),
+        "{}",
+        text(&out.stderr)
+    );
+    let promoted = json(&out);
+    let prod_version = promoted["version_id"].as_str().unwrap().to_string();
+    assert_eq!(promoted["from_env"], "staging");
+    assert_eq!(promoted["to_env"], "production");
+    assert_eq!(promoted["source_version_id"], staged.as_str());
+    assert_eq!(promoted["source_verdict"], "succeeded");
+    assert_eq!(promoted["forced"], false);
+    assert_eq!(promoted["key"], production().object_key());
+
+    assert_eq!(
+        versions(&s3, &bucket, &production()).await,
+        std::slice::from_ref(&prod_version)
+    );
+    let (staged_bytes, staged_meta) = get_version(&s3, &bucket, &staging(), &staged).await;
+    let (prod_bytes, prod_meta) = get_version(&s3, &bucket, &production(), &prod_version).await;
+    let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
+    assert_eq!(sha(&prod_bytes), sha(&staged_bytes), "same bytes");
+    assert_eq!(prod_meta.sha256, sha(&prod_bytes));
+    assert_eq!(promoted["sha256"], prod_meta.sha256.as_str());
+    assert_eq!(prod_meta.env, "production");
+    assert_eq!(
+        prod_meta.promoted_from,
+        Some(PromotedFrom {
+            env: "staging".into(),
+            version_id: staged.clone()
+        })
+    );
+    assert_eq!(
+        ObjectMetadata {
+            env: "staging".into(),
+            promoted_from: None,
+            ..prod_meta
+        },
+        staged_meta
+    );
+    // Staging is untouched.
+    assert_eq!(
+        versions(&s3, &bucket, &staging()).await,
+        std::slice::from_ref(&staged)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_refuses_a_version_not_deployed_everywhere_unless_forced_writing_nothing() {
+    let s3 = moto::s3().await;
+    let bucket = moto::create_bucket(&s3, "ops-promote-refuse", true).await;
+    let repo = two_env_repo(&bucket);
+    let up = AppRepo::prepared(repo.bundler(), &["--json"])
+        .output()
+        .unwrap();
+    assert_success(&up);
+    let rolled_back = json(&up)["version_id"].as_str().unwrap().to_string();
+    let hosts = vec!["i-0staging1".to_string()];
+    records::put(
+        &s3,
+        &bucket,
+        &records::settled(
+            &bucket,
+            &staging(),
+            &rolled_back,
+            &hosts,
+            FleetOutcome::RolledBack,
+        ),
+    )
+    .await;
+
+    // Rolled back in staging: refused, naming the verdict and --force.
+    let out = dropship_in(&repo, &["promote", "staging", "production"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("`rolled_back`")
+            && err.contains("--force")
+            && err.contains(&rolled_back)
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    // Not deployed yet (no record): refused as pending.
+    repo.write("app.txt", "two");
+    repo.commit("release two");
+    let up = AppRepo::prepared(repo.bundler(), &["--json"])
+        .output()
+        .unwrap();
+    assert_success(&up);
+    let pending = json(&up)["version_id"].as_str().unwrap().to_string();
+    let out = dropship_in(&repo, &["promote", "staging", "production", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("`pending`"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "no JSON for a refusal");
+    // One environment twice, an unknown environment, an unknown version.
+    for (args, needle) in [
+        (&["promote", "staging", "staging"][..], "to itself"),
+        (
+            &["promote", "staging", "prod"][..],
+            "\"prod\" is not listed",
+        ),
+        (
+            &["promote", "staging", "production", "--version", "nope"][..],
+            "does not exist",
+        ),
+    ] {
+        let out = dropship_in(&repo, args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(
+        versions(&s3, &bucket, &production()).await.is_empty(),
+        "nothing was written"
+    );
+
+    // --force promotes the rolled-back version, loudly.
+    let out = dropship_in(
+        &repo,
+        &[
+            "promote",
+            "staging",
+            "production",
+            "--version",
+            &rolled_back,
+            "--force",
+            "--json",
+        ],
+    );
+    assert_success(&out);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("WARNING") && err.contains("rolled_back") && err.contains(&rolled_back),
+        "{err}"
+    );
+    let promoted = json(&out);
+    assert_eq!(promoted["forced"], true);
+    assert_eq!(promoted["source_verdict"], "rolled_back");
+    assert_eq!(promoted["source_version_id"], rolled_back.as_str());
+    assert_eq!(versions(&s3, &bucket, &production()).await.len(), 1);
+    assert_ne!(pending, rolled_back);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn status_reads_each_invocation_the_record_names() {
     let s3 = moto::s3().await;
@@ -581,7 +788,7 @@ async fn status_reads_each_invocation_the_record_names() {
     // A second batch names an instance SSM has no invocation for: the "does not exist yet"
     // answer must read as dispatched, not as an error or a success.
     let ghost = "i-0000000000000dead".to_string();
-    put_record(
+    records::put(
         &s3,
         &bucket,
         &record(
@@ -646,7 +853,7 @@ async fn status_reads_each_invocation_the_record_names() {
     );
 
     // A rejected version: nothing reached a host, no SSM reads needed.
-    put_record(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
+    records::put(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
     let out = repo.dropship(&["status"]);
     assert_success(&out);
     let report = text(&out.stdout);
@@ -669,14 +876,14 @@ async fn wait_follows_the_deploy_and_the_exit_code_reflects_it() {
     let child = repo.spawn(&["--json", "--wait", "--wait-timeout", "60"]);
     let v1 = next_version(&s3, &bucket, 0).await;
     let (command, ids) = sent_command().await;
-    put_record(
+    records::put(
         &s3,
         &bucket,
         &record(&bucket, &v1, Outcome::Dispatching, &[]),
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    put_record(
+    records::put(
         &s3,
         &bucket,
         &record(
@@ -705,7 +912,7 @@ async fn wait_follows_the_deploy_and_the_exit_code_reflects_it() {
     repo.commit("two");
     let child = repo.spawn(&["--wait", "--wait-timeout", "60"]);
     let v2 = next_version(&s3, &bucket, 1).await;
-    put_record(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
+    records::put(&s3, &bucket, &record(&bucket, &v2, Outcome::Rejected, &[])).await;
     let out = finish(child).await;
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert!(
@@ -748,7 +955,7 @@ async fn wait_follows_the_deploy_and_the_exit_code_reflects_it() {
         "60",
     ]);
     let v4 = next_version(&s3, &bucket, 3).await;
-    put_record(
+    records::put(
         &s3,
         &bucket,
         &record(&bucket, &v4, Outcome::Dispatched, &[(&command, ids)]),

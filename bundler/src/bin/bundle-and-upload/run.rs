@@ -72,7 +72,7 @@ pub async fn run_upload(args: UploadArgs) -> anyhow::Result<Exit> {
         let created = resolve::now_rfc3339();
         let metadata_for = |digest: &bundle::BundleDigest| ObjectMetadata {
             app: prepared.manifest.app.clone(),
-            env: prepared.manifest.env.clone(),
+            env: prepared.config.key.env().to_string(),
             branch: prepared.branch.clone(),
             commit: prepared.head.commit.clone(),
             dirty: prepared.dirty,
@@ -82,6 +82,7 @@ pub async fn run_upload(args: UploadArgs) -> anyhow::Result<Exit> {
             source,
             message: prepared.head.subject.clone(),
             restored_from: None,
+            promoted_from: None,
         };
         let outcome =
             upload::upload(&bucket, &prepared, tuning, &metadata_for, &mut on_progress).await?;

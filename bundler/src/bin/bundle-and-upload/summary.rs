@@ -35,7 +35,7 @@ impl Summary {
     pub fn new(p: &PreparedBundle, sha256: String, bytes: u64) -> Self {
         Self {
             app: p.manifest.app.clone(),
-            env: p.manifest.env.clone(),
+            env: p.config.key.env().to_string(),
             commit: p.head.commit.clone(),
             branch: p.branch.clone(),
             dirty: p.dirty,
