@@ -73,6 +73,8 @@ pub struct PlanOptions {
     pub excludes: Vec<String>,
     /// Exact paths the user vouched for with `--allow-secret`.
     pub allowed_secrets: Vec<String>,
+    /// Glob patterns `dropship.toml` vouches for (`allow_secrets`).
+    pub allowed_secret_patterns: Vec<String>,
     pub max_file_bytes: u64,
 }
 
@@ -130,9 +132,21 @@ pub fn plan(facts: &[FileFacts], options: &PlanOptions) -> Result<BundlePlan, Re
             ));
             continue;
         }
-        if looks_like_secret(path) && !options.allowed_secrets.iter().any(|a| a == path) {
+        let vouched = options.allowed_secrets.iter().any(|a| a == path)
+            || options
+                .allowed_secret_patterns
+                .iter()
+                .any(|p| glob_matches(p, path));
+        if looks_like_secret(path) && !vouched {
+            let pattern = match path.rsplit_once('/') {
+                Some((dir, name)) => match name.rsplit_once('.') {
+                    Some((_, ext)) => format!("{dir}/**/*.{ext}"),
+                    None => format!("{dir}/**"),
+                },
+                None => path.to_string(),
+            };
             offenders.push(format!(
-                "{path}: looks like a secret; keep it out of git (or in shared/ on the host), or pass --allow-secret {path}"
+                "{path}: looks like a secret; keep it out of git (or in shared/ on the host), or pass --allow-secret {path}, or vouch for a pattern in dropship.toml: allow_secrets = [\"{pattern}\"]"
             ));
             continue;
         }
@@ -390,11 +404,51 @@ mod tests {
             excludes: vec!["docs/**".into()],
             allowed_secrets: vec!["config/dev.pem".into()],
             max_file_bytes: 1000,
+            ..PlanOptions::default()
         };
         let p = plan(&facts, &opts).unwrap();
         let paths: Vec<&str> = p.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["app.py", "config", "config/dev.pem"]);
         assert_eq!(p.excluded, 1);
+    }
+
+    #[test]
+    fn a_pattern_in_dropship_toml_vouches_for_many_fixtures_and_the_refusal_says_how() {
+        let facts: Vec<FileFacts> = (0..60)
+            .map(|i| file(&format!("tests/fixtures/certs/k{i}.pem"), 1))
+            .chain([file("deploy/prod.pem", 1)])
+            .collect();
+        let refused = plan(
+            &facts,
+            &PlanOptions {
+                max_file_bytes: 1000,
+                ..PlanOptions::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains(r#"allow_secrets = ["tests/fixtures/certs/**/*.pem"]"#),
+            "{refused}"
+        );
+        let opts = PlanOptions {
+            allowed_secret_patterns: vec!["tests/fixtures/**/*.pem".into()],
+            max_file_bytes: 1000,
+            ..PlanOptions::default()
+        };
+        // The fixtures pass; a key outside the pattern is still refused, by name.
+        let refused = plan(&facts, &opts).unwrap_err().to_string();
+        assert!(refused.contains("deploy/prod.pem"), "{refused}");
+        assert!(!refused.contains("tests/fixtures"), "{refused}");
+        let fixtures_only = &facts[..60];
+        let p = plan(fixtures_only, &opts).unwrap();
+        assert_eq!(
+            p.entries
+                .iter()
+                .filter(|e| e.path.ends_with(".pem"))
+                .count(),
+            60
+        );
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub fn prepare(request: &BundleRequest) -> Result<PreparedBundle, BundleError> {
         &PlanOptions {
             excludes: config.excludes.clone(),
             allowed_secrets: request.allowed_secrets.clone(),
+            allowed_secret_patterns: config.allow_secrets.clone(),
             max_file_bytes: config.max_file_bytes,
         },
     )?;

@@ -55,6 +55,10 @@ pub struct ConfigFile {
     pub default_env: Option<String>,
     #[serde(default)]
     pub excludes: Vec<String>,
+    /// Glob patterns of files that look like secrets but that the project vouches for (test
+    /// fixtures, public certificates): bundled without an `--allow-secret` each.
+    #[serde(default)]
+    pub allow_secrets: Vec<String>,
     pub max_file_bytes: Option<u64>,
     #[serde(default)]
     pub deploy: DeploySettings,
@@ -101,6 +105,8 @@ pub struct Config {
     pub bucket: Option<String>,
     pub region: Option<String>,
     pub excludes: Vec<String>,
+    /// `allow_secrets`, validated.
+    pub allow_secrets: Vec<String>,
     pub max_file_bytes: u64,
     /// The base deploy settings (`[deploy]`).
     pub deploy: DeploySettings,
@@ -214,12 +220,23 @@ impl Config {
         if max_file_bytes == 0 {
             return Err(invalid("max_file_bytes", "must be greater than 0".into()));
         }
-        for pattern in &file.excludes {
-            if pattern.is_empty() || pattern.starts_with('/') || pattern.contains("..") {
-                return Err(invalid(
-                    "excludes",
-                    format!("{pattern:?}: use repository-relative glob patterns like \"docs/**\""),
-                ));
+        for (key, patterns, example) in [
+            ("excludes", &file.excludes, "docs/**"),
+            (
+                "allow_secrets",
+                &file.allow_secrets,
+                "tests/fixtures/**/*.pem",
+            ),
+        ] {
+            for pattern in patterns {
+                if pattern.is_empty() || pattern.starts_with('/') || pattern.contains("..") {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{pattern:?}: use repository-relative glob patterns like \"{example}\""
+                        ),
+                    ));
+                }
             }
         }
         file.deploy
@@ -253,6 +270,7 @@ impl Config {
             bucket,
             region: over.region.or(file.region),
             excludes: file.excludes,
+            allow_secrets: file.allow_secrets,
             max_file_bytes,
             deploy: file.deploy,
             deploy_overrides,
@@ -358,6 +376,10 @@ mod tests {
             (
                 "app = \"shop\"\ndefault_env = \"a\"\nexcludes = [\"../x\"]\n",
                 "`excludes`",
+            ),
+            (
+                "app = \"shop\"\ndefault_env = \"a\"\nallow_secrets = [\"/etc/*.pem\"]\n",
+                "`allow_secrets`",
             ),
             (
                 "app = \"shop\"\ndefault_env = \"a\"\n[deploy]\nkeep_releases = 1\n",
