@@ -416,6 +416,15 @@ impl Clients {
     }
 }
 
+/// One line per entry of a CloudWatch event's message: writers (the SSM agent, the Lambda
+/// runtime) put many lines in one event.
+fn message_lines<'a>(messages: impl Iterator<Item = Option<&'a str>>) -> Vec<String> {
+    messages
+        .flat_map(|m| m.unwrap_or_default().lines())
+        .map(str::to_string)
+        .collect()
+}
+
 impl Clients {
     /// Whether the CloudWatch Logs group `group` exists.
     pub async fn log_group_exists(&self, group: &str) -> Result<bool, OpsError> {
@@ -475,12 +484,7 @@ impl Clients {
                     )
                 }
             };
-            lines.extend(
-                out.events()
-                    .iter()
-                    .flat_map(|e| e.message().unwrap_or_default().lines())
-                    .map(str::to_string),
-            );
+            lines.extend(message_lines(out.events().iter().map(|e| e.message())));
             token = out.next_token().map(str::to_string);
             if token.is_none() {
                 return Ok(Some(lines));
@@ -527,13 +531,7 @@ impl Clients {
             };
             let next = out.next_forward_token().map(str::to_string);
             let events = out.events();
-            // The agent uploads output in chunks of many lines: one entry per line.
-            lines.extend(
-                events
-                    .iter()
-                    .flat_map(|e| e.message().unwrap_or_default().lines())
-                    .map(str::to_string),
-            );
+            lines.extend(message_lines(events.iter().map(|e| e.message())));
             // The end: no events, or the same token back (CloudWatch's end-of-stream answer).
             let at_end = events.is_empty() || next.is_none() || next == token;
             token = next.or(token);

@@ -752,14 +752,18 @@ impl Pipeline {
     /// Lambda's runtime sends a function's stdout to its group (one stream per process).
     pub fn ship_lambda_log(&self) -> Result<()> {
         use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+        use std::io::{Read, Seek, SeekFrom};
         let mut shipped = self.lambda_log_shipped.lock().unwrap();
-        let text = std::fs::read(&self.lambda_log)?;
-        let start = (*shipped as usize).min(text.len());
-        let Some(end) = text[start..].iter().rposition(|b| *b == b'\n') else {
+        // Only what was written since the last shipping is read.
+        let mut log = std::fs::File::open(&self.lambda_log)?;
+        log.seek(SeekFrom::Start(*shipped))?;
+        let mut text = Vec::new();
+        log.read_to_end(&mut text)?;
+        let Some(last_newline) = text.iter().rposition(|b| *b == b'\n') else {
             return Ok(());
         };
-        let end = start + end + 1;
-        let lines: Vec<String> = String::from_utf8_lossy(&text[start..end])
+        let end = last_newline + 1;
+        let lines: Vec<String> = String::from_utf8_lossy(&text[..end])
             .lines()
             .filter(|l| !l.is_empty())
             .map(str::to_string)
@@ -820,7 +824,7 @@ impl Pipeline {
             }
             anyhow::Ok(())
         })?;
-        *shipped = end as u64;
+        *shipped += end as u64;
         Ok(())
     }
 
