@@ -809,8 +809,11 @@ recover() {
     elif [[ ! -d $APP_ROOT/releases/$ST_CURRENT ]]; then
         RECOVERY_MSG="the committed release $ST_CURRENT is missing from releases/"
     else
-        # Containers already running from the committed release are checked in place.
+        # Containers already running from the committed release are checked in place, unless
+        # the last run left them failing (rollback_failed): their stale "unhealthy" status
+        # would fail `up --wait` at once, so they start afresh and get the health timeout.
         RECREATE=$((!RUNS_COMMITTED))
+        [[ $ST_LAST_OUTCOME == rollback_failed ]] && RECREATE=1
         if switch_current "$ST_CURRENT" && bring_up "$ST_CURRENT"; then
             log recover "the committed release $ST_CURRENT runs and is healthy"
         else
