@@ -1,13 +1,15 @@
 """The deployer Lambda's work in Python 3.11 + boto3, for the cold-start/RSS comparison.
 
 Same calls, same order as the Rust handler: read the deploy record, HeadObject(versionId),
-check metadata, stream GetObject(versionId) once through SHA-256 + gunzip + tar checks,
+check metadata, stream GetObject(versionId) once through SHA-256 + gunzip (every member) +
+tar checks,
 DescribeInstances by tags, SendCommand with the rendered header + host script (where the
 version is, no presigned URL: hosts download with their own role),
 write the deploy record with a conditional PutObject. Clients are created at import time,
 as a production Python Lambda would.
 """
 
+import gzip
 import hashlib
 import json
 import os
@@ -78,7 +80,11 @@ def handler(event, _context):
     body = S3.get_object(Bucket=bucket, Key=key, VersionId=version)["Body"]
     hashing = _Hashing(body)
     symlinks, first, entries = set(), None, 0
-    with tarfile.open(fileobj=hashing, mode="r|gz") as archive:
+    # gzip.GzipFile reads every member (bundles have one per block); tarfile's "r|gz" stops
+    # after the first.
+    with gzip.GzipFile(fileobj=hashing, mode="rb") as unzipped, tarfile.open(
+        fileobj=unzipped, mode="r|"
+    ) as archive:
         for info in archive:
             _check_entry(info, symlinks)
             if first is None:

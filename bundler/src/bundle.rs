@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::{self, BundlePlan, PlanOptions, Refused};
 use crate::git::{self, GitError, HeadInfo, Repo};
-use crate::pgz::{ParallelGzEncoder, DEFAULT_BLOCK_SIZE};
+use crate::pgz::{GzipSettings, ParallelGzEncoder, DEFAULT_BLOCK_SIZE};
 use dropship_contract::config::{Config, ConfigError, ConfigFile, Overrides, CONFIG_FILE};
 
 /// What the user asked for.
@@ -129,12 +129,11 @@ impl PreparedBundle {
     pub fn write_to<W: Write>(
         &self,
         out: W,
-        level: u32,
-        threads: usize,
+        gzip: GzipSettings,
         progress: archive::Progress<'_>,
     ) -> Result<(W, BundleDigest), BundleError> {
         let hashing = HashingWriter::new(out);
-        let gz = ParallelGzEncoder::new(hashing, level, threads, DEFAULT_BLOCK_SIZE);
+        let gz = ParallelGzEncoder::new(hashing, gzip, DEFAULT_BLOCK_SIZE);
         let manifest = self.manifest.to_bytes();
         let mtime = self.head.commit_time.max(0) as u64;
         let gz = archive::write_tar(&self.root, &self.plan, &manifest, mtime, gz, progress)?;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::archive::Progress;
 use crate::bundle::{BundleDigest, BundleError, PreparedBundle};
+use crate::pgz::GzipSettings;
 use dropship_aws::AwsError;
 
 use crate::s3::{Bucket, PartSink, Uploaded};
@@ -19,8 +20,7 @@ use crate::s3::{Bucket, PartSink, Uploaded};
 /// Tuning for one upload.
 #[derive(Debug, Clone, Copy)]
 pub struct UploadTuning {
-    pub level: u32,
-    pub threads: usize,
+    pub gzip: GzipSettings,
     /// Bundles up to this size are sent with one PUT.
     pub multipart_threshold: u64,
     pub part_size: usize,
@@ -108,8 +108,7 @@ pub async fn upload(
                 limit: tuning.multipart_threshold,
                 kept: Some(Vec::new()),
             },
-            tuning.level,
-            tuning.threads,
+            tuning.gzip,
             progress,
         )
     })?;
@@ -148,8 +147,7 @@ async fn multipart(
     let producer_bundle = prepared.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let sink = PartSink::new(tx, tuning.part_size);
-        let (sink, digest) =
-            producer_bundle.write_to(sink, tuning.level, tuning.threads, &mut |_, _| {})?;
+        let (sink, digest) = producer_bundle.write_to(sink, tuning.gzip, &mut |_, _| {})?;
         sink.finish().map_err(BundleError::Io)?;
         Ok::<_, BundleError>(digest)
     });

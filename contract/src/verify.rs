@@ -14,7 +14,7 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::time::Instant;
 
-use flate2::bufread::GzDecoder;
+use flate2::bufread::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
@@ -172,7 +172,7 @@ pub enum VerifyError {
         /// Counted value.
         actual: u64,
     },
-    /// Data follows the archive (non-zero padding, a second gzip member, …).
+    /// Data follows the archive (non-zero padding, a second archive in a later gzip member, …).
     #[error("bundle has data after the end of the archive: {detail}")]
     TrailingData {
         /// What was found.
@@ -246,10 +246,12 @@ pub fn verify_bundle<R: Read>(
         read_error: None,
         too_large: false,
     };
-    let mut gz = GzDecoder::new(BufReader::with_capacity(256 * 1024, hashing));
+    // Every gzip member is read, as `tar -xz` on the host reads them (the bundler writes one
+    // member per block); whatever any member holds after the end-of-archive marker is refused.
+    let mut gz = MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, hashing));
     let scanned = scan_archive(&mut gz, expected, limits);
     // Map decoder/tar errors that were really read failures or the size limit.
-    let classify = |gz: &mut GzDecoder<BufReader<HashingReader<R>>>, err: VerifyError| {
+    let classify = |gz: &mut MultiGzDecoder<BufReader<HashingReader<R>>>, err: VerifyError| {
         let inner = gz.get_mut().get_mut();
         if let Some(source) = inner.read_error.take() {
             VerifyError::Read {
@@ -272,7 +274,8 @@ pub fn verify_bundle<R: Read>(
     if let Err(e) = drain_padding(&mut gz) {
         return Err(classify(&mut gz, e));
     }
-    // Nothing may follow the gzip member (a second member would be unpacked by `tar -xz`).
+    // The decoder stops only at the end of the object or at bytes that are not a gzip member;
+    // nothing may be left.
     let mut raw = gz.into_inner();
     let leftover = match count_to_end(&mut raw) {
         Ok(n) => n,
@@ -1013,6 +1016,53 @@ mod tests {
             verify(&gzip(&tar)),
             Err(VerifyError::TrailingData { .. })
         ));
+    }
+
+    /// The bundle's tar, cut at odd offsets into separate gzip members (as the bundler's
+    /// libdeflate engine writes them).
+    fn bundle_in_members(rest: &[Raw], cut: usize) -> Vec<u8> {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&bundle(rest)[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        raw.chunks(cut).flat_map(gzip).collect()
+    }
+
+    #[test]
+    fn a_bundle_in_several_gzip_members_verifies_whole() {
+        let object = bundle_in_members(&good_rest(), 777);
+        let verified = verify(&object).unwrap();
+        let single = verify(&bundle(&good_rest())).unwrap();
+        assert_eq!(verified.entries, single.entries);
+        assert_eq!(verified.unpacked_bytes, single.unpacked_bytes);
+        assert_eq!(verified.manifest, single.manifest);
+        assert_eq!(verified.object_bytes, object.len() as u64);
+    }
+
+    #[test]
+    fn every_member_is_checked_and_bytes_after_the_last_are_refused() {
+        // A bad entry in a later member is found: the decoder does not stop at the first.
+        let mut bad = good_rest();
+        bad.push(file("../escape", b"x"));
+        let err = verify(&bundle_in_members(&bad, 600)).unwrap_err();
+        assert!(!matches!(err, VerifyError::TrailingData { .. }), "{err}");
+        assert!(err.to_string().contains("escape"), "{err}");
+        // Bytes that are not a gzip member after the last one.
+        let mut object = bundle_in_members(&good_rest(), 777);
+        object.extend_from_slice(b"not a gzip member");
+        let err = verify(&object).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VerifyError::Gzip { .. } | VerifyError::TrailingData { .. }
+            ),
+            "{err}"
+        );
+        // A corrupt later member (its CRC no longer matches).
+        let mut object = bundle_in_members(&good_rest(), 777);
+        let at = object.len() - 6;
+        object[at] ^= 0xff;
+        assert!(verify(&object).is_err());
     }
 
     #[test]

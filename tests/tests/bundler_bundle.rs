@@ -257,6 +257,98 @@ fn same_commit_gives_the_same_bytes_across_runs_clones_and_thread_counts() {
     assert_ne!(first, sha(repo.path(), &["--level", "1"]));
 }
 
+/// gzip members in `data`, walked with a single-member decoder.
+fn gzip_members(mut data: &[u8]) -> usize {
+    let mut count = 0;
+    while !data.is_empty() {
+        let mut member = flate2::bufread::GzDecoder::new(data);
+        std::io::copy(&mut member, &mut std::io::sink()).expect("a whole gzip member");
+        data = member.into_inner();
+        count += 1;
+    }
+    count
+}
+
+/// A bundle larger than one 1 MiB block is several gzip members (libdeflate, the default) or
+/// one (the previous zlib-rs deflater); either way GNU tar unpacks exactly what `git archive`
+/// holds and the deployer's verifier accepts the whole of it.
+#[test]
+fn a_bundle_of_several_blocks_unpacks_and_verifies_whole_with_either_deflater() {
+    let repo = GitRepo::new();
+    repo.write_config("shop", "shop-artifacts", "")
+        .write("compose.yaml", "services:\n  web:\n    image: nginx:1.27\n");
+    // About 3.4 MB of text that deflates to well over one member's worth of work.
+    for part in 0..3 {
+        let text: String = (0..40_000)
+            .map(|i| {
+                format!(
+                    "part {part} line {i} value {}\n",
+                    (i * 7919 + part) % 10_007
+                )
+            })
+            .collect();
+        repo.write(&format!("data/part-{part}.txt"), text);
+    }
+    repo.commit("large tree");
+    let (_keep, reference) = temp_file("reference.tar.gz");
+    repo.git(&[
+        "archive",
+        "--format=tar.gz",
+        "-o",
+        reference.to_str().unwrap(),
+        "HEAD",
+    ]);
+    let theirs = snapshot(gnu_extract(&reference).path());
+
+    for deflater in ["libdeflate", "zlib-rs"] {
+        let (_keep, bundle) = temp_file("bundle.tar.gz");
+        let done = run(repo
+            .bundler()
+            .args(["--deflater", deflater, "--json", "--output"])
+            .arg(&bundle))
+        .success();
+        let bytes = fs::read(&bundle).unwrap();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&bytes[..]), &mut tar)
+            .unwrap();
+        let blocks = tar.len().div_ceil(1024 * 1024);
+        assert!(
+            blocks >= 3,
+            "the tree spans several blocks: {} bytes",
+            tar.len()
+        );
+        let members = if deflater == "libdeflate" { blocks } else { 1 };
+        assert_eq!(gzip_members(&bytes), members, "{deflater}");
+
+        let ours = gnu_extract(&bundle);
+        let mut ours_tree = snapshot(ours.path());
+        ours_tree.remove(".dropship/manifest.json");
+        ours_tree.remove(".dropship");
+        assert_eq!(ours_tree, theirs, "{deflater}");
+
+        let summary = done.json();
+        let expected = dropship_contract::verify::ExpectedBundle {
+            app: "shop".into(),
+            env: "staging".into(),
+            commit: repo.head(),
+            dirty: false,
+            branch: "main".into(),
+            sha256: summary["sha256"].as_str().unwrap().to_string(),
+        };
+        let verified = dropship_contract::verify::verify_bundle(
+            &bytes[..],
+            &expected,
+            &dropship_contract::verify::VerifyLimits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{deflater}: {e}"));
+        assert_eq!(
+            verified.entries,
+            summary["files"].as_u64().unwrap(),
+            "{deflater}"
+        );
+    }
+}
+
 /// The environment is the S3 key's, not the bundle's: one commit and config give the same
 /// bytes for every environment, and the manifest carries every environment's overrides.
 #[test]

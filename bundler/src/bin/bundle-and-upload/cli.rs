@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use dropship_bundler::pgz::Deflater;
 use dropship_operator::cli::{
     after_help, ReleasesArgs, RollbackArgs, StatusArgs, TargetArgs, WaitArgs,
 };
@@ -85,6 +86,11 @@ pub struct UploadArgs {
     /// Compression threads (default: all cores).
     #[arg(long, env = "DROPSHIP_THREADS")]
     pub threads: Option<usize>,
+    /// Deflate implementation. Hidden: it exists so `scripts/bench-bundle` can measure the
+    /// default (libdeflate) against the previous one (zlib-rs) side by side.
+    #[arg(long, hide = true, default_value = "libdeflate",
+          value_parser = clap::builder::PossibleValuesParser::new(Deflater::NAMES))]
+    pub deflater: String,
     /// Bundles larger than this many bytes use a streaming multipart upload.
     #[arg(long, default_value_t = 16 * 1024 * 1024, env = "DROPSHIP_MULTIPART_THRESHOLD")]
     pub multipart_threshold: u64,

@@ -2,6 +2,7 @@
 //! tuning, and the upload facts (who, from where, when) that go into the metadata.
 
 use dropship_bundler::bundle::{BundleRequest, PreparedBundle};
+use dropship_bundler::pgz::{Deflater, GzipSettings};
 use dropship_bundler::upload::UploadTuning;
 use dropship_contract::config::Overrides;
 use dropship_contract::metadata::Source;
@@ -27,15 +28,19 @@ pub fn request(args: &UploadArgs) -> BundleRequest {
     }
 }
 
-/// Compression level and threads, multipart threshold and part size.
+/// Compression (level, threads, deflater), multipart threshold and part size.
 pub fn tuning(args: &UploadArgs) -> UploadTuning {
     UploadTuning {
-        level: args.level,
-        threads: args.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
+        gzip: GzipSettings {
+            level: args.level,
+            threads: args.threads.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            }),
+            deflater: Deflater::from_name(&args.deflater)
+                .expect("clap accepts only Deflater::NAMES"),
+        },
         multipart_threshold: args.multipart_threshold,
         part_size: args.part_size,
     }

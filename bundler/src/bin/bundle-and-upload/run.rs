@@ -50,8 +50,7 @@ pub async fn run_upload(args: UploadArgs) -> anyhow::Result<Exit> {
         bar.finish_and_clear();
         Summary::new(&prepared, digest.sha256, digest.bytes).with_output(output)
     } else if args.dry_run {
-        let (_, digest) =
-            prepared.write_to(Discard, tuning.level, tuning.threads, &mut on_progress)?;
+        let (_, digest) = prepared.write_to(Discard, tuning.gzip, &mut on_progress)?;
         bar.finish_and_clear();
         let mut s = Summary::new(&prepared, digest.sha256, digest.bytes);
         s.dry_run = true;
@@ -153,8 +152,7 @@ pub fn write_output(
     let result = prepared
         .write_to(
             std::io::BufWriter::with_capacity(1 << 20, file),
-            tuning.level,
-            tuning.threads,
+            tuning.gzip,
             progress,
         )
         .map_err(anyhow::Error::from)
