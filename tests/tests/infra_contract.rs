@@ -1960,6 +1960,16 @@ fn example_workflows_pin_actions_by_commit_and_use_a_role_per_environment() {
         deploy.contains("--rev"),
         "deploy.yml installs the bundler by --rev"
     );
+    // Production gets staging's exact bytes: the version staging uploaded, promoted, never
+    // forced past a failed staging deploy, and never rebuilt.
+    assert!(staging.contains("bundle-and-upload --env staging --wait"));
+    assert!(
+        production.contains("dropship promote staging production --version")
+            && production.contains("needs.staging.outputs.version"),
+        "{production}"
+    );
+    assert!(!production.contains("--force"), "{production}");
+    assert!(!production.contains("bundle-and-upload"), "{production}");
 }
 
 #[test]
