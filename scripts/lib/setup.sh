@@ -136,6 +136,11 @@ dropship_machine_state() {
       /run/docker.sock /run/docker /run/containerd; do
       if [[ -e $p ]]; then echo "path $p"; fi
     done
+    # This run's simulated hosts' directories (engine data, file system, logs): removed with
+    # each host.
+    for p in "${TMPDIR:-/tmp}/dropship-simhost-$DROPSHIP_RUN_ID-"*; do
+      if [[ -e $p ]]; then echo "path $p"; fi
+    done
   } | LC_ALL=C sort
   # A failing probe must not pass for an unchanged machine: pipefail reports it to the caller.
 }
@@ -149,5 +154,5 @@ dropship_check_machine_state() {
     diff <(printf '%s\n' "$before") <(printf '%s\n' "$after") >&2 || true
     return 1
   fi
-  echo "machine state unchanged: no engine, moto or Lambda process left; mounts, links, iptables, ip_forward and docker paths as before" >&2
+  echo "machine state unchanged: no engine, moto or Lambda process left, no simulated host's directory; mounts, links, iptables, ip_forward and docker paths as before" >&2
 }

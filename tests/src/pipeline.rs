@@ -47,6 +47,9 @@ use dropship_contract::events::{
 
 /// Environment of the sample app's releases in the pipeline.
 pub const ENV: &str = "staging";
+/// The environment `dropship promote` copies staging's version to (hosts only when
+/// [`Options::production_hosts`] asks for them).
+pub const PROMOTED_ENV: &str = "production";
 /// The port the sample app publishes on each host's loopback (its `health_url`'s port).
 pub const APP_PORT: u16 = 8080;
 /// How long one second of an SSM delivery timeout lasts in the pipeline (see
@@ -92,6 +95,8 @@ pub struct Options {
     pub lambda_log: Option<PathBuf>,
     /// The Lambda's `DROPSHIP_MAX_CONCURRENCY` (hosts per wave); `None`: its default.
     pub max_concurrency: Option<String>,
+    /// Simulated hosts tagged for [`PROMOTED_ENV`] (`prod-a`, …), beside the staging ones.
+    pub production_hosts: usize,
 }
 
 impl Options {
@@ -103,6 +108,7 @@ impl Options {
             hosts: 2,
             lambda_log: None,
             max_concurrency: None,
+            production_hosts: 0,
         }
     }
 }
@@ -113,6 +119,8 @@ pub struct Host {
     pub name: String,
     /// The moto instance standing for it (tagged `dropship:app`/`dropship:env`).
     pub instance_id: String,
+    /// Its `dropship:env` tag: [`ENV`] or [`PROMOTED_ENV`].
+    pub env: &'static str,
     /// Its SSM agent (registered with the local SSM endpoint) on its own engine and namespaces.
     pub agent: Arc<SimAgent>,
 }
@@ -214,7 +222,10 @@ pub struct Pipeline {
     rules: Vec<String>,
     pub rule: String,
     pub repo: GitRepo,
+    /// The [`ENV`] hosts, which every upload and rollback goes to.
     pub hosts: Vec<Host>,
+    /// The [`PROMOTED_ENV`] hosts (none unless asked for).
+    pub production: Vec<Host>,
     lambda: LambdaProcess,
     /// Holds the Lambda's log unless the caller chose where it goes.
     work: tempfile::TempDir,
@@ -343,7 +354,19 @@ impl Pipeline {
         ))?;
 
         // Instances tagged for the app/env, one simulated host each (engines start in parallel).
-        let instance_ids = rt.block_on(run_instances(&ec2, &opts.app, opts.hosts))?;
+        let staging_ids = rt.block_on(run_instances(&ec2, &opts.app, ENV, opts.hosts))?;
+        let production_ids = if opts.production_hosts > 0 {
+            rt.block_on(run_instances(
+                &ec2,
+                &opts.app,
+                PROMOTED_ENV,
+                opts.production_hosts,
+            ))?
+        } else {
+            Vec::new()
+        };
+        let instance_ids: Vec<String> =
+            staging_ids.iter().chain(&production_ids).cloned().collect();
 
         // infra/events.tf's second rule: every host's terminal command status, to the same
         // Lambda (here: the same queue, delivered in arrival order). Narrowed to this
@@ -376,13 +399,28 @@ impl Pipeline {
             put_rule_to(&events, &started_rule, &started_pattern, &arn).await
         })
         .with_context(|| format!("creating rule {started_rule}"))?;
-        let names: Vec<String> = (0..instance_ids.len())
-            .map(|i| format!("host-{}", (b'a' + i as u8) as char))
+        let letter = |i: usize| (b'a' + i as u8) as char;
+        let placed: Vec<(String, String, &'static str)> = staging_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (format!("host-{}", letter(i)), id.clone(), ENV))
+            .chain(
+                production_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| (format!("prod-{}", letter(i)), id.clone(), PROMOTED_ENV)),
+            )
             .collect();
-        let sims = SimHost::start_many(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        // Every engine starts in parallel, whatever its environment.
+        let sims = SimHost::start_many(
+            &placed
+                .iter()
+                .map(|(name, _, _)| name.as_str())
+                .collect::<Vec<_>>(),
+        );
         let moto_port = moto::port();
-        let mut hosts = Vec::new();
-        for ((name, instance_id), sim) in names.into_iter().zip(instance_ids).zip(sims) {
+        let (mut hosts, mut production) = (Vec::new(), Vec::new());
+        for ((name, instance_id, env), sim) in placed.into_iter().zip(sims) {
             // The network path from the instance to S3 (the endpoint hosts get is moto's).
             sim.forward_port(moto_port);
             // What an operator puts on each host once: the shared .env (see .env.example).
@@ -397,14 +435,20 @@ impl Pipeline {
             let agent = SimAgent::new(
                 sim,
                 &instance_id,
-                &[("dropship:app", opts.app.as_str()), ("dropship:env", ENV)],
+                &[("dropship:app", opts.app.as_str()), ("dropship:env", env)],
             );
             local_ssm.add_instance(agent.clone());
-            hosts.push(Host {
+            let host = Host {
                 name,
                 instance_id,
+                env,
                 agent,
-            });
+            };
+            if env == ENV {
+                hosts.push(host);
+            } else {
+                production.push(host);
+            }
         }
 
         // A throwaway repository holding the sample app.
@@ -430,6 +474,7 @@ impl Pipeline {
             rule,
             repo,
             hosts,
+            production,
             lambda,
             own_log: opts.lambda_log.is_none(),
             lambda_log,
@@ -609,9 +654,14 @@ impl Pipeline {
         self.lambda.invoke(payload)
     }
 
-    /// The deployer's record for a version.
+    /// The deployer's record for a version of the [`ENV`] key.
     pub fn record(&self, version_id: &str) -> Result<Option<DeployRecord>> {
-        let key = ReleaseKey::new(&self.app, ENV)
+        self.record_in(ENV, version_id)
+    }
+
+    /// The deployer's record for a version of `env`'s key.
+    pub fn record_in(&self, env: &str, version_id: &str) -> Result<Option<DeployRecord>> {
+        let key = ReleaseKey::new(&self.app, env)
             .map_err(|e| anyhow!("{e}"))?
             .record_key(version_id);
         self.rt.block_on(async {
@@ -640,7 +690,12 @@ impl Pipeline {
     /// (command, instance) once), read from SSM's answers (`GetCommandInvocation`), never from
     /// the harness's own bookkeeping.
     pub fn wait_dispatched(&self, version_id: &str) -> Result<Vec<HostRun>> {
-        let Some(record) = self.record(version_id)? else {
+        self.wait_dispatched_in(ENV, version_id)
+    }
+
+    /// [`Self::wait_dispatched`] for a version of `env`'s key.
+    pub fn wait_dispatched_in(&self, env: &str, version_id: &str) -> Result<Vec<HostRun>> {
+        let Some(record) = self.record_in(env, version_id)? else {
             return Ok(Vec::new());
         };
         let mut runs = Vec::new();
@@ -651,8 +706,7 @@ impl Pipeline {
                     continue;
                 }
                 let host = self
-                    .hosts
-                    .iter()
+                    .all_hosts()
                     .find(|h| &h.instance_id == instance)
                     .ok_or_else(|| anyhow!("command for unknown instance {instance}"))?;
                 runs.push(self.wait_invocation(host, &batch.command_id)?);
@@ -1016,7 +1070,7 @@ impl Pipeline {
         });
         let health = host.sim().http_get(&health_url()).map(|(status, _)| status);
         // The host script runs a fresh app root as compose project `<app>-<env>`.
-        let project = format!("{}-{ENV}", self.app);
+        let project = format!("{}-{}", self.app, host.env);
         let container = host.sim().containers(&project).into_iter().next();
         HostView {
             release,
@@ -1053,19 +1107,43 @@ impl Pipeline {
             .collect()
     }
 
-    /// Every host's view.
+    /// Every [`ENV`] host's view.
     pub fn views(&self) -> Vec<HostView> {
-        self.hosts.iter().map(|h| self.view(h)).collect()
+        self.views_in(ENV)
     }
 
-    /// Waits until every host serves `commit` healthily; returns the views either way.
+    /// The hosts tagged for `env`.
+    pub fn hosts_in(&self, env: &str) -> &[Host] {
+        if env == ENV {
+            &self.hosts
+        } else {
+            &self.production
+        }
+    }
+
+    /// Every host of every environment.
+    pub fn all_hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().chain(&self.production)
+    }
+
+    /// Every `env` host's view.
+    pub fn views_in(&self, env: &str) -> Vec<HostView> {
+        self.hosts_in(env).iter().map(|h| self.view(h)).collect()
+    }
+
+    /// Waits until every [`ENV`] host serves `commit` healthily; returns the views either way.
     pub fn wait_serving(&self, commit: &str, timeout: Duration) -> Vec<HostView> {
+        self.wait_serving_in(ENV, commit, timeout)
+    }
+
+    /// [`Self::wait_serving`] for the hosts of `env`.
+    pub fn wait_serving_in(&self, env: &str, commit: &str, timeout: Duration) -> Vec<HostView> {
         wait_until(timeout, || {
-            self.views()
+            self.views_in(env)
                 .iter()
                 .all(|v| v.commit.as_deref() == Some(commit) && v.health == Some(200))
         });
-        self.views()
+        self.views_in(env)
     }
 }
 
@@ -1163,11 +1241,16 @@ fn str_field(v: &Value, key: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("no {key} in {v}"))
 }
 
-async fn run_instances(ec2: &aws_sdk_ec2::Client, app: &str, n: usize) -> Result<Vec<String>> {
+async fn run_instances(
+    ec2: &aws_sdk_ec2::Client,
+    app: &str,
+    env: &str,
+    n: usize,
+) -> Result<Vec<String>> {
     let tags = TagSpecification::builder()
         .resource_type(ResourceType::Instance)
         .tags(Tag::builder().key("dropship:app").value(app).build())
-        .tags(Tag::builder().key("dropship:env").value(ENV).build())
+        .tags(Tag::builder().key("dropship:env").value(env).build())
         .build();
     let out = ec2
         .run_instances()
@@ -1208,7 +1291,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// container serving it and its Docker health, and the health URL's answer.
 pub fn table(p: &Pipeline) -> String {
     let mut rows = BTreeMap::new();
-    for (h, v) in p.hosts.iter().zip(p.views()) {
+    for h in p.all_hosts() {
+        let v = p.view(h);
         let (container, docker_health) = match &v.container {
             Some(c) => (c.id.chars().take(12).collect::<String>(), c.health.clone()),
             None => ("-".into(), "-".into()),

@@ -200,8 +200,11 @@ impl SimHost {
         if let Err(e) = check_machine() {
             panic!("cannot start simulated host {name}: {e}");
         }
+        // The run's marker in the name lets the run check at its end that it removed every
+        // host directory it made (other runs' hosts do not count).
+        let run = std::env::var("DROPSHIP_RUN_ID").unwrap_or_else(|_| "norun".into());
         let dir = tempfile::Builder::new()
-            .prefix(&format!("dropship-simhost-{name}-"))
+            .prefix(&format!("dropship-simhost-{run}-{name}-"))
             .tempdir()
             .expect("tempdir for a simulated host");
         let init = bins::workspace_root().join("tests/sim-host/host-init");

@@ -7,11 +7,12 @@
 //! deploy everywhere; v3 needs a marker the last host of the rollout lacks, so its container
 //! turns unhealthy, it rolls back by itself and the fleet loop sends the first two hosts back
 //! to v2 (`--wait` exits 8, v2 serves everywhere); a broken v4 fails on the first host and the
-//! rollout stops there; `dropship rollback` to v1 redeploys it everywhere. Host results are what SSM (the
-//! local SSM endpoint) reports and the Lambda stored. Exits non-zero when any step does not
-//! end as expected. Then the operator's walkthrough: `dropship releases`, `status` of the
-//! rolled-back v3, `logs` of v1 on one host (with the Lambda's own lines) and `doctor`, each
-//! printed with its exit code. `DROPSHIP_PIPELINE_KEEP=1` keeps the Lambda's log;
+//! rollout stops there; `dropship rollback` to v1 redeploys it everywhere; `dropship promote`
+//! copies that exact version to production, whose own host deploys it. Host results are what
+//! SSM (the local SSM endpoint) reports and the Lambda stored. Exits non-zero when any step does
+//! not end as expected. Then the operator's walkthrough: `dropship releases`, `status` of the
+//! rolled-back v3, `logs` of v1 on one host (with the Lambda's own lines), a refused `promote`
+//! of v3 and `doctor`, each printed with its exit code. `DROPSHIP_PIPELINE_KEEP=1` keeps the Lambda's log;
 //! `DROPSHIP_PIPELINE_VERBOSE=1` prints every host's output.
 
 use std::time::{Duration, Instant};
@@ -55,20 +56,21 @@ fn run() -> Result<()> {
         hosts: 3,
         lambda_log: Some(log.clone()),
         max_concurrency: Some("2".into()),
+        production_hosts: 1,
     };
     let mut p = Pipeline::start(&opts)?;
     say(&format!(
         "bucket s3://{} (versioned, EventBridge notifications); rule {} -> SQS capture queue",
         p.bucket, p.rule
     ));
-    for h in &p.hosts {
+    for h in p.all_hosts() {
         say(&format!(
             "{} = instance {} (tags dropship:app={}, dropship:env={}): its own dockerd (pid {}), \
              network and /opt, SSM agent online; the app on its own 127.0.0.1:{}",
             h.name,
             h.instance_id,
             p.app,
-            pipeline::ENV,
+            h.env,
             h.sim().dockerd_pid().map_or("?".into(), |p| p.to_string()),
             pipeline::APP_PORT
         ));
@@ -134,6 +136,16 @@ fn run() -> Result<()> {
         Cli::Rollback(v1.clone()),
     )?;
 
+    // What staging runs now (v1's bytes, deployed on every staging host) goes to production.
+    step(
+        &mut p,
+        &mut rows,
+        "promote to prod",
+        0,
+        &c1,
+        Cli::Promote(None),
+    )?;
+
     let elapsed = started.elapsed();
     println!();
     println!(
@@ -158,7 +170,7 @@ fn run() -> Result<()> {
     println!("{}", pipeline::table(&p));
     println!();
     println!(
-        "pipeline time: {:.1} s (setup, 4 uploads and a rollback with --wait, events, Lambda, 13 host runs)",
+        "pipeline time: {:.1} s (setup, 4 uploads, a rollback and a promotion with --wait, events, Lambda, 14 host runs)",
         elapsed.as_secs_f64()
     );
 
@@ -206,6 +218,20 @@ fn run() -> Result<()> {
     ] {
         operator(&p, &args, &[])?;
     }
+    // Production's history: the promoted copy says where it came from.
+    operator_in(&p, pipeline::PROMOTED_ENV, &["releases"], &[])?;
+    // v3 was rolled back in staging: promoting it is refused, and nothing is written.
+    operator(
+        &p,
+        &[
+            "promote",
+            pipeline::ENV,
+            pipeline::PROMOTED_ENV,
+            "--version",
+            v3.as_str(),
+        ],
+        &[],
+    )?;
     operator(&p, &["doctor"], &s3_fix.aws_env())?;
     drop(p);
     if std::env::var("DROPSHIP_PIPELINE_KEEP").as_deref() == Ok("1") {
@@ -214,27 +240,34 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Runs `dropship ARGS` as an operator would (this pipeline's app, environment and bucket;
+/// Runs `dropship ARGS` as an operator would (this pipeline's app, staging and bucket;
 /// SSM at the local endpoint) and prints the command, its output and its exit code.
 fn operator(p: &Pipeline, args: &[&str], env: &[(String, String)]) -> Result<()> {
+    operator_in(p, pipeline::ENV, args, env)
+}
+
+/// [`operator`] for the environment `deploy_env`, which the printed command names.
+fn operator_in(
+    p: &Pipeline,
+    deploy_env: &str,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Result<()> {
     let out = p
         .repo
         .dropship()
         .args(args)
-        .args([
-            "--app",
-            &p.app,
-            "--env",
-            pipeline::ENV,
-            "--bucket",
-            &p.bucket,
-        ])
+        .args(["--app", &p.app, "--env", deploy_env, "--bucket", &p.bucket])
         .envs(p.local_ssm.aws_env())
         .envs(env.iter().cloned())
         .stdin(std::process::Stdio::null())
         .output()?;
     println!();
-    println!("$ dropship {}", args.join(" "));
+    if deploy_env == pipeline::ENV {
+        println!("$ dropship {}", args.join(" "));
+    } else {
+        println!("$ dropship {} --env {deploy_env}", args.join(" "));
+    }
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     println!("(exit {})", out.status.code().unwrap_or(-1));
@@ -247,6 +280,8 @@ enum Cli {
     Upload,
     /// `dropship rollback <version> --yes --wait`.
     Rollback(String),
+    /// `dropship promote staging production [--version V] --wait`.
+    Promote(Option<String>),
 }
 
 /// Runs one step with `--wait`, checks its exit code and that every host serves `serving`
@@ -263,6 +298,17 @@ fn step(
     let out = match &cli {
         Cli::Upload => p.run_waiting(false, &[])?,
         Cli::Rollback(v) => p.run_waiting(true, &["rollback", v, "--yes"])?,
+        Cli::Promote(v) => {
+            let mut args = vec!["promote", pipeline::ENV, pipeline::PROMOTED_ENV];
+            if let Some(v) = v {
+                args.extend(["--version", v.as_str()]);
+            }
+            p.run_waiting(true, &args)?
+        }
+    };
+    let env = match &cli {
+        Cli::Promote(_) => pipeline::PROMOTED_ENV,
+        _ => pipeline::ENV,
     };
     let json: Value = serde_json::from_str(&out.stdout).map_err(|e| {
         anyhow!(
@@ -277,7 +323,7 @@ fn step(
         .find_map(|k| json[*k].as_str())
         .ok_or_else(|| anyhow!("{name}: no version id in {json}"))?
         .to_owned();
-    let runs = p.wait_dispatched(&version)?;
+    let runs = p.wait_dispatched_in(env, &version)?;
     if out.code != expect_wait {
         bail!(
             "{name}: --wait exited {} (expected {expect_wait}): {}\n{}",
@@ -286,13 +332,13 @@ fn step(
             explain(&runs)
         );
     }
-    let views = p.wait_serving(serving, Duration::from_secs(30));
+    let views = p.wait_serving_in(env, serving, Duration::from_secs(30));
     if views
         .iter()
         .any(|v| v.commit.as_deref() != Some(serving) || v.health != Some(200))
     {
         bail!(
-            "{name}: {serving} is not served healthily on every host:\n{}\n{}",
+            "{name}: {serving} is not served healthily on every {env} host:\n{}\n{}",
             pipeline::table(p),
             explain(&runs)
         );
@@ -305,7 +351,7 @@ fn step(
             }
         }
     }
-    let record = p.record(&version)?;
+    let record = p.record_in(env, &version)?;
     let lambda = record.as_ref().map_or("no record".into(), |r| {
         r.fleet
             .as_ref()
@@ -313,8 +359,7 @@ fn step(
             .map_or(r.outcome.as_str().to_owned(), |o| o.as_str().to_owned())
     });
     let name_of = |id: &str| {
-        p.hosts
-            .iter()
+        p.all_hosts()
             .find(|h| h.instance_id == id)
             .map_or(id.to_owned(), |h| {
                 h.name.trim_start_matches("host-").to_owned()

@@ -259,6 +259,11 @@ impl Drop for LocalSsm {
                 None => break,
             }
         }
+        // Let go of the agents now: an idle keep-alive connection's thread holds `shared` for
+        // up to its read timeout, and a simulated host (its engine's data, its directory) is
+        // removed only when the last reference to its agent goes. A process that exits sooner
+        // would leave the directory behind.
+        self.shared.lock().instances.clear();
         self.shared.emitter.flush();
         self.shared.emitter.stop();
     }
