@@ -129,6 +129,14 @@ pub const DESCRIBE_INSTANCE_INFORMATION: AwsCall = AwsCall {
     why: "doctor: the running instances are online in SSM",
 };
 
+/// `PutObject` of the release key with an `If-Match` no object has: S3 authorises it, then
+/// refuses it for its precondition, so nothing is written and no deploy starts.
+pub const PUT_PROBE: AwsCall = AwsCall {
+    operation: "s3:PutObject (If-Match that cannot match)",
+    iam_action: "s3:PutObject",
+    why: "doctor: the caller may upload to the release key (nothing is written)",
+};
+
 /// Every SDK call of this crate.
 pub const CALLS: &[AwsCall] = &[
     LIST_OBJECT_VERSIONS,
@@ -140,6 +148,7 @@ pub const CALLS: &[AwsCall] = &[
     COPY_SOURCE,
     GET_BUCKET_VERSIONING,
     GET_BUCKET_NOTIFICATION,
+    PUT_PROBE,
 ];
 
 /// Calls the uploader policy does not grant, because they cannot be limited to one app/env:

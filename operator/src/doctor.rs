@@ -3,7 +3,7 @@
 //! exists, is versioned and sends its events to EventBridge; the release rule exists, is
 //! enabled, matches the bucket and has a target (a Lambda function); that Lambda is active
 //! and its allow-lists name the bucket, app and environment; instances carry the app/env
-//! tags, are running and are online in SSM.
+//! tags, are running and are online in SSM; the caller may put the release key.
 //!
 //! Pure: [`DoctorFacts`] (what the AWS edge, [`crate::doctor_facts`], read) in, findings
 //! out. A fact the edge did not read because an earlier one failed is `None`, and its checks
@@ -78,6 +78,20 @@ pub struct AgentFacts {
     pub ping_status: String,
 }
 
+/// What a `PutObject` of the release key with an `If-Match` that cannot match told: S3
+/// authorises a request before it evaluates its preconditions, so the answer says whether the
+/// caller may upload, and nothing is written either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadFacts {
+    /// Refused for its precondition (412; 404 while the key has no version yet; 409 when a
+    /// write raced it): authorised.
+    Allowed,
+    /// Refused with 403: the caller may not put the key (S3's message).
+    Denied(String),
+    /// Accepted: the service ignored `If-Match` (it is not AWS S3) and wrote this version.
+    Written(String),
+}
+
 /// Everything `doctor` read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoctorFacts {
@@ -106,6 +120,8 @@ pub struct DoctorFacts {
     pub instances: Option<Read<Vec<InstanceFacts>>>,
     /// SSM's view of the running ones.
     pub agents: Option<Read<Vec<AgentFacts>>>,
+    /// Whether the caller may put the release key.
+    pub upload: Option<Read<UploadFacts>>,
 }
 
 /// Which check a finding belongs to, in the order they run.
@@ -132,6 +148,8 @@ pub enum Check {
     Running,
     /// They are online in SSM.
     Ssm,
+    /// The caller may put the release key.
+    Upload,
 }
 
 impl Check {
@@ -148,6 +166,7 @@ impl Check {
             Check::Instances => "instances",
             Check::Running => "running",
             Check::Ssm => "ssm",
+            Check::Upload => "upload",
         }
     }
 }
@@ -616,6 +635,45 @@ fn hosts(f: &DoctorFacts) -> Vec<Finding> {
     out
 }
 
+/// The release key's object URL, as the upload check names it.
+fn release_url(f: &DoctorFacts) -> String {
+    match dropship_contract::key::ReleaseKey::new(&f.app, &f.env) {
+        Ok(key) => format!("s3://{}/{}", f.bucket, key.object_key()),
+        Err(_) => format!("the release key of {}/{} in {}", f.app, f.env, f.bucket),
+    }
+}
+
+fn upload(f: &DoctorFacts) -> Vec<Finding> {
+    let url = release_url(f);
+    let found = match &f.upload {
+        None => return vec![skipped(Check::Upload, "no bucket to upload to")],
+        Some(Err(e)) => {
+            return vec![fail(
+                Check::Upload,
+                format!("cannot tell whether the caller may put {url}: {e}"),
+                "retry; if it persists, check the network path to S3".into(),
+            )]
+        }
+        Some(Ok(found)) => found,
+    };
+    match found {
+        UploadFacts::Allowed => vec![ok(
+            Check::Upload,
+            format!("the caller may put {url} (a conditional PutObject that cannot match was authorised and refused for its precondition; nothing was written; SSE-KMS key use is checked only on a real upload)"),
+        )],
+        UploadFacts::Denied(e) => vec![fail(
+            Check::Upload,
+            format!("the caller may not put {url}: {e}"),
+            format!("run the upload with the uploader role or policy infra/ makes for {}/{} (outputs uploader_policy_arns, github_role_arns)", f.app, f.env),
+        )],
+        UploadFacts::Written(version) => vec![fail(
+            Check::Upload,
+            format!("the service wrote an empty version {version} of {url}: it ignored If-Match, which AWS S3 honours; the deployer rejects that version, but it is now the key's current one"),
+            "this is not AWS S3's behaviour: check the endpoint (AWS_ENDPOINT_URL), then roll back to the last good version with `dropship rollback <version>`".into(),
+        )],
+    }
+}
+
 /// Every check's findings, in order.
 pub fn findings(f: &DoctorFacts) -> Vec<Finding> {
     let mut out = credentials(f);
@@ -623,6 +681,7 @@ pub fn findings(f: &DoctorFacts) -> Vec<Finding> {
     out.extend(rule(f));
     out.extend(deployer(f));
     out.extend(hosts(f));
+    out.extend(upload(f));
     out
 }
 
@@ -768,6 +827,7 @@ mod tests {
                     ping_status: "Online".into(),
                 },
             ])),
+            upload: Some(Ok(UploadFacts::Allowed)),
         }
     }
 
@@ -873,6 +933,7 @@ mod tests {
             lambda: None,
             instances: None,
             agents: None,
+            upload: None,
             ..healthy()
         };
         let r = DoctorReport::of(&f);
@@ -1067,5 +1128,57 @@ mod tests {
         );
         assert_eq!(lambda_target(rules, Some("other"), "art"), None);
         assert_eq!(lambda_target(rules, None, "elsewhere"), None);
+    }
+
+    #[test]
+    fn an_upload_the_caller_may_not_make_is_a_fault_and_an_ignored_precondition_is_said_loudly() {
+        let r = DoctorReport::of(&healthy());
+        let line = r
+            .findings
+            .iter()
+            .find(|f| f.check == Check::Upload)
+            .expect("an upload finding");
+        assert_eq!(line.level, Level::Ok);
+        assert!(
+            line.message.contains("s3://art/releases/shop/prod.tar.gz"),
+            "{}",
+            line.message
+        );
+        assert!(
+            line.message.contains("nothing was written"),
+            "{}",
+            line.message
+        );
+
+        let mut f = healthy();
+        f.upload = Some(Ok(UploadFacts::Denied("AccessDenied".into())));
+        let r = DoctorReport::of(&f);
+        assert!(!r.ready);
+        assert_eq!(r.exit_code(), Exit::NotReady);
+        let (check, message) = faults(&r)[0];
+        assert_eq!(check, Check::Upload);
+        assert!(
+            message.contains("may not put s3://art/releases/shop/prod.tar.gz"),
+            "{message}"
+        );
+        assert!(
+            r.render().contains("uploader_policy_arns"),
+            "{}",
+            r.render()
+        );
+
+        f.upload = Some(Ok(UploadFacts::Written("v9".into())));
+        let r = DoctorReport::of(&f);
+        assert_eq!(faults(&r)[0].0, Check::Upload);
+        assert!(r.render().contains("empty version v9"), "{}", r.render());
+        assert!(r.render().contains("dropship rollback"), "{}", r.render());
+
+        f.upload = None;
+        let r = DoctorReport::of(&f);
+        assert!(r.ready, "not checked is not a fault");
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.check == Check::Upload && f.level == Level::Skipped));
     }
 }

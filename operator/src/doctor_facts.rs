@@ -8,12 +8,15 @@ use dropship_aws::{classify, http_status};
 use crate::aws_calls::{
     DESCRIBE_INSTANCES, DESCRIBE_INSTANCE_INFORMATION, GET_BUCKET_NOTIFICATION,
     GET_BUCKET_VERSIONING, GET_CALLER_IDENTITY, GET_FUNCTION_CONFIGURATION, LIST_RULES,
-    LIST_TARGETS_BY_RULE,
+    LIST_TARGETS_BY_RULE, PUT_PROBE,
 };
 use crate::doctor::{
     lambda_target, AgentFacts, BucketFacts, DoctorFacts, InstanceFacts, LambdaFacts, Read,
-    RuleFacts,
+    RuleFacts, UploadFacts,
 };
+
+/// The `If-Match` of the upload probe: not an MD5 or multipart ETag, so no object ever has it.
+const NEVER_AN_ETAG: &str = "\"dropship-doctor-probe-never-an-etag\"";
 
 /// The clients `doctor` reads with.
 #[derive(Debug, Clone)]
@@ -71,11 +74,14 @@ impl DoctorClients {
             tag_keys: t.tag_keys.clone(),
             instances: None,
             agents: None,
+            upload: None,
         };
         if !reachable {
             return facts;
         }
-        facts.bucket_facts = Some(self.bucket(&t.bucket).await);
+        let bucket = self.bucket(&t.bucket).await;
+        let bucket_exists = matches!(bucket, Ok(BucketFacts::Present { .. }));
+        facts.bucket_facts = Some(bucket);
         let rules = self.rules(t.rule.as_deref()).await;
         if let Ok(rules) = &rules {
             if let Some(arn) = lambda_target(rules, t.rule.as_deref(), &t.bucket) {
@@ -94,7 +100,40 @@ impl DoctorClients {
             facts.agents = Some(self.agents(&running).await);
         }
         facts.instances = Some(instances);
+        if bucket_exists {
+            facts.upload = Some(self.upload(t).await);
+        }
         facts
+    }
+
+    /// Whether the caller may put the release key: a `PutObject` that S3 refuses for its
+    /// `If-Match` after authorising it. Nothing is written, so no event and no deploy.
+    async fn upload(&self, t: &DoctorTarget) -> Read<UploadFacts> {
+        let key = dropship_contract::key::ReleaseKey::new(&t.app, &t.env)
+            .map_err(|e| e.to_string())?
+            .object_key();
+        let url = format!("s3://{}/{key}", t.bucket);
+        let answer = self
+            .s3
+            .put_object()
+            .bucket(&t.bucket)
+            .key(&key)
+            .if_match(NEVER_AN_ETAG)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b""))
+            .send()
+            .await;
+        match answer {
+            Ok(out) => Ok(UploadFacts::Written(
+                out.version_id().unwrap_or("(no version id)").to_string(),
+            )),
+            Err(e) => match http_status(&e) {
+                Some(412) | Some(404) | Some(409) => Ok(UploadFacts::Allowed),
+                Some(403) => Ok(UploadFacts::Denied(
+                    classify(&PUT_PROBE, url, &e).to_string(),
+                )),
+                _ => Err(classify(&PUT_PROBE, url, &e).to_string()),
+            },
+        }
     }
 
     async fn lambda(&self, arn: &str) -> Read<LambdaFacts> {

@@ -11,6 +11,7 @@ use aws_sdk_s3::types::{
     BucketVersioningStatus, EventBridgeConfiguration, NotificationConfiguration,
     VersioningConfiguration,
 };
+use dropship_tests::faults::{Fault, FaultProxy};
 use dropship_tests::pipeline::{explain, log_group, Options, Pipeline, ENV};
 use dropship_tests::repo::Finished;
 use dropship_tests::s3_notifications::S3NotificationEndpoint;
@@ -327,9 +328,24 @@ fn doctor_passes_the_healthy_pipeline_and_names_each_fault_of_a_miswired_one() {
     notifications(true);
     let doctor = |args: &[&str]| dropship_with(&p, args, &s3_fix.aws_env());
 
+    let versions = || {
+        p.block_on(async {
+            p.s3.list_object_versions()
+                .bucket(&p.bucket)
+                .prefix(p.key())
+                .send()
+                .await
+                .expect("versions listed")
+                .versions()
+                .len()
+        })
+    };
+    let versions_before = versions();
     let healthy = doctor(&["doctor"]);
     assert_eq!(healthy.code, 0, "{}{}", healthy.stdout, healthy.stderr);
+    let may_put = format!("the caller may put s3://{}/{}", p.bucket, p.key());
     for needle in [
+        may_put.as_str(),
         "calling as arn:",
         &format!("bucket {} exists", p.bucket),
         "versioning is Enabled",
@@ -351,6 +367,48 @@ fn doctor_passes_the_healthy_pipeline_and_names_each_fault_of_a_miswired_one() {
         "{}",
         healthy.stdout
     );
+    // The upload check's conditional PutObject wrote nothing.
+    assert_eq!(versions(), versions_before, "doctor wrote a version");
+
+    // A caller S3 refuses the key to: the one fault, with the policy to use; nothing written.
+    let denying = FaultProxy::start(
+        &s3_fix.endpoint_url(),
+        vec![Fault {
+            method: "PUT",
+            target_contains: "/releases/",
+            status: 403,
+            code: "AccessDenied",
+        }],
+    );
+    let denied = dropship_with(
+        &p,
+        &["doctor", "--json"],
+        &[("AWS_ENDPOINT_URL_S3".to_string(), denying.endpoint())],
+    );
+    assert_eq!(denied.code, 12, "{}{}", denied.stdout, denied.stderr);
+    assert_eq!(denying.injected(), 1, "one probe, refused");
+    let report = denied.json();
+    let failed: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["level"] == "fail")
+        .collect();
+    assert_eq!(failed.len(), 1, "{report:#}");
+    assert_eq!(failed[0]["check"], "upload");
+    let message = failed[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("may not put s3://{}/{}", p.bucket, p.key())),
+        "{message}"
+    );
+    assert!(
+        failed[0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("uploader_policy_arns"),
+        "{report:#}"
+    );
+    assert_eq!(versions(), versions_before);
 
     // A release rule that targets a deployer Lambda: doctor reads the function's
     // configuration. One whose allow-list leaves this environment out refuses every upload
