@@ -73,6 +73,20 @@ fn gnu_extract(archive: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// What `git archive HEAD` of `repo` holds, extracted by GNU tar: the reference a bundle is
+/// compared with.
+fn git_archive_tree(repo: &GitRepo) -> BTreeMap<String, Node> {
+    let (_keep, reference) = temp_file("reference.tar.gz");
+    repo.git(&[
+        "archive",
+        "--format=tar.gz",
+        "-o",
+        reference.to_str().unwrap(),
+        "HEAD",
+    ]);
+    snapshot(gnu_extract(&reference).path())
+}
+
 /// A repository with nested dirs, symlinks, executables, empty files and unicode names.
 fn rich_repo() -> GitRepo {
     let repo = GitRepo::new();
@@ -107,24 +121,14 @@ fn bundle_extracts_to_exactly_what_git_archive_holds() {
     let done = run(repo.bundler().arg("--output").arg(&bundle).arg("--json")).success();
     let summary = done.json();
 
-    let (_keep2, reference) = temp_file("reference.tar.gz");
-    repo.git(&[
-        "archive",
-        "--format=tar.gz",
-        "-o",
-        reference.to_str().unwrap(),
-        "HEAD",
-    ]);
-
     let ours = gnu_extract(&bundle);
-    let theirs = gnu_extract(&reference);
     let mut ours_tree = snapshot(ours.path());
     let manifest = ours.path().join(".dropship/manifest.json");
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(&manifest).expect("manifest in the bundle")).unwrap();
     ours_tree.remove(".dropship/manifest.json");
     ours_tree.remove(".dropship");
-    let theirs_tree = snapshot(theirs.path());
+    let theirs_tree = git_archive_tree(&repo);
     assert_eq!(ours_tree, theirs_tree);
     assert!(
         theirs_tree.len() > 20,
@@ -290,15 +294,7 @@ fn a_bundle_of_several_blocks_unpacks_and_verifies_whole_with_either_deflater() 
         repo.write(&format!("data/part-{part}.txt"), text);
     }
     repo.commit("large tree");
-    let (_keep, reference) = temp_file("reference.tar.gz");
-    repo.git(&[
-        "archive",
-        "--format=tar.gz",
-        "-o",
-        reference.to_str().unwrap(),
-        "HEAD",
-    ]);
-    let theirs = snapshot(gnu_extract(&reference).path());
+    let theirs = git_archive_tree(&repo);
 
     for deflater in ["libdeflate", "zlib-rs"] {
         let (_keep, bundle) = temp_file("bundle.tar.gz");

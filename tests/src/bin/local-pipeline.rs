@@ -137,14 +137,7 @@ fn run() -> Result<()> {
     )?;
 
     // What staging runs now (v1's bytes, deployed on every staging host) goes to production.
-    step(
-        &mut p,
-        &mut rows,
-        "promote to prod",
-        0,
-        &c1,
-        Cli::Promote(None),
-    )?;
+    step(&mut p, &mut rows, "promote to prod", 0, &c1, Cli::Promote)?;
 
     let elapsed = started.elapsed();
     println!();
@@ -280,8 +273,8 @@ enum Cli {
     Upload,
     /// `dropship rollback <version> --yes --wait`.
     Rollback(String),
-    /// `dropship promote staging production [--version V] --wait`.
-    Promote(Option<String>),
+    /// `dropship promote staging production --wait` (staging's current version).
+    Promote,
 }
 
 /// Runs one step with `--wait`, checks its exit code and that every host serves `serving`
@@ -298,16 +291,10 @@ fn step(
     let out = match &cli {
         Cli::Upload => p.run_waiting(false, &[])?,
         Cli::Rollback(v) => p.run_waiting(true, &["rollback", v, "--yes"])?,
-        Cli::Promote(v) => {
-            let mut args = vec!["promote", pipeline::ENV, pipeline::PROMOTED_ENV];
-            if let Some(v) = v {
-                args.extend(["--version", v.as_str()]);
-            }
-            p.run_waiting(true, &args)?
-        }
+        Cli::Promote => p.run_waiting(true, &["promote", pipeline::ENV, pipeline::PROMOTED_ENV])?,
     };
     let env = match &cli {
-        Cli::Promote(_) => pipeline::PROMOTED_ENV,
+        Cli::Promote => pipeline::PROMOTED_ENV,
         _ => pipeline::ENV,
     };
     let json: Value = serde_json::from_str(&out.stdout).map_err(|e| {
