@@ -5,8 +5,10 @@
 # gates on health, and rolls back by itself when the new release does not come up healthy.
 #
 # Runs on Amazon Linux 2023 and Ubuntu 22.04/24.04 and assumes only bash (>= 5), coreutils,
-# util-linux (flock, setpriv), awk, curl (>= 7.75, for --aws-sigv4), tar (GNU), gzip and
-# docker with Compose v2. pigz is used for unpacking when it happens to be installed.
+# util-linux (flock, setpriv), findutils, awk, curl (>= 7.75, for --aws-sigv4), tar (GNU), gzip
+# and docker with Compose v2. Every curl call starts with -q: a .curlrc (HOME, CURL_HOME or
+# XDG_CONFIG_HOME of a hand run or a wrapper) must not change a signed request or print a
+# token. pigz is used for unpacking when it happens to be installed.
 #
 # The bundle is downloaded with the instance's own role: credentials from the instance
 # metadata service (IMDSv2 at 169.254.169.254, a fixed address, never an input), the request
@@ -38,7 +40,7 @@
 #   DROPSHIP_PROFILES           comma-separated compose profiles ()
 #   DROPSHIP_HEALTH_URL         http(s) URL that must answer 2xx; empty: compose --wait only
 #   DROPSHIP_HEALTH_TIMEOUT     seconds the health gate waits (60)
-#   DROPSHIP_SHARED_PATHS       comma-separated paths under shared/ linked into each release (.env)
+#   DROPSHIP_SHARED_PATHS       comma-separated paths under shared/ linked into each release ()
 #   DROPSHIP_KEEP_RELEASES      releases kept on disk, the current one included (5)
 #   DROPSHIP_REQUIRED_ENV       rules for shared/.env, one per line: NAME [MIN_LENGTH [PATTERN]]
 #   DROPSHIP_PRE_SWITCH_HOOK    path inside the release run before the switch ()
@@ -65,6 +67,10 @@
 # message (and attempted, when a release was tried and not kept). Right before the switch a
 # provisional `interrupted` result line is printed: SSM stops a command by SIGKILL to its
 # whole process group, so that line is the last one only when the run was killed there.
+# SSM keeps only the first 24,000 characters of a command's output, so all output passes one
+# filter (cap_output) that stops printing other lines past OUTPUT_BUDGET characters and always
+# prints the result lines: the verdict is always inside what SSM keeps. Output of commands
+# (docker, the hook) is redacted: .env values never reach it.
 #
 # Host layout under DROPSHIP_APP_ROOT:
 #   releases/<YYYYmmddTHHMMSSZ>-<commit7>/  unpacked bundle + .dropship/{manifest,release}.json
@@ -77,6 +83,58 @@ shopt -s nullglob
 export LC_ALL=C TZ=UTC
 umask 022
 exec 2>&1
+
+# The command unpacks this script into a private directory of its own and runs it from there
+# (dropship_contract::host::packed_script): remove that copy at once; bash reads on from the
+# file it has open.
+if [[ $0 == */dropship-host.????????/deploy-on-host.sh && -O ${0%/*} ]]; then rm -rf -- "${0%/*}"; fi
+
+# Every line this run prints passes here (see "Output" above). Other lines stop after
+# OUTPUT_BUDGET bytes (one notice says so) and are cut at OUTPUT_LINE_MAX bytes. Result lines
+# always pass: `DROPSHIP_RESULT` lines whole (at most two, each under 4.5 KB: a version id of
+# at most 1,024 bytes and a message cut at 1,000 bytes, both JSON-escaped), the `[result]` log
+# line cut like any other. So the output SSM keeps (24,000 characters) holds the last one.
+readonly OUTPUT_BUDGET=12000 OUTPUT_LINE_MAX=2000
+cap_output() {
+    local line used=0 cut=0
+    # A signal to the whole group is the script's to handle: the filter ends with its input.
+    trap '' TERM INT HUP
+    while IFS= read -r line || [[ -n $line ]]; do
+        if [[ $line == "DROPSHIP_RESULT "* ]]; then
+            printf '%s\n' "$line"
+            continue
+        fi
+        if ((${#line} > OUTPUT_LINE_MAX)); then
+            line="${line:0:OUTPUT_LINE_MAX} ... (line cut)"
+        fi
+        if [[ $line =~ ^[0-9T:Z-]+\ \[result\]\  ]]; then
+            printf '%s\n' "$line"
+            continue
+        fi
+        ((cut)) && continue
+        if ((used + ${#line} + 1 > OUTPUT_BUDGET)); then
+            cut=1
+            printf '%s\n' "... output cut here: SSM keeps only the first 24,000 characters, so no more lines are printed but the result (every run's outcome is in the app root's deploy.log)"
+            continue
+        fi
+        used=$((used + ${#line} + 1))
+        printf '%s\n' "$line"
+    done
+}
+exec > >(cap_output) 2>&1
+CAP_PID=$!
+
+# Closes this run's output and waits until the filter has printed all of it: the SSM agent
+# takes the command as finished when the script exits.
+close_output() {
+    local i
+    exec >&- 2>&-
+    wait "$CAP_PID" 2>/dev/null && return
+    for ((i = 0; i < 500; i++)); do
+        kill -0 "$CAP_PID" 2>/dev/null || return
+        sleep 0.01
+    done
+}
 
 readonly NAME_RE='^[a-z0-9][a-z0-9-]{0,62}$'
 readonly RELEASE_RE='^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{7}(-[0-9]+)?$'
@@ -102,7 +160,7 @@ COMPOSE_FILE=${DROPSHIP_COMPOSE_FILE:-compose.yaml}
 PROFILES=${DROPSHIP_PROFILES:-}
 HEALTH_URL=${DROPSHIP_HEALTH_URL:-}
 HEALTH_TIMEOUT=${DROPSHIP_HEALTH_TIMEOUT:-60}
-SHARED_PATHS=${DROPSHIP_SHARED_PATHS-.env}
+SHARED_PATHS=${DROPSHIP_SHARED_PATHS:-}
 KEEP_RELEASES=${DROPSHIP_KEEP_RELEASES:-5}
 REQUIRED_ENV=${DROPSHIP_REQUIRED_ENV:-}
 HOOK=${DROPSHIP_PRE_SWITCH_HOOK:-}
@@ -264,11 +322,15 @@ run_to() {
     reap "$!"
 }
 
-dk() { # docker args...: its status; output redacted
-    { "${DIE_WITH_ME[@]}" docker "$@" 2>&1 </dev/null | redact; exit "${PIPESTATUS[0]}"; } 9>&- &
+# Runs a command with its stdout and stderr redacted (no .env value reaches the output);
+# its status.
+run_redacted() { # command...
+    { "${DIE_WITH_ME[@]}" "$@" 2>&1 </dev/null | redact; exit "${PIPESTATUS[0]}"; } 9>&- &
     CHILDREN+=("$!")
     reap "$!"
 }
+
+dk() { run_redacted docker "$@"; }
 
 # ---------------------------------------------------------------------------------------
 # result and exit
@@ -281,9 +343,11 @@ LOCKED=0
 RECOVERY_FAILED=0
 RECOVERY_MSG=""
 
-result_line() { # outcome code message
+result_line() { # outcome code message (cut to 1,000 bytes: the line must stay whole)
+    local msg=$3
+    ((${#msg} <= 1000)) || msg="${msg:0:1000} ... (cut)"
     json_line outcome "$1" release "$OUT_RELEASE" previous "$OUT_PREVIOUS" \
-        version_id "$VERSION_ID" commit "$COMMIT" exit_code "$2" message "$3" \
+        version_id "$VERSION_ID" commit "$COMMIT" exit_code "$2" message "$msg" \
         attempted "$OUT_ATTEMPTED"
     printf 'DROPSHIP_RESULT %s\n' "$REPLY"
 }
@@ -308,6 +372,7 @@ finish() {
     fi
     log result "$outcome (exit $code): $msg"
     result_line "$outcome" "$code" "$msg"
+    close_output
     exit "$code"
 }
 
@@ -316,7 +381,9 @@ bad_input() { # message
 }
 
 # Temporary things a failed or interrupted run must not leave behind.
-TMP_DOWNLOAD="" PARTIAL_DIR="" NEW=""
+# TMP_DIR (.download.<pid>/, mode 0700) holds the download and its listing: the bundle may
+# hold secrets, so no other user may read it from its first byte.
+TMP_DIR="" TMP_DOWNLOAD="" PARTIAL_DIR="" NEW=""
 
 cleanup() {
     local p
@@ -327,7 +394,7 @@ cleanup() {
         wait "$p" 2>/dev/null
     done
     CHILDREN=()
-    [[ -n $TMP_DOWNLOAD ]] && rm -f -- "$TMP_DOWNLOAD" "$TMP_DOWNLOAD".*
+    [[ -n $TMP_DIR ]] && rm -rf -- "$TMP_DIR"
     [[ -n $PARTIAL_DIR && -d $PARTIAL_DIR ]] && rm -rf -- "$PARTIAL_DIR"
     # A release that was unpacked but never switched to was never live: remove it, unless
     # a signal came right after the switch (then `current` points at it; the next run
@@ -336,7 +403,7 @@ cleanup() {
         current_link
         [[ $REPLY == "$NEW" ]] || rm -rf -- "${APP_ROOT:?}/releases/$NEW"
     fi
-    TMP_DOWNLOAD="" PARTIAL_DIR=""
+    TMP_DIR="" TMP_DOWNLOAD="" PARTIAL_DIR=""
 }
 
 on_exit() {
@@ -346,6 +413,7 @@ on_exit() {
     cleanup
     log result "the script stopped unexpectedly (status $rc)"
     result_line "$(interrupted_or failed)" 10 "the script stopped unexpectedly (status $rc) during $STEP; the next run restores the committed release first"
+    close_output
     exit 10
 }
 trap on_exit EXIT
@@ -410,8 +478,8 @@ validate_common() {
     esac
     [[ $APP =~ $NAME_RE ]] || bad_input "DROPSHIP_APP must match [a-z0-9][a-z0-9-]{0,62}, got $(q "$APP")"
     [[ $ENV_NAME =~ $NAME_RE ]] || bad_input "DROPSHIP_ENV must match [a-z0-9][a-z0-9-]{0,62}, got $(q "$ENV_NAME")"
-    [[ $APP_ROOT =~ ^/[A-Za-z0-9._@+/-]+$ && "$APP_ROOT/" != */../* && "$APP_ROOT/" != */./* ]] ||
-        bad_input "DROPSHIP_APP_ROOT must be an absolute path of [A-Za-z0-9._@+/-] without '..', got $(q "$APP_ROOT")"
+    [[ $APP_ROOT =~ ^/[A-Za-z0-9._@+/-]+$ && "$APP_ROOT/" != */../* && "$APP_ROOT/" != */./* && $APP_ROOT != *//* ]] ||
+        bad_input "DROPSHIP_APP_ROOT must be an absolute path of [A-Za-z0-9._@+/-] without '..', '.' or '//', got $(q "$APP_ROOT")"
     APP_ROOT=${APP_ROOT%/}
     [[ -n $APP_ROOT ]] || bad_input "DROPSHIP_APP_ROOT must not be /"
     valid_number "$LOCK_TIMEOUT" 0 86400 || bad_input "DROPSHIP_LOCK_TIMEOUT must be 0..86400 seconds, got $(q "$LOCK_TIMEOUT")"
@@ -550,10 +618,12 @@ load_state() {
         ST_CURRENT=$REPLY
         # Which project ran it: the one whose containers run from this app root.
         PROJECT="$APP-$ENV_NAME"
-        project_dirs "$APP" && [[ $REPLY == *"$APP_ROOT/releases/"* ]] && PROJECT=$APP
-        if [[ -n $ST_CURRENT ]] && load_release "$ST_CURRENT"; then
-            ST_VERSION_ID=$R_VERSION_ID ST_COMMIT=$R_COMMIT ST_SHA256=$R_SHA256 ST_LAST_GOOD=""
+        project_containers "$APP" && [[ $REPLY == *"$APP_ROOT/releases/"* ]] && PROJECT=$APP
+        if [[ -z $ST_CURRENT ]] && running_release; then
+            ST_CURRENT=$REPLY
+            log state "current names no release; the project's containers run from $ST_CURRENT: adopting it"
         fi
+        [[ -n $ST_CURRENT ]] && adopt_release "$ST_CURRENT"
     fi
     [[ $PROJECT =~ ^[a-z0-9][a-z0-9_-]{0,127}$ ]] || PROJECT=$APP
     # Never trust names read back from disk more than inputs.
@@ -563,6 +633,57 @@ load_state() {
             printf -v "$n" '%s' ""
         fi
     done
+}
+
+# The one release of this app root that every container of the project runs from, in REPLY;
+# returns 1 when there is none (no container, or containers of several releases).
+running_release() {
+    local line d name="" n
+    project_containers "$PROJECT" || return 1
+    while IFS='|' read -r _ d _; do
+        [[ -n $d ]] || continue
+        [[ $d == "$APP_ROOT/releases/"* ]] || return 1
+        n=${d#"$APP_ROOT/releases/"}
+        n=${n%%/*}
+        [[ $n =~ $RELEASE_RE && (-z $name || $n == "$name") ]] || return 1
+        name=$n
+    done <<<"$REPLY"
+    [[ -n $name && -d $APP_ROOT/releases/$name ]] || return 1
+    REPLY=$name
+}
+
+# State rebuilt from disk after state.json was lost, for release NAME (the one that runs):
+# its own record (version, commit, SHA-256); the newest sequencer that it or any committed
+# deploy recorded (deploy.log), so an older event stays stale; and the release current before
+# it (deploy.log, else the newest older release on disk), so `rollback` keeps its target.
+adopt_release() { # name
+    local name=$1 line seq="" prev="" re_prev re_seq f t mine=0 best=0
+    load_release "$name" || return 0
+    ST_VERSION_ID=$R_VERSION_ID ST_COMMIT=$R_COMMIT ST_SHA256=$R_SHA256 ST_LAST_GOOD=""
+    [[ $R_SEQUENCER =~ ^[0-9A-F]{1,128}$ ]] && seq=$R_SEQUENCER
+    re_prev='"outcome":"(deployed|rolled_back)","exit_code":0,"release":"'$name'","previous":"([^"]*)"'
+    re_seq='"outcome":"deployed","exit_code":0,.*"sequencer":"([0-9A-F]{1,128})"'
+    if [[ -f $APP_ROOT/deploy.log ]]; then
+        while IFS= read -r line || [[ -n $line ]]; do
+            [[ $line =~ $re_prev ]] && prev=${BASH_REMATCH[2]}
+            if [[ $line =~ $re_seq ]] && { [[ -z $seq ]] || seq_older "$seq" "${BASH_REMATCH[1]}"; }; then
+                seq=${BASH_REMATCH[1]}
+            fi
+        done <"$APP_ROOT/deploy.log"
+    fi
+    if [[ ! $prev =~ $RELEASE_RE || $prev == "$name" || ! -d $APP_ROOT/releases/$prev ]]; then
+        prev=""
+        json_get "$APP_ROOT/releases/$name/.dropship/release.json" deployed_us && [[ $REPLY =~ ^[0-9]{1,18}$ ]] && mine=$REPLY
+        for f in "$APP_ROOT"/releases/*/.dropship/release.json; do
+            t=${f%/.dropship/release.json}
+            t=${t##*/}
+            [[ $t =~ $RELEASE_RE && $t != "$name" && ! -e $APP_ROOT/releases/$t/.dropship/unswitched ]] || continue
+            { json_get "$f" deployed_us && [[ $REPLY =~ ^[0-9]{1,18}$ ]]; } || continue
+            ((REPLY < mine && REPLY > best)) && best=$REPLY prev=$t
+        done
+    fi
+    ST_PREVIOUS=$prev ST_SEQUENCER=$seq
+    log state "rebuilt from releases/$name and deploy.log: version $(q "$ST_VERSION_ID"), previous ${prev:-none}, sequencer ${seq:-none}"
 }
 
 # save_state OUTCOME [LAST_FAILED]: returns 1 when state.json could not be written.
@@ -578,7 +699,7 @@ save_state() {
 
 # Loads a release's recorded settings into R_* (from its .dropship/release.json).
 R_COMPOSE_FILE="" R_PROFILES="" R_HEALTH_URL="" R_HEALTH_TIMEOUT="" R_VERSION_ID="" R_COMMIT=""
-R_SHA256=""
+R_SHA256="" R_SEQUENCER=""
 load_release() { # name
     local f="$APP_ROOT/releases/$1/.dropship/release.json"
     [[ -f $f ]] || return 1
@@ -589,6 +710,7 @@ load_release() { # name
     json_get "$f" version_id && R_VERSION_ID=$REPLY || R_VERSION_ID=""
     json_get "$f" commit && R_COMMIT=$REPLY || R_COMMIT=""
     json_get "$f" sha256 && R_SHA256=$REPLY || R_SHA256=""
+    json_get "$f" sequencer && R_SEQUENCER=$REPLY || R_SEQUENCER=""
     [[ $R_COMPOSE_FILE =~ ^[A-Za-z0-9._/-]+$ && "/$R_COMPOSE_FILE/" != */../* ]] || return 1
     [[ $R_HEALTH_TIMEOUT =~ ^[0-9]{1,4}$ ]] || R_HEALTH_TIMEOUT=60
     return 0
@@ -598,6 +720,26 @@ current_link() { # -> REPLY: release name `current` points at, or ""
     local t
     REPLY=""
     t=$(readlink -- "$APP_ROOT/current" 2>/dev/null) || return 0
+    release_of_target "$t"
+}
+
+# The release a `current` link target names, in REPLY ("" for none). The script writes
+# `releases/<name>`; a hand or another tool may write `releases/<name>/`, `./releases/<name>`
+# or the absolute path of a release of this app root (also through a symlinked app root).
+release_of_target() { # target
+    local t=$1 real
+    REPLY=""
+    while [[ $t == ?*/ ]]; do t=${t%/}; done
+    t=${t#./}
+    if [[ $t == /* ]]; then
+        if [[ $t == "$APP_ROOT/releases/"* ]]; then
+            t=${t#"$APP_ROOT/"}
+        else
+            real=$(realpath -e -- "$APP_ROOT" 2>/dev/null) || return 0
+            [[ $t == "$real/releases/"* ]] || return 0
+            t=${t#"$real/"}
+        fi
+    fi
     t=${t#releases/}
     [[ $t =~ $RELEASE_RE ]] && REPLY=$t
     return 0
@@ -626,11 +768,30 @@ seq_older() {
 # ---------------------------------------------------------------------------------------
 # docker
 
-# Working directories (compose labels) of the project's containers, running or not, one per
-# line in REPLY; returns 1 when docker cannot be asked.
-project_dirs() { # project
-    REPLY=$(dk ps -a --filter "label=com.docker.compose.project=$1" \
-        --format '{{.Label "com.docker.compose.project.working_dir"}}') || return 1
+# The project's containers, running or not, one per line in REPLY: "<condition>|<working
+# directory (compose's label)>|<name>" ('|' is in no app root, label or name; a tab would be
+# IFS white space, where two in a row count as one). The condition is `up` (running and not unhealthy, or
+# a one-off that exited 0 and is not restarted), `failing` (unhealthy, restarting) or `stopped`
+# (any other state: exited, created, paused, dead). Returns 1 when docker cannot be asked.
+project_containers() { # project
+    local ids out line status code policy health dir name cond
+    ids=$(dk ps -aq --filter "label=com.docker.compose.project=$1") || return 1
+    REPLY=""
+    [[ -n $ids ]] || return 0
+    mapfile -t ids <<<"$ids"
+    out=$(dk inspect --format '{{.State.Status}}|{{.State.ExitCode}}|{{.HostConfig.RestartPolicy.Name}}|{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{index .Config.Labels "com.docker.compose.project.working_dir"}}|{{.Name}}' "${ids[@]}") ||
+        return 1
+    while IFS='|' read -r status code policy health dir name; do
+        [[ -n $status ]] || continue
+        case $status in
+        running) cond=up && [[ $health == unhealthy ]] && cond=failing ;;
+        restarting) cond=failing ;;
+        exited) cond=stopped && [[ $code == 0 && $policy =~ ^(|no|on-failure)$ ]] && cond=up ;;
+        *) cond=stopped ;;
+        esac
+        REPLY+="$cond|$dir|${name#/}"$'\n'
+    done <<<"$out"
+    REPLY=${REPLY%$'\n'}
 }
 
 COMPOSE=()
@@ -678,7 +839,7 @@ health_check() { # url timeout
     deadline=$((SECONDS + timeout))
     while :; do
         attempt=$((attempt + 1))
-        run curl --globoff --fail --silent --show-error --proto =http,https --max-time 5 \
+        run curl -q --globoff --fail --silent --show-error --proto =http,https --max-time 5 \
             --location --max-redirs 0 -o /dev/null "$url" </dev/null
         rc=$?
         if ((rc == 0)); then
@@ -765,30 +926,40 @@ clean_leftovers() {
 }
 
 # Why the host is not known to run its committed release (REASONS); empty when it is.
-# RUNS_COMMITTED: every container of the project runs from the committed release.
-REASONS=() RUNS_COMMITTED=0
+# RUNS_COMMITTED: every container of the project comes from the committed release (running or
+# not); FAILING: one of them is unhealthy or restarting (it needs a fresh start).
+REASONS=() RUNS_COMMITTED=0 FAILING=0
 check_host() {
-    local d link dirs
-    REASONS=() RUNS_COMMITTED=0
+    local d link lines line cond name any=0
+    REASONS=() RUNS_COMMITTED=0 FAILING=0
     current_link
     link=$REPLY
     ((STATE_FOUND)) || [[ -z $link ]] || REASONS+=("state.json is missing or unreadable (current is $link)")
     [[ -n $ST_PENDING ]] && REASONS+=("an earlier run was stopped during: $ST_PENDING")
     [[ $link != "$ST_CURRENT" ]] && REASONS+=("current is $(q "$link") but the committed release is $(q "$ST_CURRENT")")
     [[ $ST_LAST_OUTCOME == rollback_failed ]] && REASONS+=("the last run could not bring the committed release back")
-    if ! project_dirs "$PROJECT"; then
+    if ! project_containers "$PROJECT"; then
         REASONS+=("docker cannot list the containers of project $PROJECT")
         return
     fi
-    mapfile -t dirs <<<"$REPLY"
-    for d in "${dirs[@]}"; do
-        [[ -n $d ]] || continue
+    mapfile -t lines <<<"$REPLY"
+    for line in "${lines[@]}"; do
+        IFS='|' read -r cond d name <<<"$line"
+        [[ -n $cond ]] || continue
         if [[ -z $ST_CURRENT || ($d != "$APP_ROOT/releases/$ST_CURRENT" && $d != "$APP_ROOT/releases/$ST_CURRENT/"*) ]]; then
             REASONS+=("a container of project $PROJECT runs from $(q "$d"), not the committed release")
             return
         fi
+        any=1
+        case $cond in
+        stopped) REASONS+=("container $name of the committed release is not running") ;;
+        failing)
+            REASONS+=("container $name of the committed release is unhealthy or restarting")
+            FAILING=1
+            ;;
+        esac
     done
-    if [[ -n $ST_CURRENT && -z $REPLY ]]; then
+    if [[ -n $ST_CURRENT ]] && ((!any)); then
         REASONS+=("no container of project $PROJECT exists")
     else
         RUNS_COMMITTED=1
@@ -812,7 +983,7 @@ recover() {
         # Containers already running from the committed release are checked in place, unless
         # the last run left them failing (rollback_failed): their stale "unhealthy" status
         # would fail `up --wait` at once, so they start afresh and get the health timeout.
-        RECREATE=$((!RUNS_COMMITTED))
+        RECREATE=$((!RUNS_COMMITTED || FAILING))
         [[ $ST_LAST_OUTCOME == rollback_failed ]] && RECREATE=1
         if switch_current "$ST_CURRENT" && bring_up "$ST_CURRENT"; then
             log recover "the committed release $ST_CURRENT runs and is healthy"
@@ -834,14 +1005,27 @@ recover() {
     fi
 }
 
-# Refuses to run a project whose containers another app root runs (two roots, one project).
+# Refuses to run a project whose containers another app root runs (two roots, one project),
+# except an earlier app root of this same app and environment whose copy this root is (the
+# rotation to a new app root, docs/operations.md): with a committed release here, this root
+# takes the project over and recovery recreates its containers from here.
 check_project_owner() {
-    local d dirs
-    project_dirs "$PROJECT" || return 0
-    mapfile -t dirs <<<"$REPLY"
-    for d in "${dirs[@]}"; do
-        [[ -z $d || $d == "$APP_ROOT/releases/"* ]] ||
-            bad_input "compose project $PROJECT has containers from $(q "$d"), outside $APP_ROOT: another app root runs it; stop them there first"
+    local line d other rel lines took=""
+    project_containers "$PROJECT" || return 0
+    mapfile -t lines <<<"$REPLY"
+    for line in "${lines[@]}"; do
+        IFS='|' read -r _ d _ <<<"$line"
+        [[ -z $d || $d == "$APP_ROOT/releases/"* || $d == "$took/releases/"* ]] && continue
+        other=${d%/releases/*}
+        rel=${d#"$other/releases/"}
+        rel="$other/releases/${rel%%/*}/.dropship/release.json"
+        if [[ -n $ST_CURRENT && $other != "$d" ]] && json_get "$rel" app && [[ $REPLY == "$APP" ]] &&
+            json_get "$rel" env && [[ $REPLY == "$ENV_NAME" ]]; then
+            log owner "project $PROJECT runs from $(q "$other"), an earlier app root of $APP/$ENV_NAME: this root takes it over (its containers are recreated from here)"
+            took=$other
+            continue
+        fi
+        bad_input "compose project $PROJECT has containers from $(q "$d"), outside $APP_ROOT: another app root runs it; stop them there, or copy that root here to move the app (docs/operations.md, \"Rotating to a new app root\")"
     done
 }
 
@@ -912,7 +1096,7 @@ preflight() {
     log preflight "disk: $((REPLY / 1048576)) MiB free, $((need / 1048576)) MiB needed for download and release"
     v=$(dk compose version) || finish 4 failed "docker compose v2 is not available"
     log preflight "${v%%$'\n'*}"
-    v=$(run curl --version </dev/null) || v=""
+    v=$(run curl -q --version </dev/null) || v=""
     v=${v%%$'\n'*}
     { [[ $v =~ ^curl\ ([0-9]+)\.([0-9]+) ]] && ((BASH_REMATCH[1] > 7 || (BASH_REMATCH[1] == 7 && BASH_REMATCH[2] >= 75))); } ||
         finish 4 failed "curl >= 7.75 is needed to sign the download with the instance role (--aws-sigv4), found $(q "${v:-no curl}"): upgrade curl"
@@ -934,7 +1118,7 @@ imds() { # method path [session-token] -> REPLY: the body of a 200 answer; else 
     else
         cfg+="header = \"X-aws-ec2-metadata-token: $3\""
     fi
-    out=$(run curl --config - --silent --noproxy '*' --proto =http --connect-timeout 2 \
+    out=$(run curl -q --config - --silent --noproxy '*' --proto =http --connect-timeout 2 \
         --max-time 5 -w '\n%{http_code}' <<<"$cfg")
     rc=$?
     ((rc == 0)) || {
@@ -1000,7 +1184,10 @@ uri_encode() { # value [/]
 # slower than 1 KiB/s for 30 s fails (and is retried while time is left).
 download() {
     local attempt code rc delay=1 size left url
-    TMP_DOWNLOAD="$APP_ROOT/.download.$$"
+    TMP_DIR="$APP_ROOT/.download.$$"
+    rm -rf -- "$TMP_DIR"
+    mkdir -m 0700 -- "$TMP_DIR" || finish 4 failed "cannot create $TMP_DIR (disk full?)"
+    TMP_DOWNLOAD="$TMP_DIR/bundle"
     uri_encode "$KEY" /
     url="$S3_ENDPOINT/$BUCKET/$REPLY"
     uri_encode "$VERSION_ID"
@@ -1015,7 +1202,7 @@ download() {
         rm -f -- "$TMP_DOWNLOAD"
         # x-amz-content-sha256 is the SHA-256 of the empty body of a GET: what S3 requires,
         # and what every curl since 7.75 signs whether or not it reads the header itself.
-        run_to "$TMP_DOWNLOAD.code" "" curl --config - --globoff --fail --silent --show-error \
+        run_to "$TMP_DOWNLOAD.code" "" curl -q --config - --globoff --fail --silent --show-error \
             --aws-sigv4 "aws:amz:$REGION:s3" --proto =http,https --connect-timeout 15 \
             --max-time "$left" --speed-limit 1024 --speed-time "$((left < 30 ? left : 30))" \
             -o "$TMP_DOWNLOAD" -w '%{http_code}' <<<"url = \"$url\"
@@ -1166,7 +1353,9 @@ unpack() {
         n=$((n + 1))
     done
     PARTIAL_DIR="$APP_ROOT/releases/$NEW.partial"
-    mkdir -- "$PARTIAL_DIR" || finish 6 failed "cannot create $PARTIAL_DIR"
+    # 0700 until link_shared replaced the bundle's copies of shared paths (a .env): no
+    # other user can reach into the release before then (opened up in open_release).
+    mkdir -m 0700 -- "$PARTIAL_DIR" || finish 6 failed "cannot create $PARTIAL_DIR"
     log unpack "into releases/$NEW.partial"
     # Clock skew: entry times a few seconds ahead are not an error.
     run_to "" "$TMP_DOWNLOAD.err" tar "${ZPROG[@]}" -x --numeric-owner -f "$TMP_DOWNLOAD" -C "$PARTIAL_DIR" \
@@ -1175,8 +1364,8 @@ unpack() {
     [[ -s $TMP_DOWNLOAD.err ]] && { IFS= read -r err <"$TMP_DOWNLOAD.err" || true; }
     ((n == 0)) || finish 6 failed "tar could not unpack the bundle (status $n): $(q "$err")"
     [[ -z $err ]] || finish 6 failed "unsafe bundle: tar warned $(q "$err")"
-    rm -f -- "$TMP_DOWNLOAD" "$TMP_DOWNLOAD".*
-    TMP_DOWNLOAD=""
+    rm -rf -- "$TMP_DIR"
+    TMP_DIR="" TMP_DOWNLOAD=""
     [[ -f $PARTIAL_DIR/$COMPOSE_FILE && ! -L $PARTIAL_DIR/$COMPOSE_FILE ]] ||
         finish 7 failed "compose file $(q "$COMPOSE_FILE") is not a regular file in the bundle"
     { mkdir -p -- "$PARTIAL_DIR/.dropship" && rm -f -- "$PARTIAL_DIR/.dropship/release.json" &&
@@ -1192,6 +1381,43 @@ unpack() {
     mv -T -- "$PARTIAL_DIR" "$APP_ROOT/releases/$NEW" || finish 6 failed "cannot rename the release into place"
     PARTIAL_DIR=""
     log unpack "release $NEW ready"
+}
+
+# The bundler's secret-looking file names (bundler::select::SECRET_PATTERNS and
+# SECRET_EXCEPTIONS; `seeded_secret_names_are_the_bundlers` keeps the lists equal). A pattern
+# without '/' matches the file name, `**/` any leading directories.
+readonly SECRET_GLOBS=(.env '.env.*' '*.pem' '*.key' '*.p12' '*.pfx' '*.jks' '*.keystore'
+    'id_rsa*' 'id_dsa*' 'id_ecdsa*' 'id_ed25519*' .netrc .npmrc .pypirc '*.tfstate'
+    '*.tfstate.*' credentials.json '**/.aws/credentials' '**/.docker/config.json')
+readonly SECRET_EXCEPTION_GLOBS=(.env.example .env.sample .env.template '*.pub')
+
+glob_matches() { # glob path
+    # shellcheck disable=SC2053 # the right-hand side is a glob on purpose
+    case $1 in
+    '**/'*) [[ $2 == ${1#'**/'} || $2 == *"/${1#'**/'}" ]] ;;
+    */*) [[ $2 == $1 ]] ;;
+    *) [[ ${2##*/} == $1 ]] ;;
+    esac
+}
+
+looks_secret() { # path inside the release
+    local g
+    for g in "${SECRET_EXCEPTION_GLOBS[@]}"; do glob_matches "$g" "$1" && return 1; done
+    for g in "${SECRET_GLOBS[@]}"; do glob_matches "$g" "$1" && return 0; done
+    return 1
+}
+
+# Takes group and other permissions off every secret-looking file of a seed copy.
+close_secrets() { # copy rel
+    local f
+    if [[ -f $1 ]]; then
+        looks_secret "$2" && { chmod go-rwx -- "$1" || return 1; }
+        return 0
+    fi
+    while IFS= read -r -d '' f; do
+        looks_secret "$2/${f#"$1"/}" && { chmod go-rwx -- "$f" || return 1; }
+    done < <(find "$1" -type f -print0 2>/dev/null)
+    return 0
 }
 
 # Links each shared path into the new release. shared/ is never overwritten: a path missing
@@ -1219,15 +1445,10 @@ link_shared() {
             mkdir -p -- "${p%/*}" || finish 7 failed "cannot create the parent of shared/$rel"
             if [[ -e $dir/$rel && ! -L $dir/$rel ]]; then
                 tmp="${p%/*}/.dropship-seed.$$"
-                if [[ ${rel##*/} == .env* && -f $dir/$rel ]]; then
-                    # Secrets: 0600 from the first byte (a copy with the bundle's 0644 would be
-                    # readable by every local user until a chmod).
-                    (umask 077 && run cp -- "$dir/$rel" "$tmp")
-                else
-                    run cp -a -- "$dir/$rel" "$tmp"
-                fi
-                # shellcheck disable=SC2181 # the status of either copy above
-                if (($? != 0)) || ! mv -T -- "$tmp" "$p"; then
+                # Unreadable to other users from the first byte (umask 077; cp -a gives each
+                # file its bundle mode once it is whole), and secret-looking files stay so.
+                if ! (umask 077 && run cp -a -- "$dir/$rel" "$tmp") || ! close_secrets "$tmp" "$rel" ||
+                    ! mv -T -- "$tmp" "$p"; then
                     rm -rf -- "$tmp"
                     finish 7 failed "cannot seed shared/$rel (disk full?)"
                 fi
@@ -1251,6 +1472,12 @@ link_shared() {
         ln -s -- "${ups}../../shared/$rel" "$dir/$rel" || finish 7 failed "cannot link $rel"
     done
     log shared "linked ${#list[@]} shared path(s)"
+}
+
+# The release becomes readable to other users (an app container running as another user)
+# only now that no bundle copy of a shared path (a .env) is left in it.
+open_release() {
+    chmod 0755 -- "$APP_ROOT/releases/$NEW" || finish 6 failed "cannot open releases/$NEW to the app's users"
 }
 
 # Reads a .env the way compose does: NAME=VALUE or NAME: VALUE lines, optional `export `,
@@ -1351,7 +1578,7 @@ run_hook() {
     log hook "running $HOOK"
     local how=(bash --)
     [[ -x $real ]] && how=()
-    run env -C "$dir" DROPSHIP_RELEASE_DIR="$dir" DROPSHIP_PREVIOUS_RELEASE="$ST_CURRENT" "${how[@]}" "$real" </dev/null
+    run_redacted env -C "$dir" DROPSHIP_RELEASE_DIR="$dir" DROPSHIP_PREVIOUS_RELEASE="$ST_CURRENT" "${how[@]}" "$real"
     rc=$?
     ((rc == 0)) || finish 8 failed "pre-switch hook $(q "$HOOK") exited $rc"
     log hook "ok"
@@ -1427,6 +1654,7 @@ do_deploy() {
     verify
     unpack
     link_shared
+    open_release
     check_env
     check_compose
     run_hook

@@ -54,7 +54,7 @@ pub const SECRET_PATTERNS: &[&str] = &[
 ];
 
 /// Names that match a secret pattern but are conventionally safe to commit.
-const SECRET_EXCEPTIONS: &[&str] = &[".env.example", ".env.sample", ".env.template", "*.pub"];
+pub const SECRET_EXCEPTIONS: &[&str] = &[".env.example", ".env.sample", ".env.template", "*.pub"];
 
 /// True when `path` looks like it holds a secret.
 pub fn looks_like_secret(path: &str) -> bool {

@@ -261,6 +261,69 @@ pub fn compact_script(script: &str) -> String {
     out
 }
 
+/// Name prefix of the private directory (`mktemp -d`, mode 0700) the command unpacks the
+/// host script into; the script removes a directory of this name it runs from at once.
+pub const SCRIPT_DIR_PREFIX: &str = "dropship-host.";
+
+/// The host script as it is sent ([`compact_script`], then gzip level 9 and base64 in a quoted
+/// here-document), followed by the lines that unpack it into a fresh private directory under
+/// `/run` (else `$TMPDIR` or `/tmp`) and `exec` bash on that file. SSM's command limit is
+/// 64 KiB; the compacted script alone grew past what the largest inputs leave, and compressed
+/// it takes well under half. A file, not a pipe into bash: the script's children must not
+/// inherit the script as their standard input. When the host cannot unpack it (no `base64`,
+/// `gzip`, `mktemp` or writable temporary directory), the command prints a result line of
+/// its own (exit 4, nothing touched). The bytes depend only on the script (gzip without a
+/// name or time).
+pub fn packed_script(script: &str) -> String {
+    use std::io::Write;
+    let compact = compact_script(script);
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
+    gz.write_all(compact.as_bytes())
+        .expect("gzip into memory cannot fail");
+    let packed = gz.finish().expect("gzip into memory cannot fail");
+    let prefix = SCRIPT_DIR_PREFIX;
+    let mut out = String::with_capacity(packed.len() * 4 / 3 + 1024);
+    out.push_str(&format!(
+        "if dropship_dir=$(mktemp -d /run/{prefix}XXXXXXXX 2>/dev/null || mktemp -d \"${{TMPDIR:-/tmp}}/{prefix}XXXXXXXX\") &&\n\
+         base64 -d <<'DROPSHIP_SCRIPT' | gzip -dc >\"$dropship_dir/deploy-on-host.sh\"; then\n"
+    ));
+    for line in base64_encode(&packed).as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(
+        "DROPSHIP_SCRIPT\n\
+         exec /bin/bash \"$dropship_dir/deploy-on-host.sh\"\n\
+         fi\n\
+         if [ -n \"${dropship_dir:-}\" ]; then rm -rf -- \"$dropship_dir\"; fi\n",
+    );
+    out.push_str(&format!(
+        "printf '%s\\n' '{RESULT_PREFIX}{{\"outcome\":\"failed\",\"exit_code\":4,\"message\":\"preflight failed: the host could not unpack the deploy script (it needs base64, gzip, mktemp and a writable /run or /tmp); nothing was touched\"}}'\nexit 4\n"
+    ));
+    out
+}
+
+/// Standard base64 (RFC 4648, with padding), as `base64 -d` reads it.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// The script's exit codes; distinct so SSM's per-host status says what happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ExitCode {
@@ -382,6 +445,74 @@ impl HostResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded, "{plain:?}");
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(base64_encode(&all).len(), 344);
+    }
+
+    /// Runs `command` with bash as the agent would (a file), `path` as PATH; (status, stdout).
+    fn run_command(command: &str, path: &str) -> (i32, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("_script.sh");
+        std::fs::write(&file, command).unwrap();
+        let out = std::process::Command::new("/bin/bash")
+            .arg(&file)
+            .env_clear()
+            .env("PATH", path)
+            .env("TMPDIR", dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    #[test]
+    fn the_packed_script_unpacks_into_a_private_file_and_runs_it_with_bash() {
+        // What the host script does first: remove the directory it was unpacked into.
+        let script = "# comment lines are not sent\n\
+                      if [[ $0 == */dropship-host.*/deploy-on-host.sh ]]; then rm -rf -- \"${0%/*}\"; fi\n\
+                      printf 'ran from %s; dir gone: %s; stdin: %s\\n' \"$0\" \"$([[ -e ${0%/*} ]] && echo no || echo yes)\" \"$(cat)\"\n";
+        let packed = packed_script(script);
+        assert!(!packed.contains("comment lines"), "compacted before packing");
+        assert_eq!(packed, packed_script(script), "deterministic");
+        let (code, out) = run_command(&packed, "/usr/bin:/bin");
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("/dropship-host."), "{out}");
+        assert!(out.contains("dir gone: yes"), "{out}");
+        // Not run from a pipe: its standard input is the command's, not the script.
+        assert!(out.ends_with("stdin: \n"), "{out:?}");
+    }
+
+    #[test]
+    fn a_host_that_cannot_unpack_the_script_says_so_in_a_result_line() {
+        let packed = packed_script("echo never\n");
+        let empty = tempfile::tempdir().unwrap();
+        // bash itself is called by its path; base64, gzip and mktemp are not found.
+        let (code, out) = run_command(&packed, &empty.path().display().to_string());
+        assert_eq!(code, 4, "{out}");
+        let result = HostResult::from_output(&out).expect("a result line");
+        assert_eq!(
+            (result.outcome, result.exit_code),
+            (HostOutcome::Failed, 4)
+        );
+        assert!(result.message.contains("could not unpack"), "{}", result.message);
+        assert!(!out.contains("never"));
+    }
 
     #[test]
     fn exit_codes_are_distinct_and_round_trip() {

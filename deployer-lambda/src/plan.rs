@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use dropship_contract::fleet::Purpose;
-use dropship_contract::host::{compact_script, required_env_value, HostVar, LIST_SEPARATOR};
+use dropship_contract::host::{packed_script, required_env_value, HostVar, LIST_SEPARATOR};
 #[cfg(test)]
 use dropship_contract::host::{MAX_REGION_LEN, MAX_S3_ENDPOINT_LEN};
 use dropship_contract::key::ReleaseKey;
@@ -462,7 +462,7 @@ pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Reje
 /// First lines of every command: run under bash whatever shell SSM starts (the agent may
 /// use `sh`, which is dash on Ubuntu; the guard is POSIX and re-executes the file in bash).
 pub const COMMAND_PREAMBLE: &str = "#!/bin/bash\n\
-# dropship deploy command: exported inputs, then scripts/deploy-on-host.sh\n\
+# dropship deploy command: exported inputs, then scripts/deploy-on-host.sh (packed)\n\
 if [ -z \"${BASH_VERSION:-}\" ]; then exec /bin/bash \"$0\" \"$@\"; fi\n";
 
 /// The export header: every input through the contract's one encoder, nothing else.
@@ -472,10 +472,17 @@ pub fn render_header(vars: &[(HostVar, String)]) -> Result<String, Rejection> {
     Ok(format!("{COMMAND_PREAMBLE}{exports}"))
 }
 
+/// The embedded host script as commands carry it (compacted, compressed, and the lines that
+/// unpack and run it: `dropship_contract::host::packed_script`), made once.
+pub fn packed_host_script() -> &'static str {
+    static PACKED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PACKED.get_or_init(|| packed_script(HOST_SCRIPT))
+}
+
 /// Header followed by the embedded script, refused when SSM would not accept its size.
 pub fn render_command(vars: &[(HostVar, String)]) -> Result<String, Rejection> {
     let mut script = render_header(vars)?;
-    script.push_str(&compact_script(HOST_SCRIPT));
+    script.push_str(packed_host_script());
     if script.len() > MAX_COMMAND_BYTES {
         return Err(Rejection::CommandTooLarge {
             bytes: script.len(),
@@ -1141,7 +1148,7 @@ mod tests {
             vec![50, 50, 20]
         );
         assert!(plan.script.starts_with(COMMAND_PREAMBLE));
-        assert!(plan.script.ends_with(&compact_script(HOST_SCRIPT)));
+        assert!(plan.script.ends_with(packed_host_script()));
         assert!(plan
             .script
             .contains("export DROPSHIP_S3_ENDPOINT='https://s3.eu-west-1.amazonaws.com'\n"));
@@ -1217,11 +1224,12 @@ mod tests {
             "{} bytes",
             plan.script.len()
         );
-        let sent_script = compact_script(HOST_SCRIPT).len();
+        let sent_script = packed_host_script().len();
         let header = plan.script.len() - sent_script;
         eprintln!(
-            "largest command: {} bytes (header {header}, host script {sent_script} as sent), limit {MAX_COMMAND_BYTES}",
+            "largest command: {} bytes (header {header}, host script {sent_script} as sent, {} compacted), limit {MAX_COMMAND_BYTES}",
             plan.script.len(),
+            dropship_contract::host::compact_script(HOST_SCRIPT).len(),
         );
     }
 

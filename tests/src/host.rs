@@ -743,10 +743,17 @@ pub fn group_members(pgid: u32, comm: Option<&str>) -> Vec<u32> {
     v
 }
 
-/// The script's own process in the group `pgid`: the `_script.sh` process whose parent is not
-/// one (its subshells, forked for background jobs, have the same name until they exec).
+/// The script's own process in the group `pgid`: the bash running the unpacked
+/// `deploy-on-host.sh` whose parent is not one (its subshells, forked for background jobs,
+/// have the same command line until they exec).
 pub fn script_pid(pgid: u32) -> Option<u32> {
-    let named = group_members(pgid, Some("_script.sh"));
+    let named: Vec<u32> = group_members(pgid, None)
+        .into_iter()
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("/deploy-on-host.sh\0"))
+        })
+        .collect();
     let parent = |pid: u32| -> Option<u32> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         stat.rsplit_once(") ")?

@@ -32,6 +32,8 @@ pub enum Reply {
     /// 200 announcing the full length, then half of the body (at most 1 KiB), then nothing
     /// more while the client stays connected (at most two minutes): a stalled transfer.
     Stall(Vec<u8>),
+    /// 301 with this `Location` (S3 redirects a request sent to another region's endpoint).
+    Redirect(String),
 }
 
 /// Who must have signed a request, as S3 requires it of a role session.
@@ -230,6 +232,14 @@ fn serve(mut conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
                 }
             }
             return Ok(());
+        }
+        Some(Reply::Redirect(location)) => {
+            conn.write_all(
+                format!(
+                    "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )?;
         }
         Some(Reply::Status(code)) => {
             let body = format!("status {code}\n");

@@ -1837,14 +1837,14 @@ fn ssm_timeout_sigkill_to_the_group_after_the_switch_is_recorded_said_and_recove
 /// the live release; compose up; the health check; the commit; the prune.
 const DEPLOY_STEPS: [&str; 11] = [
     "/^[0-9]+ docker ps /",
-    "/^[0-9]+ curl --config /",
+    "/^[0-9]+ curl -q --config /",
     "/^[0-9]+ mv -T -- .*[.]partial /",
     "/^[0-9]+ ln -s -- ([.][.]/)+shared//",
     "/^[0-9]+ mv -f -- .*state[.]json[.]tmp/1",
     "/^[0-9]+ mv -T -f -- /",
     "/^[0-9]+ rm -f -- .*unswitched/",
     "/^[0-9]+ docker compose .* up /",
-    "/^[0-9]+ curl --globoff --fail/",
+    "/^[0-9]+ curl -q --globoff --fail/",
     "/^[0-9]+ mv -f -- .*state[.]json[.]tmp/2",
     "/^[0-9]+ mv -T -- .*[.]trash/",
 ];
@@ -1854,13 +1854,13 @@ const DEPLOY_STEPS: [&str; 11] = [
 /// (after its `rm`), the shared links, the `pending` write (after the image check), the
 /// switch's temporary link, the commit (after the health check) and the prune.
 const DISK_STEPS: [&str; 8] = [
-    "/^[0-9]+ curl --config /",
+    "/^[0-9]+ curl -q --config /",
     "/^[0-9]+ tar .* -x /",
     "/^[0-9]+ rm -f -- .*release[.]json/",
     "/^[0-9]+ ln -s -- ([.][.]/)+shared//",
     "/^[0-9]+ docker image inspect /",
     "/^[0-9]+ ln -s -- releases//",
-    "/^[0-9]+ curl --globoff --fail/",
+    "/^[0-9]+ curl -q --globoff --fail/",
     "/^[0-9]+ mv -T -- .*[.]trash/",
 ];
 
@@ -1870,7 +1870,7 @@ const ROLLBACK_STEPS: [&str; 6] = [
     "/^[0-9]+ mv -f -- .*state[.]json[.]tmp/1",
     "/^[0-9]+ mv -T -f -- /",
     "/^[0-9]+ docker compose .* up /",
-    "/^[0-9]+ curl --globoff --fail/",
+    "/^[0-9]+ curl -q --globoff --fail/",
     "/^[0-9]+ mv -f -- .*state[.]json[.]tmp/2",
 ];
 
@@ -2351,4 +2351,433 @@ fn script_header_matches_the_contract() {
     let mut want = contract.clone();
     want.sort();
     assert_eq!(read, want, "inputs the script reads vs the contract");
+}
+
+// -----------------------------------------------------------------------------------------
+// third pass (issue 20): each test is named after a defect found by an adversarial run and
+// failed on the script before its fix
+
+/// Inside the host, `cat <path>` as an unprivileged user (uid 65534): whether it could read.
+fn readable_by_nobody(w: &World, host_path: &str) -> bool {
+    let out = w
+        .host
+        .sim
+        .command("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "cat",
+            "--",
+            host_path,
+        ])
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+#[test]
+fn a_failed_deploy_never_stops_the_running_app_whatever_form_current_has() {
+    let w = World::new("curform");
+    let good = w.deployed("v1", "01");
+    let ids = w.container_ids();
+    let broken = w.bundle(
+        AppFiles::healthy(8080, "v2").with("compose.yaml", "services:\n  web: [unclosed\n"),
+    );
+    let link = w.root().join("current");
+    let absolute = format!("{}/releases/{good}", w.host.root);
+    for form in [
+        format!("releases/{good}/"),
+        format!("./releases/{good}"),
+        absolute.clone(),
+        format!("{absolute}/"),
+        String::new(),
+    ] {
+        fs::remove_file(w.root().join("state.json")).unwrap();
+        fs::remove_file(&link).unwrap();
+        if !form.is_empty() {
+            std::os::unix::fs::symlink(&form, &link).unwrap();
+        }
+        let run = w.deploy(&broken, "ver-2", "02");
+        // Before the fix: "a container … runs from …, not the committed release", compose
+        // down, `current` removed, exit 7 with nothing running.
+        assert_code(&run, 7, "failed");
+        assert_eq!(w.container_ids(), ids, "form {form:?}: the app was restarted");
+        assert_eq!(w.host.serving().as_deref(), Some("v1"), "form {form:?}");
+        assert_eq!(w.host.current().as_deref(), Some(good.as_str()));
+        assert_eq!(w.host.state()["current"], good.as_str(), "form {form:?}");
+        assert_eq!(w.host.state()["version_id"], "ver-v1");
+        assert_settled(&w, "v1");
+    }
+}
+
+#[test]
+fn bundle_content_is_unreadable_to_other_users_during_download_and_unpack() {
+    let w = World::new("modes");
+    w.deployed("v1", "01");
+    let b = hand_made_bundle("printf 'IN_BUNDLE=bundle-secret-value\\n' > .env");
+    let vars = w.vars(&b, "ver-2", "02");
+    w.host.server.set(
+        &w.host.object_target("ver-2"),
+        Reply::Slow(b.bytes.clone(), Duration::from_secs(4)),
+    );
+    let probe = Probe::install(&w.host);
+    probe.pause_at("/mkdir -p -- .*\\.partial/\\.dropship$/");
+    let (mut child, dir) = w.spawn(&vars, Some(&probe));
+    // During the download: the partial file is the owner's alone from its first byte.
+    let mut download = None;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            download = fs::read_dir(w.root()).ok().and_then(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .find(|n| n.starts_with(".download."))
+            });
+            download
+                .as_ref()
+                .is_some_and(|d| fs::metadata(w.root().join(d).join("bundle")).is_ok_and(|m| m.len() > 0))
+        }),
+        "no download in progress seen"
+    );
+    let download = download.unwrap();
+    let file = format!("{}/{download}/bundle", w.host.root);
+    // Before the fix: 0644 for the whole transfer, and uid 65534 read it.
+    assert!(!readable_by_nobody(&w, &file), "{file} readable during the download");
+    assert!(
+        fs::metadata(w.root().join(&download).join("bundle")).is_ok(),
+        "the download ended before it was checked"
+    );
+    // During the unpack: the bundle's .env sits in a release only its owner can enter.
+    let paused = probe.wait_paused(&mut child).expect("the run reached the unpack");
+    let partial = paused.rsplit(' ').next().unwrap().trim_end_matches("/.dropship");
+    assert!(fs::symlink_metadata(w.host.sim.path(&format!("{partial}/.env"))).is_ok());
+    assert!(
+        !readable_by_nobody(&w, &format!("{partial}/.env")),
+        "the bundle's .env was readable while unpacked"
+    );
+    // Once the shared paths are linked, the release opens to the app's users.
+    probe.pause_next("/ config -q$/");
+    probe.wait_paused(&mut child).expect("the run reached compose config");
+    let release = partial.trim_end_matches(".partial");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(w.host.sim.path(release)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755, "{mode:o}");
+    assert!(fs::symlink_metadata(w.host.sim.path(&format!("{release}/.env")))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(readable_by_nobody(&w, &format!("{release}/version.txt")));
+    probe.release();
+    let run = w.finish(child, &dir);
+    assert_code(&run, 0, "deployed");
+    assert!(!run.output.contains("bundle-secret-value"));
+    assert_settled(&w, "hand");
+}
+
+#[test]
+fn seeded_secret_looking_files_stay_unreadable_to_other_users() {
+    let w = World::new("seedmode");
+    let b = hand_made_bundle(
+        "mkdir -p certs/tls && printf k > certs/tls/server.key && printf p > certs/public.txt && printf c > certs/tls/ca.pub",
+    );
+    let mut vars = w.vars(&b, "ver-1", "01");
+    vars.insert("DROPSHIP_SHARED_PATHS".into(), ".env,certs".into());
+    let run = w.run(&vars);
+    assert_code(&run, 0, "deployed");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |rel: &str| {
+        fs::metadata(w.root().join("shared").join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    // Before the fix: the key kept the bundle's 0644.
+    assert_eq!(mode("certs/tls/server.key"), 0o600);
+    assert_eq!(mode("certs/public.txt"), 0o644, "other files keep their mode");
+    assert_eq!(mode("certs/tls/ca.pub"), 0o644, "public keys are no secret");
+}
+
+#[test]
+fn seeded_secret_names_are_the_bundlers() {
+    // The host script's list of secret-looking names is the bundler's, both ways.
+    let text = fs::read_to_string(dropship_tests::bins::script("deploy-on-host.sh")).unwrap();
+    let list = |name: &str| -> Vec<String> {
+        let head = format!("readonly {name}=(");
+        let start = text
+            .find(&head)
+            .unwrap_or_else(|| panic!("{name} in the script"));
+        let body = &text[start + head.len()..];
+        let body = &body[..body.find(')').unwrap()];
+        body.split_whitespace()
+            .map(|g| g.trim_matches('\'').to_owned())
+            .collect()
+    };
+    let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        list("SECRET_GLOBS"),
+        want(dropship_bundler::select::SECRET_PATTERNS)
+    );
+    assert_eq!(
+        list("SECRET_EXCEPTION_GLOBS"),
+        want(dropship_bundler::select::SECRET_EXCEPTIONS)
+    );
+}
+
+#[test]
+fn after_state_json_is_lost_an_older_event_is_still_stale() {
+    let w = World::new("lostseq");
+    w.deployed("v1", "0010");
+    let good = w.deployed("v2", "0030");
+    for lost in ["state.json", "state.json and deploy.log"] {
+        fs::remove_file(w.root().join("state.json")).unwrap();
+        if lost.contains("deploy.log") {
+            fs::remove_file(w.root().join("deploy.log")).unwrap();
+        }
+        let run = w.deploy(&w.healthy("v-old"), "ver-old", "0020");
+        // Before the fix: deployed, exit 0, the older version running.
+        assert_code(&run, 0, "stale");
+        assert_eq!(w.host.current().as_deref(), Some(good.as_str()), "{lost}");
+        assert_eq!(w.host.state()["sequencer"], "0030", "{lost}");
+        assert_settled(&w, "v2");
+    }
+}
+
+#[test]
+fn after_state_json_is_lost_rollback_goes_to_the_release_before() {
+    let w = World::new("lostprev");
+    let first = w.deployed("v1", "01");
+    w.deployed("v2", "02");
+    let third = w.deployed("v3", "03");
+    // Rolled back once by request: v1 is current, v3 is what came before it.
+    let run = w.run(&w.host.rollback_vars(&first));
+    assert_code(&run, 0, "rolled_back");
+    fs::remove_file(w.root().join("state.json")).unwrap();
+    let run = w.run(&w.host.rollback_vars(""));
+    // Before the fix: exit 2 "no previous release … the first deploy on this host".
+    assert_code(&run, 0, "rolled_back");
+    assert_eq!(w.host.current().as_deref(), Some(third.as_str()));
+    assert_settled(&w, "v3");
+    // Without deploy.log: the newest release older than the current one.
+    fs::remove_file(w.root().join("state.json")).unwrap();
+    fs::remove_file(w.root().join("deploy.log")).unwrap();
+    let run = w.run(&w.host.rollback_vars(""));
+    assert_code(&run, 0, "rolled_back");
+    assert_ne!(w.host.current().as_deref(), Some(third.as_str()));
+    assert_eq!(w.host.state()["previous"], third.as_str());
+}
+
+#[test]
+fn a_curlrc_never_changes_the_signed_download_or_prints_a_token() {
+    let w = World::new("curlrc");
+    w.deployed("v1", "01");
+    // A root's .curlrc that a hand run or a wrapper (HOME set) would read.
+    fs::write(
+        w.host.sim.path("/root/.curlrc"),
+        "verbose\nlocation\ntrace-ascii = /tmp/curl-trace\n",
+    )
+    .unwrap();
+    let with_home = |vars: &Vars| format!("export HOME=/root\n{}", render(vars));
+    let secrets = [
+        FAKE_ROLE.secret_access_key,
+        FAKE_ROLE.session_token,
+        IMDS_SESSION_TOKEN,
+    ];
+    let run = checked(w.host.run(&with_home(&w.vars(&w.healthy("v2"), "ver-2", "02"))));
+    assert_code(&run, 0, "deployed");
+    for s in secrets {
+        // Before the fix: `verbose` printed the IMDS and session tokens.
+        assert!(!run.output.contains(s), "{s} in the output:\n{}", run.output);
+    }
+    assert!(!w.host.sim.path("/tmp/curl-trace").exists(), "the .curlrc was read");
+    // A redirect is never followed, so the signed request and token go nowhere else.
+    let elsewhere = dropship_tests::http::FileServer::start();
+    w.host.sim.forward_port(elsewhere.port());
+    let b = w.healthy("v3");
+    let vars = w.vars(&b, "ver-3", "03");
+    w.host.server.set(
+        &w.host.object_target("ver-3"),
+        Reply::Redirect(elsewhere.url("/stolen")),
+    );
+    let run = checked(w.host.run(&with_home(&vars)));
+    assert_code(&run, 5, "failed");
+    assert_eq!(elsewhere.hits("/stolen"), 0, "the redirect was followed");
+    for s in secrets {
+        assert!(!run.output.contains(s), "{s} in the output");
+    }
+    assert_settled(&w, "v2");
+}
+
+#[test]
+fn a_redeploy_of_a_stopped_or_unhealthy_app_never_reports_it_running() {
+    let w = World::new("stopped");
+    let good = w.deployed("v1", "01");
+    let vars = w.vars(&w.healthy("v1"), "ver-v1", "01");
+    // Stopped (compose stop, a crash, a reboot without a restart policy).
+    w.host.sh(&format!("docker compose -p {} stop", w.host.project()));
+    let run = w.run(&vars);
+    // Before the fix: "noop … already current and runs" with the container exited.
+    assert_code(&run, 0, "noop");
+    assert!(run.output.contains("is not running"), "{}", run.output);
+    assert_settled(&w, "v1");
+    // Unhealthy: its health file gone, the compose healthcheck fails.
+    let health = w.root().join(format!("releases/{good}/health"));
+    fs::remove_file(&health).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || w
+            .host
+            .sim
+            .docker(&["ps", "--filter", "health=unhealthy", "-q"])
+            .trim()
+            .len()
+            > 0),
+        "the container never turned unhealthy"
+    );
+    let run = w.run(&vars);
+    assert_code(&run, 10, "rollback_failed");
+    assert!(run.message_contains("not healthy"), "{}", run.output);
+    // Repaired: the next run brings it back and says so.
+    fs::write(&health, "ok\n").unwrap();
+    let run = w.run(&vars);
+    assert_code(&run, 0, "noop");
+    assert_settled(&w, "v1");
+}
+
+#[test]
+fn the_verdict_survives_ssm_keeping_only_24000_characters_of_output() {
+    let w = World::new("bigout");
+    w.deployed("v1", "01");
+    // A hook (a migration, a build) that prints far more than SSM keeps.
+    let hook = "#!/bin/sh\ni=0\nwhile [ $i -lt 8000 ]; do echo \"migration step $i of a long and chatty hook\"; i=$((i+1)); done\n";
+    for (version, code, outcome, tail) in [
+        ("v2", 0, "deployed", ""),
+        ("v3", 8, "failed", "exit 3\n"),
+    ] {
+        let hook = if tail.is_empty() {
+            hook.to_owned()
+        } else {
+            format!("{hook}{tail}")
+        };
+        let b = w.bundle(AppFiles::healthy(8080, version).with("deploy/hook.sh", hook));
+        let mut vars = w.vars(&b, &format!("ver-{version}"), &format!("0{}", &version[1..]));
+        vars.insert("DROPSHIP_PRE_SWITCH_HOOK".into(), "deploy/hook.sh".into());
+        let run = w.run(&vars);
+        assert_code(&run, code, outcome);
+        assert!(run.output.contains("migration step 0 "), "the hook's output is shown");
+        assert!(run.output.contains("output cut here"), "{}", run.output.len());
+        // What SSM keeps (the first 24,000 characters) holds the final verdict: before the
+        // fix the provisional `interrupted` line or nothing at all.
+        assert!(run.output.chars().count() <= 24_000, "{}", run.output.len());
+        let kept: String = run.output.chars().take(24_000).collect();
+        let verdict = HostResult::from_output(&kept).expect("a result line in what SSM keeps");
+        assert_eq!((verdict.exit_code, run.outcome()), (code, outcome));
+    }
+    assert_settled(&w, "v2");
+}
+
+#[test]
+fn the_hooks_output_is_redacted() {
+    let w = World::new("hookleak");
+    w.deployed("v1", "01");
+    // A failing migration that prints its DSN, built from the .env's secret.
+    let hook = "#!/bin/sh\necho \"connecting to postgres://app:$(sed -n 's/^SECRET_KEY=//p' .env)@db/app\"\necho 'migration failed' >&2\nexit 1\n";
+    let b = w.bundle(AppFiles::healthy(8080, "v2").with("deploy/hook.sh", hook));
+    let mut vars = w.vars(&b, "ver-2", "02");
+    vars.insert("DROPSHIP_PRE_SWITCH_HOOK".into(), "deploy/hook.sh".into());
+    // `checked` (in `run`) fails when the canary secret reaches the output: before the fix it did.
+    let run = w.run(&vars);
+    assert_code(&run, 8, "failed");
+    assert!(
+        run.output
+            .contains("connecting to postgres://app:<redacted .env value>@db/app"),
+        "{}",
+        run.output
+    );
+    assert!(run.output.contains("migration failed"));
+    assert_settled(&w, "v1");
+}
+
+#[test]
+fn the_documented_app_root_rotation_moves_the_app_and_keeps_its_data() {
+    let w = World::new("rotate");
+    w.deployed("v1", "01");
+    let v2 = w.deployed("v2", "02");
+    let starts = |w: &World| {
+        w.host
+            .sh("docker run --rm -v rotate-staging_store:/store busybox:1.35 cat /store/starts")
+            .lines()
+            .count()
+    };
+    let before = starts(&w);
+    // docs/operations.md, "Rotating to a new app root": freeze (the lock is free), copy the
+    // root without its lock, point the deployer at the new root, deploy once.
+    let old = w.host.root.clone();
+    let new = "/opt/apps/rotate/staging";
+    w.host.sh(&format!("flock -n {old}/.lock true"));
+    w.host.sh(&format!(
+        "mkdir -p /opt/apps/rotate && cp -a {old} {new} && rm -f {new}/.lock"
+    ));
+    let mut vars = w.vars(&w.healthy("v3"), "ver-3", "03");
+    vars.insert("DROPSHIP_APP_ROOT".into(), new.into());
+    let run = w.run(&vars);
+    // Before the fix: exit 2, "another app root runs it".
+    assert_code(&run, 0, "deployed");
+    assert!(run.output.contains("takes it over"), "{}", run.output);
+    let running = w.host.running();
+    assert!(!running.is_empty());
+    for c in &running {
+        assert!(c.dir.starts_with(&format!("{new}/releases/")), "{c:?}");
+        assert_eq!(c.state, "running");
+    }
+    assert_eq!(w.host.serving().as_deref(), Some("v3"));
+    // The named volume carried over (its start counter went on, not from zero).
+    assert!(starts(&w) > before, "the store volume was replaced");
+    // The copied releases are the new root's rollback targets.
+    let mut back = w.host.rollback_vars("");
+    back.insert("DROPSHIP_APP_ROOT".into(), new.into());
+    let run = w.run(&back);
+    assert_code(&run, 0, "rolled_back");
+    assert_eq!(run.field("release"), v2);
+    assert_eq!(w.host.serving().as_deref(), Some("v2"));
+    // A root that is not a copy (nothing committed there) still may not take the project.
+    let mut stranger = w.vars(&w.healthy("v4"), "ver-4", "04");
+    stranger.insert("DROPSHIP_APP_ROOT".into(), "/opt/apps/other".into());
+    let run = w.run(&stranger);
+    assert_code(&run, 2, "failed");
+    assert_eq!(w.host.serving().as_deref(), Some("v2"));
+}
+
+#[test]
+fn app_root_slashes_and_unset_shared_paths_follow_the_documented_rules() {
+    let w = World::new("lowrules");
+    for root in ["//", "/opt//x", "///"] {
+        let mut vars = w.vars(&w.healthy("v1"), "ver-1", "01");
+        vars.insert("DROPSHIP_APP_ROOT".into(), root.into());
+        let run = w.run(&vars);
+        // Before the fix: `//` passed as `/`.
+        assert_code(&run, 2, "failed");
+        assert!(run.message_contains("DROPSHIP_APP_ROOT"), "{}", run.output);
+    }
+    assert!(!w.root().join("state.json").exists(), "nothing was touched");
+    // Empty and unset DROPSHIP_SHARED_PATHS are the same: nothing linked.
+    for unset in [true, false] {
+        w.host.reset();
+        let mut vars = w.vars(&w.healthy("v1"), "ver-1", "01");
+        if unset {
+            vars.remove("DROPSHIP_SHARED_PATHS");
+        } else {
+            vars.insert("DROPSHIP_SHARED_PATHS".into(), String::new());
+        }
+        let run = w.run(&vars);
+        assert_code(&run, 0, "deployed");
+        let release = w.root().join("releases").join(w.host.current().unwrap());
+        for p in [".env", "data"] {
+            let linked = fs::symlink_metadata(release.join(p))
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false);
+            assert!(!linked, "unset={unset}: {p} was linked");
+        }
+    }
 }

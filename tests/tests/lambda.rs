@@ -364,9 +364,7 @@ async fn verifies_a_real_bundle_and_dispatches_to_only_the_tagged_running_instan
     let (id, script) = &commands[0];
     assert_eq!(id, &res.command_ids[0]);
     assert!(script.starts_with(deployer_lambda::plan::COMMAND_PREAMBLE));
-    assert!(script.ends_with(&dropship_contract::host::compact_script(
-        deployer_lambda::plan::HOST_SCRIPT
-    )));
+    assert!(script.ends_with(deployer_lambda::plan::packed_host_script()));
     for var in HostVar::ALL {
         assert!(
             script.contains(&format!("\nexport {}=", var.name())),
