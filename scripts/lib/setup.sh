@@ -78,6 +78,8 @@ dropship_start_moto() {
   local port log
   port="$("$DROPSHIP_VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   log="${DROPSHIP_MOTO_LOG:-$(mktemp -t dropship-moto.XXXXXX.log)}"
+  # Kept for dropship_stop_moto, which removes it after a run that passed.
+  DROPSHIP_MOTO_LOG_FILE=$log
   "$DROPSHIP_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
   DROPSHIP_MOTO_PID=$!
   export DROPSHIP_MOTO_PID
@@ -101,12 +103,20 @@ dropship_start_moto() {
   export DROPSHIP_COMPOSE_BIN
 }
 
-# Stops the moto server started by dropship_start_moto.
+# Stops the moto server started by dropship_start_moto. $1 "passed": its log is removed too;
+# "failed": the log is kept and its path printed; nothing: the log is kept.
 dropship_stop_moto() {
   if [[ -n "${DROPSHIP_MOTO_PID:-}" ]]; then
     kill "$DROPSHIP_MOTO_PID" 2>/dev/null || true
     wait "$DROPSHIP_MOTO_PID" 2>/dev/null || true
     DROPSHIP_MOTO_PID=
+  fi
+  if [[ -n "${DROPSHIP_MOTO_LOG_FILE:-}" ]]; then
+    case "${1:-}" in
+      passed) rm -f -- "$DROPSHIP_MOTO_LOG_FILE" ;;
+      failed) echo "moto server log: $DROPSHIP_MOTO_LOG_FILE" >&2 ;;
+    esac
+    DROPSHIP_MOTO_LOG_FILE=
   fi
 }
 
