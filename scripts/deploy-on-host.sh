@@ -638,7 +638,7 @@ load_state() {
 # The one release of this app root that every container of the project runs from, in REPLY;
 # returns 1 when there is none (no container, or containers of several releases).
 running_release() {
-    local line d name="" n
+    local d name="" n
     project_containers "$PROJECT" || return 1
     while IFS='|' read -r _ d _; do
         [[ -n $d ]] || continue
@@ -769,12 +769,12 @@ seq_older() {
 # docker
 
 # The project's containers, running or not, one per line in REPLY: "<condition>|<working
-# directory (compose's label)>|<name>" ('|' is in no app root, label or name; a tab would be
-# IFS white space, where two in a row count as one). The condition is `up` (running and not unhealthy, or
-# a one-off that exited 0 and is not restarted), `failing` (unhealthy, restarting) or `stopped`
+# directory (compose's label)>|<name>" ('|' is in no app root, label or name; with tabs, IFS
+# would take two in a row for one). The condition is `up` (running and not unhealthy, or a
+# one-off that exited 0 and is not restarted), `failing` (unhealthy, restarting) or `stopped`
 # (any other state: exited, created, paused, dead). Returns 1 when docker cannot be asked.
 project_containers() { # project
-    local ids out line status code policy health dir name cond
+    local ids out status code policy health dir name cond
     ids=$(dk ps -aq --filter "label=com.docker.compose.project=$1") || return 1
     REPLY=""
     [[ -n $ids ]] || return 0
