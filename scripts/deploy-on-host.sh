@@ -638,18 +638,38 @@ load_state() {
 # The one release of this app root that every container of the project runs from, in REPLY;
 # returns 1 when there is none (no container, or containers of several releases).
 running_release() {
-    local d name="" n
+    local lines line d svc def n cands=() cand
     project_containers "$PROJECT" || return 1
-    while IFS='|' read -r _ d _; do
-        [[ -n $d ]] || continue
-        [[ $d == "$APP_ROOT/releases/"* ]] || return 1
+    mapfile -t lines <<<"$REPLY"
+    for line in "${lines[@]}"; do
+        IFS='|' read -r _ d _ _ _ <<<"$line"
+        [[ $d == "$APP_ROOT/releases/"* ]] || continue
         n=${d#"$APP_ROOT/releases/"}
         n=${n%%/*}
-        [[ $n =~ $RELEASE_RE && (-z $name || $n == "$name") ]] || return 1
-        name=$n
-    done <<<"$REPLY"
-    [[ -n $name && -d $APP_ROOT/releases/$name ]] || return 1
-    REPLY=$name
+        [[ $n =~ $RELEASE_RE && -d $APP_ROOT/releases/$n && " ${cands[*]} " != *" $n "* ]] && cands+=("$n")
+    done
+    # Newest first: a long-lived service may run from an older release with the same
+    # definition (its .dropship/services says so).
+    mapfile -t cands < <(printf '%s\n' "${cands[@]}" | sort -r)
+    for cand in "${cands[@]}"; do
+        [[ -n $cand ]] || continue
+        for line in "${lines[@]}"; do
+            IFS='|' read -r _ d _ svc def <<<"$line"
+            [[ -z $d ]] || container_of "$cand" "$d" "$svc" "$def" || continue 2
+        done
+        REPLY=$cand
+        return 0
+    done
+    return 1
+}
+
+# Whether a container (working directory, service, dropship.def label) belongs to release
+# NAME: created from it, or with the very definition NAME has for that service (a
+# long-lived service left running since an earlier release; `.dropship/services`).
+container_of() { # name dir service def
+    [[ $2 == "$APP_ROOT/releases/$1" || $2 == "$APP_ROOT/releases/$1/"* ]] && return 0
+    [[ -n $4 && -f $APP_ROOT/releases/$1/.dropship/services ]] &&
+        grep -qxF -- "$3 $4" "$APP_ROOT/releases/$1/.dropship/services"
 }
 
 # State rebuilt from disk after state.json was lost, for release NAME (the one that runs):
@@ -699,7 +719,7 @@ save_state() {
 
 # Loads a release's recorded settings into R_* (from its .dropship/release.json).
 R_COMPOSE_FILE="" R_PROFILES="" R_HEALTH_URL="" R_HEALTH_TIMEOUT="" R_VERSION_ID="" R_COMMIT=""
-R_SHA256="" R_SEQUENCER=""
+R_SHA256="" R_SEQUENCER="" R_SHARED_PATHS=""
 load_release() { # name
     local f="$APP_ROOT/releases/$1/.dropship/release.json"
     [[ -f $f ]] || return 1
@@ -711,6 +731,7 @@ load_release() { # name
     json_get "$f" commit && R_COMMIT=$REPLY || R_COMMIT=""
     json_get "$f" sha256 && R_SHA256=$REPLY || R_SHA256=""
     json_get "$f" sequencer && R_SEQUENCER=$REPLY || R_SEQUENCER=""
+    json_get "$f" shared_paths && R_SHARED_PATHS=$REPLY || R_SHARED_PATHS=""
     [[ $R_COMPOSE_FILE =~ ^[A-Za-z0-9._/-]+$ && "/$R_COMPOSE_FILE/" != */../* ]] || return 1
     [[ $R_HEALTH_TIMEOUT =~ ^[0-9]{1,4}$ ]] || R_HEALTH_TIMEOUT=60
     return 0
@@ -769,19 +790,20 @@ seq_older() {
 # docker
 
 # The project's containers, running or not, one per line in REPLY: "<condition>|<working
-# directory (compose's label)>|<name>" ('|' is in no app root, label or name; with tabs, IFS
-# would take two in a row for one). The condition is `up` (running and not unhealthy, or a
+# directory (compose's label)>|<name>|<service>|<definition hash (dropship.def label)>" ('|'
+# is in no app root, name or label value here; with tabs, IFS would take two in a row for
+# one). The condition is `up` (running and not unhealthy, or a
 # one-off that exited 0 and is not restarted), `failing` (unhealthy, restarting) or `stopped`
 # (any other state: exited, created, paused, dead). Returns 1 when docker cannot be asked.
 project_containers() { # project
-    local ids out status code policy health dir name cond
+    local ids out status code policy health dir name svc def cond
     ids=$(dk ps -aq --filter "label=com.docker.compose.project=$1") || return 1
     REPLY=""
     [[ -n $ids ]] || return 0
     mapfile -t ids <<<"$ids"
-    out=$(dk inspect --format '{{.State.Status}}|{{.State.ExitCode}}|{{.HostConfig.RestartPolicy.Name}}|{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{index .Config.Labels "com.docker.compose.project.working_dir"}}|{{.Name}}' "${ids[@]}") ||
+    out=$(dk inspect --format '{{.State.Status}}|{{.State.ExitCode}}|{{.HostConfig.RestartPolicy.Name}}|{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{index .Config.Labels "com.docker.compose.project.working_dir"}}|{{.Name}}|{{index .Config.Labels "com.docker.compose.service"}}|{{index .Config.Labels "dropship.def"}}' "${ids[@]}") ||
         return 1
-    while IFS='|' read -r status code policy health dir name; do
+    while IFS='|' read -r status code policy health dir name svc def; do
         [[ -n $status ]] || continue
         case $status in
         running) cond=up && [[ $health == unhealthy ]] && cond=failing ;;
@@ -789,7 +811,7 @@ project_containers() { # project
         exited) cond=stopped && [[ $code == 0 && $policy =~ ^(|no|on-failure)$ ]] && cond=up ;;
         *) cond=stopped ;;
         esac
-        REPLY+="$cond|$dir|${name#/}"$'\n'
+        REPLY+="$cond|$dir|${name#/}|$svc|$def"$'\n'
     done <<<"$out"
     REPLY=${REPLY%$'\n'}
 }
@@ -808,23 +830,158 @@ compose_args() { # release-dir compose-file profiles
 # Seconds one release's gate may take: compose up (create, start, --wait) then the health URL.
 gate_secs() { REPLY=$((2 * $1 + 30)); }
 
-RECREATE=1
+# Each service's definition as `docker compose config --format json` renders it, one line at a
+# time: "<service>\t<line>". A path inside the release that lies in a shared path is written
+# `@shared/<path>` (the same data in every release); any other path inside the release keeps
+# the release's name, so a service that mounts release files changes with every release.
+# shellcheck disable=SC2016 # an awk program: its $ are awk's
+readonly SERVICES_AWK='
+BEGIN { n = split(shared, sp, ",") }
+/^  "services": \{$/ { on = 1; next }
+on && /^  \}/ { on = 0; next }
+on && /^    "[^"]+": \{$/ { svc = substr($0, 6); sub(/": \{$/, "", svc); next }
+on && svc != "" {
+    line = $0
+    for (i = 1; i <= n; i++) {
+        p = "\"" dir "/" sp[i]
+        while ((k = index(line, p)) > 0) {
+            c = substr(line, k + length(p), 1)
+            if (c != "\"" && c != "/") break
+            line = substr(line, 1, k - 1) "\"@shared/" sp[i] substr(line, k + length(p))
+        }
+    }
+    print svc "\t" line
+}'
+
+# SVC_HASH[service]: the definition hash of every service of a release (COMPOSE as set by
+# compose_args for it), from its compose config with this host's .env values: an image, a
+# command, an environment value or a mount that changes gives another hash.
+declare -A SVC_HASH=()
+service_hashes() { # release-dir shared-paths
+    local out line svc h
+    local -A body=()
+    SVC_HASH=()
+    out=$("${DIE_WITH_ME[@]}" docker "${COMPOSE[@]}" config --format json </dev/null 2>/dev/null 9>&- |
+        awk -v dir="$1" -v shared="$2" "$SERVICES_AWK") || return 1
+    [[ -n $out ]] || return 1
+    while IFS= read -r line; do
+        body[${line%%$'\t'*}]+="${line#*$'\t'}"$'\n'
+    done <<<"$out"
+    for svc in "${!body[@]}"; do
+        [[ $svc =~ ^[A-Za-z0-9._-]+$ ]] || return 1
+        read -r h _ < <(printf '%s' "${body[$svc]}" | sha256sum)
+        SVC_HASH[$svc]=${h:0:32}
+    done
+}
+
+# Brings a release up. Only what must change is touched: a service whose definition differs
+# from what its containers were created with (the `dropship.def` label), that is new, or
+# whose container is unhealthy or restarting is recreated, alone (`up --no-deps`: compose
+# would restart its dependents too); a stopped one is started; every other one keeps
+# running, whichever release started it: a database is never restarted for nothing.
+# Containers of services the release no longer has are removed. FORCE_ALL recreates every
+# service (after a failed rollback). The release's definitions are kept in
+# .dropship/services, which says which running containers belong to it (container_of).
+# Writes TEXT to FILE (temp file and rename) unless FILE already holds exactly that: bringing
+# a release back up on a full disk (a rollback) must not need a write.
+write_if_changed() { # file text
+    local old=""
+    [[ -f $1 ]] && old=$(<"$1")$'\n'
+    [[ $old == "$2" ]] && return 0
+    { printf '%s' "$2" >"$1.tmp.$$"; } 2>/dev/null && mv -f -- "$1.tmp.$$" "$1" && return 0
+    rm -f -- "$1.tmp.$$"
+    return 1
+}
+
+FORCE_ALL=0
 compose_up() { # release-name -> uses its recorded settings
-    local name=$1 dir="$APP_ROOT/releases/$1" force=(--force-recreate)
+    local name=$1 dir="$APP_ROOT/releases/$1" lines line cond d cname svc def labels text
+    local to_recreate=() to_start=() to_keep=() orphans=() why=()
+    local -A state=()
     load_release "$name" || {
         log compose "release $name has no readable .dropship/release.json"
         return 1
     }
     compose_args "$dir" "$R_COMPOSE_FILE" "$R_PROFILES"
-    # Every container is recreated from this release, so what runs is what `current` names
-    # (recovery checks containers already running from it where they run).
-    ((RECREATE)) || force=()
-    log compose "up $name (project $PROJECT${force:+, recreating every container})"
-    dk "${COMPOSE[@]}" up -d --remove-orphans "${force[@]}" --wait \
-        --wait-timeout "$R_HEALTH_TIMEOUT" </dev/null &&
-        return 0
-    log compose "docker compose up failed for $name"
-    return 1
+    service_hashes "$dir" "$R_SHARED_PATHS" || {
+        log compose "docker compose cannot render the config of $name"
+        return 1
+    }
+    labels="$dir/.dropship/labels.yaml"
+    text='services:'$'\n'
+    for svc in $(printf '%s\n' "${!SVC_HASH[@]}" | sort); do
+        text+="  \"$svc\":"$'\n'"    labels:"$'\n'"      dropship.def: \"${SVC_HASH[$svc]}\""$'\n'
+    done
+    write_if_changed "$labels" "$text" || {
+        log compose "cannot write $labels (disk full?)"
+        return 1
+    }
+    project_containers "$PROJECT" || {
+        log compose "docker cannot list the containers of project $PROJECT"
+        return 1
+    }
+    mapfile -t lines <<<"$REPLY"
+    for line in "${lines[@]}"; do
+        IFS='|' read -r cond d cname svc def <<<"$line"
+        [[ -n $cond ]] || continue
+        if [[ ! -v SVC_HASH[$svc] ]]; then
+            orphans+=("$cname")
+        elif [[ $def != "${SVC_HASH[$svc]}" ]]; then
+            state[$svc]=changed
+        elif [[ $cond == failing && ${state[$svc]:-} != changed ]]; then
+            state[$svc]=failing
+        elif [[ $cond == stopped && ${state[$svc]:-up} == up ]]; then
+            state[$svc]=stopped
+        elif [[ -z ${state[$svc]:-} ]]; then
+            state[$svc]=up
+        fi
+    done
+    for svc in "${!SVC_HASH[@]}"; do
+        case ${state[$svc]:-new}:$FORCE_ALL in
+        up:0) to_keep+=("$svc") ;;
+        stopped:0) to_start+=("$svc") ;;
+        *)
+            to_recreate+=("$svc")
+            why+=("$svc (${state[$svc]:-new})")
+            ;;
+        esac
+    done
+    # One `up`, one --wait-timeout: the gate's time budget (gate_secs) holds. A stopped
+    # service is recreated along with the changed ones (nothing of it runs to disturb).
+    if ((${#to_start[@]} && ${#to_recreate[@]})); then
+        for svc in "${to_start[@]}"; do why+=("$svc (stopped)"); done
+        to_recreate+=("${to_start[@]}")
+        to_start=()
+    fi
+    if ((${#orphans[@]})); then
+        log compose "removing containers of services $name does not have: ${orphans[*]}"
+        dk rm -f "${orphans[@]}" || return 1
+    fi
+    COMPOSE+=(-f "$labels")
+    if ((${#to_start[@]})); then
+        log compose "starting stopped services of $name: ${to_start[*]}"
+        dk "${COMPOSE[@]}" up -d --no-deps --no-recreate --wait --wait-timeout "$R_HEALTH_TIMEOUT" \
+            "${to_start[@]}" </dev/null || {
+            log compose "docker compose up failed for $name"
+            return 1
+        }
+    fi
+    if ((${#to_recreate[@]})); then
+        log compose "up $name (project $PROJECT), recreating: ${why[*]}"
+        dk "${COMPOSE[@]}" up -d --no-deps --force-recreate --wait --wait-timeout "$R_HEALTH_TIMEOUT" \
+            "${to_recreate[@]}" </dev/null || {
+            log compose "docker compose up failed for $name"
+            return 1
+        }
+    fi
+    ((${#to_keep[@]} == 0)) || log compose "kept running (definition unchanged): ${to_keep[*]}"
+    text=""
+    for svc in $(printf '%s\n' "${!SVC_HASH[@]}" | sort); do text+="$svc ${SVC_HASH[$svc]}"$'\n'; done
+    write_if_changed "$dir/.dropship/services" "$text" || {
+        log compose "cannot write $name/.dropship/services (disk full?)"
+        return 1
+    }
+    return 0
 }
 
 # Healthy means a 2xx answer from the URL itself. curl --fail alone takes a 3xx for success;
@@ -925,13 +1082,12 @@ clean_leftovers() {
     [[ -n $TRASH ]] && empty_trash_later "$TRASH" && TRASH=""
 }
 
-# Why the host is not known to run its committed release (REASONS); empty when it is.
-# RUNS_COMMITTED: every container of the project comes from the committed release (running or
-# not); FAILING: one of them is unhealthy or restarting (it needs a fresh start).
-REASONS=() RUNS_COMMITTED=0 FAILING=0
+# Why the host is not known to run its committed release (REASONS); empty when it is. Every
+# container must belong to the committed release (container_of) and run.
+REASONS=()
 check_host() {
-    local d link lines line cond name any=0
-    REASONS=() RUNS_COMMITTED=0 FAILING=0
+    local d link lines line cond name svc def any=0
+    REASONS=()
     current_link
     link=$REPLY
     ((STATE_FOUND)) || [[ -z $link ]] || REASONS+=("state.json is missing or unreadable (current is $link)")
@@ -944,25 +1100,20 @@ check_host() {
     fi
     mapfile -t lines <<<"$REPLY"
     for line in "${lines[@]}"; do
-        IFS='|' read -r cond d name <<<"$line"
+        IFS='|' read -r cond d name svc def <<<"$line"
         [[ -n $cond ]] || continue
-        if [[ -z $ST_CURRENT || ($d != "$APP_ROOT/releases/$ST_CURRENT" && $d != "$APP_ROOT/releases/$ST_CURRENT/"*) ]]; then
+        if [[ -z $ST_CURRENT ]] || ! container_of "$ST_CURRENT" "$d" "$svc" "$def"; then
             REASONS+=("a container of project $PROJECT runs from $(q "$d"), not the committed release")
             return
         fi
         any=1
         case $cond in
         stopped) REASONS+=("container $name of the committed release is not running") ;;
-        failing)
-            REASONS+=("container $name of the committed release is unhealthy or restarting")
-            FAILING=1
-            ;;
+        failing) REASONS+=("container $name of the committed release is unhealthy or restarting") ;;
         esac
     done
     if [[ -n $ST_CURRENT ]] && ((!any)); then
         REASONS+=("no container of project $PROJECT exists")
-    else
-        RUNS_COMMITTED=1
     fi
 }
 
@@ -980,17 +1131,16 @@ recover() {
     elif [[ ! -d $APP_ROOT/releases/$ST_CURRENT ]]; then
         RECOVERY_MSG="the committed release $ST_CURRENT is missing from releases/"
     else
-        # Containers already running from the committed release are checked in place, unless
-        # the last run left them failing (rollback_failed): their stale "unhealthy" status
-        # would fail `up --wait` at once, so they start afresh and get the health timeout.
-        RECREATE=$((!RUNS_COMMITTED || FAILING))
-        [[ $ST_LAST_OUTCOME == rollback_failed ]] && RECREATE=1
+        # compose_up recreates what is not the committed release's (or unhealthy), starts what
+        # is stopped and checks the rest in place; after a failed rollback everything starts
+        # afresh (a stale "unhealthy" status would fail `up --wait` at once).
+        [[ $ST_LAST_OUTCOME == rollback_failed ]] && FORCE_ALL=1
         if switch_current "$ST_CURRENT" && bring_up "$ST_CURRENT"; then
             log recover "the committed release $ST_CURRENT runs and is healthy"
         else
             RECOVERY_MSG="the committed release $ST_CURRENT did not come up healthy"
         fi
-        RECREATE=1
+        FORCE_ALL=0
     fi
     ST_PENDING=""
     if [[ -n $RECOVERY_MSG ]]; then
@@ -1014,7 +1164,7 @@ check_project_owner() {
     project_containers "$PROJECT" || return 0
     mapfile -t lines <<<"$REPLY"
     for line in "${lines[@]}"; do
-        IFS='|' read -r _ d _ <<<"$line"
+        IFS='|' read -r _ d _ _ _ <<<"$line"
         [[ -z $d || $d == "$APP_ROOT/releases/"* || $d == "$took/releases/"* ]] && continue
         other=${d%/releases/*}
         rel=${d#"$other/releases/"}
@@ -1032,13 +1182,24 @@ check_project_owner() {
 # Keeps `keep` releases in total: the current, previous and last good always (even past
 # `keep`), then the newest others; rolled-back and interrupted releases count like any.
 prune() { # keep
-    local keep=$1 name t entries=() sorted kept=0 link
+    local keep=$1 name t entries=() sorted kept=0 link in_use=" " line d
     current_link
     link=$REPLY
+    # A release a container was created from stays while the container exists: a long-lived
+    # service's mounts may go through it (releases/<name>/data -> ../../shared/data).
+    if project_containers "$PROJECT"; then
+        while IFS='|' read -r _ d _ _ _; do
+            d=${d#"$APP_ROOT/releases/"}
+            in_use+="${d%%/*} "
+        done <<<"$REPLY"
+    else
+        log prune "docker cannot list the containers of project $PROJECT; nothing pruned"
+        return 0
+    fi
     for name in "$APP_ROOT"/releases/*; do
         name=${name##*/}
         [[ $name =~ $RELEASE_RE && -d $APP_ROOT/releases/$name ]] || continue
-        if [[ $name == "$ST_CURRENT" || $name == "$ST_PREVIOUS" || $name == "$ST_LAST_GOOD" || $name == "$link" ]]; then
+        if [[ $name == "$ST_CURRENT" || $name == "$ST_PREVIOUS" || $name == "$ST_LAST_GOOD" || $name == "$link" || $in_use == *" $name "* ]]; then
             kept=$((kept + 1))
             continue
         fi

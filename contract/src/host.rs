@@ -488,7 +488,10 @@ mod tests {
                       if [[ $0 == */dropship-host.*/deploy-on-host.sh ]]; then rm -rf -- \"${0%/*}\"; fi\n\
                       printf 'ran from %s; dir gone: %s; stdin: %s\\n' \"$0\" \"$([[ -e ${0%/*} ]] && echo no || echo yes)\" \"$(cat)\"\n";
         let packed = packed_script(script);
-        assert!(!packed.contains("comment lines"), "compacted before packing");
+        assert!(
+            !packed.contains("comment lines"),
+            "compacted before packing"
+        );
         assert_eq!(packed, packed_script(script), "deterministic");
         let (code, out) = run_command(&packed, "/usr/bin:/bin");
         assert_eq!(code, 0, "{out}");
@@ -506,11 +509,12 @@ mod tests {
         let (code, out) = run_command(&packed, &empty.path().display().to_string());
         assert_eq!(code, 4, "{out}");
         let result = HostResult::from_output(&out).expect("a result line");
-        assert_eq!(
-            (result.outcome, result.exit_code),
-            (HostOutcome::Failed, 4)
+        assert_eq!((result.outcome, result.exit_code), (HostOutcome::Failed, 4));
+        assert!(
+            result.message.contains("could not unpack"),
+            "{}",
+            result.message
         );
-        assert!(result.message.contains("could not unpack"), "{}", result.message);
         assert!(!out.contains("never"));
     }
 

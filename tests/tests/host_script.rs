@@ -2404,7 +2404,11 @@ fn a_failed_deploy_never_stops_the_running_app_whatever_form_current_has() {
         // Before the fix: "a container … runs from …, not the committed release", compose
         // down, `current` removed, exit 7 with nothing running.
         assert_code(&run, 7, "failed");
-        assert_eq!(w.container_ids(), ids, "form {form:?}: the app was restarted");
+        assert_eq!(
+            w.container_ids(),
+            ids,
+            "form {form:?}: the app was restarted"
+        );
         assert_eq!(w.host.serving().as_deref(), Some("v1"), "form {form:?}");
         assert_eq!(w.host.current().as_deref(), Some(good.as_str()));
         assert_eq!(w.host.state()["current"], good.as_str(), "form {form:?}");
@@ -2435,23 +2439,32 @@ fn bundle_content_is_unreadable_to_other_users_during_download_and_unpack() {
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .find(|n| n.starts_with(".download."))
             });
-            download
-                .as_ref()
-                .is_some_and(|d| fs::metadata(w.root().join(d).join("bundle")).is_ok_and(|m| m.len() > 0))
+            download.as_ref().is_some_and(|d| {
+                fs::metadata(w.root().join(d).join("bundle")).is_ok_and(|m| m.len() > 0)
+            })
         }),
         "no download in progress seen"
     );
     let download = download.unwrap();
     let file = format!("{}/{download}/bundle", w.host.root);
     // Before the fix: 0644 for the whole transfer, and uid 65534 read it.
-    assert!(!readable_by_nobody(&w, &file), "{file} readable during the download");
+    assert!(
+        !readable_by_nobody(&w, &file),
+        "{file} readable during the download"
+    );
     assert!(
         fs::metadata(w.root().join(&download).join("bundle")).is_ok(),
         "the download ended before it was checked"
     );
     // During the unpack: the bundle's .env sits in a release only its owner can enter.
-    let paused = probe.wait_paused(&mut child).expect("the run reached the unpack");
-    let partial = paused.rsplit(' ').next().unwrap().trim_end_matches("/.dropship");
+    let paused = probe
+        .wait_paused(&mut child)
+        .expect("the run reached the unpack");
+    let partial = paused
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches("/.dropship");
     assert!(fs::symlink_metadata(w.host.sim.path(&format!("{partial}/.env"))).is_ok());
     assert!(
         !readable_by_nobody(&w, &format!("{partial}/.env")),
@@ -2459,15 +2472,22 @@ fn bundle_content_is_unreadable_to_other_users_during_download_and_unpack() {
     );
     // Once the shared paths are linked, the release opens to the app's users.
     probe.pause_next("/ config -q$/");
-    probe.wait_paused(&mut child).expect("the run reached compose config");
+    probe
+        .wait_paused(&mut child)
+        .expect("the run reached compose config");
     let release = partial.trim_end_matches(".partial");
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(w.host.sim.path(release)).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o755, "{mode:o}");
-    assert!(fs::symlink_metadata(w.host.sim.path(&format!("{release}/.env")))
+    let mode = fs::metadata(w.host.sim.path(release))
         .unwrap()
-        .file_type()
-        .is_symlink());
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755, "{mode:o}");
+    assert!(
+        fs::symlink_metadata(w.host.sim.path(&format!("{release}/.env")))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert!(readable_by_nobody(&w, &format!("{release}/version.txt")));
     probe.release();
     let run = w.finish(child, &dir);
@@ -2496,7 +2516,11 @@ fn seeded_secret_looking_files_stay_unreadable_to_other_users() {
     };
     // Before the fix: the key kept the bundle's 0644.
     assert_eq!(mode("certs/tls/server.key"), 0o600);
-    assert_eq!(mode("certs/public.txt"), 0o644, "other files keep their mode");
+    assert_eq!(
+        mode("certs/public.txt"),
+        0o644,
+        "other files keep their mode"
+    );
     assert_eq!(mode("certs/tls/ca.pub"), 0o644, "public keys are no secret");
 }
 
@@ -2585,13 +2609,23 @@ fn a_curlrc_never_changes_the_signed_download_or_prints_a_token() {
         FAKE_ROLE.session_token,
         IMDS_SESSION_TOKEN,
     ];
-    let run = checked(w.host.run(&with_home(&w.vars(&w.healthy("v2"), "ver-2", "02"))));
+    let run = checked(
+        w.host
+            .run(&with_home(&w.vars(&w.healthy("v2"), "ver-2", "02"))),
+    );
     assert_code(&run, 0, "deployed");
     for s in secrets {
         // Before the fix: `verbose` printed the IMDS and session tokens.
-        assert!(!run.output.contains(s), "{s} in the output:\n{}", run.output);
+        assert!(
+            !run.output.contains(s),
+            "{s} in the output:\n{}",
+            run.output
+        );
     }
-    assert!(!w.host.sim.path("/tmp/curl-trace").exists(), "the .curlrc was read");
+    assert!(
+        !w.host.sim.path("/tmp/curl-trace").exists(),
+        "the .curlrc was read"
+    );
     // A redirect is never followed, so the signed request and token go nowhere else.
     let elsewhere = dropship_tests::http::FileServer::start();
     w.host.sim.forward_port(elsewhere.port());
@@ -2616,7 +2650,8 @@ fn a_redeploy_of_a_stopped_or_unhealthy_app_never_reports_it_running() {
     let good = w.deployed("v1", "01");
     let vars = w.vars(&w.healthy("v1"), "ver-v1", "01");
     // Stopped (compose stop, a crash, a reboot without a restart policy).
-    w.host.sh(&format!("docker compose -p {} stop", w.host.project()));
+    w.host
+        .sh(&format!("docker compose -p {} stop", w.host.project()));
     let run = w.run(&vars);
     // Before the fix: "noop … already current and runs" with the container exited.
     assert_code(&run, 0, "noop");
@@ -2651,22 +2686,32 @@ fn the_verdict_survives_ssm_keeping_only_24000_characters_of_output() {
     w.deployed("v1", "01");
     // A hook (a migration, a build) that prints far more than SSM keeps.
     let hook = "#!/bin/sh\ni=0\nwhile [ $i -lt 8000 ]; do echo \"migration step $i of a long and chatty hook\"; i=$((i+1)); done\n";
-    for (version, code, outcome, tail) in [
-        ("v2", 0, "deployed", ""),
-        ("v3", 8, "failed", "exit 3\n"),
-    ] {
+    for (version, code, outcome, tail) in
+        [("v2", 0, "deployed", ""), ("v3", 8, "failed", "exit 3\n")]
+    {
         let hook = if tail.is_empty() {
             hook.to_owned()
         } else {
             format!("{hook}{tail}")
         };
         let b = w.bundle(AppFiles::healthy(8080, version).with("deploy/hook.sh", hook));
-        let mut vars = w.vars(&b, &format!("ver-{version}"), &format!("0{}", &version[1..]));
+        let mut vars = w.vars(
+            &b,
+            &format!("ver-{version}"),
+            &format!("0{}", &version[1..]),
+        );
         vars.insert("DROPSHIP_PRE_SWITCH_HOOK".into(), "deploy/hook.sh".into());
         let run = w.run(&vars);
         assert_code(&run, code, outcome);
-        assert!(run.output.contains("migration step 0 "), "the hook's output is shown");
-        assert!(run.output.contains("output cut here"), "{}", run.output.len());
+        assert!(
+            run.output.contains("migration step 0 "),
+            "the hook's output is shown"
+        );
+        assert!(
+            run.output.contains("output cut here"),
+            "{}",
+            run.output.len()
+        );
         // What SSM keeps (the first 24,000 characters) holds the final verdict: before the
         // fix the provisional `interrupted` line or nothing at all.
         assert!(run.output.chars().count() <= 24_000, "{}", run.output.len());
@@ -2780,4 +2825,155 @@ fn app_root_slashes_and_unset_shared_paths_follow_the_documented_rules() {
             assert!(!linked, "unset={unset}: {p} was linked");
         }
     }
+}
+
+// -----------------------------------------------------------------------------------------
+// long-lived services (issue 21, item 1): a service is recreated only when its own definition
+// changed, and only it
+
+/// The suite's `web` (which mounts the release itself, so it changes with every release)
+/// beside a long-lived `db`: its data under the shared path `data`, its definition from
+/// `DB_MODE` (the shared `.env`), counting its own starts in `shared/data/db/starts`.
+fn web_and_db_compose() -> String {
+    let web = dropship_tests::host::compose_yaml(8080);
+    let (services, volumes) = web.split_once("volumes:\n  store:").unwrap();
+    format!(
+        "{services}    depends_on: [db]\n  db:\n    image: {image}\n    init: true\n    restart: unless-stopped\n    command: [\"sh\", \"-c\", \"echo start >> /db/starts && exec sleep 2147483647\"]\n    environment:\n      DB_MODE: \"${{DB_MODE:-a}}\"\n    volumes:\n      - ./data/db:/db\nvolumes:\n  store:{volumes}",
+        image = dropship_tests::simhost::IMAGE
+    )
+}
+
+#[test]
+fn a_long_lived_service_is_never_restarted_for_nothing() {
+    let w = World::new("longlived");
+    let files = |v: &str| AppFiles::healthy(8080, v).with("compose.yaml", web_and_db_compose());
+    let deploy = |v: &str, seq: &str| {
+        let mut vars = w.vars(&w.bundle(files(v)), &format!("ver-{v}"), seq);
+        vars.insert("DROPSHIP_KEEP_RELEASES".into(), "2".into());
+        w.run(&vars)
+    };
+    let db = || {
+        w.host
+            .sim
+            .docker(&[
+                "inspect",
+                "-f",
+                "{{.Id}} {{.State.StartedAt}} {{.State.Status}}",
+                "longlived-staging-db-1",
+            ])
+            .trim()
+            .to_owned()
+    };
+    let starts = || {
+        fs::read_to_string(w.root().join("shared/data/db/starts"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let run = deploy("v1", "01");
+    assert_code(&run, 0, "deployed");
+    let first = w.host.current().unwrap();
+    let original = db();
+    assert!(original.ends_with(" running"), "{original}");
+    assert_eq!(starts(), 1);
+
+    // A new release of web: web is recreated, db is left alone (and web's depends_on does not
+    // restart it).
+    let web_before = w.container_ids();
+    let run = deploy("v2", "02");
+    assert_code(&run, 0, "deployed");
+    assert!(
+        run.output
+            .contains("kept running (definition unchanged): db"),
+        "{}",
+        run.output
+    );
+    assert!(
+        run.output.contains("recreating: web (changed)"),
+        "{}",
+        run.output
+    );
+    assert_eq!(db(), original, "db was restarted by a deploy");
+    assert_ne!(w.container_ids(), web_before, "web was not recreated");
+    assert_eq!(w.host.serving().as_deref(), Some("v2"));
+    assert_eq!(w.host.state()["last_outcome"], "deployed");
+    // A failed deploy (web never healthy) and its automatic rollback.
+    let broken = w.bundle(files("v3").without("health"));
+    let mut vars = w.vars(&broken, "ver-v3", "03");
+    vars.insert("DROPSHIP_KEEP_RELEASES".into(), "2".into());
+    let run = w.run(&vars);
+    assert_code(&run, 9, "rolled_back");
+    assert_eq!(db(), original, "db was restarted by a failed deploy");
+    // A requested rollback.
+    let run = w.run(&w.host.rollback_vars(&first));
+    assert_code(&run, 0, "rolled_back");
+    assert_eq!(db(), original, "db was restarted by a rollback");
+    assert_eq!(w.host.serving().as_deref(), Some("v1"));
+    // Recovery: state.json lost, and web stopped.
+    fs::remove_file(w.root().join("state.json")).unwrap();
+    w.host.sim.docker(&["stop", "longlived-staging-web-1"]);
+    let run = w.run(&w.host.rollback_vars(""));
+    assert_code(&run, 0, "rolled_back");
+    assert!(run.output.contains("[recover]"), "{}", run.output);
+    assert_eq!(db(), original, "db was restarted by recovery");
+    // Releases pruned down to two, but not the one db's mounts go through.
+    let run = deploy("v4", "04");
+    assert_code(&run, 0, "deployed");
+    assert_eq!(db(), original);
+    assert_eq!(starts(), 1, "db started once in all");
+
+    // db's own definition changes (its environment, from the shared .env): recreated once.
+    w.write_env("DB_MODE=b\n");
+    let run = deploy("v5", "05");
+    assert_code(&run, 0, "deployed");
+    assert!(run.output.contains("db (changed)"), "{}", run.output);
+    let changed = db();
+    assert_ne!(
+        changed, original,
+        "db was not recreated for its new definition"
+    );
+    assert_eq!(starts(), 2);
+    let run = deploy("v6", "06");
+    assert_code(&run, 0, "deployed");
+    assert_eq!(db(), changed, "db was restarted again without a change");
+    assert_eq!(starts(), 2);
+    assert_settled_services(&w, "v6");
+}
+
+/// `assert_settled` for an app whose long-lived services may run from an earlier release:
+/// every container belongs to the committed release (its `.dropship/services` lists the
+/// container's definition), runs, and the app serves `version`.
+fn assert_settled_services(w: &World, version: &str) {
+    let h = &w.host;
+    let current = h.current().expect("a current release");
+    assert_eq!(h.state()["current"], current.as_str());
+    assert_eq!(h.state()["pending"], "");
+    let listed = fs::read_to_string(
+        w.root()
+            .join(format!("releases/{current}/.dropship/services")),
+    )
+    .expect("the committed release lists its services");
+    for c in h.running() {
+        assert_eq!(c.state, "running", "{c:?}");
+        let def = h.sim.docker(&[
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"dropship.def\"}}",
+            &c.id,
+        ]);
+        assert!(
+            listed
+                .lines()
+                .any(|l| l == format!("{} {}", c.service, def.trim())),
+            "{c:?} has definition {def} not in {listed}"
+        );
+        assert!(
+            h.path("")
+                .join(c.dir.trim_start_matches(&format!("{}/", h.root)))
+                .is_dir(),
+            "{c:?}: the release it was created from is gone"
+        );
+    }
+    assert_eq!(h.serving().as_deref(), Some(version));
+    assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
 }
