@@ -1433,6 +1433,121 @@ fn bucket_policy_denies_writes_deletes_and_setting_changes_by_principal() {
     ));
 }
 
+/// Every S3 action that puts bytes, a version, a delete marker or an object attribute into
+/// the bucket. PutObject also authorises CopyObject and every multipart step.
+const OBJECT_WRITE_PATHS: &[&str] = &[
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:ReplicateObject",
+    "s3:ReplicateDelete",
+    "s3:ReplicateTags",
+    "s3:InitiateReplication",
+    "s3:ObjectOwnerOverrideToBucketOwner",
+    "s3:PutObjectTagging",
+    "s3:PutObjectVersionTagging",
+    "s3:DeleteObjectTagging",
+    "s3:DeleteObjectVersionTagging",
+    "s3:PutObjectAcl",
+    "s3:PutObjectVersionAcl",
+    "s3:PutObjectRetention",
+    "s3:PutObjectLegalHold",
+    "s3:BypassGovernanceRetention",
+    "s3:RestoreObject",
+];
+
+#[test]
+fn every_write_path_into_the_bucket_is_denied_to_every_principal_but_the_prefixs_writer() {
+    let f = fixture();
+    let policy = bucket_policy(&f);
+    let github = |k: &str| format!("${{aws_iam_role.github[\"{k}\"].arn}}");
+    let lambda = symbol(&format!("aws_iam_role.{}", lambda_role(&f)), "arn");
+    let provisioning = "${data.aws_iam_session_context.current.issuer_arn}".to_string();
+    // A role of this account that replicates from a bucket of its own (its IAM policy
+    // allows s3:Replicate* here; in one account no bucket-policy Allow is needed).
+    let replicator = "arn:aws:iam::111122223333:role/replication".to_string();
+    let key = |app: &str, env: &str| ReleaseKey::new(app, env).expect("valid");
+    let keys = [
+        key("shop", "staging"),
+        key("shop", "production"),
+        key("blog", "staging"),
+        key("blog", "production"),
+    ];
+    // Who legitimately writes (PutObject) each release key.
+    let writers: BTreeMap<String, Vec<String>> = BTreeMap::from([
+        (keys[0].object_key(), vec![github("shop/staging")]),
+        (keys[1].object_key(), vec![github("shop/production")]),
+        (keys[2].object_key(), vec![BLOG_STAGING_CI.to_string()]),
+        (keys[3].object_key(), vec![]),
+    ]);
+    let principals = [
+        github("shop/staging"),
+        github("shop/production"),
+        BLOG_STAGING_CI.to_string(),
+        ADMIN.to_string(),
+        lambda.clone(),
+        provisioning.clone(),
+        replicator,
+    ];
+    let mut objects: Vec<String> = Vec::new();
+    for k in &keys {
+        objects.extend([
+            k.object_key(),
+            k.record_key("v1"),
+            k.result_key("v1", "i-1", "c-1"),
+            k.fleet_key(),
+            k.latest_pointer_key(),
+        ]);
+    }
+    objects.push(dropship_contract::key::command_index_key("c-1"));
+    objects.push("releases/new-app/production.tar.gz".to_string());
+
+    let mut wrong = Vec::new();
+    for who in &principals {
+        for object in &objects {
+            for action in OBJECT_WRITE_PATHS {
+                let may = match *action {
+                    "s3:PutObject" if object.starts_with(RELEASES_PREFIX) => {
+                        match writers.get(object) {
+                            Some(w) => w.iter().any(|x| x == who),
+                            // A key of no configured pair: the bucket policy leaves it to the
+                            // uploaders' own (exact-key) policies, and the Lambda's allow-lists
+                            // refuse its events; everyone else is denied.
+                            None => writers.values().flatten().any(|x| x == who),
+                        }
+                    }
+                    "s3:PutObject" => object.starts_with(RECORDS_PREFIX) && *who == lambda,
+                    // Tags, ACLs, locks, restores: only provisioning (no component uses them).
+                    a if a.starts_with("s3:PutObject")
+                        || a.starts_with("s3:DeleteObjectTagging")
+                        || a.starts_with("s3:DeleteObjectVersionTagging")
+                        || a == "s3:BypassGovernanceRetention"
+                        || a == "s3:RestoreObject" =>
+                    {
+                        *who == provisioning
+                    }
+                    // Deletes, delete markers, replication of any kind: nobody.
+                    _ => false,
+                };
+                let denied = denies(&policy, &Request::new(who, action, &object_arn(object)));
+                if denied == may {
+                    wrong.push(format!(
+                        "{who} {action} {object}: bucket policy {} (expected {})",
+                        if denied { "denies" } else { "does not deny" },
+                        if may { "allowed" } else { "denied" }
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} write paths wrong:\n  {}",
+        wrong.len(),
+        wrong.join("\n  ")
+    );
+}
+
 #[test]
 fn bucket_policy_with_no_uploader_at_all_refuses_every_release_write() {
     let module = Module::load();
