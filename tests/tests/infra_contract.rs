@@ -1820,6 +1820,163 @@ fn target_protection_snippets_deny_tag_and_profile_changes_outside_provisioning(
     }
 }
 
+#[test]
+fn deployer_function_role_and_rules_are_changed_only_by_provisioning() {
+    let f = fixture();
+    let rendered = f.eval.local("target_protection_policies");
+    let function_arn = as_text(&f.eval.local("function_arn"));
+    let (_, function) = f.module.single("aws_lambda_function");
+    assert_eq!(
+        function_arn,
+        format!(
+            "arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:{}",
+            f.eval
+                .text(attr(function, "function_name").expect("function_name"))
+        ),
+        "local.function_arn names the deployer function"
+    );
+    let role_arn = format!(
+        "arn:aws:iam::{ACCOUNT_ID}:role/{}",
+        resource_attr(&f, "aws_iam_role", &lambda_role(&f), None, "name")
+    );
+    let rule_arns: Vec<String> = f
+        .module
+        .resources("aws_cloudwatch_event_rule")
+        .into_iter()
+        .flat_map(|(_, body)| {
+            f.eval
+                .instances(body)
+                .into_iter()
+                .map(|i| {
+                    let n = f.eval.at(&i).attr_text(body, "name").expect("rule name");
+                    format!("arn:aws:events:eu-west-1:{ACCOUNT_ID}:rule/{n}")
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(rule_arns.len() >= 4, "the module's rules: {rule_arns:?}");
+    let provisioning = "${data.aws_iam_session_context.current.issuer_arn}";
+    let function_changes = [
+        "lambda:UpdateFunctionCode",
+        "lambda:UpdateFunctionConfiguration",
+        "lambda:DeleteFunction",
+        "lambda:PutFunctionConcurrency",
+        "lambda:DeleteFunctionConcurrency",
+        "lambda:PutFunctionEventInvokeConfig",
+        "lambda:UpdateFunctionEventInvokeConfig",
+        "lambda:AddPermission",
+        "lambda:PublishVersion",
+        "lambda:CreateAlias",
+        "lambda:CreateFunction",
+    ];
+    let rule_changes = [
+        "events:PutRule",
+        "events:PutTargets",
+        "events:RemoveTargets",
+        "events:DisableRule",
+        "events:DeleteRule",
+    ];
+    for file in ["scp", "permissions-boundary"] {
+        let policy: Value = serde_json::from_str(&as_text(&rendered[file])).expect("rendered JSON");
+        let statements = iam::from_json(&policy);
+        let blocked = |who: &str, action: &str, resource: &str| {
+            denies(&statements, &Request::new(who, action, resource))
+        };
+        for who in [ADMIN, BLOG_STAGING_CI] {
+            for action in function_changes {
+                for resource in [function_arn.clone(), format!("{function_arn}:live")] {
+                    assert!(
+                        blocked(who, action, &resource),
+                        "{file}: {who} may {action} {resource}"
+                    );
+                }
+            }
+            assert!(
+                blocked(who, "iam:PassRole", &role_arn),
+                "{file}: {who} may pass the deployer role to a function of their own"
+            );
+            for rule in &rule_arns {
+                for action in rule_changes {
+                    assert!(
+                        blocked(who, action, rule),
+                        "{file}: {who} may {action} {rule}"
+                    );
+                }
+            }
+            // Everything else stays with IAM.
+            let other_function = format!("arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:app-api");
+            assert!(!blocked(who, "lambda:UpdateFunctionCode", &other_function));
+            assert!(!blocked(who, "lambda:InvokeFunction", &function_arn));
+            assert!(!blocked(
+                who,
+                "events:PutRule",
+                &format!("arn:aws:events:eu-west-1:{ACCOUNT_ID}:rule/app-nightly")
+            ));
+        }
+        if file == "scp" {
+            for action in function_changes {
+                assert!(
+                    !blocked(provisioning, action, &function_arn),
+                    "provisioning {action}"
+                );
+            }
+            assert!(!blocked(provisioning, "iam:PassRole", &role_arn));
+            assert!(!blocked(provisioning, "events:PutTargets", &rule_arns[0]));
+        }
+    }
+}
+
+#[test]
+fn deployer_role_credentials_work_only_inside_the_deployer_function() {
+    let f = fixture();
+    let role = lambda_role(&f);
+    let policy = inline_statements(&f, &role, None);
+    let function_arn = as_text(&f.eval.local("function_arn"));
+    let me = format!("arn:aws:iam::{ACCOUNT_ID}:role/dropship-deployer-lambda");
+    let record = object_arn("deploy-records/shop/production/v1.json");
+    let put = |source: Option<&str>| {
+        let req = Request::new(&me, "s3:PutObject", &record);
+        match source {
+            Some(s) => req.with("lambda:SourceFunctionArn", &[s]),
+            None => req,
+        }
+    };
+    assert!(
+        allows(&policy, &put(Some(&function_arn))),
+        "the deployer's own code writes records"
+    );
+    let other = format!("arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:made-by-someone");
+    assert!(
+        denies(&policy, &put(Some(&other))),
+        "a function created with the deployer role is refused"
+    );
+    let send = Request::new(
+        &me,
+        "ssm:SendCommand",
+        "arn:aws:ssm:eu-west-1::document/AWS-RunShellScript",
+    );
+    assert!(denies(
+        &policy,
+        &send.clone().with("lambda:SourceFunctionArn", &[&other])
+    ));
+    assert!(allows(
+        &policy,
+        &send.with("lambda:SourceFunctionArn", &[&function_arn])
+    ));
+    // The Lambda service's own calls with the role (the on-failure destination) carry no
+    // source function and stay allowed.
+    let queue = policy
+        .iter()
+        .find(|s| s.actions.iter().any(|a| a == "sqs:SendMessage"))
+        .expect("the on-failure destination grant")
+        .resources[0]
+        .clone();
+    assert!(allows(
+        &policy,
+        &Request::new(&me, "sqs:SendMessage", &queue)
+    ));
+}
+
 // ----------------------------------------------------------------------------------------
 // Failure notifications
 // ----------------------------------------------------------------------------------------
