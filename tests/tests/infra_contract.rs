@@ -2139,6 +2139,79 @@ fn architecture_doc_describes_the_events_dropship_emits() {
 // Examples and docs
 // ----------------------------------------------------------------------------------------
 
+/// Whether `variable`'s validation whose error message contains `marker` accepts `value`
+/// (the other inputs as in the scenario): its condition evaluated as Terraform would.
+fn validation_accepts(variable: &str, marker: &str, value: Value) -> bool {
+    let module = Module::load();
+    let body = module.variable(variable);
+    let validation = blocks(body, "validation")
+        .find(|v| {
+            attr(v.body(), "error_message")
+                .and_then(|e| hcl::format::to_string(e).ok())
+                .is_some_and(|m| m.contains(marker))
+        })
+        .unwrap_or_else(|| panic!("variable {variable} has no validation saying {marker:?}"));
+    let mut s = scenario();
+    s.retain(|(k, _)| *k != variable);
+    s.push((
+        Box::leak(variable.to_string().into_boxed_str()) as &'static str,
+        value,
+    ));
+    let eval = module.evaluator(&s);
+    eval.eval(attr(validation.body(), "condition").expect("condition"))
+        .as_bool()
+        .expect("a validation condition is a bool")
+}
+
+#[test]
+fn the_module_refuses_a_subject_of_another_environment_and_wildcard_uploaders() {
+    let subjects = |k: &str, sub: &str| json!({ k: [sub] });
+    let own_env = "its pair's own environment";
+    assert!(validation_accepts(
+        "github_oidc_subjects",
+        own_env,
+        subjects("shop/production", "repo:acme/shop:environment:production")
+    ));
+    for (k, sub) in [
+        ("shop/production", "repo:acme/shop:environment:staging"),
+        ("shop/staging", "repo:acme/shop:environment:production"),
+        (
+            "shop/production",
+            "repo:acme/shop:environment:production-copy",
+        ),
+        (
+            "shop/production",
+            "repo:acme/shop:environment:preproduction",
+        ),
+    ] {
+        assert!(
+            !validation_accepts("github_oidc_subjects", own_env, subjects(k, sub)),
+            "{k} accepts {sub}"
+        );
+    }
+    let exact = "exact ARNs";
+    assert!(validation_accepts(
+        "uploader_principal_arns",
+        exact,
+        json!({ "blog/staging": [BLOG_STAGING_CI] })
+    ));
+    for arn in [
+        "*",
+        "arn:aws:iam::111122223333:role/*",
+        "arn:aws:iam::111122223333:role/blog-ci-?",
+        "arn:aws:iam::*:role/blog-ci-staging",
+    ] {
+        assert!(
+            !validation_accepts(
+                "uploader_principal_arns",
+                exact,
+                json!({ "blog/staging": [BLOG_STAGING_CI, arn] })
+            ),
+            "accepts {arn}"
+        );
+    }
+}
+
 #[test]
 fn example_root_gives_each_environment_its_own_github_subject() {
     let example = Module::load_dir(&terraform::infra_dir().join("examples/basic"));
@@ -2242,6 +2315,68 @@ fn example_workflows_pin_actions_by_commit_and_use_a_role_per_environment() {
     );
     assert!(!production.contains("--force"), "{production}");
     assert!(!production.contains("bundle-and-upload"), "{production}");
+}
+
+#[test]
+fn example_workflow_checks_cached_binaries_against_a_pinned_checksum_before_running_them() {
+    let dir = terraform::infra_dir().join("examples/github-actions");
+    let deploy = std::fs::read_to_string(dir.join("deploy.yml")).expect("deploy.yml");
+    // Steps of the whole file, in order: (step text).
+    let steps: Vec<&str> = deploy.split("\n      - ").skip(1).collect();
+    let mut checked = 0;
+    for (i, step) in steps.iter().enumerate() {
+        if !step.contains("uses: actions/cache@") {
+            continue;
+        }
+        let path = step
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("path:"))
+            .expect("cache path")
+            .trim();
+        let name = path.rsplit('/').next().expect("binary name");
+        assert!(path.starts_with("~/.cargo/bin/"), "{path}");
+        // The first later step that runs the binary must come after a checksum check of it.
+        let runs = |s: &str| {
+            s.lines().any(|l| {
+                let l = l.trim();
+                l.starts_with(&format!("{name} ")) || l.starts_with(&format!("run: {name} "))
+            })
+        };
+        let check = steps[i + 1..]
+            .iter()
+            .position(|s| s.contains("sha256sum --check") && s.contains(&format!("bin/{name}\"")))
+            .unwrap_or_else(|| {
+                panic!("{name}: restored from the cache, never checked by checksum")
+            });
+        let first_run = steps[i + 1..]
+            .iter()
+            .position(|s| runs(s))
+            .unwrap_or_else(|| panic!("{name} is never run"));
+        assert!(
+            check < first_run,
+            "{name} runs before its checksum is checked"
+        );
+        let verify = steps[i + 1 + check];
+        assert!(
+            !verify.contains("if:"),
+            "{name}: the check runs on cache hits too: {verify}"
+        );
+        let var = verify
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+            .find_map(|t| t.strip_prefix('$').filter(|v| v.ends_with("_SHA256")))
+            .unwrap_or_else(|| panic!("{name}: no pinned *_SHA256 variable: {verify}"));
+        let pinned = deploy
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{var}:")))
+            .unwrap_or_else(|| panic!("{var} is not pinned in the workflow's env"))
+            .trim();
+        assert!(
+            pinned.len() == 64 && pinned.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{var}: {pinned}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "bundle-and-upload and dropship are cached");
 }
 
 #[test]
