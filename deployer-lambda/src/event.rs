@@ -328,6 +328,9 @@ mod tests {
     fn config() -> Config {
         Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
+                "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
+            ),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
         })

@@ -460,7 +460,7 @@ impl<E: Edges> Deployer<E> {
             .await?;
         let expected_profile =
             c.instance_profile_arn_for(request.release.app(), request.release.env());
-        let (targets, refused) = plan::qualify_targets(tagged, expected_profile.as_deref());
+        let (targets, refused) = plan::qualify_targets(tagged, &expected_profile);
         for r in &refused {
             warn!(instance_id = %r.instance_id, reason = %r.reason, "tagged instance refused as a target");
         }
@@ -637,6 +637,9 @@ mod tests {
     fn config_with(max_concurrency: &str) -> Config {
         Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
+                "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
+            ),
             "DROPSHIP_MAX_CONCURRENCY" => Some(max_concurrency.to_owned()),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,

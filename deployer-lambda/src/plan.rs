@@ -259,20 +259,20 @@ pub fn gate(
     }
 }
 
-/// Splits tagged instances into targets and refused ones. With an instance-profile template
-/// configured, only instances carrying exactly the (app, env)'s profile qualify: tags can be
-/// set by anyone allowed `ec2:CreateTags`, attaching a profile needs `iam:PassRole`.
+/// Splits tagged instances into targets and refused ones. Only instances carrying exactly the
+/// (app, env)'s profile qualify: tags can be set by anyone allowed `ec2:CreateTags`, attaching
+/// a profile needs `iam:PassRole`. There is no tags-only mode (the configuration requires the
+/// template).
 pub fn qualify_targets(
     instances: Vec<TaggedInstance>,
-    expected_profile: Option<&str>,
+    want: &str,
 ) -> (Vec<String>, Vec<RefusedTarget>) {
     let mut targets = Vec::new();
     let mut refused = Vec::new();
     for i in instances {
-        match (expected_profile, i.profile_arn.as_deref()) {
-            (None, _) => targets.push(i.id),
-            (Some(want), Some(have)) if want == have => targets.push(i.id),
-            (Some(want), have) => refused.push(RefusedTarget {
+        match i.profile_arn.as_deref() {
+            Some(have) if want == have => targets.push(i.id),
+            have => refused.push(RefusedTarget {
                 reason: format!(
                     "carries the tags but {} instead of the instance profile {want}; not sent to (attach the module's profile for this app/env)",
                     have.map_or("no instance profile".to_owned(), |h| format!("instance profile {h}"))
@@ -749,6 +749,9 @@ mod tests {
     fn config() -> Config {
         Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
+                "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
+            ),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
         })
@@ -887,16 +890,13 @@ mod tests {
                     Some("arn:aws:iam::111122223333:instance-profile/dropship-host-shop.staging"),
                 ),
             ],
-            Some(want),
+            want,
         );
         assert_eq!(targets, ["i-1"]);
         let ids: Vec<&str> = refused.iter().map(|r| r.instance_id.as_str()).collect();
         assert_eq!(ids, ["i-2", "i-3"]);
         assert!(refused[0].reason.contains("no instance profile"));
         assert!(refused[1].reason.contains("shop.staging"));
-        // Without a configured template (local setups) the tags decide.
-        let (targets, refused) = qualify_targets(vec![inst("i-2", None)], None);
-        assert_eq!((targets.len(), refused.len()), (1, 0));
     }
 
     #[test]
@@ -1176,15 +1176,18 @@ mod tests {
     fn the_largest_allowed_inputs_fit_the_ssm_command_limit() {
         let c = Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
+                "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
+            ),
             "DROPSHIP_APP_ROOT" => Some(format!("/{}/{{app}}/{{env}}", "r".repeat(120))),
             "AWS_REGION" => Some(format!("us-{}-1", "w".repeat(MAX_REGION_LEN - 5))),
-            "AWS_ENDPOINT_URL_S3" => Some(format!(
-                "https://{}.com",
-                "e".repeat(MAX_S3_ENDPOINT_LEN - 12)
-            )),
             _ => None,
         })
         .unwrap();
+        // The command budget reserves the contract's longest endpoint, although the
+        // configuration accepts only the region's own one or a loopback emulator.
+        let mut c = c;
+        c.s3_endpoint = format!("https://{}.com", "e".repeat(MAX_S3_ENDPOINT_LEN - 12));
         let name = "a".repeat(63);
         let version = "V".repeat(1024);
         let payload = json!({"bucket": "rel-bucket", "key": format!("releases/{name}/{name}.tar.gz"), "version_id": version});

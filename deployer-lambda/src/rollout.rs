@@ -507,7 +507,7 @@ impl<E: Edges> Deployer<E> {
                 .await?;
             // The same qualification as at dispatch: only the (app, env)'s instance profile.
             let expected = c.instance_profile_arn_for(release.app(), release.env());
-            let (mut running, _refused) = plan::qualify_targets(tagged, expected.as_deref());
+            let (mut running, _refused) = plan::qualify_targets(tagged, &expected);
             if let Some(id) = only {
                 running.retain(|r| r == id);
             }

@@ -602,8 +602,10 @@ fn lambda_environment_is_exactly_what_the_lambda_reads() {
     // parser reads them so (events for anything else are refused before any S3 read).
     let apps = value("DROPSHIP_ALLOWED_APPS");
     let envs = value("DROPSHIP_ALLOWED_ENVIRONMENTS");
+    let template = as_text(&vars["DROPSHIP_INSTANCE_PROFILE_ARN"]);
     let config = deployer_lambda::config::Config::from_lookup(|k| match k {
         "DROPSHIP_ALLOWED_BUCKETS" => Some("artifacts".into()),
+        "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(template.clone()),
         "DROPSHIP_ALLOWED_APPS" => Some(apps.clone()),
         "DROPSHIP_ALLOWED_ENVIRONMENTS" => Some(envs.clone()),
         "AWS_REGION" => Some("eu-west-1".into()),
@@ -660,7 +662,7 @@ fn lambda_requires_each_app_and_envs_own_instance_profile_which_the_module_creat
         let expected = format!("arn:{PARTITION}:iam::{ACCOUNT_ID}:instance-profile/{name}");
         assert_eq!(
             config.instance_profile_arn_for(key.app(), key.env()),
-            Some(expected.clone()),
+            expected.clone(),
             "the profile the Lambda requires of {k}'s hosts must be the one the module creates for {k}"
         );
         assert!(

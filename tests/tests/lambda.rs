@@ -63,6 +63,10 @@ impl Fixture {
     fn env_vars(&self) -> Vec<(&'static str, String)> {
         vec![
             ("DROPSHIP_ALLOWED_BUCKETS", self.bucket.clone()),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                moto::HOST_PROFILE_TEMPLATE.into(),
+            ),
             ("DROPSHIP_MAX_CONCURRENCY", "2".into()),
             ("DROPSHIP_LOG_GROUP", "/dropship/commands".into()),
         ]
@@ -93,9 +97,12 @@ impl Fixture {
         Deployer::new(config, clients)
     }
 
-    /// Runs `n` instances tagged with `app`/`env`; returns their ids.
+    /// Runs `n` instances tagged with `app`/`env` and carrying that pair's host profile, as
+    /// the module's hosts do; returns their ids.
     async fn instances(&self, app: &str, env: &str, n: i32) -> Vec<String> {
-        self.instances_with_profile(app, env, n, None).await
+        let profile = moto::host_profile(app, env);
+        self.instances_with_profile(app, env, n, Some(&profile))
+            .await
     }
 
     /// Runs `n` instances tagged with `app`/`env`, with the instance profile `profile_arn`
@@ -112,27 +119,32 @@ impl Fixture {
             .tags(Tag::builder().key("dropship:app").value(app).build())
             .tags(Tag::builder().key("dropship:env").value(env).build())
             .build();
-        let out = self
-            .ec2
-            .run_instances()
-            .image_id("ami-12c6146b")
-            .instance_type(InstanceType::T3Micro)
-            .min_count(n)
-            .max_count(n)
-            .tag_specifications(tags)
-            .set_iam_instance_profile(profile_arn.map(|arn| {
-                aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
-                    .arn(arn)
-                    .build()
-            }))
-            .send()
-            .await
-            .expect("run instances");
-        let mut ids: Vec<String> = out
-            .instances()
-            .iter()
-            .filter_map(|i| i.instance_id().map(str::to_owned))
-            .collect();
+        // One RunInstances per instance: moto attaches the profile to the first instance of a
+        // call only.
+        let mut ids: Vec<String> = Vec::new();
+        for _ in 0..n {
+            let out = self
+                .ec2
+                .run_instances()
+                .image_id("ami-12c6146b")
+                .instance_type(InstanceType::T3Micro)
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(tags.clone())
+                .set_iam_instance_profile(profile_arn.map(|arn| {
+                    aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                        .arn(arn)
+                        .build()
+                }))
+                .send()
+                .await
+                .expect("run instances");
+            ids.extend(
+                out.instances()
+                    .iter()
+                    .filter_map(|i| i.instance_id().map(str::to_owned)),
+            );
+        }
         ids.sort();
         for id in &ids {
             self.local_ssm.add_instance(BashInstance::without_engine(
@@ -636,7 +648,7 @@ async fn forged_events_borrowed_instances_and_foreign_environments_are_refused_a
         .instances_with_profile(&f.app, ENV, 1, Some(&profile))
         .await;
     // Tagged by someone allowed ec2:CreateTags, but not given the module's profile.
-    let borrowed = f.instances(&f.app, ENV, 1).await;
+    let borrowed = f.instances_with_profile(&f.app, ENV, 1, None).await;
     let d = f
         .deployer_with(&[
             (
