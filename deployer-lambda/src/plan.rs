@@ -14,7 +14,7 @@ use dropship_contract::key::ReleaseKey;
 use dropship_contract::manifest::DeploySettings;
 use dropship_contract::metadata::{MetadataError, ObjectMetadata};
 use dropship_contract::record::{
-    DeployRecord, LatestPointer, Outcome, RefusedTarget, Verification,
+    CommandBatch, DeployRecord, LatestPointer, Outcome, RefusedTarget, Verification,
 };
 use dropship_contract::sequencer::Sequencer;
 use dropship_contract::shell::{self, ShellValueError};
@@ -618,6 +618,16 @@ pub fn script_is_for_version(script: &str, version_id: &str) -> bool {
     }
 }
 
+/// Whether a command found after a crashed attempt may be adopted as this attempt's own: its
+/// script must be exactly the one this attempt renders (`ours`), and it must have gone only to
+/// instances of this wave. A matching `Comment` or version line alone proves nothing: any
+/// principal with `ssm:SendCommand` can write both.
+pub fn is_adoptable(script: &str, batch: &CommandBatch, ours: &str, wave: &[String]) -> bool {
+    script == ours
+        && !batch.instance_ids.is_empty()
+        && batch.instance_ids.iter().all(|i| wave.contains(i))
+}
+
 /// When a claim taken `now` stops protecting the version: the invocation's deadline (the
 /// longest it can still run) plus a few seconds, or [`DEFAULT_LEASE_SECS`] when unknown.
 pub fn lease_end(deadline: Option<OffsetDateTime>, now: OffsetDateTime) -> OffsetDateTime {
@@ -741,7 +751,7 @@ mod tests {
     use crate::event::{parse, Request};
     use dropship_contract::key::ReleaseKey;
     use dropship_contract::manifest::{DeploySettings, Manifest, MANIFEST_FORMAT};
-    use dropship_contract::record::{CommandBatch, EventFacts, Trigger};
+    use dropship_contract::record::{EventFacts, Trigger};
     use proptest::prelude::*;
     use serde_json::json;
     use std::process::Command;
