@@ -406,6 +406,7 @@ impl<E: Edges> Deployer<E> {
         let limits = VerifyLimits {
             max_object_bytes: self.config.max_bundle_bytes,
             entries: Limits::default(),
+            ..VerifyLimits::default()
         };
         let started = std::time::Instant::now();
         let verified = match self

@@ -926,6 +926,21 @@ async fn every_hostile_bundle_is_rejected_with_its_reason_and_nothing_is_sent() 
             "beneath symlink",
         ),
         (
+            "symlink chain that climbs through a symlink",
+            hostile_bundle(
+                &app,
+                vec![
+                    compose(),
+                    special("s", b'2', "."),
+                    special("t", b'2', "s/.."),
+                    special("u", b'2', "t/.."),
+                    special("v", b'2', "u/etc"),
+                ],
+            ),
+            keep(),
+            "and then up (..)",
+        ),
+        (
             "hardlink",
             hostile_bundle(&app, vec![compose(), special("hard", b'1', "compose.yaml")]),
             keep(),
@@ -1177,6 +1192,154 @@ async fn the_binary_runs_as_a_lambda_through_the_runtime_api() {
         "{malformed}"
     );
     assert_eq!(f.commands().await.len(), 1);
+}
+
+/// `gzip -9` of `bytes` (deflate's best ratio, about 1030:1 on zeros).
+fn gzip_best(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .args(["-9", "-n", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// A bundle of `app` whose manifest is honest and whose `gib` files are 1 GiB of zeros each
+/// (the per-file limit, under the 8 GiB total): a few MB that inflate to gigabytes. The tar
+/// stream is cut into gzip members (`tar -xz` reads them all); each run of zeros is one 64 MiB
+/// member repeated.
+fn gzip_bomb(app: &str, gib: u64) -> Vec<u8> {
+    const FILE: u64 = 1 << 30;
+    let names = [
+        "zeros-1", "zeros-2", "zeros-3", "zeros-4", "zeros-5", "zeros-6", "zeros-7",
+    ];
+    assert!((1..=names.len() as u64).contains(&gib));
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        app: app.into(),
+        branch: "main".into(),
+        commit: COMMIT.into(),
+        commit_time: 1_700_000_000,
+        dirty: false,
+        message: "test release".into(),
+        files: gib,
+        bytes: gib * FILE,
+        deploy: DeploySettings::default(),
+        overrides: Default::default(),
+        legacy_env: None,
+    }
+    .to_bytes();
+    // A file's header whose size field says 1 GiB, its checksum recomputed.
+    let header = |name: &'static str| {
+        let mut h = ustar(&[entry(name, b"")]);
+        h.truncate(512);
+        h[124..136].copy_from_slice(format!("{FILE:011o}\0").as_bytes());
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    };
+    let mut first = ustar(&[Entry {
+        path: ".dropship/manifest.json",
+        kind: b'0',
+        mode: 0o644,
+        data: manifest,
+        link: "",
+    }]);
+    first.truncate(first.len() - 1024);
+    let zeros = gzip_best(&vec![0u8; 64 << 20]);
+    let mut object = Vec::new();
+    for (i, name) in names.iter().take(gib as usize).enumerate() {
+        let mut head = if i == 0 { first.clone() } else { Vec::new() };
+        head.extend_from_slice(&header(name));
+        object.extend_from_slice(&gzip_best(&head));
+        for _ in 0..(FILE >> 26) {
+            object.extend_from_slice(&zeros);
+        }
+    }
+    object.extend_from_slice(&gzip_best(&[0u8; 1024]));
+    object
+}
+
+/// A staging upload of a gzip bomb (4 GiB from about 4 MB) and a production release deployed
+/// at the same time, each in its own function process (Lambda runs concurrent invocations in
+/// separate execution environments): the bomb is refused after inflating at most the verifier's
+/// free allowance, in bounded time and memory, and the production deploy is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_is_refused_in_bounded_time_and_memory_and_a_concurrent_deploy_proceeds() {
+    let staging = Fixture::new().await;
+    staging.instances(&staging.app, ENV, 1).await;
+    let bomb = gzip_bomb(&staging.app, 4);
+    let bomb_bytes = bomb.len();
+    assert!(bomb_bytes < 8 << 20, "{bomb_bytes} bytes");
+    let meta = staging.metadata(COMMIT, &sha256_hex(&bomb));
+    let bomb_version = staging.upload(bomb, &meta).await;
+    let bomb_event = staging.event(&bomb_version, "0B0B");
+
+    let production = Fixture::new().await;
+    let targets = production.instances(&production.app, ENV, 1).await;
+    let (real_version, _) = production.upload_real_bundle("prod").await;
+    let real_event = production.event(&real_version, "0C0C");
+
+    let (bomb_env, real_env) = (process_env(&staging), process_env(&production));
+    let run = |env: Vec<(String, String)>, event: Value| {
+        std::thread::spawn(move || {
+            let mut lambda = LambdaProcess::start(&borrowed(&env));
+            lambda
+                .wait_ready(Duration::from_secs(30))
+                .expect("function initialised");
+            let idle_kib = lambda.peak_rss_kib().expect("VmHWM");
+            let started = std::time::Instant::now();
+            let result = lambda.invoke(&event).expect("invocation answered");
+            let took = started.elapsed();
+            let peak_kib = lambda.peak_rss_kib().expect("VmHWM");
+            (result, took, idle_kib, peak_kib)
+        })
+    };
+    let (bomb_run, real_run) = (run(bomb_env, bomb_event), run(real_env, real_event));
+    let (bomb_result, bomb_took, bomb_idle, bomb_peak) = bomb_run.join().unwrap();
+    let (real_result, real_took, _, _) = real_run.join().unwrap();
+    eprintln!(
+        "gzip bomb: {bomb_bytes} bytes declaring 4 GiB, refused in {:.2} s, peak RSS {} MiB ({} MiB before the invocation); concurrent production deploy {:.2} s",
+        bomb_took.as_secs_f64(),
+        bomb_peak / 1024,
+        bomb_idle / 1024,
+        real_took.as_secs_f64()
+    );
+    assert_eq!(bomb_result["outcome"], "rejected", "{bomb_result}");
+    assert!(
+        bomb_result["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("decompression bomb"),
+        "{bomb_result}"
+    );
+    assert!(
+        bomb_took < Duration::from_secs(10),
+        "bomb took {bomb_took:?}"
+    );
+    assert!(
+        bomb_peak < 128 * 1024,
+        "bomb verification peaked at {bomb_peak} KiB"
+    );
+    assert!(
+        staging.commands().await.is_empty(),
+        "nothing sent for the bomb"
+    );
+    assert_eq!(real_result["outcome"], "dispatched", "{real_result}");
+    assert_eq!(real_result["targets"], json!(targets));
+    assert!(
+        real_took < Duration::from_secs(20),
+        "production took {real_took:?}"
+    );
 }
 
 #[test]
