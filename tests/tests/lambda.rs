@@ -509,7 +509,10 @@ async fn a_promoted_version_is_verified_and_dispatched_with_its_environments_set
         "services:\n  web:\n    image: nginx:alpine\n",
     );
     repo.commit("two environments");
-    let staged = run(repo.bundler().arg("--json")).success().json()["version_id"]
+    // Uploaded by CI (promote refuses a developer's local upload without --force).
+    let staged = run(repo.bundler().arg("--json").env("CI", "true"))
+        .success()
+        .json()["version_id"]
         .as_str()
         .expect("version id")
         .to_owned();
@@ -540,9 +543,14 @@ async fn a_promoted_version_is_verified_and_dispatched_with_its_environments_set
     )
     .await;
 
-    let promoted = run(repo
-        .dropship()
-        .args(["promote", "staging", "production", "--json"]))
+    let promoted = run(repo.dropship().args([
+        "promote",
+        "staging",
+        "production",
+        "--version",
+        &staged,
+        "--json",
+    ]))
     .success()
     .json();
     assert_eq!(promoted["source_version_id"], staged.as_str());
