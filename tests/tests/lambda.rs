@@ -739,8 +739,8 @@ async fn forged_events_borrowed_instances_and_foreign_environments_are_refused_a
     assert_eq!(pointer.sequencer, "0055AED6DCD90281E6");
 }
 
-/// The event's requester and source address are kept (the uploader metadata is
-/// self-declared; these come from S3).
+/// The event's requester and source address are kept as the payload states them (claims
+/// like the uploader metadata: a forged event carries whatever it likes).
 fn event_facts_recorded(record: &DeployRecord) {
     assert_eq!(record.event.requester.as_deref(), Some("123456789012"));
     assert_eq!(record.event.source_ip.as_deref(), Some("1.2.3.4"));
