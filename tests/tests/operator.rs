@@ -919,6 +919,85 @@ async fn promote_names_its_version_off_a_terminal_and_refuses_local_or_dirty_sou
     assert_eq!(versions(&s3, &bucket, &production()).await.len(), 2);
 }
 
+/// `doctor`'s upload check sends a PutObject that must never store anything: besides an
+/// `If-Match` no object has, a `Content-MD5` that is not its body's, so a service that ignored
+/// the precondition would still refuse the body; S3 answering `BadDigest` (it checks bodies only
+/// of requests it authorised) counts as "may put".
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_upload_probe_carries_a_wrong_content_md5_and_reads_bad_digest_as_allowed() {
+    use dropship_tests::faults::{Fault, FaultProxy};
+    let s3 = moto::s3().await;
+    let bucket = moto::create_bucket(&s3, "ops-doctor-md5", true).await;
+    s3.put_bucket_notification_configuration()
+        .bucket(&bucket)
+        .notification_configuration(
+            aws_sdk_s3::types::NotificationConfiguration::builder()
+                .event_bridge_configuration(
+                    aws_sdk_s3::types::EventBridgeConfiguration::builder().build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("notifications to EventBridge");
+    let app = AppRepo::new(&bucket);
+    app.repo.commit("one");
+    let proxy = FaultProxy::start(
+        &std::env::var("AWS_ENDPOINT_URL").expect("moto endpoint"),
+        vec![Fault {
+            method: "PUT",
+            target_contains: "/releases/",
+            status: 400,
+            code: "BadDigest",
+        }],
+    );
+    let out = app
+        .dropship_command(&["doctor", "--json"])
+        .env("AWS_ENDPOINT_URL_S3", proxy.endpoint())
+        .output()
+        .expect("run dropship");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", text(&out.stderr)));
+    let puts = proxy.headers_of("PUT ");
+    assert_eq!(
+        puts.len(),
+        1,
+        "one probe: {:?}\n{}{}",
+        proxy.seen(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let header = |name: &str| {
+        puts[0]
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert!(header("if-match").is_some(), "{:?}", puts[0]);
+    let md5 = header("content-md5").unwrap_or_else(|| panic!("no Content-MD5: {:?}", puts[0]));
+    // MD5 of the empty body, which a conforming service would accept.
+    assert_ne!(md5, "1B2M2Y8AsgTpgAmY7PhCfg==");
+    assert_eq!(md5.len(), 24, "a base64 MD5: {md5}");
+    let upload = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["check"] == "upload")
+        .unwrap_or_else(|| panic!("no upload finding: {report:#}"));
+    assert_ne!(upload["level"], "fail", "{upload:#}");
+    assert!(
+        upload["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("may put"),
+        "{upload:#}"
+    );
+    assert_eq!(proxy.injected(), 1);
+    assert!(versions(&s3, &bucket, &ReleaseKey::new(APP, ENV).unwrap())
+        .await
+        .is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn status_reads_each_invocation_the_record_names() {
     let s3 = moto::s3().await;
