@@ -545,11 +545,13 @@ impl Pipeline {
         repo::run(&mut self.tool(self.repo.dropship(), args))
     }
 
-    /// A CLI command with this pipeline's app, env, bucket and SSM endpoint.
+    /// A CLI command with this pipeline's app, env, bucket and SSM endpoint, run as CI runs it
+    /// (`CI=true`: uploads say source=ci, which `promote` requires without `--force`).
     fn tool(&self, mut cmd: Command, args: &[&str]) -> Command {
         cmd.args(args)
             .args(["--app", &self.app, "--env", ENV, "--bucket", &self.bucket])
             .envs(self.local_ssm.aws_env())
+            .env("CI", "true")
             .stdin(Stdio::null());
         cmd
     }
