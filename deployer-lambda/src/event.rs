@@ -52,6 +52,8 @@ pub struct HostFinished {
     pub instance_id: String,
     /// The event's status (informational: `GetCommandInvocation` is read for the truth).
     pub status: String,
+    /// When the command was sent (`detail.requested-date-time`), if the event says so.
+    pub requested: Option<time::OffsetDateTime>,
 }
 
 /// One exact object version to verify and dispatch.
@@ -155,6 +157,9 @@ fn parse_ssm(detail_type: &str, detail: &Value) -> Result<Request, EventError> {
         command_id: required(detail, &["command-id"], "detail.command-id")?.to_owned(),
         instance_id: required(detail, &["instance-id"], "detail.instance-id")?.to_owned(),
         status: status.to_owned(),
+        requested: str_at(detail, &["requested-date-time"]).and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        }),
     }))
 }
 

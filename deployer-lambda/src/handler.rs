@@ -947,6 +947,39 @@ mod tests {
         assert_eq!(d.edges.sent_to(), ["i-1"], "still one command");
     }
 
+    #[tokio::test]
+    async fn an_unindexed_command_with_dropships_comment_is_retried_only_while_its_sender_could_index_it(
+    ) {
+        // Anyone with ssm:SendCommand can send AWS-RunShellScript with dropship's Comment.
+        let d = Deployer::new(config(), FakeAws::with_instances(&["i-1"]));
+        host_answers(&d, "cmd-lookalike", "i-1", 0, "deployed");
+        let inv = Invocation::default();
+        let sent_at = |t: OffsetDateTime| {
+            let mut e = ssm_event("cmd-lookalike", "i-1", "Success");
+            e["detail"]["requested-date-time"] = json!(plan::format_time(t));
+            e
+        };
+        let now = OffsetDateTime::now_utc();
+        // Just sent: its sender may not have indexed it yet, so Lambda retries.
+        let err = d.handle(&sent_at(now), &inv).await.unwrap_err();
+        assert!(matches!(err, HandlerError::Busy(_)), "{err}");
+        // An hour old: no deployer invocation lives that long, so nobody will index it; it is
+        // ignored instead of being retried into the failure queue.
+        let old = d
+            .handle(&sent_at(now - time::Duration::hours(1)), &inv)
+            .await
+            .unwrap();
+        assert_eq!(old.outcome, Outcome::Ignored);
+        assert!(
+            old.reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("looks like one"),
+            "{old:?}"
+        );
+        assert!(d.edges.sent_to().is_empty());
+    }
+
     /// SSM's `EC2 Command Invocation Status-change Notification`, as AWS documents it.
     fn ssm_event(command_id: &str, instance_id: &str, status: &str) -> Value {
         json!({

@@ -628,6 +628,24 @@ pub fn is_adoptable(script: &str, batch: &CommandBatch, ours: &str, wave: &[Stri
         && batch.instance_ids.iter().all(|i| wave.contains(i))
 }
 
+/// How long after it was sent a command with dropship's `Comment` but no command-index entry
+/// is still taken for one of the deployer's own whose sender has not indexed it yet: the
+/// sender indexes right after `SendCommand` returns, within its invocation (at most 15
+/// minutes), plus a margin.
+pub const INDEX_GRACE_SECS: i64 = 20 * 60;
+
+/// Whether a finished command that looks like dropship's but has no index entry is retried
+/// (its sender may still index it) rather than ignored: only while it is younger than
+/// [`INDEX_GRACE_SECS`] (unknown age: retried). Anyone with `ssm:SendCommand` can copy the
+/// `Comment`; past the grace such commands cost one invocation each, not a retry chain into
+/// the failure queue.
+pub fn unindexed_command_is_retried(
+    requested: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> bool {
+    requested.is_none_or(|t| now - t < Duration::seconds(INDEX_GRACE_SECS))
+}
+
 /// When a claim taken `now` stops protecting the version: the invocation's deadline (the
 /// longest it can still run) plus a few seconds, or [`DEFAULT_LEASE_SECS`] when unknown.
 pub fn lease_end(deadline: Option<OffsetDateTime>, now: OffsetDateTime) -> OffsetDateTime {
