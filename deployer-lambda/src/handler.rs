@@ -241,11 +241,12 @@ impl<E: Edges> Deployer<E> {
                 info!(outcome = "skipped_duplicate", key = %request.key, version_id = %request.version_id, reason = %reason, "repeated event: no second command");
                 if record.outcome == Outcome::Dispatched {
                     // A previous attempt may have dispatched and failed before moving the
-                    // pointer: with the sequencer that attempt recorded, never the payload's.
+                    // pointer: with the S3 stamp that attempt recorded (records written before
+                    // stamps existed: the sequencer it recorded), never this payload's.
                     let recorded = record
-                        .event
-                        .sequencer
+                        .stamp
                         .as_deref()
+                        .or(record.event.sequencer.as_deref())
                         .and_then(|s| s.parse::<Sequencer>().ok());
                     if let Some(seq) = recorded {
                         self.advance_pointer(&store, &request, &record, &seq)
@@ -332,7 +333,13 @@ impl<E: Edges> Deployer<E> {
                     Written::Ok(_) => {}
                     Written::Conflict => return Err(HandlerError::LostClaim { record_key }),
                 }
-                if let (Outcome::Dispatched, Some(seq)) = (outcome, request.sequencer.as_ref()) {
+                // The pointer orders by S3's own stamp of the version (LastModified), never by
+                // the payload's sequencer: a forged first event must not pin it.
+                let stamp = record
+                    .stamp
+                    .as_deref()
+                    .and_then(|s| s.parse::<Sequencer>().ok());
+                if let (Outcome::Dispatched, Some(seq)) = (outcome, stamp.as_ref()) {
                     self.advance_pointer(&store, &request, &record, seq).await?;
                     info!(outcome = "dispatched", key = %request.key, version_id = %request.version_id,
                         commit = record.metadata.as_ref().map(|m| m.commit.as_str()).unwrap_or_default(),
@@ -596,7 +603,11 @@ impl<E: Edges> Deployer<E> {
     ) -> Result<(), HandlerError> {
         for _ in 0..5 {
             let current = store.pointer(&request.release).await?;
-            if !plan::pointer_needs_update(current.as_ref().map(|s| &s.doc), seq) {
+            if !plan::pointer_needs_update(
+                current.as_ref().map(|s| &s.doc),
+                seq,
+                &request.version_id,
+            ) {
                 return Ok(());
             }
             let pointer = plan::pointer_to(request, record, seq, OffsetDateTime::now_utc());
@@ -749,7 +760,28 @@ mod tests {
         assert_eq!((record.attempts, record.lease_until.as_deref()), (1, None));
         assert_eq!(record.command_ids(), ["cmd-1"]);
         assert_eq!(stored_pointer(&d.edges).version_id, VERSION);
-        assert_eq!(stored_pointer(&d.edges).sequencer, SEQUENCER);
+        assert_eq!(
+            Some(stored_pointer(&d.edges).sequencer),
+            record.stamp,
+            "the pointer carries S3's stamp, not the payload's sequencer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forged_first_event_cannot_pin_the_pointer_with_its_sequencer() {
+        // A direct invocation for the key's current version with a maximal sequencer.
+        let d = Deployer::new(config(), FakeAws::with_instances(&["i-1"]));
+        let mut forged = event();
+        forged["detail"]["object"]["sequencer"] = json!("F".repeat(128));
+        let res = d.handle(&forged, &Invocation::default()).await.unwrap();
+        assert_eq!(res.outcome, Outcome::Dispatched);
+        let pointer = stored_pointer(&d.edges);
+        let stamp = stored_record(&d.edges).stamp.expect("stamp");
+        assert_eq!(pointer.sequencer, stamp);
+        assert!(!pointer.sequencer.contains("FFFF"), "{pointer:?}");
+        // So a later version (a newer S3 stamp) still moves it.
+        let later = order_stamp(1_764_400_001).parse::<Sequencer>().unwrap();
+        assert!(plan::pointer_needs_update(Some(&pointer), &later, "v3"));
     }
 
     #[tokio::test]
@@ -898,14 +930,15 @@ mod tests {
         fake.interferences.lock().unwrap().push(Interference {
             key: release().latest_pointer_key(),
             nth: 0,
-            body: pointer("v1", "00AA"),
+            body: pointer("v1", &order_stamp(1_764_399_999)),
         });
         let (result, d) = handle(fake).await;
         assert_eq!(result.unwrap().outcome, Outcome::Dispatched);
         let p = stored_pointer(&d.edges);
+        // The fake version's LastModified is 1_764_400_000: the pointer carries S3's stamp.
         assert_eq!(
             (p.version_id.as_str(), p.sequencer.as_str()),
-            (VERSION, SEQUENCER)
+            (VERSION, order_stamp(1_764_400_000).as_str())
         );
         assert_eq!(p.commit.as_deref(), Some(COMMIT));
     }
@@ -916,7 +949,7 @@ mod tests {
         fake.interferences.lock().unwrap().push(Interference {
             key: release().latest_pointer_key(),
             nth: 0,
-            body: pointer("v3", "00CC"),
+            body: pointer("v3", &order_stamp(1_764_400_001)),
         });
         let (result, d) = handle(fake).await;
         assert_eq!(result.unwrap().outcome, Outcome::Dispatched);

@@ -300,11 +300,20 @@ pub fn dispatch_budget(
     ))
 }
 
-/// Whether `pointer` must be replaced by one for `sequencer` (strictly newer, or none yet).
-pub fn pointer_needs_update(pointer: Option<&LatestPointer>, sequencer: &Sequencer) -> bool {
-    match pointer.and_then(|p| Sequencer::parse(&p.sequencer).ok()) {
-        Some(current) => *sequencer > current,
-        None => true,
+/// Whether `pointer` must be replaced by one for `version_id` dispatched with the S3 stamp
+/// `sequencer`: strictly newer, or none yet; or the same stamp (versions written within the
+/// same second) for another version, the last one dispatched (only the key's current version
+/// is) winning.
+pub fn pointer_needs_update(
+    pointer: Option<&LatestPointer>,
+    sequencer: &Sequencer,
+    version_id: &str,
+) -> bool {
+    match pointer.map(|p| (Sequencer::parse(&p.sequencer).ok(), p.version_id.as_str())) {
+        Some((Some(current), current_version)) => {
+            *sequencer > current || (*sequencer == current && current_version != version_id)
+        }
+        Some((None, _)) | None => true,
     }
 }
 
@@ -946,17 +955,30 @@ mod tests {
         let newest = pointer("v2", "0055AED6DCD90281E6");
         assert!(pointer_needs_update(
             Some(&newest),
-            &Sequencer::parse("0055AED6DCD90281E7").unwrap()
+            &Sequencer::parse("0055AED6DCD90281E7").unwrap(),
+            "v3"
         ));
         assert!(!pointer_needs_update(
             Some(&newest),
-            &Sequencer::parse("0055AED6DCD90281E6").unwrap()
+            &Sequencer::parse("0055AED6DCD90281E6").unwrap(),
+            "v2"
         ));
         assert!(!pointer_needs_update(
             Some(&newest),
-            &Sequencer::parse("0055").unwrap()
+            &Sequencer::parse("0055").unwrap(),
+            "v1"
         ));
-        assert!(pointer_needs_update(None, &Sequencer::parse("01").unwrap()));
+        // The same stamp (one second) for another version: the last dispatched wins.
+        assert!(pointer_needs_update(
+            Some(&newest),
+            &Sequencer::parse("0055AED6DCD90281E6").unwrap(),
+            "v3"
+        ));
+        assert!(pointer_needs_update(
+            None,
+            &Sequencer::parse("01").unwrap(),
+            "v1"
+        ));
     }
 
     fn meta() -> ObjectMetadata {

@@ -736,7 +736,10 @@ async fn forged_events_borrowed_instances_and_foreign_environments_are_refused_a
         Outcome::SkippedDuplicate
     );
     let pointer = f.pointer().await.expect("pointer");
-    assert_eq!(pointer.sequencer, "0055AED6DCD90281E6");
+    assert_eq!(
+        pointer.sequencer, stamp,
+        "S3's stamp, never a payload's sequencer"
+    );
 }
 
 /// The event's requester and source address are kept as the payload states them (claims
