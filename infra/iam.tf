@@ -145,6 +145,32 @@ data "aws_iam_policy_document" "lambda" {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.lambda.arn}:*"]
   }
+
+  # The role's credentials work only in the deployer function's own code. Lambda puts the
+  # calling function's ARN (lambda:SourceFunctionArn) into every request made with
+  # credentials from inside an execution environment, so a function someone else creates
+  # with this role (lambda:CreateFunction + iam:PassRole) is refused everything here. Calls
+  # the Lambda service makes itself (the on-failure destination's sqs:SendMessage) carry no
+  # such key and are unaffected (the Null test). The function ARN is built from its name:
+  # referring to the function would make a cycle (it depends on this policy).
+  statement {
+    sid       = "OnlyTheDeployerFunctionUsesThisRole"
+    effect    = "Deny"
+    actions   = ["*"]
+    resources = ["*"]
+
+    condition {
+      test     = "Null"
+      variable = "lambda:SourceFunctionArn"
+      values   = ["false"]
+    }
+
+    condition {
+      test     = "ArnNotEquals"
+      variable = "lambda:SourceFunctionArn"
+      values   = [local.function_arn]
+    }
+  }
 }
 
 resource "aws_iam_role_policy" "lambda" {

@@ -10,6 +10,7 @@ locals {
   partition  = data.aws_partition.current.partition
 
   function_name        = "${var.name_prefix}-deployer"
+  function_arn         = "arn:${local.partition}:lambda:${local.region}:${local.account_id}:function:${local.function_name}"
   lambda_log_group     = "/aws/lambda/${local.function_name}"
   command_output_group = "/${var.name_prefix}/ssm-command-output"
 

@@ -74,7 +74,7 @@ output "github_role_arns" {
 }
 
 output "target_protection_scp" {
-  description = "Service control policy (JSON, from policies/dropship-targets-scp.json) for the account's OU: only the provisioning principals may change dropship tags, pass the host roles, attach or change the host instance profiles, or change dropship's roles and policies."
+  description = "Service control policy (JSON, from policies/dropship-targets-scp.json) for the account's OU: only the provisioning principals may change dropship tags, pass the host roles, attach or change the host instance profiles, change dropship's roles and policies, change or recreate the deployer function or pass its role, or change dropship's EventBridge rules."
   value       = local.target_protection_policies["scp"]
 }
 

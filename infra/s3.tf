@@ -91,6 +91,32 @@ locals {
   }
   all_release_writers = distinct(flatten(values(local.release_writers)))
 
+  # Writes into the bucket that are not PutObject/DeleteObject: same-account replication
+  # writes versions (ReplicateObject), delete markers (ReplicateDelete) and tags
+  # (ReplicateTags) with no bucket-policy allow, and S3 Batch Replication starts it.
+  replication_write_actions = [
+    "s3:InitiateReplication",
+    "s3:ObjectOwnerOverrideToBucketOwner",
+    "s3:ReplicateDelete",
+    "s3:ReplicateObject",
+    "s3:ReplicateTags",
+  ]
+
+  # Changes to an existing version's attributes: tags, ACLs, Object Lock retention and legal
+  # hold (and bypassing them), and restoring an archived copy.
+  object_attribute_actions = [
+    "s3:BypassGovernanceRetention",
+    "s3:DeleteObjectTagging",
+    "s3:DeleteObjectVersionTagging",
+    "s3:PutObjectAcl",
+    "s3:PutObjectLegalHold",
+    "s3:PutObjectRetention",
+    "s3:PutObjectTagging",
+    "s3:PutObjectVersionAcl",
+    "s3:PutObjectVersionTagging",
+    "s3:RestoreObject",
+  ]
+
   # Bucket settings whose change would weaken what this file sets up.
   bucket_protection_actions = [
     "s3:DeleteBucket",
@@ -198,6 +224,44 @@ data "aws_iam_policy_document" "artifacts_bucket" {
       test     = "ArnNotLike"
       variable = "aws:PrincipalArn"
       values   = [aws_iam_role.lambda.arn]
+    }
+  }
+
+  # Every other way to put bytes, versions or delete markers into the bucket: replication
+  # (a role that replicates from a bucket of its own needs no allow here in the same account,
+  # so only a Deny stops it), batch replication, and the owner override replication uses.
+  # Nobody replicates into this bucket; a replica of it elsewhere is configured on this
+  # bucket as the source (PutReplicationConfiguration, provisioning only) and writes there.
+  statement {
+    sid       = "NothingReplicatesIntoTheBucket"
+    effect    = "Deny"
+    actions   = local.replication_write_actions
+    resources = ["${aws_s3_bucket.artifacts.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+  }
+
+  # What changes an object's tags, ACL, lock or storage copy without writing a version: no
+  # dropship component does any of it (the bundler sends no tags; ownership is enforced, so
+  # ACLs are off), so only the provisioning principals may.
+  statement {
+    sid       = "OnlyProvisioningChangesObjectAttributes"
+    effect    = "Deny"
+    actions   = local.object_attribute_actions
+    resources = ["${aws_s3_bucket.artifacts.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "ArnNotLike"
+      variable = "aws:PrincipalArn"
+      values   = local.provisioning_principal_arns
     }
   }
 

@@ -253,13 +253,20 @@ variable "lock_timeout_secs" {
 # Who may do what (bucket policy, CI roles, snippets).
 
 variable "uploader_principal_arns" {
-  description = "Per \"<app>/<env>\", the IAM users or roles (ARNs; * wildcards allowed) that upload and restore that pair outside GitHub OIDC, e.g. { \"shop/staging\" = [\"arn:aws:iam::111122223333:role/shop-ci-staging\"] }. Attach the pair's uploader policy to them as well. The bucket policy denies writes to a release key to everyone else; the pair's GitHub role (github_oidc_subjects) is added automatically."
+  description = "Per \"<app>/<env>\", the IAM users or roles (exact ARNs, no wildcards) that upload and restore that pair outside GitHub OIDC, e.g. { \"shop/staging\" = [\"arn:aws:iam::111122223333:role/shop-ci-staging\"] }. Attach the pair's uploader policy to them as well. The bucket policy denies writes to a release key to everyone else; the pair's GitHub role (github_oidc_subjects) is added automatically."
   type        = map(list(string))
   default     = {}
 
   validation {
     condition     = alltrue([for k, arns in var.uploader_principal_arns : can(regex("^[a-z0-9][a-z0-9-]{0,62}/[a-z0-9][a-z0-9-]{0,62}$", k)) && alltrue([for a in arns : startswith(a, "arn:")])])
     error_message = "uploader_principal_arns keys must be \"<app>/<env>\" and every value an ARN (arn:...)."
+  }
+
+  # The bucket policy matches these with ArnNotLike: a wildcard would let anyone able to create
+  # a matching role or user (or, with "*", anyone at all) write that release key.
+  validation {
+    condition     = alltrue([for k, arns in var.uploader_principal_arns : alltrue([for a in arns : !strcontains(a, "*") && !strcontains(a, "?")])])
+    error_message = "uploader_principal_arns must list exact ARNs: a wildcard (* or ?) would let every matching role or user write that release key. Name each CI role or user."
   }
 }
 
@@ -286,6 +293,17 @@ variable "github_oidc_subjects" {
       alltrue([for s in subs : can(regex("^repo:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+:environment:[^*?:]+$", s))])
     ])
     error_message = "Keys must be \"<app>/<env>\"; each needs at least one subject of the form repo:<owner>/<repo>:environment:<name>, without wildcards."
+  }
+
+  # The subject's GitHub environment is the pair's own: staging's job (its branch rules, no
+  # reviewers) must never hold production's role because of a copy-paste in the map.
+  validation {
+    condition = alltrue([
+      for k, subs in var.github_oidc_subjects : alltrue([
+        for s in subs : endswith(s, ":environment:${element(split("/", k), 1)}")
+      ])
+    ])
+    error_message = "Each GitHub OIDC subject must name its pair's own environment: \"<app>/<env>\" takes only repo:<owner>/<repo>:environment:<env> (name the GitHub environment after the dropship environment)."
   }
 
   validation {

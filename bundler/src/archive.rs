@@ -218,6 +218,10 @@ pub fn plan(facts: &[FileFacts], options: &PlanOptions) -> Result<BundlePlan, Re
         }
         plan.entries.push(PlannedEntry { path, kind });
     }
+    // The whole-tree symlink rule (the Lambda also applies it with the host's shared paths).
+    if let Err(violation) = checker.finish(&[]) {
+        offenders.push(format!("{violation}"));
+    }
     if offenders.is_empty() {
         Ok(plan)
     } else {

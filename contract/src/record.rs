@@ -107,8 +107,11 @@ pub struct EventFacts {
     /// Object ETag the event reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
-    /// The account or principal S3 says made the request (`detail.requester`): unlike the
-    /// object's `uploader` metadata, not self-declared.
+    /// `detail.requester` as the event payload carries it. S3 fills it in on the events it
+    /// sends, but the Lambda cannot tell those from a payload forged by whoever may invoke it
+    /// (`lambda:InvokeFunction`) or put events on a rule that targets it: like the object's
+    /// `uploader` metadata it is a claim, shown for the record and never used for a decision.
+    /// Who really wrote a version is in CloudTrail and the bucket's server access logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requester: Option<String>,
     /// The request's source IP address (`detail.source-ip-address`).

@@ -78,6 +78,16 @@ pub enum Violation {
     BeneathSymlink { path: String, link: String },
     #[error("entry {path:?}: appears twice")]
     Duplicate { path: String },
+    #[error(
+        "entry {path:?}: symlink target {target:?} goes through {via:?} (a symlink or a shared \
+         path) and then up (..), which can lead outside the release on the host; point at the \
+         real path instead"
+    )]
+    UpThroughLink {
+        path: String,
+        target: String,
+        via: String,
+    },
     #[error("entry {path:?}: {size} bytes is over the per-file limit of {limit} bytes")]
     FileTooLarge { path: String, size: u64, limit: u64 },
     #[error("bundle content is over the total limit of {limit} bytes")]
@@ -93,6 +103,8 @@ pub struct EntryChecker {
     limits: Limits,
     seen: HashSet<String>,
     symlinks: HashSet<String>,
+    /// Every symlink with its target, for the whole-tree rule of [`EntryChecker::finish`].
+    targets: Vec<(String, Vec<u8>)>,
     total: u64,
     entries: u64,
 }
@@ -174,10 +186,61 @@ impl EntryChecker {
                 let target = entry.link_target.unwrap_or_default();
                 check_symlink_target(&path, target)?;
                 self.symlinks.insert(path.clone());
+                self.targets.push((path.clone(), target.to_vec()));
             }
             _ => {}
         }
         Ok(path)
+    }
+}
+
+impl EntryChecker {
+    /// The rule that needs the whole tree, as strict as the host's: once a symlink target has
+    /// passed through a component that is itself a symlink of the bundle or one of the host's
+    /// `shared_paths` (linked to `shared/` on the host), it may not go up (`..`) any more.
+    /// Resolving lexically, `s -> .` then `t -> s/..` looks inside, but the kernel resolves
+    /// `s/..` from where `s` really points; GNU tar then writes through such chains.
+    /// Call once every entry has been checked.
+    pub fn finish(&self, shared_paths: &[String]) -> Result<(), Violation> {
+        let shared: HashSet<&str> = shared_paths
+            .iter()
+            .map(|p| p.trim_end_matches('/'))
+            .collect();
+        for (path, target) in &self.targets {
+            let parts: Vec<&[u8]> = target
+                .split(|b| *b == b'/')
+                .filter(|seg| !seg.is_empty() && *seg != b".")
+                .collect();
+            let mut resolved: Vec<String> = match path.rsplit_once('/') {
+                Some((dir, _)) => dir.split('/').map(str::to_owned).collect(),
+                None => Vec::new(),
+            };
+            let mut via: Option<String> = None;
+            for (i, seg) in parts.iter().enumerate() {
+                if *seg == b".." {
+                    if let Some(via) = via {
+                        return Err(Violation::UpThroughLink {
+                            path: path.clone(),
+                            target: String::from_utf8_lossy(target).into_owned(),
+                            via,
+                        });
+                    }
+                    // check_symlink_target already refused climbing above the root.
+                    resolved.pop();
+                    continue;
+                }
+                resolved.push(String::from_utf8_lossy(seg).into_owned());
+                let here = resolved.join("/");
+                let last = i + 1 == parts.len();
+                if !last
+                    && via.is_none()
+                    && (self.symlinks.contains(&here) || shared.contains(here.as_str()))
+                {
+                    via = Some(here);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -278,6 +341,45 @@ mod tests {
             size: 0,
             link_target: Some(target.as_bytes()),
         }
+    }
+
+    #[test]
+    fn symlinks_may_not_go_up_after_passing_through_a_symlink_or_a_shared_path() {
+        // The chain GNU tar extracts outside the release: each link looks inside lexically.
+        let mut c = EntryChecker::new(Limits::default());
+        for (path, target) in [("s", "."), ("t", "s/.."), ("u", "t/.."), ("v", "u/etc")] {
+            c.check(&link(path, target)).unwrap();
+        }
+        match c.finish(&[]) {
+            Err(Violation::UpThroughLink { path, via, .. }) => {
+                assert!(path == "t" || path == "u", "{path}");
+                assert!(via == "s" || via == "t", "{via}");
+            }
+            other => panic!("chain accepted: {other:?}"),
+        }
+        // Order does not matter: the link used may come after the one using it.
+        let mut c = EntryChecker::new(Limits::default());
+        c.check(&link("a/t", "../s/../x")).unwrap();
+        c.check(&link("s", "a")).unwrap();
+        assert!(matches!(
+            c.finish(&[]),
+            Err(Violation::UpThroughLink { .. })
+        ));
+        // A shared path is a symlink on the host (shared/<path>).
+        let mut c = EntryChecker::new(Limits::default());
+        c.check(&link("up", "data/../app.conf")).unwrap();
+        assert!(c.finish(&[]).is_ok());
+        assert!(matches!(
+            c.finish(&["data".to_string()]),
+            Err(Violation::UpThroughLink { via, .. }) if via == "data"
+        ));
+        // Through a link to its end, or up before any link: fine.
+        let mut c = EntryChecker::new(Limits::default());
+        c.check(&link("s", ".")).unwrap();
+        c.check(&link("docs/up", "../src/main.rs")).unwrap();
+        c.check(&link("to-s", "s")).unwrap();
+        c.check(&link("into", "docs/../s/file")).unwrap();
+        c.finish(&["data".to_string()]).unwrap();
     }
 
     #[test]

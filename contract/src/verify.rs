@@ -50,13 +50,28 @@ pub struct VerifyLimits {
     pub max_object_bytes: u64,
     /// Per-entry and total limits of the tar rules.
     pub entries: Limits,
+    /// Most decompressed bytes per compressed byte read so far, once more than
+    /// [`VerifyLimits::inflation_free_bytes`] have been decompressed: a gzip bomb is refused
+    /// after inflating about that many bytes instead of its whole (up to 8 GiB) content.
+    pub max_inflation_ratio: u64,
+    /// Decompressed bytes allowed whatever the ratio (small bundles of repetitive text).
+    pub inflation_free_bytes: u64,
 }
+
+/// Default [`VerifyLimits::max_inflation_ratio`]. Deflate's own ceiling is about 1032:1;
+/// source trees compress 3-10:1 and tar's block padding of many tiny files about 50:1, so
+/// 200:1 leaves real bundles a wide margin (a large file of zeros belongs in `shared/`).
+pub const DEFAULT_MAX_INFLATION_RATIO: u64 = 200;
+/// Default [`VerifyLimits::inflation_free_bytes`]: 64 MiB.
+pub const DEFAULT_INFLATION_FREE_BYTES: u64 = 64 << 20;
 
 impl Default for VerifyLimits {
     fn default() -> Self {
         Self {
             max_object_bytes: 2 << 30,
             entries: Limits::default(),
+            max_inflation_ratio: DEFAULT_MAX_INFLATION_RATIO,
+            inflation_free_bytes: DEFAULT_INFLATION_FREE_BYTES,
         }
     }
 }
@@ -99,6 +114,20 @@ pub enum VerifyError {
     ObjectTooLarge {
         /// The limit in bytes.
         limit: u64,
+    },
+    /// The gzip stream inflates far more than any real bundle (a decompression bomb).
+    #[error(
+        "bundle inflates to more than {ratio} bytes per compressed byte ({inflated} bytes from \
+         the first {compressed}): refused as a decompression bomb before inflating the rest; \
+         keep large repetitive files out of the bundle (shared/ on the host)"
+    )]
+    InflationRatio {
+        /// The limit.
+        ratio: u64,
+        /// Decompressed bytes when refused.
+        inflated: u64,
+        /// Compressed bytes read by then.
+        compressed: u64,
     },
     /// The gzip stream is broken (not gzip, truncated, bad CRC).
     #[error("bundle is not a valid gzip stream: {detail}")]
@@ -231,6 +260,31 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Counts what the decoder hands out and stops it once the output outgrows the compressed
+/// input by more than the allowed ratio (past the free allowance).
+struct InflationGuard<R> {
+    gz: MultiGzDecoder<BufReader<HashingReader<R>>>,
+    inflated: u64,
+    max_ratio: u64,
+    free_bytes: u64,
+    tripped: Option<(u64, u64)>,
+}
+
+impl<R: Read> Read for InflationGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.gz.read(buf)?;
+        self.inflated += n as u64;
+        if self.inflated > self.free_bytes {
+            let compressed = self.gz.get_ref().get_ref().count;
+            if self.inflated / self.max_ratio.max(1) > compressed {
+                self.tripped = Some((self.inflated, compressed));
+                return Err(io::Error::other("decompression bomb"));
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// Reads `reader` once and checks everything the contract says about a bundle.
 pub fn verify_bundle<R: Read>(
     reader: R,
@@ -248,11 +302,24 @@ pub fn verify_bundle<R: Read>(
     };
     // Every gzip member is read, as `tar -xz` on the host reads them (the bundler writes one
     // member per block); whatever any member holds after the end-of-archive marker is refused.
-    let mut gz = MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, hashing));
+    let mut gz = InflationGuard {
+        gz: MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, hashing)),
+        inflated: 0,
+        max_ratio: limits.max_inflation_ratio,
+        free_bytes: limits.inflation_free_bytes,
+        tripped: None,
+    };
     let scanned = scan_archive(&mut gz, expected, limits);
-    // Map decoder/tar errors that were really read failures or the size limit.
-    let classify = |gz: &mut MultiGzDecoder<BufReader<HashingReader<R>>>, err: VerifyError| {
-        let inner = gz.get_mut().get_mut();
+    // Map decoder/tar errors that were really read failures, the size limit or a bomb.
+    let classify = |guard: &mut InflationGuard<R>, err: VerifyError| {
+        if let Some((inflated, compressed)) = guard.tripped {
+            return VerifyError::InflationRatio {
+                ratio: guard.max_ratio,
+                inflated,
+                compressed,
+            };
+        }
+        let inner = guard.gz.get_mut().get_mut();
         if let Some(source) = inner.read_error.take() {
             VerifyError::Read {
                 offset: inner.count,
@@ -276,7 +343,7 @@ pub fn verify_bundle<R: Read>(
     }
     // The decoder stops only at the end of the object or at bytes that are not a gzip member;
     // nothing may be left.
-    let mut raw = gz.into_inner();
+    let mut raw = gz.gz.into_inner();
     let leftover = match count_to_end(&mut raw) {
         Ok(n) => n,
         Err(_) => {
@@ -476,6 +543,14 @@ fn scan_archive<R: Read>(
         return Err(VerifyError::Tar {
             detail: "GNU long-name header at the end of the archive describes no entry".into(),
         });
+    }
+    // The whole-tree symlink rule, with the shared paths the host will link in.
+    if let Some(m) = &manifest {
+        let shared = m
+            .settings_for(&expected.env)
+            .map(|s| s.shared_paths)
+            .unwrap_or_default();
+        checker.finish(&shared)?;
     }
 
     let manifest = match (manifest, first) {
@@ -725,6 +800,89 @@ mod tests {
         assert_eq!(v.manifest.app, "shop");
     }
 
+    /// A bundle whose one file is `gib` GiB of zeros: the tar stream is cut into gzip members
+    /// (as `tar -xz` reads them), the zero run being one 64 MiB member repeated.
+    pub(super) fn bomb(gib: u64) -> Vec<u8> {
+        let size = gib << 30;
+        let m = manifest(1, size);
+        let mut head = tar_bytes(&[manifest_entry(&m)]);
+        head.truncate(head.len() - 1024); // no end-of-archive marker yet
+        let mut h = tar::Header::new_ustar();
+        h.set_path("zeros").unwrap();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(size);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        head.extend_from_slice(h.as_bytes());
+        let zeros = {
+            let mut enc = GzEncoder::new(Vec::new(), Compression::best());
+            enc.write_all(&vec![0u8; 64 << 20]).unwrap();
+            enc.finish().unwrap()
+        };
+        let mut object = gzip(&head);
+        for _ in 0..(size >> 26) {
+            object.extend_from_slice(&zeros);
+        }
+        object.extend_from_slice(&gzip(&[0u8; 1024]));
+        object
+    }
+
+    #[test]
+    fn refuses_a_gzip_bomb_after_inflating_a_bounded_amount() {
+        let object = bomb(1);
+        assert!(object.len() < 2 << 20, "{} bytes", object.len());
+        let started = Instant::now();
+        let err = verify(&object).unwrap_err();
+        let took = started.elapsed();
+        match err {
+            VerifyError::InflationRatio {
+                ratio, inflated, ..
+            } => {
+                assert_eq!(ratio, DEFAULT_MAX_INFLATION_RATIO);
+                assert!(
+                    inflated < DEFAULT_INFLATION_FREE_BYTES + (4 << 20),
+                    "{inflated} bytes inflated before refusing"
+                );
+            }
+            other => panic!("bomb not refused as one: {other}"),
+        }
+        assert!(!VerifyError::InflationRatio {
+            ratio: 1,
+            inflated: 1,
+            compressed: 1
+        }
+        .is_transient());
+        assert!(took.as_secs() < 10, "{took:?}");
+        // The same content below the ratio is fine: the free allowance covers small bundles.
+        let small = bundle(&[file("a.txt", &vec![b'a'; 1 << 20])]);
+        verify(&small).unwrap();
+    }
+
+    #[test]
+    fn refuses_symlink_chains_the_host_refuses() {
+        // s -> ., t -> s/.., u -> t/.., v -> u/etc: each looks inside lexically, GNU tar on the
+        // host resolves them outside the release.
+        let chain = vec![
+            special("s", EntryType::Symlink, Some(".")),
+            special("t", EntryType::Symlink, Some("s/..")),
+            special("u", EntryType::Symlink, Some("t/..")),
+            special("v", EntryType::Symlink, Some("u/etc")),
+        ];
+        let why = reason(&bundle(&chain));
+        assert!(why.contains("and then up (..)"), "{why}");
+        // Through a shared path of the manifest (a link to shared/ on the host).
+        let files = 1u64;
+        let mut m = manifest(files, 0);
+        m.deploy.shared_paths = vec!["data".into()];
+        let rest = [special("conf", EntryType::Symlink, Some("data/../x"))];
+        let mut all = vec![manifest_entry(&m)];
+        all.extend_from_slice(&rest);
+        let object = gzip(&tar_bytes(&all));
+        let why = reason(&object);
+        assert!(why.contains("\"data\""), "{why}");
+    }
+
     #[test]
     fn accepts_gnu_long_names() {
         let long = format!("{}/file.txt", "d".repeat(150));
@@ -956,6 +1114,7 @@ mod tests {
                 max_file_bytes: 1000,
                 ..Limits::default()
             },
+            ..VerifyLimits::default()
         };
         let err = verify_bundle(object.as_slice(), &exp, &limits).unwrap_err();
         assert!(

@@ -29,6 +29,27 @@ use crate::plan::{format_time, CommandPlan};
 use dropship_contract::fleet::{Invocation, Observed};
 use std::collections::BTreeSet;
 
+/// How long connecting to an AWS endpoint may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long each read of a response may stall (also each read of the streamed bundle): a
+/// stalled connection must not hold the invocation, and the slot, until the deadline.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The SDK configuration every client of the function is built from: standard retries (5
+/// attempts) and the connect and read timeouts above. The binary loads it once at cold start.
+pub fn sdk_loader() -> aws_config::ConfigLoader {
+    let retry = aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(5)
+        .with_initial_backoff(std::time::Duration::from_millis(200));
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .build();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(retry)
+        .timeout_config(timeouts)
+}
+
 /// The SDK clients the handler uses.
 #[derive(Debug, Clone)]
 pub struct Clients {
@@ -553,4 +574,37 @@ pub async fn verify_stream(
             source: io::Error::other(format!("verifier thread failed: {join}")),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Removing the timeouts (from the loader, or the loader from the clients) fails here: a
+    /// stalled S3 read would otherwise hold an invocation to its deadline.
+    #[tokio::test]
+    async fn every_client_bounds_connecting_and_each_read() {
+        let sdk = sdk_loader()
+            .region(aws_config::Region::new("eu-west-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "AKIDTEST", "secret", None, None, "test",
+            ))
+            .load()
+            .await;
+        let clients = Clients::new(&sdk);
+        let check = |what: &str, t: Option<&aws_config::timeout::TimeoutConfig>| {
+            let t = t.unwrap_or_else(|| panic!("{what}: no timeout configuration"));
+            assert_eq!(t.read_timeout(), Some(READ_TIMEOUT), "{what} read timeout");
+            assert_eq!(
+                t.connect_timeout(),
+                Some(CONNECT_TIMEOUT),
+                "{what} connect timeout"
+            );
+        };
+        check("S3", clients.s3.config().timeout_config());
+        check("EC2", clients.ec2.config().timeout_config());
+        check("SSM", clients.ssm.config().timeout_config());
+        check("EventBridge", clients.events.config().timeout_config());
+        assert!(READ_TIMEOUT <= std::time::Duration::from_secs(60));
+    }
 }

@@ -114,9 +114,9 @@ pub struct Config {
     pub lock_timeout_secs: u32,
     /// ARN template (`{app}`, `{env}` substituted) of the instance profile a target must
     /// carry besides its tags: tags can be set by anyone with `ec2:CreateTags`, attaching a
-    /// profile needs `iam:PassRole`. `infra/` always sets it; `None` (unset) only in local
-    /// test setups. See [`Config::instance_profile_arn_for`].
-    pub instance_profile_arn: Option<String>,
+    /// profile needs `iam:PassRole`. Required: without it the Lambda refuses to start (fail
+    /// closed; there is no tags-only mode). See [`Config::instance_profile_arn_for`].
+    pub instance_profile_arn: String,
     /// Apps whose events are acted on (`DROPSHIP_ALLOWED_APPS`, comma-separated); empty: any
     /// (local setups; `infra/` always sets it from `apps`).
     pub allowed_apps: Vec<String>,
@@ -265,15 +265,19 @@ impl Config {
             }
         }
 
-        let instance_profile_arn = get("DROPSHIP_INSTANCE_PROFILE_ARN");
-        if let Some(t) = &instance_profile_arn {
-            if !is_instance_profile_arn_template(t) {
-                return Err(invalid(
-                    "DROPSHIP_INSTANCE_PROFILE_ARN",
-                    t,
-                    "an instance-profile ARN template naming {app} and {env}, e.g. arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}",
-                ));
-            }
+        // Fail closed: a target qualifies by its tags AND the (app, env)'s instance profile;
+        // whoever could unset this variable must not turn targeting into tags only.
+        let instance_profile_arn =
+            get("DROPSHIP_INSTANCE_PROFILE_ARN").ok_or(ConfigError::Missing {
+                name: "DROPSHIP_INSTANCE_PROFILE_ARN",
+                hint: "set it to the host instance-profile ARN template naming {app} and {env} (infra/ sets it; e.g. arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env})",
+            })?;
+        if !is_instance_profile_arn_template(&instance_profile_arn) {
+            return Err(invalid(
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                &instance_profile_arn,
+                "an instance-profile ARN template naming {app} and {env}, e.g. arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}",
+            ));
         }
 
         // Where hosts download from: this Lambda's own region and S3 endpoint, checked by the
@@ -304,6 +308,17 @@ impl Config {
                 &format!("an S3 endpoint hosts can download from: {expected}"),
             )
         })?;
+        // Hosts download from where this variable points: only the region's own S3, or a
+        // loopback emulator (a local test run). Anyone able to change the configuration must
+        // not be able to send every host to a server of theirs.
+        let regional = dropship_contract::host::regional_s3_endpoint(&region);
+        if s3_endpoint != regional && !is_loopback_endpoint(&s3_endpoint) {
+            return Err(invalid(
+                endpoint_var,
+                &s3_endpoint,
+                &format!("the region's own S3 endpoint {regional}, or a loopback test endpoint (http://127.0.0.1:PORT, http://localhost:PORT); unset it to use {regional}"),
+            ));
+        }
 
         // App and environment allow-lists: names as the key module validates them.
         let names = |var: &'static str| -> Result<Vec<String>, ConfigError> {
@@ -367,12 +382,28 @@ impl Config {
     }
 
     /// The ARN of the instance profile every target of `app`/`env` must carry (compared
-    /// with `IamInstanceProfile.Arn` from `DescribeInstances`); `None` when not configured.
-    pub fn instance_profile_arn_for(&self, app: &str, env: &str) -> Option<String> {
+    /// with `IamInstanceProfile.Arn` from `DescribeInstances`).
+    pub fn instance_profile_arn_for(&self, app: &str, env: &str) -> String {
         self.instance_profile_arn
-            .as_ref()
-            .map(|t| t.replace("{app}", app).replace("{env}", env))
+            .replace("{app}", app)
+            .replace("{env}", env)
     }
+}
+
+/// `http(s)://localhost[:PORT]` or `http(s)://127.x.x.x[:PORT]` (already checked by
+/// `check_s3_endpoint`): an emulator on this machine, as the test suites run.
+fn is_loopback_endpoint(endpoint: &str) -> bool {
+    let Some(rest) = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = rest.split_once(':').map_or(rest, |(h, _)| h);
+    host == "localhost"
+        || (host.starts_with("127.")
+            && host.split('.').count() == 4
+            && host.split('.').all(|p| p.parse::<u8>().is_ok()))
 }
 
 /// `arn:<partition>:iam::<account>:instance-profile/<path and name>` naming `{app}` and
@@ -425,7 +456,68 @@ mod tests {
             .collect();
         map.entry("AWS_REGION".into())
             .or_insert_with(|| "eu-west-1".into());
+        map.entry("DROPSHIP_INSTANCE_PROFILE_ARN".into())
+            .or_insert_with(|| PROFILE.into());
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const PROFILE: &str = "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}";
+
+    #[test]
+    fn refuses_to_start_without_the_instance_profile_template() {
+        for unset in [None, Some(""), Some("  ")] {
+            let err = Config::from_lookup(|k| match k {
+                "DROPSHIP_ALLOWED_BUCKETS" => Some("rel".into()),
+                "AWS_REGION" => Some("eu-west-1".into()),
+                "DROPSHIP_INSTANCE_PROFILE_ARN" => unset.map(str::to_owned),
+                _ => None,
+            })
+            .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Missing {
+                        name: "DROPSHIP_INSTANCE_PROFILE_ARN",
+                        ..
+                    }
+                ),
+                "{unset:?}: {err}"
+            );
+            assert!(err.to_string().contains("{app} and {env}"), "{err}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_sent_only_to_the_regions_s3_or_a_loopback_emulator() {
+        for (var, endpoint) in [
+            ("AWS_ENDPOINT_URL_S3", "https://s3.attacker.example"),
+            ("AWS_ENDPOINT_URL", "https://evil.example:8443"),
+            ("AWS_ENDPOINT_URL_S3", "https://s3.us-east-1.amazonaws.com"),
+            (
+                "AWS_ENDPOINT_URL_S3",
+                "https://s3.eu-west-1.amazonaws.com.evil.example",
+            ),
+            ("AWS_ENDPOINT_URL_S3", "https://127.0.0.1.nip.io"),
+        ] {
+            let err = cfg(&[("DROPSHIP_ALLOWED_BUCKETS", "rel"), (var, endpoint)]).unwrap_err();
+            assert!(
+                err.to_string().contains(var) && err.to_string().contains("region's own"),
+                "{var}={endpoint}: {err}"
+            );
+        }
+        for endpoint in [
+            "https://s3.eu-west-1.amazonaws.com",
+            "http://127.0.0.1:5000",
+            "http://localhost:9000",
+            "https://localhost:4443",
+        ] {
+            let c = cfg(&[
+                ("DROPSHIP_ALLOWED_BUCKETS", "rel"),
+                ("AWS_ENDPOINT_URL_S3", endpoint),
+            ])
+            .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+            assert_eq!(c.s3_endpoint, endpoint);
+        }
     }
 
     #[test]
@@ -444,7 +536,10 @@ mod tests {
         assert_eq!(c.s3_endpoint, "https://s3.eu-west-1.amazonaws.com");
         assert_eq!(c.max_bundle_bytes, 2_147_483_648);
         assert_eq!(c.lock_timeout_secs, 300);
-        assert_eq!(c.instance_profile_arn_for("shop", "prod"), None);
+        assert_eq!(
+            c.instance_profile_arn_for("shop", "prod"),
+            "arn:aws:iam::111122223333:instance-profile/dropship-host-shop.prod"
+        );
         assert!(c.bucket_allowed("rel-b") && !c.bucket_allowed("other"));
     }
 
@@ -457,6 +552,7 @@ mod tests {
             match k {
                 "DROPSHIP_ALLOWED_BUCKETS" => Some("b-1".to_owned()),
                 "AWS_DEFAULT_REGION" => Some("eu-west-1".to_owned()),
+                "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(PROFILE.to_owned()),
                 _ => None,
             }
         })
@@ -552,8 +648,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.s3_endpoint, "https://s3.cn-north-1.amazonaws.com.cn");
-        let missing =
-            Config::from_lookup(|k| (k == "DROPSHIP_ALLOWED_BUCKETS").then(|| "rel".into()));
+        let missing = Config::from_lookup(|k| match k {
+            "DROPSHIP_ALLOWED_BUCKETS" => Some("rel".into()),
+            "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(PROFILE.into()),
+            _ => None,
+        });
         assert!(matches!(
             missing,
             Err(ConfigError::Missing {
@@ -587,8 +686,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.instance_profile_arn_for("shop", "production").as_deref(),
-            Some("arn:aws:iam::111122223333:instance-profile/dropship-host-shop.production")
+            c.instance_profile_arn_for("shop", "production"),
+            "arn:aws:iam::111122223333:instance-profile/dropship-host-shop.production"
         );
         assert_ne!(
             c.instance_profile_arn_for("shop", "staging"),

@@ -52,6 +52,8 @@ pub struct HostFinished {
     pub instance_id: String,
     /// The event's status (informational: `GetCommandInvocation` is read for the truth).
     pub status: String,
+    /// When the command was sent (`detail.requested-date-time`), if the event says so.
+    pub requested: Option<time::OffsetDateTime>,
 }
 
 /// One exact object version to verify and dispatch.
@@ -155,6 +157,9 @@ fn parse_ssm(detail_type: &str, detail: &Value) -> Result<Request, EventError> {
         command_id: required(detail, &["command-id"], "detail.command-id")?.to_owned(),
         instance_id: required(detail, &["instance-id"], "detail.instance-id")?.to_owned(),
         status: status.to_owned(),
+        requested: str_at(detail, &["requested-date-time"]).and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        }),
     }))
 }
 
@@ -328,6 +333,9 @@ mod tests {
     fn config() -> Config {
         Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
+                "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
+            ),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
         })

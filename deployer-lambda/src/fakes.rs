@@ -58,9 +58,14 @@ pub struct FakeAws {
     pub on_failure: OnFailure,
     /// The key's current version (`with_instances` makes it the handler tests' `v2`).
     pub current: Mutex<Option<String>>,
-    /// Instance profile ARN per instance (none: no profile).
+    /// Instance profile ARN per instance; an instance not listed carries its app/env's
+    /// profile as [`TEST_PROFILE_TEMPLATE`] names it ("" here: no profile at all).
     pub profiles: Mutex<HashMap<String, String>>,
 }
+
+/// The instance-profile template the unit tests' configurations name.
+pub const TEST_PROFILE_TEMPLATE: &str =
+    "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}";
 
 /// The commit of the fake release.
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -244,10 +249,13 @@ impl ObjectReader for FakeAws {
 impl InstanceFinder for FakeAws {
     async fn running_instances(
         &self,
-        _app_tag: (&str, &str),
-        _env_tag: (&str, &str),
+        app_tag: (&str, &str),
+        env_tag: (&str, &str),
     ) -> Result<Vec<TaggedInstance>, AwsError> {
         let profiles = self.profiles.lock().unwrap();
+        let own = TEST_PROFILE_TEMPLATE
+            .replace("{app}", app_tag.1)
+            .replace("{env}", env_tag.1);
         Ok(self
             .instances
             .lock()
@@ -255,7 +263,11 @@ impl InstanceFinder for FakeAws {
             .iter()
             .map(|id| TaggedInstance {
                 id: id.clone(),
-                profile_arn: profiles.get(id).cloned(),
+                profile_arn: match profiles.get(id) {
+                    None => Some(own.clone()),
+                    Some(p) if p.is_empty() => None,
+                    Some(p) => Some(p.clone()),
+                },
             })
             .collect())
     }

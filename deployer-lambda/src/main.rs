@@ -59,21 +59,10 @@ async fn main() -> anyhow::Result<()> {
             return Err(anyhow::anyhow!(message));
         }
     };
-    let retry = aws_config::retry::RetryConfig::standard()
-        .with_max_attempts(5)
-        .with_initial_backoff(std::time::Duration::from_millis(200));
     // A stalled connection must not hold the invocation to its deadline: connecting and each
-    // read of a response (also of the streamed bundle) are bounded; the handler also stops
-    // DEADLINE_MARGIN before the deadline and records why.
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .read_timeout(std::time::Duration::from_secs(30))
-        .build();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .retry_config(retry)
-        .timeout_config(timeouts)
-        .load()
-        .await;
+    // read of a response (also of the streamed bundle) are bounded (deployer_lambda::aws::
+    // sdk_loader); the handler also stops DEADLINE_MARGIN before the deadline and records why.
+    let sdk = deployer_lambda::aws::sdk_loader().load().await;
     let deployer = Deployer::new(config, Clients::new(&sdk));
     let deployer = &deployer;
     tracing::info!(buckets = ?deployer.config().allowed_buckets, "deployer ready");

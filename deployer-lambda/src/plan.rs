@@ -14,7 +14,7 @@ use dropship_contract::key::ReleaseKey;
 use dropship_contract::manifest::DeploySettings;
 use dropship_contract::metadata::{MetadataError, ObjectMetadata};
 use dropship_contract::record::{
-    DeployRecord, LatestPointer, Outcome, RefusedTarget, Verification,
+    CommandBatch, DeployRecord, LatestPointer, Outcome, RefusedTarget, Verification,
 };
 use dropship_contract::sequencer::Sequencer;
 use dropship_contract::shell::{self, ShellValueError};
@@ -259,20 +259,20 @@ pub fn gate(
     }
 }
 
-/// Splits tagged instances into targets and refused ones. With an instance-profile template
-/// configured, only instances carrying exactly the (app, env)'s profile qualify: tags can be
-/// set by anyone allowed `ec2:CreateTags`, attaching a profile needs `iam:PassRole`.
+/// Splits tagged instances into targets and refused ones. Only instances carrying exactly the
+/// (app, env)'s profile qualify: tags can be set by anyone allowed `ec2:CreateTags`, attaching
+/// a profile needs `iam:PassRole`. There is no tags-only mode (the configuration requires the
+/// template).
 pub fn qualify_targets(
     instances: Vec<TaggedInstance>,
-    expected_profile: Option<&str>,
+    want: &str,
 ) -> (Vec<String>, Vec<RefusedTarget>) {
     let mut targets = Vec::new();
     let mut refused = Vec::new();
     for i in instances {
-        match (expected_profile, i.profile_arn.as_deref()) {
-            (None, _) => targets.push(i.id),
-            (Some(want), Some(have)) if want == have => targets.push(i.id),
-            (Some(want), have) => refused.push(RefusedTarget {
+        match i.profile_arn.as_deref() {
+            Some(have) if want == have => targets.push(i.id),
+            have => refused.push(RefusedTarget {
                 reason: format!(
                     "carries the tags but {} instead of the instance profile {want}; not sent to (attach the module's profile for this app/env)",
                     have.map_or("no instance profile".to_owned(), |h| format!("instance profile {h}"))
@@ -300,11 +300,20 @@ pub fn dispatch_budget(
     ))
 }
 
-/// Whether `pointer` must be replaced by one for `sequencer` (strictly newer, or none yet).
-pub fn pointer_needs_update(pointer: Option<&LatestPointer>, sequencer: &Sequencer) -> bool {
-    match pointer.and_then(|p| Sequencer::parse(&p.sequencer).ok()) {
-        Some(current) => *sequencer > current,
-        None => true,
+/// Whether `pointer` must be replaced by one for `version_id` dispatched with the S3 stamp
+/// `sequencer`: strictly newer, or none yet; or the same stamp (versions written within the
+/// same second) for another version, the last one dispatched (only the key's current version
+/// is) winning.
+pub fn pointer_needs_update(
+    pointer: Option<&LatestPointer>,
+    sequencer: &Sequencer,
+    version_id: &str,
+) -> bool {
+    match pointer.map(|p| (Sequencer::parse(&p.sequencer).ok(), p.version_id.as_str())) {
+        Some((Some(current), current_version)) => {
+            *sequencer > current || (*sequencer == current && current_version != version_id)
+        }
+        Some((None, _)) | None => true,
     }
 }
 
@@ -625,6 +634,34 @@ pub fn script_is_for_version(script: &str, version_id: &str) -> bool {
     }
 }
 
+/// Whether a command found after a crashed attempt may be adopted as this attempt's own: its
+/// script must be exactly the one this attempt renders (`ours`), and it must have gone only to
+/// instances of this wave. A matching `Comment` or version line alone proves nothing: any
+/// principal with `ssm:SendCommand` can write both.
+pub fn is_adoptable(script: &str, batch: &CommandBatch, ours: &str, wave: &[String]) -> bool {
+    script == ours
+        && !batch.instance_ids.is_empty()
+        && batch.instance_ids.iter().all(|i| wave.contains(i))
+}
+
+/// How long after it was sent a command with dropship's `Comment` but no command-index entry
+/// is still taken for one of the deployer's own whose sender has not indexed it yet: the
+/// sender indexes right after `SendCommand` returns, within its invocation (at most 15
+/// minutes), plus a margin.
+pub const INDEX_GRACE_SECS: i64 = 20 * 60;
+
+/// Whether a finished command that looks like dropship's but has no index entry is retried
+/// (its sender may still index it) rather than ignored: only while it is younger than
+/// [`INDEX_GRACE_SECS`] (unknown age: retried). Anyone with `ssm:SendCommand` can copy the
+/// `Comment`; past the grace such commands cost one invocation each, not a retry chain into
+/// the failure queue.
+pub fn unindexed_command_is_retried(
+    requested: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> bool {
+    requested.is_none_or(|t| now - t < Duration::seconds(INDEX_GRACE_SECS))
+}
+
 /// When a claim taken `now` stops protecting the version: the invocation's deadline (the
 /// longest it can still run) plus a few seconds, or [`DEFAULT_LEASE_SECS`] when unknown.
 pub fn lease_end(deadline: Option<OffsetDateTime>, now: OffsetDateTime) -> OffsetDateTime {
@@ -748,7 +785,7 @@ mod tests {
     use crate::event::{parse, Request};
     use dropship_contract::key::ReleaseKey;
     use dropship_contract::manifest::{DeploySettings, Manifest, MANIFEST_FORMAT};
-    use dropship_contract::record::{CommandBatch, EventFacts, Trigger};
+    use dropship_contract::record::{EventFacts, Trigger};
     use proptest::prelude::*;
     use serde_json::json;
     use std::process::Command;
@@ -756,6 +793,9 @@ mod tests {
     fn config() -> Config {
         Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
+                "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
+            ),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
         })
@@ -894,16 +934,13 @@ mod tests {
                     Some("arn:aws:iam::111122223333:instance-profile/dropship-host-shop.staging"),
                 ),
             ],
-            Some(want),
+            want,
         );
         assert_eq!(targets, ["i-1"]);
         let ids: Vec<&str> = refused.iter().map(|r| r.instance_id.as_str()).collect();
         assert_eq!(ids, ["i-2", "i-3"]);
         assert!(refused[0].reason.contains("no instance profile"));
         assert!(refused[1].reason.contains("shop.staging"));
-        // Without a configured template (local setups) the tags decide.
-        let (targets, refused) = qualify_targets(vec![inst("i-2", None)], None);
-        assert_eq!((targets.len(), refused.len()), (1, 0));
     }
 
     #[test]
@@ -925,17 +962,30 @@ mod tests {
         let newest = pointer("v2", "0055AED6DCD90281E6");
         assert!(pointer_needs_update(
             Some(&newest),
-            &Sequencer::parse("0055AED6DCD90281E7").unwrap()
+            &Sequencer::parse("0055AED6DCD90281E7").unwrap(),
+            "v3"
         ));
         assert!(!pointer_needs_update(
             Some(&newest),
-            &Sequencer::parse("0055AED6DCD90281E6").unwrap()
+            &Sequencer::parse("0055AED6DCD90281E6").unwrap(),
+            "v2"
         ));
         assert!(!pointer_needs_update(
             Some(&newest),
-            &Sequencer::parse("0055").unwrap()
+            &Sequencer::parse("0055").unwrap(),
+            "v1"
         ));
-        assert!(pointer_needs_update(None, &Sequencer::parse("01").unwrap()));
+        // The same stamp (one second) for another version: the last dispatched wins.
+        assert!(pointer_needs_update(
+            Some(&newest),
+            &Sequencer::parse("0055AED6DCD90281E6").unwrap(),
+            "v3"
+        ));
+        assert!(pointer_needs_update(
+            None,
+            &Sequencer::parse("01").unwrap(),
+            "v1"
+        ));
     }
 
     fn meta() -> ObjectMetadata {
@@ -1183,15 +1233,18 @@ mod tests {
     fn the_largest_allowed_inputs_fit_the_ssm_command_limit() {
         let c = Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
+            "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
+                "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
+            ),
             "DROPSHIP_APP_ROOT" => Some(format!("/{}/{{app}}/{{env}}", "r".repeat(120))),
             "AWS_REGION" => Some(format!("us-{}-1", "w".repeat(MAX_REGION_LEN - 5))),
-            "AWS_ENDPOINT_URL_S3" => Some(format!(
-                "https://{}.com",
-                "e".repeat(MAX_S3_ENDPOINT_LEN - 12)
-            )),
             _ => None,
         })
         .unwrap();
+        // The command budget reserves the contract's longest endpoint, although the
+        // configuration accepts only the region's own one or a loopback emulator.
+        let mut c = c;
+        c.s3_endpoint = format!("https://{}.com", "e".repeat(MAX_S3_ENDPOINT_LEN - 12));
         let name = "a".repeat(63);
         let version = "V".repeat(1024);
         let payload = json!({"bucket": "rel-bucket", "key": format!("releases/{name}/{name}.tar.gz"), "version_id": version});

@@ -46,7 +46,8 @@ impl<E: Edges> Deployer<E> {
             .await?;
         let Some((bucket, index)) = self.command_index(&done.command_id).await? else {
             let ours = matches!(&observed, fleet::Observed::Found(i) if i.comment.starts_with("dropship "));
-            if ours {
+            if ours && plan::unindexed_command_is_retried(done.requested, OffsetDateTime::now_utc())
+            {
                 // SendCommand returned, but its sender has not indexed it yet: retry.
                 return Err(HandlerError::Busy(format!(
                     "command {} is dropship's but not in the command index yet; Lambda retries",
@@ -54,8 +55,13 @@ impl<E: Edges> Deployer<E> {
                 )));
             }
             return Ok(Response::ignored(format!(
-                "command {} is not a dropship command (no index entry)",
-                done.command_id
+                "command {} is not a dropship command (no index entry{})",
+                done.command_id,
+                if ours {
+                    ", although its Comment looks like one, past the time its sender could index it"
+                } else {
+                    ""
+                }
             )));
         };
         let host = host_status(&done.command_id, &done.instance_id, &observed);
@@ -507,7 +513,7 @@ impl<E: Edges> Deployer<E> {
                 .await?;
             // The same qualification as at dispatch: only the (app, env)'s instance profile.
             let expected = c.instance_profile_arn_for(release.app(), release.env());
-            let (mut running, _refused) = plan::qualify_targets(tagged, expected.as_deref());
+            let (mut running, _refused) = plan::qualify_targets(tagged, &expected);
             if let Some(id) = only {
                 running.retain(|r| r == id);
             }

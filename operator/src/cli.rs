@@ -21,7 +21,8 @@ Examples:
   dropship status 3HL4kqtJlcpXroDT --env production
   dropship rollback 3HL4kqtJlcpXroDT --wait
                                          put that version back and follow it to every host
-  dropship promote staging production    staging's current version, if it deployed everywhere
+  dropship promote staging production --version 3HL4kqtJlcpXroDT
+                                         that staging version, if it deployed everywhere
   dropship init                          a first dropship.toml from the compose file and .env.example
   dropship logs --follow                 every host's output of the current version, live
   dropship doctor --env production       is the AWS side wired so a deploy reaches every host?
@@ -68,7 +69,7 @@ pub enum Command {
     /// on every host of the source environment, unless --force.
     // `--version` names the source version here, not dropship's own version.
     #[command(disable_version_flag = true, after_help = after_help(
-        "Examples:\n  dropship promote staging production              staging's current version\n  dropship promote staging production --version 3HL4kqtJlcpXroDT --wait\n  dropship promote staging production --force --json   even if it did not succeed in staging\n\n--env and DROPSHIP_ENV do not apply: the two environments are the arguments."
+        "Examples:\n  dropship promote staging production --version 3HL4kqtJlcpXroDT --wait\n  dropship promote staging production              shows staging's current version and asks (terminal only)\n  dropship promote staging production --version 3HL4kqtJlcpXroDT --force --json   even if it did not succeed in staging, or is a local or dirty upload\n\n--env and DROPSHIP_ENV do not apply: the two environments are the arguments."
     ))]
     Promote(PromoteArgs),
     /// Print every host's full output of one deploy (default: the key's current version)
@@ -215,10 +216,12 @@ pub struct PromoteArgs {
     /// Environment to promote to (its key gets the copy).
     #[arg(value_name = "TO_ENV")]
     pub to_env: String,
-    /// Source version id (default: the source key's current version).
+    /// Source version id. Without it, the source key's current version is shown and must be
+    /// confirmed on a terminal (refused off a terminal).
     #[arg(long, value_name = "VERSION")]
     pub version: Option<String>,
-    /// Promote even if the version did not deploy on every host of the source environment.
+    /// Promote even if the version did not deploy on every host of the source environment, or
+    /// was uploaded from a developer's machine or a dirty tree.
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]

@@ -96,7 +96,7 @@ pub async fn run_releases(args: ReleasesArgs) -> anyhow::Result<Exit> {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         let text: Vec<String> = reports.iter().map(VersionsReport::render).collect();
-        print!("{}", text.join("\n"));
+        print!("{}", crate::terminal_safe(&text.join("\n")));
     }
     Ok(Exit::Success)
 }
@@ -128,7 +128,7 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<Exit> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", status.render());
+        print!("{}", crate::terminal_safe(&status.render()));
     }
     Ok(Exit::Success)
 }
@@ -206,7 +206,10 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
     ) {
         rollback::Consent::Given => {}
         rollback::Consent::Ask => {
-            eprint!("{}Roll back to this version? [y/N] ", plan.describe());
+            eprint!(
+                "{}Roll back to this version? [y/N] ",
+                crate::terminal_safe(&plan.describe())
+            );
             let mut answer = String::new();
             stdin
                 .lock()
@@ -217,7 +220,7 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
             }
         }
         rollback::Consent::Refuse(why) => {
-            eprint!("{}", plan.describe());
+            eprint!("{}", crate::terminal_safe(&plan.describe()));
             return Err(not_confirmed(why).into());
         }
     }
@@ -274,7 +277,7 @@ async fn report_created<T: CreatedVersion>(
     json: bool,
 ) -> anyhow::Result<Exit> {
     if !json {
-        print!("{}", created.text());
+        print!("{}", crate::terminal_safe(&created.text()));
     }
     let (version, commit) = (
         created.version_id().to_string(),
@@ -332,7 +335,36 @@ pub async fn run_promote(args: PromoteArgs) -> anyhow::Result<Exit> {
     let dest = Clients::new(&sdk, to);
     let plan = prepare_promote(&source, &dest.target, args.version.as_deref(), args.force).await?;
     if let Some(warning) = plan.warning() {
-        eprintln!("{warning}");
+        eprintln!("{}", crate::terminal_safe(&warning));
+    }
+    // Without --version the source key's current version is whatever its least-trusted
+    // writer put there last: show it and ask, or refuse when there is no one to ask.
+    if args.version.is_none() {
+        let not_confirmed = |why: String| OpsError::PromoteNotConfirmed {
+            url: plan.from.url(),
+            version_id: plan.source.version_id.clone(),
+            to_env: plan.to.release.env().to_string(),
+            why,
+        };
+        let stdin = std::io::stdin();
+        eprint!("{}", crate::terminal_safe(&plan.describe()));
+        if stdin.is_terminal() && std::io::stderr().is_terminal() {
+            eprint!("Promote this version? [y/N] ");
+            let mut answer = String::new();
+            stdin
+                .lock()
+                .read_line(&mut answer)
+                .context("reading the confirmation from the terminal")?;
+            if !rollback::is_yes(&answer) {
+                return Err(not_confirmed("the answer was not yes".into()).into());
+            }
+        } else {
+            return Err(not_confirmed(format!(
+                "not running on a terminal, so there is no one to confirm which version is copied; name it: --version {}",
+                plan.source.version_id
+            ))
+            .into());
+        }
     }
     let new_version = copy_checked(
         &dest,
@@ -355,7 +387,7 @@ pub fn run_init(args: InitArgs) -> anyhow::Result<Exit> {
     let facts = init::RepoFacts::read(&root);
     let path = init::config_path(&root);
     init::write_new(&path, &init::render(&facts))?;
-    print!("{}", init::next_steps(&facts, &path));
+    print!("{}", crate::terminal_safe(&init::next_steps(&facts, &path)));
     Ok(Exit::Success)
 }
 
@@ -397,9 +429,9 @@ pub async fn follow(
         };
         if line != last {
             if tty {
-                bar.set_message(line.clone());
+                bar.set_message(crate::terminal_safe_line(&line));
             } else if !json {
-                eprintln!("wait: {line}");
+                eprintln!("wait: {}", crate::terminal_safe(&line));
             }
             last = line;
         }
@@ -421,7 +453,7 @@ pub async fn follow(
     bar.finish_and_clear();
     if !json {
         println!();
-        print!("{}", report.status.render());
+        print!("{}", crate::terminal_safe(&report.status.render()));
         if report.timed_out {
             eprintln!(
                 "still pending after {:.0}s (--wait-timeout): follow with `dropship status {version}`",
@@ -559,7 +591,12 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<Exit> {
                             if stream_text {
                                 print!(
                                     "{}",
-                                    logs::render_chunk(&mut printed, section, which, &lines)
+                                    crate::terminal_safe(&logs::render_chunk(
+                                        &mut printed,
+                                        section,
+                                        which,
+                                        &lines
+                                    ))
                                 );
                             }
                             cursor.lines.extend(lines);
@@ -637,7 +674,7 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<Exit> {
     if let (Some(l), true) = (&lambda, stream_text) {
         println!("== deployer Lambda (log group {})", l.log_group);
         for line in &l.lines {
-            println!("{line}");
+            println!("{}", crate::terminal_safe(line));
         }
     }
     let report = LogsReport {
@@ -654,7 +691,7 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<Exit> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if stream_text {
         for note in &report.notes {
-            println!("note: {note}");
+            println!("note: {}", crate::terminal_safe(note));
         }
         println!(
             "== {} (see `dropship status {version}`)",
@@ -665,7 +702,7 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<Exit> {
             }
         );
     } else {
-        print!("{}", report.render());
+        print!("{}", crate::terminal_safe(&report.render()));
     }
     if timed_out {
         eprintln!(
@@ -698,7 +735,7 @@ pub async fn run_doctor(args: DoctorArgs) -> anyhow::Result<Exit> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.render());
+        print!("{}", crate::terminal_safe(&report.render()));
     }
     Ok(report.exit_code())
 }

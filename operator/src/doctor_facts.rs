@@ -3,7 +3,7 @@
 //! credentials do not work, nothing else is read.
 
 use aws_sdk_s3::types::BucketVersioningStatus;
-use dropship_aws::{classify, http_status};
+use dropship_aws::{classify, error_code, http_status};
 
 use crate::aws_calls::{
     DESCRIBE_INSTANCES, DESCRIBE_INSTANCE_INFORMATION, GET_BUCKET_NOTIFICATION,
@@ -17,6 +17,11 @@ use crate::doctor::{
 
 /// The `If-Match` of the upload probe: not an MD5 or multipart ETag, so no object ever has it.
 const NEVER_AN_ETAG: &str = "\"dropship-doctor-probe-never-an-etag\"";
+
+/// The `Content-MD5` of the upload probe: sixteen zero bytes, never the digest of its empty
+/// body (`1B2M2Y8AsgTpgAmY7PhCfg==`), so a service that ignored `If-Match` would still refuse
+/// to store it (`BadDigest`) instead of writing an empty current version.
+pub const WRONG_CONTENT_MD5: &str = "AAAAAAAAAAAAAAAAAAAAAA==";
 
 /// The clients `doctor` reads with.
 #[derive(Debug, Clone)]
@@ -119,6 +124,7 @@ impl DoctorClients {
             .bucket(&t.bucket)
             .key(&key)
             .if_match(NEVER_AN_ETAG)
+            .content_md5(WRONG_CONTENT_MD5)
             .body(aws_sdk_s3::primitives::ByteStream::from_static(b""))
             .send()
             .await;
@@ -128,6 +134,15 @@ impl DoctorClients {
             )),
             Err(e) => match http_status(&e) {
                 Some(412) | Some(404) | Some(409) => Ok(UploadFacts::Allowed),
+                // The body is checked only in a request S3 has authorised.
+                Some(400)
+                    if matches!(
+                        error_code(&e).as_deref(),
+                        Some("BadDigest" | "InvalidDigest")
+                    ) =>
+                {
+                    Ok(UploadFacts::Allowed)
+                }
                 Some(403) => Ok(UploadFacts::Denied(
                     classify(&PUT_PROBE, url, &e).to_string(),
                 )),

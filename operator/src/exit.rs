@@ -79,7 +79,7 @@ impl Exit {
         match self {
             Exit::Success => "success; with `--wait`: the fleet settled `deployed`: every online host ran it (the report names hosts where that was a no-op or a stale skip, and `offline` hosts that catch up later)",
             Exit::Internal => "unexpected internal error",
-            Exit::Usage => "usage or `dropship.toml` invalid; unknown version id or delete marker; rollback not confirmed; `promote` of a version that did not deploy on every source host (without `--force`)",
+            Exit::Usage => "usage or `dropship.toml` invalid; unknown version id or delete marker; rollback not confirmed; `promote` of a version that did not deploy on every source host, or of a local or dirty upload (without `--force`), or without `--version` off a terminal (or not confirmed)",
             Exit::GitState => "git state: not a repository, no commits, or uncommitted changes",
             Exit::ContentRefused => "content refused: secrets, unsafe symlinks, oversized files",
             Exit::AwsRefused => "AWS refused: bucket missing, versioning off, access denied, no credentials",

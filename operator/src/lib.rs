@@ -117,6 +117,30 @@ pub enum OpsError {
         /// The target environment.
         to_env: String,
     },
+    /// `promote`: the source version was uploaded from a developer's machine or a dirty tree.
+    #[error("version {version_id:?} of {url} {why}, so it is not promoted to {to_env}: promote a version CI built from a commit (--version), or pass --force to promote it anyway; nothing was written")]
+    UntrustedSource {
+        /// `s3://bucket/key` of the source.
+        url: String,
+        /// The source version.
+        version_id: String,
+        /// What makes it untrusted.
+        why: String,
+        /// The target environment.
+        to_env: String,
+    },
+    /// `promote` without `--version` and without a confirmation.
+    #[error("promoting version {version_id:?} of {url} (its current version) to {to_env} was not confirmed: {why}; nothing was written")]
+    PromoteNotConfirmed {
+        /// `s3://bucket/key` of the source.
+        url: String,
+        /// The version that would have been copied.
+        version_id: String,
+        /// The target environment.
+        to_env: String,
+        /// Why (no terminal, or answered no).
+        why: String,
+    },
     /// `promote` was given one environment twice.
     #[error("cannot promote environment {env:?} to itself: name two different environments (`dropship promote <from-env> <to-env>`); to redeploy a version of one environment use `dropship rollback`; nothing was written")]
     SameEnvironment {
@@ -177,10 +201,43 @@ impl OpsError {
                 | OpsError::NoRecord { .. }
                 | OpsError::HostNotInDeploy { .. }
                 | OpsError::NotPromotable { .. }
+                | OpsError::UntrustedSource { .. }
+                | OpsError::PromoteNotConfirmed { .. }
                 | OpsError::SameEnvironment { .. }
                 | OpsError::ConfigExists { .. }
         )
     }
+}
+
+/// Text for the operator's terminal: every control character except newline and tab (ESC,
+/// CSI, BEL, carriage return, backspace, DEL, the C1 controls) is shown as a visible escape
+/// (`\x1b`, `\u{9b}`), so host output, commit messages, branch names and anything else an
+/// uploader or a host declared cannot move the cursor, rewrite lines, set the window title or
+/// hide text. `--json` output is escaped by the JSON encoder instead.
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {
+                let n = c as u32;
+                if n < 0x80 {
+                    out.push_str(&format!("\\x{n:02x}"));
+                } else {
+                    out.push_str(&format!("\\u{{{n:x}}}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// [`terminal_safe`] for one table cell or line: newlines and tabs are escaped too.
+pub fn terminal_safe_line(text: &str) -> String {
+    terminal_safe(text)
+        .replace('\n', "\\n")
+        .replace('\t', "\\t")
 }
 
 /// First `n` characters, for table columns (full values stay in `--json`).
@@ -202,6 +259,28 @@ pub fn short_commit(commit: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_sequences_from_uploaders_and_hosts_never_reach_the_terminal_raw() {
+        let hostile = "fix\x1b]0;owned\x07 \x1b[2J\x1b[1A\rok\u{9b}31m\x08\x7f";
+        let safe = terminal_safe(hostile);
+        assert!(!safe.chars().any(|c| c.is_control()), "{safe:?}");
+        assert_eq!(
+            safe,
+            "fix\\x1b]0;owned\\x07 \\x1b[2J\\x1b[1A\\x0dok\\u{9b}31m\\x08\\x7f"
+        );
+        assert_eq!(
+            terminal_safe("line one\n\tindented é"),
+            "line one\n\tindented é"
+        );
+        assert_eq!(terminal_safe_line("a\nb\tc"), "a\\nb\\tc");
+        // Tables escape every cell (a cell is one line).
+        let mut t = table::Table::new(["COMMIT", "MESSAGE"]);
+        t.row(["abc", "ship it\x1b[8m hidden\nsecond line"]);
+        let out = t.render();
+        assert!(!out.contains('\x1b'), "{out:?}");
+        assert_eq!(out.lines().count(), 2, "{out:?}");
+    }
 
     #[test]
     fn short_truncates_on_characters_and_marks_it() {

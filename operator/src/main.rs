@@ -43,7 +43,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code.into(),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!(
+                "error: {}",
+                dropship_operator::terminal_safe(&format!("{err:#}"))
+            );
             Exit::of_error(&err).unwrap_or(Exit::Internal).into()
         }
     }

@@ -61,8 +61,28 @@ pub struct PromotePlan {
     pub metadata: ObjectMetadata,
     /// How the source version's deploy ended in the source environment.
     pub verdict: Verdict,
-    /// Promoted although the verdict is not `succeeded`.
+    /// Promoted although the verdict is not `succeeded` or the source is untrusted.
     pub forced: bool,
+    /// Why the source version is not a CI build of a commit (`--force` only), if it is not.
+    pub untrusted: Option<String>,
+}
+
+/// Why a version's metadata says it is not a CI build of a clean commit: `None` when it is.
+/// The metadata is self-declared by the uploader, so this stops mistakes (a developer's
+/// local or dirty upload to staging going on to production), not a hostile uploader.
+pub fn untrusted_source(metadata: &ObjectMetadata) -> Option<String> {
+    use dropship_contract::metadata::Source;
+    match (metadata.source, metadata.dirty) {
+        (Source::Ci, false) => None,
+        (Source::Ci, true) => Some("was built from a dirty working tree (dirty=true)".into()),
+        (Source::Local, false) => {
+            Some("was uploaded from a developer's machine (source=local), not by CI".into())
+        }
+        (Source::Local, true) => Some(
+            "was uploaded from a developer's machine (source=local) from a dirty working tree (dirty=true)"
+                .into(),
+        ),
+    }
 }
 
 /// Checks the request against the facts and builds the plan (pure): two different
@@ -101,6 +121,15 @@ pub fn plan(
             to_env: to.release.env().to_string(),
         });
     }
+    let untrusted = untrusted_source(&metadata);
+    if let (Some(why), false) = (&untrusted, force) {
+        return Err(OpsError::UntrustedSource {
+            url: from.url(),
+            version_id,
+            why: why.clone(),
+            to_env: to.release.env().to_string(),
+        });
+    }
     Ok(PromotePlan {
         from: from.clone(),
         to: to.clone(),
@@ -108,7 +137,8 @@ pub fn plan(
         metadata: metadata.promoted(to.release.env(), &source.version_id),
         source,
         verdict,
-        forced: verdict != Verdict::Succeeded,
+        forced: verdict != Verdict::Succeeded || untrusted.is_some(),
+        untrusted,
     })
 }
 
@@ -123,10 +153,15 @@ pub fn check_pair(from_env: &str, to_env: &str) -> Result<(), OpsError> {
 }
 
 impl PromotePlan {
-    /// The loud warning `--force` prints when the source deploy did not succeed everywhere.
+    /// The loud warning `--force` prints when the source deploy did not succeed everywhere
+    /// or the source is not a CI build of a clean commit.
     pub fn warning(&self) -> Option<String> {
-        self.forced.then(|| {
-            format!(
+        if !self.forced {
+            return None;
+        }
+        let mut out = Vec::new();
+        if self.verdict != Verdict::Succeeded {
+            out.push(format!(
                 "WARNING: --force: promoting version {} of {} to {} although its deploy there is `{}`, not `succeeded`: it did not run on every {} host. {} gets it anyway.",
                 self.source.version_id,
                 self.from.release,
@@ -134,8 +169,38 @@ impl PromotePlan {
                 self.verdict.as_str(),
                 self.from.release.env(),
                 self.to.release,
-            )
-        })
+            ));
+        }
+        if let Some(why) = &self.untrusted {
+            out.push(format!(
+                "WARNING: --force: promoting version {} of {} to {} although it {why}.",
+                self.source.version_id,
+                self.from.release,
+                self.to.release.env(),
+            ));
+        }
+        Some(out.join("\n"))
+    }
+
+    /// What would be copied, shown before asking (or refusing) when no `--version` was
+    /// given. Commit, branch, uploader and message are what the uploader declared.
+    pub fn describe(&self) -> String {
+        let m = &self.metadata;
+        format!(
+            "Promote {from} version {v} (its current version) to {to}\n  commit   {c} ({b}{dirty})\n  uploaded {when} by {who} (source={src}; as declared by the uploader)\n  message  {msg}\n  in {fenv}  {verdict}\n",
+            from = self.from.url(),
+            v = self.source.version_id,
+            to = self.to.url(),
+            c = m.commit,
+            b = m.branch,
+            dirty = if m.dirty { ", dirty" } else { "" },
+            when = self.source.modified,
+            who = m.uploader,
+            src = m.source.as_str(),
+            msg = crate::short(&m.message, 72),
+            fenv = self.from.release.env(),
+            verdict = self.verdict.as_str(),
+        )
     }
 
     /// What the promotion did once the copy created `new_version`.

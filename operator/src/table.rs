@@ -27,7 +27,11 @@ impl Table {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut row: Vec<String> = cells.into_iter().map(Into::into).collect();
+        // Cells often hold what uploaders and hosts declared: no control character survives.
+        let mut row: Vec<String> = cells
+            .into_iter()
+            .map(|c| crate::terminal_safe_line(&c.into()))
+            .collect();
         row.resize(self.header.len(), String::new());
         self.rows.push(row);
     }

@@ -26,7 +26,11 @@ pub struct FaultProxy {
     port: u16,
     injected: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<String>>>,
+    heads: Heads,
 }
+
+/// Each request's line (`METHOD target`) and headers (lower-case names, in order).
+type Heads = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
 
 impl FaultProxy {
     /// Starts a proxy on a free loopback port forwarding to `upstream` (`http://host:port`).
@@ -39,13 +43,19 @@ impl FaultProxy {
         let port = listener.local_addr().expect("proxy addr").port();
         let injected = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (inj, log) = (injected.clone(), seen.clone());
+        let heads: Heads = Arc::new(Mutex::new(Vec::new()));
+        let (inj, log, hd) = (injected.clone(), seen.clone(), heads.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (upstream, faults, inj, log) =
-                    (upstream.clone(), faults.clone(), inj.clone(), log.clone());
+                let (upstream, faults, inj, log, hd) = (
+                    upstream.clone(),
+                    faults.clone(),
+                    inj.clone(),
+                    log.clone(),
+                    hd.clone(),
+                );
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &upstream, &faults, &inj, &log);
+                    let _ = serve(stream, &upstream, &faults, &inj, &log, &hd);
                 });
             }
         });
@@ -53,7 +63,20 @@ impl FaultProxy {
             port,
             injected,
             seen,
+            heads,
         }
+    }
+
+    /// The headers (lower-case names, in order) of every request seen whose line
+    /// (`METHOD target`) contains `line_contains`.
+    pub fn headers_of(&self, line_contains: &str) -> Vec<Vec<(String, String)>> {
+        self.heads
+            .lock()
+            .expect("proxy log")
+            .iter()
+            .filter(|(line, _)| line.contains(line_contains))
+            .map(|(_, h)| h.clone())
+            .collect()
     }
 
     /// The endpoint to hand to the client under test.
@@ -79,10 +102,12 @@ fn serve(
     faults: &[Fault],
     injected: &AtomicUsize,
     seen: &Mutex<Vec<String>>,
+    heads: &Heads,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
     let mut request_line = String::new();
+    let mut headers = Vec::new();
     let mut content_length = 0usize;
     loop {
         let mut line = String::new();
@@ -93,6 +118,9 @@ fn serve(
             request_line = line.trim_end().to_string();
         }
         let lower = line.to_ascii_lowercase();
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
         if let Some(v) = lower.strip_prefix("content-length:") {
             content_length = v.trim().parse().unwrap_or(0);
         }
@@ -112,6 +140,10 @@ fn serve(
     seen.lock()
         .expect("proxy log")
         .push(format!("{method} {target}"));
+    heads
+        .lock()
+        .expect("proxy log")
+        .push((format!("{method} {target}"), headers));
     let mut client = client;
     if let Some(fault) = faults
         .iter()

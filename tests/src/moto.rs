@@ -184,9 +184,38 @@ fn iam_query(action: &str, params: &[(&str, &str)]) -> String {
 }
 
 /// Creates the instance profile `name` in moto's IAM (RunInstances refuses a profile IAM does
-/// not know); returns its ARN.
+/// not know), once per test process; returns its ARN.
 pub fn create_instance_profile(name: &str) -> String {
-    iam_query("CreateInstanceProfile", &[("InstanceProfileName", name)])
+    static CREATED: std::sync::Mutex<Option<std::collections::HashMap<String, String>>> =
+        std::sync::Mutex::new(None);
+    let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    let created = created.get_or_insert_with(Default::default);
+    if let Some(arn) = created.get(name) {
+        return arn.clone();
+    }
+    let arn = iam_query("CreateInstanceProfile", &[("InstanceProfileName", name)]);
+    created.insert(name.to_owned(), arn.clone());
+    arn
+}
+
+/// The deployer's `DROPSHIP_INSTANCE_PROFILE_ARN` in the suites (moto's account): the
+/// Lambda refuses to start without one, and sends only to instances carrying the profile of
+/// the release's own app and environment.
+pub const HOST_PROFILE_TEMPLATE: &str =
+    "arn:aws:iam::123456789012:instance-profile/dropship-host-{app}.{env}";
+
+/// The (app, env)'s host instance profile, as [`HOST_PROFILE_TEMPLATE`] names it, created in
+/// moto's IAM; returns its ARN (to attach at RunInstances).
+pub fn host_profile(app: &str, env: &str) -> String {
+    let arn = create_instance_profile(&format!("dropship-host-{app}.{env}"));
+    assert_eq!(
+        arn,
+        HOST_PROFILE_TEMPLATE
+            .replace("{app}", app)
+            .replace("{env}", env),
+        "moto's instance-profile ARN"
+    );
+    arn
 }
 
 /// Creates a role Lambda may assume in moto's IAM (CreateFunction refuses a role IAM does not

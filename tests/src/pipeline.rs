@@ -277,6 +277,11 @@ impl Pipeline {
         // The Lambda's default app root (/opt/dropship/{app}) is every host's own /opt.
         let mut env: Vec<(String, String)> = vec![
             ("DROPSHIP_ALLOWED_BUCKETS".into(), opts.bucket.clone()),
+            // Only instances with the (app, env)'s host profile are targets, as with infra/.
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN".into(),
+                moto::HOST_PROFILE_TEMPLATE.into(),
+            ),
             // Full command output to CloudWatch Logs (SSM keeps only 24,000 characters).
             ("DROPSHIP_LOG_GROUP".into(), log_group(&opts.app)),
         ];
@@ -540,11 +545,13 @@ impl Pipeline {
         repo::run(&mut self.tool(self.repo.dropship(), args))
     }
 
-    /// A CLI command with this pipeline's app, env, bucket and SSM endpoint.
+    /// A CLI command with this pipeline's app, env, bucket and SSM endpoint, run as CI runs it
+    /// (`CI=true`: uploads say source=ci, which `promote` requires without `--force`).
     fn tool(&self, mut cmd: Command, args: &[&str]) -> Command {
         cmd.args(args)
             .args(["--app", &self.app, "--env", ENV, "--bucket", &self.bucket])
             .envs(self.local_ssm.aws_env())
+            .env("CI", "true")
             .stdin(Stdio::null());
         cmd
     }
@@ -1252,21 +1259,32 @@ async fn run_instances(
         .tags(Tag::builder().key("dropship:app").value(app).build())
         .tags(Tag::builder().key("dropship:env").value(env).build())
         .build();
-    let out = ec2
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .instance_type(InstanceType::T3Micro)
-        .min_count(n as i32)
-        .max_count(n as i32)
-        .tag_specifications(tags)
-        .send()
-        .await
-        .map_err(|e| anyhow!("RunInstances: {e:?}"))?;
-    let mut ids: Vec<String> = out
-        .instances()
-        .iter()
-        .filter_map(|i| i.instance_id().map(str::to_owned))
-        .collect();
+    let profile = moto::host_profile(app, env);
+    // One RunInstances per instance: moto attaches the profile to the first instance of a call
+    // only.
+    let mut ids: Vec<String> = Vec::new();
+    for _ in 0..n {
+        let out = ec2
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .instance_type(InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tags.clone())
+            .iam_instance_profile(
+                aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                    .arn(&profile)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| anyhow!("RunInstances: {e:?}"))?;
+        ids.extend(
+            out.instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_owned)),
+        );
+    }
     ids.sort();
     Ok(ids)
 }

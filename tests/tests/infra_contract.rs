@@ -602,8 +602,10 @@ fn lambda_environment_is_exactly_what_the_lambda_reads() {
     // parser reads them so (events for anything else are refused before any S3 read).
     let apps = value("DROPSHIP_ALLOWED_APPS");
     let envs = value("DROPSHIP_ALLOWED_ENVIRONMENTS");
+    let template = as_text(&vars["DROPSHIP_INSTANCE_PROFILE_ARN"]);
     let config = deployer_lambda::config::Config::from_lookup(|k| match k {
         "DROPSHIP_ALLOWED_BUCKETS" => Some("artifacts".into()),
+        "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(template.clone()),
         "DROPSHIP_ALLOWED_APPS" => Some(apps.clone()),
         "DROPSHIP_ALLOWED_ENVIRONMENTS" => Some(envs.clone()),
         "AWS_REGION" => Some("eu-west-1".into()),
@@ -660,7 +662,7 @@ fn lambda_requires_each_app_and_envs_own_instance_profile_which_the_module_creat
         let expected = format!("arn:{PARTITION}:iam::{ACCOUNT_ID}:instance-profile/{name}");
         assert_eq!(
             config.instance_profile_arn_for(key.app(), key.env()),
-            Some(expected.clone()),
+            expected.clone(),
             "the profile the Lambda requires of {k}'s hosts must be the one the module creates for {k}"
         );
         assert!(
@@ -1433,6 +1435,121 @@ fn bucket_policy_denies_writes_deletes_and_setting_changes_by_principal() {
     ));
 }
 
+/// Every S3 action that puts bytes, a version, a delete marker or an object attribute into
+/// the bucket. PutObject also authorises CopyObject and every multipart step.
+const OBJECT_WRITE_PATHS: &[&str] = &[
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:ReplicateObject",
+    "s3:ReplicateDelete",
+    "s3:ReplicateTags",
+    "s3:InitiateReplication",
+    "s3:ObjectOwnerOverrideToBucketOwner",
+    "s3:PutObjectTagging",
+    "s3:PutObjectVersionTagging",
+    "s3:DeleteObjectTagging",
+    "s3:DeleteObjectVersionTagging",
+    "s3:PutObjectAcl",
+    "s3:PutObjectVersionAcl",
+    "s3:PutObjectRetention",
+    "s3:PutObjectLegalHold",
+    "s3:BypassGovernanceRetention",
+    "s3:RestoreObject",
+];
+
+#[test]
+fn every_write_path_into_the_bucket_is_denied_to_every_principal_but_the_prefixs_writer() {
+    let f = fixture();
+    let policy = bucket_policy(&f);
+    let github = |k: &str| format!("${{aws_iam_role.github[\"{k}\"].arn}}");
+    let lambda = symbol(&format!("aws_iam_role.{}", lambda_role(&f)), "arn");
+    let provisioning = "${data.aws_iam_session_context.current.issuer_arn}".to_string();
+    // A role of this account that replicates from a bucket of its own (its IAM policy
+    // allows s3:Replicate* here; in one account no bucket-policy Allow is needed).
+    let replicator = "arn:aws:iam::111122223333:role/replication".to_string();
+    let key = |app: &str, env: &str| ReleaseKey::new(app, env).expect("valid");
+    let keys = [
+        key("shop", "staging"),
+        key("shop", "production"),
+        key("blog", "staging"),
+        key("blog", "production"),
+    ];
+    // Who legitimately writes (PutObject) each release key.
+    let writers: BTreeMap<String, Vec<String>> = BTreeMap::from([
+        (keys[0].object_key(), vec![github("shop/staging")]),
+        (keys[1].object_key(), vec![github("shop/production")]),
+        (keys[2].object_key(), vec![BLOG_STAGING_CI.to_string()]),
+        (keys[3].object_key(), vec![]),
+    ]);
+    let principals = [
+        github("shop/staging"),
+        github("shop/production"),
+        BLOG_STAGING_CI.to_string(),
+        ADMIN.to_string(),
+        lambda.clone(),
+        provisioning.clone(),
+        replicator,
+    ];
+    let mut objects: Vec<String> = Vec::new();
+    for k in &keys {
+        objects.extend([
+            k.object_key(),
+            k.record_key("v1"),
+            k.result_key("v1", "i-1", "c-1"),
+            k.fleet_key(),
+            k.latest_pointer_key(),
+        ]);
+    }
+    objects.push(dropship_contract::key::command_index_key("c-1"));
+    objects.push("releases/new-app/production.tar.gz".to_string());
+
+    let mut wrong = Vec::new();
+    for who in &principals {
+        for object in &objects {
+            for action in OBJECT_WRITE_PATHS {
+                let may = match *action {
+                    "s3:PutObject" if object.starts_with(RELEASES_PREFIX) => {
+                        match writers.get(object) {
+                            Some(w) => w.iter().any(|x| x == who),
+                            // A key of no configured pair: the bucket policy leaves it to the
+                            // uploaders' own (exact-key) policies, and the Lambda's allow-lists
+                            // refuse its events; everyone else is denied.
+                            None => writers.values().flatten().any(|x| x == who),
+                        }
+                    }
+                    "s3:PutObject" => object.starts_with(RECORDS_PREFIX) && *who == lambda,
+                    // Tags, ACLs, locks, restores: only provisioning (no component uses them).
+                    a if a.starts_with("s3:PutObject")
+                        || a.starts_with("s3:DeleteObjectTagging")
+                        || a.starts_with("s3:DeleteObjectVersionTagging")
+                        || a == "s3:BypassGovernanceRetention"
+                        || a == "s3:RestoreObject" =>
+                    {
+                        *who == provisioning
+                    }
+                    // Deletes, delete markers, replication of any kind: nobody.
+                    _ => false,
+                };
+                let denied = denies(&policy, &Request::new(who, action, &object_arn(object)));
+                if denied == may {
+                    wrong.push(format!(
+                        "{who} {action} {object}: bucket policy {} (expected {})",
+                        if denied { "denies" } else { "does not deny" },
+                        if may { "allowed" } else { "denied" }
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} write paths wrong:\n  {}",
+        wrong.len(),
+        wrong.join("\n  ")
+    );
+}
+
 #[test]
 fn bucket_policy_with_no_uploader_at_all_refuses_every_release_write() {
     let module = Module::load();
@@ -1705,6 +1822,163 @@ fn target_protection_snippets_deny_tag_and_profile_changes_outside_provisioning(
     }
 }
 
+#[test]
+fn deployer_function_role_and_rules_are_changed_only_by_provisioning() {
+    let f = fixture();
+    let rendered = f.eval.local("target_protection_policies");
+    let function_arn = as_text(&f.eval.local("function_arn"));
+    let (_, function) = f.module.single("aws_lambda_function");
+    assert_eq!(
+        function_arn,
+        format!(
+            "arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:{}",
+            f.eval
+                .text(attr(function, "function_name").expect("function_name"))
+        ),
+        "local.function_arn names the deployer function"
+    );
+    let role_arn = format!(
+        "arn:aws:iam::{ACCOUNT_ID}:role/{}",
+        resource_attr(&f, "aws_iam_role", &lambda_role(&f), None, "name")
+    );
+    let rule_arns: Vec<String> = f
+        .module
+        .resources("aws_cloudwatch_event_rule")
+        .into_iter()
+        .flat_map(|(_, body)| {
+            f.eval
+                .instances(body)
+                .into_iter()
+                .map(|i| {
+                    let n = f.eval.at(&i).attr_text(body, "name").expect("rule name");
+                    format!("arn:aws:events:eu-west-1:{ACCOUNT_ID}:rule/{n}")
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(rule_arns.len() >= 4, "the module's rules: {rule_arns:?}");
+    let provisioning = "${data.aws_iam_session_context.current.issuer_arn}";
+    let function_changes = [
+        "lambda:UpdateFunctionCode",
+        "lambda:UpdateFunctionConfiguration",
+        "lambda:DeleteFunction",
+        "lambda:PutFunctionConcurrency",
+        "lambda:DeleteFunctionConcurrency",
+        "lambda:PutFunctionEventInvokeConfig",
+        "lambda:UpdateFunctionEventInvokeConfig",
+        "lambda:AddPermission",
+        "lambda:PublishVersion",
+        "lambda:CreateAlias",
+        "lambda:CreateFunction",
+    ];
+    let rule_changes = [
+        "events:PutRule",
+        "events:PutTargets",
+        "events:RemoveTargets",
+        "events:DisableRule",
+        "events:DeleteRule",
+    ];
+    for file in ["scp", "permissions-boundary"] {
+        let policy: Value = serde_json::from_str(&as_text(&rendered[file])).expect("rendered JSON");
+        let statements = iam::from_json(&policy);
+        let blocked = |who: &str, action: &str, resource: &str| {
+            denies(&statements, &Request::new(who, action, resource))
+        };
+        for who in [ADMIN, BLOG_STAGING_CI] {
+            for action in function_changes {
+                for resource in [function_arn.clone(), format!("{function_arn}:live")] {
+                    assert!(
+                        blocked(who, action, &resource),
+                        "{file}: {who} may {action} {resource}"
+                    );
+                }
+            }
+            assert!(
+                blocked(who, "iam:PassRole", &role_arn),
+                "{file}: {who} may pass the deployer role to a function of their own"
+            );
+            for rule in &rule_arns {
+                for action in rule_changes {
+                    assert!(
+                        blocked(who, action, rule),
+                        "{file}: {who} may {action} {rule}"
+                    );
+                }
+            }
+            // Everything else stays with IAM.
+            let other_function = format!("arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:app-api");
+            assert!(!blocked(who, "lambda:UpdateFunctionCode", &other_function));
+            assert!(!blocked(who, "lambda:InvokeFunction", &function_arn));
+            assert!(!blocked(
+                who,
+                "events:PutRule",
+                &format!("arn:aws:events:eu-west-1:{ACCOUNT_ID}:rule/app-nightly")
+            ));
+        }
+        if file == "scp" {
+            for action in function_changes {
+                assert!(
+                    !blocked(provisioning, action, &function_arn),
+                    "provisioning {action}"
+                );
+            }
+            assert!(!blocked(provisioning, "iam:PassRole", &role_arn));
+            assert!(!blocked(provisioning, "events:PutTargets", &rule_arns[0]));
+        }
+    }
+}
+
+#[test]
+fn deployer_role_credentials_work_only_inside_the_deployer_function() {
+    let f = fixture();
+    let role = lambda_role(&f);
+    let policy = inline_statements(&f, &role, None);
+    let function_arn = as_text(&f.eval.local("function_arn"));
+    let me = format!("arn:aws:iam::{ACCOUNT_ID}:role/dropship-deployer-lambda");
+    let record = object_arn("deploy-records/shop/production/v1.json");
+    let put = |source: Option<&str>| {
+        let req = Request::new(&me, "s3:PutObject", &record);
+        match source {
+            Some(s) => req.with("lambda:SourceFunctionArn", &[s]),
+            None => req,
+        }
+    };
+    assert!(
+        allows(&policy, &put(Some(&function_arn))),
+        "the deployer's own code writes records"
+    );
+    let other = format!("arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:made-by-someone");
+    assert!(
+        denies(&policy, &put(Some(&other))),
+        "a function created with the deployer role is refused"
+    );
+    let send = Request::new(
+        &me,
+        "ssm:SendCommand",
+        "arn:aws:ssm:eu-west-1::document/AWS-RunShellScript",
+    );
+    assert!(denies(
+        &policy,
+        &send.clone().with("lambda:SourceFunctionArn", &[&other])
+    ));
+    assert!(allows(
+        &policy,
+        &send.with("lambda:SourceFunctionArn", &[&function_arn])
+    ));
+    // The Lambda service's own calls with the role (the on-failure destination) carry no
+    // source function and stay allowed.
+    let queue = policy
+        .iter()
+        .find(|s| s.actions.iter().any(|a| a == "sqs:SendMessage"))
+        .expect("the on-failure destination grant")
+        .resources[0]
+        .clone();
+    assert!(allows(
+        &policy,
+        &Request::new(&me, "sqs:SendMessage", &queue)
+    ));
+}
+
 // ----------------------------------------------------------------------------------------
 // Failure notifications
 // ----------------------------------------------------------------------------------------
@@ -1867,6 +2141,79 @@ fn architecture_doc_describes_the_events_dropship_emits() {
 // Examples and docs
 // ----------------------------------------------------------------------------------------
 
+/// Whether `variable`'s validation whose error message contains `marker` accepts `value`
+/// (the other inputs as in the scenario): its condition evaluated as Terraform would.
+fn validation_accepts(variable: &str, marker: &str, value: Value) -> bool {
+    let module = Module::load();
+    let body = module.variable(variable);
+    let validation = blocks(body, "validation")
+        .find(|v| {
+            attr(v.body(), "error_message")
+                .and_then(|e| hcl::format::to_string(e).ok())
+                .is_some_and(|m| m.contains(marker))
+        })
+        .unwrap_or_else(|| panic!("variable {variable} has no validation saying {marker:?}"));
+    let mut s = scenario();
+    s.retain(|(k, _)| *k != variable);
+    s.push((
+        Box::leak(variable.to_string().into_boxed_str()) as &'static str,
+        value,
+    ));
+    let eval = module.evaluator(&s);
+    eval.eval(attr(validation.body(), "condition").expect("condition"))
+        .as_bool()
+        .expect("a validation condition is a bool")
+}
+
+#[test]
+fn the_module_refuses_a_subject_of_another_environment_and_wildcard_uploaders() {
+    let subjects = |k: &str, sub: &str| json!({ k: [sub] });
+    let own_env = "its pair's own environment";
+    assert!(validation_accepts(
+        "github_oidc_subjects",
+        own_env,
+        subjects("shop/production", "repo:acme/shop:environment:production")
+    ));
+    for (k, sub) in [
+        ("shop/production", "repo:acme/shop:environment:staging"),
+        ("shop/staging", "repo:acme/shop:environment:production"),
+        (
+            "shop/production",
+            "repo:acme/shop:environment:production-copy",
+        ),
+        (
+            "shop/production",
+            "repo:acme/shop:environment:preproduction",
+        ),
+    ] {
+        assert!(
+            !validation_accepts("github_oidc_subjects", own_env, subjects(k, sub)),
+            "{k} accepts {sub}"
+        );
+    }
+    let exact = "exact ARNs";
+    assert!(validation_accepts(
+        "uploader_principal_arns",
+        exact,
+        json!({ "blog/staging": [BLOG_STAGING_CI] })
+    ));
+    for arn in [
+        "*",
+        "arn:aws:iam::111122223333:role/*",
+        "arn:aws:iam::111122223333:role/blog-ci-?",
+        "arn:aws:iam::*:role/blog-ci-staging",
+    ] {
+        assert!(
+            !validation_accepts(
+                "uploader_principal_arns",
+                exact,
+                json!({ "blog/staging": [BLOG_STAGING_CI, arn] })
+            ),
+            "accepts {arn}"
+        );
+    }
+}
+
 #[test]
 fn example_root_gives_each_environment_its_own_github_subject() {
     let example = Module::load_dir(&terraform::infra_dir().join("examples/basic"));
@@ -1970,6 +2317,68 @@ fn example_workflows_pin_actions_by_commit_and_use_a_role_per_environment() {
     );
     assert!(!production.contains("--force"), "{production}");
     assert!(!production.contains("bundle-and-upload"), "{production}");
+}
+
+#[test]
+fn example_workflow_checks_cached_binaries_against_a_pinned_checksum_before_running_them() {
+    let dir = terraform::infra_dir().join("examples/github-actions");
+    let deploy = std::fs::read_to_string(dir.join("deploy.yml")).expect("deploy.yml");
+    // Steps of the whole file, in order: (step text).
+    let steps: Vec<&str> = deploy.split("\n      - ").skip(1).collect();
+    let mut checked = 0;
+    for (i, step) in steps.iter().enumerate() {
+        if !step.contains("uses: actions/cache@") {
+            continue;
+        }
+        let path = step
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("path:"))
+            .expect("cache path")
+            .trim();
+        let name = path.rsplit('/').next().expect("binary name");
+        assert!(path.starts_with("~/.cargo/bin/"), "{path}");
+        // The first later step that runs the binary must come after a checksum check of it.
+        let runs = |s: &str| {
+            s.lines().any(|l| {
+                let l = l.trim();
+                l.starts_with(&format!("{name} ")) || l.starts_with(&format!("run: {name} "))
+            })
+        };
+        let check = steps[i + 1..]
+            .iter()
+            .position(|s| s.contains("sha256sum --check") && s.contains(&format!("bin/{name}\"")))
+            .unwrap_or_else(|| {
+                panic!("{name}: restored from the cache, never checked by checksum")
+            });
+        let first_run = steps[i + 1..]
+            .iter()
+            .position(|s| runs(s))
+            .unwrap_or_else(|| panic!("{name} is never run"));
+        assert!(
+            check < first_run,
+            "{name} runs before its checksum is checked"
+        );
+        let verify = steps[i + 1 + check];
+        assert!(
+            !verify.contains("if:"),
+            "{name}: the check runs on cache hits too: {verify}"
+        );
+        let var = verify
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+            .find_map(|t| t.strip_prefix('$').filter(|v| v.ends_with("_SHA256")))
+            .unwrap_or_else(|| panic!("{name}: no pinned *_SHA256 variable: {verify}"));
+        let pinned = deploy
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{var}:")))
+            .unwrap_or_else(|| panic!("{var} is not pinned in the workflow's env"))
+            .trim();
+        assert!(
+            pinned.len() == 64 && pinned.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{var}: {pinned}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "bundle-and-upload and dropship are cached");
 }
 
 #[test]

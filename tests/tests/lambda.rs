@@ -63,6 +63,10 @@ impl Fixture {
     fn env_vars(&self) -> Vec<(&'static str, String)> {
         vec![
             ("DROPSHIP_ALLOWED_BUCKETS", self.bucket.clone()),
+            (
+                "DROPSHIP_INSTANCE_PROFILE_ARN",
+                moto::HOST_PROFILE_TEMPLATE.into(),
+            ),
             ("DROPSHIP_MAX_CONCURRENCY", "2".into()),
             ("DROPSHIP_LOG_GROUP", "/dropship/commands".into()),
         ]
@@ -93,9 +97,12 @@ impl Fixture {
         Deployer::new(config, clients)
     }
 
-    /// Runs `n` instances tagged with `app`/`env`; returns their ids.
+    /// Runs `n` instances tagged with `app`/`env` and carrying that pair's host profile, as
+    /// the module's hosts do; returns their ids.
     async fn instances(&self, app: &str, env: &str, n: i32) -> Vec<String> {
-        self.instances_with_profile(app, env, n, None).await
+        let profile = moto::host_profile(app, env);
+        self.instances_with_profile(app, env, n, Some(&profile))
+            .await
     }
 
     /// Runs `n` instances tagged with `app`/`env`, with the instance profile `profile_arn`
@@ -112,27 +119,32 @@ impl Fixture {
             .tags(Tag::builder().key("dropship:app").value(app).build())
             .tags(Tag::builder().key("dropship:env").value(env).build())
             .build();
-        let out = self
-            .ec2
-            .run_instances()
-            .image_id("ami-12c6146b")
-            .instance_type(InstanceType::T3Micro)
-            .min_count(n)
-            .max_count(n)
-            .tag_specifications(tags)
-            .set_iam_instance_profile(profile_arn.map(|arn| {
-                aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
-                    .arn(arn)
-                    .build()
-            }))
-            .send()
-            .await
-            .expect("run instances");
-        let mut ids: Vec<String> = out
-            .instances()
-            .iter()
-            .filter_map(|i| i.instance_id().map(str::to_owned))
-            .collect();
+        // One RunInstances per instance: moto attaches the profile to the first instance of a
+        // call only.
+        let mut ids: Vec<String> = Vec::new();
+        for _ in 0..n {
+            let out = self
+                .ec2
+                .run_instances()
+                .image_id("ami-12c6146b")
+                .instance_type(InstanceType::T3Micro)
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(tags.clone())
+                .set_iam_instance_profile(profile_arn.map(|arn| {
+                    aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                        .arn(arn)
+                        .build()
+                }))
+                .send()
+                .await
+                .expect("run instances");
+            ids.extend(
+                out.instances()
+                    .iter()
+                    .filter_map(|i| i.instance_id().map(str::to_owned)),
+            );
+        }
         ids.sort();
         for id in &ids {
             self.local_ssm.add_instance(BashInstance::without_engine(
@@ -495,7 +507,10 @@ async fn a_promoted_version_is_verified_and_dispatched_with_its_environments_set
         "services:\n  web:\n    image: nginx:alpine\n",
     );
     repo.commit("two environments");
-    let staged = run(repo.bundler().arg("--json")).success().json()["version_id"]
+    // Uploaded by CI (promote refuses a developer's local upload without --force).
+    let staged = run(repo.bundler().arg("--json").env("CI", "true"))
+        .success()
+        .json()["version_id"]
         .as_str()
         .expect("version id")
         .to_owned();
@@ -526,9 +541,14 @@ async fn a_promoted_version_is_verified_and_dispatched_with_its_environments_set
     )
     .await;
 
-    let promoted = run(repo
-        .dropship()
-        .args(["promote", "staging", "production", "--json"]))
+    let promoted = run(repo.dropship().args([
+        "promote",
+        "staging",
+        "production",
+        "--version",
+        &staged,
+        "--json",
+    ]))
     .success()
     .json();
     assert_eq!(promoted["source_version_id"], staged.as_str());
@@ -634,7 +654,7 @@ async fn forged_events_borrowed_instances_and_foreign_environments_are_refused_a
         .instances_with_profile(&f.app, ENV, 1, Some(&profile))
         .await;
     // Tagged by someone allowed ec2:CreateTags, but not given the module's profile.
-    let borrowed = f.instances(&f.app, ENV, 1).await;
+    let borrowed = f.instances_with_profile(&f.app, ENV, 1, None).await;
     let d = f
         .deployer_with(&[
             (
@@ -714,11 +734,14 @@ async fn forged_events_borrowed_instances_and_foreign_environments_are_refused_a
         Outcome::SkippedDuplicate
     );
     let pointer = f.pointer().await.expect("pointer");
-    assert_eq!(pointer.sequencer, "0055AED6DCD90281E6");
+    assert_eq!(
+        pointer.sequencer, stamp,
+        "S3's stamp, never a payload's sequencer"
+    );
 }
 
-/// The event's requester and source address are kept (the uploader metadata is
-/// self-declared; these come from S3).
+/// The event's requester and source address are kept as the payload states them (claims
+/// like the uploader metadata: a forged event carries whatever it likes).
 fn event_facts_recorded(record: &DeployRecord) {
     assert_eq!(record.event.requester.as_deref(), Some("123456789012"));
     assert_eq!(record.event.source_ip.as_deref(), Some("1.2.3.4"));
@@ -910,6 +933,21 @@ async fn every_hostile_bundle_is_rejected_with_its_reason_and_nothing_is_sent() 
             ),
             keep(),
             "beneath symlink",
+        ),
+        (
+            "symlink chain that climbs through a symlink",
+            hostile_bundle(
+                &app,
+                vec![
+                    compose(),
+                    special("s", b'2', "."),
+                    special("t", b'2', "s/.."),
+                    special("u", b'2', "t/.."),
+                    special("v", b'2', "u/etc"),
+                ],
+            ),
+            keep(),
+            "and then up (..)",
         ),
         (
             "hardlink",
@@ -1163,6 +1201,154 @@ async fn the_binary_runs_as_a_lambda_through_the_runtime_api() {
         "{malformed}"
     );
     assert_eq!(f.commands().await.len(), 1);
+}
+
+/// `gzip -9` of `bytes` (deflate's best ratio, about 1030:1 on zeros).
+fn gzip_best(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .args(["-9", "-n", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// A bundle of `app` whose manifest is honest and whose `gib` files are 1 GiB of zeros each
+/// (the per-file limit, under the 8 GiB total): a few MB that inflate to gigabytes. The tar
+/// stream is cut into gzip members (`tar -xz` reads them all); each run of zeros is one 64 MiB
+/// member repeated.
+fn gzip_bomb(app: &str, gib: u64) -> Vec<u8> {
+    const FILE: u64 = 1 << 30;
+    let names = [
+        "zeros-1", "zeros-2", "zeros-3", "zeros-4", "zeros-5", "zeros-6", "zeros-7",
+    ];
+    assert!((1..=names.len() as u64).contains(&gib));
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        app: app.into(),
+        branch: "main".into(),
+        commit: COMMIT.into(),
+        commit_time: 1_700_000_000,
+        dirty: false,
+        message: "test release".into(),
+        files: gib,
+        bytes: gib * FILE,
+        deploy: DeploySettings::default(),
+        overrides: Default::default(),
+        legacy_env: None,
+    }
+    .to_bytes();
+    // A file's header whose size field says 1 GiB, its checksum recomputed.
+    let header = |name: &'static str| {
+        let mut h = ustar(&[entry(name, b"")]);
+        h.truncate(512);
+        h[124..136].copy_from_slice(format!("{FILE:011o}\0").as_bytes());
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    };
+    let mut first = ustar(&[Entry {
+        path: ".dropship/manifest.json",
+        kind: b'0',
+        mode: 0o644,
+        data: manifest,
+        link: "",
+    }]);
+    first.truncate(first.len() - 1024);
+    let zeros = gzip_best(&vec![0u8; 64 << 20]);
+    let mut object = Vec::new();
+    for (i, name) in names.iter().take(gib as usize).enumerate() {
+        let mut head = if i == 0 { first.clone() } else { Vec::new() };
+        head.extend_from_slice(&header(name));
+        object.extend_from_slice(&gzip_best(&head));
+        for _ in 0..(FILE >> 26) {
+            object.extend_from_slice(&zeros);
+        }
+    }
+    object.extend_from_slice(&gzip_best(&[0u8; 1024]));
+    object
+}
+
+/// A staging upload of a gzip bomb (4 GiB from about 4 MB) and a production release deployed
+/// at the same time, each in its own function process (Lambda runs concurrent invocations in
+/// separate execution environments): the bomb is refused after inflating at most the verifier's
+/// free allowance, in bounded time and memory, and the production deploy is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_is_refused_in_bounded_time_and_memory_and_a_concurrent_deploy_proceeds() {
+    let staging = Fixture::new().await;
+    staging.instances(&staging.app, ENV, 1).await;
+    let bomb = gzip_bomb(&staging.app, 4);
+    let bomb_bytes = bomb.len();
+    assert!(bomb_bytes < 8 << 20, "{bomb_bytes} bytes");
+    let meta = staging.metadata(COMMIT, &sha256_hex(&bomb));
+    let bomb_version = staging.upload(bomb, &meta).await;
+    let bomb_event = staging.event(&bomb_version, "0B0B");
+
+    let production = Fixture::new().await;
+    let targets = production.instances(&production.app, ENV, 1).await;
+    let (real_version, _) = production.upload_real_bundle("prod").await;
+    let real_event = production.event(&real_version, "0C0C");
+
+    let (bomb_env, real_env) = (process_env(&staging), process_env(&production));
+    let run = |env: Vec<(String, String)>, event: Value| {
+        std::thread::spawn(move || {
+            let mut lambda = LambdaProcess::start(&borrowed(&env));
+            lambda
+                .wait_ready(Duration::from_secs(30))
+                .expect("function initialised");
+            let idle_kib = lambda.peak_rss_kib().expect("VmHWM");
+            let started = std::time::Instant::now();
+            let result = lambda.invoke(&event).expect("invocation answered");
+            let took = started.elapsed();
+            let peak_kib = lambda.peak_rss_kib().expect("VmHWM");
+            (result, took, idle_kib, peak_kib)
+        })
+    };
+    let (bomb_run, real_run) = (run(bomb_env, bomb_event), run(real_env, real_event));
+    let (bomb_result, bomb_took, bomb_idle, bomb_peak) = bomb_run.join().unwrap();
+    let (real_result, real_took, _, _) = real_run.join().unwrap();
+    eprintln!(
+        "gzip bomb: {bomb_bytes} bytes declaring 4 GiB, refused in {:.2} s, peak RSS {} MiB ({} MiB before the invocation); concurrent production deploy {:.2} s",
+        bomb_took.as_secs_f64(),
+        bomb_peak / 1024,
+        bomb_idle / 1024,
+        real_took.as_secs_f64()
+    );
+    assert_eq!(bomb_result["outcome"], "rejected", "{bomb_result}");
+    assert!(
+        bomb_result["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("decompression bomb"),
+        "{bomb_result}"
+    );
+    assert!(
+        bomb_took < Duration::from_secs(10),
+        "bomb took {bomb_took:?}"
+    );
+    assert!(
+        bomb_peak < 128 * 1024,
+        "bomb verification peaked at {bomb_peak} KiB"
+    );
+    assert!(
+        staging.commands().await.is_empty(),
+        "nothing sent for the bomb"
+    );
+    assert_eq!(real_result["outcome"], "dispatched", "{real_result}");
+    assert_eq!(real_result["targets"], json!(targets));
+    assert!(
+        real_took < Duration::from_secs(20),
+        "production took {real_took:?}"
+    );
 }
 
 #[test]

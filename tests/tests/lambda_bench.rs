@@ -58,18 +58,33 @@ async fn setup() -> Setup {
         .tags(Tag::builder().key("dropship:app").value(&app).build())
         .tags(Tag::builder().key("dropship:env").value(ENV).build())
         .build();
-    let out = ec2
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .instance_type(InstanceType::T3Micro)
-        .min_count(2)
-        .max_count(2)
-        .tag_specifications(tags)
-        .send()
-        .await
-        .expect("run instances");
+    // One RunInstances per instance: moto attaches the profile to the first instance of a
+    // call only.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let out = ec2
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .instance_type(InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tags.clone())
+            .iam_instance_profile(
+                aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                    .arn(moto::host_profile(&app, ENV))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("run instances");
+        ids.extend(
+            out.instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_owned)),
+        );
+    }
     let ssm = LocalSsm::start(LocalSsmConfig::from_env());
-    for id in out.instances().iter().filter_map(|i| i.instance_id()) {
+    for id in &ids {
         ssm.add_instance(BashInstance::without_engine(
             id,
             &[("dropship:app", app.as_str()), ("dropship:env", ENV)],
@@ -144,7 +159,13 @@ fn python() -> PathBuf {
 
 /// Start one runtime, wait for its first poll, invoke it once, read its peak RSS.
 fn sample(runtime: Runtime, bucket: &str, ssm_env: &[(String, String)], event: &Value) -> Sample {
-    let mut env: Vec<(String, String)> = vec![("DROPSHIP_ALLOWED_BUCKETS".into(), bucket.into())];
+    let mut env: Vec<(String, String)> = vec![
+        ("DROPSHIP_ALLOWED_BUCKETS".into(), bucket.into()),
+        (
+            "DROPSHIP_INSTANCE_PROFILE_ARN".into(),
+            moto::HOST_PROFILE_TEMPLATE.into(),
+        ),
+    ];
     env.extend(moto::aws_env());
     env.extend(ssm_env.iter().cloned());
     env.push((

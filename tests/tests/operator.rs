@@ -556,6 +556,16 @@ fn two_env_repo(bucket: &str) -> GitRepo {
     repo
 }
 
+/// `bundle-and-upload --json ARGS` in `repo` as CI runs it (`CI=true`: source=ci).
+fn ci_upload(repo: &GitRepo, args: &[&str]) -> Output {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    AppRepo::prepared(repo.bundler(), &all)
+        .env("CI", "true")
+        .output()
+        .expect("run bundle-and-upload")
+}
+
 /// `dropship ARGS` in `repo`: stdin closed, fast polling.
 fn dropship_in(repo: &GitRepo, args: &[&str]) -> Output {
     AppRepo::prepared(repo.dropship(), args)
@@ -607,9 +617,7 @@ async fn promote_copies_a_version_deployed_on_every_staging_host_to_production_b
     let s3 = moto::s3().await;
     let bucket = moto::create_bucket(&s3, "ops-promote", true).await;
     let repo = two_env_repo(&bucket);
-    let up = AppRepo::prepared(repo.bundler(), &["--json"])
-        .output()
-        .unwrap();
+    let up = ci_upload(&repo, &[]);
     assert_success(&up);
     let staged = json(&up)["version_id"].as_str().unwrap().to_string();
     let hosts = vec!["i-0staging1".to_string(), "i-0staging2".to_string()];
@@ -620,7 +628,17 @@ async fn promote_copies_a_version_deployed_on_every_staging_host_to_production_b
     )
     .await;
 
-    let out = dropship_in(&repo, &["promote", "staging", "production", "--json"]);
+    let out = dropship_in(
+        &repo,
+        &[
+            "promote",
+            "staging",
+            "production",
+            "--version",
+            &staged,
+            "--json",
+        ],
+    );
     assert_success(&out);
     assert!(
         !text(&out.stderr).contains("WARNING"),
@@ -674,9 +692,7 @@ async fn promote_refuses_a_version_not_deployed_everywhere_unless_forced_writing
     let s3 = moto::s3().await;
     let bucket = moto::create_bucket(&s3, "ops-promote-refuse", true).await;
     let repo = two_env_repo(&bucket);
-    let up = AppRepo::prepared(repo.bundler(), &["--json"])
-        .output()
-        .unwrap();
+    let up = ci_upload(&repo, &[]);
     assert_success(&up);
     let rolled_back = json(&up)["version_id"].as_str().unwrap().to_string();
     let hosts = vec!["i-0staging1".to_string()];
@@ -707,9 +723,7 @@ async fn promote_refuses_a_version_not_deployed_everywhere_unless_forced_writing
     // Not deployed yet (no record): refused as pending.
     repo.write("app.txt", "two");
     repo.commit("release two");
-    let up = AppRepo::prepared(repo.bundler(), &["--json"])
-        .output()
-        .unwrap();
+    let up = ci_upload(&repo, &[]);
     assert_success(&up);
     let pending = json(&up)["version_id"].as_str().unwrap().to_string();
     let out = dropship_in(&repo, &["promote", "staging", "production", "--json"]);
@@ -775,6 +789,213 @@ async fn promote_refuses_a_version_not_deployed_everywhere_unless_forced_writing
     assert_eq!(promoted["source_version_id"], rolled_back.as_str());
     assert_eq!(versions(&s3, &bucket, &production()).await.len(), 1);
     assert_ne!(pending, rolled_back);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_names_its_version_off_a_terminal_and_refuses_local_or_dirty_sources_unless_forced()
+{
+    let s3 = moto::s3().await;
+    let bucket = moto::create_bucket(&s3, "ops-promote-trust", true).await;
+    let repo = two_env_repo(&bucket);
+    let settle = |version: String| {
+        let (s3, bucket) = (s3.clone(), bucket.clone());
+        async move {
+            let hosts = vec!["i-0staging1".to_string()];
+            records::put(
+                &s3,
+                &bucket,
+                &records::settled(
+                    &bucket,
+                    &staging(),
+                    &version,
+                    &hosts,
+                    FleetOutcome::Deployed,
+                ),
+            )
+            .await;
+        }
+    };
+
+    // A developer's upload from their machine (no CI): deployed everywhere in staging, still
+    // not promoted without --force.
+    let up = AppRepo::prepared(repo.bundler(), &["--json"])
+        .output()
+        .unwrap();
+    assert_success(&up);
+    let local = json(&up)["version_id"].as_str().unwrap().to_string();
+    settle(local.clone()).await;
+    let out = dropship_in(
+        &repo,
+        &["promote", "staging", "production", "--version", &local],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("source=local")
+            && err.contains("--force")
+            && err.contains(&local)
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+
+    // A dirty tree, even from CI: refused the same way.
+    repo.write("app.txt", "uncommitted");
+    let up = ci_upload(&repo, &["--allow-dirty"]);
+    assert_success(&up);
+    let dirty = json(&up)["version_id"].as_str().unwrap().to_string();
+    settle(dirty.clone()).await;
+    let out = dropship_in(
+        &repo,
+        &["promote", "staging", "production", "--version", &dirty],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("dirty=true"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A CI build of a commit, deployed everywhere: without --version, off a terminal, the
+    // command shows what it would copy and asks for the version instead of copying it.
+    repo.write("app.txt", "two");
+    repo.commit("release \x1b]0;pwned\x07two");
+    let up = ci_upload(&repo, &[]);
+    assert_success(&up);
+    let good = json(&up)["version_id"].as_str().unwrap().to_string();
+    settle(good.clone()).await;
+    let out = dropship_in(&repo, &["promote", "staging", "production"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("--version {good}"))
+            && err.contains("not running on a terminal")
+            && err.contains("source=ci")
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    // The commit message is shown, its escape sequence neutralised.
+    assert!(err.contains("\\x1b]0;pwned\\x07two"), "{err}");
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "raw ESC reached the terminal: {err:?}"
+    );
+    assert!(
+        versions(&s3, &bucket, &production()).await.is_empty(),
+        "nothing was written"
+    );
+
+    // Named, it is promoted; --force takes the local one, loudly.
+    let out = dropship_in(
+        &repo,
+        &[
+            "promote",
+            "staging",
+            "production",
+            "--version",
+            &good,
+            "--json",
+        ],
+    );
+    assert_success(&out);
+    assert_eq!(json(&out)["source_version_id"], good.as_str());
+    let out = dropship_in(
+        &repo,
+        &[
+            "promote",
+            "staging",
+            "production",
+            "--version",
+            &local,
+            "--force",
+            "--json",
+        ],
+    );
+    assert_success(&out);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("WARNING") && err.contains("source=local"),
+        "{err}"
+    );
+    assert_eq!(versions(&s3, &bucket, &production()).await.len(), 2);
+}
+
+/// `doctor`'s upload check sends a PutObject that must never store anything: besides an
+/// `If-Match` no object has, a `Content-MD5` that is not its body's, so a service that ignored
+/// the precondition would still refuse the body; S3 answering `BadDigest` (it checks bodies only
+/// of requests it authorised) counts as "may put".
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_upload_probe_carries_a_wrong_content_md5_and_reads_bad_digest_as_allowed() {
+    use dropship_tests::faults::{Fault, FaultProxy};
+    let s3 = moto::s3().await;
+    let bucket = moto::create_bucket(&s3, "ops-doctor-md5", true).await;
+    s3.put_bucket_notification_configuration()
+        .bucket(&bucket)
+        .notification_configuration(
+            aws_sdk_s3::types::NotificationConfiguration::builder()
+                .event_bridge_configuration(
+                    aws_sdk_s3::types::EventBridgeConfiguration::builder().build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("notifications to EventBridge");
+    let app = AppRepo::new(&bucket);
+    app.repo.commit("one");
+    let proxy = FaultProxy::start(
+        &std::env::var("AWS_ENDPOINT_URL").expect("moto endpoint"),
+        vec![Fault {
+            method: "PUT",
+            target_contains: "/releases/",
+            status: 400,
+            code: "BadDigest",
+        }],
+    );
+    let out = app
+        .dropship_command(&["doctor", "--json"])
+        .env("AWS_ENDPOINT_URL_S3", proxy.endpoint())
+        .output()
+        .expect("run dropship");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", text(&out.stderr)));
+    let puts = proxy.headers_of("PUT ");
+    assert_eq!(
+        puts.len(),
+        1,
+        "one probe: {:?}\n{}{}",
+        proxy.seen(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let header = |name: &str| {
+        puts[0]
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert!(header("if-match").is_some(), "{:?}", puts[0]);
+    let md5 = header("content-md5").unwrap_or_else(|| panic!("no Content-MD5: {:?}", puts[0]));
+    // MD5 of the empty body, which a conforming service would accept.
+    assert_ne!(md5, "1B2M2Y8AsgTpgAmY7PhCfg==");
+    assert_eq!(md5.len(), 24, "a base64 MD5: {md5}");
+    let upload = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["check"] == "upload")
+        .unwrap_or_else(|| panic!("no upload finding: {report:#}"));
+    assert_ne!(upload["level"], "fail", "{upload:#}");
+    assert!(
+        upload["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("may put"),
+        "{upload:#}"
+    );
+    assert_eq!(proxy.injected(), 1);
+    assert!(versions(&s3, &bucket, &ReleaseKey::new(APP, ENV).unwrap())
+        .await
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -160,3 +160,51 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: scripts/package-lambda"));
 }
+
+/// The tools that build the Lambda come from PyPI: each is pinned by version and by the
+/// SHA-256 of its wheels, and installed in pip's hash-checking mode, so a re-uploaded or
+/// substituted file is refused instead of building the function that runs as root on hosts.
+#[test]
+fn packaging_tools_are_pinned_by_hash_and_installed_with_require_hashes() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let req = std::fs::read_to_string(root.join("scripts/requirements-package.txt"))
+        .expect("requirements-package.txt");
+    // Logical lines (backslash continuations joined), comments dropped.
+    let joined = req.replace("\\\n", " ");
+    let requirements: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(requirements.len() >= 2, "{requirements:?}");
+    for line in &requirements {
+        let mut words = line.split_whitespace();
+        let pin = words.next().expect("a requirement");
+        let (name, version) = pin
+            .split_once("==")
+            .unwrap_or_else(|| panic!("{pin}: not pinned to one version (name==version)"));
+        assert!(!name.is_empty() && !version.contains('*'), "{pin}");
+        let hashes: Vec<&str> = words
+            .map(|w| {
+                w.strip_prefix("--hash=sha256:")
+                    .unwrap_or_else(|| panic!("{pin}: unexpected option {w}"))
+            })
+            .collect();
+        assert!(!hashes.is_empty(), "{pin}: no --hash=sha256:");
+        for h in hashes {
+            assert!(
+                h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{pin}: {h} is not a SHA-256"
+            );
+        }
+    }
+    let script = std::fs::read_to_string(script()).expect("package-lambda");
+    let install = script
+        .lines()
+        .find(|l| l.contains("pip\" install") && l.contains("$req"))
+        .expect("the pip install of the requirements");
+    assert!(
+        install.contains("--require-hashes") && install.contains("--only-binary=:all:"),
+        "{install}"
+    );
+}

@@ -127,7 +127,7 @@ fn run() -> Result<()> {
     p.commit_broken()?;
     step(&mut p, &mut rows, "upload broken v4", 8, &c2, Cli::Upload)?;
 
-    step(
+    let restored = step(
         &mut p,
         &mut rows,
         "rollback to v1",
@@ -136,8 +136,16 @@ fn run() -> Result<()> {
         Cli::Rollback(v1.clone()),
     )?;
 
-    // What staging runs now (v1's bytes, deployed on every staging host) goes to production.
-    step(&mut p, &mut rows, "promote to prod", 0, &c1, Cli::Promote)?;
+    // What staging runs now (v1's bytes, deployed on every staging host) goes to production,
+    // named by its version (promote copies nothing it was not told to, off a terminal).
+    step(
+        &mut p,
+        &mut rows,
+        "promote to prod",
+        0,
+        &c1,
+        Cli::Promote(restored),
+    )?;
 
     let elapsed = started.elapsed();
     println!();
@@ -273,8 +281,8 @@ enum Cli {
     Upload,
     /// `dropship rollback <version> --yes --wait`.
     Rollback(String),
-    /// `dropship promote staging production --wait` (staging's current version).
-    Promote,
+    /// `dropship promote staging production --version <version> --wait`.
+    Promote(String),
 }
 
 /// Runs one step with `--wait`, checks its exit code and that every host serves `serving`
@@ -291,10 +299,19 @@ fn step(
     let out = match &cli {
         Cli::Upload => p.run_waiting(false, &[])?,
         Cli::Rollback(v) => p.run_waiting(true, &["rollback", v, "--yes"])?,
-        Cli::Promote => p.run_waiting(true, &["promote", pipeline::ENV, pipeline::PROMOTED_ENV])?,
+        Cli::Promote(v) => p.run_waiting(
+            true,
+            &[
+                "promote",
+                pipeline::ENV,
+                pipeline::PROMOTED_ENV,
+                "--version",
+                v,
+            ],
+        )?,
     };
     let env = match &cli {
-        Cli::Promote => pipeline::PROMOTED_ENV,
+        Cli::Promote(_) => pipeline::PROMOTED_ENV,
         _ => pipeline::ENV,
     };
     let json: Value = serde_json::from_str(&out.stdout).map_err(|e| {

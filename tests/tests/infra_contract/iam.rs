@@ -4,7 +4,7 @@
 //!
 //! Covered: `Allow`/`Deny`, actions and resources with `*`/`?` wildcards, principals
 //! (`*` or listed identifiers), and the condition operators the module and the snippets use
-//! (`String*`, `Arn*`, `Bool`, and their `ForAnyValue:` forms). As in IAM, a condition whose
+//! (`String*`, `Arn*`, `Bool`, `Null`, and their `ForAnyValue:` forms). As in IAM, a condition whose
 //! key is absent from the request is false, except for the negated operators (`…Not…`),
 //! which are then true; an explicit Deny wins over any Allow; nothing allowed is denied.
 
@@ -136,6 +136,14 @@ impl Condition {
             Some(t) => (true, t),
             None => (false, self.test.as_str()),
         };
+        if test == "Null" {
+            // "true": the key is absent from the request; "false": it is present.
+            let absent = request.key(&self.variable).is_none();
+            return self
+                .values
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case(if absent { "true" } else { "false" }));
+        }
         let negated = test.contains("Not");
         let Some(actual) = request.key(&self.variable) else {
             return negated;

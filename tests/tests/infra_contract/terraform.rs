@@ -578,6 +578,14 @@ fn declare_functions(ctx: &mut Context) {
         fixed(vec![string(), string(), string()], tf_replace),
     );
     ctx.declare_func("startswith", fixed(vec![string(), string()], tf_startswith));
+    ctx.declare_func("endswith", fixed(vec![string(), string()], tf_endswith));
+    ctx.declare_func(
+        "strcontains",
+        fixed(vec![string(), string()], tf_strcontains),
+    );
+    ctx.declare_func("split", fixed(vec![string(), string()], tf_split));
+    ctx.declare_func("element", fixed(vec![any(), any()], tf_element));
+    ctx.declare_func("alltrue", fixed(vec![any()], tf_alltrue));
     ctx.declare_func("one", fixed(vec![any()], tf_one));
     ctx.declare_func("file", fixed(vec![string()], tf_file));
 }
@@ -726,6 +734,54 @@ fn tf_startswith(args: FuncArgs) -> Result<HclValue, String> {
         args[1].as_str().unwrap_or_default(),
     );
     Ok(HclValue::Bool(s.starts_with(prefix)))
+}
+
+fn tf_endswith(args: FuncArgs) -> Result<HclValue, String> {
+    let (s, suffix) = (
+        args[0].as_str().unwrap_or_default(),
+        args[1].as_str().unwrap_or_default(),
+    );
+    Ok(HclValue::Bool(s.ends_with(suffix)))
+}
+
+fn tf_strcontains(args: FuncArgs) -> Result<HclValue, String> {
+    let (s, part) = (
+        args[0].as_str().unwrap_or_default(),
+        args[1].as_str().unwrap_or_default(),
+    );
+    Ok(HclValue::Bool(s.contains(part)))
+}
+
+fn tf_split(args: FuncArgs) -> Result<HclValue, String> {
+    let (sep, s) = (
+        args[0].as_str().unwrap_or_default(),
+        args[1].as_str().unwrap_or_default(),
+    );
+    Ok(HclValue::Array(
+        s.split(sep).map(|p| HclValue::String(p.into())).collect(),
+    ))
+}
+
+fn tf_element(args: FuncArgs) -> Result<HclValue, String> {
+    let list = arg_list(&args[0])?;
+    let index = args[1]
+        .as_u64()
+        .ok_or_else(|| format!("element: index {} is not a whole number", args[1]))?
+        as usize;
+    if list.is_empty() {
+        return Err("element: empty list".into());
+    }
+    Ok(list[index % list.len()].clone())
+}
+
+fn tf_alltrue(args: FuncArgs) -> Result<HclValue, String> {
+    let mut all = true;
+    for v in arg_list(&args[0])? {
+        all &= v
+            .as_bool()
+            .ok_or_else(|| format!("alltrue: {v} is not a bool"))?;
+    }
+    Ok(HclValue::Bool(all))
 }
 
 fn tf_one(args: FuncArgs) -> Result<HclValue, String> {

@@ -81,7 +81,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code.into(),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!(
+                "error: {}",
+                dropship_operator::terminal_safe(&format!("{err:#}"))
+            );
             exit_for(&err).into()
         }
     }
