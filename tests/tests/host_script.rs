@@ -2661,13 +2661,12 @@ fn a_redeploy_of_a_stopped_or_unhealthy_app_never_reports_it_running() {
     let health = w.root().join(format!("releases/{good}/health"));
     fs::remove_file(&health).unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || w
+        wait_until(Duration::from_secs(30), || !w
             .host
             .sim
             .docker(&["ps", "--filter", "health=unhealthy", "-q"])
             .trim()
-            .len()
-            > 0),
+            .is_empty()),
         "the container never turned unhealthy"
     );
     let run = w.run(&vars);
