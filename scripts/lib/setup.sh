@@ -50,7 +50,7 @@ dropship_install_venv() {
   fi
   echo "setup: installing pinned Python tools into $DROPSHIP_VENV" >&2
   [[ -x "$DROPSHIP_VENV/bin/python" ]] || python3 -m venv "$DROPSHIP_VENV"
-  "$DROPSHIP_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  "$DROPSHIP_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
   echo "$want" >"$stamp"
 }
 
@@ -132,7 +132,9 @@ dropship_machine_state() {
     local pid comm
     for pid in /proc/[0-9]*; do
       comm=$(cat "$pid/comm" 2>/dev/null) || continue
-      [[ $comm =~ ^(dockerd|containerd|containerd-shim|docker-proxy|docker-init|moto_server|deployer-lambda|local-pipeline|unshare|nsenter)$ ]] || continue
+      # (moto runs as python3 when the venv's path has a space: pip's launcher is then a
+      # /bin/sh trampoline that execs the interpreter.)
+      [[ $comm =~ ^(dockerd|containerd|containerd-shim|docker-proxy|docker-init|moto_server|python3|deployer-lambda|local-pipeline|unshare|nsenter)$ ]] || continue
       tr '\0' '\n' <"$pid/environ" 2>/dev/null | grep -qx "DROPSHIP_RUN_ID=$DROPSHIP_RUN_ID" || continue
       echo "process $comm"
     done
