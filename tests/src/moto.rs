@@ -237,3 +237,46 @@ pub fn create_lambda_role(name: &str) -> String {
 pub async fn lambda() -> aws_sdk_lambda::Client {
     aws_sdk_lambda::Client::new(&sdk_config().await)
 }
+
+/// Runs `n` instances tagged `dropship:app=<app>` and `dropship:env=<env>`, with the instance
+/// profile `profile_arn` attached when given; returns their ids, sorted. One RunInstances per
+/// instance: moto attaches a profile to the first instance of a call only.
+pub async fn run_tagged_instances(
+    ec2: &aws_sdk_ec2::Client,
+    app: &str,
+    env: &str,
+    n: usize,
+    profile_arn: Option<&str>,
+) -> Result<Vec<String>, String> {
+    use aws_sdk_ec2::types::{
+        IamInstanceProfileSpecification, InstanceType, ResourceType, Tag, TagSpecification,
+    };
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Instance)
+        .tags(Tag::builder().key("dropship:app").value(app).build())
+        .tags(Tag::builder().key("dropship:env").value(env).build())
+        .build();
+    let mut ids: Vec<String> = Vec::new();
+    for _ in 0..n {
+        let out = ec2
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .instance_type(InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tags.clone())
+            .set_iam_instance_profile(
+                profile_arn.map(|arn| IamInstanceProfileSpecification::builder().arn(arn).build()),
+            )
+            .send()
+            .await
+            .map_err(|e| format!("RunInstances: {e:?}"))?;
+        ids.extend(
+            out.instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_owned)),
+        );
+    }
+    ids.sort();
+    Ok(ids)
+}

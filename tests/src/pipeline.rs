@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use aws_sdk_eventbridge::types::{RuleState, Target};
 use aws_sdk_s3::types::{EventBridgeConfiguration, NotificationConfiguration};
 use aws_sdk_sqs::types::QueueAttributeName;
@@ -1254,39 +1253,10 @@ async fn run_instances(
     env: &str,
     n: usize,
 ) -> Result<Vec<String>> {
-    let tags = TagSpecification::builder()
-        .resource_type(ResourceType::Instance)
-        .tags(Tag::builder().key("dropship:app").value(app).build())
-        .tags(Tag::builder().key("dropship:env").value(env).build())
-        .build();
     let profile = moto::host_profile(app, env);
-    // One RunInstances per instance: moto attaches the profile to the first instance of a call
-    // only.
-    let mut ids: Vec<String> = Vec::new();
-    for _ in 0..n {
-        let out = ec2
-            .run_instances()
-            .image_id("ami-12c6146b")
-            .instance_type(InstanceType::T3Micro)
-            .min_count(1)
-            .max_count(1)
-            .tag_specifications(tags.clone())
-            .iam_instance_profile(
-                aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
-                    .arn(&profile)
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| anyhow!("RunInstances: {e:?}"))?;
-        ids.extend(
-            out.instances()
-                .iter()
-                .filter_map(|i| i.instance_id().map(str::to_owned)),
-        );
-    }
-    ids.sort();
-    Ok(ids)
+    moto::run_tagged_instances(ec2, app, env, n, Some(&profile))
+        .await
+        .map_err(|e| anyhow!(e))
 }
 
 /// Copies a directory tree of regular files and directories.

@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use aws_sdk_s3::primitives::ByteStream;
 use deployer_lambda::aws::Clients;
 use deployer_lambda::config::Config;
@@ -114,38 +113,9 @@ impl Fixture {
         n: i32,
         profile_arn: Option<&str>,
     ) -> Vec<String> {
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::Instance)
-            .tags(Tag::builder().key("dropship:app").value(app).build())
-            .tags(Tag::builder().key("dropship:env").value(env).build())
-            .build();
-        // One RunInstances per instance: moto attaches the profile to the first instance of a
-        // call only.
-        let mut ids: Vec<String> = Vec::new();
-        for _ in 0..n {
-            let out = self
-                .ec2
-                .run_instances()
-                .image_id("ami-12c6146b")
-                .instance_type(InstanceType::T3Micro)
-                .min_count(1)
-                .max_count(1)
-                .tag_specifications(tags.clone())
-                .set_iam_instance_profile(profile_arn.map(|arn| {
-                    aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
-                        .arn(arn)
-                        .build()
-                }))
-                .send()
-                .await
-                .expect("run instances");
-            ids.extend(
-                out.instances()
-                    .iter()
-                    .filter_map(|i| i.instance_id().map(str::to_owned)),
-            );
-        }
-        ids.sort();
+        let ids = moto::run_tagged_instances(&self.ec2, app, env, n as usize, profile_arn)
+            .await
+            .expect("run instances");
         for id in &ids {
             self.local_ssm.add_instance(BashInstance::without_engine(
                 id,

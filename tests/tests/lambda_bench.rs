@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use aws_sdk_s3::primitives::ByteStream;
 use dropship_contract::metadata::{ObjectMetadata, Source};
 use dropship_tests::bins;
@@ -53,36 +52,9 @@ async fn setup() -> Setup {
     let bucket = moto::create_bucket(&s3, "bench", true).await;
     let app = moto::unique("bench");
     let ec2 = moto::ec2().await;
-    let tags = TagSpecification::builder()
-        .resource_type(ResourceType::Instance)
-        .tags(Tag::builder().key("dropship:app").value(&app).build())
-        .tags(Tag::builder().key("dropship:env").value(ENV).build())
-        .build();
-    // One RunInstances per instance: moto attaches the profile to the first instance of a
-    // call only.
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let out = ec2
-            .run_instances()
-            .image_id("ami-12c6146b")
-            .instance_type(InstanceType::T3Micro)
-            .min_count(1)
-            .max_count(1)
-            .tag_specifications(tags.clone())
-            .iam_instance_profile(
-                aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
-                    .arn(moto::host_profile(&app, ENV))
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("run instances");
-        ids.extend(
-            out.instances()
-                .iter()
-                .filter_map(|i| i.instance_id().map(str::to_owned)),
-        );
-    }
+    let ids = moto::run_tagged_instances(&ec2, &app, ENV, 2, Some(&moto::host_profile(&app, ENV)))
+        .await
+        .expect("run instances");
     let ssm = LocalSsm::start(LocalSsmConfig::from_env());
     for id in &ids {
         ssm.add_instance(BashInstance::without_engine(
