@@ -188,6 +188,18 @@ pub async fn execute_rollback(
     Ok(plan.restored(new_version))
 }
 
+/// Asks `question` on the terminal (stderr) and reads the answer from `stdin`: whether it
+/// was yes. Rollback and promote confirm a copy the same way.
+fn answered_yes(stdin: &std::io::Stdin, question: &str) -> anyhow::Result<bool> {
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the confirmation from the terminal")?;
+    Ok(rollback::is_yes(&answer))
+}
+
 /// `rollback VERSION`: checks, asks, copies, and with `--wait` follows the new version.
 pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
     let (target, region) = target::resolve(&args.target, false)?.single();
@@ -206,16 +218,8 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
     ) {
         rollback::Consent::Given => {}
         rollback::Consent::Ask => {
-            eprint!(
-                "{}Roll back to this version? [y/N] ",
-                crate::terminal_safe(&plan.describe())
-            );
-            let mut answer = String::new();
-            stdin
-                .lock()
-                .read_line(&mut answer)
-                .context("reading the confirmation from the terminal")?;
-            if !rollback::is_yes(&answer) {
+            eprint!("{}", crate::terminal_safe(&plan.describe()));
+            if !answered_yes(&stdin, "Roll back to this version?")? {
                 return Err(not_confirmed("the answer was not yes".into()).into());
             }
         }
@@ -349,13 +353,7 @@ pub async fn run_promote(args: PromoteArgs) -> anyhow::Result<Exit> {
         let stdin = std::io::stdin();
         eprint!("{}", crate::terminal_safe(&plan.describe()));
         if stdin.is_terminal() && std::io::stderr().is_terminal() {
-            eprint!("Promote this version? [y/N] ");
-            let mut answer = String::new();
-            stdin
-                .lock()
-                .read_line(&mut answer)
-                .context("reading the confirmation from the terminal")?;
-            if !rollback::is_yes(&answer) {
+            if !answered_yes(&stdin, "Promote this version?")? {
                 return Err(not_confirmed("the answer was not yes".into()).into());
             }
         } else {
