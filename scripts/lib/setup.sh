@@ -40,17 +40,20 @@ dropship_install_system_tools() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# Creates $DROPSHIP_VENV and installs scripts/requirements-test.txt when it changed.
+# Creates $DROPSHIP_VENV and installs scripts/requirements-test.txt and, hash-checked,
+# scripts/requirements-test-hashed.txt (the static caddy binary) when either changed.
 dropship_install_venv() {
-  local req="$root/scripts/requirements-test.txt" stamp want
+  local req="$root/scripts/requirements-test.txt" hashed="$root/scripts/requirements-test-hashed.txt" stamp want
   stamp="$DROPSHIP_VENV/.dropship-requirements.sha256"
-  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  want="$(cat "$req" "$hashed" | sha256sum | cut -d' ' -f1)"
   if [[ -x "$DROPSHIP_VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return 0
   fi
   echo "setup: installing pinned Python tools into $DROPSHIP_VENV" >&2
   [[ -x "$DROPSHIP_VENV/bin/python" ]] || python3 -m venv "$DROPSHIP_VENV"
   "$DROPSHIP_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+  "$DROPSHIP_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --require-hashes --no-deps -r "$hashed"
   echo "$want" >"$stamp"
 }
 
