@@ -7,6 +7,7 @@ pub mod host;
 pub mod http;
 pub mod imds;
 pub mod lambda_rt;
+pub mod load;
 pub mod local_ssm;
 pub mod moto;
 pub mod pipeline;
