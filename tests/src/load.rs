@@ -754,6 +754,73 @@ mod tests {
         assert!(decode_chunked(b"zz\r\n").is_err());
     }
 
+    /// A server that answers the first request on each connection and closes the connection
+    /// when a second one arrives on it, without a byte: the race RFC 9112 §9.3.1 is about.
+    fn closing_server() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { break };
+                thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    let mut seen = 0;
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        seen += buf[..n].windows(4).filter(|w| w == b"\r\n\r\n").count();
+                        if seen >= 2 {
+                            break;
+                        }
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nv1\n");
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn worker(mode: Mode, addr: SocketAddr) -> Worker {
+        let spec = Arc::new(LoadSpec {
+            modes: vec![mode],
+            ..LoadSpec::new(addr, "/")
+        });
+        Worker {
+            index: 0,
+            mode,
+            rate: 1.0,
+            phase: 0.0,
+            request: request_bytes(&spec, mode),
+            spec,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    #[test]
+    fn keep_alive_retries_once_when_a_reused_connection_closes_and_naive_does_not() {
+        let addr = closing_server();
+        for (mode, retried, ok) in [(Mode::KeepAlive, true, true), (Mode::Naive, false, false)] {
+            let w = worker(mode, addr);
+            let mut conn = None;
+            let first = w.one(Instant::now(), &mut conn);
+            assert!(
+                first.ok() && !first.reused && first.body == "v1",
+                "{first:?}"
+            );
+            assert!(conn.is_some(), "kept for reuse");
+            let second = w.one(Instant::now(), &mut conn);
+            assert!(second.reused, "{second:?}");
+            assert_eq!((second.retried, second.ok()), (retried, ok), "{second:?}");
+        }
+        let w = worker(Mode::Fresh, addr);
+        let mut conn = None;
+        for _ in 0..2 {
+            let r = w.one(Instant::now(), &mut conn);
+            assert!(r.ok() && !r.reused && conn.is_none(), "{r:?}");
+        }
+    }
+
     #[test]
     fn bodies_fold_into_runs_and_percentiles_use_nearest_rank() {
         let t = Instant::now();
