@@ -224,3 +224,195 @@ fn an_agent_script_runs_as_the_ssm_agent_runs_it_and_dies_with_its_group() {
         run.stdout
     );
 }
+
+/// `curl` against the proxy's admin socket from inside the host: status and body.
+fn proxy_admin(host: &SimHost, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+    let mut cmd = host.command("curl");
+    cmd.args(["--silent", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(["--unix-socket", "/opt/proxy/admin.sock", "-X", method]);
+    if let Some(body) = json {
+        cmd.args(["-H", "Content-Type: application/json", "-d", body]);
+    }
+    let out = cmd.arg(format!("http://localhost{path}")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// A Caddy JSON config: admin API on a unix socket in the bind-mounted directory, one server
+/// on :80 proxying to `upstream` through a route handler with the id `upstream`.
+fn caddy_config(upstream: &str) -> String {
+    serde_json::json!({
+        "admin": {"listen": "unix//config/dropship/admin.sock"},
+        "apps": {"http": {"servers": {"web": {
+            "listen": [":80"],
+            "automatic_https": {"disable": true},
+            "routes": [{"handle": [{
+                "handler": "reverse_proxy",
+                "@id": "upstream",
+                "upstreams": [{"dial": upstream}]
+            }]}]
+        }}}}
+    })
+    .to_string()
+}
+
+#[test]
+fn a_proxy_switch_under_load_fails_no_careful_request_and_changes_the_answer_once() {
+    use dropship_tests::host::wait_until;
+    use dropship_tests::load::{Load, LoadSpec, Mode};
+    use dropship_tests::simhost::PROXY_IMAGE;
+    use std::time::{Duration, Instant};
+
+    let host = SimHost::start("proxy");
+    assert!(!host.has_image(PROXY_IMAGE), "opt-in: not loaded by start");
+    let t = Instant::now();
+    host.import_proxy_image();
+    eprintln!("{PROXY_IMAGE} imported in {:?}", t.elapsed());
+    assert!(host.has_image(PROXY_IMAGE));
+
+    host.docker(&["network", "create", "edge"]);
+    for v in ["v1", "v2"] {
+        host.docker(&[
+            "run",
+            "-d",
+            "--init",
+            "--name",
+            v,
+            "--network",
+            "edge",
+            IMAGE,
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p /srv && echo {v} > /srv/version.txt && exec httpd -f -p 8000 -h /srv"
+            ),
+        ]);
+    }
+    fs::create_dir_all(host.path("/opt/proxy")).unwrap();
+    fs::write(host.path("/opt/proxy/caddy.json"), caddy_config("v1:8000")).unwrap();
+    host.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "proxy",
+        "--network",
+        "edge",
+        "-p",
+        "127.0.0.1:8080:80",
+        "-v",
+        "/opt/proxy:/config/dropship",
+        PROXY_IMAGE,
+        "caddy",
+        "run",
+        "--resume",
+        "--config",
+        "/config/dropship/caddy.json",
+    ]);
+    let url = "http://127.0.0.1:8080/version.txt";
+    assert!(
+        wait_until(Duration::from_secs(30), || host.http_get(url)
+            == Some((200, "v1\n".into()))),
+        "the proxy never served v1: {:?}\n{}",
+        host.http_get(url),
+        String::from_utf8_lossy(&host.docker_output(&["logs", "proxy"]).stderr)
+    );
+    let (code, body) = proxy_admin(&host, "GET", "/reverse_proxy/upstreams", None);
+    assert_eq!(code, 200, "{body}");
+    let upstreams: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(upstreams[0]["address"], "v1:8000", "{body}");
+
+    let load = Load::start(
+        host.init_pid(),
+        LoadSpec {
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            path: "/version.txt".into(),
+            rate_per_sec: 240,
+            workers: 12,
+            modes: Mode::ALL.to_vec(),
+            timeout: Duration::from_secs(5),
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    load.mark("switch");
+    let (code, body) = proxy_admin(
+        &host,
+        "PATCH",
+        "/id/upstream/upstreams",
+        Some(r#"[{"dial":"v2:8000"}]"#),
+    );
+    load.mark("switched");
+    assert_eq!(code, 200, "PATCH: {body}");
+    std::thread::sleep(Duration::from_secs(3));
+    let report = load.stop();
+
+    let (switch, switched) = (
+        report.mark("switch").unwrap(),
+        report.mark("switched").unwrap(),
+    );
+    eprintln!(
+        "switch (PATCH) took {:.1} ms; p99 within ±1 s of it: {:.1} ms\n{}",
+        (switched - switch).as_secs_f64() * 1e3,
+        report
+            .p99_ms_between(
+                switch - Duration::from_secs(1),
+                switched + Duration::from_secs(1)
+            )
+            .unwrap_or(f64::NAN),
+        report.summary()
+    );
+    let from_switch = |t: Instant| {
+        if t >= switch {
+            (t - switch).as_secs_f64() * 1e3
+        } else {
+            -(switch - t).as_secs_f64() * 1e3
+        }
+    };
+    for r in report.failures(Mode::Naive) {
+        eprintln!(
+            "naive failure (reported, not asserted): sent {:+.1} ms from the switch, worker {}, reused {}: {}",
+            from_switch(r.sent),
+            r.worker,
+            r.reused,
+            r.error.as_deref().unwrap_or("non-2xx")
+        );
+    }
+    for mode in [Mode::Fresh, Mode::KeepAlive] {
+        let failed = report.failures(mode);
+        assert!(failed.is_empty(), "{mode:?} failures: {failed:#?}");
+    }
+    assert!(
+        report.achieved_rate() >= 200.0,
+        "inconclusive: only {:.1} req/s",
+        report.achieved_rate()
+    );
+    assert_eq!(report.bodies_in_send_order(), ["v1", "v2"]);
+    assert_eq!(report.transitions(), 1);
+    // Every request sent after the PATCH returned got v2.
+    let late_v1: Vec<_> = report
+        .records
+        .iter()
+        .filter(|r| r.ok() && r.sent > switched && r.body != "v2")
+        .collect();
+    assert!(
+        late_v1.is_empty(),
+        "old answers after the switch: {late_v1:#?}"
+    );
+
+    // The drain signal: the old upstream has left the list once nothing is in flight.
+    let (code, body) = proxy_admin(&host, "GET", "/reverse_proxy/upstreams", None);
+    assert_eq!(code, 200, "{body}");
+    let upstreams: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let addresses: Vec<&str> = upstreams
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["address"].as_str())
+        .collect();
+    assert_eq!(addresses, ["v2:8000"], "{body}");
+
+    // The image can be taken away again (a host that never pulled it).
+    host.docker(&["rm", "-f", "proxy"]);
+    host.remove_image(PROXY_IMAGE);
+    assert!(!host.has_image(PROXY_IMAGE));
+}
