@@ -44,6 +44,13 @@
 #   DROPSHIP_KEEP_RELEASES      releases kept on disk, the current one included (5)
 #   DROPSHIP_REQUIRED_ENV       rules for shared/.env, one per line: NAME [MIN_LENGTH [PATTERN]]
 #   DROPSHIP_PRE_SWITCH_HOOK    path inside the release run before the switch ()
+#   DROPSHIP_STRATEGY           recreate (default) | start-first (the DROPSHIP_PROXY_* below)
+#   DROPSHIP_PROXY_SERVICE      start-first: the compose service switched through the proxy
+#   DROPSHIP_PROXY_PORT         start-first: its container port, 1-65535
+#   DROPSHIP_PROXY_LISTEN       start-first: IPv4:PORT the proxy publishes on the host
+#   DROPSHIP_PROXY_HEALTH_PATH  start-first: path checked on each new container (/)
+#   DROPSHIP_PROXY_DRAIN_TIMEOUT start-first: seconds old containers get to finish (30)
+#   DROPSHIP_PROXY_IMAGE        start-first: the proxy's image (caddy:2.11.7)
 #   DROPSHIP_ROLLBACK_TO        release name for the rollback action (the previous release)
 #   DROPSHIP_EXPECT_VERSION_ID  rollback only if this version is the committed one, else superseded
 #   DROPSHIP_LOCK_TIMEOUT       seconds to wait for the host lock (300)
@@ -76,6 +83,8 @@
 #   releases/<YYYYmmddTHHMMSSZ>-<commit7>/  unpacked bundle + .dropship/{manifest,release}.json
 #   shared/                                 .env, data/, ... linked into every release
 #   current -> releases/<name>              switched atomically (ln -s tmp && mv -T)
+#   proxy/                                  start-first: the proxy's config, admin socket
+#                                           and Caddy's autosave (mounted at /config)
 #   state.json  deploy.log  .lock           committed state, JSON-lines audit log, flock
 
 set -uo pipefail
@@ -164,6 +173,13 @@ SHARED_PATHS=${DROPSHIP_SHARED_PATHS:-}
 KEEP_RELEASES=${DROPSHIP_KEEP_RELEASES:-5}
 REQUIRED_ENV=${DROPSHIP_REQUIRED_ENV:-}
 HOOK=${DROPSHIP_PRE_SWITCH_HOOK:-}
+STRATEGY=${DROPSHIP_STRATEGY:-recreate}
+PROXY_SERVICE=${DROPSHIP_PROXY_SERVICE:-}
+PROXY_PORT=${DROPSHIP_PROXY_PORT:-}
+PROXY_LISTEN=${DROPSHIP_PROXY_LISTEN:-}
+PROXY_HEALTH_PATH=${DROPSHIP_PROXY_HEALTH_PATH:-}
+PROXY_DRAIN=${DROPSHIP_PROXY_DRAIN_TIMEOUT:-}
+PROXY_IMAGE=${DROPSHIP_PROXY_IMAGE:-}
 ROLLBACK_TO=${DROPSHIP_ROLLBACK_TO:-}
 EXPECT_VERSION_ID=${DROPSHIP_EXPECT_VERSION_ID:-}
 LOCK_TIMEOUT=${DROPSHIP_LOCK_TIMEOUT:-300}
@@ -570,6 +586,41 @@ validate_deploy() {
             RULE_NAMES+=("$n") RULE_MINS+=("$m") RULE_PATTERNS+=("$p")
         done
     fi
+    validate_strategy
+}
+
+# DROPSHIP_STRATEGY and DROPSHIP_PROXY_*: the rules of contract::manifest::ProxySettings.
+readonly SERVICE_RE='^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
+readonly OCTET='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
+readonly LISTEN_RE="^$OCTET\\.$OCTET\\.$OCTET\\.$OCTET:([1-9][0-9]{0,4})\$"
+validate_strategy() {
+    local v
+    case $STRATEGY in
+    recreate)
+        for v in PROXY_SERVICE PROXY_PORT PROXY_LISTEN PROXY_HEALTH_PATH PROXY_DRAIN PROXY_IMAGE; do
+            [[ -z ${!v} ]] || bad_input "DROPSHIP_$v is set but DROPSHIP_STRATEGY is recreate (set strategy = \"start-first\" or remove [deploy.proxy])"
+        done
+        return 0
+        ;;
+    start-first) ;;
+    *) bad_input "DROPSHIP_STRATEGY must be recreate or start-first, got $(q "$STRATEGY")" ;;
+    esac
+    [[ -n $PROXY_SERVICE ]] || bad_input "DROPSHIP_STRATEGY is start-first but DROPSHIP_PROXY_SERVICE is empty: add a [deploy.proxy] table naming the service, port and listen address"
+    [[ $PROXY_SERVICE =~ $SERVICE_RE ]] ||
+        bad_input "DROPSHIP_PROXY_SERVICE must be a compose service name ([A-Za-z0-9][A-Za-z0-9_.-]*, at most 64 bytes), got $(q "$PROXY_SERVICE")"
+    valid_number "$PROXY_PORT" 1 65535 || bad_input "DROPSHIP_PROXY_PORT must be a container port, 1 to 65535, got $(q "$PROXY_PORT")"
+    PROXY_PORT=$((10#$PROXY_PORT))
+    { [[ $PROXY_LISTEN =~ $LISTEN_RE ]] && ((10#${BASH_REMATCH[5]} <= 65535)); } ||
+        bad_input "DROPSHIP_PROXY_LISTEN must be IPv4:PORT such as 127.0.0.1:8080 or 0.0.0.0:80 (port 1 to 65535), got $(q "$PROXY_LISTEN")"
+    [[ -z $PROXY_HEALTH_PATH ]] && PROXY_HEALTH_PATH=/
+    [[ $PROXY_HEALTH_PATH =~ ^/[!-~]{0,1023}$ ]] ||
+        bad_input "DROPSHIP_PROXY_HEALTH_PATH must be a path starting with / of at most 1024 printable bytes without spaces, got $(q "$PROXY_HEALTH_PATH")"
+    [[ -z $PROXY_DRAIN ]] && PROXY_DRAIN=30
+    valid_number "$PROXY_DRAIN" 0 3600 || bad_input "DROPSHIP_PROXY_DRAIN_TIMEOUT must be 0 to 3600 seconds, got $(q "$PROXY_DRAIN")"
+    PROXY_DRAIN=$((10#$PROXY_DRAIN))
+    [[ -z $PROXY_IMAGE ]] && PROXY_IMAGE=caddy:2.11.7
+    [[ $PROXY_IMAGE =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$ ]] ||
+        bad_input "DROPSHIP_PROXY_IMAGE must be an image reference such as caddy:2.11.7 ([A-Za-z0-9._/:@-], at most 255 bytes), got $(q "$PROXY_IMAGE")"
 }
 
 validate_rollback() {
@@ -719,7 +770,8 @@ save_state() {
 
 # Loads a release's recorded settings into R_* (from its .dropship/release.json).
 R_COMPOSE_FILE="" R_PROFILES="" R_HEALTH_URL="" R_HEALTH_TIMEOUT="" R_VERSION_ID="" R_COMMIT=""
-R_SHA256="" R_SEQUENCER="" R_SHARED_PATHS=""
+R_SHA256="" R_SEQUENCER="" R_SHARED_PATHS="" R_STRATEGY=recreate R_PROXY_SERVICE="" R_PROXY_PORT=""
+R_PROXY_LISTEN="" R_PROXY_HEALTH_PATH="" R_PROXY_DRAIN=0 R_PROXY_IMAGE=""
 load_release() { # name
     local f="$APP_ROOT/releases/$1/.dropship/release.json"
     [[ -f $f ]] || return 1
@@ -734,6 +786,22 @@ load_release() { # name
     json_get "$f" shared_paths && R_SHARED_PATHS=$REPLY || R_SHARED_PATHS=""
     [[ $R_COMPOSE_FILE =~ ^[A-Za-z0-9._/-]+$ && "/$R_COMPOSE_FILE/" != */../* ]] || return 1
     [[ $R_HEALTH_TIMEOUT =~ ^[0-9]{1,4}$ ]] || R_HEALTH_TIMEOUT=60
+    # Releases unpacked before strategies existed ran `recreate`. A recorded start-first
+    # release must still satisfy the rules it was validated by.
+    R_STRATEGY=recreate R_PROXY_SERVICE="" R_PROXY_PORT="" R_PROXY_LISTEN="" R_PROXY_HEALTH_PATH=""
+    R_PROXY_DRAIN=0 R_PROXY_IMAGE=""
+    if json_get "$f" strategy && [[ $REPLY == start-first ]]; then
+        R_STRATEGY="start-first"
+        json_get "$f" proxy_service && R_PROXY_SERVICE=$REPLY
+        json_get "$f" proxy_port && R_PROXY_PORT=$REPLY
+        json_get "$f" proxy_listen && R_PROXY_LISTEN=$REPLY
+        json_get "$f" proxy_health_path && R_PROXY_HEALTH_PATH=$REPLY
+        json_get "$f" proxy_drain && R_PROXY_DRAIN=$REPLY
+        json_get "$f" proxy_image && R_PROXY_IMAGE=$REPLY
+        [[ $R_PROXY_SERVICE =~ $SERVICE_RE && $R_PROXY_PORT =~ ^[1-9][0-9]{0,4}$ && $R_PROXY_LISTEN =~ $LISTEN_RE &&
+            $R_PROXY_HEALTH_PATH =~ ^/[!-~]{0,1023}$ && $R_PROXY_DRAIN =~ ^[0-9]{1,4}$ &&
+            $R_PROXY_IMAGE =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$ ]] || return 1
+    fi
     return 0
 }
 
@@ -937,6 +1005,8 @@ compose_up() { # release-name -> uses its recorded settings
         fi
     done
     for svc in "${!SVC_HASH[@]}"; do
+        # Start-first: the switched service is brought up beside the old one (switch_web).
+        [[ $R_STRATEGY == start-first && $svc == "$R_PROXY_SERVICE" ]] && continue
         case ${state[$svc]:-new}:$FORCE_ALL in
         up:0) to_keep+=("$svc") ;;
         stopped:0) to_start+=("$svc") ;;
@@ -1016,9 +1086,278 @@ health_check() { # url timeout
     done
 }
 
-# Brings a release up and checks its recorded health URL.
+# ---------------------------------------------------------------------------------------
+# start-first: the proxy and the switched service
+#
+# One Caddy container per app and environment (`<project>-proxy`), run with `docker run`
+# outside the compose project (compose never recreates or removes it), restarted by
+# dockerd after a reboot, on its own network `<project>-edge` that the switched service's
+# containers join. Its admin API listens on a unix socket in the app root (no TCP port),
+# and its whole config is this script's: one route whose upstream is the committed
+# release's container, by name (Docker's DNS; an IP changes when a container restarts).
+
+PROXY_NAME="" PROXY_NET="" PROXY_DIR="" PROXY_SOCK=""
+proxy_names() {
+    PROXY_NAME="$PROJECT-proxy" PROXY_NET="$PROJECT-edge"
+    PROXY_DIR="$APP_ROOT/proxy" PROXY_SOCK="$APP_ROOT/proxy/admin.sock"
+}
+
+# The proxy container's state in REPLY: running, stopped or missing.
+proxy_state() {
+    local s
+    s=$(dk inspect --type container --format '{{.State.Status}}' "$PROXY_NAME" 2>/dev/null) || s=""
+    case $s in
+    "") REPLY=missing ;;
+    running) REPLY=running ;;
+    *) REPLY=stopped ;;
+    esac
+}
+
+# One call of Caddy's admin API: METHOD PATH [JSON]; the answer's body in REPLY; returns 0
+# on a 2xx answer.
+proxy_api() { # method path [json]
+    local out data=()
+    [[ -n ${3:-} ]] && data=(-H 'Content-Type: application/json' --data-binary "$3")
+    # From inside the proxy's directory: a unix socket path has at most 107 bytes, an app
+    # root may be longer.
+    out=$(run env -C "$PROXY_DIR" curl -q --globoff --silent --show-error --max-time 10 --unix-socket admin.sock \
+        -X "$1" "${data[@]}" -w '\n%{http_code}' "http://localhost$2" </dev/null) || {
+        REPLY=""
+        return 1
+    }
+    REPLY=${out%$'\n'*}
+    [[ ${out##*$'\n'} == 2[0-9][0-9] ]]
+}
+
+wait_proxy_api() { # seconds
+    local deadline=$((SECONDS + $1))
+    until proxy_api GET /config/; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+# The proxy's whole config routing to DIALS (space-separated host:port), in REPLY. Requests
+# are retried on another try for up to 5 s while an upstream cannot be reached, so a
+# container that is restarting costs latency, not errors; the old server of a config change
+# gets the drain time to finish its requests and streams.
+proxy_config() { # dials drain
+    local d ups="" sep="" grace=$(($2 > 0 ? $2 : 1))
+    for d in $1; do
+        ups+="$sep{\"dial\":\"$d\"}"
+        sep=,
+    done
+    REPLY='{"admin":{"listen":"unix//config/admin.sock"},"apps":{"http":{"grace_period":"'$grace's","servers":{"dropship":{"listen":[":80"],"automatic_https":{"disable":true},"routes":[{"handle":[{"handler":"reverse_proxy","@id":"dropship-upstream","upstreams":['$ups'],"load_balancing":{"try_duration":"5s","try_interval":"250ms"},"stream_close_delay":"'$grace's"}]}]}}}}}'
+}
+
+# The dials the proxy routes to now, space-separated, in REPLY; returns 1 when it cannot
+# be asked.
+proxy_routes() {
+    local body out=""
+    proxy_api GET /id/dropship-upstream/upstreams || return 1
+    body=$REPLY
+    while [[ $body =~ \"dial\":\"([^\"]*)\" ]]; do
+        out+="${BASH_REMATCH[1]} "
+        body=${body#*"${BASH_REMATCH[0]}"}
+    done
+    REPLY=${out% }
+}
+
+# Creates and starts the proxy routing to DIALS. The first start-first deploy on a host
+# that ran `recreate` finds the project's own containers publishing the proxy's port: they
+# are stopped first, the one gap of the migration (logged with its length).
+create_proxy() { # dials
+    local ids t0 port=${R_PROXY_LISTEN##*:}
+    { mkdir -p -- "$PROXY_DIR" && chmod 0700 -- "$PROXY_DIR"; } || return 1
+    proxy_config "$1" "$R_PROXY_DRAIN"
+    write_if_changed "$PROXY_DIR/caddy.json" "$REPLY"$'\n' || return 1
+    rm -f -- "$PROXY_DIR/caddy/autosave.json" "$PROXY_SOCK"
+    dk network inspect "$PROXY_NET" >/dev/null 2>&1 || dk network create "$PROXY_NET" >/dev/null || return 1
+    dk rm -f "$PROXY_NAME" >/dev/null 2>&1
+    ids=$(dk ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "publish=$port") || ids=""
+    t0=$EPOCHREALTIME
+    if [[ -n $ids ]]; then
+        log migrate "the project's own containers publish port $port (strategy recreate): stopping them for the proxy; requests to the port fail until it answers"
+        # shellcheck disable=SC2086 # container ids, one word each
+        dk stop $ids >/dev/null || return 1
+    fi
+    dk run -d --name "$PROXY_NAME" --restart unless-stopped --label "dropship.proxy=$PROJECT" \
+        --network "$PROXY_NET" -p "$R_PROXY_LISTEN:80" -v "$PROXY_DIR:/config" \
+        "$R_PROXY_IMAGE" caddy run --resume --config /config/caddy.json >/dev/null || {
+        log proxy "docker could not start the proxy $PROXY_NAME on $R_PROXY_LISTEN"
+        return 1
+    }
+    wait_proxy_api 30 || {
+        log proxy "the proxy $PROXY_NAME does not answer on its admin socket"
+        return 1
+    }
+    [[ -n $ids ]] && log migrate "the proxy answers: the gap lasted $(((${EPOCHREALTIME/./} - ${t0/./}) / 1000)) ms (once: later releases switch without one)"
+    log proxy "started $PROXY_NAME ($R_PROXY_IMAGE) on $R_PROXY_LISTEN, routing to $1"
+    return 0
+}
+
+# Makes the proxy run and route to DIALS: started when stopped (it resumes its last
+# config), created when missing, switched in one atomic config load otherwise. Caddy keeps
+# the old config when it refuses a new one.
+proxy_route() { # dials
+    local t0=$EPOCHREALTIME
+    proxy_state
+    case $REPLY in
+    missing)
+        create_proxy "$1"
+        return
+        ;;
+    stopped)
+        log proxy "the proxy $PROXY_NAME is stopped: starting it"
+        dk start "$PROXY_NAME" >/dev/null || return 1
+        ;;
+    esac
+    wait_proxy_api 30 || {
+        log proxy "the proxy $PROXY_NAME does not answer on its admin socket: recreating it"
+        create_proxy "$1"
+        return
+    }
+    proxy_routes && [[ $REPLY == "$1" ]] && return 0
+    proxy_config "$1" "$R_PROXY_DRAIN"
+    write_if_changed "$PROXY_DIR/caddy.json" "$REPLY"$'\n' || true
+    proxy_api POST /load "$REPLY" || {
+        log switch "the proxy refused the new route to $1 (it keeps the old one): $(q "${REPLY:0:300}")"
+        return 1
+    }
+    log switch "the proxy $PROXY_NAME routes to $1 ($(((${EPOCHREALTIME/./} - ${t0/./}) / 1000)) ms)"
+}
+
+remove_proxy() {
+    proxy_state
+    [[ $REPLY == missing ]] && return 0
+    log proxy "removing the proxy $PROXY_NAME (the release publishes its own ports)"
+    dk rm -f "$PROXY_NAME" >/dev/null
+}
+
+# The containers of SERVICE in the project, lines as project_containers gives them.
+service_containers() { # service
+    local out="" line s
+    project_containers "$PROJECT" || return 1
+    while IFS= read -r line; do
+        [[ -n $line ]] || continue
+        IFS='|' read -r _ _ _ s _ <<<"$line"
+        [[ $s == "$1" ]] && out+="$line"$'\n'
+    done <<<"$REPLY"
+    REPLY=${out%$'\n'}
+}
+
+# Start-first for release NAME (R_* and COMPOSE as compose_up left them): its container of
+# the switched service runs beside the old ones (started when it has none: checked by
+# compose --wait and directly on its health path), then the proxy routes to it. The old
+# containers keep running in OLD_WEB until drain_old (after the commit): a failure up to
+# then switches back to them without a gap.
+OLD_WEB=() OLD_WEB_PORT=""
+switch_web() { # name
+    local name=$1 svc=$R_PROXY_SERVICE lines line cond d cname s def mine="" new="" ip
+    OLD_WEB=() OLD_WEB_PORT=$R_PROXY_PORT
+    service_containers "$svc" || {
+        log switch "docker cannot list the containers of $svc"
+        return 1
+    }
+    mapfile -t lines <<<"$REPLY"
+    for line in "${lines[@]}"; do
+        IFS='|' read -r cond d cname s def <<<"$line"
+        [[ -n $cond ]] || continue
+        if [[ -z $mine && $cond == up && $FORCE_ALL == 0 ]] && container_of "$name" "$d" "$s" "$def"; then
+            mine=$cname
+        elif [[ $cond == up ]]; then
+            OLD_WEB+=("$cname")
+        else
+            log switch "removing $cname ($svc, $cond): it serves nothing"
+            dk rm -f "$cname" >/dev/null || return 1
+        fi
+    done
+    if [[ -z $mine ]]; then
+        log switch "starting $svc of $name beside ${OLD_WEB[*]:-nothing} (start-first)"
+        dk "${COMPOSE[@]}" up -d --no-deps --no-recreate --scale "$svc=$((${#OLD_WEB[@]} + 1))" \
+            --wait --wait-timeout "$R_HEALTH_TIMEOUT" "$svc" </dev/null || log switch "docker compose up failed for $svc of $name"
+        service_containers "$svc" || return 1
+        while IFS='|' read -r cond d cname s def; do
+            [[ -n $cname && " ${OLD_WEB[*]} " != *" $cname "* ]] || continue
+            if [[ -z $new && $cond == up ]] && container_of "$name" "$d" "$s" "$def"; then
+                new=$cname
+            else
+                dk rm -f "$cname" >/dev/null
+            fi
+        done <<<"$REPLY"
+        [[ -n $new ]] || {
+            log switch "$svc of $name did not start"
+            return 1
+        }
+    fi
+    dk network inspect "$PROXY_NET" >/dev/null 2>&1 || dk network create "$PROXY_NET" >/dev/null || return 1
+    ip=$(dk inspect --format "{{with index .NetworkSettings.Networks \"$PROXY_NET\"}}{{.IPAddress}}{{end}}" "${new:-$mine}") || ip=""
+    if [[ -z $ip ]]; then
+        dk network connect "$PROXY_NET" "${new:-$mine}" >/dev/null || return 1
+        ip=$(dk inspect --format "{{with index .NetworkSettings.Networks \"$PROXY_NET\"}}{{.IPAddress}}{{end}}" "${new:-$mine}") || ip=""
+    fi
+    if [[ -n $new ]]; then
+        log health "checking $new directly: http://$ip:$R_PROXY_PORT$R_PROXY_HEALTH_PATH"
+        if [[ -z $ip ]] || ! health_check "http://$ip:$R_PROXY_PORT$R_PROXY_HEALTH_PATH" "$R_HEALTH_TIMEOUT"; then
+            log switch "$new is not healthy: removed; ${OLD_WEB[*]:-nothing} keeps serving"
+            dk rm -f "$new" >/dev/null
+            return 1
+        fi
+        mine=$new
+    fi
+    proxy_route "$mine:$R_PROXY_PORT" || {
+        [[ -n $new ]] && dk rm -f "$new" >/dev/null
+        return 1
+    }
+    return 0
+}
+
+# After the commit: the old containers of the switched service finish their requests (the
+# proxy lists an upstream while requests to it are in flight), at most the drain time,
+# then stop.
+drain_old() {
+    local deadline c busy body
+    ((${#OLD_WEB[@]})) || return 0
+    deadline=$((SECONDS + R_PROXY_DRAIN))
+    while :; do
+        busy=()
+        proxy_api GET /reverse_proxy/upstreams && body=$REPLY || body=""
+        for c in "${OLD_WEB[@]}"; do
+            [[ $body =~ \"address\":\"$c:$OLD_WEB_PORT\",\"num_requests\":([1-9][0-9]*) ]] && busy+=("$c")
+        done
+        ((${#busy[@]} == 0 || SECONDS >= deadline)) && break
+        sleep 0.2
+    done
+    ((${#busy[@]})) && log drain "drain time (${R_PROXY_DRAIN}s) over with requests in flight on ${busy[*]}"
+    log drain "stopping ${OLD_WEB[*]}"
+    if ! { dk stop "${OLD_WEB[@]}" >/dev/null && dk rm -f "${OLD_WEB[@]}" >/dev/null; }; then
+        log drain "could not remove ${OLD_WEB[*]} (the next run does)"
+    fi
+    OLD_WEB=()
+}
+
+# What follows every commit: old containers drained, old releases pruned.
+after_commit() { # keep
+    drain_old
+    prune "$1"
+}
+
+# Brings a release up (compose_up: what changed; start-first: the switch) and checks its
+# recorded health URL (through the proxy for start-first).
 bring_up() { # name
-    compose_up "$1" && health_check "$R_HEALTH_URL" "$R_HEALTH_TIMEOUT"
+    load_release "$1" || {
+        log compose "release $1 has no readable .dropship/release.json"
+        return 1
+    }
+    if [[ $R_STRATEGY == recreate ]]; then
+        remove_proxy
+        compose_up "$1" && health_check "$R_HEALTH_URL" "$R_HEALTH_TIMEOUT"
+        return
+    fi
+    local url=$R_HEALTH_URL ip=${R_PROXY_LISTEN%:*}
+    [[ $ip == 0.0.0.0 ]] && ip=127.0.0.1
+    [[ -n $url ]] || url="http://$ip:${R_PROXY_LISTEN##*:}$R_PROXY_HEALTH_PATH"
+    compose_up "$1" && switch_web "$1" && health_check "$url" "$R_HEALTH_TIMEOUT"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -1115,6 +1454,40 @@ check_host() {
     if [[ -n $ST_CURRENT ]] && ((!any)); then
         REASONS+=("no container of project $PROJECT exists")
     fi
+    check_proxy
+}
+
+# Start-first: the proxy runs and routes to exactly the committed release's container of
+# the switched service, and no other container of that service runs. Otherwise no proxy of
+# this project runs (it would hold the port a `recreate` release publishes).
+check_proxy() {
+    local lines line cond d name svc def want=""
+    [[ -n $ST_CURRENT ]] && load_release "$ST_CURRENT" || return 0
+    proxy_state
+    if [[ $R_STRATEGY == recreate ]]; then
+        [[ $REPLY == missing ]] || REASONS+=("the proxy $PROXY_NAME runs, but $ST_CURRENT publishes its own ports (strategy recreate)")
+        return
+    fi
+    case $REPLY in
+    missing) REASONS+=("the proxy $PROXY_NAME is missing") && return ;;
+    stopped) REASONS+=("the proxy $PROXY_NAME is not running") && return ;;
+    esac
+    service_containers "$R_PROXY_SERVICE" || return
+    mapfile -t lines <<<"$REPLY"
+    for line in "${lines[@]}"; do
+        IFS='|' read -r cond d name svc def <<<"$line"
+        [[ -n $cond ]] || continue
+        if [[ -z $want && $cond == up ]] && container_of "$ST_CURRENT" "$d" "$svc" "$def"; then
+            want="$name:$R_PROXY_PORT"
+        else
+            REASONS+=("container $name of $svc is not the one the committed release serves from")
+        fi
+    done
+    if ! proxy_routes; then
+        REASONS+=("the proxy $PROXY_NAME does not answer on its admin socket")
+    elif [[ -n $want && $REPLY != "$want" ]]; then
+        REASONS+=("the proxy routes to $(q "$REPLY"), not to the committed release's $want")
+    fi
 }
 
 # Whatever a run finds on start, it first brings the host back to the committed release and
@@ -1126,7 +1499,7 @@ recover() {
     for r in "${REASONS[@]}"; do log recover "$r"; done
     if [[ -z $ST_CURRENT ]]; then
         switch_current ""
-        dk compose -p "$PROJECT" down --remove-orphans || log recover "compose down failed"
+        { remove_proxy; dk compose -p "$PROJECT" down --remove-orphans; } || log recover "compose down failed"
         log recover "nothing committed: removed the current link and stopped project $PROJECT"
     elif [[ ! -d $APP_ROOT/releases/$ST_CURRENT ]]; then
         RECOVERY_MSG="the committed release $ST_CURRENT is missing from releases/"
@@ -1148,10 +1521,12 @@ recover() {
         log recover "CANNOT RECOVER: $RECOVERY_MSG"
         save_state rollback_failed || log recover "could not write state.json"
     else
-        save_state recovered || {
+        if save_state recovered; then
+            drain_old
+        else
             RECOVERY_FAILED=1
             RECOVERY_MSG="state.json could not be written"
-        }
+        fi
     fi
 }
 
@@ -1227,10 +1602,10 @@ time_left() { REPLY=$((EXEC_TIMEOUT - SECONDS)); }
 
 # Refuses to switch unless the new release's gate and a rollback to `prev` both fit in the
 # time SSM leaves (a kill in between would leave an unchecked release running).
-check_time_for_switch() { # new-timeout prev-name
+check_time_for_switch() { # new-timeout prev-name [drain]
     local need prev_t=0
     gate_secs "$1"
-    need=$((REPLY + 15))
+    need=$((REPLY + 15 + ${3:-0}))
     if [[ -n $2 ]] && load_release "$2"; then prev_t=$R_HEALTH_TIMEOUT; fi
     [[ -n $2 ]] && gate_secs "$prev_t" && need=$((need + REPLY))
     time_left
@@ -1261,7 +1636,31 @@ preflight() {
     v=${v%%$'\n'*}
     { [[ $v =~ ^curl\ ([0-9]+)\.([0-9]+) ]] && ((BASH_REMATCH[1] > 7 || (BASH_REMATCH[1] == 7 && BASH_REMATCH[2] >= 75))); } ||
         finish 4 failed "curl >= 7.75 is needed to sign the download with the instance role (--aws-sigv4), found $(q "${v:-no curl}"): upgrade curl"
-    check_time_for_switch "$HEALTH_TIMEOUT" "$ST_CURRENT"
+    check_time_for_switch "$HEALTH_TIMEOUT" "$ST_CURRENT" "${PROXY_DRAIN:-0}"
+    [[ $STRATEGY == start-first ]] && preflight_proxy
+}
+
+# Start-first, before anything is touched: the proxy's image is on the host (pulled when
+# absent: exit 5), and when no proxy of this project runs yet, nothing but the project's
+# own containers (a `recreate` release: the migration) holds the port it will publish
+# (exit 4).
+preflight_proxy() {
+    local port=${PROXY_LISTEN##*:} ip=${PROXY_LISTEN%:*} who
+    if ! dk image inspect --format present "$PROXY_IMAGE" | grep -qx present; then
+        log preflight "pulling the proxy image $PROXY_IMAGE"
+        dk pull "$PROXY_IMAGE" >/dev/null || finish 5 failed "the proxy image $(q "$PROXY_IMAGE") is not on this host and could not be pulled; nothing was changed"
+    fi
+    proxy_state
+    [[ $REPLY == running ]] && return 0
+    who=$(dk ps --format '{{.Names}}' --filter "publish=$port") || who=""
+    [[ -n $who ]] && ! dk ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "publish=$port" | grep -q . &&
+        finish 4 failed "port $port for the proxy ($PROXY_LISTEN) is published by another container: ${who//$'\n'/, }; nothing was changed. Give [deploy.proxy] listen another port or stop that container"
+    [[ $ip == 0.0.0.0 ]] && ip=127.0.0.1
+    # shellcheck disable=SC2016 # the inner script's $1 and $2 are its own arguments
+    if [[ -z $who ]] && timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$ip" "$port" 2>/dev/null; then
+        finish 4 failed "port $port for the proxy ($PROXY_LISTEN) is already in use on this host; nothing was changed. Give [deploy.proxy] listen another port or stop what listens there"
+    fi
+    log preflight "the proxy $PROXY_NAME will publish $PROXY_LISTEN"
 }
 
 # The instance role's credentials (IMDSv2: a session token first, then the role's keys) into
@@ -1537,7 +1936,9 @@ unpack() {
         version_id "$VERSION_ID" sequencer "$SEQUENCER" sha256 "$SHA256" commit "$COMMIT" \
         deployed_at "$REPLY" deployed_us "${EPOCHREALTIME/./}" \
         compose_file "$COMPOSE_FILE" profiles "$PROFILES" health_url "$HEALTH_URL" \
-        health_timeout "$HEALTH_TIMEOUT" shared_paths "$SHARED_PATHS" ||
+        health_timeout "$HEALTH_TIMEOUT" shared_paths "$SHARED_PATHS" strategy "$STRATEGY" \
+        proxy_service "$PROXY_SERVICE" proxy_port "$PROXY_PORT" proxy_listen "$PROXY_LISTEN" \
+        proxy_health_path "$PROXY_HEALTH_PATH" proxy_drain "$PROXY_DRAIN" proxy_image "$PROXY_IMAGE" ||
         finish 6 failed "cannot write .dropship/release.json"
     mv -T -- "$PARTIAL_DIR" "$APP_ROOT/releases/$NEW" || finish 6 failed "cannot rename the release into place"
     PARTIAL_DIR=""
@@ -1710,11 +2111,46 @@ check_env() {
     ((${#RULE_NAMES[@]} == 0)) || log env "${#RULE_NAMES[@]} required variable(s) pass their rules"
 }
 
+# The compose rules of start-first, over `docker compose config --format json`: one line per
+# violation, naming the service and what to change. Two containers of the switched service
+# run at once during a switch, and the proxy owns the published port.
+# shellcheck disable=SC2016 # an awk program: its $ are awk's
+readonly START_FIRST_AWK='
+function busy(p,   r) {
+    gsub(/[",]/, "", p)
+    if (p == port) return 1
+    if (split(p, r, "-") == 2 && port + 0 >= r[1] + 0 && port + 0 <= r[2] + 0) return 1
+    return 0
+}
+/^  "services": \{$/ { on = 1; next }
+on && /^  \}/ { on = 0; next }
+on && /^    "[^"]+": \{$/ { cur = substr($0, 6); sub(/": \{$/, "", cur); if (cur == svc) found = 1; next }
+on && cur == svc && /^      "container_name": / { print "service " svc " sets container_name: two of its containers run at once during a switch; remove container_name" }
+on && cur == svc && /^      "ports": \[/ { print "service " svc " publishes ports: the proxy publishes " listen " for it; remove its ports: (the proxy reaches it on its container port)" }
+on && cur == svc && /^      "network_mode": / { print "service " svc " sets network_mode " $2 " the proxy reaches it by name on a network; remove network_mode" }
+on && cur == svc && /^        "replicas": / { n = $2 + 0; if (n > 1) print "service " svc " asks for " n " replicas: start-first switches one container; set replicas to 1" }
+on && cur == svc && /^      "volumes": \[/ { vol = 1; next }
+vol && /^      \]/ { vol = 0; next }
+vol && /^        \{/ { vtype = ""; vsrc = ""; vro = 0; next }
+vol && /^          "type": / { vtype = $2 }
+vol && /^          "source": / { vsrc = $2; gsub(/[",]/, "", vsrc) }
+vol && /^          "read_only": true/ { vro = 1 }
+vol && /^        \}/ { if (vtype ~ /"volume"/ && vsrc != "" && !vro) print "service " svc " mounts the named volume " vsrc " read-write: two containers would write it at once during a switch; mount it read-only (:ro) or move the writer to another service" }
+on && cur != svc && /^          "published": / { if (busy($2)) print "service " cur " publishes port " port ", which the proxy takes (" listen "); publish another port" }
+END { if (!found) print "service " svc " (DROPSHIP_PROXY_SERVICE) is not in the compose file with its profiles; name a service it has" }'
+
 check_compose() {
     local dir="$APP_ROOT/releases/$NEW" images img
     compose_args "$dir" "$COMPOSE_FILE" "$PROFILES"
     dk "${COMPOSE[@]}" config -q || finish 7 failed "docker compose config rejected $(q "$COMPOSE_FILE")"
     log config "docker compose config ok"
+    if [[ $STRATEGY == start-first ]]; then
+        local why
+        why=$("${DIE_WITH_ME[@]}" docker "${COMPOSE[@]}" config --format json </dev/null 2>/dev/null 9>&- |
+            awk -v svc="$PROXY_SERVICE" -v port="${PROXY_LISTEN##*:}" -v listen="$PROXY_LISTEN" "$START_FIRST_AWK")
+        [[ -z $why ]] || finish 7 failed "start-first cannot run this compose file: ${why//$'\n'/; }"
+        log config "start-first: $PROXY_SERVICE is switched through the proxy on $PROXY_LISTEN"
+    fi
     # Images before the switch: a missing one fails here, with the running release untouched.
     if dk "${COMPOSE[@]}" config --format json | grep -q '"build":'; then
         dk "${COMPOSE[@]}" build || finish 5 failed "docker compose build failed"
@@ -1763,18 +2199,18 @@ roll_back() { # failed-release previous-release reason
     log rollback "$reason; switching back to ${prev:-nothing}"
     if [[ -z $prev ]]; then
         switch_current ""
-        dk compose -p "$PROJECT" down --remove-orphans || true
+        { remove_proxy; dk compose -p "$PROJECT" down --remove-orphans; } || true
         ST_PENDING=""
         OUT_RELEASE="" OUT_PREVIOUS=""
         save_state rolled_back "$failed" || reason+="; state.json could not be written"
-        prune "$ST_KEEP"
+        after_commit "$ST_KEEP"
         finish 9 rolled_back "$reason; no previous release: stopped the project and removed current"
     fi
     OUT_RELEASE=$ST_CURRENT OUT_PREVIOUS=$ST_PREVIOUS
     if switch_current "$prev" && bring_up "$prev"; then
         ST_PENDING=""
         save_state rolled_back "$failed" || reason+="; state.json could not be written (the next run checks the host again)"
-        prune "$ST_KEEP"
+        after_commit "$ST_KEEP"
         finish 9 rolled_back "$reason; rolled back to $prev, which is healthy"
     fi
     ST_PENDING=""
@@ -1787,6 +2223,7 @@ roll_back() { # failed-release previous-release reason
 start_locked() {
     acquire_lock
     load_state
+    proxy_names
     read_env "$APP_ROOT/shared/.env" 0
     check_project_owner
     OUT_RELEASE=$ST_CURRENT OUT_PREVIOUS=$ST_PREVIOUS
@@ -1822,7 +2259,7 @@ do_deploy() {
 
     # switch
     old=$ST_CURRENT
-    check_time_for_switch "$HEALTH_TIMEOUT" "$old"
+    check_time_for_switch "$HEALTH_TIMEOUT" "$old" "${PROXY_DRAIN:-0}"
     local after="restores $old"
     [[ -n $old ]] || after="stops the project"
     begin_switch "deploy $NEW over ${old:-nothing}" \
@@ -1849,7 +2286,7 @@ do_deploy() {
         roll_back "$NEW" "$old" "$NEW is healthy but state.json could not be written (disk full?)"
     fi
     OUT_RELEASE=$NEW OUT_PREVIOUS=$old
-    prune "$KEEP_RELEASES"
+    after_commit "$KEEP_RELEASES"
     finish 0 deployed "deployed $NEW (version $(q "$VERSION_ID"))"
 }
 
@@ -1871,7 +2308,7 @@ do_rollback() {
     load_release "$target" || finish 2 failed "bad input: release $target has no readable release.json"
     local r_version=$R_VERSION_ID r_commit=$R_COMMIT r_sha=$R_SHA256
     log rollback "requested: ${old:-nothing} -> $target"
-    check_time_for_switch "$R_HEALTH_TIMEOUT" "$old"
+    check_time_for_switch "$R_HEALTH_TIMEOUT" "$old" "$R_PROXY_DRAIN"
     begin_switch "rollback to $target from ${old:-nothing}" \
         "stopped after switching to $target, before its health was checked: the next run restores ${old:-nothing} first"
     if switch_current "$target" && bring_up "$target"; then
@@ -1880,7 +2317,7 @@ do_rollback() {
         VERSION_ID=$r_version COMMIT=$r_commit SHA256=$r_sha
         if save_state rolled_back; then
             OUT_RELEASE=$target OUT_PREVIOUS=$old
-            prune "$ST_KEEP"
+            after_commit "$ST_KEEP"
             finish 0 rolled_back "rolled back to $target on request"
         fi
         load_state
@@ -1889,7 +2326,7 @@ do_rollback() {
     OUT_ATTEMPTED=${target%% *}
     if [[ -z $old ]]; then
         switch_current ""
-        dk compose -p "$PROJECT" down --remove-orphans || true
+        { remove_proxy; dk compose -p "$PROJECT" down --remove-orphans; } || true
         ST_PENDING=""
         save_state rollback_failed "$OUT_ATTEMPTED"
         finish 10 rollback_failed "requested rollback to $target failed and nothing was current before"
@@ -1918,6 +2355,15 @@ do_status() {
     dk compose -p "$PROJECT" ps || true
     OUT_RELEASE=$ST_CURRENT OUT_PREVIOUS=$ST_PREVIOUS VERSION_ID=$ST_VERSION_ID COMMIT=$ST_COMMIT
     msg="current ${ST_CURRENT:-none}, previous ${ST_PREVIOUS:-none}"
+    proxy_names
+    proxy_state
+    if [[ $REPLY == running ]] && proxy_routes; then
+        printf '%s\n' "--- proxy $PROXY_NAME routes to: ${REPLY:-nothing}"
+        msg+="; traffic: proxy $PROXY_NAME -> ${REPLY:-nothing}"
+        proxy_api GET /reverse_proxy/upstreams && printf '%s\n' "--- in flight: $REPLY"
+    elif [[ $REPLY != missing ]]; then
+        msg+="; the proxy $PROXY_NAME is $REPLY"
+    fi
     check_host
     if ((${#REASONS[@]})); then
         printf -v msg '; %s' "${REASONS[@]}"

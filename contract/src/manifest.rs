@@ -37,6 +37,80 @@ pub struct DeploySettings {
     /// What the rollout does when a host fails (`rollback-fleet` or `leave`); read by the
     /// Lambda, never sent to hosts.
     pub on_failure: OnFailure,
+    /// How a release replaces the running one (`recreate` or `start-first`). Left out of the
+    /// manifest when it is the default, so manifests of configs that do not set it keep
+    /// their bytes.
+    #[serde(skip_serializing_if = "Strategy::is_recreate")]
+    pub strategy: Strategy,
+    /// The proxy that start-first switches traffic through (`[deploy.proxy]`); required by,
+    /// and only allowed with, `strategy = "start-first"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySettings>,
+}
+
+/// How a release replaces the running one on a host.
+///
+/// Under both, a service is recreated only when its own definition changed (a database in
+/// the same compose file is never restarted for nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Changed services are stopped and started again (`compose up --force-recreate` of
+    /// those services): a web service is unreachable while its container restarts.
+    #[default]
+    Recreate,
+    /// The proxied web service's new container starts beside the old one, is checked
+    /// directly, takes the traffic in one switch of the proxy, and the old one drains.
+    StartFirst,
+}
+
+impl Strategy {
+    /// The name in `dropship.toml`, the manifest and `DROPSHIP_STRATEGY`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Recreate => "recreate",
+            Strategy::StartFirst => "start-first",
+        }
+    }
+
+    fn is_recreate(&self) -> bool {
+        *self == Strategy::Recreate
+    }
+}
+
+/// The image of the proxy when `[deploy.proxy]` names none: the official Caddy image.
+pub const DEFAULT_PROXY_IMAGE: &str = "caddy:2.11.7";
+
+/// `[deploy.proxy]`: the reverse proxy one app and environment owns on each host (a Caddy
+/// container outside the compose project), and the web service it switches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// The compose service started beside the old one and switched (one container).
+    pub service: String,
+    /// The container port the proxy sends traffic to.
+    pub port: u32,
+    /// `IPv4:PORT` the proxy publishes on the host (what the service's `ports:` was).
+    pub listen: String,
+    /// Path checked on each new container, directly, before the switch (2xx is healthy).
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    /// Seconds old containers get to finish their requests after the switch.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u32,
+    /// The proxy's image (pulled when absent).
+    #[serde(default = "default_proxy_image")]
+    pub image: String,
+}
+
+fn default_health_path() -> String {
+    "/".into()
+}
+fn default_drain_timeout() -> u32 {
+    30
+}
+fn default_proxy_image() -> String {
+    DEFAULT_PROXY_IMAGE.into()
 }
 
 impl Default for DeploySettings {
@@ -51,6 +125,8 @@ impl Default for DeploySettings {
             required_env: Vec::new(),
             pre_switch_hook: None,
             on_failure: OnFailure::default(),
+            strategy: Strategy::default(),
+            proxy: None,
         }
     }
 }
@@ -84,6 +160,14 @@ pub mod bounds {
     pub const MAX_ENV_PATTERN_LEN: usize = 128;
     /// Largest repetition count in a pattern (`{m,n}`).
     pub const MAX_PATTERN_REPEAT: u32 = 255;
+    /// Longest compose service name (`[deploy.proxy] service`).
+    pub const MAX_SERVICE_LEN: usize = 64;
+    /// Longest `[deploy.proxy] health_path`.
+    pub const MAX_HEALTH_PATH_LEN: usize = 1024;
+    /// `[deploy.proxy] drain_timeout_secs` range.
+    pub const DRAIN_TIMEOUT_SECS: std::ops::RangeInclusive<u32> = 0..=3600;
+    /// Longest proxy image reference.
+    pub const MAX_IMAGE_LEN: usize = 255;
 }
 
 impl DeploySettings {
@@ -113,6 +197,15 @@ impl DeploySettings {
                 .collect(),
             pre_switch_hook: Some(format!("h{}", long(MAX_PATH_LEN - 1))),
             on_failure: OnFailure::default(),
+            strategy: Strategy::StartFirst,
+            proxy: Some(ProxySettings {
+                service: "s".repeat(MAX_SERVICE_LEN),
+                port: 65535,
+                listen: "255.255.255.255:65535".into(),
+                health_path: format!("/{}", "p".repeat(MAX_HEALTH_PATH_LEN - 1)),
+                drain_timeout_secs: *DRAIN_TIMEOUT_SECS.end(),
+                image: format!("i{}", "m".repeat(MAX_IMAGE_LEN - 1)),
+            }),
         }
     }
 }
@@ -546,8 +639,138 @@ impl DeploySettings {
                 })?;
             }
         }
+        match (self.strategy, &self.proxy) {
+            (Strategy::Recreate, None) => {}
+            (Strategy::Recreate, Some(p)) => {
+                return Err(bad(
+                    "proxy",
+                    &p.service,
+                    "no [deploy.proxy] with strategy = \"recreate\" (set strategy = \"start-first\", or remove [deploy.proxy])".into(),
+                ))
+            }
+            (Strategy::StartFirst, None) => {
+                return Err(bad(
+                    "strategy",
+                    "start-first",
+                    "a [deploy.proxy] table naming the service, port and listen address the proxy switches".into(),
+                ))
+            }
+            (Strategy::StartFirst, Some(p)) => p.validate()?,
+        }
         Ok(())
     }
+}
+
+impl ProxySettings {
+    /// The same rules as the host script's `validate_deploy` (DROPSHIP_PROXY_*).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        use bounds::*;
+        let bad = |field, value: &str, expected: String| SettingsError {
+            field,
+            value: value.to_string(),
+            expected,
+        };
+        if !is_service_name(&self.service) {
+            return Err(bad(
+                "proxy.service",
+                &self.service,
+                format!("a compose service name ([A-Za-z0-9][A-Za-z0-9_.-]*, at most {MAX_SERVICE_LEN} bytes)"),
+            ));
+        }
+        if !(1..=65535).contains(&self.port) {
+            return Err(bad(
+                "proxy.port",
+                &self.port.to_string(),
+                "a container port, 1 to 65535".into(),
+            ));
+        }
+        if !is_listen_address(&self.listen) {
+            return Err(bad(
+                "proxy.listen",
+                &self.listen,
+                "IPv4:PORT such as 127.0.0.1:8080 or 0.0.0.0:80 (port 1 to 65535)".into(),
+            ));
+        }
+        let path_ok = self.health_path.starts_with('/')
+            && self.health_path.len() <= MAX_HEALTH_PATH_LEN
+            && self.health_path.bytes().all(|b| b.is_ascii_graphic());
+        if !path_ok {
+            return Err(bad(
+                "proxy.health_path",
+                &self.health_path,
+                format!("a path starting with / of at most {MAX_HEALTH_PATH_LEN} printable bytes without spaces"),
+            ));
+        }
+        if !DRAIN_TIMEOUT_SECS.contains(&self.drain_timeout_secs) {
+            return Err(bad(
+                "proxy.drain_timeout_secs",
+                &self.drain_timeout_secs.to_string(),
+                format!(
+                    "{} to {} seconds",
+                    DRAIN_TIMEOUT_SECS.start(),
+                    DRAIN_TIMEOUT_SECS.end()
+                ),
+            ));
+        }
+        let image_ok = self.image.len() <= MAX_IMAGE_LEN
+            && self
+                .image
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+            && self
+                .image
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._/:@-".contains(&b));
+        if !image_ok {
+            return Err(bad(
+                "proxy.image",
+                &self.image,
+                format!("an image reference such as {DEFAULT_PROXY_IMAGE} ([A-Za-z0-9._/:@-], at most {MAX_IMAGE_LEN} bytes)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A compose service name as dropship accepts it: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most
+/// [`bounds::MAX_SERVICE_LEN`] bytes.
+pub fn is_service_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= bounds::MAX_SERVICE_LEN
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+}
+
+/// `IPv4:PORT` with four decimal octets 0-255 (no leading zeros) and a port 1-65535.
+pub fn is_listen_address(s: &str) -> bool {
+    let Some((ip, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let number = |t: &str, max: u32| {
+        !t.is_empty()
+            && t.len() <= 5
+            && t.bytes().all(|b| b.is_ascii_digit())
+            && (t == "0" || !t.starts_with('0'))
+            && t.parse::<u32>().is_ok_and(|n| n <= max)
+    };
+    let octets: Vec<&str> = ip.split('.').collect();
+    octets.len() == 4 && octets.iter().all(|o| number(o, 255)) && number(port, 65535) && port != "0"
+}
+
+/// Seconds a host run needs, at most, from the switch to the end for these settings: the
+/// new release's gate, the drain (start-first), and a rollback to a release with the same
+/// gate. The host refuses to switch without that much time left before SSM's execution
+/// timeout; the deployer refuses, before any host is touched, settings that could never fit.
+pub fn switch_budget_secs(settings: &DeploySettings) -> u64 {
+    let gate = 2 * u64::from(settings.health_timeout_secs) + 30;
+    let drain = settings
+        .proxy
+        .as_ref()
+        .map_or(0, |p| u64::from(p.drain_timeout_secs));
+    2 * gate + drain + 15
 }
 
 /// The manifest shape this version writes and the deployer accepts. Format 1 carried the
@@ -579,6 +802,10 @@ pub struct DeployOverrides {
     pub pre_switch_hook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySettings>,
 }
 
 impl DeployOverrides {
@@ -595,6 +822,13 @@ impl DeployOverrides {
             required_env: self.required_env.clone().unwrap_or(b.required_env),
             pre_switch_hook: self.pre_switch_hook.clone().or(b.pre_switch_hook),
             on_failure: self.on_failure.unwrap_or(b.on_failure),
+            strategy: self.strategy.unwrap_or(b.strategy),
+            // An environment that goes back to `recreate` drops the base's proxy unless it
+            // names its own (which validation then refuses).
+            proxy: match (self.strategy, &self.proxy) {
+                (Some(Strategy::Recreate), None) => None,
+                _ => self.proxy.clone().or(b.proxy),
+            },
         }
     }
 }
@@ -1173,5 +1407,191 @@ mod tests {
             "compose_file"
         );
         settings_for(&base, &bad, "staging").unwrap();
+    }
+
+    fn start_first(f: impl FnOnce(&mut ProxySettings)) -> DeploySettings {
+        let mut p = ProxySettings {
+            service: "web".into(),
+            port: 8000,
+            listen: "127.0.0.1:8080".into(),
+            health_path: "/up".into(),
+            drain_timeout_secs: 30,
+            image: DEFAULT_PROXY_IMAGE.into(),
+        };
+        f(&mut p);
+        with(|s| {
+            s.strategy = Strategy::StartFirst;
+            s.proxy = Some(p);
+        })
+    }
+
+    #[test]
+    fn start_first_needs_a_proxy_and_recreate_refuses_one() {
+        start_first(|_| {}).validate().unwrap();
+        let err = with(|s| s.strategy = Strategy::StartFirst)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "strategy");
+        assert!(err.expected.contains("[deploy.proxy]"), "{err}");
+        let mut recreate_with_proxy = start_first(|_| {});
+        recreate_with_proxy.strategy = Strategy::Recreate;
+        let err = recreate_with_proxy.validate().unwrap_err();
+        assert_eq!(err.field, "proxy");
+        assert!(err.expected.contains("start-first"), "{err}");
+    }
+
+    #[test]
+    fn proxy_settings_are_checked_at_and_past_every_bound() {
+        use bounds::*;
+        let field = |s: DeploySettings| s.validate().err().map(|e| e.field);
+        at_and_past(
+            "proxy.service",
+            start_first(|p| p.service = "s".repeat(MAX_SERVICE_LEN)),
+            start_first(|p| p.service = "s".repeat(MAX_SERVICE_LEN + 1)),
+        );
+        for bad in ["", "-web", "web app", "web;rm", "wéb"] {
+            assert_eq!(
+                field(start_first(|p| p.service = bad.into())),
+                Some("proxy.service"),
+                "{bad:?}"
+            );
+        }
+        at_and_past(
+            "proxy.port",
+            start_first(|p| p.port = 65535),
+            start_first(|p| p.port = 65536),
+        );
+        assert_eq!(field(start_first(|p| p.port = 0)), Some("proxy.port"));
+        for ok in [
+            "0.0.0.0:80",
+            "127.0.0.1:8080",
+            "255.255.255.255:65535",
+            "10.0.0.1:1",
+        ] {
+            start_first(|p| p.listen = ok.into()).validate().unwrap();
+        }
+        for bad in [
+            "8080",
+            ":8080",
+            "localhost:8080",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:65536",
+            "127.0.0.01:80",
+            "256.0.0.1:80",
+            "127.0.0.1:080",
+            "[::1]:8080",
+            "127.0.0.1:80 ",
+        ] {
+            assert_eq!(
+                field(start_first(|p| p.listen = bad.into())),
+                Some("proxy.listen"),
+                "{bad:?}"
+            );
+        }
+        at_and_past(
+            "proxy.health_path",
+            start_first(|p| p.health_path = format!("/{}", "a".repeat(MAX_HEALTH_PATH_LEN - 1))),
+            start_first(|p| p.health_path = format!("/{}", "a".repeat(MAX_HEALTH_PATH_LEN))),
+        );
+        for bad in ["", "up", "/a b", "/a\n"] {
+            assert_eq!(
+                field(start_first(|p| p.health_path = bad.into())),
+                Some("proxy.health_path"),
+                "{bad:?}"
+            );
+        }
+        at_and_past(
+            "proxy.drain_timeout_secs",
+            start_first(|p| p.drain_timeout_secs = *DRAIN_TIMEOUT_SECS.end()),
+            start_first(|p| p.drain_timeout_secs = DRAIN_TIMEOUT_SECS.end() + 1),
+        );
+        start_first(|p| p.drain_timeout_secs = 0)
+            .validate()
+            .unwrap();
+        at_and_past(
+            "proxy.image",
+            start_first(|p| p.image = format!("i{}", "m".repeat(MAX_IMAGE_LEN - 1))),
+            start_first(|p| p.image = format!("i{}", "m".repeat(MAX_IMAGE_LEN))),
+        );
+        for bad in ["", "-caddy", "caddy 2", "caddy;x", "caddy$x"] {
+            assert_eq!(
+                field(start_first(|p| p.image = bad.into())),
+                Some("proxy.image"),
+                "{bad:?}"
+            );
+        }
+        start_first(|p| p.image = "registry.example.com:5000/edge/caddy:2.11@sha256:ab".into())
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn strategy_reads_from_toml_with_defaults_and_keeps_old_manifest_bytes() {
+        let s: DeploySettings = toml::from_str(
+            "strategy = \"start-first\"\n[proxy]\nservice = \"web\"\nport = 8000\nlisten = \"127.0.0.1:8080\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.strategy, Strategy::StartFirst);
+        let p = s.proxy.as_ref().unwrap();
+        assert_eq!(
+            (
+                p.health_path.as_str(),
+                p.drain_timeout_secs,
+                p.image.as_str()
+            ),
+            ("/", 30, DEFAULT_PROXY_IMAGE)
+        );
+        s.validate().unwrap();
+        let err = toml::from_str::<DeploySettings>("strategy = \"blue-green\"\n").unwrap_err();
+        assert!(err.to_string().contains("blue-green"), "{err}");
+        let err = toml::from_str::<DeploySettings>(
+            "[proxy]\nservice = \"web\"\nport = 8000\nlisten = \"127.0.0.1:8080\"\ndrain = 3\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("drain"), "{err}");
+        // The default strategy and no proxy are not written: older manifests keep their bytes.
+        let json = serde_json::to_string(&DeploySettings::default()).unwrap();
+        assert!(
+            !json.contains("strategy") && !json.contains("proxy"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn an_environment_may_switch_strategy_either_way() {
+        let base = start_first(|_| {});
+        let overrides = BTreeMap::from([
+            (
+                "dev".to_string(),
+                DeployOverrides {
+                    strategy: Some(Strategy::Recreate),
+                    ..Default::default()
+                },
+            ),
+            (
+                "production".to_string(),
+                DeployOverrides {
+                    proxy: Some(ProxySettings {
+                        listen: "0.0.0.0:80".into(),
+                        ..base.proxy.clone().unwrap()
+                    }),
+                    ..Default::default()
+                },
+            ),
+        ]);
+        let dev = settings_for(&base, &overrides, "dev").unwrap();
+        assert_eq!((dev.strategy, dev.proxy), (Strategy::Recreate, None));
+        let prod = settings_for(&base, &overrides, "production").unwrap();
+        assert_eq!(prod.proxy.unwrap().listen, "0.0.0.0:80");
+        assert_eq!(settings_for(&base, &overrides, "staging").unwrap(), base);
+    }
+
+    #[test]
+    fn the_switch_budget_adds_both_gates_and_the_drain() {
+        let s = start_first(|p| p.drain_timeout_secs = 100);
+        // gate = 2 * 60 + 30 = 150, twice (the new release and a rollback), the drain, 15.
+        assert_eq!(switch_budget_secs(&s), 150 * 2 + 100 + 15);
+        assert_eq!(switch_budget_secs(&DeploySettings::default()), 150 * 2 + 15);
     }
 }

@@ -11,7 +11,7 @@ use dropship_contract::host::{packed_script, required_env_value, HostVar, LIST_S
 #[cfg(test)]
 use dropship_contract::host::{MAX_REGION_LEN, MAX_S3_ENDPOINT_LEN};
 use dropship_contract::key::ReleaseKey;
-use dropship_contract::manifest::DeploySettings;
+use dropship_contract::manifest::{switch_budget_secs, DeploySettings};
 use dropship_contract::metadata::{MetadataError, ObjectMetadata};
 use dropship_contract::record::{
     CommandBatch, DeployRecord, LatestPointer, Outcome, RefusedTarget, Verification,
@@ -45,6 +45,24 @@ pub const DEFAULT_LEASE_SECS: i64 = 900;
 /// Why a version is refused for good; recorded as `rejected` and never retried.
 #[derive(Debug, Error)]
 pub enum Rejection {
+    /// The settings need more time between the switch and the end of a host run than SSM's
+    /// execution timeout gives (a host could be killed with an unchecked release).
+    #[error(
+        "the deploy settings of {env} need up to {need}s from the switch to the end of a host run \
+         (health gate, drain and a rollback: {why}), but the execution timeout is {have}s; nothing \
+         was sent. Lower health_timeout_secs or [deploy.proxy] drain_timeout_secs, or raise \
+         DROPSHIP_EXECUTION_TIMEOUT"
+    )]
+    SwitchBudget {
+        /// The environment.
+        env: String,
+        /// Seconds needed (`contract::manifest::switch_budget_secs`).
+        need: u64,
+        /// The execution timeout.
+        have: u32,
+        /// What adds up.
+        why: String,
+    },
     /// A value would reach an SSM parameter with `{{`, which Run Command may resolve as a
     /// parameter reference.
     #[error(
@@ -422,6 +440,20 @@ pub fn deploy_settings(
 pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Rejection> {
     let r = inputs.request;
     let deploy = &deploy_settings(r, inputs.verified)?;
+    let need = switch_budget_secs(deploy);
+    if need > u64::from(inputs.config.execution_timeout_secs) {
+        return Err(Rejection::SwitchBudget {
+            env: r.release.env().to_owned(),
+            need,
+            have: inputs.config.execution_timeout_secs,
+            why: format!(
+                "health_timeout_secs {}, drain {}s",
+                deploy.health_timeout_secs,
+                deploy.proxy.as_ref().map_or(0, |p| p.drain_timeout_secs)
+            ),
+        });
+    }
+    let proxy = deploy.proxy.as_ref();
     let mut out = Vec::with_capacity(HostVar::ALL.len());
     for var in HostVar::ALL {
         let value = match var {
@@ -450,6 +482,15 @@ pub fn host_vars(inputs: &HostInputs<'_>) -> Result<Vec<(HostVar, String)>, Reje
             HostVar::KeepReleases => deploy.keep_releases.to_string(),
             HostVar::RequiredEnv => required_env_value(&deploy.required_env),
             HostVar::PreSwitchHook => deploy.pre_switch_hook.clone().unwrap_or_default(),
+            HostVar::Strategy => deploy.strategy.as_str().to_owned(),
+            HostVar::ProxyService => proxy.map(|p| p.service.clone()).unwrap_or_default(),
+            HostVar::ProxyPort => proxy.map(|p| p.port.to_string()).unwrap_or_default(),
+            HostVar::ProxyListen => proxy.map(|p| p.listen.clone()).unwrap_or_default(),
+            HostVar::ProxyHealthPath => proxy.map(|p| p.health_path.clone()).unwrap_or_default(),
+            HostVar::ProxyDrainTimeout => proxy
+                .map(|p| p.drain_timeout_secs.to_string())
+                .unwrap_or_default(),
+            HostVar::ProxyImage => proxy.map(|p| p.image.clone()).unwrap_or_default(),
             // Empty: the host goes back to the previous release it recorded itself.
             HostVar::RollbackTo => String::new(),
             HostVar::ExpectVersionId => match inputs.purpose {
@@ -1118,6 +1159,88 @@ mod tests {
     }
 
     #[test]
+    fn start_first_settings_reach_the_host_and_must_fit_the_execution_timeout() {
+        use dropship_contract::manifest::{ProxySettings, Strategy};
+        let mut c = config();
+        let r = request("v.1", Some("0A"));
+        let m = meta();
+        let deploy = DeploySettings {
+            strategy: Strategy::StartFirst,
+            proxy: Some(ProxySettings {
+                service: "web".into(),
+                port: 8000,
+                listen: "127.0.0.1:8080".into(),
+                health_path: "/up".into(),
+                drain_timeout_secs: 45,
+                image: "caddy:2.11.7".into(),
+            }),
+            health_timeout_secs: 60,
+            ..DeploySettings::default()
+        };
+        let v = verified(deploy);
+        let inputs = |c: &Config| {
+            let i = HostInputs {
+                config: c,
+                request: &r,
+                metadata: &m,
+                verified: &v,
+                purpose: Purpose::Deploy,
+                order_stamp: "6923A0B0",
+            };
+            host_vars(&i)
+        };
+        let vars = inputs(&c).unwrap();
+        let get = |h: HostVar| vars.iter().find(|(v, _)| *v == h).unwrap().1.clone();
+        assert_eq!(get(HostVar::Strategy), "start-first");
+        assert_eq!(get(HostVar::ProxyService), "web");
+        assert_eq!(get(HostVar::ProxyPort), "8000");
+        assert_eq!(get(HostVar::ProxyListen), "127.0.0.1:8080");
+        assert_eq!(get(HostVar::ProxyHealthPath), "/up");
+        assert_eq!(get(HostVar::ProxyDrainTimeout), "45");
+        assert_eq!(get(HostVar::ProxyImage), "caddy:2.11.7");
+        // 2 * (2 * 60 + 30) + 45 + 15 = 360 seconds from the switch to the end of a run.
+        c.execution_timeout_secs = 360;
+        inputs(&c).unwrap();
+        c.execution_timeout_secs = 359;
+        let err = inputs(&c).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Rejection::SwitchBudget {
+                    need: 360,
+                    have: 359,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("drain_timeout_secs"), "{err}");
+        // recreate sends the strategy and empty proxy inputs.
+        let plain = verified(DeploySettings::default());
+        let i = HostInputs {
+            config: &config(),
+            request: &r,
+            metadata: &m,
+            verified: &plain,
+            purpose: Purpose::Deploy,
+            order_stamp: "6923A0B0",
+        };
+        let vars = host_vars(&i).unwrap();
+        for (var, value) in vars {
+            match var {
+                HostVar::Strategy => assert_eq!(value, "recreate"),
+                HostVar::ProxyService
+                | HostVar::ProxyPort
+                | HostVar::ProxyListen
+                | HostVar::ProxyHealthPath
+                | HostVar::ProxyDrainTimeout
+                | HostVar::ProxyImage => assert_eq!(value, "", "{var:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
     fn host_vars_cover_every_input_from_the_right_source() {
         let c = config();
         let r = request("v.1", Some("0A"));
@@ -1245,6 +1368,7 @@ mod tests {
         // configuration accepts only the region's own one or a loopback emulator.
         let mut c = c;
         c.s3_endpoint = format!("https://{}.com", "e".repeat(MAX_S3_ENDPOINT_LEN - 12));
+        c.execution_timeout_secs = 172_800;
         let name = "a".repeat(63);
         let version = "V".repeat(1024);
         let payload = json!({"bucket": "rel-bucket", "key": format!("releases/{name}/{name}.tar.gz"), "version_id": version});

@@ -20,7 +20,7 @@ use dropship_contract::host::{
     check_region, check_s3_endpoint, object_request_target, required_env_value, ExitCode,
     HostResult, HostVar, MAX_REGION_LEN, MAX_S3_ENDPOINT_LEN,
 };
-use dropship_contract::manifest::{bounds, DeploySettings, EnvRule};
+use dropship_contract::manifest::{bounds, DeploySettings, EnvRule, ProxySettings, Strategy};
 use dropship_tests::host::{
     kill_agent_script, make_bundle, script_pid, sha256_hex, signal, signal_group, wait_until,
     AppFiles, Bundle, Host, Probe, Run, Vars, BUCKET,
@@ -789,8 +789,92 @@ fn every_deploy_setting_bound_is_the_same_on_the_host_and_in_the_contract() {
         f(&mut s);
         s
     };
+    let proxied = |f: &dyn Fn(&mut ProxySettings)| {
+        let mut p = ProxySettings {
+            service: "web".into(),
+            port: 8000,
+            listen: "127.0.0.1:8080".into(),
+            health_path: "/".into(),
+            drain_timeout_secs: 30,
+            image: dropship_tests::simhost::IMAGE.into(),
+        };
+        f(&mut p);
+        with(&|s| {
+            s.strategy = Strategy::StartFirst;
+            s.proxy = Some(p.clone());
+        })
+    };
+    let long_image = format!("i{}", "m".repeat(bounds::MAX_IMAGE_LEN - 1));
+    w.host
+        .sim
+        .docker(&["tag", dropship_tests::simhost::IMAGE, &long_image]);
     use bounds::*;
     let cases: Vec<(&str, DeploySettings, DeploySettings)> = vec![
+        (
+            "DROPSHIP_STRATEGY",
+            proxied(&|_| {}),
+            with(&|s| s.strategy = Strategy::StartFirst),
+        ),
+        (
+            "DROPSHIP_PROXY_SERVICE",
+            proxied(&|p| p.service = "s".repeat(MAX_SERVICE_LEN)),
+            proxied(&|p| p.service = "s".repeat(MAX_SERVICE_LEN + 1)),
+        ),
+        ("DROPSHIP_PROXY_SERVICE", with(&|_| {}), {
+            let mut s = proxied(&|_| {});
+            s.strategy = Strategy::Recreate;
+            s
+        }),
+        (
+            "DROPSHIP_PROXY_PORT",
+            proxied(&|p| p.port = 65535),
+            proxied(&|p| p.port = 65536),
+        ),
+        (
+            "DROPSHIP_PROXY_PORT",
+            proxied(&|p| p.port = 1),
+            proxied(&|p| p.port = 0),
+        ),
+        (
+            "DROPSHIP_PROXY_LISTEN",
+            proxied(&|p| p.listen = "127.0.0.255:65535".into()),
+            proxied(&|p| p.listen = "127.0.0.256:8080".into()),
+        ),
+        (
+            "DROPSHIP_PROXY_LISTEN",
+            proxied(&|p| p.listen = "0.0.0.0:1".into()),
+            proxied(&|p| p.listen = "127.0.0.1:65536".into()),
+        ),
+        (
+            "DROPSHIP_PROXY_LISTEN",
+            proxied(&|p| p.listen = "10.0.0.1:80".into()),
+            proxied(&|p| p.listen = "127.0.0.01:80".into()),
+        ),
+        (
+            "DROPSHIP_PROXY_HEALTH_PATH",
+            proxied(&|p| p.health_path = format!("/{}", "h".repeat(MAX_HEALTH_PATH_LEN - 1))),
+            proxied(&|p| p.health_path = format!("/{}", "h".repeat(MAX_HEALTH_PATH_LEN))),
+        ),
+        (
+            "DROPSHIP_PROXY_HEALTH_PATH",
+            proxied(&|p| p.health_path = "/a?b=c&d=%20".into()),
+            proxied(&|p| p.health_path = "up".into()),
+        ),
+        (
+            "DROPSHIP_PROXY_DRAIN_TIMEOUT",
+            proxied(&|p| p.drain_timeout_secs = *DRAIN_TIMEOUT_SECS.end()),
+            proxied(&|p| p.drain_timeout_secs = DRAIN_TIMEOUT_SECS.end() + 1),
+        ),
+        (
+            "DROPSHIP_PROXY_IMAGE",
+            proxied(&|p| p.image = long_image.clone()),
+            proxied(&|p| p.image = format!("{long_image}m")),
+        ),
+        (
+            "DROPSHIP_PROXY_IMAGE",
+            proxied(&|_| {}),
+            proxied(&|p| p.image = "caddy;id".into()),
+        ),
         (
             "DROPSHIP_COMPOSE_FILE",
             with(&|s| s.compose_file = path(MAX_PATH_LEN)),
@@ -1040,8 +1124,26 @@ fn settings_vars(base: &Vars, s: &DeploySettings) -> Vars {
             "DROPSHIP_PRE_SWITCH_HOOK",
             s.pre_switch_hook.clone().unwrap_or_default(),
         ),
+        ("DROPSHIP_STRATEGY", s.strategy.as_str().to_owned()),
     ] {
         v.insert(k.into(), val);
+    }
+    let p = s.proxy.as_ref();
+    for (k, val) in [
+        ("DROPSHIP_PROXY_SERVICE", p.map(|p| p.service.clone())),
+        ("DROPSHIP_PROXY_PORT", p.map(|p| p.port.to_string())),
+        ("DROPSHIP_PROXY_LISTEN", p.map(|p| p.listen.clone())),
+        (
+            "DROPSHIP_PROXY_HEALTH_PATH",
+            p.map(|p| p.health_path.clone()),
+        ),
+        (
+            "DROPSHIP_PROXY_DRAIN_TIMEOUT",
+            p.map(|p| p.drain_timeout_secs.to_string()),
+        ),
+        ("DROPSHIP_PROXY_IMAGE", p.map(|p| p.image.clone())),
+    ] {
+        v.insert(k.into(), val.unwrap_or_default());
     }
     // Time enough for the largest health timeout.
     v.insert("DROPSHIP_EXECUTION_TIMEOUT".into(), "172800".into());
@@ -1058,6 +1160,12 @@ fn the_rendered_command_with_the_largest_allowed_inputs_fits_ssm_and_runs() {
     vars.insert("DROPSHIP_SHA256".into(), "ab".repeat(32));
     let s = DeploySettings::largest_allowed();
     s.validate().unwrap();
+    // The largest settings are start-first with the longest image name: present on the host
+    // (the proxy preflight pulls a missing one), then the download is refused.
+    let image = &s.proxy.as_ref().unwrap().image;
+    w.host
+        .sim
+        .docker(&["tag", dropship_tests::simhost::IMAGE, image]);
     let mut vars = settings_vars(&vars, &s);
     let key = format!("releases/{}/{}/staging.tar.gz", "k".repeat(990), w.host.app);
     vars.insert("DROPSHIP_KEY".into(), key.clone());
@@ -2976,3 +3084,6 @@ fn assert_settled_services(w: &World, version: &str) {
     assert_eq!(h.serving().as_deref(), Some(version));
     assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
 }
+
+#[path = "host_script/start_first.rs"]
+mod start_first;
