@@ -1181,8 +1181,13 @@ create_proxy() { # dials
         # shellcheck disable=SC2086 # container ids, one word each
         dk stop $ids >/dev/null || return 1
     fi
+    # Caddy opens a new SO_REUSEPORT listener for every config load and closes the old one;
+    # the kernel resets connections still queued on a closed listener unless it may migrate
+    # them to the new one (Linux 5.14+, a per-network-namespace setting: the proxy's own).
+    local migrate=()
+    [[ -e /proc/sys/net/ipv4/tcp_migrate_req ]] && migrate=(--sysctl net.ipv4.tcp_migrate_req=1)
     dk run -d --name "$PROXY_NAME" --restart unless-stopped --label "dropship.proxy=$PROJECT" \
-        --network "$PROXY_NET" -p "$R_PROXY_LISTEN:80" -v "$PROXY_DIR:/config" \
+        "${migrate[@]}" --network "$PROXY_NET" -p "$R_PROXY_LISTEN:80" -v "$PROXY_DIR:/config" \
         "$R_PROXY_IMAGE" caddy run --resume --config /config/caddy.json >/dev/null || {
         log proxy "docker could not start the proxy $PROXY_NAME on $R_PROXY_LISTEN"
         return 1

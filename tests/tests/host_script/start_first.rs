@@ -567,6 +567,7 @@ fn kill_9_at_every_start_first_step_then_a_rerun_with_no_failed_request() {
     for (i, (n, line)) in points.iter().enumerate() {
         let i = i + 1;
         probe.pause_at(n);
+        l.mark(&format!("run {i} until {line}"));
         let (mut child, _dir) = w.spawn(&vars(i), Some(&probe));
         if probe.wait_paused(&mut child).is_none() {
             let _ = child.wait();
@@ -574,7 +575,9 @@ fn kill_9_at_every_start_first_step_then_a_rerun_with_no_failed_request() {
         }
         kill_agent_script(&mut child);
         probe.reset();
+        l.mark(&format!("rerun {i} after a kill at {line}"));
         let run = w.run(&vars(i));
+        l.mark(&format!("rerun {i} done"));
         assert!(
             ["deployed", "noop"].contains(&run.outcome()),
             "killed at {line}: the rerun said {}:\n{}",
@@ -584,6 +587,10 @@ fn kill_9_at_every_start_first_step_then_a_rerun_with_no_failed_request() {
         assert_sf_settled(&w, &format!("k{i}"));
     }
     let report = l.stop();
+    for r in report.failures(Mode::Fresh).into_iter().chain(report.failures(Mode::KeepAlive)) {
+        let during = report.marks.iter().rev().find(|(_, t)| *t <= r.sent);
+        eprintln!("failed during {during:?}: {r:?}");
+    }
     assert_no_failed_request(&report, "kill -9 at every step, then a rerun");
     assert_eq!(db(&w), db0, "the database was never restarted");
 }
