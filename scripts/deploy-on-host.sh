@@ -178,7 +178,7 @@ PROXY_SERVICE=${DROPSHIP_PROXY_SERVICE:-}
 PROXY_PORT=${DROPSHIP_PROXY_PORT:-}
 PROXY_LISTEN=${DROPSHIP_PROXY_LISTEN:-}
 PROXY_HEALTH_PATH=${DROPSHIP_PROXY_HEALTH_PATH:-}
-PROXY_DRAIN=${DROPSHIP_PROXY_DRAIN_TIMEOUT:-}
+PROXY_DRAIN_TIMEOUT=${DROPSHIP_PROXY_DRAIN_TIMEOUT:-}
 PROXY_IMAGE=${DROPSHIP_PROXY_IMAGE:-}
 ROLLBACK_TO=${DROPSHIP_ROLLBACK_TO:-}
 EXPECT_VERSION_ID=${DROPSHIP_EXPECT_VERSION_ID:-}
@@ -597,7 +597,7 @@ validate_strategy() {
     local v
     case $STRATEGY in
     recreate)
-        for v in PROXY_SERVICE PROXY_PORT PROXY_LISTEN PROXY_HEALTH_PATH PROXY_DRAIN PROXY_IMAGE; do
+        for v in PROXY_SERVICE PROXY_PORT PROXY_LISTEN PROXY_HEALTH_PATH PROXY_DRAIN_TIMEOUT PROXY_IMAGE; do
             [[ -z ${!v} ]] || bad_input "DROPSHIP_$v is set but DROPSHIP_STRATEGY is recreate (set strategy = \"start-first\" or remove [deploy.proxy])"
         done
         return 0
@@ -615,12 +615,12 @@ validate_strategy() {
     [[ -z $PROXY_HEALTH_PATH ]] && PROXY_HEALTH_PATH=/
     [[ $PROXY_HEALTH_PATH =~ ^/[!-~]{0,1023}$ ]] ||
         bad_input "DROPSHIP_PROXY_HEALTH_PATH must be a path starting with / of at most 1024 printable bytes without spaces, got $(q "$PROXY_HEALTH_PATH")"
-    [[ -z $PROXY_DRAIN ]] && PROXY_DRAIN=30
-    valid_number "$PROXY_DRAIN" 0 3600 || bad_input "DROPSHIP_PROXY_DRAIN_TIMEOUT must be 0 to 3600 seconds, got $(q "$PROXY_DRAIN")"
-    PROXY_DRAIN=$((10#$PROXY_DRAIN))
+    [[ -z $PROXY_DRAIN_TIMEOUT ]] && PROXY_DRAIN_TIMEOUT=30
+    valid_number "$PROXY_DRAIN_TIMEOUT" 0 3600 || bad_input "DROPSHIP_PROXY_DRAIN_TIMEOUT must be 0 to 3600 seconds, got $(q "$PROXY_DRAIN_TIMEOUT")"
+    PROXY_DRAIN_TIMEOUT=$((10#$PROXY_DRAIN_TIMEOUT))
     [[ -z $PROXY_IMAGE ]] && PROXY_IMAGE=caddy:2.11.7
-    [[ $PROXY_IMAGE =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$ ]] ||
-        bad_input "DROPSHIP_PROXY_IMAGE must be an image reference such as caddy:2.11.7 ([A-Za-z0-9._/:@-], at most 255 bytes), got $(q "$PROXY_IMAGE")"
+    [[ $PROXY_IMAGE =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,199}$ ]] ||
+        bad_input "DROPSHIP_PROXY_IMAGE must be an image reference such as caddy:2.11.7 ([A-Za-z0-9._/:@-], at most 200 bytes), got $(q "$PROXY_IMAGE")"
 }
 
 validate_rollback() {
@@ -800,7 +800,7 @@ load_release() { # name
         json_get "$f" proxy_image && R_PROXY_IMAGE=$REPLY
         [[ $R_PROXY_SERVICE =~ $SERVICE_RE && $R_PROXY_PORT =~ ^[1-9][0-9]{0,4}$ && $R_PROXY_LISTEN =~ $LISTEN_RE &&
             $R_PROXY_HEALTH_PATH =~ ^/[!-~]{0,1023}$ && $R_PROXY_DRAIN =~ ^[0-9]{1,4}$ &&
-            $R_PROXY_IMAGE =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$ ]] || return 1
+            $R_PROXY_IMAGE =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,199}$ ]] || return 1
     fi
     return 0
 }
@@ -1641,7 +1641,7 @@ preflight() {
     v=${v%%$'\n'*}
     { [[ $v =~ ^curl\ ([0-9]+)\.([0-9]+) ]] && ((BASH_REMATCH[1] > 7 || (BASH_REMATCH[1] == 7 && BASH_REMATCH[2] >= 75))); } ||
         finish 4 failed "curl >= 7.75 is needed to sign the download with the instance role (--aws-sigv4), found $(q "${v:-no curl}"): upgrade curl"
-    check_time_for_switch "$HEALTH_TIMEOUT" "$ST_CURRENT" "${PROXY_DRAIN:-0}"
+    check_time_for_switch "$HEALTH_TIMEOUT" "$ST_CURRENT" "${PROXY_DRAIN_TIMEOUT:-0}"
     [[ $STRATEGY == start-first ]] && preflight_proxy
 }
 
@@ -1943,7 +1943,7 @@ unpack() {
         compose_file "$COMPOSE_FILE" profiles "$PROFILES" health_url "$HEALTH_URL" \
         health_timeout "$HEALTH_TIMEOUT" shared_paths "$SHARED_PATHS" strategy "$STRATEGY" \
         proxy_service "$PROXY_SERVICE" proxy_port "$PROXY_PORT" proxy_listen "$PROXY_LISTEN" \
-        proxy_health_path "$PROXY_HEALTH_PATH" proxy_drain "$PROXY_DRAIN" proxy_image "$PROXY_IMAGE" ||
+        proxy_health_path "$PROXY_HEALTH_PATH" proxy_drain "$PROXY_DRAIN_TIMEOUT" proxy_image "$PROXY_IMAGE" ||
         finish 6 failed "cannot write .dropship/release.json"
     mv -T -- "$PARTIAL_DIR" "$APP_ROOT/releases/$NEW" || finish 6 failed "cannot rename the release into place"
     PARTIAL_DIR=""
@@ -2264,7 +2264,7 @@ do_deploy() {
 
     # switch
     old=$ST_CURRENT
-    check_time_for_switch "$HEALTH_TIMEOUT" "$old" "${PROXY_DRAIN:-0}"
+    check_time_for_switch "$HEALTH_TIMEOUT" "$old" "${PROXY_DRAIN_TIMEOUT:-0}"
     local after="restores $old"
     [[ -n $old ]] || after="stops the project"
     begin_switch "deploy $NEW over ${old:-nothing}" \

@@ -167,7 +167,7 @@ pub mod bounds {
     /// `[deploy.proxy] drain_timeout_secs` range.
     pub const DRAIN_TIMEOUT_SECS: std::ops::RangeInclusive<u32> = 0..=3600;
     /// Longest proxy image reference.
-    pub const MAX_IMAGE_LEN: usize = 255;
+    pub const MAX_IMAGE_LEN: usize = 200;
 }
 
 impl DeploySettings {

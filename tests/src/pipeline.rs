@@ -49,7 +49,7 @@ pub const ENV: &str = "staging";
 /// The environment `dropship promote` copies staging's version to (hosts only when
 /// [`Options::production_hosts`] asks for them).
 pub const PROMOTED_ENV: &str = "production";
-/// The port the sample app publishes on each host's loopback (its `health_url`'s port).
+/// The port the sample app's proxy publishes on each host's loopback (its `health_url`'s port).
 pub const APP_PORT: u16 = 8080;
 /// How long one second of an SSM delivery timeout lasts in the pipeline (see
 /// `LocalSsmConfig::delivery_second`): an offline agent's command times out 100 times sooner
@@ -427,11 +427,17 @@ impl Pipeline {
         for ((name, instance_id, env), sim) in placed.into_iter().zip(sims) {
             // The network path from the instance to S3 (the endpoint hosts get is moto's).
             sim.forward_port(moto_port);
+            // The sample app runs start-first: its proxy's image, as a registry pull would
+            // bring it.
+            sim.import_proxy_image();
             // What an operator puts on each host once: the shared .env (see .env.example).
             let shared = sim.path(&format!("/opt/dropship/{}/shared", opts.app));
             fs::create_dir_all(&shared)?;
             let env_file = shared.join(".env");
-            fs::write(&env_file, format!("APP_PORT={APP_PORT}\n"))?;
+            fs::write(
+                &env_file,
+                "# the sample app's services read nothing from here\n",
+            )?;
             fs::set_permissions(
                 &env_file,
                 std::os::unix::fs::PermissionsExt::from_mode(0o600),
@@ -1077,7 +1083,11 @@ impl Pipeline {
         let health = host.sim().http_get(&health_url()).map(|(status, _)| status);
         // The host script runs a fresh app root as compose project `<app>-<env>`.
         let project = format!("{}-{}", self.app, host.env);
-        let container = host.sim().containers(&project).into_iter().next();
+        let container = host
+            .sim()
+            .containers(&project)
+            .into_iter()
+            .find(|c| c.service == "web");
         HostView {
             release,
             commit,

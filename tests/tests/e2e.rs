@@ -873,6 +873,6 @@ fn an_environment_override_runs_on_that_environments_hosts() {
             .map(|c| c.service)
             .collect();
         services.sort();
-        assert_eq!(services, ["extra", "web"], "{}", table(&p));
+        assert_eq!(services, ["extra", "store", "web"], "{}", table(&p));
     }
 }

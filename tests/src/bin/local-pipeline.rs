@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use aws_sdk_s3::types::{EventBridgeConfiguration, NotificationConfiguration};
+use dropship_tests::load::{Load, LoadReport, LoadSpec, Mode};
 use dropship_tests::pipeline::{self, HostRun, Options, Pipeline};
 use dropship_tests::s3_notifications::S3NotificationEndpoint;
 use serde_json::Value;
@@ -41,7 +42,29 @@ struct Row {
     serving: String,
     /// Per host: the container serving after the step (short id) and its Docker health.
     containers: String,
+    /// Requests that failed under load during the step (new connections and keep-alive
+    /// clients that retry as HTTP says), of those sent, through the proxy of every host
+    /// that served before it.
+    failed: String,
+    /// Whether the long-lived `store` service was restarted on any host.
+    store: String,
     secs: f64,
+}
+
+/// Requests per second each serving host gets while a step runs.
+const LOAD_PER_HOST: u32 = 60;
+
+/// The `store` service's start count on a host (lines of its `starts` file), if it runs.
+fn store_starts(p: &Pipeline, host: &pipeline::Host, env: &str) -> Option<usize> {
+    let out = host.sim().docker_output(&[
+        "exec",
+        &format!("{}-{env}-store-1", p.app),
+        "cat",
+        "/var/lib/store/starts",
+    ]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).lines().count())
 }
 
 fn run() -> Result<()> {
@@ -150,7 +173,7 @@ fn run() -> Result<()> {
     let elapsed = started.elapsed();
     println!();
     println!(
-        "{:<18} {:<36} {:<8} {:<5} {:<12} {:<62} {:<11} {:>5}",
+        "{:<18} {:<36} {:<8} {:<5} {:<12} {:<62} {:<11} {:<22} {:<8} {:>5}",
         "STEP",
         "S3 VERSION",
         "COMMIT",
@@ -158,14 +181,28 @@ fn run() -> Result<()> {
         "FLEET",
         "HOSTS (state exit; sent back)",
         "SERVING",
+        "FAILED REQ (of sent)",
+        "STORE",
         "SECS"
     );
     for r in &rows {
         println!(
-            "{:<18} {:<36} {:<8} {:<5} {:<12} {:<62} {:<11} {:>5.1}",
-            r.step, r.version, r.commit, r.wait, r.lambda, r.hosts, r.serving, r.secs
+            "{:<18} {:<36} {:<8} {:<5} {:<12} {:<62} {:<11} {:<22} {:<8} {:>5.1}",
+            r.step,
+            r.version,
+            r.commit,
+            r.wait,
+            r.lambda,
+            r.hosts,
+            r.serving,
+            r.failed,
+            r.store,
+            r.secs
         );
     }
+    println!(
+        "FAILED REQ: requests through each serving host's proxy during the step ({LOAD_PER_HOST}/s per host; new connections and keep-alive clients that retry as HTTP says) that got no 2xx; naive: a keep-alive client that never retries. STORE: hosts whose long-lived store service restarted."
+    );
     println!();
     println!("hosts now:");
     println!("{}", pipeline::table(&p));
@@ -296,6 +333,31 @@ fn step(
     cli: Cli,
 ) -> Result<String> {
     let t = Instant::now();
+    let env = match &cli {
+        Cli::Promote(_) => pipeline::PROMOTED_ENV,
+        _ => pipeline::ENV,
+    };
+    // Load through the proxy of every host that serves before the step, and the store's
+    // start count on each.
+    let before: Vec<(String, Option<usize>)> = p
+        .hosts_in(env)
+        .iter()
+        .map(|h| (h.name.clone(), store_starts(p, h, env)))
+        .collect();
+    let loads: Vec<Load> = p
+        .hosts_in(env)
+        .iter()
+        .filter(|h| p.view(h).health == Some(200))
+        .map(|h| {
+            let mut spec = LoadSpec::new(
+                format!("127.0.0.1:{}", pipeline::APP_PORT).parse().unwrap(),
+                "/public/health",
+            );
+            spec.rate_per_sec = LOAD_PER_HOST;
+            spec.workers = 6;
+            Load::start(h.sim().init_pid(), spec)
+        })
+        .collect();
     let out = match &cli {
         Cli::Upload => p.run_waiting(false, &[])?,
         Cli::Rollback(v) => p.run_waiting(true, &["rollback", v, "--yes"])?,
@@ -309,10 +371,6 @@ fn step(
                 v,
             ],
         )?,
-    };
-    let env = match &cli {
-        Cli::Promote(_) => pipeline::PROMOTED_ENV,
-        _ => pipeline::ENV,
     };
     let json: Value = serde_json::from_str(&out.stdout).map_err(|e| {
         anyhow!(
@@ -389,6 +447,42 @@ fn step(
                 .join(", ")
         })
         .unwrap_or_default();
+    let reports: Vec<LoadReport> = loads.into_iter().map(Load::stop).collect();
+    let failed = if reports.is_empty() {
+        "- (nothing served)".to_owned()
+    } else {
+        let count = |modes: &[Mode]| -> (usize, usize) {
+            let sent = reports
+                .iter()
+                .flat_map(|r| modes.iter().map(move |m| r.of(*m).count()))
+                .sum();
+            let failed = reports
+                .iter()
+                .flat_map(|r| modes.iter().map(move |m| r.failures(*m).len()))
+                .sum();
+            (failed, sent)
+        };
+        let (failed, sent) = count(&[Mode::Fresh, Mode::KeepAlive]);
+        let (naive, _) = count(&[Mode::Naive]);
+        format!("{failed}/{sent} (naive {naive})")
+    };
+    let restarted: Vec<String> = before
+        .iter()
+        .filter_map(|(name, was)| {
+            let host = p.all_hosts().find(|h| &h.name == name)?;
+            let now = store_starts(p, host, env);
+            match (was, now) {
+                (Some(a), Some(b)) if *a == b => None,
+                (None, Some(_)) => None,
+                _ => Some(name.trim_start_matches("host-").to_owned()),
+            }
+        })
+        .collect();
+    let store = if restarted.is_empty() {
+        "never".to_owned()
+    } else {
+        format!("on {}", restarted.join(", "))
+    };
     let containers = views
         .iter()
         .map(|v| match &v.container {
@@ -424,10 +518,12 @@ fn step(
         hosts,
         serving: served,
         containers,
+        failed,
+        store,
         secs: t.elapsed().as_secs_f64(),
     };
     say(&format!(
-        "{}: version {} (commit {}) -> Lambda {} -> {} -> --wait exit {} -> serving {} ({})",
+        "{}: version {} (commit {}) -> Lambda {} -> {} -> --wait exit {} -> serving {} ({}); failed requests under load {}; store restarted {}",
         row.step,
         row.version,
         row.commit,
@@ -435,7 +531,9 @@ fn step(
         row.hosts,
         row.wait,
         row.serving,
-        row.containers
+        row.containers,
+        row.failed,
+        row.store
     ));
     rows.push(row);
     Ok(version)

@@ -587,7 +587,11 @@ fn kill_9_at_every_start_first_step_then_a_rerun_with_no_failed_request() {
         assert_sf_settled(&w, &format!("k{i}"));
     }
     let report = l.stop();
-    for r in report.failures(Mode::Fresh).into_iter().chain(report.failures(Mode::KeepAlive)) {
+    for r in report
+        .failures(Mode::Fresh)
+        .into_iter()
+        .chain(report.failures(Mode::KeepAlive))
+    {
         let during = report.marks.iter().rev().find(|(_, t)| *t <= r.sent);
         eprintln!("failed during {during:?}: {r:?}");
     }
