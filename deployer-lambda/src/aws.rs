@@ -285,7 +285,7 @@ impl CommandSender for Clients {
         let mut req = self
             .ssm
             .send_command()
-            .document_name(plan.document_name)
+            .document_name(&plan.document_name)
             .set_instance_ids(Some(batch.to_vec()))
             .parameters("commands", vec![plan.script.clone()])
             .parameters("executionTimeout", vec![plan.execution_timeout.clone()])

@@ -651,15 +651,23 @@ mod tests {
     /// The test configuration with `DROPSHIP_MAX_CONCURRENCY` (the wave size).
     fn config_with(max_concurrency: &str) -> Config {
         Config::from_lookup(|k| match k {
+            "DROPSHIP_MAX_CONCURRENCY" => Some(max_concurrency.to_owned()),
+            other => config_with_lookup(other),
+        })
+        .unwrap()
+    }
+
+    /// The test configuration's variables.
+    fn config_with_lookup(name: &str) -> Option<String> {
+        match name {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
             "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
                 "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
             ),
-            "DROPSHIP_MAX_CONCURRENCY" => Some(max_concurrency.to_owned()),
+            "DROPSHIP_COMMAND_DOCUMENT" => Some("dropship-deploy-production".to_owned()),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
-        })
-        .unwrap()
+        }
     }
 
     fn release() -> ReleaseKey {
@@ -983,7 +991,7 @@ mod tests {
     #[tokio::test]
     async fn an_unindexed_command_with_dropships_comment_is_retried_only_while_its_sender_could_index_it(
     ) {
-        // Anyone with ssm:SendCommand can send AWS-RunShellScript with dropship's Comment.
+        // Anyone with ssm:SendCommand can send dropship's document with dropship's Comment.
         let d = Deployer::new(config(), FakeAws::with_instances(&["i-1"]));
         host_answers(&d, "cmd-lookalike", "i-1", 0, "deployed");
         let inv = Invocation::default();
@@ -1021,7 +1029,7 @@ mod tests {
             "source": "aws.ssm", "account": "123456789012", "time": "2026-11-23T09:01:00Z",
             "region": "us-east-1",
             "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}")],
-            "detail": {"command-id": command_id, "document-name": "AWS-RunShellScript",
+            "detail": {"command-id": command_id, "document-name": "dropship-deploy-production",
                        "instance-id": instance_id, "requested-date-time": "2026-11-23T09:00:01.000Z",
                        "status": status}
         })

@@ -28,8 +28,6 @@ use crate::event::DeployRequest;
 
 /// The host script, embedded so the command always carries the script this build was tested with.
 pub const HOST_SCRIPT: &str = include_str!("../../scripts/deploy-on-host.sh");
-/// The SSM document the command runs.
-pub const DOCUMENT_NAME: &str = dropship_contract::wiring::COMMAND_DOCUMENT;
 /// SendCommand accepts at most 50 instance ids per call.
 pub const MAX_INSTANCES_PER_COMMAND: usize = 50;
 /// SSM limits a command's `Comment` to 100 characters.
@@ -572,8 +570,8 @@ pub fn batches(instance_ids: &[String]) -> Vec<Vec<String>> {
 /// One planned SendCommand family: the same script for every batch of targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandPlan {
-    /// Always [`DOCUMENT_NAME`].
-    pub document_name: &'static str,
+    /// The installation's own command document ([`Config::command_document`]).
+    pub document_name: String,
     /// Header + host script: the `commands` parameter.
     pub script: String,
     /// `executionTimeout` parameter (seconds, as SSM wants it: a string).
@@ -600,7 +598,7 @@ pub fn plan_command(inputs: &HostInputs<'_>, targets: &[String]) -> Result<Comma
     let script = render_command(&vars)?;
     let c = inputs.config;
     Ok(CommandPlan {
-        document_name: DOCUMENT_NAME,
+        document_name: c.command_document.clone(),
         script,
         execution_timeout: c.execution_timeout_secs.to_string(),
         timeout_seconds: i32::try_from(c.delivery_timeout_secs).unwrap_or(i32::MAX),
@@ -796,6 +794,7 @@ mod tests {
             "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
                 "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
             ),
+            "DROPSHIP_COMMAND_DOCUMENT" => Some("dropship-deploy-production".to_owned()),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
         })
@@ -1212,7 +1211,7 @@ mod tests {
         }
         assert!(script_is_for_version(&plan.script, "v.1"));
         assert!(!script_is_for_version(&plan.script, "v.2"));
-        assert_eq!(plan.document_name, "AWS-RunShellScript");
+        assert_eq!(plan.document_name, "dropship-deploy-production");
         assert_eq!(
             (plan.max_concurrency.as_str(), plan.max_errors.as_str()),
             ("50%", "0")
@@ -1236,6 +1235,7 @@ mod tests {
             "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
                 "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
             ),
+            "DROPSHIP_COMMAND_DOCUMENT" => Some("dropship-deploy-production".to_owned()),
             "DROPSHIP_APP_ROOT" => Some(format!("/{}/{{app}}/{{env}}", "r".repeat(120))),
             "AWS_REGION" => Some(format!("us-{}-1", "w".repeat(MAX_REGION_LEN - 5))),
             _ => None,

@@ -24,7 +24,7 @@ use dropship_contract::record::{DeployRecord, Outcome};
 use dropship_tests::host::{make_bundle, sha256_hex, AppFiles};
 use dropship_tests::lambda_rt::LambdaProcess;
 use dropship_tests::local_ssm::bash_instance::BashInstance;
-use dropship_tests::local_ssm::{LocalSsm, LocalSsmConfig};
+use dropship_tests::local_ssm::{LocalSsm, LocalSsmConfig, DEPLOY_DOCUMENT};
 use dropship_tests::repo::{run, GitRepo};
 use dropship_tests::{moto, records};
 use serde_json::{json, Value};
@@ -45,6 +45,7 @@ impl Fixture {
         let s3 = moto::s3().await;
         let bucket = moto::create_bucket(&s3, "lambda", true).await;
         let local_ssm = LocalSsm::start(LocalSsmConfig::from_env());
+        local_ssm.create_deploy_document().await;
         Self {
             s3,
             ec2: moto::ec2().await,
@@ -68,6 +69,7 @@ impl Fixture {
             ),
             ("DROPSHIP_MAX_CONCURRENCY", "2".into()),
             ("DROPSHIP_LOG_GROUP", "/dropship/commands".into()),
+            ("DROPSHIP_COMMAND_DOCUMENT", DEPLOY_DOCUMENT.into()),
         ]
     }
 
@@ -362,7 +364,7 @@ async fn verifies_a_real_bundle_and_dispatches_to_only_the_tagged_running_instan
     )));
     let cmd = f.ssm.list_commands().command_id(id).send().await.unwrap();
     let cmd = &cmd.commands()[0];
-    assert_eq!(cmd.document_name(), Some("AWS-RunShellScript"));
+    assert_eq!(cmd.document_name(), Some(DEPLOY_DOCUMENT));
     assert_eq!(cmd.max_concurrency(), Some("2"));
     assert_eq!(cmd.max_errors(), Some("0"));
     let comment = cmd.comment().unwrap_or_default();
