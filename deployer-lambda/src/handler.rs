@@ -1412,6 +1412,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn instance_starts_and_the_reconcile_act_only_on_the_deployers_own_environments() {
+        let fake = FakeAws::with_instances(&["i-1"]);
+        let (result, d) = handle_with(config_with("100%"), fake).await;
+        result.unwrap();
+        host_answers(&d, "cmd-1", "i-1", 0, "deployed");
+        finished(&d, "cmd-1", "i-1", "Success").await;
+        d.edges.instances.lock().unwrap().push("i-3".into());
+        // The other environment class's function gets the same instance and schedule events
+        // (they name no tag); its allow-list lacks the fleet's environment.
+        let other_class = Config::from_lookup(|k| match k {
+            "DROPSHIP_ALLOWED_ENVIRONMENTS" => Some("staging".to_owned()),
+            "DROPSHIP_COMMAND_DOCUMENT" => Some("dropship-deploy-nonproduction".to_owned()),
+            other => config_with_lookup(other),
+        })
+        .unwrap();
+        let other = Deployer::new(other_class, d.edges);
+        let inv = Invocation::default();
+        let r = other.handle(&scheduled_event(), &inv).await.unwrap();
+        assert!(r.targets.is_empty(), "{r:?}");
+        let r = other
+            .handle(&instance_event("i-3", "running"), &inv)
+            .await
+            .unwrap();
+        assert!(r.targets.is_empty(), "{r:?}");
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("DROPSHIP_ALLOWED_ENVIRONMENTS"),
+            "{r:?}"
+        );
+        assert_eq!(
+            other.edges.sent_to(),
+            ["i-1"],
+            "nothing sent by the other class"
+        );
+    }
+
+    #[tokio::test]
     async fn a_fleet_that_rolled_back_is_never_the_version_new_hosts_get() {
         let fake = FakeAws::with_instances(&["i-1"]);
         let (result, d) = handle_with(config_with("100%"), fake).await;
