@@ -777,16 +777,15 @@ fn rule_targets_and_async_invocations_lose_no_event() {
     assert!(rules_with_targets.len() >= 6, "{rules_with_targets:?}");
     let dlq_policy = iam::single_document(&f.module, &f.eval, "events_dlq");
     for rule_arn in &rules_with_targets {
-        let rule = rule_arn;
         let send = Request::new(
             "events.amazonaws.com",
             "sqs:SendMessage",
             "${aws_sqs_queue.events_dlq.arn}",
         )
-        .with("aws:SourceArn", &[&rule_arn]);
+        .with("aws:SourceArn", &[rule_arn]);
         assert!(
             decide(&dlq_policy, &send) == Decision::Allowed,
-            "the events DLQ must accept dead letters of rule {rule}"
+            "the events DLQ must accept dead letters of rule {rule_arn}"
         );
     }
     let foreign = Request::new(
