@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::edges::{Edges, Head, Written};
+use crate::edges::{Edges, Head, Verification, Written};
 use crate::event::{self, DeployRequest, EventError, Request};
 use crate::plan::{self, Claim, Gate, HostInputs, Rejection, DEADLINE_MARGIN_SECS};
 use crate::store::Records;
@@ -427,8 +427,25 @@ impl<E: Edges> Deployer<E> {
             )
             .await?
         {
-            Ok(v) => v,
-            Err(e) if e.is_transient() => {
+            Verification::Superseded {
+                current,
+                read_bytes,
+                checks,
+            } => {
+                let millis = started.elapsed().as_millis() as u64;
+                info!(outcome = "skipped_stale", key = %key, version_id = %version, current = ?current,
+                    read_bytes, checks, millis, "verification stopped: a newer version of the key became current");
+                return Ok((
+                    Outcome::SkippedStale,
+                    Some(plan::superseded_reason(
+                        request,
+                        current.as_deref(),
+                        read_bytes,
+                    )),
+                ));
+            }
+            Verification::Done(Ok(v)) => v,
+            Verification::Done(Err(e)) if e.is_transient() => {
                 return Err(HandlerError::Read {
                     bucket: bucket.clone(),
                     key: key.clone(),
@@ -436,7 +453,7 @@ impl<E: Edges> Deployer<E> {
                     source: e,
                 })
             }
-            Err(source) => {
+            Verification::Done(Err(source)) => {
                 let r = Rejection::Bundle {
                     bucket: bucket.clone(),
                     key: key.clone(),
@@ -773,6 +790,25 @@ mod tests {
             record.stamp,
             "the pointer carries S3's stamp, not the payload's sequencer"
         );
+    }
+
+    #[tokio::test]
+    async fn a_version_superseded_while_it_is_verified_is_settled_stale_and_nothing_is_sent() {
+        let fake = FakeAws::with_instances(&["i-1", "i-2"]);
+        *fake.superseded_while_verifying.lock().unwrap() = Some(Some("v3".into()));
+        let (result, d) = handle(fake).await;
+        let response = result.unwrap();
+        assert_eq!(response.outcome, Outcome::SkippedStale);
+        assert!(d.edges.sent_to().is_empty(), "nothing sent");
+        let record = stored_record(&d.edges);
+        assert_eq!(record.outcome, Outcome::SkippedStale);
+        assert_eq!(record.lease_until, None, "the claim is released");
+        let reason = record.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("while it was being verified") && reason.contains("current: v3"),
+            "{reason}"
+        );
+        assert!(d.edges.object(&release().latest_pointer_key()).is_none());
     }
 
     #[tokio::test]

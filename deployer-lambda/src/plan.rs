@@ -257,6 +257,79 @@ pub fn gate(
     }
 }
 
+/// While a version is verified, the deployer asks S3 for the key's current version again
+/// after at most this many bytes of the object read since the last ask…
+pub const CURRENCY_CHECK_BYTES: u64 = 32 << 20;
+/// …or this long since the last ask (whichever comes first, and only once more bytes
+/// arrived): a newer upload stops a long verification within about this time, at a cost of at
+/// most one `HeadObject` per 32 MiB read, or per 2 s of a slow download.
+pub const CURRENCY_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// When the next check of the key's current version is due during one verification (pure:
+/// the caller passes how much was read and how long the download has run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CurrencyChecks {
+    last_bytes: u64,
+    last_at: std::time::Duration,
+    /// Checks made so far.
+    pub made: u32,
+}
+
+impl CurrencyChecks {
+    /// Whether to ask now, `read` bytes into the object and `elapsed` after the download
+    /// started.
+    pub fn due(&self, read: u64, elapsed: std::time::Duration) -> bool {
+        let more = read.saturating_sub(self.last_bytes);
+        more >= CURRENCY_CHECK_BYTES
+            || (more > 0 && elapsed.saturating_sub(self.last_at) >= CURRENCY_CHECK_INTERVAL)
+    }
+
+    /// Records a check made at `read` bytes and `elapsed`.
+    pub fn checked(&mut self, read: u64, elapsed: std::time::Duration) {
+        self.last_bytes = read;
+        self.last_at = elapsed;
+        self.made += 1;
+    }
+}
+
+/// What one check concludes about the version being verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Currency {
+    /// Still the key's current version: go on.
+    Current,
+    /// Another version (or a delete marker, `None`) is current now: only the current version
+    /// deploys, so this one never will; stop reading.
+    Superseded {
+        /// The key's current version now.
+        current: Option<String>,
+    },
+}
+
+/// Compares the key's current version (`HeadObject`) with the one being verified.
+pub fn currency(verifying: &str, current: Option<&str>) -> Currency {
+    if current == Some(verifying) {
+        Currency::Current
+    } else {
+        Currency::Superseded {
+            current: current.map(str::to_owned),
+        }
+    }
+}
+
+/// The reason a verification stopped early settles its version with (`skipped_stale`).
+pub fn superseded_reason(
+    request: &DeployRequest,
+    current: Option<&str>,
+    read_bytes: u64,
+) -> String {
+    format!(
+        "version {} of {} was superseded while it was being verified ({}; stopped after {read_bytes} bytes): only the current version deploys, and its own event deploys it",
+        request.version_id,
+        request.key,
+        current.map_or("the key has no current version now".to_owned(), |c| format!("current: {c}")),
+    )
+}
+
 /// Splits tagged instances into targets and refused ones. Only instances carrying exactly the
 /// (app, env)'s profile qualify: tags can be set by anyone allowed `ec2:CreateTags`, attaching
 /// a profile needs `iam:PassRole`. There is no tags-only mode (the configuration requires the
@@ -849,6 +922,54 @@ mod tests {
 
     fn now() -> OffsetDateTime {
         parse_time("2026-11-23T10:00:00Z").unwrap()
+    }
+
+    #[test]
+    fn currency_is_checked_every_32_mib_or_2_s_of_reading_and_only_then() {
+        let ms = std::time::Duration::from_millis;
+        // A fast download of 1 GiB in 1 MiB chunks within 4 s: one check per 32 MiB.
+        let mut checks = CurrencyChecks::default();
+        for i in 1..=1024u64 {
+            let (read, at) = (i << 20, ms(i * 4));
+            if checks.due(read, at) {
+                checks.checked(read, at);
+            }
+        }
+        assert_eq!(checks.made, 32, "1 GiB costs 32 HeadObject calls");
+        // A slow one: 1 MiB every 500 ms for 20 s: one check per 2 s.
+        let mut checks = CurrencyChecks::default();
+        for i in 1..=40u64 {
+            let (read, at) = (i << 20, ms(i * 500));
+            if checks.due(read, at) {
+                checks.checked(read, at);
+            }
+        }
+        assert_eq!(checks.made, 10);
+        // Nothing new read: no check, however long it stalls (the read timeout bounds that).
+        let mut checks = CurrencyChecks::default();
+        checks.checked(5, ms(0));
+        assert!(!checks.due(5, ms(60_000)));
+        assert!(checks.due(6, ms(2_000)));
+        assert!(!checks.due(6, ms(1_999)));
+        assert!(!CurrencyChecks::default().due(0, ms(0)));
+    }
+
+    #[test]
+    fn a_version_is_superseded_once_another_or_none_is_current() {
+        assert_eq!(currency("v1", Some("v1")), Currency::Current);
+        assert_eq!(
+            currency("v1", Some("v2")),
+            Currency::Superseded {
+                current: Some("v2".into())
+            }
+        );
+        assert_eq!(currency("v1", None), Currency::Superseded { current: None });
+        let ev = request("v1", Some("0055AED6DCD90281E6"));
+        let why = superseded_reason(&ev, Some("v2"), 1 << 20);
+        assert!(
+            why.contains("v1") && why.contains("current: v2") && why.contains("1048576 bytes"),
+            "{why}"
+        );
     }
 
     #[test]
