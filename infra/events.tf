@@ -1,9 +1,13 @@
-# One rule: "Object Created" for the artifact bucket, keys releases/…/*.tar.gz. EventBridge
-# has no AND of prefix and suffix on one field, so the wildcard pattern expresses both:
-# "<releases prefix>*<bundle suffix>" (the contract test checks it against the key module).
+# Release rules, one per environment class: "Object Created" for the artifact bucket, keys
+# releases/<app>/<env>.tar.gz of that class's environments only. EventBridge has no AND of
+# prefix and suffix on one field, so a wildcard per environment expresses both:
+# "<releases prefix>*/<env><bundle suffix>" (the contract test checks it against the key
+# module, and that no key reaches the function of the other class).
 resource "aws_cloudwatch_event_rule" "release_uploaded" {
-  name        = "${var.name_prefix}-release-uploaded"
-  description = "dropship: a release bundle was written to ${var.bucket_name}"
+  for_each = local.environment_classes
+
+  name        = "${var.name_prefix}-release-uploaded-${each.key}"
+  description = "dropship: a release bundle of ${join(", ", each.value)} was written to ${var.bucket_name}"
 
   event_pattern = jsonencode({
     source        = ["aws.s3"]
@@ -13,7 +17,7 @@ resource "aws_cloudwatch_event_rule" "release_uploaded" {
         name = [aws_s3_bucket.artifacts.bucket]
       }
       object = {
-        key = [{ wildcard = "${local.releases_prefix}*${local.bundle_suffix}" }]
+        key = [for e in each.value : { wildcard = "${local.releases_prefix}*/${e}${local.bundle_suffix}" }]
       }
     }
   })
@@ -21,42 +25,22 @@ resource "aws_cloudwatch_event_rule" "release_uploaded" {
   tags = var.tags
 }
 
-resource "aws_cloudwatch_event_target" "deployer" {
-  rule      = aws_cloudwatch_event_rule.release_uploaded.name
-  target_id = "deployer-lambda"
-  arn       = aws_lambda_function.deployer.arn
-
-  retry_policy {
-    maximum_retry_attempts       = var.event_retry_attempts
-    maximum_event_age_in_seconds = var.event_max_age_secs
-  }
-
-  # Events EventBridge could not deliver to the Lambda (throttled, deleted, no permission).
-  dead_letter_config {
-    arn = aws_sqs_queue.events_dlq.arn
-  }
-}
-
-resource "aws_lambda_permission" "events" {
-  statement_id  = "AllowReleaseRule"
-  action        = "lambda:InvokeFunction"
-  function_name = aws_lambda_function.deployer.function_name
-  principal     = "events.amazonaws.com"
-  source_arn    = aws_cloudwatch_event_rule.release_uploaded.arn
-}
-
 # The fleet loop (docs/architecture.md, "The fleet loop"). Every host's terminal command
-# status: the Lambda stores the result and moves the rollout on (next wave, fleet rollback,
-# settling and the notification). Statuses are the contract's TERMINAL_STATUSES.
+# status of the class's own command document (aws_ssm_document.deploy): the Lambda stores
+# the result and moves the rollout on (next wave, fleet rollback, settling and the
+# notification). Statuses are the contract's TERMINAL_STATUSES. Other documents' commands
+# (AWS-RunShellScript from anyone in the account) match no rule.
 resource "aws_cloudwatch_event_rule" "host_finished" {
-  name        = "${var.name_prefix}-host-finished"
-  description = "dropship: a host finished an AWS-RunShellScript command"
+  for_each = local.environment_classes
+
+  name        = "${var.name_prefix}-host-finished-${each.key}"
+  description = "dropship: a host finished a ${aws_ssm_document.deploy[each.key].name} command"
 
   event_pattern = jsonencode({
     source        = ["aws.ssm"]
     "detail-type" = ["EC2 Command Invocation Status-change Notification"]
     detail = {
-      "document-name" = ["AWS-RunShellScript"]
+      "document-name" = [aws_ssm_document.deploy[each.key].name]
       status = [
         "Success", "Failed", "TimedOut", "Cancelled", "DeliveryTimedOut",
         "ExecutionTimedOut", "Undeliverable", "Terminated",
@@ -68,7 +52,8 @@ resource "aws_cloudwatch_event_rule" "host_finished" {
 }
 
 # An instance entering `running`: if it carries an app/env's tags, it catches up to the
-# version that fleet converged on.
+# version that fleet converged on. The event names no tag, so it reaches every function;
+# each acts only on instances of its own environments.
 resource "aws_cloudwatch_event_rule" "instance_running" {
   name        = "${var.name_prefix}-instance-running"
   description = "dropship: an instance started; tagged ones catch up to their fleet's version"
@@ -85,7 +70,8 @@ resource "aws_cloudwatch_event_rule" "instance_running" {
 }
 
 # The periodic reconcile: instances whose agent registered late, that were offline at
-# dispatch, or that were re-tagged into an app/env get its version within this period.
+# dispatch, or that were re-tagged into an app/env get its version within this period. Every
+# function reconciles the fleets of its own environments.
 resource "aws_cloudwatch_event_rule" "reconcile" {
   name                = "${var.name_prefix}-reconcile"
   description         = "dropship: every fleet sends its version to tagged instances it never reached"
@@ -94,37 +80,46 @@ resource "aws_cloudwatch_event_rule" "reconcile" {
 }
 
 locals {
-  # Every rule whose target is the deployer Lambda (the release rule has its own resources).
-  fleet_rules = {
+  # Per rule kind and environment class, the rule that reaches that class's function: a
+  # class's own release and host-result rules reach only its function; instance starts and
+  # the reconcile reach every function.
+  deployer_rules = {
+    release_uploaded = aws_cloudwatch_event_rule.release_uploaded
     host_finished    = aws_cloudwatch_event_rule.host_finished
-    instance_running = aws_cloudwatch_event_rule.instance_running
-    reconcile        = aws_cloudwatch_event_rule.reconcile
+    instance_running = { for class, envs in local.environment_classes : class => aws_cloudwatch_event_rule.instance_running }
+    reconcile        = { for class, envs in local.environment_classes : class => aws_cloudwatch_event_rule.reconcile }
+  }
+  # Every (rule, function) pair, keyed "<rule kind>/<class>".
+  deployer_targets = {
+    for pair in setproduct(keys(local.deployer_rules), keys(local.environment_classes)) :
+    "${pair[0]}/${pair[1]}" => { rule = local.deployer_rules[pair[0]][pair[1]], class = pair[1] }
   }
 }
 
-resource "aws_cloudwatch_event_target" "fleet" {
-  for_each  = local.fleet_rules
-  rule      = each.value.name
-  target_id = "deployer-lambda"
-  arn       = aws_lambda_function.deployer.arn
+resource "aws_cloudwatch_event_target" "deployer" {
+  for_each  = local.deployer_targets
+  rule      = each.value.rule.name
+  target_id = "deployer-${each.value.class}"
+  arn       = aws_lambda_function.deployer[each.value.class].arn
 
   retry_policy {
     maximum_retry_attempts       = var.event_retry_attempts
     maximum_event_age_in_seconds = var.event_max_age_secs
   }
 
+  # Events EventBridge could not deliver to the Lambda (throttled, deleted, no permission).
   dead_letter_config {
     arn = aws_sqs_queue.events_dlq.arn
   }
 }
 
-resource "aws_lambda_permission" "fleet" {
-  for_each      = local.fleet_rules
-  statement_id  = "Allow-${each.key}"
+resource "aws_lambda_permission" "events" {
+  for_each      = local.deployer_targets
+  statement_id  = "Allow-${replace(each.key, "/", "-")}"
   action        = "lambda:InvokeFunction"
-  function_name = aws_lambda_function.deployer.function_name
+  function_name = aws_lambda_function.deployer[each.value.class].function_name
   principal     = "events.amazonaws.com"
-  source_arn    = each.value.arn
+  source_arn    = each.value.rule.arn
 }
 
 # Dead-letter queue of the rules' targets (the release rule, the fleet rules and the
@@ -151,8 +146,7 @@ data "aws_iam_policy_document" "events_dlq" {
       test     = "ArnEquals"
       variable = "aws:SourceArn"
       values = concat(
-        [aws_cloudwatch_event_rule.release_uploaded.arn],
-        [for r in local.fleet_rules : r.arn],
+        distinct([for t in values(local.deployer_targets) : t.rule.arn]),
         aws_cloudwatch_event_rule.deploy_failed[*].arn,
       )
     }

@@ -1,7 +1,6 @@
 locals {
   bucket_arn          = aws_s3_bucket.artifacts.arn
   instance_arn_prefix = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance"
-  run_shell_document  = "arn:${local.partition}:ssm:${local.region}::document/AWS-RunShellScript"
 
   github_oidc_enabled      = length(var.github_oidc_subjects) > 0
   create_github_oidc       = local.github_oidc_enabled && var.github_oidc_provider_arn == null
@@ -86,10 +85,11 @@ data "aws_iam_policy_document" "lambda" {
     resources = ["*"] # DescribeInstances supports no resource-level restriction.
   }
 
+  # Only dropship's own command documents (ssm.tf): never AWS-RunShellScript or any other.
   statement {
-    sid       = "RunShellScriptDocumentOnly"
+    sid       = "DropshipCommandDocumentsOnly"
     actions   = ["ssm:SendCommand"]
-    resources = [local.run_shell_document]
+    resources = [for d in aws_ssm_document.deploy : d.arn]
   }
 
   statement {
@@ -143,16 +143,17 @@ data "aws_iam_policy_document" "lambda" {
   statement {
     sid       = "OwnLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["${aws_cloudwatch_log_group.lambda.arn}:*"]
+    resources = [for g in aws_cloudwatch_log_group.lambda : "${g.arn}:*"]
   }
 
-  # The role's credentials work only in the deployer function's own code. Lambda puts the
+  # The role's credentials work only in the deployer functions' own code (one per
+  # environment class). Lambda puts the
   # calling function's ARN (lambda:SourceFunctionArn) into every request made with
   # credentials from inside an execution environment, so a function someone else creates
   # with this role (lambda:CreateFunction + iam:PassRole) is refused everything here. Calls
   # the Lambda service makes itself (the on-failure destination's sqs:SendMessage) carry no
-  # such key and are unaffected (the Null test). The function ARN is built from its name:
-  # referring to the function would make a cycle (it depends on this policy).
+  # such key and are unaffected (the Null test). The function ARNs are built from their
+  # names: referring to the functions would make a cycle (they depend on this policy).
   statement {
     sid       = "OnlyTheDeployerFunctionUsesThisRole"
     effect    = "Deny"
@@ -168,7 +169,7 @@ data "aws_iam_policy_document" "lambda" {
     condition {
       test     = "ArnNotEquals"
       variable = "lambda:SourceFunctionArn"
-      values   = [local.function_arn]
+      values   = values(local.function_arns)
     }
   }
 }

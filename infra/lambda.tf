@@ -3,8 +3,12 @@ resource "aws_lambda_function" "deployer" {
   #checkov:skip=CKV_AWS_117:The function only calls public AWS APIs (S3, EC2, SSM, CloudWatch Logs) and hosts nothing reachable; placing it in a VPC would need NAT or four interface endpoints without narrowing what it can reach.
   #checkov:skip=CKV_AWS_173:The environment holds only non-secret settings (bucket name, tag keys, timeouts), encrypted at rest by Lambda's AWS-managed key; a customer key would add no confidentiality.
   #checkov:skip=CKV_AWS_272:Code signing needs an AWS Signer profile owned by the user's release pipeline; the zip is built from this repository by the user's own CI, and updating the function is restricted by IAM.
-  function_name = local.function_name
-  description   = "dropship: verify a release bundle version and dispatch the host deploy over SSM"
+  # One function per environment class (local.environment_classes), each with its own
+  # reserved concurrency: a noisy class cannot take the other's slots.
+  for_each = local.environment_classes
+
+  function_name = local.function_names[each.key]
+  description   = "dropship (${each.key}: ${join(", ", each.value)}): verify a release bundle version and dispatch the host deploy over SSM"
   role          = aws_iam_role.lambda.arn
 
   filename         = var.lambda_zip_path
@@ -15,7 +19,7 @@ resource "aws_lambda_function" "deployer" {
 
   memory_size                    = var.lambda_memory_mb
   timeout                        = var.lambda_timeout_secs
-  reserved_concurrent_executions = var.lambda_reserved_concurrency
+  reserved_concurrent_executions = var.lambda_reserved_concurrency[each.key]
 
   tracing_config {
     mode = "PassThrough"
@@ -38,8 +42,9 @@ resource "aws_lambda_function" "deployer" {
       DROPSHIP_MAX_BUNDLE_BYTES       = tostring(var.max_bundle_bytes)
       DROPSHIP_LOCK_TIMEOUT_SECS      = tostring(var.lock_timeout_secs)
       DROPSHIP_INSTANCE_PROFILE_ARN   = local.host_profile_arn_template
+      DROPSHIP_COMMAND_DOCUMENT       = aws_ssm_document.deploy[each.key].name
       DROPSHIP_ALLOWED_APPS           = join(",", var.apps)
-      DROPSHIP_ALLOWED_ENVIRONMENTS   = join(",", var.environments)
+      DROPSHIP_ALLOWED_ENVIRONMENTS   = join(",", each.value)
     }
   }
 
@@ -52,7 +57,9 @@ resource "aws_lambda_function" "deployer" {
 }
 
 resource "aws_lambda_function_event_invoke_config" "deployer" {
-  function_name                = aws_lambda_function.deployer.function_name
+  for_each = local.environment_classes
+
+  function_name                = aws_lambda_function.deployer[each.key].function_name
   maximum_retry_attempts       = var.lambda_async_retry_attempts
   maximum_event_age_in_seconds = var.lambda_async_max_event_age_secs
 

@@ -49,16 +49,18 @@ data "aws_iam_policy_document" "logs_key" {
     condition {
       test     = "ArnEquals"
       variable = "kms:EncryptionContext:aws:logs:arn"
-      values = [
-        "${local.log_group_arn_prefix}:${local.lambda_log_group}",
-        "${local.log_group_arn_prefix}:${local.command_output_group}",
-      ]
+      values = concat(
+        [for g in values(local.lambda_log_groups) : "${local.log_group_arn_prefix}:${g}"],
+        ["${local.log_group_arn_prefix}:${local.command_output_group}"],
+      )
     }
   }
 }
 
 resource "aws_cloudwatch_log_group" "lambda" {
-  name              = local.lambda_log_group
+  for_each = local.lambda_log_groups
+
+  name              = each.value
   retention_in_days = var.log_retention_days
   kms_key_id        = aws_kms_key.logs.arn
   tags              = var.tags

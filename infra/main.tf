@@ -9,10 +9,31 @@ locals {
   region     = data.aws_region.current.name
   partition  = data.aws_partition.current.partition
 
-  function_name        = "${var.name_prefix}-deployer"
-  function_arn         = "arn:${local.partition}:lambda:${local.region}:${local.account_id}:function:${local.function_name}"
-  lambda_log_group     = "/aws/lambda/${local.function_name}"
   command_output_group = "/${var.name_prefix}/ssm-command-output"
+
+  # Environment classes (docs/architecture.md, "Isolation between environments"). Each class
+  # with at least one environment gets its own deployer function (and reserved concurrency),
+  # command document, release rule and host-result rule, so events of one class never take
+  # the other's slots. Both functions share one role.
+  environment_classes = {
+    for class, envs in {
+      production    = [for e in var.environments : e if contains(var.production_environments, e)]
+      nonproduction = [for e in var.environments : e if !contains(var.production_environments, e)]
+    } : class => envs if length(envs) > 0
+  }
+  function_names = {
+    for class, envs in local.environment_classes : class => "${var.name_prefix}-deployer-${class}"
+  }
+  function_arns = {
+    for class, name in local.function_names : class => "arn:${local.partition}:lambda:${local.region}:${local.account_id}:function:${name}"
+  }
+  lambda_log_groups = {
+    for class, name in local.function_names : class => "/aws/lambda/${name}"
+  }
+  # dropship_contract::wiring::COMMAND_DOCUMENT_INFIX: "<name_prefix>-deploy-<class>".
+  command_document_names = {
+    for class, envs in local.environment_classes : class => "${var.name_prefix}-deploy-${class}"
+  }
 
   log_group_arn_prefix = "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group"
 

@@ -8,24 +8,24 @@ output "bucket_arn" {
   value       = aws_s3_bucket.artifacts.arn
 }
 
-output "lambda_function_name" {
-  description = "Name of the deployer Lambda."
-  value       = aws_lambda_function.deployer.function_name
+output "lambda_function_names" {
+  description = "Per environment class (production, nonproduction), the name of its deployer Lambda."
+  value       = { for k, f in aws_lambda_function.deployer : k => f.function_name }
 }
 
-output "lambda_function_arn" {
-  description = "ARN of the deployer Lambda."
-  value       = aws_lambda_function.deployer.arn
+output "lambda_function_arns" {
+  description = "Per environment class, the ARN of its deployer Lambda."
+  value       = { for k, f in aws_lambda_function.deployer : k => f.arn }
 }
 
 output "lambda_role_arn" {
-  description = "Execution role of the deployer Lambda."
+  description = "Execution role of the deployer Lambdas (one role for both classes)."
   value       = aws_iam_role.lambda.arn
 }
 
-output "lambda_log_group" {
-  description = "CloudWatch log group of the deployer Lambda."
-  value       = aws_cloudwatch_log_group.lambda.name
+output "lambda_log_groups" {
+  description = "Per environment class, the CloudWatch log group of its deployer Lambda."
+  value       = { for k, g in aws_cloudwatch_log_group.lambda : k => g.name }
 }
 
 output "command_output_log_group" {
@@ -33,9 +33,14 @@ output "command_output_log_group" {
   value       = aws_cloudwatch_log_group.command_output.name
 }
 
-output "event_rule_name" {
-  description = "EventBridge rule matching release uploads."
-  value       = aws_cloudwatch_event_rule.release_uploaded.name
+output "event_rule_names" {
+  description = "Per environment class, the EventBridge rule matching release uploads of its environments."
+  value       = { for k, r in aws_cloudwatch_event_rule.release_uploaded : k => r.name }
+}
+
+output "command_document_names" {
+  description = "Per environment class, dropship's SSM Command document every deploy command runs (the host-result rule matches it)."
+  value       = { for k, d in aws_ssm_document.deploy : k => d.name }
 }
 
 output "events_dlq_url" {
@@ -99,6 +104,12 @@ output "logs_kms_key_arn" {
 }
 
 output "fleet_rule_names" {
-  description = "EventBridge rules of the fleet loop: host results, instances starting, the reconcile schedule."
-  value       = { for k, r in local.fleet_rules : k => r.name }
+  description = "EventBridge rules of the fleet loop: host results (per environment class, host_finished/<class>), instances starting, the reconcile schedule."
+  value = merge(
+    { for k, r in aws_cloudwatch_event_rule.host_finished : "host_finished/${k}" => r.name },
+    {
+      instance_running = aws_cloudwatch_event_rule.instance_running.name
+      reconcile        = aws_cloudwatch_event_rule.reconcile.name
+    },
+  )
 }

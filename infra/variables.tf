@@ -102,10 +102,32 @@ variable "lambda_timeout_secs" {
   }
 }
 
+variable "production_environments" {
+  description = "Environments of the production class. Their releases, host results and catch-ups are handled by a deployer function of their own (<name_prefix>-deployer-production, with its own reserved concurrency, command document and rules); every other environment in environments shares <name_prefix>-deployer-nonproduction. So no staging upload, host result or bundle can take production's slots. Names not in environments are ignored; a class without environments gets no function."
+  type        = list(string)
+  default     = ["production"]
+
+  validation {
+    condition     = alltrue([for e in var.production_environments : can(regex("^[a-z0-9][a-z0-9-]{0,62}$", e))])
+    error_message = "production_environments must be environment names matching [a-z0-9][a-z0-9-]{0,62}."
+  }
+}
+
 variable "lambda_reserved_concurrency" {
-  description = "Reserved concurrent executions of the deployer (caps parallel dispatches). Set -1 to leave it unreserved on accounts with a small concurrency quota."
-  type        = number
-  default     = 5
+  description = "Reserved concurrent executions of each deployer function, by environment class: production's function keeps its slots whatever the non-production one does, and the non-production one can never use more than its own. -1 leaves a function unreserved (accounts with a small concurrency quota); that gives up the guarantee for its class."
+  type = object({
+    production    = number
+    nonproduction = number
+  })
+  default = {
+    production    = 5
+    nonproduction = 5
+  }
+
+  validation {
+    condition     = alltrue([for v in values(var.lambda_reserved_concurrency) : v == -1 || (v >= 1 && v <= 1000)])
+    error_message = "lambda_reserved_concurrency values must be -1 (unreserved) or 1-1000: 0 would stop that class's deploys altogether."
+  }
 }
 
 variable "event_retry_attempts" {

@@ -69,7 +69,7 @@ pub struct ConfigFile {
     /// CloudWatch Logs group of the hosts' command output (the deployer's
     /// `DROPSHIP_LOG_GROUP`), read by `dropship logs`.
     pub log_group: Option<String>,
-    /// CloudWatch Logs group of the deployer Lambda itself (infra output `lambda_log_group`),
+    /// CloudWatch Logs group of the deployer Lambda itself (infra output `lambda_log_groups`: the environment class's),
     /// from which `dropship logs` adds the Lambda's lines about the deploy.
     pub lambda_log_group: Option<String>,
     /// Name of the EventBridge rule that sends this bucket's uploads to the deployer, checked
@@ -255,7 +255,7 @@ impl Config {
         {
             return Err(invalid(
                 "lambda_log_group",
-                format!("{group:?} is not a CloudWatch Logs group name: use 1 to 512 letters, digits and _ - / . # (infra output lambda_log_group, e.g. /aws/lambda/dropship-deployer)"),
+                format!("{group:?} is not a CloudWatch Logs group name: use 1 to 512 letters, digits and _ - / . # (infra output lambda_log_groups, e.g. /aws/lambda/dropship-deployer-production)"),
             ));
         }
         if let Some(rule) = file.rule.as_deref().filter(|r| !is_rule_name(r)) {

@@ -7,9 +7,23 @@
 pub const DEFAULT_APP_TAG_KEY: &str = "dropship:app";
 /// Default tag key naming an instance's environment (the deployer's `DROPSHIP_ENV_TAG_KEY`).
 pub const DEFAULT_ENV_TAG_KEY: &str = "dropship:env";
-/// SSM document every deploy command runs.
-pub const COMMAND_DOCUMENT: &str = "AWS-RunShellScript";
-/// Suffix of the release rule's name in `infra/` (`<name_prefix>-release-uploaded`).
+/// The deployer's variable naming the SSM document every command it sends runs: the
+/// installation's own Command document (`infra/`'s `aws_ssm_document.deploy`, content in
+/// `infra/documents/deploy-command.json`), never the AWS-owned `AWS-RunShellScript`, so the
+/// EventBridge rules can match dropship's commands and nothing else in the account.
+pub const COMMAND_DOCUMENT_VAR: &str = "DROPSHIP_COMMAND_DOCUMENT";
+/// Prefix of the name `infra/` gives each command document: `<name_prefix>-deploy-<class>`
+/// (one per environment class, so each class's host results reach only its own function).
+pub const COMMAND_DOCUMENT_INFIX: &str = "-deploy-";
+/// The one step (`mainSteps[0].name`, action `aws:runShellScript`) of the command document:
+/// SSM reports it as each invocation's plugin (`PluginName`) and names the output's log
+/// streams after it ([`command_log_stream`]).
+pub const COMMAND_STEP: &str = "deploy";
+/// The command document's parameters, as the deployer sends them: the rendered host command
+/// (`commands`, a StringList) and the script's `executionTimeout` (seconds, a String).
+pub const COMMAND_PARAMETERS: [&str; 2] = ["commands", "executionTimeout"];
+/// Part of the release rules' names in `infra/` (`<name_prefix>-release-uploaded-<class>`, one per
+/// environment class).
 pub const RELEASE_RULE_SUFFIX: &str = "-release-uploaded";
 
 /// The deployer's variable listing the buckets whose uploads it acts on.
@@ -56,13 +70,27 @@ impl OutputStream {
 }
 
 /// The log stream SSM writes one host's output of one command to when the command has a
-/// `CloudWatchOutputConfig`: `<command-id>/<instance-id>/aws-runShellScript/<stdout|stderr>`
-/// (the plugin name of `AWS-RunShellScript`'s one step).
+/// `CloudWatchOutputConfig`: `<command-id>/<instance-id>/<step>/<stdout|stderr>`, the step
+/// being the command document's one step, [`COMMAND_STEP`].
 pub fn command_log_stream(command_id: &str, instance_id: &str, which: OutputStream) -> String {
     format!(
-        "{command_id}/{instance_id}/aws-runShellScript/{}",
+        "{command_id}/{instance_id}/{COMMAND_STEP}/{}",
         which.as_str()
     )
+}
+
+/// True for a name the deployer may send commands with: an SSM document name (3–128 of
+/// letters, digits, `_ - .`) that is not AWS-owned (`AWS-`, `Amazon`, `aws` prefixes are
+/// reserved for AWS's documents, and a rule matching one would match every such command in
+/// the account).
+pub fn is_own_document_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    (3..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        && !lower.starts_with("aws")
+        && !lower.starts_with("amazon")
 }
 
 /// True for a valid CloudWatch Logs group name: 1–512 of letters, digits, `_ - / . #`.
@@ -89,12 +117,30 @@ mod tests {
     fn stream_names_are_the_ones_ssm_writes() {
         assert_eq!(
             command_log_stream("c-1", "i-2", OutputStream::Stdout),
-            "c-1/i-2/aws-runShellScript/stdout"
+            "c-1/i-2/deploy/stdout"
         );
         assert_eq!(
             command_log_stream("c-1", "i-2", OutputStream::Stderr),
-            "c-1/i-2/aws-runShellScript/stderr"
+            "c-1/i-2/deploy/stderr"
         );
+    }
+
+    #[test]
+    fn only_an_installations_own_document_is_a_command_document() {
+        for good in ["dropship-deploy-production", "acme.deploy_1", "abc"] {
+            assert!(is_own_document_name(good), "{good}");
+        }
+        for bad in [
+            "AWS-RunShellScript",
+            "aws-anything",
+            "AmazonInspector-x",
+            "ab",
+            "has space",
+            "a/b",
+            &"d".repeat(129),
+        ] {
+            assert!(!is_own_document_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

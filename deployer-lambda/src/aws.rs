@@ -23,9 +23,10 @@ use crate::aws_calls::{
 };
 use crate::edges::TaggedInstance;
 use crate::edges::{
-    CommandSender, Condition, Head, InstanceFinder, Notifier, ObjectReader, RecordStore, Written,
+    CommandSender, Condition, Head, InstanceFinder, Notifier, ObjectReader, RecordStore,
+    Verification, Written,
 };
-use crate::plan::{format_time, CommandPlan};
+use crate::plan::{self, format_time, CommandPlan};
 use dropship_contract::fleet::{Invocation, Observed};
 use std::collections::BTreeSet;
 
@@ -131,7 +132,8 @@ impl ObjectReader for Clients {
         }
     }
 
-    /// Streams through the verifier in constant memory.
+    /// Streams through the verifier in constant memory, checking the key's current version
+    /// on the way ([`verify_stream_while_current`]).
     async fn verify_version(
         &self,
         bucket: &str,
@@ -139,7 +141,7 @@ impl ObjectReader for Clients {
         version_id: &str,
         expected: ExpectedBundle,
         limits: VerifyLimits,
-    ) -> Result<Result<VerifiedBundle, VerifyError>, AwsError> {
+    ) -> Result<Verification, AwsError> {
         let out = self
             .s3
             .get_object()
@@ -149,7 +151,8 @@ impl ObjectReader for Clients {
             .send()
             .await
             .map_err(|e| classify(&GET_VERSION, object_url(bucket, key, version_id), &e))?;
-        Ok(verify_stream(out.body, expected, limits).await)
+        let current = || self.current_version(bucket, key);
+        Ok(verify_stream_while_current(out.body, expected, limits, version_id, current).await)
     }
 }
 
@@ -285,7 +288,7 @@ impl CommandSender for Clients {
         let mut req = self
             .ssm
             .send_command()
-            .document_name(plan.document_name)
+            .document_name(&plan.document_name)
             .set_instance_ids(Some(batch.to_vec()))
             .parameters("commands", vec![plan.script.clone()])
             .parameters("executionTimeout", vec![plan.execution_timeout.clone()])
@@ -547,10 +550,47 @@ impl Read for ChannelReader {
 /// Verify an S3 body stream (or any [`ByteStream`], e.g. a file) with the contract verifier,
 /// on a blocking thread, reading the stream exactly once.
 pub async fn verify_stream(
-    mut body: ByteStream,
+    body: ByteStream,
     expected: ExpectedBundle,
     limits: VerifyLimits,
 ) -> Result<VerifiedBundle, VerifyError> {
+    let never = || async { Ok::<_, AwsError>(None) };
+    match verify_stream_checking(body, expected, limits, None, never).await {
+        Verification::Done(result) => result,
+        Verification::Superseded { .. } => unreachable!("no version to supersede"),
+    }
+}
+
+/// [`verify_stream`] of `version_id`, asking `current` for the key's current version whenever
+/// [`plan::CurrencyChecks`] says so (bounded: at most one call per 32 MiB or 2 s read) and
+/// stopping the download as soon as another version is current (the verifier then sees the
+/// stream end and gives up). A failed check does not stop anything: the check only saves
+/// work, the gate before the claim decides what deploys.
+pub async fn verify_stream_while_current<F, Fut>(
+    body: ByteStream,
+    expected: ExpectedBundle,
+    limits: VerifyLimits,
+    version_id: &str,
+    current: F,
+) -> Verification
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, AwsError>>,
+{
+    verify_stream_checking(body, expected, limits, Some(version_id), current).await
+}
+
+async fn verify_stream_checking<F, Fut>(
+    mut body: ByteStream,
+    expected: ExpectedBundle,
+    limits: VerifyLimits,
+    version_id: Option<&str>,
+    mut current: F,
+) -> Verification
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, AwsError>>,
+{
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(CHANNEL_CHUNKS);
     let reader = ChannelReader {
         rx,
@@ -558,22 +598,54 @@ pub async fn verify_stream(
     };
     let verifier = tokio::task::spawn_blocking(move || verify_bundle(reader, &expected, &limits));
     let pump = async move {
+        let started = std::time::Instant::now();
+        let mut checks = plan::CurrencyChecks::default();
+        let mut read: u64 = 0;
         while let Some(chunk) = body.next().await {
             let item = chunk.map_err(|e| io::Error::other(e.to_string()));
             let failed = item.is_err();
+            if let Ok(bytes) = &item {
+                read += bytes.len() as u64;
+            }
             // The verifier stops reading once it has decided: then the send fails; stop too.
             if tx.send(item).await.is_err() || failed {
                 break;
             }
+            let Some(ours) = version_id else { continue };
+            if !checks.due(read, started.elapsed()) {
+                continue;
+            }
+            checks.checked(read, started.elapsed());
+            match current().await {
+                Ok(now) => {
+                    if let plan::Currency::Superseded { current } =
+                        plan::currency(ours, now.as_deref())
+                    {
+                        // Dropping the sender ends the verifier's stream: it stops too.
+                        return Some(Verification::Superseded {
+                            current,
+                            read_bytes: read,
+                            checks: checks.made,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, version_id = %ours, "checking the key's current version during verification failed; verifying on")
+                }
+            }
         }
+        None
     };
-    let ((), result) = tokio::join!(pump, verifier);
-    result.unwrap_or_else(|join| {
+    let (superseded, result) = tokio::join!(pump, verifier);
+    if let Some(stopped) = superseded {
+        return stopped;
+    }
+    Verification::Done(result.unwrap_or_else(|join| {
         Err(VerifyError::Read {
             offset: 0,
             source: io::Error::other(format!("verifier thread failed: {join}")),
         })
-    })
+    }))
 }
 
 #[cfg(test)]

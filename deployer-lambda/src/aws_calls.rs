@@ -47,7 +47,7 @@ pub const DESCRIBE_INSTANCES: AwsCall = AwsCall {
 pub const SEND_COMMAND: AwsCall = AwsCall {
     operation: "ssm:SendCommand",
     iam_action: "ssm:SendCommand",
-    why: "run the host script (AWS-RunShellScript) on the targets",
+    why: "run the host script (the installation's command document) on the targets",
 };
 /// `ListCommands` after a crashed attempt.
 pub const LIST_COMMANDS: AwsCall = AwsCall {

@@ -7,7 +7,8 @@
 //! for every component (both CLIs, the Lambda, the Terraform policies and rule).
 
 use dropship_contract::wiring::{
-    list_value, ALLOWED_APPS_VAR, ALLOWED_BUCKETS_VAR, ALLOWED_ENVIRONMENTS_VAR, LOG_GROUP_VAR,
+    is_own_document_name, list_value, ALLOWED_APPS_VAR, ALLOWED_BUCKETS_VAR,
+    ALLOWED_ENVIRONMENTS_VAR, COMMAND_DOCUMENT_VAR, LOG_GROUP_VAR,
 };
 use thiserror::Error;
 
@@ -25,6 +26,7 @@ pub const ENV_VARS: &[&str] = &[
     "DROPSHIP_MAX_BUNDLE_BYTES",
     "DROPSHIP_LOCK_TIMEOUT_SECS",
     "DROPSHIP_INSTANCE_PROFILE_ARN",
+    COMMAND_DOCUMENT_VAR,
     ALLOWED_APPS_VAR,
     ALLOWED_ENVIRONMENTS_VAR,
 ];
@@ -117,6 +119,11 @@ pub struct Config {
     /// profile needs `iam:PassRole`. Required: without it the Lambda refuses to start (fail
     /// closed; there is no tags-only mode). See [`Config::instance_profile_arn_for`].
     pub instance_profile_arn: String,
+    /// The SSM Command document every command is sent with (`DROPSHIP_COMMAND_DOCUMENT`):
+    /// the installation's own, which the host-result rule matches by name. Required: without
+    /// it the Lambda refuses to start (there is no fallback to `AWS-RunShellScript`, whose
+    /// status changes from every shell command in the account would reach the deployer).
+    pub command_document: String,
     /// Apps whose events are acted on (`DROPSHIP_ALLOWED_APPS`, comma-separated); empty: any
     /// (local setups; `infra/` always sets it from `apps`).
     pub allowed_apps: Vec<String>,
@@ -280,6 +287,20 @@ impl Config {
             ));
         }
 
+        // Fail closed: the host-result rule matches this document by name; an AWS-owned one
+        // would bring every shell command's status change in the account to the deployer.
+        let command_document = get(COMMAND_DOCUMENT_VAR).ok_or(ConfigError::Missing {
+            name: COMMAND_DOCUMENT_VAR,
+            hint: "set it to the installation's own SSM Command document (infra/ creates <name_prefix>-deploy-<class> from infra/documents/deploy-command.json and sets it)",
+        })?;
+        if !is_own_document_name(&command_document) {
+            return Err(invalid(
+                COMMAND_DOCUMENT_VAR,
+                &command_document,
+                "the name of this installation's own SSM Command document (3-128 letters, digits, _ - .; not an AWS-owned document such as AWS-RunShellScript)",
+            ));
+        }
+
         // Where hosts download from: this Lambda's own region and S3 endpoint, checked by the
         // contract's rules (the host script checks the same ones).
         let region = get("AWS_REGION")
@@ -356,6 +377,7 @@ impl Config {
             max_bundle_bytes,
             lock_timeout_secs,
             instance_profile_arn,
+            command_document,
             allowed_apps,
             allowed_environments,
         })
@@ -458,10 +480,52 @@ mod tests {
             .or_insert_with(|| "eu-west-1".into());
         map.entry("DROPSHIP_INSTANCE_PROFILE_ARN".into())
             .or_insert_with(|| PROFILE.into());
+        map.entry(COMMAND_DOCUMENT_VAR.into())
+            .or_insert_with(|| DOCUMENT.into());
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
     const PROFILE: &str = "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}";
+    const DOCUMENT: &str = "dropship-deploy-production";
+
+    #[test]
+    fn refuses_to_start_without_its_own_command_document() {
+        for unset in [None, Some(""), Some("  ")] {
+            let err = Config::from_lookup(|k| match k {
+                "DROPSHIP_ALLOWED_BUCKETS" => Some("rel".into()),
+                "AWS_REGION" => Some("eu-west-1".into()),
+                "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(PROFILE.into()),
+                "DROPSHIP_COMMAND_DOCUMENT" => unset.map(str::to_owned),
+                _ => None,
+            })
+            .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Missing {
+                        name: "DROPSHIP_COMMAND_DOCUMENT",
+                        ..
+                    }
+                ),
+                "{unset:?}: {err}"
+            );
+            assert!(err.to_string().contains("infra/documents"), "{err}");
+        }
+        for aws_owned in ["AWS-RunShellScript", "AWS-RunPowerShellScript", "x"] {
+            let err = cfg(&[
+                ("DROPSHIP_ALLOWED_BUCKETS", "rel"),
+                ("DROPSHIP_COMMAND_DOCUMENT", aws_owned),
+            ])
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("DROPSHIP_COMMAND_DOCUMENT")
+                    && err.to_string().contains("own SSM Command document"),
+                "{aws_owned}: {err}"
+            );
+        }
+        let c = cfg(&[("DROPSHIP_ALLOWED_BUCKETS", "rel")]).unwrap();
+        assert_eq!(c.command_document, DOCUMENT);
+    }
 
     #[test]
     fn refuses_to_start_without_the_instance_profile_template() {
@@ -553,6 +617,7 @@ mod tests {
                 "DROPSHIP_ALLOWED_BUCKETS" => Some("b-1".to_owned()),
                 "AWS_DEFAULT_REGION" => Some("eu-west-1".to_owned()),
                 "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(PROFILE.to_owned()),
+                "DROPSHIP_COMMAND_DOCUMENT" => Some(DOCUMENT.to_owned()),
                 _ => None,
             }
         })
@@ -651,6 +716,7 @@ mod tests {
         let missing = Config::from_lookup(|k| match k {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel".into()),
             "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(PROFILE.into()),
+            "DROPSHIP_COMMAND_DOCUMENT" => Some(DOCUMENT.into()),
             _ => None,
         });
         assert!(matches!(

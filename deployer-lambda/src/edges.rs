@@ -97,7 +97,9 @@ pub trait ObjectReader {
         bucket: &str,
         key: &str,
     ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
-    /// Streams exactly `version_id` once through the contract's verifier.
+    /// Streams exactly `version_id` once through the contract's verifier, asking for the
+    /// key's current version whenever [`crate::plan::CurrencyChecks`] says a check is due,
+    /// and stopping early once another version is current.
     fn verify_version(
         &self,
         bucket: &str,
@@ -105,7 +107,26 @@ pub trait ObjectReader {
         version_id: &str,
         expected: ExpectedBundle,
         limits: VerifyLimits,
-    ) -> impl Future<Output = Result<Result<VerifiedBundle, VerifyError>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Verification, AwsError>> + Send;
+}
+
+/// How a verification ended.
+// One per invocation, moved once: boxing the verified bundle would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Verification {
+    /// The verifier read the object to its decision.
+    Done(Result<VerifiedBundle, VerifyError>),
+    /// Another version became the key's current one while this one was read: stopped
+    /// before the verifier decided.
+    Superseded {
+        /// The key's current version when the check saw it (`None`: no current version).
+        current: Option<String>,
+        /// Bytes of the object read until then.
+        read_bytes: u64,
+        /// `HeadObject` checks made during the download.
+        checks: u32,
+    },
 }
 
 /// The deploy targets.

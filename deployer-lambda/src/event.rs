@@ -133,18 +133,19 @@ pub fn parse(payload: &Value, config: &Config) -> Result<Request, EventError> {
     }
 }
 
-/// SSM's per-host status change: only terminal statuses of `AWS-RunShellScript` matter.
-fn parse_ssm(detail_type: &str, detail: &Value) -> Result<Request, EventError> {
+/// SSM's per-host status change: only terminal statuses of the installation's own command
+/// document matter.
+fn parse_ssm(detail_type: &str, detail: &Value, config: &Config) -> Result<Request, EventError> {
     if detail_type != INVOCATION_STATUS_CHANGE {
         return Ok(Request::Ignore(format!(
             "aws.ssm detail-type {detail_type:?} is not {INVOCATION_STATUS_CHANGE:?}"
         )));
     }
     let document = required(detail, &["document-name"], "detail.document-name")?;
-    if document != crate::plan::DOCUMENT_NAME {
+    if document != config.command_document {
         return Ok(Request::Ignore(format!(
-            "command document {document:?} is not {}",
-            crate::plan::DOCUMENT_NAME
+            "command document {document:?} is not this deployer's {}",
+            config.command_document
         )));
     }
     let status = required(detail, &["status"], "detail.status")?;
@@ -179,7 +180,7 @@ fn parse_eventbridge(payload: &Value, config: &Config) -> Result<Request, EventE
     let envelope: EventBridgeEvent<Value> =
         serde_json::from_value(envelope_json).map_err(|e| EventError::Envelope(e.to_string()))?;
     if envelope.source == SSM_SOURCE {
-        return parse_ssm(&envelope.detail_type, &envelope.detail);
+        return parse_ssm(&envelope.detail_type, &envelope.detail, config);
     }
     if envelope.source == EC2_SOURCE && envelope.detail_type == INSTANCE_STATE_CHANGE {
         let state = required(&envelope.detail, &["state"], "detail.state")?;
@@ -336,6 +337,7 @@ mod tests {
             "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
                 "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
             ),
+            "DROPSHIP_COMMAND_DOCUMENT" => Some("dropship-deploy-production".to_owned()),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
         })
@@ -404,6 +406,32 @@ mod tests {
         match req {
             Request::Deploy(d) => d,
             other => panic!("not a deploy: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_status_changes_of_the_deployers_own_document_are_host_results() {
+        let event = |document: &str| {
+            json!({
+                "version": "0", "id": "e", "source": "aws.ssm", "account": "111122223333",
+                "time": "2024-05-01T12:00:00Z", "region": "eu-west-1", "resources": [],
+                "detail-type": "EC2 Command Invocation Status-change Notification",
+                "detail": {"command-id": "c-1", "instance-id": "i-1", "document-name": document,
+                    "status": "Success", "requested-date-time": "2024-05-01T11:59:00Z"}
+            })
+        };
+        match parse(&event("dropship-deploy-production"), &config()).unwrap() {
+            Request::HostFinished(h) => assert_eq!(
+                (h.command_id.as_str(), h.instance_id.as_str()),
+                ("c-1", "i-1")
+            ),
+            other => panic!("not a host result: {other:?}"),
+        }
+        for other in ["AWS-RunShellScript", "dropship-deploy-nonproduction"] {
+            match parse(&event(other), &config()).unwrap() {
+                Request::Ignore(why) => assert!(why.contains(other), "{why}"),
+                r => panic!("{other}: {r:?}"),
+            }
         }
     }
 

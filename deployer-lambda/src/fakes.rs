@@ -14,12 +14,13 @@ use dropship_contract::fleet::{Invocation, Observed, OnFailure};
 use dropship_contract::manifest::{DeploySettings, Manifest, MANIFEST_FORMAT};
 use dropship_contract::metadata::{ObjectMetadata, Source};
 use dropship_contract::record::CommandBatch;
-use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyError, VerifyLimits};
+use dropship_contract::verify::{ExpectedBundle, VerifiedBundle, VerifyLimits};
 use time::OffsetDateTime;
 
 use crate::edges::TaggedInstance;
 use crate::edges::{
-    CommandSender, Condition, Head, InstanceFinder, Notifier, ObjectReader, RecordStore, Written,
+    CommandSender, Condition, Head, InstanceFinder, Notifier, ObjectReader, RecordStore,
+    Verification, Written,
 };
 use crate::plan::CommandPlan;
 
@@ -58,6 +59,9 @@ pub struct FakeAws {
     pub on_failure: OnFailure,
     /// The key's current version (`with_instances` makes it the handler tests' `v2`).
     pub current: Mutex<Option<String>>,
+    /// Set: a check during verification finds this current version (a newer upload), and
+    /// the verification stops early.
+    pub superseded_while_verifying: Mutex<Option<Option<String>>>,
     /// Instance profile ARN per instance; an instance not listed carries its app/env's
     /// profile as [`TEST_PROFILE_TEMPLATE`] names it ("" here: no profile at all).
     pub profiles: Mutex<HashMap<String, String>>,
@@ -218,8 +222,15 @@ impl ObjectReader for FakeAws {
         _version_id: &str,
         expected: ExpectedBundle,
         _limits: VerifyLimits,
-    ) -> Result<Result<VerifiedBundle, VerifyError>, AwsError> {
-        Ok(Ok(VerifiedBundle {
+    ) -> Result<Verification, AwsError> {
+        if let Some(current) = self.superseded_while_verifying.lock().unwrap().clone() {
+            return Ok(Verification::Superseded {
+                current,
+                read_bytes: 1 << 20,
+                checks: 1,
+            });
+        }
+        Ok(Verification::Done(Ok(VerifiedBundle {
             manifest: Manifest {
                 format: MANIFEST_FORMAT,
                 app: expected.app,
@@ -242,7 +253,7 @@ impl ObjectReader for FakeAws {
             entries: 2,
             unpacked_bytes: 10,
             millis: 1,
-        }))
+        })))
     }
 }
 

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::edges::{Edges, Head, Written};
+use crate::edges::{Edges, Head, Verification, Written};
 use crate::event::{self, DeployRequest, EventError, Request};
 use crate::plan::{self, Claim, Gate, HostInputs, Rejection, DEADLINE_MARGIN_SECS};
 use crate::store::Records;
@@ -427,8 +427,25 @@ impl<E: Edges> Deployer<E> {
             )
             .await?
         {
-            Ok(v) => v,
-            Err(e) if e.is_transient() => {
+            Verification::Superseded {
+                current,
+                read_bytes,
+                checks,
+            } => {
+                let millis = started.elapsed().as_millis() as u64;
+                info!(outcome = "skipped_stale", key = %key, version_id = %version, current = ?current,
+                    read_bytes, checks, millis, "verification stopped: a newer version of the key became current");
+                return Ok((
+                    Outcome::SkippedStale,
+                    Some(plan::superseded_reason(
+                        request,
+                        current.as_deref(),
+                        read_bytes,
+                    )),
+                ));
+            }
+            Verification::Done(Ok(v)) => v,
+            Verification::Done(Err(e)) if e.is_transient() => {
                 return Err(HandlerError::Read {
                     bucket: bucket.clone(),
                     key: key.clone(),
@@ -436,7 +453,7 @@ impl<E: Edges> Deployer<E> {
                     source: e,
                 })
             }
-            Err(source) => {
+            Verification::Done(Err(source)) => {
                 let r = Rejection::Bundle {
                     bucket: bucket.clone(),
                     key: key.clone(),
@@ -651,15 +668,23 @@ mod tests {
     /// The test configuration with `DROPSHIP_MAX_CONCURRENCY` (the wave size).
     fn config_with(max_concurrency: &str) -> Config {
         Config::from_lookup(|k| match k {
+            "DROPSHIP_MAX_CONCURRENCY" => Some(max_concurrency.to_owned()),
+            other => config_with_lookup(other),
+        })
+        .unwrap()
+    }
+
+    /// The test configuration's variables.
+    fn config_with_lookup(name: &str) -> Option<String> {
+        match name {
             "DROPSHIP_ALLOWED_BUCKETS" => Some("rel-bucket".to_owned()),
             "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
                 "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
             ),
-            "DROPSHIP_MAX_CONCURRENCY" => Some(max_concurrency.to_owned()),
+            "DROPSHIP_COMMAND_DOCUMENT" => Some("dropship-deploy-production".to_owned()),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
-        })
-        .unwrap()
+        }
     }
 
     fn release() -> ReleaseKey {
@@ -765,6 +790,25 @@ mod tests {
             record.stamp,
             "the pointer carries S3's stamp, not the payload's sequencer"
         );
+    }
+
+    #[tokio::test]
+    async fn a_version_superseded_while_it_is_verified_is_settled_stale_and_nothing_is_sent() {
+        let fake = FakeAws::with_instances(&["i-1", "i-2"]);
+        *fake.superseded_while_verifying.lock().unwrap() = Some(Some("v3".into()));
+        let (result, d) = handle(fake).await;
+        let response = result.unwrap();
+        assert_eq!(response.outcome, Outcome::SkippedStale);
+        assert!(d.edges.sent_to().is_empty(), "nothing sent");
+        let record = stored_record(&d.edges);
+        assert_eq!(record.outcome, Outcome::SkippedStale);
+        assert_eq!(record.lease_until, None, "the claim is released");
+        let reason = record.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("while it was being verified") && reason.contains("current: v3"),
+            "{reason}"
+        );
+        assert!(d.edges.object(&release().latest_pointer_key()).is_none());
     }
 
     #[tokio::test]
@@ -983,7 +1027,7 @@ mod tests {
     #[tokio::test]
     async fn an_unindexed_command_with_dropships_comment_is_retried_only_while_its_sender_could_index_it(
     ) {
-        // Anyone with ssm:SendCommand can send AWS-RunShellScript with dropship's Comment.
+        // Anyone with ssm:SendCommand can send dropship's document with dropship's Comment.
         let d = Deployer::new(config(), FakeAws::with_instances(&["i-1"]));
         host_answers(&d, "cmd-lookalike", "i-1", 0, "deployed");
         let inv = Invocation::default();
@@ -1021,7 +1065,7 @@ mod tests {
             "source": "aws.ssm", "account": "123456789012", "time": "2026-11-23T09:01:00Z",
             "region": "us-east-1",
             "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}")],
-            "detail": {"command-id": command_id, "document-name": "AWS-RunShellScript",
+            "detail": {"command-id": command_id, "document-name": "dropship-deploy-production",
                        "instance-id": instance_id, "requested-date-time": "2026-11-23T09:00:01.000Z",
                        "status": status}
         })
@@ -1401,6 +1445,45 @@ mod tests {
         let r = d.handle(&scheduled_event(), &inv).await.unwrap();
         assert!(r.targets.is_empty());
         assert_eq!(d.edges.sent_to(), ["i-1", "i-3"]);
+    }
+
+    #[tokio::test]
+    async fn instance_starts_and_the_reconcile_act_only_on_the_deployers_own_environments() {
+        let fake = FakeAws::with_instances(&["i-1"]);
+        let (result, d) = handle_with(config_with("100%"), fake).await;
+        result.unwrap();
+        host_answers(&d, "cmd-1", "i-1", 0, "deployed");
+        finished(&d, "cmd-1", "i-1", "Success").await;
+        d.edges.instances.lock().unwrap().push("i-3".into());
+        // The other environment class's function gets the same instance and schedule events
+        // (they name no tag); its allow-list lacks the fleet's environment.
+        let other_class = Config::from_lookup(|k| match k {
+            "DROPSHIP_ALLOWED_ENVIRONMENTS" => Some("staging".to_owned()),
+            "DROPSHIP_COMMAND_DOCUMENT" => Some("dropship-deploy-nonproduction".to_owned()),
+            other => config_with_lookup(other),
+        })
+        .unwrap();
+        let other = Deployer::new(other_class, d.edges);
+        let inv = Invocation::default();
+        let r = other.handle(&scheduled_event(), &inv).await.unwrap();
+        assert!(r.targets.is_empty(), "{r:?}");
+        let r = other
+            .handle(&instance_event("i-3", "running"), &inv)
+            .await
+            .unwrap();
+        assert!(r.targets.is_empty(), "{r:?}");
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("DROPSHIP_ALLOWED_ENVIRONMENTS"),
+            "{r:?}"
+        );
+        assert_eq!(
+            other.edges.sent_to(),
+            ["i-1"],
+            "nothing sent by the other class"
+        );
     }
 
     #[tokio::test]

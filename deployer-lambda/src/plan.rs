@@ -28,8 +28,6 @@ use crate::event::DeployRequest;
 
 /// The host script, embedded so the command always carries the script this build was tested with.
 pub const HOST_SCRIPT: &str = include_str!("../../scripts/deploy-on-host.sh");
-/// The SSM document the command runs.
-pub const DOCUMENT_NAME: &str = dropship_contract::wiring::COMMAND_DOCUMENT;
 /// SendCommand accepts at most 50 instance ids per call.
 pub const MAX_INSTANCES_PER_COMMAND: usize = 50;
 /// SSM limits a command's `Comment` to 100 characters.
@@ -275,6 +273,79 @@ pub fn gate(
         Some(r) if r.outcome.is_final() => Gate::Proceed(Claim::Redeploy),
         Some(_) => Gate::Proceed(Claim::TakeOver),
     }
+}
+
+/// While a version is verified, the deployer asks S3 for the key's current version again
+/// after at most this many bytes of the object read since the last ask…
+pub const CURRENCY_CHECK_BYTES: u64 = 32 << 20;
+/// …or this long since the last ask (whichever comes first, and only once more bytes
+/// arrived): a newer upload stops a long verification within about this time, at a cost of at
+/// most one `HeadObject` per 32 MiB read, or per 2 s of a slow download.
+pub const CURRENCY_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// When the next check of the key's current version is due during one verification (pure:
+/// the caller passes how much was read and how long the download has run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CurrencyChecks {
+    last_bytes: u64,
+    last_at: std::time::Duration,
+    /// Checks made so far.
+    pub made: u32,
+}
+
+impl CurrencyChecks {
+    /// Whether to ask now, `read` bytes into the object and `elapsed` after the download
+    /// started.
+    pub fn due(&self, read: u64, elapsed: std::time::Duration) -> bool {
+        let more = read.saturating_sub(self.last_bytes);
+        more >= CURRENCY_CHECK_BYTES
+            || (more > 0 && elapsed.saturating_sub(self.last_at) >= CURRENCY_CHECK_INTERVAL)
+    }
+
+    /// Records a check made at `read` bytes and `elapsed`.
+    pub fn checked(&mut self, read: u64, elapsed: std::time::Duration) {
+        self.last_bytes = read;
+        self.last_at = elapsed;
+        self.made += 1;
+    }
+}
+
+/// What one check concludes about the version being verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Currency {
+    /// Still the key's current version: go on.
+    Current,
+    /// Another version (or a delete marker, `None`) is current now: only the current version
+    /// deploys, so this one never will; stop reading.
+    Superseded {
+        /// The key's current version now.
+        current: Option<String>,
+    },
+}
+
+/// Compares the key's current version (`HeadObject`) with the one being verified.
+pub fn currency(verifying: &str, current: Option<&str>) -> Currency {
+    if current == Some(verifying) {
+        Currency::Current
+    } else {
+        Currency::Superseded {
+            current: current.map(str::to_owned),
+        }
+    }
+}
+
+/// The reason a verification stopped early settles its version with (`skipped_stale`).
+pub fn superseded_reason(
+    request: &DeployRequest,
+    current: Option<&str>,
+    read_bytes: u64,
+) -> String {
+    format!(
+        "version {} of {} was superseded while it was being verified ({}; stopped after {read_bytes} bytes): only the current version deploys, and its own event deploys it",
+        request.version_id,
+        request.key,
+        current.map_or("the key has no current version now".to_owned(), |c| format!("current: {c}")),
+    )
 }
 
 /// Splits tagged instances into targets and refused ones. Only instances carrying exactly the
@@ -613,8 +684,8 @@ pub fn batches(instance_ids: &[String]) -> Vec<Vec<String>> {
 /// One planned SendCommand family: the same script for every batch of targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandPlan {
-    /// Always [`DOCUMENT_NAME`].
-    pub document_name: &'static str,
+    /// The installation's own command document ([`Config::command_document`]).
+    pub document_name: String,
     /// Header + host script: the `commands` parameter.
     pub script: String,
     /// `executionTimeout` parameter (seconds, as SSM wants it: a string).
@@ -641,7 +712,7 @@ pub fn plan_command(inputs: &HostInputs<'_>, targets: &[String]) -> Result<Comma
     let script = render_command(&vars)?;
     let c = inputs.config;
     Ok(CommandPlan {
-        document_name: DOCUMENT_NAME,
+        document_name: c.command_document.clone(),
         script,
         execution_timeout: c.execution_timeout_secs.to_string(),
         timeout_seconds: i32::try_from(c.delivery_timeout_secs).unwrap_or(i32::MAX),
@@ -837,6 +908,7 @@ mod tests {
             "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
                 "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
             ),
+            "DROPSHIP_COMMAND_DOCUMENT" => Some("dropship-deploy-production".to_owned()),
             "AWS_REGION" => Some("eu-west-1".to_owned()),
             _ => None,
         })
@@ -891,6 +963,54 @@ mod tests {
 
     fn now() -> OffsetDateTime {
         parse_time("2026-11-23T10:00:00Z").unwrap()
+    }
+
+    #[test]
+    fn currency_is_checked_every_32_mib_or_2_s_of_reading_and_only_then() {
+        let ms = std::time::Duration::from_millis;
+        // A fast download of 1 GiB in 1 MiB chunks within 4 s: one check per 32 MiB.
+        let mut checks = CurrencyChecks::default();
+        for i in 1..=1024u64 {
+            let (read, at) = (i << 20, ms(i * 4));
+            if checks.due(read, at) {
+                checks.checked(read, at);
+            }
+        }
+        assert_eq!(checks.made, 32, "1 GiB costs 32 HeadObject calls");
+        // A slow one: 1 MiB every 500 ms for 20 s: one check per 2 s.
+        let mut checks = CurrencyChecks::default();
+        for i in 1..=40u64 {
+            let (read, at) = (i << 20, ms(i * 500));
+            if checks.due(read, at) {
+                checks.checked(read, at);
+            }
+        }
+        assert_eq!(checks.made, 10);
+        // Nothing new read: no check, however long it stalls (the read timeout bounds that).
+        let mut checks = CurrencyChecks::default();
+        checks.checked(5, ms(0));
+        assert!(!checks.due(5, ms(60_000)));
+        assert!(checks.due(6, ms(2_000)));
+        assert!(!checks.due(6, ms(1_999)));
+        assert!(!CurrencyChecks::default().due(0, ms(0)));
+    }
+
+    #[test]
+    fn a_version_is_superseded_once_another_or_none_is_current() {
+        assert_eq!(currency("v1", Some("v1")), Currency::Current);
+        assert_eq!(
+            currency("v1", Some("v2")),
+            Currency::Superseded {
+                current: Some("v2".into())
+            }
+        );
+        assert_eq!(currency("v1", None), Currency::Superseded { current: None });
+        let ev = request("v1", Some("0055AED6DCD90281E6"));
+        let why = superseded_reason(&ev, Some("v2"), 1 << 20);
+        assert!(
+            why.contains("v1") && why.contains("current: v2") && why.contains("1048576 bytes"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -1335,7 +1455,7 @@ mod tests {
         }
         assert!(script_is_for_version(&plan.script, "v.1"));
         assert!(!script_is_for_version(&plan.script, "v.2"));
-        assert_eq!(plan.document_name, "AWS-RunShellScript");
+        assert_eq!(plan.document_name, "dropship-deploy-production");
         assert_eq!(
             (plan.max_concurrency.as_str(), plan.max_errors.as_str()),
             ("50%", "0")
@@ -1359,6 +1479,7 @@ mod tests {
             "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(
                 "arn:aws:iam::111122223333:instance-profile/dropship-host-{app}.{env}".to_owned(),
             ),
+            "DROPSHIP_COMMAND_DOCUMENT" => Some("dropship-deploy-production".to_owned()),
             "DROPSHIP_APP_ROOT" => Some(format!("/{}/{{app}}/{{env}}", "r".repeat(120))),
             "AWS_REGION" => Some(format!("us-{}-1", "w".repeat(MAX_REGION_LEN - 5))),
             _ => None,

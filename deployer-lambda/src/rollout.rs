@@ -445,6 +445,11 @@ impl<E: Edges> Deployer<E> {
                 "instance {instance_id} is tagged {app:?}/{env:?}, not a valid app/env"
             )));
         };
+        // Every environment class's function gets this event (it names no tag): each acts
+        // on its own apps and environments only.
+        if let Some(why) = not_ours(c, &release) {
+            return Ok(Response::ignored(format!("instance {instance_id}: {why}")));
+        }
         let mut sent = Vec::new();
         for bucket in &c.allowed_buckets {
             sent.extend(
@@ -465,7 +470,9 @@ impl<E: Edges> Deployer<E> {
         let mut sent = Vec::new();
         for bucket in &self.config().allowed_buckets {
             for key in self.edges().list(bucket, FLEETS_PREFIX).await? {
-                if let Some(release) = release_of_fleet_key(&key) {
+                if let Some(release) =
+                    release_of_fleet_key(&key).filter(|r| not_ours(self.config(), r).is_none())
+                {
                     sent.extend(self.catch_up(bucket, &release, None, inv).await?);
                 }
             }
@@ -585,6 +592,24 @@ impl<E: Edges> Deployer<E> {
             warn!("record changed after the event was sent; a later invocation may send it again");
         }
         Ok(())
+    }
+}
+
+/// Why this deployer leaves `release` to another (its app or environment is not on this
+/// deployer's allow-lists: another environment class's function serves it), or `None`.
+fn not_ours(c: &crate::config::Config, release: &ReleaseKey) -> Option<String> {
+    if !c.app_allowed(release.app()) {
+        Some(format!(
+            "app {} is not one this deployer acts on (DROPSHIP_ALLOWED_APPS)",
+            release.app()
+        ))
+    } else if !c.env_allowed(release.env()) {
+        Some(format!(
+            "environment {} is another class's (DROPSHIP_ALLOWED_ENVIRONMENTS)",
+            release.env()
+        ))
+    } else {
+        None
     }
 }
 

@@ -83,7 +83,7 @@ pub enum Command {
     /// region, bucket (versioning, EventBridge notifications), the release rule and its
     /// target, tagged instances running and online in SSM. Each fault comes with its fix.
     #[command(after_help = after_help(
-        "Examples:\n  dropship doctor\n  dropship doctor --env production --rule dropship-release-uploaded\n  dropship doctor --json\n\nExit 0: an upload now would reach every running tagged host; 12: it would not."
+        "Examples:\n  dropship doctor\n  dropship doctor --env production --rule dropship-release-uploaded-production\n  dropship doctor --json\n\nExit 0: an upload now would reach every running tagged host; 12: it would not."
     ))]
     Doctor(DoctorArgs),
     /// Write a first, commented dropship.toml at the repository root from what the repository
@@ -263,7 +263,7 @@ pub struct LogsArgs {
     /// CloudWatch Logs group of the hosts' command output (overrides `log_group`).
     #[arg(long, env = "DROPSHIP_LOG_GROUP", value_parser = log_group_name)]
     pub log_group: Option<String>,
-    /// CloudWatch Logs group of the deployer Lambda (infra output `lambda_log_group`;
+    /// CloudWatch Logs group of the deployer Lambda (infra output `lambda_log_groups`, the environment class's;
     /// overrides `lambda_log_group`): adds the Lambda's own lines about the deploy.
     #[arg(long, env = "DROPSHIP_LAMBDA_LOG_GROUP", value_parser = log_group_name)]
     pub lambda_log_group: Option<String>,

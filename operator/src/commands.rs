@@ -661,7 +661,7 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<Exit> {
                 }),
                 None => {
                     notes.push(format!(
-                        "the deployer Lambda's log group {group} does not exist: check `lambda_log_group` against the infra output lambda_log_group"
+                        "the deployer Lambda's log group {group} does not exist: check `lambda_log_group` against the infra output lambda_log_groups (the group of the environment's class)"
                     ));
                     None
                 }

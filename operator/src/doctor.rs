@@ -241,6 +241,59 @@ pub fn routes_bucket(event_pattern: &str, bucket: &str) -> bool {
     lists(&p["source"], "aws.s3") && detail_type_ok && lists(&p["detail"]["bucket"]["name"], bucket)
 }
 
+/// Whether a rule's event pattern sends the "Object Created" event of `key` in `bucket`:
+/// [`routes_bucket`], and its `detail.object.key` filters (if any) admit the key. `infra/`
+/// has one release rule per environment class (`<name_prefix>-release-uploaded-<class>`),
+/// each matching its environments' keys only, so the rule (and the deployer function) of an
+/// app/env is the one whose filter admits its key. Filters doctor does not know count as
+/// admitting it.
+pub fn routes_key(event_pattern: &str, bucket: &str, key: &str) -> bool {
+    if !routes_bucket(event_pattern, bucket) {
+        return false;
+    }
+    let Ok(p) = serde_json::from_str::<serde_json::Value>(event_pattern) else {
+        return false;
+    };
+    let Some(filters) = p["detail"]["object"]["key"].as_array() else {
+        return true;
+    };
+    filters.iter().any(|f| match f {
+        serde_json::Value::String(exact) => exact == key,
+        serde_json::Value::Object(o) => {
+            if let Some(w) = o.get("wildcard").and_then(|w| w.as_str()) {
+                wildcard_matches(w, key)
+            } else if let Some(prefix) = o.get("prefix").and_then(|w| w.as_str()) {
+                key.starts_with(prefix)
+            } else if let Some(suffix) = o.get("suffix").and_then(|w| w.as_str()) {
+                key.ends_with(suffix)
+            } else {
+                true
+            }
+        }
+        _ => false,
+    })
+}
+
+/// EventBridge's `wildcard` filter: `*` stands for any run of characters.
+fn wildcard_matches(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 fn is_lambda_function(arn: &str) -> bool {
     arn.starts_with("arn:") && arn.contains(":lambda:") && arn.contains(":function:")
 }
@@ -352,16 +405,17 @@ fn rule(f: &DoctorFacts) -> Vec<Finding> {
         }
         Some(Ok(rules)) => rules,
     };
-    let Some(rule) = release_rule(rules, f.rule_asked.as_deref(), b) else {
+    let key = release_object_key(f);
+    let Some(rule) = release_rule(rules, f.rule_asked.as_deref(), b, &key) else {
         let message = match &f.rule_asked {
             Some(name) => format!("EventBridge rule {name} does not exist on the default bus"),
-            None => format!("no EventBridge rule on the default bus sends bucket {b}'s \"Object Created\" events anywhere: an upload reaches no deployer"),
+            None => format!("no EventBridge rule on the default bus sends bucket {b}'s \"Object Created\" events of {key} anywhere: an upload reaches no deployer"),
         };
         return vec![
             fail(
                 Check::Rule,
                 message,
-                "create it with infra/ (events.tf, `<name_prefix>-release-uploaded`), or name the existing rule with --rule / DROPSHIP_RULE / `rule` in dropship.toml".into(),
+                "create it with infra/ (events.tf, `<name_prefix>-release-uploaded-<class>`), or name the existing rule with --rule / DROPSHIP_RULE / `rule` in dropship.toml".into(),
             ),
             skipped(Check::RuleTarget, "no rule"),
         ];
@@ -375,7 +429,7 @@ fn rule(f: &DoctorFacts) -> Vec<Finding> {
     let matches = rule
         .event_pattern
         .as_deref()
-        .is_some_and(|p| routes_bucket(p, b));
+        .is_some_and(|p| routes_key(p, b, &key));
     if rule.state != "ENABLED" {
         out.push(fail(
             Check::Rule,
@@ -388,7 +442,7 @@ fn rule(f: &DoctorFacts) -> Vec<Finding> {
     } else if !matches {
         out.push(fail(
             Check::Rule,
-            format!("rule {} ({how}) does not match bucket {b}'s \"Object Created\" events (source aws.s3, detail.bucket.name {b})", rule.name),
+            format!("rule {} ({how}) does not match bucket {b}'s \"Object Created\" events of {key} (source aws.s3, detail.bucket.name {b}, detail.object.key admitting the key)", rule.name),
             format!("fix its event pattern (infra/events.tf), or name the rule of bucket {b} with --rule"),
         ));
     } else {
@@ -419,12 +473,22 @@ fn rule(f: &DoctorFacts) -> Vec<Finding> {
     out
 }
 
+/// The release key doctor checks (`releases/<app>/<env>.tar.gz`; the raw names when they are
+/// not valid, which the key check reports).
+fn release_object_key(f: &DoctorFacts) -> String {
+    dropship_contract::key::ReleaseKey::new(&f.app, &f.env)
+        .map(|k| k.object_key())
+        .unwrap_or_else(|_| format!("releases/{}/{}.tar.gz", f.app, f.env))
+}
+
 /// The release rule: the one named (`--rule`), else the rules whose pattern routes the
-/// bucket's uploads; with several candidates, the best one speaks (enabled first).
+/// uploads of `key` in the bucket (one per environment class in `infra/`); with several
+/// candidates, the best one speaks (enabled first).
 pub fn release_rule<'a>(
     rules: &'a [RuleFacts],
     asked: Option<&str>,
     bucket: &str,
+    key: &str,
 ) -> Option<&'a RuleFacts> {
     let found: Vec<&RuleFacts> = match asked {
         Some(name) => rules.iter().filter(|r| r.name == name).collect(),
@@ -433,7 +497,7 @@ pub fn release_rule<'a>(
             .filter(|r| {
                 r.event_pattern
                     .as_deref()
-                    .is_some_and(|p| routes_bucket(p, bucket))
+                    .is_some_and(|p| routes_key(p, bucket, key))
             })
             .collect(),
     };
@@ -445,8 +509,13 @@ pub fn release_rule<'a>(
 }
 
 /// The release rule's Lambda target, if it has one: the function the deployer check reads.
-pub fn lambda_target(rules: &[RuleFacts], asked: Option<&str>, bucket: &str) -> Option<String> {
-    release_rule(rules, asked, bucket)?
+pub fn lambda_target(
+    rules: &[RuleFacts],
+    asked: Option<&str>,
+    bucket: &str,
+    key: &str,
+) -> Option<String> {
+    release_rule(rules, asked, bucket, key)?
         .targets
         .iter()
         .find(|t| is_lambda_function(t))
@@ -1122,12 +1191,58 @@ mod tests {
     fn the_lambda_read_is_the_release_rules_target() {
         let f = healthy();
         let Some(Ok(rules)) = &f.rules else { panic!() };
+        let key = "releases/shop/prod.tar.gz";
         assert_eq!(
-            lambda_target(rules, None, "art").as_deref(),
+            lambda_target(rules, None, "art", key).as_deref(),
             Some("arn:aws:lambda:eu-west-1:1:function:dropship-deployer")
         );
-        assert_eq!(lambda_target(rules, Some("other"), "art"), None);
-        assert_eq!(lambda_target(rules, None, "elsewhere"), None);
+        assert_eq!(lambda_target(rules, Some("other"), "art", key), None);
+        assert_eq!(lambda_target(rules, None, "elsewhere", key), None);
+    }
+
+    #[test]
+    fn the_rule_of_the_key_s_environment_class_is_the_release_rule() {
+        let rule = |name: &str, env: &str, function: &str| RuleFacts {
+            name: name.into(),
+            state: "ENABLED".into(),
+            event_pattern: Some(format!(
+                r#"{{"source":["aws.s3"],"detail-type":["Object Created"],"detail":{{"bucket":{{"name":["art"]}},"object":{{"key":[{{"wildcard":"releases/*/{env}.tar.gz"}}]}}}}}}"#
+            )),
+            targets: vec![format!("arn:aws:lambda:eu-west-1:1:function:{function}")],
+        };
+        let rules = [
+            rule(
+                "d-release-uploaded-nonproduction",
+                "staging",
+                "d-deployer-nonproduction",
+            ),
+            rule(
+                "d-release-uploaded-production",
+                "production",
+                "d-deployer-production",
+            ),
+        ];
+        assert_eq!(
+            lambda_target(&rules, None, "art", "releases/shop/production.tar.gz").as_deref(),
+            Some("arn:aws:lambda:eu-west-1:1:function:d-deployer-production")
+        );
+        assert_eq!(
+            lambda_target(&rules, None, "art", "releases/shop/staging.tar.gz").as_deref(),
+            Some("arn:aws:lambda:eu-west-1:1:function:d-deployer-nonproduction")
+        );
+        assert_eq!(
+            lambda_target(&rules, None, "art", "releases/shop/qa.tar.gz"),
+            None
+        );
+        assert!(wildcard_matches(
+            "releases/*/prod.tar.gz",
+            "releases/a/prod.tar.gz"
+        ));
+        assert!(!wildcard_matches(
+            "releases/*/prod.tar.gz",
+            "releases/a/pre-prod.tar.gz"
+        ));
+        assert!(wildcard_matches("a*b*c", "aXbYc") && !wildcard_matches("a*b*c", "aXc"));
     }
 
     #[test]

@@ -89,7 +89,10 @@ impl DoctorClients {
         facts.bucket_facts = Some(bucket);
         let rules = self.rules(t.rule.as_deref()).await;
         if let Ok(rules) = &rules {
-            if let Some(arn) = lambda_target(rules, t.rule.as_deref(), &t.bucket) {
+            let key = dropship_contract::key::ReleaseKey::new(&t.app, &t.env)
+                .map(|k| k.object_key())
+                .unwrap_or_default();
+            if let Some(arn) = lambda_target(rules, t.rule.as_deref(), &t.bucket, &key) {
                 facts.lambda = Some(self.lambda(&arn).await);
             }
         }

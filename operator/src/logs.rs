@@ -462,7 +462,7 @@ mod tests {
         let notes = missing_notes("/g", &[log(&s[0]), log(&s[1])]);
         assert_eq!(notes.len(), 1);
         assert!(
-            notes[0].contains("c-1/i-1/aws-runShellScript/stdout")
+            notes[0].contains("c-1/i-1/deploy/stdout")
                 && !notes[0].contains("i-2")
                 && notes[0].contains("logs:PutLogEvents")
                 && notes[0].contains("/g"),

@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP proxy in front of moto: every request is forwarded unchanged to
 //! the real emulator except those matching a [`Fault`], which get the configured error
 //! response instead. Lets suites prove what happens when S3 fails half-way (a part upload
-//! refused, access denied) while everything else stays real.
+//! refused, access denied) while everything else stays real. A [`Throttle`] slows the
+//! responses to matching requests instead (a large download that takes seconds).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +22,17 @@ pub struct Fault {
     pub code: &'static str,
 }
 
+/// A request pattern whose response body is relayed at a fixed rate.
+#[derive(Clone, Debug)]
+pub struct Throttle {
+    /// HTTP method to match, e.g. `GET`.
+    pub method: &'static str,
+    /// Substring the request target (path and query) must contain, e.g. `versionId=…`.
+    pub target_contains: String,
+    /// Bytes relayed per second.
+    pub bytes_per_sec: usize,
+}
+
 /// A running proxy; stops accepting when dropped (the listener thread exits with the process).
 pub struct FaultProxy {
     port: u16,
@@ -35,6 +47,12 @@ type Heads = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
 impl FaultProxy {
     /// Starts a proxy on a free loopback port forwarding to `upstream` (`http://host:port`).
     pub fn start(upstream: &str, faults: Vec<Fault>) -> Self {
+        Self::start_with(upstream, faults, Vec::new())
+    }
+
+    /// Like [`FaultProxy::start`], also relaying the responses to requests matching a
+    /// [`Throttle`] at its rate.
+    pub fn start_with(upstream: &str, faults: Vec<Fault>, throttles: Vec<Throttle>) -> Self {
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -47,15 +65,20 @@ impl FaultProxy {
         let (inj, log, hd) = (injected.clone(), seen.clone(), heads.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (upstream, faults, inj, log, hd) = (
+                let (upstream, faults, throttles, inj, log, hd) = (
                     upstream.clone(),
                     faults.clone(),
+                    throttles.clone(),
                     inj.clone(),
                     log.clone(),
                     hd.clone(),
                 );
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &upstream, &faults, &inj, &log, &hd);
+                    let rules = Rules {
+                        faults: &faults,
+                        throttles: &throttles,
+                    };
+                    let _ = serve(stream, &upstream, rules, &inj, &log, &hd);
                 });
             }
         });
@@ -95,11 +118,18 @@ impl FaultProxy {
     }
 }
 
+/// What the proxy does to matching requests.
+#[derive(Clone, Copy)]
+struct Rules<'a> {
+    faults: &'a [Fault],
+    throttles: &'a [Throttle],
+}
+
 /// Handles one request on one connection (answers with `Connection: close`).
 fn serve(
     client: TcpStream,
     upstream: &str,
-    faults: &[Fault],
+    rules: Rules<'_>,
     injected: &AtomicUsize,
     seen: &Mutex<Vec<String>>,
     heads: &Heads,
@@ -145,7 +175,8 @@ fn serve(
         .expect("proxy log")
         .push((format!("{method} {target}"), headers));
     let mut client = client;
-    if let Some(fault) = faults
+    if let Some(fault) = rules
+        .faults
         .iter()
         .find(|f| f.method == method && target.contains(f.target_contains))
     {
@@ -166,6 +197,38 @@ fn serve(
     up.write_all(&head)?;
     up.write_all(&body)?;
     up.flush()?;
-    std::io::copy(&mut up, &mut client)?;
+    match rules
+        .throttles
+        .iter()
+        .find(|t| t.method == method && target.contains(t.target_contains.as_str()))
+    {
+        None => {
+            std::io::copy(&mut up, &mut client)?;
+        }
+        Some(t) => {
+            // Slices of a tenth of a second's worth, each followed by the rest of its tenth.
+            let slice = (t.bytes_per_sec / 10).max(1);
+            let mut buf = vec![0u8; slice];
+            loop {
+                let started = std::time::Instant::now();
+                let mut filled = 0;
+                while filled < slice {
+                    match up.read(&mut buf[filled..])? {
+                        0 => break,
+                        n => filled += n,
+                    }
+                }
+                if filled == 0 {
+                    break;
+                }
+                client.write_all(&buf[..filled])?;
+                client.flush()?;
+                let tenth = std::time::Duration::from_millis(100);
+                if let Some(rest) = tenth.checked_sub(started.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+        }
+    }
     client.flush()
 }

@@ -257,6 +257,8 @@ impl Pipeline {
             delivery_second: DELIVERY_SECOND,
             ..LocalSsmConfig::from_env()
         });
+        // The command document infra/ creates, the way Terraform creates it.
+        let document = rt.block_on(local_ssm.create_deploy_document());
         let (s3, ssm, ec2, events, sqs) = rt.block_on(async {
             (
                 moto::s3().await,
@@ -283,6 +285,7 @@ impl Pipeline {
             ),
             // Full command output to CloudWatch Logs (SSM keeps only 24,000 characters).
             ("DROPSHIP_LOG_GROUP".into(), log_group(&opts.app)),
+            ("DROPSHIP_COMMAND_DOCUMENT".into(), document.clone()),
         ];
         if let Some(m) = &opts.max_concurrency {
             env.push(("DROPSHIP_MAX_CONCURRENCY".into(), m.clone()));
@@ -381,7 +384,7 @@ impl Pipeline {
             "source": [SSM_SOURCE],
             "detail-type": [INVOCATION_STATUS_CHANGE],
             "detail": {
-                "document-name": ["AWS-RunShellScript"],
+                "document-name": [document.as_str()],
                 "status": TERMINAL_STATUSES,
                 "instance-id": instance_ids,
             }

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use dropship_contract::key::{ReleaseKey, BUNDLE_SUFFIX, RECORDS_PREFIX, RELEASES_PREFIX};
+use dropship_contract::wiring::COMMAND_DOCUMENT_INFIX;
 use serde_json::{json, Value};
 
 use iam::{allows, decide, denies, Decision, Request, Statement};
@@ -43,7 +44,8 @@ use terraform::{
 /// other use of the role (shipping logs) is `deployer_lambda::aws_calls::PLATFORM_ACTIONS`.
 const ASYNC_DESTINATION_ACTIONS: &[&str] = &["sqs:SendMessage"];
 
-/// The document SendCommand may run, and nothing else.
+/// The AWS-owned shell document: the deployer may not send it, and no rule of the module
+/// may match its status changes.
 const RUN_SHELL_SCRIPT: &str = "AWS-RunShellScript";
 
 /// The scenario's principals.
@@ -285,9 +287,130 @@ fn pattern_matches(pattern: &Value, event: &Value) -> bool {
             Some(v) => pattern_matches(p, v),
             None => false,
         }),
-        Value::Array(values) => values.iter().any(|v| v == event),
+        Value::Array(values) => values.iter().any(|v| match (v, event) {
+            (Value::Object(filter), Value::String(text)) if filter.contains_key("wildcard") => {
+                iam::glob(filter["wildcard"].as_str().expect("wildcard text"), text)
+            }
+            _ => v == event,
+        }),
         other => panic!("unsupported pattern element {other}"),
     }
+}
+
+/// The `for_each` key a symbol names: `${aws_x.y["production"].arn}` → `production`.
+fn symbol_key(value: &str) -> Option<String> {
+    let start = value.find("[\"")? + 2;
+    let end = start + value[start..].find("\"]")?;
+    Some(value[start..end].to_string())
+}
+
+/// `local.environment_classes`: class → its environments.
+fn classes(f: &Fixture) -> BTreeMap<String, Vec<String>> {
+    serde_json::from_value(f.eval.local("environment_classes")).expect("class → environments")
+}
+
+/// Per environment class, its deployer function's environment as Terraform renders it.
+fn lambda_envs(f: &Fixture) -> BTreeMap<String, serde_json::Map<String, Value>> {
+    let (_, function) = f.module.single("aws_lambda_function");
+    let env_block = blocks(function, "environment")
+        .next()
+        .expect("aws_lambda_function needs an environment block");
+    let vars = attr(env_block.body(), "variables").expect("environment.variables");
+    f.eval
+        .instances(function)
+        .into_iter()
+        .map(|i| {
+            let value = f.eval.at(&i).eval(vars);
+            let map = value
+                .as_object()
+                .expect("environment.variables is an object")
+                .clone();
+            (i.key().to_string(), map)
+        })
+        .collect()
+}
+
+/// The deployer's own configuration parser over one function's rendered environment (the
+/// bucket and document symbols replaced by the names the module gives them).
+fn lambda_config(
+    f: &Fixture,
+    vars: &serde_json::Map<String, Value>,
+) -> deployer_lambda::config::Config {
+    let document = as_text(&vars["DROPSHIP_COMMAND_DOCUMENT"]);
+    let class = symbol_key(&document).expect("the document of one class");
+    assert_eq!(
+        referenced("aws_ssm_document", &document).as_deref(),
+        Some("deploy"),
+        "DROPSHIP_COMMAND_DOCUMENT must name the module's document, got {document}"
+    );
+    let document_name = resource_attr(f, "aws_ssm_document", "deploy", Some(&class), "name");
+    deployer_lambda::config::Config::from_lookup(|k| match k {
+        "DROPSHIP_ALLOWED_BUCKETS" => Some("acme-artifacts".into()),
+        "DROPSHIP_COMMAND_DOCUMENT" => Some(document_name.clone()),
+        "AWS_REGION" => Some("eu-west-1".into()),
+        "DROPSHIP_LOG_GROUP" => None,
+        other => vars.get(other).map(as_text),
+    })
+    .unwrap_or_else(|e| panic!("the deployer refuses infra/'s environment {vars:?}: {e}"))
+}
+
+/// The deployer functions (by class) an event reaches: through every target of every rule
+/// whose pattern matches it.
+fn functions_reached(f: &Fixture, event: &Value) -> BTreeSet<String> {
+    let mut matched = BTreeSet::new();
+    for (name, body) in f.module.resources("aws_cloudwatch_event_rule") {
+        for inst in f.eval.instances(body) {
+            let Some(text) = f.eval.at(&inst).attr_text(body, "event_pattern") else {
+                continue;
+            };
+            let pattern: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{name}: event_pattern is not JSON ({e}): {text}"));
+            if pattern_matches(&pattern, event) {
+                let address = match (&inst.key, attr(body, "for_each")) {
+                    (Some(k), Some(_)) => format!("aws_cloudwatch_event_rule.{name}[\"{k}\"]"),
+                    (Some(k), None) => format!("aws_cloudwatch_event_rule.{name}[{k}]"),
+                    (None, _) => format!("aws_cloudwatch_event_rule.{name}"),
+                };
+                matched.insert(symbol(&address, "name"));
+            }
+        }
+    }
+    let mut reached = BTreeSet::new();
+    for (name, target) in f.module.resources("aws_cloudwatch_event_target") {
+        for inst in f.eval.instances(target) {
+            let scope = f.eval.at(&inst);
+            let rule = scope.attr_text(target, "rule").expect("target rule");
+            let arn = scope.attr_text(target, "arn").expect("target arn");
+            if matched.contains(&rule) && referenced("aws_lambda_function", &arn).is_some() {
+                reached.insert(symbol_key(&arn).unwrap_or_else(|| {
+                    panic!("aws_cloudwatch_event_target.{name}: {arn} names no function class")
+                }));
+            }
+        }
+    }
+    reached
+}
+
+fn s3_upload_event(key: &str) -> Value {
+    json!({
+        "source": "aws.s3", "detail-type": "Object Created",
+        "detail": {"bucket": {"name": symbol("aws_s3_bucket.artifacts", "bucket")},
+                   "object": {"key": key, "version-id": "v1"}}
+    })
+}
+
+fn ssm_status_event(status: &str, document: &str) -> Value {
+    use dropship_contract::events::{INVOCATION_STATUS_CHANGE, SSM_SOURCE};
+    json!({
+        "source": SSM_SOURCE, "detail-type": INVOCATION_STATUS_CHANGE,
+        "detail": {"command-id": "c", "instance-id": "i-1", "document-name": document,
+                   "requested-date-time": "2026-11-29T00:00:00.000Z", "status": status}
+    })
+}
+
+/// The name symbol of one class's command document, as the rules see it.
+fn document_symbol(class: &str) -> String {
+    symbol(&format!("aws_ssm_document.deploy[\"{class}\"]"), "name")
 }
 
 // ----------------------------------------------------------------------------------------
@@ -311,105 +434,226 @@ fn contract_prefixes_in_locals_match_the_key_module() {
 }
 
 #[test]
-fn rule_matches_release_keys_of_the_artifact_bucket_only() {
+fn release_rules_match_release_keys_of_the_artifact_bucket_only_one_rule_per_key() {
     let f = fixture();
     let (bucket, _) = f.module.single("aws_s3_bucket");
     let rule = f
         .module
         .resource("aws_cloudwatch_event_rule", "release_uploaded");
-
-    let pattern_text = f
-        .eval
-        .text(attr(rule, "event_pattern").expect("event_pattern"));
-    let pattern: Value = serde_json::from_str(&pattern_text)
-        .unwrap_or_else(|e| panic!("event_pattern is not JSON ({e}): {pattern_text}"));
-
-    assert_eq!(pattern["source"], json!(["aws.s3"]));
-    assert_eq!(pattern["detail-type"], json!(["Object Created"]));
-
-    let names = pattern["detail"]["bucket"]["name"]
-        .as_array()
-        .expect("detail.bucket.name");
-    assert_eq!(names.len(), 1, "rule must match exactly one bucket");
-    let name = as_text(&names[0]);
-    assert!(
-        [
-            symbol(&format!("aws_s3_bucket.{bucket}"), "bucket"),
-            symbol(&format!("aws_s3_bucket.{bucket}"), "id"),
-        ]
-        .contains(&name),
-        "rule bucket must be the module's artifact bucket aws_s3_bucket.{bucket}, got {name}"
-    );
-
-    let key_filters = pattern["detail"]["object"]["key"]
-        .as_array()
-        .expect("detail.object.key");
+    let classes = classes(&f);
+    let instances = f.eval.instances(rule);
     assert_eq!(
-        key_filters.len(),
-        1,
-        "one key filter (several would be OR-ed): {key_filters:?}"
+        instances
+            .iter()
+            .map(|i| i.key().to_string())
+            .collect::<BTreeSet<_>>(),
+        classes.keys().cloned().collect::<BTreeSet<_>>(),
+        "one release rule per environment class"
     );
-    let wildcard = key_filters[0]["wildcard"]
-        .as_str()
-        .expect("key filter must be a wildcard (prefix AND suffix)");
-    assert_eq!(wildcard, format!("{RELEASES_PREFIX}*{BUNDLE_SUFFIX}"));
+    for inst in instances {
+        let class = inst.key().to_string();
+        let pattern_text = f
+            .eval
+            .at(&inst)
+            .attr_text(rule, "event_pattern")
+            .expect("event_pattern");
+        let pattern: Value = serde_json::from_str(&pattern_text)
+            .unwrap_or_else(|e| panic!("event_pattern is not JSON ({e}): {pattern_text}"));
 
-    let release = ReleaseKey::new("shop", "production").expect("valid names");
-    assert!(iam::glob(wildcard, &release.object_key()));
-    for other in [
-        release.record_key("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"),
-        release.latest_pointer_key(),
-        format!("{RELEASES_PREFIX}shop/production.tar"),
-        format!("other/{}", release.object_key()),
-    ] {
-        assert!(!iam::glob(wildcard, &other), "rule must not match {other}");
+        assert_eq!(pattern["source"], json!(["aws.s3"]));
+        assert_eq!(pattern["detail-type"], json!(["Object Created"]));
+
+        let names = pattern["detail"]["bucket"]["name"]
+            .as_array()
+            .expect("detail.bucket.name");
+        assert_eq!(names.len(), 1, "rule must match exactly one bucket");
+        let name = as_text(&names[0]);
+        assert!(
+            [
+                symbol(&format!("aws_s3_bucket.{bucket}"), "bucket"),
+                symbol(&format!("aws_s3_bucket.{bucket}"), "id"),
+            ]
+            .contains(&name),
+            "rule bucket must be the module's artifact bucket aws_s3_bucket.{bucket}, got {name}"
+        );
+
+        // One wildcard per environment of the class (filters of one field are OR-ed), each
+        // the contract's prefix AND suffix around exactly that environment.
+        let key_filters = pattern["detail"]["object"]["key"]
+            .as_array()
+            .expect("detail.object.key");
+        let wildcards: Vec<&str> = key_filters
+            .iter()
+            .map(|k| {
+                k["wildcard"]
+                    .as_str()
+                    .expect("key filter must be a wildcard (prefix AND suffix)")
+            })
+            .collect();
+        let expected: Vec<String> = classes[&class]
+            .iter()
+            .map(|e| format!("{RELEASES_PREFIX}*/{e}{BUNDLE_SUFFIX}"))
+            .collect();
+        assert_eq!(wildcards, expected, "release rule of {class}");
+
+        for (_, release) in pairs(&f) {
+            let ours = classes[&class].iter().any(|e| e == release.env());
+            assert_eq!(
+                pattern_matches(&pattern, &s3_upload_event(&release.object_key())),
+                ours,
+                "release rule of {class} and {}",
+                release.object_key()
+            );
+            for other in [
+                release.record_key("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"),
+                release.latest_pointer_key(),
+                format!("{RELEASES_PREFIX}{}/{}.tar", release.app(), release.env()),
+                format!(
+                    "{RELEASES_PREFIX}{}/pre-{}{BUNDLE_SUFFIX}",
+                    release.app(),
+                    release.env()
+                ),
+                format!("other/{}", release.object_key()),
+            ] {
+                assert!(
+                    !pattern_matches(&pattern, &s3_upload_event(&other)),
+                    "rule must not match {other}"
+                );
+            }
+        }
     }
 }
 
-/// A rule's event pattern, parsed.
-fn rule_pattern(f: &Fixture, name: &str) -> Value {
-    let rule = f.module.resource("aws_cloudwatch_event_rule", name);
-    let text = f
-        .eval
-        .text(attr(rule, "event_pattern").expect("event_pattern"));
+/// Isolation between environment classes: production's uploads and host results reach only
+/// production's function, whose reserved concurrency is its own (Lambda reserves it for that
+/// function and caps the function at it), and the non-production function acts on no
+/// production environment whatever reaches it. A staging flood therefore runs in staging's
+/// slots only: it can neither take production's nor make production's events queue.
+#[test]
+fn production_events_reach_only_the_production_function_whose_slots_are_its_own() {
+    let f = fixture();
+    let classes = classes(&f);
+    assert_eq!(
+        classes,
+        BTreeMap::from([
+            ("nonproduction".to_string(), vec!["staging".to_string()]),
+            ("production".to_string(), vec!["production".to_string()]),
+        ]),
+        "the scenario's environments, production_environments' default"
+    );
+    let class_of = |env: &str| {
+        classes
+            .iter()
+            .find(|(_, envs)| envs.iter().any(|e| e == env))
+            .map(|(c, _)| c.clone())
+            .expect("every environment has a class")
+    };
+    // Release uploads: each key reaches its class's function only.
+    for (_, release) in pairs(&f) {
+        assert_eq!(
+            functions_reached(&f, &s3_upload_event(&release.object_key())),
+            BTreeSet::from([class_of(release.env())]),
+            "{}",
+            release.object_key()
+        );
+    }
+    // Host results: of the class's own document only; anyone else's shell commands reach
+    // no deployer at all.
+    for class in classes.keys() {
+        assert_eq!(
+            functions_reached(&f, &ssm_status_event("Failed", &document_symbol(class))),
+            BTreeSet::from([class.clone()])
+        );
+    }
+    for other in [RUN_SHELL_SCRIPT, "AWS-RunPowerShellScript", "team-tooling"] {
+        assert!(
+            functions_reached(&f, &ssm_status_event("Success", other)).is_empty(),
+            "status changes of {other} must reach no deployer"
+        );
+    }
+    // Each function's slots: reserved per function (a guarantee and a cap), at least one by
+    // default, and its allow-list is its class's environments only.
+    let (_, function) = f.module.single("aws_lambda_function");
+    let envs = lambda_envs(&f);
+    for inst in f.eval.instances(function) {
+        let class = inst.key().to_string();
+        let reserved = f
+            .eval
+            .at(&inst)
+            .eval(attr(function, "reserved_concurrent_executions").expect("reserved concurrency"));
+        assert!(
+            reserved.as_i64().is_some_and(|n| n >= 1),
+            "{class}'s function must reserve its own slots by default, got {reserved}"
+        );
+        let config = lambda_config(&f, &envs[&class]);
+        for (other, other_envs) in classes.iter().filter(|(c, _)| **c != class) {
+            for e in other_envs {
+                assert!(
+                    !config.env_allowed(e),
+                    "{class}'s function must refuse {other}'s environment {e}"
+                );
+            }
+        }
+    }
+    // Reserved concurrency is set per class, and zero (which would stop a class) is refused.
+    assert!(validation_accepts(
+        "lambda_reserved_concurrency",
+        "lambda_reserved_concurrency values",
+        json!({"production": 10, "nonproduction": 2})
+    ));
+    assert!(!validation_accepts(
+        "lambda_reserved_concurrency",
+        "lambda_reserved_concurrency values",
+        json!({"production": 0, "nonproduction": 2})
+    ));
+}
+
+/// A rule's event pattern, parsed (`key`: the instance of a per-class rule).
+fn rule_pattern(f: &Fixture, name: &str, key: Option<&str>) -> Value {
+    let text = resource_attr(f, "aws_cloudwatch_event_rule", name, key, "event_pattern");
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{name}: event_pattern is not JSON ({e}): {text}"))
 }
 
 #[test]
 fn fleet_rules_match_the_events_the_lambda_acts_on_and_reach_it() {
-    use dropship_contract::events::{
-        EC2_SOURCE, INSTANCE_STATE_CHANGE, INVOCATION_STATUS_CHANGE, SSM_SOURCE, TERMINAL_STATUSES,
-    };
+    use dropship_contract::events::{EC2_SOURCE, INSTANCE_STATE_CHANGE, TERMINAL_STATUSES};
     let f = fixture();
-    // Host results: every terminal status of the contract, nothing else, AWS-RunShellScript.
-    let pattern = rule_pattern(&f, "host_finished");
-    let ssm_event = |status: &str, document: &str| {
-        json!({
-            "source": SSM_SOURCE, "detail-type": INVOCATION_STATUS_CHANGE,
-            "detail": {"command-id": "c", "instance-id": "i-1", "document-name": document,
-                       "requested-date-time": "2026-11-29T00:00:00.000Z", "status": status}
-        })
-    };
-    for status in TERMINAL_STATUSES {
-        assert!(
-            pattern_matches(&pattern, &ssm_event(status, "AWS-RunShellScript")),
-            "host_finished must match status {status}"
-        );
+    // Host results: every terminal status of the contract, nothing else, of the class's own
+    // command document only.
+    let classes = classes(&f);
+    for class in classes.keys() {
+        let pattern = rule_pattern(&f, "host_finished", Some(class));
+        let ours = document_symbol(class);
+        for status in TERMINAL_STATUSES {
+            assert!(
+                pattern_matches(&pattern, &ssm_status_event(status, &ours)),
+                "host_finished of {class} must match status {status}"
+            );
+        }
+        for status in ["Pending", "InProgress", "Delayed", "Cancelling"] {
+            assert!(
+                !pattern_matches(&pattern, &ssm_status_event(status, &ours)),
+                "host_finished must not match {status}"
+            );
+        }
+        for other in classes
+            .keys()
+            .filter(|c| *c != class)
+            .map(|c| document_symbol(c))
+            .chain([
+                RUN_SHELL_SCRIPT.to_string(),
+                "AWS-RunPowerShellScript".to_string(),
+            ])
+        {
+            assert!(
+                !pattern_matches(&pattern, &ssm_status_event("Success", &other)),
+                "host_finished of {class} must not match document {other}"
+            );
+        }
     }
-    for status in ["Pending", "InProgress", "Delayed", "Cancelling"] {
-        assert!(
-            !pattern_matches(&pattern, &ssm_event(status, "AWS-RunShellScript")),
-            "host_finished must not match {status}"
-        );
-    }
-    assert!(!pattern_matches(
-        &pattern,
-        &ssm_event("Success", "AWS-RunPowerShellScript")
-    ));
-
     // Instances starting: running only.
-    let pattern = rule_pattern(&f, "instance_running");
+    let pattern = rule_pattern(&f, "instance_running", None);
     let ec2_event = |state: &str| {
         json!({"source": EC2_SOURCE, "detail-type": INSTANCE_STATE_CHANGE,
                "detail": {"instance-id": "i-1", "state": state}})
@@ -432,27 +676,57 @@ fn fleet_rules_match_the_events_the_lambda_acts_on_and_reach_it() {
         .text(attr(reconcile, "schedule_expression").expect("schedule_expression"));
     assert_eq!(schedule, "rate(5 minutes)", "default reconcile period");
 
-    // Each rule reaches the Lambda, which lets exactly that rule invoke it.
-    let (function, _) = f.module.single("aws_lambda_function");
-    let target = f.module.resource("aws_cloudwatch_event_target", "fleet");
-    let arn = f.eval.text(attr(target, "arn").expect("target arn"));
-    assert_eq!(
-        referenced("aws_lambda_function", &arn).as_deref(),
-        Some(function)
-    );
-    let permission = f.module.resource("aws_lambda_permission", "fleet");
-    assert_eq!(
-        f.eval
-            .text(attr(permission, "principal").expect("principal")),
-        "events.amazonaws.com"
-    );
-    let fleet_rules = as_text(&f.eval.local("fleet_rules"));
-    for rule in ["host_finished", "instance_running", "reconcile"] {
-        assert!(
-            fleet_rules.contains(&format!("aws_cloudwatch_event_rule.{rule}")),
-            "local.fleet_rules must hold {rule}: {fleet_rules}"
+    // Each rule reaches the functions it is for, each of which lets exactly that rule
+    // invoke it: a class's host results its own function, instance starts every function.
+    for class in classes.keys() {
+        assert_eq!(
+            functions_reached(&f, &ssm_status_event("Success", &document_symbol(class))),
+            BTreeSet::from([class.clone()]),
         );
     }
+    assert_eq!(
+        functions_reached(&f, &ec2_event("running")),
+        classes.keys().cloned().collect::<BTreeSet<_>>()
+    );
+    let permission = f.module.resource("aws_lambda_permission", "events");
+    let targets = f.module.resource("aws_cloudwatch_event_target", "deployer");
+    let (target_instances, permission_instances) =
+        (f.eval.instances(targets), f.eval.instances(permission));
+    assert_eq!(target_instances.len(), permission_instances.len());
+    for (t, p) in target_instances.iter().zip(&permission_instances) {
+        let (ts, ps) = (f.eval.at(t), f.eval.at(p));
+        assert_eq!(
+            ps.attr_text(permission, "principal").as_deref(),
+            Some("events.amazonaws.com")
+        );
+        let rule = ts.attr_text(targets, "rule").expect("rule");
+        assert_eq!(
+            ps.attr_text(permission, "source_arn"),
+            Some(rule.replace(".name}", ".arn}")),
+            "the permission of target {} admits exactly its rule",
+            t.key()
+        );
+        let function = ts.attr_text(targets, "arn").expect("arn");
+        assert_eq!(
+            ps.attr_text(permission, "function_name"),
+            Some(function.replace(".arn}", ".function_name}")),
+            "the permission of target {} is on its own function",
+            t.key()
+        );
+    }
+    let reconcile_targets: BTreeSet<String> = target_instances
+        .iter()
+        .filter(|t| {
+            f.eval.at(t).attr_text(targets, "rule")
+                == Some(symbol("aws_cloudwatch_event_rule.reconcile", "name"))
+        })
+        .filter_map(|t| symbol_key(&f.eval.at(t).attr_text(targets, "arn").unwrap()))
+        .collect();
+    assert_eq!(
+        reconcile_targets,
+        classes.keys().cloned().collect::<BTreeSet<_>>(),
+        "the reconcile reaches every function"
+    );
 }
 
 #[test]
@@ -460,11 +734,17 @@ fn rule_targets_and_async_invocations_lose_no_event() {
     let f = fixture();
     let (function, _) = f.module.single("aws_lambda_function");
     let target = f.module.resource("aws_cloudwatch_event_target", "deployer");
-    let arn = f.eval.text(attr(target, "arn").expect("target arn"));
-    assert_eq!(
-        referenced("aws_lambda_function", &arn).as_deref(),
-        Some(function)
-    );
+    for inst in f.eval.instances(target) {
+        let arn = f
+            .eval
+            .at(&inst)
+            .attr_text(target, "arn")
+            .expect("target arn");
+        assert_eq!(
+            referenced("aws_lambda_function", &arn).as_deref(),
+            Some(function)
+        );
+    }
 
     // Every rule target (deploys and failure notifications) retries and keeps what it could
     // not deliver in a module queue whose policy admits exactly the module's rules.
@@ -487,29 +767,25 @@ fn rule_targets_and_async_invocations_lose_no_event() {
                 "aws_cloudwatch_event_target.{name}: DLQ must be the module's events queue"
             );
             let rule = scope.attr_text(target, "rule").expect("rule");
-            rules_with_targets.insert(
-                referenced("aws_cloudwatch_event_rule", &rule)
-                    .unwrap_or_else(|| panic!("target {name}: rule {rule}")),
+            assert!(
+                referenced("aws_cloudwatch_event_rule", &rule).is_some(),
+                "target {name}: rule {rule}"
             );
+            rules_with_targets.insert(rule.replace(".name}", ".arn}"));
         }
     }
+    assert!(rules_with_targets.len() >= 6, "{rules_with_targets:?}");
     let dlq_policy = iam::single_document(&f.module, &f.eval, "events_dlq");
-    for rule in &rules_with_targets {
-        let body = f.module.resource("aws_cloudwatch_event_rule", rule);
-        let address = match attr(body, "count") {
-            Some(_) => format!("aws_cloudwatch_event_rule.{rule}[0]"),
-            None => format!("aws_cloudwatch_event_rule.{rule}"),
-        };
-        let rule_arn = symbol(&address, "arn");
+    for rule_arn in &rules_with_targets {
         let send = Request::new(
             "events.amazonaws.com",
             "sqs:SendMessage",
             "${aws_sqs_queue.events_dlq.arn}",
         )
-        .with("aws:SourceArn", &[&rule_arn]);
+        .with("aws:SourceArn", &[rule_arn]);
         assert!(
             decide(&dlq_policy, &send) == Decision::Allowed,
-            "the events DLQ must accept dead letters of rule {rule}"
+            "the events DLQ must accept dead letters of rule {rule_arn}"
         );
     }
     let foreign = Request::new(
@@ -550,104 +826,101 @@ fn rule_targets_and_async_invocations_lose_no_event() {
 fn lambda_environment_is_exactly_what_the_lambda_reads() {
     let f = fixture();
     let (bucket, _) = f.module.single("aws_s3_bucket");
-    let (_, function) = f.module.single("aws_lambda_function");
-
-    let env_block = blocks(function, "environment")
-        .next()
-        .expect("aws_lambda_function needs an environment block");
-    let vars = f
-        .eval
-        .eval(attr(env_block.body(), "variables").expect("environment.variables"));
-    let vars = vars
-        .as_object()
-        .expect("environment.variables is an object");
-
-    let set: BTreeSet<String> = vars.keys().cloned().collect();
-    if let Some(msg) = set_difference(
-        "Lambda environment variables",
-        &set,
-        &owned(deployer_lambda::config::ENV_VARS),
-        "read by deployer_lambda::config, not set by infra/",
-        "set by infra/, never read",
-    ) {
-        panic!("{msg}");
-    }
-
-    let value = |name: &str| as_text(&vars[name]);
-    // Where releases and records live is the contract's, not configuration: the Lambda reads
-    // no prefix variable (the set above is exactly what it reads), and the locals the rule and
-    // the policies use equal the contract (contract_prefixes_in_locals_match_the_key_module).
-    assert!(
-        !set.iter().any(|v| v.ends_with("_PREFIX")),
-        "no prefix variables: {set:?}"
-    );
+    let classes = classes(&f);
+    let envs_by_class = lambda_envs(&f);
     assert_eq!(
-        referenced("aws_s3_bucket", &value("DROPSHIP_ALLOWED_BUCKETS")).as_deref(),
-        Some(bucket),
-        "DROPSHIP_ALLOWED_BUCKETS must be the artifact bucket"
+        envs_by_class.keys().collect::<Vec<_>>(),
+        classes.keys().collect::<Vec<_>>(),
+        "one function per environment class"
     );
-    assert_eq!(
-        value("DROPSHIP_APP_TAG_KEY"),
-        deployer_lambda::config::DEFAULT_APP_TAG_KEY
-    );
-    assert_eq!(
-        value("DROPSHIP_ENV_TAG_KEY"),
-        deployer_lambda::config::DEFAULT_ENV_TAG_KEY
-    );
-    assert!(
-        referenced("aws_cloudwatch_log_group", &value("DROPSHIP_LOG_GROUP")).is_some(),
-        "DROPSHIP_LOG_GROUP must name the module's command-output log group"
-    );
-    // The allow-lists are exactly the module's apps and environments, and the Lambda's own
-    // parser reads them so (events for anything else are refused before any S3 read).
-    let apps = value("DROPSHIP_ALLOWED_APPS");
-    let envs = value("DROPSHIP_ALLOWED_ENVIRONMENTS");
-    let template = as_text(&vars["DROPSHIP_INSTANCE_PROFILE_ARN"]);
-    let config = deployer_lambda::config::Config::from_lookup(|k| match k {
-        "DROPSHIP_ALLOWED_BUCKETS" => Some("artifacts".into()),
-        "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(template.clone()),
-        "DROPSHIP_ALLOWED_APPS" => Some(apps.clone()),
-        "DROPSHIP_ALLOWED_ENVIRONMENTS" => Some(envs.clone()),
-        "AWS_REGION" => Some("eu-west-1".into()),
-        _ => None,
-    })
-    .unwrap_or_else(|e| panic!("the Lambda refuses infra/'s allow-lists {apps:?} / {envs:?}: {e}"));
-    let pairs = pairs(&f);
-    assert!(!pairs.is_empty());
-    for (_, release) in &pairs {
+    let mut served = BTreeSet::new();
+    for (class, vars) in &envs_by_class {
+        let set: BTreeSet<String> = vars.keys().cloned().collect();
+        if let Some(msg) = set_difference(
+            "Lambda environment variables",
+            &set,
+            &owned(deployer_lambda::config::ENV_VARS),
+            "read by deployer_lambda::config, not set by infra/",
+            "set by infra/, never read",
+        ) {
+            panic!("{class}: {msg}");
+        }
+
+        let value = |name: &str| as_text(&vars[name]);
+        // Where releases and records live is the contract's, not configuration: the Lambda
+        // reads no prefix variable (the set above is exactly what it reads), and the locals
+        // the rule and the policies use equal the contract
+        // (contract_prefixes_in_locals_match_the_key_module).
         assert!(
-            config.app_allowed(release.app()),
-            "{apps:?} lacks {}",
-            release.app()
+            !set.iter().any(|v| v.ends_with("_PREFIX")),
+            "no prefix variables: {set:?}"
+        );
+        assert_eq!(
+            referenced("aws_s3_bucket", &value("DROPSHIP_ALLOWED_BUCKETS")).as_deref(),
+            Some(bucket),
+            "DROPSHIP_ALLOWED_BUCKETS must be the artifact bucket"
+        );
+        assert_eq!(
+            value("DROPSHIP_APP_TAG_KEY"),
+            deployer_lambda::config::DEFAULT_APP_TAG_KEY
+        );
+        assert_eq!(
+            value("DROPSHIP_ENV_TAG_KEY"),
+            deployer_lambda::config::DEFAULT_ENV_TAG_KEY
         );
         assert!(
-            config.env_allowed(release.env()),
-            "{envs:?} lacks {}",
-            release.env()
+            referenced("aws_cloudwatch_log_group", &value("DROPSHIP_LOG_GROUP")).is_some(),
+            "DROPSHIP_LOG_GROUP must name the module's command-output log group"
         );
+        assert_eq!(
+            value("DROPSHIP_COMMAND_DOCUMENT"),
+            document_symbol(class),
+            "{class}'s function sends its own class's command document"
+        );
+        // The allow-lists are exactly the module's apps and the class's environments, and
+        // the Lambda's own parser reads them so (events for anything else are refused
+        // before any S3 read).
+        let config = lambda_config(&f, vars);
+        assert_eq!(
+            config.command_document,
+            format!("dropship{COMMAND_DOCUMENT_INFIX}{class}")
+        );
+        for (_, release) in &pairs(&f) {
+            assert!(
+                config.app_allowed(release.app()),
+                "{class} lacks {}",
+                release.app()
+            );
+            let ours = classes[class].iter().any(|e| e == release.env());
+            assert_eq!(
+                config.env_allowed(release.env()),
+                ours,
+                "{class}'s function and environment {}",
+                release.env()
+            );
+            if ours {
+                served.insert(release.env().to_string());
+            }
+        }
+        assert!(!config.app_allowed("not-in-the-module"));
+        assert!(!config.env_allowed("not-in-the-module"));
     }
-    assert!(!config.app_allowed("not-in-the-module"));
-    assert!(!config.env_allowed("not-in-the-module"));
+    let all: BTreeSet<String> = pairs(&f).iter().map(|(_, r)| r.env().to_string()).collect();
+    assert_eq!(served, all, "every environment has a function");
 }
 
 #[test]
 fn lambda_requires_each_app_and_envs_own_instance_profile_which_the_module_creates() {
     let f = fixture();
-    let (_, function) = f.module.single("aws_lambda_function");
-    let env_block = blocks(function, "environment").next().expect("environment");
-    let vars = f
-        .eval
-        .eval(attr(env_block.body(), "variables").expect("variables"));
-    let template = as_text(&vars["DROPSHIP_INSTANCE_PROFILE_ARN"]);
-
-    // The Lambda's own parser accepts what Terraform renders.
-    let config = deployer_lambda::config::Config::from_lookup(|name| match name {
-        "DROPSHIP_ALLOWED_BUCKETS" => Some("acme-artifacts".to_string()),
-        "DROPSHIP_INSTANCE_PROFILE_ARN" => Some(template.clone()),
-        "AWS_REGION" => Some("eu-west-1".into()),
-        _ => None,
-    })
-    .unwrap_or_else(|e| panic!("the Lambda refuses the rendered template {template}: {e}"));
+    // The Lambda's own parser accepts what Terraform renders, for every function alike.
+    let configs: Vec<_> = lambda_envs(&f)
+        .values()
+        .map(|vars| lambda_config(&f, vars))
+        .collect();
+    assert!(configs
+        .iter()
+        .all(|c| c.instance_profile_arn == configs[0].instance_profile_arn));
+    let config = &configs[0];
 
     let (profile_name, _) = f.module.single("aws_iam_instance_profile");
     let mut seen = BTreeSet::new();
@@ -710,11 +983,18 @@ fn lambda_role_grants_exactly_the_calls_the_lambda_makes() {
     expected.extend(owned(ASYNC_DESTINATION_ACTIONS));
     assert_same_actions("Lambda role actions", &granted, &expected);
 
-    // Log writes reach only the function's own log group.
+    // Log writes reach only the functions' own log groups, every one of them.
     let (_, function) = f.module.single("aws_lambda_function");
-    let function_name = f
+    let function_logs: BTreeSet<String> = f
         .eval
-        .text(attr(function, "function_name").expect("function_name"));
+        .instances(function)
+        .iter()
+        .map(|i| {
+            let name = f.eval.at(i).attr_text(function, "function_name");
+            format!("/aws/lambda/{}", name.expect("function_name"))
+        })
+        .collect();
+    let mut granted_groups = BTreeSet::new();
     for st in statements
         .iter()
         .filter(|s| s.actions.iter().any(|a| a.starts_with("logs:")))
@@ -734,21 +1014,25 @@ fn lambda_role_grants_exactly_the_calls_the_lambda_makes() {
                         st.sid
                     )
                 });
-            let group_name = f.eval.text(
-                attr(
-                    f.module.resource("aws_cloudwatch_log_group", &group),
-                    "name",
-                )
-                .expect("log group name"),
+            let group_name = resource_attr(
+                &f,
+                "aws_cloudwatch_log_group",
+                &group,
+                symbol_key(r).as_deref(),
+                "name",
             );
-            assert_eq!(
-                group_name,
-                format!("/aws/lambda/{function_name}"),
-                "statement {:?}: logs only on the Lambda's own log group",
+            assert!(
+                function_logs.contains(&group_name),
+                "statement {:?}: logs only on the Lambdas' own log groups {function_logs:?}, got {group_name}",
                 st.sid
             );
+            granted_groups.insert(group_name);
         }
     }
+    assert_eq!(
+        granted_groups, function_logs,
+        "every function may write its logs"
+    );
 
     // The platform-only grant reaches nothing but the on-failure destination queue.
     let (_, invoke) = f.module.single("aws_lambda_function_event_invoke_config");
@@ -816,7 +1100,7 @@ fn lambda_writes_only_deploy_records_and_cannot_touch_what_it_must_not() {
 }
 
 #[test]
-fn send_command_is_only_run_shell_script_on_instances_with_the_lambdas_tags() {
+fn send_command_is_only_dropships_documents_on_instances_with_the_lambdas_tags() {
     let f = fixture();
     let role = lambda_role(&f);
     let statements = inline_statements(&f, &role, None);
@@ -844,10 +1128,11 @@ fn send_command_is_only_run_shell_script_on_instances_with_the_lambdas_tags() {
         );
         for r in &st.resources {
             assert!(r != "*", "statement {:?}: SendCommand on \"*\"", st.sid);
-            if r.contains(":document/") {
-                assert!(
-                    r.ends_with(&format!("::document/{RUN_SHELL_SCRIPT}")),
-                    "statement {:?}: only the AWS-owned {RUN_SHELL_SCRIPT} document, got {r}",
+            if referenced("aws_ssm_document", r).is_some() {
+                assert_eq!(
+                    referenced("aws_ssm_document", r).as_deref(),
+                    Some("deploy"),
+                    "statement {:?}: only the module's command documents, got {r}",
                     st.sid
                 );
                 saw_document = true;
@@ -904,6 +1189,91 @@ fn send_command_is_only_run_shell_script_on_instances_with_the_lambdas_tags() {
     assert!(send_to("shop", "production"));
     assert!(!send_to("other-app", "production"));
     assert!(!send_to("shop", "qa"));
+
+    // Only the module's own documents, one per class: never AWS-RunShellScript (whose status
+    // changes from anyone's commands no rule matches) nor any other document.
+    let send_doc = |document_arn: &str| {
+        allows(
+            &statements,
+            &Request::new(&me, "ssm:SendCommand", document_arn),
+        )
+    };
+    for class in classes(&f).keys() {
+        let arn = symbol(&format!("aws_ssm_document.deploy[\"{class}\"]"), "arn");
+        assert!(send_doc(&arn), "the deployer must send {class}'s document");
+    }
+    for other in [
+        format!("arn:aws:ssm:eu-west-1::document/{RUN_SHELL_SCRIPT}"),
+        "arn:aws:ssm:eu-west-1::document/AWS-RunPowerShellScript".to_string(),
+        format!("arn:aws:ssm:eu-west-1:{ACCOUNT_ID}:document/dropship-deploy-other"),
+    ] {
+        assert!(!send_doc(&other), "the deployer may send {other}");
+    }
+}
+
+#[test]
+fn the_command_document_is_one_shell_step_fed_by_what_the_lambda_sends() {
+    use dropship_contract::wiring::{COMMAND_PARAMETERS, COMMAND_STEP};
+    let f = fixture();
+    let body = f.module.resource("aws_ssm_document", "deploy");
+    let instances = f.eval.instances(body);
+    assert_eq!(
+        instances
+            .iter()
+            .map(|i| i.key().to_string())
+            .collect::<BTreeSet<_>>(),
+        classes(&f).keys().cloned().collect::<BTreeSet<_>>(),
+        "one document per environment class"
+    );
+    for inst in instances {
+        let scope = f.eval.at(&inst);
+        let class = inst.key();
+        assert_eq!(
+            scope.attr_text(body, "name"),
+            Some(format!("dropship{COMMAND_DOCUMENT_INFIX}{class}"))
+        );
+        assert!(dropship_contract::wiring::is_own_document_name(
+            &scope.attr_text(body, "name").unwrap()
+        ));
+        assert_eq!(
+            scope.attr_text(body, "document_type").as_deref(),
+            Some("Command")
+        );
+        assert_eq!(
+            scope.attr_text(body, "document_format").as_deref(),
+            Some("JSON")
+        );
+        let content = scope.attr_text(body, "content").expect("content");
+        // The suites create the same document on their SSM endpoint.
+        assert_eq!(content, dropship_tests::local_ssm::DEPLOY_DOCUMENT_CONTENT);
+        let doc: Value = serde_json::from_str(&content).expect("JSON document");
+        assert_eq!(doc["schemaVersion"], "2.2");
+        let params: BTreeSet<String> = doc["parameters"]
+            .as_object()
+            .expect("parameters")
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(
+            params,
+            owned(&COMMAND_PARAMETERS),
+            "what the deployer sends"
+        );
+        assert_eq!(doc["parameters"]["commands"]["type"], "StringList");
+        assert_eq!(doc["parameters"]["executionTimeout"]["type"], "String");
+        let steps = doc["mainSteps"].as_array().expect("mainSteps");
+        assert_eq!(steps.len(), 1, "one step");
+        assert_eq!(steps[0]["action"], "aws:runShellScript");
+        assert_eq!(
+            steps[0]["name"], COMMAND_STEP,
+            "SSM names the plugin and the output's log streams after the step"
+        );
+        assert_eq!(steps[0]["inputs"]["runCommand"], "{{ commands }}");
+        assert_eq!(
+            steps[0]["inputs"]["timeoutSeconds"],
+            "{{ executionTimeout }}"
+        );
+    }
 }
 
 // ----------------------------------------------------------------------------------------
@@ -1826,17 +2196,25 @@ fn target_protection_snippets_deny_tag_and_profile_changes_outside_provisioning(
 fn deployer_function_role_and_rules_are_changed_only_by_provisioning() {
     let f = fixture();
     let rendered = f.eval.local("target_protection_policies");
-    let function_arn = as_text(&f.eval.local("function_arn"));
+    let function_arns: BTreeMap<String, String> =
+        serde_json::from_value(f.eval.local("function_arns")).expect("class → ARN");
     let (_, function) = f.module.single("aws_lambda_function");
-    assert_eq!(
-        function_arn,
-        format!(
-            "arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:{}",
-            f.eval
-                .text(attr(function, "function_name").expect("function_name"))
-        ),
-        "local.function_arn names the deployer function"
-    );
+    let instances = f.eval.instances(function);
+    assert_eq!(instances.len(), function_arns.len());
+    for inst in &instances {
+        assert_eq!(
+            function_arns[inst.key()],
+            format!(
+                "arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:{}",
+                f.eval
+                    .at(inst)
+                    .attr_text(function, "function_name")
+                    .expect("function_name")
+            ),
+            "local.function_arns names the deployer function of {}",
+            inst.key()
+        );
+    }
     let role_arn = format!(
         "arn:aws:iam::{ACCOUNT_ID}:role/{}",
         resource_attr(&f, "aws_iam_role", &lambda_role(&f), None, "name")
@@ -1884,7 +2262,10 @@ fn deployer_function_role_and_rules_are_changed_only_by_provisioning() {
         let blocked = |who: &str, action: &str, resource: &str| {
             denies(&statements, &Request::new(who, action, resource))
         };
-        for who in [ADMIN, BLOG_STAGING_CI] {
+        for (who, function_arn) in [ADMIN, BLOG_STAGING_CI]
+            .into_iter()
+            .flat_map(|who| function_arns.values().map(move |arn| (who, arn)))
+        {
             for action in function_changes {
                 for resource in [function_arn.clone(), format!("{function_arn}:live")] {
                     assert!(
@@ -1908,7 +2289,7 @@ fn deployer_function_role_and_rules_are_changed_only_by_provisioning() {
             // Everything else stays with IAM.
             let other_function = format!("arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:app-api");
             assert!(!blocked(who, "lambda:UpdateFunctionCode", &other_function));
-            assert!(!blocked(who, "lambda:InvokeFunction", &function_arn));
+            assert!(!blocked(who, "lambda:InvokeFunction", function_arn));
             assert!(!blocked(
                 who,
                 "events:PutRule",
@@ -1916,9 +2297,12 @@ fn deployer_function_role_and_rules_are_changed_only_by_provisioning() {
             ));
         }
         if file == "scp" {
-            for action in function_changes {
+            for (action, function_arn) in function_changes
+                .iter()
+                .flat_map(|a| function_arns.values().map(move |arn| (a, arn)))
+            {
                 assert!(
-                    !blocked(provisioning, action, &function_arn),
+                    !blocked(provisioning, action, function_arn),
                     "provisioning {action}"
                 );
             }
@@ -1933,7 +2317,15 @@ fn deployer_role_credentials_work_only_inside_the_deployer_function() {
     let f = fixture();
     let role = lambda_role(&f);
     let policy = inline_statements(&f, &role, None);
-    let function_arn = as_text(&f.eval.local("function_arn"));
+    let function_arns: BTreeMap<String, String> =
+        serde_json::from_value(f.eval.local("function_arns")).expect("class → ARN");
+    assert_eq!(function_arns.len(), 2, "{function_arns:?}");
+    for function_arn in function_arns.values() {
+        credentials_work_only_inside(&policy, function_arn);
+    }
+}
+
+fn credentials_work_only_inside(policy: &[Statement], function_arn: &str) {
     let me = format!("arn:aws:iam::{ACCOUNT_ID}:role/dropship-deployer-lambda");
     let record = object_arn("deploy-records/shop/production/v1.json");
     let put = |source: Option<&str>| {
@@ -1944,26 +2336,26 @@ fn deployer_role_credentials_work_only_inside_the_deployer_function() {
         }
     };
     assert!(
-        allows(&policy, &put(Some(&function_arn))),
+        allows(policy, &put(Some(function_arn))),
         "the deployer's own code writes records"
     );
     let other = format!("arn:aws:lambda:eu-west-1:{ACCOUNT_ID}:function:made-by-someone");
     assert!(
-        denies(&policy, &put(Some(&other))),
+        denies(policy, &put(Some(&other))),
         "a function created with the deployer role is refused"
     );
     let send = Request::new(
         &me,
         "ssm:SendCommand",
-        "arn:aws:ssm:eu-west-1::document/AWS-RunShellScript",
+        "${aws_ssm_document.deploy[\"production\"].arn}",
     );
     assert!(denies(
-        &policy,
+        policy,
         &send.clone().with("lambda:SourceFunctionArn", &[&other])
     ));
     assert!(allows(
-        &policy,
-        &send.with("lambda:SourceFunctionArn", &[&function_arn])
+        policy,
+        &send.with("lambda:SourceFunctionArn", &[function_arn])
     ));
     // The Lambda service's own calls with the role (the on-failure destination) carry no
     // source function and stay allowed.
@@ -1974,7 +2366,7 @@ fn deployer_role_credentials_work_only_inside_the_deployer_function() {
         .resources[0]
         .clone();
     assert!(allows(
-        &policy,
+        policy,
         &Request::new(&me, "sqs:SendMessage", &queue)
     ));
 }

@@ -24,7 +24,7 @@ use dropship_contract::record::{DeployRecord, Outcome};
 use dropship_tests::host::{make_bundle, sha256_hex, AppFiles};
 use dropship_tests::lambda_rt::LambdaProcess;
 use dropship_tests::local_ssm::bash_instance::BashInstance;
-use dropship_tests::local_ssm::{LocalSsm, LocalSsmConfig};
+use dropship_tests::local_ssm::{LocalSsm, LocalSsmConfig, DEPLOY_DOCUMENT};
 use dropship_tests::repo::{run, GitRepo};
 use dropship_tests::{moto, records};
 use serde_json::{json, Value};
@@ -45,6 +45,7 @@ impl Fixture {
         let s3 = moto::s3().await;
         let bucket = moto::create_bucket(&s3, "lambda", true).await;
         let local_ssm = LocalSsm::start(LocalSsmConfig::from_env());
+        local_ssm.create_deploy_document().await;
         Self {
             s3,
             ec2: moto::ec2().await,
@@ -68,6 +69,7 @@ impl Fixture {
             ),
             ("DROPSHIP_MAX_CONCURRENCY", "2".into()),
             ("DROPSHIP_LOG_GROUP", "/dropship/commands".into()),
+            ("DROPSHIP_COMMAND_DOCUMENT", DEPLOY_DOCUMENT.into()),
         ]
     }
 
@@ -362,7 +364,7 @@ async fn verifies_a_real_bundle_and_dispatches_to_only_the_tagged_running_instan
     )));
     let cmd = f.ssm.list_commands().command_id(id).send().await.unwrap();
     let cmd = &cmd.commands()[0];
-    assert_eq!(cmd.document_name(), Some("AWS-RunShellScript"));
+    assert_eq!(cmd.document_name(), Some(DEPLOY_DOCUMENT));
     assert_eq!(cmd.max_concurrency(), Some("2"));
     assert_eq!(cmd.max_errors(), Some("0"));
     let comment = cmd.comment().unwrap_or_default();
@@ -1319,6 +1321,120 @@ async fn a_gzip_bomb_is_refused_in_bounded_time_and_memory_and_a_concurrent_depl
         real_took < Duration::from_secs(20),
         "production took {real_took:?}"
     );
+}
+
+/// Bytes that deflate cannot shrink (xorshift64), so a bundle holding them is as large as
+/// they are.
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A newer upload of the key while the deployer is still reading a large bundle: the
+/// verification stops at the deployer's next check of the key's current version (HeadObject,
+/// at most every 2 s or 32 MiB read), well before the download would end, and the event is
+/// settled as stale with nothing sent. The download runs through a proxy that relays it at
+/// 8 MiB/s, so the whole verification would take about 8 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_stops_when_a_newer_version_of_the_key_becomes_current() {
+    use dropship_tests::faults::{FaultProxy, Throttle};
+    const RATE: usize = 8 << 20;
+    let f = Fixture::new().await;
+    f.instances(&f.app, ENV, 1).await;
+    let bundle = make_bundle(
+        &f.app,
+        &AppFiles::healthy(8080, "large").with("blob.bin", incompressible(64 << 20)),
+    );
+    let bundle_bytes = bundle.bytes.len();
+    let meta = f.metadata(&bundle.commit, &bundle.sha256);
+    let large = f.upload(bundle.bytes, &meta).await;
+    let whole_download = Duration::from_secs_f64(bundle_bytes as f64 / RATE as f64);
+
+    let proxy = FaultProxy::start_with(
+        &moto::endpoint(),
+        Vec::new(),
+        vec![Throttle {
+            method: "GET",
+            target_contains: format!("versionId={large}"),
+            bytes_per_sec: RATE,
+        }],
+    );
+    let mut env = process_env(&f);
+    env.push(("AWS_ENDPOINT_URL_S3".into(), proxy.endpoint()));
+    let event = f.event(&large, "0D0D");
+    let run = std::thread::spawn(move || {
+        let mut lambda = LambdaProcess::start(&borrowed(&env));
+        lambda
+            .wait_ready(Duration::from_secs(30))
+            .expect("function initialised");
+        let started = std::time::Instant::now();
+        let result = lambda.invoke(&event).expect("invocation answered");
+        (result, started.elapsed())
+    });
+
+    // Once the download is under way, a newer version becomes the key's current one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !proxy
+        .seen()
+        .iter()
+        .any(|l| l.starts_with("GET") && l.contains(&large))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deployer never started downloading: {:?}",
+            proxy.seen()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let uploaded = std::time::Instant::now();
+    let (newer, _) = f.upload_real_bundle("newer").await;
+    let (result, took) = tokio::task::spawn_blocking(move || run.join().unwrap())
+        .await
+        .unwrap();
+    let stopped_after_upload = uploaded.elapsed();
+    let heads = proxy
+        .seen()
+        .iter()
+        .filter(|l| l.starts_with("HEAD") && !l.contains("versionId"))
+        .count();
+    eprintln!(
+        "superseded verification: {bundle_bytes} bytes (whole download {:.1} s at 8 MiB/s), invocation {:.2} s, stopped {:.2} s after the newer upload, {heads} HeadObject of the current version (1 before the claim)",
+        whole_download.as_secs_f64(),
+        took.as_secs_f64(),
+        stopped_after_upload.as_secs_f64()
+    );
+    assert_eq!(result["outcome"], "skipped_stale", "{result}");
+    let reason = result["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&newer) && reason.contains("while it was being verified"),
+        "{result}"
+    );
+    assert!(
+        took < whole_download,
+        "verification ran {took:?}, the whole download takes {whole_download:?}"
+    );
+    assert!(
+        stopped_after_upload < Duration::from_secs(5),
+        "stopped {stopped_after_upload:?} after the newer upload"
+    );
+    assert!(f.commands().await.is_empty(), "nothing sent for {large}");
+    assert!(
+        heads <= 2 + (took.as_secs() as usize) / 2,
+        "{heads} HeadObject calls in {took:?}"
+    );
+    let record = f
+        .record(&large)
+        .await
+        .expect("the superseded version's record");
+    assert_eq!(record.outcome, Outcome::SkippedStale, "{record:?}");
 }
 
 #[test]

@@ -56,6 +56,7 @@ async fn setup() -> Setup {
         .await
         .expect("run instances");
     let ssm = LocalSsm::start(LocalSsmConfig::from_env());
+    ssm.create_deploy_document().await;
     for id in &ids {
         ssm.add_instance(BashInstance::without_engine(
             id,
@@ -136,6 +137,10 @@ fn sample(runtime: Runtime, bucket: &str, ssm_env: &[(String, String)], event: &
         (
             "DROPSHIP_INSTANCE_PROFILE_ARN".into(),
             moto::HOST_PROFILE_TEMPLATE.into(),
+        ),
+        (
+            "DROPSHIP_COMMAND_DOCUMENT".into(),
+            dropship_tests::local_ssm::DEPLOY_DOCUMENT.into(),
         ),
     ];
     env.extend(moto::aws_env());

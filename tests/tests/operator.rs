@@ -234,9 +234,19 @@ async fn sent_command() -> (String, Vec<String>) {
         .filter_map(|i| i.instance_id().map(str::to_string))
         .collect();
     let ssm = moto::ssm().await;
+    // The deployer's own command document, created as infra/ creates it.
+    let document = moto::unique("dropship-deploy");
+    ssm.create_document()
+        .name(&document)
+        .content(dropship_tests::local_ssm::DEPLOY_DOCUMENT_CONTENT)
+        .document_type(aws_sdk_ssm::types::DocumentType::Command)
+        .document_format(aws_sdk_ssm::types::DocumentFormat::Json)
+        .send()
+        .await
+        .expect("create the command document in moto");
     let sent = ssm
         .send_command()
-        .document_name("AWS-RunShellScript")
+        .document_name(&document)
         .set_instance_ids(Some(ids.clone()))
         .parameters("commands", vec!["true".to_string()])
         .send()

@@ -59,10 +59,11 @@ pub fn handle(shared: &Arc<Shared>, operation: &str, body: &Value) -> Result<Val
         "ListCommands" => list_commands(shared, body),
         "DescribeInstanceInformation" => describe_instance_information(shared, body),
         "CancelCommand" => cancel_command(shared, body),
+        "CreateDocument" => create_document(shared, body),
         other => Err(client_error(
             "com.amazon.coral.service#UnknownOperationException",
             format!(
-                "operation {other} is not implemented by the local SSM endpoint (it implements SendCommand, GetCommandInvocation, ListCommandInvocations, ListCommands, DescribeInstanceInformation and CancelCommand)"
+                "operation {other} is not implemented by the local SSM endpoint (it implements SendCommand, GetCommandInvocation, ListCommandInvocations, ListCommands, DescribeInstanceInformation, CancelCommand and CreateDocument)"
             ),
         )),
     }
@@ -169,17 +170,75 @@ const UNSUPPORTED_SEND_MEMBERS: [&str; 8] = [
     "DocumentHash",
 ];
 
-fn send_command(shared: &Arc<Shared>, body: &Value) -> Result<Value, ApiError> {
-    let document = req_str(body, "DocumentName")?;
-    if document != model::RUN_SHELL_SCRIPT {
+/// `CreateDocument` of a JSON Command document (what `infra/`'s `aws_ssm_document` does);
+/// the endpoint keeps version 1 of each.
+fn create_document(shared: &Arc<Shared>, body: &Value) -> Result<Value, ApiError> {
+    let name = req_str(body, "Name")?;
+    let content = req_str(body, "Content")?;
+    let kind = opt_str(body, "DocumentType")?.unwrap_or("Command");
+    if kind != "Command" {
         return Err(client_error(
-            "InvalidDocument",
-            format!(
-                "Document {document} is not available: the local SSM endpoint runs {} only",
-                model::RUN_SHELL_SCRIPT
-            ),
+            "InvalidDocumentType",
+            format!("DocumentType {kind}: the local SSM endpoint creates Command documents only"),
         ));
     }
+    let format = opt_str(body, "DocumentFormat")?.unwrap_or("JSON");
+    if format != "JSON" {
+        return Err(client_error(
+            "InvalidDocumentContent",
+            format!("DocumentFormat {format}: the local SSM endpoint reads JSON documents only"),
+        ));
+    }
+    if !model::is_creatable_document_name(name) {
+        return Err(validation(
+            "Name",
+            name,
+            "Member must satisfy regular expression pattern: ^[a-zA-Z0-9_\\-.]{3,128}$ and must not start with aws, amazon or amzn",
+        ));
+    }
+    let doc = model::parse_command_document(name, content)
+        .map_err(|m| client_error("InvalidDocumentContent", m))?;
+    let mut st = shared.lock();
+    if st.documents.contains_key(name) || name == model::RUN_SHELL_SCRIPT {
+        return Err(client_error(
+            "DocumentAlreadyExists",
+            format!("Document with same name {name} already exists"),
+        ));
+    }
+    let answer = json!({ "DocumentDescription": {
+        "Name": doc.name,
+        "DocumentType": "Command",
+        "DocumentFormat": "JSON",
+        "SchemaVersion": doc.schema_version,
+        "DocumentVersion": "1",
+        "LatestVersion": "1",
+        "DefaultVersion": "1",
+        "Status": "Active",
+        "Owner": model::ACCOUNT_ID,
+        "PlatformTypes": ["Linux", "MacOS"],
+        "Parameters": doc.parameters.iter().map(|p| json!({"Name": p})).collect::<Vec<_>>(),
+    }});
+    st.documents.insert(name.to_owned(), doc);
+    Ok(answer)
+}
+
+fn send_command(shared: &Arc<Shared>, body: &Value) -> Result<Value, ApiError> {
+    let document = req_str(body, "DocumentName")?;
+    let doc = if document == model::RUN_SHELL_SCRIPT {
+        model::run_shell_script_document()
+    } else {
+        shared
+            .lock()
+            .documents
+            .get(document)
+            .cloned()
+            .ok_or_else(|| {
+                client_error(
+                    "InvalidDocument",
+                    format!("Document {document} does not exist in account {} (create it with CreateDocument; the local SSM endpoint also runs {})", model::ACCOUNT_ID, model::RUN_SHELL_SCRIPT),
+                )
+            })?
+    };
     for member in UNSUPPORTED_SEND_MEMBERS {
         if body.get(member).is_some_and(|v| !v.is_null()) {
             return Err(client_error(
@@ -212,7 +271,7 @@ fn send_command(shared: &Arc<Shared>, body: &Value) -> Result<Value, ApiError> {
             ));
         }
     }
-    let (script, execution_timeout) = run_shell_script_parameters(body.get("Parameters"))?;
+    let (script, execution_timeout) = run_shell_script_parameters(&doc, body.get("Parameters"))?;
     let timeout_seconds =
         opt_u64(body, "TimeoutSeconds")?.unwrap_or(model::DEFAULT_DELIVERY_TIMEOUT.into());
     if !(30..=2_592_000).contains(&timeout_seconds) {
@@ -284,6 +343,7 @@ fn send_command(shared: &Arc<Shared>, body: &Value) -> Result<Value, ApiError> {
     let record = CommandRecord {
         id: model::uuid(),
         document_name: document.to_string(),
+        plugin: doc.plugin.clone(),
         comment: comment.to_string(),
         parameters: body.get("Parameters").cloned().unwrap_or(json!({})),
         script,
@@ -324,9 +384,13 @@ fn send_command(shared: &Arc<Shared>, body: &Value) -> Result<Value, ApiError> {
     Ok(answer)
 }
 
-/// `AWS-RunShellScript`'s parameters: `commands` (required, joined with newlines as the
-/// agent writes its script) and `executionTimeout`.
-fn run_shell_script_parameters(parameters: Option<&Value>) -> Result<(String, u32), ApiError> {
+/// The shell step's parameters: `commands` (required, joined with newlines as the agent
+/// writes its script) and the document's timeout parameter (`executionTimeout`), only those
+/// the document declares.
+fn run_shell_script_parameters(
+    doc: &model::Document,
+    parameters: Option<&Value>,
+) -> Result<(String, u32), ApiError> {
     let invalid = |m: String| client_error("InvalidParameters", m);
     let params = match parameters {
         Some(Value::Object(p)) => p,
@@ -336,9 +400,13 @@ fn run_shell_script_parameters(parameters: Option<&Value>) -> Result<(String, u3
         Some(_) => return Err(serialization("Parameters", "a map of string lists")),
     };
     for key in params.keys() {
-        if !["commands", "executionTimeout"].contains(&key.as_str()) {
+        if !doc.parameters.contains(key)
+            || !(key == "commands" || doc.timeout_parameter.as_ref() == Some(key))
+        {
             return Err(invalid(format!(
-                "Parameter \"{key}\" is not supported by AWS-RunShellScript on the local SSM endpoint (commands, executionTimeout)"
+                "Parameter \"{key}\" is not supported by {} on the local SSM endpoint (commands, {})",
+                doc.name,
+                doc.timeout_parameter.as_deref().unwrap_or("no timeout parameter")
             )));
         }
     }
@@ -346,8 +414,8 @@ fn run_shell_script_parameters(parameters: Option<&Value>) -> Result<(String, u3
     if commands.is_empty() {
         return Err(invalid("Parameter \"commands\" is required".into()));
     }
-    let timeout = match params.get("executionTimeout") {
-        None => model::DEFAULT_EXECUTION_TIMEOUT,
+    let timeout = match doc.timeout_parameter.as_ref().and_then(|p| params.get(p)) {
+        None => doc.default_execution_timeout,
         Some(v) => {
             let values = str_list(v, "executionTimeout")?;
             match values.as_slice() {
@@ -403,14 +471,17 @@ fn get_command_invocation(shared: &Arc<Shared>, body: &Value) -> Result<Value, A
     let command_id = req_str(body, "CommandId")?;
     let instance_id = req_str(body, "InstanceId")?;
     if let Some(plugin) = opt_str(body, "PluginName")? {
-        if plugin != model::PLUGIN_NAME {
-            return Err(client_error(
-                "InvalidPluginName",
-                format!(
-                    "plugin {plugin} is not a step of AWS-RunShellScript (its step is {})",
-                    model::PLUGIN_NAME
-                ),
-            ));
+        let st = shared.lock();
+        if let Some(cmd) = st.commands.iter().find(|c| c.id == command_id) {
+            if plugin != cmd.plugin {
+                return Err(client_error(
+                    "InvalidPluginName",
+                    format!(
+                        "plugin {plugin} is not a step of {} (its step is {})",
+                        cmd.document_name, cmd.plugin
+                    ),
+                ));
+            }
         }
     }
     let st = shared.lock();
@@ -441,7 +512,7 @@ fn get_command_invocation(shared: &Arc<Shared>, body: &Value) -> Result<Value, A
         "Comment": cmd.comment,
         "DocumentName": cmd.document_name,
         "DocumentVersion": "$DEFAULT",
-        "PluginName": model::PLUGIN_NAME,
+        "PluginName": cmd.plugin,
         "ResponseCode": inv.response_code,
         "ExecutionStartDateTime": time(inv.execution_start),
         "ExecutionElapsedTime": elapsed,
@@ -582,7 +653,7 @@ fn list_command_invocations(shared: &Arc<Shared>, body: &Value) -> Result<Value,
             }
             let plugins = if details {
                 let mut plugin = json!({
-                    "Name": model::PLUGIN_NAME,
+                    "Name": cmd.plugin,
                     "Status": inv.state.status(),
                     "StatusDetails": inv.state.details(),
                     "ResponseCode": inv.response_code,

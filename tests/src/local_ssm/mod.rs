@@ -160,7 +160,38 @@ pub struct LocalSsm {
     server: Option<JoinHandle<()>>,
 }
 
+/// The command document `infra/` creates for each environment class
+/// (`aws_ssm_document.deploy`), from the same file.
+pub const DEPLOY_DOCUMENT_CONTENT: &str =
+    include_str!("../../../infra/documents/deploy-command.json");
+/// The name the suites give it (one deployer serves every environment there; `infra/`
+/// names one per class, `<name_prefix>-deploy-<class>`): the deployer's
+/// `DROPSHIP_COMMAND_DOCUMENT`.
+pub const DEPLOY_DOCUMENT: &str = "dropship-deploy-suite";
+
 impl LocalSsm {
+    /// Creates [`DEPLOY_DOCUMENT`] from [`DEPLOY_DOCUMENT_CONTENT`] through the real API
+    /// (`CreateDocument`, JSON, `Command`), as Terraform's `aws_ssm_document` does; returns
+    /// its name.
+    pub async fn create_deploy_document(&self) -> String {
+        self.client()
+            .await
+            .create_document()
+            .name(DEPLOY_DOCUMENT)
+            .content(DEPLOY_DOCUMENT_CONTENT)
+            .document_type(aws_sdk_ssm::types::DocumentType::Command)
+            .document_format(aws_sdk_ssm::types::DocumentFormat::Json)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "CreateDocument {DEPLOY_DOCUMENT} on the local SSM endpoint: {}",
+                    aws_sdk_ssm::error::DisplayErrorContext(&e)
+                )
+            });
+        DEPLOY_DOCUMENT.to_owned()
+    }
+
     /// Binds an ephemeral loopback port and starts serving.
     pub fn start(cfg: LocalSsmConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -281,12 +312,16 @@ struct Registered {
 struct State {
     commands: Vec<CommandRecord>,
     instances: BTreeMap<String, Registered>,
+    /// Documents made with `CreateDocument` (`AWS-RunShellScript` is always there).
+    documents: BTreeMap<String, model::Document>,
 }
 
 /// One `SendCommand`.
 struct CommandRecord {
     id: String,
     document_name: String,
+    /// The plugin each invocation reports (the document's one step).
+    plugin: String,
     comment: String,
     /// The parameters as sent (echoed by ListCommands and in events).
     parameters: Value,
@@ -494,7 +529,7 @@ fn deliver_and_run(shared: Arc<Shared>, c: usize, i: usize) {
     };
     let cmd = &mut st.commands[c];
     let stop = StopSignal::new(Duration::from_secs(cmd.execution_timeout.into()));
-    let (command_id, script) = (cmd.id.clone(), cmd.script.clone());
+    let (command_id, script, plugin) = (cmd.id.clone(), cmd.script.clone(), cmd.plugin.clone());
     let log_group = match &cmd.cloudwatch {
         Some((group, true)) if group.is_empty() => {
             Some(model::default_log_group(&cmd.document_name))
@@ -524,11 +559,11 @@ fn deliver_and_run(shared: Arc<Shared>, c: usize, i: usize) {
             group,
             streams: vec![
                 (
-                    model::log_stream(&command_id, &instance_id, "stdout"),
+                    model::log_stream(&command_id, &instance_id, &plugin, "stdout"),
                     run.stdout.clone(),
                 ),
                 (
-                    model::log_stream(&command_id, &instance_id, "stderr"),
+                    model::log_stream(&command_id, &instance_id, &plugin, "stderr"),
                     stderr.clone(),
                 ),
             ],

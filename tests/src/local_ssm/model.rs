@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
 
-/// The one document this endpoint runs.
+/// The AWS-owned document this endpoint runs without a `CreateDocument`.
 pub const RUN_SHELL_SCRIPT: &str = "AWS-RunShellScript";
 /// The plugin (step) of `AWS-RunShellScript`, as `GetCommandInvocation` names it.
 pub const PLUGIN_NAME: &str = "aws:runShellScript";
@@ -358,10 +358,131 @@ pub fn log_messages(output: &str) -> Vec<String> {
 /// 50,000 characters stay under CloudWatch Logs' 256 KB event limit in any UTF-8.
 pub const MAX_LOG_EVENT_CHARS: usize = 50_000;
 
-/// The log streams the agent writes: `<command-id>/<instance-id>/aws-runShellScript/stdout`
-/// and `…/stderr`.
-pub fn log_stream(command_id: &str, instance_id: &str, which: &str) -> String {
-    format!("{command_id}/{instance_id}/aws-runShellScript/{which}")
+/// The log streams the agent writes: `<command-id>/<instance-id>/<plugin>/stdout` and
+/// `…/stderr`, the plugin with `:` written as `-` (`aws-runShellScript` for
+/// `AWS-RunShellScript`, the step's name for a schema 2.2 document).
+pub fn log_stream(command_id: &str, instance_id: &str, plugin: &str, which: &str) -> String {
+    format!(
+        "{command_id}/{instance_id}/{}/{which}",
+        plugin.replace(':', "-")
+    )
+}
+
+/// A Command document the endpoint can run: `AWS-RunShellScript`, or one made with
+/// `CreateDocument` whose one step is `aws:runShellScript` fed by a `commands` parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// Document name.
+    pub name: String,
+    /// The plugin an invocation reports (`PluginName`): `aws:runShellScript` for the AWS
+    /// document (schema 1.2), the step's `name` for schema 2.2.
+    pub plugin: String,
+    /// Parameters the document declares (SendCommand may pass only these).
+    pub parameters: Vec<String>,
+    /// The parameter feeding the step's `timeoutSeconds`, if any.
+    pub timeout_parameter: Option<String>,
+    /// Its default (seconds).
+    pub default_execution_timeout: u32,
+    /// `SchemaVersion` as `CreateDocument` answers it.
+    pub schema_version: String,
+}
+
+/// `AWS-RunShellScript` as the endpoint knows it.
+pub fn run_shell_script_document() -> Document {
+    Document {
+        name: RUN_SHELL_SCRIPT.into(),
+        plugin: PLUGIN_NAME.into(),
+        parameters: vec!["commands".into(), "executionTimeout".into()],
+        timeout_parameter: Some("executionTimeout".into()),
+        default_execution_timeout: DEFAULT_EXECUTION_TIMEOUT,
+        schema_version: "1.2".into(),
+    }
+}
+
+/// Whether `CreateDocument` accepts `name` for a new document: 3-128 of letters, digits,
+/// `_ - .`, not starting with the prefixes AWS reserves (`aws`, `amazon`, `amzn`).
+pub fn is_creatable_document_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    (3..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        && !["aws", "amazon", "amzn"]
+            .iter()
+            .any(|p| lower.starts_with(p))
+}
+
+/// Reads a JSON Command document as `CreateDocument` receives it. The endpoint runs schema
+/// 2.2 documents with exactly one `aws:runShellScript` step whose `runCommand` is
+/// `{{ commands }}` (a declared StringList parameter) and whose `timeoutSeconds`, if given,
+/// is `{{ <a declared String parameter> }}`; anything else is refused with a message saying
+/// what the endpoint runs (AWS would accept more, and the endpoint must not pretend).
+pub fn parse_command_document(name: &str, content: &str) -> Result<Document, String> {
+    let doc: serde_json::Value =
+        serde_json::from_str(content).map_err(|e| format!("Content is not JSON: {e}"))?;
+    let schema = doc["schemaVersion"].as_str().unwrap_or_default();
+    if schema != "2.2" {
+        return Err(format!(
+            "schemaVersion {schema:?}: the local SSM endpoint runs schema 2.2 Command documents"
+        ));
+    }
+    let params = doc["parameters"].as_object().cloned().unwrap_or_default();
+    let reference = |v: &serde_json::Value| -> Option<String> {
+        let t = v.as_str()?.trim();
+        let inner = t.strip_prefix("{{")?.strip_suffix("}}")?.trim();
+        Some(inner.to_owned())
+    };
+    let steps = doc["mainSteps"].as_array().cloned().unwrap_or_default();
+    let [step] = steps.as_slice() else {
+        return Err(format!(
+            "{} mainSteps: the local SSM endpoint runs documents of one aws:runShellScript step",
+            steps.len()
+        ));
+    };
+    if step["action"] != "aws:runShellScript" {
+        return Err(format!(
+            "action {}: the local SSM endpoint runs aws:runShellScript steps only",
+            step["action"]
+        ));
+    }
+    let plugin = step["name"].as_str().unwrap_or_default().to_owned();
+    if plugin.is_empty() {
+        return Err("the step has no name".into());
+    }
+    let commands = reference(&step["inputs"]["runCommand"])
+        .filter(|p| params.get(p).is_some_and(|d| d["type"] == "StringList"))
+        .ok_or("inputs.runCommand must be {{ <a StringList parameter> }}")?;
+    if commands != "commands" {
+        return Err(format!(
+            "runCommand takes {{{{ {commands} }}}}: the endpoint feeds the step from a parameter named commands"
+        ));
+    }
+    let timeout_parameter = match step["inputs"].get("timeoutSeconds") {
+        None => None,
+        Some(v) => Some(
+            reference(v)
+                .filter(|p| params.get(p).is_some_and(|d| d["type"] == "String"))
+                .ok_or("inputs.timeoutSeconds must be {{ <a String parameter> }}")?,
+        ),
+    };
+    let default_execution_timeout = match &timeout_parameter {
+        None => DEFAULT_EXECUTION_TIMEOUT,
+        Some(p) => match params[p].get("default") {
+            None => DEFAULT_EXECUTION_TIMEOUT,
+            Some(d) => d
+                .as_str()
+                .and_then(parse_execution_timeout)
+                .ok_or_else(|| format!("parameter {p}'s default {d} is not 1-172800 seconds"))?,
+        },
+    };
+    Ok(Document {
+        name: name.to_owned(),
+        plugin,
+        parameters: params.keys().cloned().collect(),
+        timeout_parameter,
+        default_execution_timeout,
+        schema_version: schema.to_owned(),
+    })
 }
 
 /// The agent's log group when `CloudWatchLogGroupName` is not given: `/aws/ssm/<document>`.
@@ -674,13 +795,50 @@ mod tests {
         assert_eq!(m.len(), 3);
         assert_eq!(m.concat(), long);
         assert_eq!(
-            log_stream("c-1", "i-2", "stdout"),
+            log_stream("c-1", "i-2", PLUGIN_NAME, "stdout"),
             "c-1/i-2/aws-runShellScript/stdout"
         );
         assert_eq!(
             default_log_group(RUN_SHELL_SCRIPT),
             "/aws/ssm/AWS-RunShellScript"
         );
+    }
+
+    #[test]
+    fn a_schema_2_2_document_of_one_shell_step_names_the_plugin_after_its_step() {
+        let content = include_str!("../../../infra/documents/deploy-command.json");
+        let doc = parse_command_document("dropship-deploy-x", content).unwrap();
+        assert_eq!(doc.plugin, dropship_contract::wiring::COMMAND_STEP);
+        assert_eq!(doc.timeout_parameter.as_deref(), Some("executionTimeout"));
+        assert_eq!(
+            log_stream("c-1", "i-2", &doc.plugin, "stdout"),
+            dropship_contract::wiring::command_log_stream(
+                "c-1",
+                "i-2",
+                dropship_contract::wiring::OutputStream::Stdout
+            )
+        );
+        assert_eq!(
+            log_stream("c-1", "i-2", PLUGIN_NAME, "stderr"),
+            "c-1/i-2/aws-runShellScript/stderr"
+        );
+        for (bad, why) in [
+            (r#"{"schemaVersion":"1.2"}"#, "schema 2.2"),
+            (
+                r#"{"schemaVersion":"2.2","mainSteps":[{"action":"aws:runPowerShellScript","name":"p","inputs":{}}]}"#,
+                "aws:runShellScript steps only",
+            ),
+            (
+                r#"{"schemaVersion":"2.2","parameters":{"commands":{"type":"String"}},"mainSteps":[{"action":"aws:runShellScript","name":"s","inputs":{"runCommand":"{{ commands }}"}}]}"#,
+                "StringList",
+            ),
+        ] {
+            let err = parse_command_document("d-1", bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        assert!(is_creatable_document_name("dropship-deploy-production"));
+        assert!(!is_creatable_document_name("AWS-RunShellScript"));
+        assert!(!is_creatable_document_name("amzn-x"));
     }
 
     #[test]
