@@ -377,6 +377,7 @@ finish() {
     fi
     RESULT_DONE=1
     cleanup
+    [[ -n ${TRAFFIC:-} ]] && msg+="; traffic: $TRAFFIC"
     if ((LOCKED)); then
         now_iso
         json_line time "$REPLY" action "$ACTION" outcome "$outcome" exit_code "$code" \
@@ -1097,6 +1098,8 @@ health_check() { # url timeout
 # release's container, by name (Docker's DNS; an IP changes when a container restarts).
 
 PROXY_NAME="" PROXY_NET="" PROXY_DIR="" PROXY_SOCK=""
+# What the proxy was last seen routing to, for the result's message (status shows it).
+TRAFFIC=""
 proxy_names() {
     PROXY_NAME="$PROJECT-proxy" PROXY_NET="$PROJECT-edge"
     PROXY_DIR="$APP_ROOT/proxy" PROXY_SOCK="$APP_ROOT/proxy/admin.sock"
@@ -1198,6 +1201,7 @@ create_proxy() { # dials
     }
     [[ -n $ids ]] && log migrate "the proxy answers: the gap lasted $(((${EPOCHREALTIME/./} - ${t0/./}) / 1000)) ms (once: later releases switch without one)"
     log proxy "started $PROXY_NAME ($R_PROXY_IMAGE) on $R_PROXY_LISTEN, routing to $1"
+    TRAFFIC="proxy $PROXY_NAME -> $1"
     return 0
 }
 
@@ -1222,7 +1226,10 @@ proxy_route() { # dials
         create_proxy "$1"
         return
     }
-    proxy_routes && [[ $REPLY == "$1" ]] && return 0
+    if proxy_routes && [[ $REPLY == "$1" ]]; then
+        TRAFFIC="proxy $PROXY_NAME -> $1"
+        return 0
+    fi
     proxy_config "$1" "$R_PROXY_DRAIN"
     write_if_changed "$PROXY_DIR/caddy.json" "$REPLY"$'\n' || true
     proxy_api POST /load "$REPLY" || {
@@ -1230,12 +1237,14 @@ proxy_route() { # dials
         return 1
     }
     log switch "the proxy $PROXY_NAME routes to $1 ($(((${EPOCHREALTIME/./} - ${t0/./}) / 1000)) ms)"
+    TRAFFIC="proxy $PROXY_NAME -> $1"
 }
 
 remove_proxy() {
     proxy_state
     [[ $REPLY == missing ]] && return 0
     log proxy "removing the proxy $PROXY_NAME (the release publishes its own ports)"
+    TRAFFIC=""
     dk rm -f "$PROXY_NAME" >/dev/null
 }
 
@@ -2364,7 +2373,7 @@ do_status() {
     proxy_state
     if [[ $REPLY == running ]] && proxy_routes; then
         printf '%s\n' "--- proxy $PROXY_NAME routes to: ${REPLY:-nothing}"
-        msg+="; traffic: proxy $PROXY_NAME -> ${REPLY:-nothing}"
+        TRAFFIC="proxy $PROXY_NAME -> ${REPLY:-nothing}"
         proxy_api GET /reverse_proxy/upstreams && printf '%s\n' "--- in flight: $REPLY"
     elif [[ $REPLY != missing ]]; then
         msg+="; the proxy $PROXY_NAME is $REPLY"

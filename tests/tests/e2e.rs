@@ -858,7 +858,11 @@ fn an_environment_override_runs_on_that_environments_hosts() {
     let compose = std::fs::read_to_string(p.repo.path().join("compose.yaml")).unwrap();
     p.repo.write(
         "compose.yaml",
-        format!("{compose}  extra:\n    image: busybox:1.35\n    init: true\n    command: [\"sleep\", \"3600\"]\n    profiles: [\"extra\"]\n"),
+        compose.replacen(
+            "\nvolumes:\n",
+            "\n  extra:\n    image: busybox:1.35\n    init: true\n    command: [\"sleep\", \"3600\"]\n    profiles: [\"extra\"]\nvolumes:\n",
+            1,
+        ),
     );
     let commit = p.commit_release("override");
     let up = p.upload().unwrap();

@@ -598,3 +598,131 @@ fn kill_9_at_every_start_first_step_then_a_rerun_with_no_failed_request() {
     assert_no_failed_request(&report, "kill -9 at every step, then a rerun");
     assert_eq!(db(&w), db0, "the database was never restarted");
 }
+
+/// One measured step of the benchmark.
+struct BenchRow {
+    strategy: &'static str,
+    step: &'static str,
+    report: LoadReport,
+    secs: f64,
+}
+
+/// `scripts/bench-zero-downtime`: the same app and the same steps under 240 requests/s through
+/// `127.0.0.1:8080`, once with `start-first` (through the proxy) and once with `recreate` (the
+/// web service publishing the port itself), side by side: a deploy, a broken release that
+/// rolls back, a requested rollback and a fleet rollback (the rollback action with the
+/// expected version, as the deployer sends it). Asserts start-first's goal (no failed request
+/// for new connections and careful keep-alive clients, one switch per step that switches) and
+/// prints the table the README quotes.
+#[test]
+#[ignore = "benchmark: scripts/bench-zero-downtime"]
+fn bench_zero_downtime_start_first_against_recreate() {
+    let mut rows = Vec::new();
+    for strategy in ["start-first", "recreate"] {
+        let w = world(&format!("zd{}", &strategy[..2]));
+        let sf = strategy == "start-first";
+        let files = |version: &str| {
+            if sf {
+                app(version)
+            } else {
+                app(version).with(
+                    "compose.yaml",
+                    compose("    ports: [\"127.0.0.1:8080:8000\"]\n", ""),
+                )
+            }
+        };
+        let deploy = |files: AppFiles, version: &str, seq: &str| {
+            let b = w.bundle(files);
+            let mut v = w.vars(&b, &format!("ver-{version}"), seq);
+            if sf {
+                start_first_inputs(&mut v);
+            }
+            w.run(&v)
+        };
+        let mut measured = |step: &'static str, run: &dyn Fn() -> Run, outcome: &str| {
+            let l = load(&w);
+            std::thread::sleep(Duration::from_secs(1));
+            let t = std::time::Instant::now();
+            let r = run();
+            let secs = t.elapsed().as_secs_f64();
+            std::thread::sleep(Duration::from_millis(1500));
+            let report = l.stop();
+            assert_eq!(r.outcome(), outcome, "{strategy} {step}:\n{}", r.output);
+            rows.push(BenchRow {
+                strategy,
+                step,
+                report,
+                secs,
+            });
+        };
+        assert_code(&deploy(files("v1"), "v1", "01"), 0, "deployed");
+        let v1 = w.host.current().unwrap();
+        measured(
+            "deploy v1 -> v2",
+            &|| deploy(files("v2"), "v2", "02"),
+            "deployed",
+        );
+        measured(
+            "broken v3, rolled back",
+            &|| deploy(files("v3").without("health"), "v3", "03"),
+            "rolled_back",
+        );
+        measured(
+            "rollback to v1",
+            &|| w.run(&w.host.rollback_vars(&v1)),
+            "rolled_back",
+        );
+        assert_code(&deploy(files("v4"), "v4", "04"), 0, "deployed");
+        measured(
+            "fleet rollback of v4",
+            &|| {
+                let mut v = w.host.rollback_vars("");
+                v.insert("DROPSHIP_EXPECT_VERSION_ID".into(), "ver-v4".into());
+                w.run(&v)
+            },
+            "rolled_back",
+        );
+    }
+    println!();
+    println!(
+        "{:<12} {:<24} {:>6} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:<14} {:>6}",
+        "STRATEGY",
+        "STEP",
+        "SENT",
+        "FAIL NEW",
+        "FAIL KA",
+        "FAIL NAIVE",
+        "REQ/S",
+        "P99 MS",
+        "MAX MS",
+        "ANSWERS",
+        "SECS"
+    );
+    for r in &rows {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut lat: Vec<Duration> = r.report.records.iter().map(|x| x.latency()).collect();
+        lat.sort();
+        let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or_default();
+        let max = lat.last().copied().unwrap_or_default();
+        println!(
+            "{:<12} {:<24} {:>6} {:>10} {:>10} {:>10} {:>8.0} {:>8.1} {:>8.1} {:<14} {:>6.1}",
+            r.strategy,
+            r.step,
+            r.report.records.len(),
+            r.report.failures(Mode::Fresh).len(),
+            r.report.failures(Mode::KeepAlive).len(),
+            r.report.failures(Mode::Naive).len(),
+            r.report.achieved_rate(),
+            ms(p99),
+            ms(max),
+            r.report.bodies_in_send_order().join(">"),
+            r.secs
+        );
+    }
+    println!();
+    println!("FAIL NEW: a new connection per request; FAIL KA: keep-alive clients that retry an idempotent request once when a reused connection closes before any response byte (HTTP's rule: Go, browsers, urllib3); FAIL NAIVE: keep-alive without that retry. A failure is a connection error, a timeout (5 s) or a non-2xx answer.");
+    for r in rows.iter().filter(|r| r.strategy == "start-first") {
+        assert_no_failed_request(&r.report, r.step);
+        assert!(r.report.transitions() <= 1, "{}: flapping", r.step);
+    }
+}
