@@ -25,7 +25,7 @@ fn compose(extra_web: &str, extra: &str) -> String {
   web:
     image: {image}
     init: true
-    command: ["sh", "-c", "exec httpd -f -p 8000 -h /srv"]
+    command: ["sh", "-c", "mkdir -p /srv/cgi-bin && cp /srv/app/slow.cgi /srv/cgi-bin/slow && chmod 755 /srv/cgi-bin/slow && exec httpd -f -p 8000 -h /srv"]
     volumes:
       - ./:/srv/app:ro
       - ./data:/srv/data
@@ -49,8 +49,14 @@ fn compose(extra_web: &str, extra: &str) -> String {
     )
 }
 
+/// `/cgi-bin/slow` answers the release's version after 6 seconds.
+const SLOW_CGI: &str =
+    "#!/bin/sh\nsleep 6\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\ncat /srv/app/version.txt\n";
+
 fn app(version: &str) -> AppFiles {
-    AppFiles::healthy(8080, version).with("compose.yaml", compose("", ""))
+    AppFiles::healthy(8080, version)
+        .with("compose.yaml", compose("", ""))
+        .with("slow.cgi", SLOW_CGI)
 }
 
 /// A start-first host: the proxy image loaded as a registry pull would.
@@ -271,6 +277,46 @@ fn start_first_switches_under_load_with_no_failed_request_and_never_restarts_the
     assert_ne!(db(&w), db0, "db recreated");
     assert_eq!(db_starts(&w), 2);
     assert_sf_settled(&w, "v4");
+}
+
+#[test]
+fn a_slow_request_in_flight_at_the_switch_completes_from_the_old_release() {
+    let w = world("sfslow");
+    assert_code(&sf_deploy(&w, app("v1"), "v1", "01"), 0, "deployed");
+    assert_eq!(
+        through_proxy(&w, "/app/version.txt").as_deref(),
+        Some("v1")
+    );
+    let old_web = format!("{}-web-1", w.host.project());
+    // A 6-second request sent right before the deploy: the switch happens while it runs.
+    let slow = w
+        .host
+        .sim
+        .command("curl")
+        .args(["-s", "-w", "\n%{http_code}", &format!("http://{LISTEN}/cgi-bin/slow")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let b = w.bundle(app("v2"));
+    let mut v = sf_vars(&w, &b, "ver-v2", "02");
+    v.insert("DROPSHIP_PROXY_DRAIN_TIMEOUT".into(), "20".into());
+    let run = w.run(&v);
+    let out = slow.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_code(&run, 0, "deployed");
+    let answer: Vec<&str> = answer.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(answer, ["v1", "200"], "the slow request's answer:\n{}", run.output);
+    // The switch came before its answer (the new release was checked through the proxy)
+    // and the old container stopped only after it: the drain waited for it.
+    assert!(
+        !run.output.contains("over with requests in flight"),
+        "{}",
+        run.output
+    );
+    let stopped = w.host.sim.docker_output(&["inspect", &old_web]);
+    assert!(!stopped.status.success(), "{old_web} was removed after the drain");
+    assert_sf_settled(&w, "v2");
 }
 
 #[test]
