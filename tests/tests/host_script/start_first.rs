@@ -283,17 +283,19 @@ fn start_first_switches_under_load_with_no_failed_request_and_never_restarts_the
 fn a_slow_request_in_flight_at_the_switch_completes_from_the_old_release() {
     let w = world("sfslow");
     assert_code(&sf_deploy(&w, app("v1"), "v1", "01"), 0, "deployed");
-    assert_eq!(
-        through_proxy(&w, "/app/version.txt").as_deref(),
-        Some("v1")
-    );
+    assert_eq!(through_proxy(&w, "/app/version.txt").as_deref(), Some("v1"));
     let old_web = format!("{}-web-1", w.host.project());
     // A 6-second request sent right before the deploy: the switch happens while it runs.
     let slow = w
         .host
         .sim
         .command("curl")
-        .args(["-s", "-w", "\n%{http_code}", &format!("http://{LISTEN}/cgi-bin/slow")])
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{LISTEN}/cgi-bin/slow"),
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -306,7 +308,12 @@ fn a_slow_request_in_flight_at_the_switch_completes_from_the_old_release() {
     let answer = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_code(&run, 0, "deployed");
     let answer: Vec<&str> = answer.lines().filter(|l| !l.is_empty()).collect();
-    assert_eq!(answer, ["v1", "200"], "the slow request's answer:\n{}", run.output);
+    assert_eq!(
+        answer,
+        ["v1", "200"],
+        "the slow request's answer:\n{}",
+        run.output
+    );
     // The switch came before its answer (the new release was checked through the proxy)
     // and the old container stopped only after it: the drain waited for it.
     assert!(
@@ -315,7 +322,10 @@ fn a_slow_request_in_flight_at_the_switch_completes_from_the_old_release() {
         run.output
     );
     let stopped = w.host.sim.docker_output(&["inspect", &old_web]);
-    assert!(!stopped.status.success(), "{old_web} was removed after the drain");
+    assert!(
+        !stopped.status.success(),
+        "{old_web} was removed after the drain"
+    );
     assert_sf_settled(&w, "v2");
 }
 
