@@ -81,7 +81,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Check that the AWS side is wired so an upload reaches every host: credentials and
     /// region, bucket (versioning, EventBridge notifications), the release rule and its
-    /// target, tagged instances running and online in SSM. Each fault comes with its fix.
+    /// target, the deployer Lambda (active, acting on this bucket, app and environment),
+    /// tagged instances running and online in SSM, and whether you may upload the release
+    /// key (a conditional PutObject that writes nothing). Each fault comes with its fix.
     #[command(after_help = after_help(
         "Examples:\n  dropship doctor\n  dropship doctor --env production --rule dropship-release-uploaded-production\n  dropship doctor --json\n\nExit 0: an upload now would reach every running tagged host; 12: it would not."
     ))]
