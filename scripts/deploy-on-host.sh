@@ -1305,11 +1305,9 @@ switch_web() { # name
         }
     fi
     dk network inspect "$PROXY_NET" >/dev/null 2>&1 || dk network create "$PROXY_NET" >/dev/null || return 1
-    ip=$(dk inspect --format "{{with index .NetworkSettings.Networks \"$PROXY_NET\"}}{{.IPAddress}}{{end}}" "${new:-$mine}") || ip=""
-    if [[ -z $ip ]]; then
-        dk network connect "$PROXY_NET" "${new:-$mine}" >/dev/null || return 1
-        ip=$(dk inspect --format "{{with index .NetworkSettings.Networks \"$PROXY_NET\"}}{{.IPAddress}}{{end}}" "${new:-$mine}") || ip=""
-    fi
+    edge_address "${new:-$mine}" || dk network connect "$PROXY_NET" "${new:-$mine}" >/dev/null || return 1
+    edge_address "${new:-$mine}"
+    ip=$REPLY
     if [[ -n $new ]]; then
         log health "checking $new directly: http://$ip:$R_PROXY_PORT$R_PROXY_HEALTH_PATH"
         if [[ -z $ip ]] || ! health_check "http://$ip:$R_PROXY_PORT$R_PROXY_HEALTH_PATH" "$R_HEALTH_TIMEOUT"; then
@@ -1324,6 +1322,12 @@ switch_web() { # name
         return 1
     }
     return 0
+}
+
+# A container's address on the proxy's network in REPLY; returns 1 when it is not on it.
+edge_address() { # container
+    REPLY=$(dk inspect --format "{{with index .NetworkSettings.Networks \"$PROXY_NET\"}}{{.IPAddress}}{{end}}" "$1") || REPLY=""
+    [[ -n $REPLY ]]
 }
 
 # After the commit: the old containers of the switched service finish their requests (the
